@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install lint bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch/torchvision are pinned to the builds that install from local disk.
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check vsa_search tests benchmarks
+	# pytest exits 5 when it collects no tests: report it rather than fail the build.
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo 'pytest: no tests collected'; exit 0; fi; exit $$rc
+
+demo: $(STAMP)
+	$(BIN)/python -m vsa_search.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check vsa_search tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/regions.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

