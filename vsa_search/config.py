@@ -65,3 +65,62 @@ def preset(table: dict[str, T], name: str) -> T:
         return table[name]
     except KeyError:
         raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(table)}") from None
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """The alignment model (paper Sec. 3.1) and how it is trained."""
+
+    # model
+    feature_dim: int = 1280  # CNN feature size (EfficientNet-Lite0)
+    hidden: int = 512  # h: the joint space (paper: 1000-1600)
+    word_dim: int = 50  # word vectors (GloVe 6B 50d initialises them when glove=True)
+    glove: bool = True
+    dropout: float = 0.5  # on non-recurrent layers (image features, word vectors)
+    normalize: bool = False  # L2-normalise v_i and s_t (cosine) instead of raw dot products
+    # training
+    loss: str = "sum"  # sum: paper's sum over violating negatives | max: hardest negative (VSE++)
+    margin: float = 1.0
+    optimizer: str = "sgd"  # sgd (paper: momentum 0.9) | adam
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    clip: float = 5.0  # element-wise gradient clip, as in the paper
+    batch_size: int = 100
+    epochs: int = 30
+    patience: int = 5  # early stopping on dev recall
+    seed: int = 0
+
+
+EMBED_PRESETS: dict[str, EmbedConfig] = {
+    "tiny": EmbedConfig(hidden=32, epochs=2, batch_size=16, glove=False, word_dim=16),
+    "default": EmbedConfig(),
+    "paper": EmbedConfig(hidden=1000, word_dim=50, epochs=50),
+}
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    """The multimodal RNN generator (paper Sec. 3.2) and how it is trained."""
+
+    cell: str = "rnn"  # rnn: the paper's multimodal RNN | lstm
+    feature_dim: int = 1280
+    hidden: int = 512
+    word_dim: int = 256
+    dropout: float = 0.5
+    max_len: int = 20
+    # training
+    optimizer: str = "rmsprop"  # as in the paper | adam
+    lr: float = 1e-3
+    clip: float = 5.0
+    batch_size: int = 100
+    epochs: int = 30
+    patience: int = 5
+    seed: int = 0
+
+
+CAPTION_PRESETS: dict[str, CaptionConfig] = {
+    "tiny": CaptionConfig(hidden=32, word_dim=16, epochs=2, batch_size=16),
+    "default": CaptionConfig(),
+    "paper": CaptionConfig(hidden=512),
+}

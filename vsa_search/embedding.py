@@ -1,0 +1,119 @@
+"""The alignment model (paper Sec. 3.1): region vectors v_i, word vectors s_t, and the
+image-sentence score S_kl = Σ_t max_i v_i · s_t, for a whole batch of images x sentences."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint
+from .config import EmbedConfig, RegionConfig, from_dict, to_dict
+from .encoders import ImageEncoder, SentenceEncoder
+from .vocab import Vocab
+
+
+class AlignModel(nn.Module):
+    def __init__(self, cfg: EmbedConfig, vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.image = ImageEncoder(cfg.feature_dim, cfg.hidden, cfg.dropout)
+        self.sentence = SentenceEncoder(vocab_size, cfg.word_dim, cfg.hidden, cfg.dropout)
+
+    def encode_regions(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, R, D) CNN features -> (B, R, h) region vectors v_i."""
+        v = self.image(feats)
+        return F.normalize(v, dim=-1) if self.cfg.normalize else v
+
+    def encode_words(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T) word ids, (B,) lengths -> (B, T, h) word vectors s_t (zero past the length)."""
+        s = self.sentence(ids, lengths)
+        return F.normalize(s, dim=-1) if self.cfg.normalize else s
+
+    def forward(self, feats: torch.Tensor, region_mask: torch.Tensor, ids: torch.Tensor,
+                lengths: torch.Tensor) -> torch.Tensor:
+        """Scores of every image against every sentence: (B_img, B_sent)."""
+        v = self.encode_regions(feats)
+        s = self.encode_words(ids, lengths)
+        word_mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
+        return score(v, region_mask, s, word_mask)
+
+
+def score(v: torch.Tensor, region_mask: torch.Tensor, s: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+    """S_kl = Σ_t max_i v_ki · s_lt.
+    v (K, R, h), region_mask (K, R) bool, s (L, T, h), word_mask (L, T) bool -> (K, L)."""
+    dots = torch.einsum("krh,lth->kltr", v, s)  # (K, L, T, R)
+    dots = dots.masked_fill(~region_mask[:, None, None, :], float("-inf"))
+    best = dots.max(dim=-1).values  # (K, L, T): each word's best region
+    return (best * word_mask[None, :, :]).sum(-1)
+
+
+def best_regions(v: torch.Tensor, region_mask: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For one image v (R, h) and one sentence s (T, h): each word's best region and its dot."""
+    dots = (s @ v.T).masked_fill(~region_mask[None, :], float("-inf"))  # (T, R)
+    vals, idx = dots.max(dim=-1)
+    return idx, vals
+
+
+def ranking_loss(scores: torch.Tensor, margin: float = 1.0, hardest: bool = False) -> torch.Tensor:
+    """Bidirectional max-margin ranking loss over a batch whose diagonal holds the true pairs
+    (paper Eq. 3):  Σ_k [ Σ_l max(0, S_kl - S_kk + m) + Σ_l max(0, S_lk - S_kk + m) ].
+    hardest=True keeps only the worst negative per row/column (VSE++)."""
+    diag = scores.diag()
+    cost_s = (margin + scores - diag[:, None]).clamp(min=0)  # image k vs wrong sentences l
+    cost_i = (margin + scores - diag[None, :]).clamp(min=0)  # sentence l vs wrong images k
+    eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
+    cost_s = cost_s.masked_fill(eye, 0)
+    cost_i = cost_i.masked_fill(eye, 0)
+    if hardest:
+        return cost_s.max(dim=1).values.sum() + cost_i.max(dim=0).values.sum()
+    return cost_s.sum() + cost_i.sum()
+
+
+# --------------------------------------------------------------------------- load / save
+
+
+@dataclass
+class LoadedAlign:
+    """Everything needed to use an alignment model (CLIP-style `load()` result)."""
+
+    model: AlignModel
+    vocab: Vocab
+    config: EmbedConfig
+    region_config: RegionConfig
+    path: Path
+    metrics: dict
+    fingerprint: str  # identifies the weights: an index built with one model refuses another
+
+
+def save_align(model: AlignModel, vocab: Vocab, region_cfg: RegionConfig, path: str | Path,
+               metrics: dict | None = None, train_state: dict | None = None) -> Path:
+    ck = checkpoint.Checkpoint(kind="align", config=to_dict(model.cfg), vocab=vocab.to_dict(),
+                               region_config=to_dict(region_cfg),
+                               state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                               metrics=metrics or {}, train_state=train_state or {})
+    return checkpoint.save(ck, path)
+
+
+def load_align(path: str | Path, device: str | torch.device = "cpu") -> LoadedAlign:
+    ck = checkpoint.load(path, kind="align")
+    cfg = from_dict(EmbedConfig, ck.config)
+    vocab = Vocab.from_dict(ck.vocab)
+    model = AlignModel(cfg, len(vocab))
+    model.load_state_dict(ck.state_dict)
+    model.to(device).eval()
+    return LoadedAlign(model, vocab, cfg, from_dict(RegionConfig, ck.region_config), Path(path),
+                       ck.metrics, weights_fingerprint(ck.state_dict))
+
+
+def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        h.update(k.encode())
+        h.update(state_dict[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
