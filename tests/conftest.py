@@ -19,3 +19,12 @@ def flickr_root() -> Path:
 def sample_photos(flickr_root: Path) -> list[Path]:
     """A fixed handful of real photos, in a stable order."""
     return sorted((flickr_root / "images").glob("*.jpg"))[:8]
+
+
+@pytest.fixture(scope="session")
+def tiny_region_encoder():
+    """One CNN for the whole session: loading EfficientNet is the slow part."""
+    from vsa_search.config import REGION_PRESETS
+    from vsa_search.regions import RegionEncoder
+
+    return RegionEncoder(REGION_PRESETS["tiny"], device="cpu")

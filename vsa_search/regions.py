@@ -66,9 +66,16 @@ def _selective_search(image: Image.Image, cfg: RegionConfig) -> np.ndarray:
         ss.switchToSingleStrategy(100)
     else:
         ss.switchToSelectiveSearchFast()
-    rects = ss.process()  # (N, 4) x, y, w, h in selective search's own (hierarchical) order
+    rects = ss.process()  # (N, 4) x, y, w, h
     if len(rects) == 0:
         return np.zeros((0, 4), np.int32)
+    # OpenCV ranks its output by level x rand() (the SS paper's diversity trick) with an unseeded
+    # C RNG, so the order changes from call to call although the set does not. Re-rank the set the
+    # same way with a fixed seed, using the size rank in place of the hierarchy level.
+    rects = rects[np.lexsort(rects.T[::-1])]
+    size_rank = np.argsort(np.argsort(rects[:, 2] * rects[:, 3], kind="stable"), kind="stable") + 1
+    u = np.random.default_rng(0).random(len(rects))
+    rects = rects[np.argsort(u * size_rank, kind="stable")]
     rects = rects.astype(np.float64) / s
     boxes = np.stack([rects[:, 0], rects[:, 1], rects[:, 0] + rects[:, 2], rects[:, 1] + rects[:, 3]], 1)
     boxes = np.clip(np.round(boxes), 0, [w, h, w, h])
@@ -95,8 +102,6 @@ def propose(image: Image.Image, cfg: RegionConfig) -> np.ndarray:
     w, h = image.size
     kept = [np.array([0, 0, w, h], np.int32)]
     if cfg.proposals == "selective":
-        # Selective search's order already ranks by merge hierarchy; larger regions first
-        # within it would drown small objects, so we keep its order and only deduplicate.
         _keep_distinct(_selective_search(image, cfg), kept, cfg.max_regions, cfg, w, h)
     elif cfg.proposals not in ("grid", "none"):
         raise ValueError(f"unknown proposal method {cfg.proposals!r}")
