@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from vsa_search.cli import app
+from vsa_search.config import EMBED_PRESETS, REGION_PRESETS
+from vsa_search.datasets import load_flickr8k
+from vsa_search.embedding import AlignModel, save_align
+from vsa_search.features import extract_to_store
+from vsa_search.vocab import build_flickr8k_vocab
+
+TINY = REGION_PRESETS["tiny"]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    vocab = build_flickr8k_vocab()
+    return save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab, TINY,
+                      tmp_path_factory.mktemp("m") / "align.pt")
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code != 0
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_align_json_and_picture(model_path: Path, sample_photos: list[Path], tmp_path: Path) -> None:
+    photo = sample_photos[1]
+    res = runner.invoke(app, ["align", str(photo), "Two dogs play in the snow.", "--model", str(model_path),
+                              "--beta", "0.5", "--json", "--out", str(tmp_path / "fig.png")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["tokens"] == ["two", "dogs", "play", "in", "the", "snow"]
+    assert " ".join(f["text"] for f in doc["fragments"]) == "two dogs play in the snow"
+    w, h = Image.open(photo).size
+    assert doc["image_size"] == [w, h]
+    for f in doc["fragments"]:
+        x0, y0, x1, y1 = f["box"]
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+    with Image.open(tmp_path / "fig.png") as pic:
+        assert pic.size[0] >= w and pic.size[1] >= h
+
+
+def test_options_before_photo_and_plain_output(model_path: Path, sample_photos: list[Path]) -> None:
+    # A huge β puts every word on one region: one fragment, one line.
+    res = runner.invoke(app, ["align", "--beta", "1000", "--model", str(model_path), str(sample_photos[0]),
+                              "a girl climbs the stairs"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip().splitlines()[0].startswith("'a girl climbs the stairs'")
+    assert len(res.stdout.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, words", [
+    (["PHOTO", "  ?! "], "no words"),
+    (["missing.jpg", "a dog"], "no such file"),
+    (["PHOTO", "a dog", "--model", "nope.pt"], "no such model"),
+])
+def test_errors_are_one_line(args: list[str], words: str, model_path: Path, sample_photos: list[Path],
+                             tmp_path: Path) -> None:
+    args = [str(sample_photos[0]) if a == "PHOTO" else str(tmp_path / a) if a.endswith(".jpg") else a for a in args]
+    if "--model" not in args:
+        args += ["--model", str(model_path)]
+    line = one_error_line(runner.invoke(app, ["align", *args]))
+    assert words in line
+
+
+def test_negative_beta_is_a_usage_error(model_path: Path, sample_photos: list[Path]) -> None:
+    res = runner.invoke(app, ["align", str(sample_photos[0]), "a dog", "--beta", "-1", "--model", str(model_path)])
+    assert res.exit_code == 2
+
+
+def test_export(model_path: Path, sample_photos: list[Path], tmp_path: Path, tiny_region_encoder) -> None:
+    split = {r.image_id: r.split for r in load_flickr8k().records}
+    photos = {p.name: p for p in [q for q in sample_photos if split[q.name] == "train"][:3]}
+    assert photos, "no training photo among the samples"
+    store = tmp_path / "store"
+    extract_to_store(photos, store, TINY, encoder=tiny_region_encoder)
+    out = tmp_path / "snips" / "s.jsonl"
+    res = runner.invoke(app, ["align", "export", "--features", str(store), "--split", "train", "--beta", "0.5",
+                              "--model", str(model_path), "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary["photos"] == len(photos) and summary["fragments"] == len(rows) > 0
+    assert summary["sentences"] == 5 * len(photos)
+    assert {r["image_id"] for r in rows} == set(photos)
+    assert all(r["fragment"] for r in rows)
+
+
+def test_export_refuses_missing_store(model_path: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["align", "export", "--features", str(tmp_path / "none"), "--out",
+                              str(tmp_path / "s.jsonl"), "--model", str(model_path)])
+    assert "no feature store" in one_error_line(res)
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_help_lists_export() -> None:
+    res = runner.invoke(app, ["align", "--help"])
+    assert res.exit_code == 0 and "export" in res.stdout

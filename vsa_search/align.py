@@ -1,0 +1,321 @@
+"""Sentence fragments to image regions (paper Sec. 3.1.4).
+
+Each word j of a sentence picks a region a_j; the assignment maximises
+
+    E(a) = Σ_j unary(j, a_j) + β · Σ_j [a_j == a_{j+1}],   unary(j, i) = v_i · s_j
+
+a chain MRF solved exactly by Viterbi dynamic programming. β trades per-word accuracy for longer
+fragments: β = 0 is each word's own best region, a large β puts the whole sentence on one region.
+Consecutive words on one region form a fragment; fragments of training sentences become the
+(region, snippet) pairs that the region caption generator learns from."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .embedding import LoadedAlign
+from .errors import ModelError, StoreError, UsageError
+from .regions import RegionEncoder, RegionFeatures
+from .text import tokenize
+
+DEFAULT_BETA = 1.0
+
+# --------------------------------------------------------------------------- the MRF
+
+
+def check_beta(beta: float) -> float:
+    beta = float(beta)
+    # A negative β would reward switching regions; the DP below relies on β >= 0.
+    if not np.isfinite(beta) or beta < 0:
+        raise UsageError(f"beta must be a finite number >= 0, got {beta:g}")
+    return beta
+
+
+def align_words(unary: np.ndarray | torch.Tensor, beta: float) -> np.ndarray:
+    """Exact MAP assignment of the chain MRF: unary (N, R) -> region per word (N,) int64.
+
+    Viterbi in O(N·R): with a reward only for staying, the best way into region r is either the
+    best previous state overall (switching, no bonus) or r itself plus β, so no R×R table is needed.
+    Ties go to the lowest region index (and to staying), which keeps results deterministic."""
+    beta = check_beta(beta)
+    u = unary.detach().cpu().numpy() if isinstance(unary, torch.Tensor) else np.asarray(unary)
+    u = u.astype(np.float64)
+    if u.ndim != 2:
+        raise ValueError(f"unary must be (N, R), got shape {u.shape}")
+    n, r = u.shape
+    if n == 0:
+        return np.zeros(0, np.int64)
+    if r == 0:
+        raise ValueError("no regions to align to")
+    dp = u[0].copy()  # (R,): best energy of words 0..j ending on each region
+    back = np.zeros((n, r), np.int64)  # back[j, r]: region of word j-1 on the best path to (j, r)
+    regions = np.arange(r)
+    for j in range(1, n):
+        best_prev = int(np.argmax(dp))
+        stay = dp + beta  # (R,)
+        keep = stay >= dp[best_prev]
+        back[j] = np.where(keep, regions, best_prev)
+        dp = u[j] + np.where(keep, stay, dp[best_prev])
+    a = np.empty(n, np.int64)
+    a[-1] = int(np.argmax(dp))
+    for j in range(n - 1, 0, -1):
+        a[j - 1] = back[j, a[j]]
+    return a
+
+
+def energy(unary: np.ndarray, assignment: np.ndarray, beta: float) -> float:
+    """E(a) of one assignment (what `align_words` maximises)."""
+    u = np.asarray(unary, np.float64)
+    a = np.asarray(assignment)
+    return float(u[np.arange(len(a)), a].sum() + beta * np.sum(a[1:] == a[:-1]))
+
+
+# --------------------------------------------------------------------------- fragments
+
+
+@dataclass(frozen=True)
+class Fragment:
+    text: str  # the fragment's words, space-joined (tokenized: lowercase alphanumerics)
+    region: int  # index into the image's regions (0 = the full image)
+    box: tuple[int, int, int, int]  # xyxy pixels
+    score: float  # mean v_i · s_t over the fragment's words
+    start: int  # word span [start, end) in the tokenized sentence
+    end: int
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["box"] = list(self.box)
+        return d
+
+
+def fragments(tokens: list[str], assignment: np.ndarray, boxes: np.ndarray, unary: np.ndarray) -> list[Fragment]:
+    """Group runs of consecutive words on the same region into fragments, in sentence order."""
+    if len(tokens) != len(assignment):
+        raise ValueError(f"{len(tokens)} tokens but {len(assignment)} assigned regions")
+    u = np.asarray(unary, np.float64)
+    out: list[Fragment] = []
+    start = 0
+    for j in range(1, len(tokens) + 1):
+        if j == len(tokens) or assignment[j] != assignment[start]:
+            i = int(assignment[start])
+            out.append(Fragment(" ".join(tokens[start:j]), i, tuple(int(x) for x in boxes[i]),  # type: ignore[arg-type]
+                                float(u[start:j, i].mean()), start, j))
+            start = j
+    return out
+
+
+# --------------------------------------------------------------------------- with the model
+
+
+@dataclass
+class Alignment:
+    sentence: str
+    tokens: list[str]
+    assignment: np.ndarray  # (N,) region per word
+    unary: np.ndarray  # (N, R) v_i · s_t
+    boxes: np.ndarray  # (R, 4) xyxy, row 0 = full image
+    fragments: list[Fragment]
+    beta: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sentence": self.sentence, "tokens": self.tokens, "beta": self.beta,
+                "image_size": [int(self.boxes[0][2]), int(self.boxes[0][3])],
+                "regions": [int(i) for i in self.assignment],
+                "fragments": [f.to_dict() for f in self.fragments]}
+
+
+def sentence_tokens(sentence: str) -> list[str]:
+    tokens = tokenize(sentence)
+    if not tokens:
+        raise UsageError("the sentence has no words to align")
+    return tokens
+
+
+@torch.inference_mode()
+def unaries(loaded: LoadedAlign, features: np.ndarray, token_lists: list[list[str]]) -> list[np.ndarray]:
+    """v_i · s_t of one image's regions (R, D) against each sentence: a list of (N_k, R) arrays.
+    The regions are projected once; the sentences run through the BRNN as one padded batch."""
+    model = loaded.model
+    if getattr(loaded.config, "arch", "brnn") != "brnn":
+        raise ModelError(f"{loaded.path}: a {loaded.config.arch} model has no region-word scores to align with")
+    device = next(model.parameters()).device
+    feats = torch.from_numpy(np.asarray(features, np.float32)).to(device)[None]  # (1, R, D)
+    v = model.encode_regions(feats)[0]  # (R, h)
+    lengths = torch.tensor([len(t) for t in token_lists], dtype=torch.long)
+    ids = torch.zeros(len(token_lists), int(lengths.max()), dtype=torch.long)  # (B, T), PAD = 0
+    for k, t in enumerate(token_lists):
+        ids[k, : len(t)] = torch.tensor(loaded.vocab.encode(t), dtype=torch.long)
+    s = model.encode_words(ids.to(device), lengths.to(device))  # (B, T, h)
+    if getattr(loaded.config, "pool", "sum") == "mean":
+        # Undo the model's 1/length scaling: β is in units of one word's v_i · s_t, whatever the length.
+        s = s * lengths.to(device, s.dtype)[:, None, None]
+    dots = (s @ v.T).float().cpu().numpy()  # (B, T, R)
+    return [dots[k, : len(t)] for k, t in enumerate(token_lists)]
+
+
+def align_features(loaded: LoadedAlign, regions: RegionFeatures, sentence: str,
+                   beta: float = DEFAULT_BETA) -> Alignment:
+    """Align one sentence to precomputed region features."""
+    beta = check_beta(beta)
+    tokens = sentence_tokens(sentence)
+    u = unaries(loaded, regions.features, [tokens])[0]
+    a = align_words(u, beta)
+    return Alignment(sentence, tokens, a, u, regions.boxes, fragments(tokens, a, regions.boxes, u), beta)
+
+
+def align_photo(loaded: LoadedAlign, image_or_features: Image.Image | RegionFeatures, sentence: str,
+                beta: float = DEFAULT_BETA, encoder: RegionEncoder | None = None) -> Alignment:
+    """Align a sentence to a photo (its regions are proposed and encoded with the model's own
+    region config) or to region features already computed for it."""
+    check_beta(beta)
+    sentence_tokens(sentence)  # fail on an empty sentence before running the CNN
+    if isinstance(image_or_features, RegionFeatures):
+        regions = image_or_features
+    else:
+        encoder = encoder or RegionEncoder(loaded.region_config)
+        regions = encoder.encode_one(image_or_features)
+    return align_features(loaded, regions, sentence, beta)
+
+
+# --------------------------------------------------------------------------- snippet export
+
+
+def check_store(loaded: LoadedAlign, store_config: Any) -> None:
+    """A model only understands features from the extractor it was trained on."""
+    want = loaded.region_config.extractor_id()
+    have = store_config.extractor_id()
+    if want != have:
+        raise StoreError(f"feature store made by extractor {have}, but the model was trained on {want}")
+
+
+def snippets(loaded: LoadedAlign, store: Any, records: list[Any], beta: float = DEFAULT_BETA,
+             on_progress: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
+    """Every sentence of every record whose photo is in the feature store, aligned to it:
+    one dict {image_id, sentence_index, region, box, fragment, score, span} per fragment."""
+    beta = check_beta(beta)
+    check_store(loaded, store.config)
+    for rec in records:
+        if rec.image_id in store:
+            regions = store.get(rec.image_id)
+            kept = [(k, tokenize(s)) for k, s in enumerate(rec.sentences)]
+            kept = [(k, t) for k, t in kept if t]
+            us = unaries(loaded, regions.features, [t for _, t in kept]) if kept else []
+            for (k, tokens), u in zip(kept, us):
+                for f in fragments(tokens, align_words(u, beta), regions.boxes, u):
+                    yield {"image_id": rec.image_id, "sentence_index": k, "region": f.region,
+                           "box": list(f.box), "fragment": f.text, "score": round(f.score, 5),
+                           "span": [f.start, f.end]}
+        if on_progress:
+            on_progress(1)
+
+
+def write_jsonl(rows: Iterator[dict[str, Any]], path: str | Path) -> int:
+    """Write rows as JSON lines atomically (temp file, then rename); returns the row count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
+
+
+def read_snippets(path: str | Path) -> list[dict[str, Any]]:
+    from .errors import DatasetError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such snippets file")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DatasetError(f"{path}:{n}: not JSON ({e.msg})") from None
+    return rows
+
+
+# --------------------------------------------------------------------------- drawing
+
+PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
+
+
+def draw_boxes(image: Image.Image, labelled: list[tuple[tuple[int, int, int, int], str]],
+               min_side: int = 480) -> Image.Image:
+    """A copy of `image` with each (box, label) drawn in its own colour, the label on a filled tab
+    at the box's top-left. Small photos are enlarged first (to `min_side`) so labels stay legible."""
+    from PIL import ImageDraw, ImageFont
+
+    scale = max(1.0, min_side / min(image.size))
+    im = image.convert("RGB")
+    if scale > 1:
+        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.LANCZOS)
+    else:
+        im = im.copy()
+    d = ImageDraw.Draw(im)
+    font = ImageFont.load_default(size=max(12, round(min(im.size) / 30)))
+    width = max(2, round(min(im.size) / 160))
+    rects = []
+    for k, (box, _) in enumerate(labelled):
+        inset = k % 4 * width  # nested boxes (the full image among them) stay distinguishable
+        x0, y0, x1, y1 = (round(v * scale) for v in box)
+        rects.append((x0 + inset, y0 + inset, max(x0 + inset, x1 - 1 - inset), max(y0 + inset, y1 - 1 - inset)))
+        d.rectangle(rects[-1], outline=PALETTE[k % len(PALETTE)], width=width)
+    tabs: list[tuple[int, int, int, int]] = []
+    for k, ((_, label), (x0, y0, _, _)) in enumerate(zip(labelled, rects)):
+        c = PALETTE[k % len(PALETTE)]
+        left, top, right, bottom = d.textbbox((0, 0), label, font=font)
+        w, h = right - left + 6, bottom - top + 6
+        tx, ty = min(x0, max(0, im.width - w)), y0
+        # Labels of boxes sharing a corner would overwrite each other: stack them downwards.
+        while any(tx < q[2] and q[0] < tx + w and ty < q[3] and q[1] < ty + h for q in tabs):
+            ty += h
+        ty = min(ty, max(0, im.height - h))
+        tabs.append((tx, ty, tx + w, ty + h))
+        d.rectangle(tabs[-1], fill=c)
+        d.text((tx + 3 - left, ty + 3 - top), label, fill=(0, 0, 0) if sum(c) > 380 else (255, 255, 255), font=font)
+    return im
+
+
+def draw_alignment(image: Image.Image, alignment: Alignment) -> Image.Image:
+    """Each fragment's box labelled with its text (fragments on one region share a box)."""
+    by_region: dict[int, list[str]] = {}
+    for f in alignment.fragments:
+        by_region.setdefault(f.region, []).append(f.text)
+    labelled = [(tuple(int(x) for x in alignment.boxes[i]), " / ".join(t)) for i, t in by_region.items()]
+    return draw_boxes(image, labelled)  # type: ignore[arg-type]
+
+
+def save_image(im: Image.Image, path: str | Path) -> Path:
+    """Save atomically, format from the suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        im.save(tmp)
+        os.replace(tmp, path)
+    except (OSError, ValueError, KeyError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise UsageError(f"{path}: cannot write image ({e})") from None
+    return path

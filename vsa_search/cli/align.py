@@ -1,0 +1,103 @@
+"""`vsa align PHOTO "SENTENCE"` and `vsa align export`: sentence fragments on image regions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+
+from .. import align, datasets, embedding, images, paths
+from ..features import FeatureStore
+from .common import VSAGroup, err, out, print_json, progress
+
+DEFAULT_COMMAND = "photo"
+
+
+class AlignGroup(VSAGroup):
+    """`vsa align PHOTO SENTENCE` runs the hidden `photo` command; `vsa align export ...` the
+    subcommand. Anything that is not a subcommand name (a photo path, an option) goes to `photo`,
+    so a photo literally named `export` must be written `./export`."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        if args and args[0] not in self.commands:
+            return DEFAULT_COMMAND, self.commands[DEFAULT_COMMAND], args
+        return super().resolve_command(ctx, args)
+
+
+app = typer.Typer(cls=AlignGroup, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  # Options given before PHOTO (`vsa align --beta 3 a.jpg "..."`) belong to `photo`.
+                  context_settings={"ignore_unknown_options": True},
+                  help='Align a sentence\'s fragments to a photo\'s regions: vsa align PHOTO "SENTENCE" [--beta B] '
+                       '[--json] [--out fig.png]; or export snippets of a data set with `vsa align export`.')
+
+ModelOpt = Annotated[str, typer.Option("--model", help="Alignment model name or path.")]
+BetaOpt = Annotated[float, typer.Option("--beta", min=0.0,
+                                        help="Smoothing: reward for consecutive words on one region "
+                                             "(0 = each word alone; large = one fragment).")]
+
+
+def _load_model(name: str) -> embedding.LoadedAlign:
+    return embedding.load_align(paths.find_model(name))
+
+
+@app.command(DEFAULT_COMMAND, hidden=True)
+def photo_cmd(
+    photo: Annotated[Path, typer.Argument(help="The photo.")],
+    sentence: Annotated[str, typer.Argument(help="The sentence to align.")],
+    beta: BetaOpt = align.DEFAULT_BETA,
+    model: ModelOpt = "align",
+    out_png: Annotated[Path | None, typer.Option("--out", help="Draw the fragments' boxes into this image.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the alignment as JSON.")] = False,
+) -> None:
+    """Align SENTENCE to PHOTO and print its fragments with their boxes and scores."""
+    align.sentence_tokens(sentence)  # an empty sentence fails before any model or photo loads
+    image = images.load(photo)
+    loaded = _load_model(model)
+    result = align.align_photo(loaded, image, sentence, beta)
+    if out_png is not None:
+        align.save_image(align.draw_alignment(image, result), out_png)
+    if json_out:
+        print_json({"photo": str(photo), "model": str(loaded.path), **result.to_dict(),
+                    **({"picture": str(out_png)} if out_png else {})})
+        return
+    for f in result.fragments:
+        where = "full image" if f.region == 0 else f"region {f.region}"
+        out.print(f"{f.text!r:40} {where:11} box {list(f.box)}  score {f.score:.3f}")
+    if out_png is not None:
+        err.print(f"wrote {out_png}")
+
+
+@app.command("export")
+def export_cmd(
+    features: Annotated[Path, typer.Option("--features", help="Feature store of the data set's photos.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Snippets file to write (JSON lines).")],
+    dataset: Annotated[str, typer.Option(help="flickr8k | coco | karpathy")] = "flickr8k",
+    root: Annotated[Path | None, typer.Option(help="Data set root (default: the shared Flickr8k).")] = None,
+    captions: Annotated[Path | None, typer.Option(help="Captions JSON for coco/karpathy.")] = None,
+    split: Annotated[str, typer.Option(help="Which split's sentences (train for training snippets).")] = "train",
+    beta: BetaOpt = align.DEFAULT_BETA,
+    model: ModelOpt = "align",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Align every sentence of the split's photos in the feature store; one JSON line per fragment:
+    {image_id, sentence_index, region, box, fragment, score, span}."""
+    kw = {}
+    if captions is not None:
+        kw["captions_json" if dataset == "coco" else "dataset_json"] = captions
+    records = datasets.load_dataset(dataset, root, **kw).split(split)
+    loaded = _load_model(model)
+    with FeatureStore(features, readonly=True) as store:
+        align.check_store(loaded, store.config)
+        have = [r for r in records if r.image_id in store]
+        with progress("aligning", len(have)) as advance:
+            n = align.write_jsonl(align.snippets(loaded, store, have, beta, on_progress=advance), out_path)
+    summary = {"out": str(out_path), "split": split, "photos": len(have), "photos_not_in_store":
+               len(records) - len(have), "sentences": sum(len(r.sentences) for r in have), "fragments": n,
+               "beta": beta, "model": str(loaded.path)}
+    if json_out:
+        print_json(summary)
+    else:
+        out.print(f"{out_path}: {n} fragments from {summary['sentences']} sentences of {len(have)} {split} photos "
+                  f"({summary['photos_not_in_store']} not in the feature store)")
