@@ -13,6 +13,7 @@ from torch import nn
 from . import checkpoint
 from .config import EmbedConfig, RegionConfig, from_dict, to_dict
 from .encoders import ImageEncoder, SentenceEncoder
+from .errors import ModelError
 from .vocab import Vocab
 
 
@@ -31,7 +32,13 @@ class AlignModel(nn.Module):
     def encode_words(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T) word ids, (B,) lengths -> (B, T, h) word vectors s_t (zero past the length)."""
         s = self.sentence(ids, lengths)
-        return F.normalize(s, dim=-1) if self.cfg.normalize else s
+        if self.cfg.normalize:
+            s = F.normalize(s, dim=-1)
+        if self.cfg.pool == "mean":
+            # Scaling each s_t by 1/length turns score()'s sum over words into a mean, so long
+            # sentences do not outscore short ones merely by having more words.
+            s = s / lengths.clamp(min=1).to(s.dtype)[:, None, None]
+        return s
 
     def forward(self, feats: torch.Tensor, region_mask: torch.Tensor, ids: torch.Tensor,
                 lengths: torch.Tensor) -> torch.Tensor:
@@ -40,6 +47,58 @@ class AlignModel(nn.Module):
         s = self.encode_words(ids, lengths)
         word_mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
         return score(v, region_mask, s, word_mask)
+
+
+class GlobalModel(nn.Module):
+    """The global baseline: the full-image feature (region 0) against the mean of the sentence's
+    word vectors. It keeps AlignModel's interface: one region per image, and word vectors scaled
+    so that score()'s sum over words is exactly the (cosine or dot) image-sentence similarity."""
+
+    def __init__(self, cfg: EmbedConfig, vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.image = ImageEncoder(cfg.feature_dim, cfg.hidden, cfg.dropout)
+        self.embed = nn.Embedding(vocab_size, cfg.word_dim, padding_idx=0)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.proj = nn.Linear(cfg.word_dim, cfg.hidden)
+
+    def encode_regions(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, R, D) -> (B, 1, h): only the full image (region 0) is used."""
+        v = self.image(feats[:, :1])
+        return F.normalize(v, dim=-1) if self.cfg.normalize else v
+
+    def encode_words(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T), (B,) -> (B, T, h) with Σ_t s_t = W·mean(x) + b (unit length when normalize)."""
+        mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+        s = self.proj(self.drop(self.embed(ids))) * mask  # (B, T, h)
+        total = s.sum(1, keepdim=True)  # (B, 1, h)
+        if self.cfg.normalize:
+            return s / total.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        return s / lengths.clamp(min=1).to(s.dtype)[:, None, None]
+
+    def forward(self, feats: torch.Tensor, region_mask: torch.Tensor, ids: torch.Tensor,
+                lengths: torch.Tensor) -> torch.Tensor:
+        v = self.encode_regions(feats)
+        s = self.encode_words(ids, lengths)
+        word_mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
+        return score(v, region_mask[:, :1], s, word_mask)
+
+    def init_glove(self, vocab: Vocab) -> int:
+        return SentenceEncoder.init_glove(self, vocab)  # type: ignore[arg-type]  # uses only .embed
+
+
+ARCHS = ("brnn", "global")
+
+
+def build_model(cfg: EmbedConfig, vocab_size: int) -> AlignModel | GlobalModel:
+    """The model a config describes (`arch`), untrained."""
+    from .errors import UsageError
+
+    if cfg.arch not in ARCHS:
+        raise UsageError(f"unknown model arch {cfg.arch!r}; choose one of {', '.join(ARCHS)}")
+    if cfg.pool not in ("sum", "mean"):
+        raise UsageError(f"unknown pool {cfg.pool!r}; choose sum or mean")
+    return (AlignModel if cfg.arch == "brnn" else GlobalModel)(cfg, vocab_size)
 
 
 def score(v: torch.Tensor, region_mask: torch.Tensor, s: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
@@ -80,7 +139,7 @@ def ranking_loss(scores: torch.Tensor, margin: float = 1.0, hardest: bool = Fals
 class LoadedAlign:
     """Everything needed to use an alignment model (CLIP-style `load()` result)."""
 
-    model: AlignModel
+    model: AlignModel | GlobalModel  # GlobalModel only for a baseline file (config.arch == "global")
     vocab: Vocab
     config: EmbedConfig
     region_config: RegionConfig
@@ -89,7 +148,7 @@ class LoadedAlign:
     fingerprint: str  # identifies the weights: an index built with one model refuses another
 
 
-def save_align(model: AlignModel, vocab: Vocab, region_cfg: RegionConfig, path: str | Path,
+def save_align(model: AlignModel | GlobalModel, vocab: Vocab, region_cfg: RegionConfig, path: str | Path,
                metrics: dict | None = None, train_state: dict | None = None) -> Path:
     ck = checkpoint.Checkpoint(kind="align", config=to_dict(model.cfg), vocab=vocab.to_dict(),
                                region_config=to_dict(region_cfg),
@@ -102,8 +161,11 @@ def load_align(path: str | Path, device: str | torch.device = "cpu") -> LoadedAl
     ck = checkpoint.load(path, kind="align")
     cfg = from_dict(EmbedConfig, ck.config)
     vocab = Vocab.from_dict(ck.vocab)
-    model = AlignModel(cfg, len(vocab))
-    model.load_state_dict(ck.state_dict)
+    model = build_model(cfg, len(vocab))
+    try:
+        model.load_state_dict(ck.state_dict)
+    except RuntimeError as e:
+        raise ModelError(f"{path}: weights do not fit the model config ({str(e).splitlines()[0][:120]})") from None
     model.to(device).eval()
     return LoadedAlign(model, vocab, cfg, from_dict(RegionConfig, ck.region_config), Path(path),
                        ck.metrics, weights_fingerprint(ck.state_dict))
