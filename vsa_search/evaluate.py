@@ -4,9 +4,17 @@ metrics (BLEU-1..4, METEOR, CIDEr), each beside baselines and the paper's publis
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
+
+import torch
+
+from .errors import DatasetError
 
 
 @cache
@@ -16,6 +24,276 @@ def paper_results() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- retrieval (recall)
+# Tie rule (pessimistic): a candidate scoring exactly the same as the true item is ranked above it,
+# so a model that scores everything equally gets the worst rank, never a lucky one.
+
+
+@dataclass
+class RetrievalData:
+    """One split's photos and sentences as padded tensors, ready for batched scoring.
+    feats (N, R, D) float32, region_mask (N, R) bool, ids (M, T) long, lengths (M,) long,
+    sent_image (M,) long: the photo (row of feats) each sentence describes."""
+
+    image_ids: list[str]
+    feats: torch.Tensor
+    region_mask: torch.Tensor
+    ids: torch.Tensor
+    lengths: torch.Tensor
+    sent_image: torch.Tensor
+    sentences: list[str]
+
+
+def retrieval_data(records: list[Any], store: Any, vocab: Any) -> RetrievalData:
+    """Features of `records`' photos from `store` (a FeatureStore) and their sentences encoded with
+    `vocab`. Sentences that tokenize to nothing keep one UNK so that every sentence has a score."""
+    from .vocab import UNK
+
+    if not records:
+        raise DatasetError("no photos to evaluate")
+    rf = store.get_many([r.image_id for r in records])
+    n, r_max, dim = len(rf), max(f.features.shape[0] for f in rf), rf[0].features.shape[1]
+    feats = torch.zeros(n, r_max, dim)
+    region_mask = torch.zeros(n, r_max, dtype=torch.bool)
+    for i, f in enumerate(rf):
+        feats[i, : len(f.features)] = torch.from_numpy(f.features)
+        region_mask[i, : len(f.features)] = True
+    sents = [(i, s) for i, r in enumerate(records) for s in r.sentences]
+    encoded = [vocab.encode_text(s) or [UNK] for _, s in sents]
+    lengths = torch.tensor([len(e) for e in encoded])
+    ids = torch.zeros(len(encoded), int(lengths.max()), dtype=torch.long)
+    for j, e in enumerate(encoded):
+        ids[j, : len(e)] = torch.tensor(e)
+    return RetrievalData([r.image_id for r in records], feats, region_mask, ids, lengths,
+                         torch.tensor([i for i, _ in sents]), [s for _, s in sents])
+
+
+@torch.no_grad()
+def score_all(model: torch.nn.Module, data: RetrievalData, device: torch.device | str = "cpu",
+              chunk: int = 25) -> torch.Tensor:
+    """(N_img, N_sent) scores of every photo against every sentence, in batched tensor ops
+    (photos in chunks so that the (chunk, M, T, R) dot tensor stays small)."""
+    from .embedding import score
+
+    was_training = model.training
+    model.eval()
+    try:
+        s = model.encode_words(data.ids.to(device), data.lengths.to(device))  # (M, T, h)
+        word_mask = (torch.arange(data.ids.shape[1], device=device)[None, :]
+                     < data.lengths.to(device)[:, None])
+        rows = []
+        for a in range(0, len(data.image_ids), chunk):
+            v = model.encode_regions(data.feats[a : a + chunk].to(device))  # (c, R', h)
+            rows.append(score(v, data.region_mask[a : a + chunk, : v.shape[1]].to(device), s, word_mask).cpu())
+        return torch.cat(rows)
+    finally:
+        model.train(was_training)
+
+
+def retrieval_ranks(scores: torch.Tensor, sent_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranks (1 = top) under the pessimistic tie rule.
+    scores (N, M), sent_image (M,) -> annotation ranks (N,): for each photo, the rank of its
+    best-ranked true sentence among all M; search ranks (M,): each sentence's photo among all N."""
+    n, m = scores.shape
+    truth = sent_image[None, :] == torch.arange(n)[:, None]  # (N, M)
+    best_true = scores.masked_fill(~truth, float("-inf")).max(dim=1).values  # (N,)
+    # The best true sentence is outranked only by false ones; ties count against it.
+    ann = 1 + ((scores >= best_true[:, None]) & ~truth).sum(1)
+    true_score = scores[sent_image, torch.arange(m)]  # (M,)
+    search = 1 + ((scores >= true_score[None, :]) & ~truth).sum(0)
+    return ann, search
+
+
+def recall_summary(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
+    """{"R@K": percent of queries whose true item ranks <= K, ..., "medr": median rank}."""
+    r = ranks.double()
+    out = {f"R@{k}": float((r <= k).double().mean() * 100) for k in ks}
+    out["medr"] = float(r.median()) if len(r) % 2 else float(r.quantile(0.5))
+    return out
+
+
+def bootstrap_intervals(ann: torch.Tensor, search: torch.Tensor, sent_image: torch.Tensor, ks: tuple[int, ...],
+                        reps: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, dict[str, list[float]]]:
+    """Percentile intervals from resampling the test photos with replacement (a photo brings its
+    sentences along); ranks are not recomputed, so the candidate pool stays the full split."""
+    n = len(ann)
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randint(0, n, (reps, n), generator=g)  # (reps, N)
+    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
+    per_photo = [search[sent_image == i] for i in range(n)]
+    counts = torch.tensor([len(p) for p in per_photo])
+    out: dict[str, dict[str, list[float]]] = {}
+    for name in ("image_annotation", "image_search"):
+        rows = {}
+        if name == "image_annotation":
+            samples = ann[pick].double()  # (reps, N)
+            weights = torch.ones_like(samples)
+        else:
+            width = int(counts.max())
+            padded = torch.full((n, width), float("nan"), dtype=torch.float64)
+            for i, p in enumerate(per_photo):
+                padded[i, : len(p)] = p.double()
+            samples = padded[pick].reshape(reps, -1)  # (reps, N * width), NaN = no sentence
+            weights = (~samples.isnan()).double()
+        for k in ks:
+            hit = ((samples <= k).double() * weights).sum(1) / weights.sum(1) * 100
+            rows[f"R@{k}"] = [float(hit.quantile(lo)), float(hit.quantile(hi))]
+        med = samples.nanquantile(0.5, dim=1)
+        rows["medr"] = [float(med.quantile(lo)), float(med.quantile(hi))]
+        out[name] = rows
+    return out
+
+
+def retrieval_metrics(scores: torch.Tensor, sent_image: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10),
+                      reps: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Recall@K and median rank in both directions, each with a 95% bootstrap interval (`<metric>_ci`)."""
+    ann, search = retrieval_ranks(scores, sent_image)
+    ci = bootstrap_intervals(ann, search, sent_image, ks, reps=reps, seed=seed) if reps > 0 else {}
+    out: dict[str, Any] = {}
+    for name, ranks in (("image_annotation", ann), ("image_search", search)):
+        summ = recall_summary(ranks, ks)
+        out[name] = {**summ, **{f"{m}_ci": ci[name][m] for m in summ if ci}}
+    return out
+
+
+def mean_recall(metrics: dict[str, Any], ks: tuple[int, ...] = (1, 5, 10)) -> float:
+    """One number for early stopping: the mean of R@K over both directions."""
+    vals = [metrics[d][f"R@{k}"] for d in ("image_annotation", "image_search") for k in ks]
+    return sum(vals) / len(vals)
+
+
+def chance_metrics(n_images: int, sents_per_image: int, ks: tuple[int, ...]) -> dict[str, Any]:
+    """What a random ranking scores: search K/N; annotation, P(one of the photo's sentences in the
+    top K of N·s) = 1 - C(N·s - s, K) / C(N·s, K); medians of the same distributions."""
+    m = n_images * sents_per_image
+
+    def p_ann(k: int) -> float:  # P(best true rank <= k)
+        return 1 - math.comb(m - sents_per_image, k) / math.comb(m, k)
+
+    ann = {f"R@{k}": 100 * p_ann(k) for k in ks}
+    ann["medr"] = float(next(k for k in range(1, m + 1) if p_ann(k) >= 0.5))
+    search = {f"R@{k}": 100 * min(k, n_images) / n_images for k in ks}
+    search["medr"] = (n_images + 1) / 2
+    return {"image_annotation": ann, "image_search": search}
+
+
+def paper_recall(dataset: str = "flickr8k") -> dict[str, Any]:
+    """The paper's retrieval figures for `dataset` (1,000 test images for Flickr8k)."""
+    return paper_results()["retrieval"][dataset]
+
+
+def _extract_split(records: list[Any], region_cfg: Any, device: str | None,
+                   on_progress: Callable[[int], None] | None) -> Path:
+    """Extract `records`' photos into the cache under $VSA_HOME/cache/features/<extractor id>."""
+    from . import paths
+    from .features import extract_to_store
+
+    store = paths.home() / "cache" / "features" / region_cfg.extractor_id()
+    extract_to_store({r.image_id: r.path for r in records}, store, region_cfg, device=device,
+                     on_progress=on_progress)
+    return store
+
+
+def _baseline(model: Any, features: Path, baseline: str | None, dataset: Any, device: str | None,
+              on_baseline: Callable[[str], None] | None) -> tuple[Any, str]:
+    """The global baseline to compare against: an explicit file; else the shipped `align-global`
+    when it was trained on the same extractor's features; else one trained now on `features`
+    (cached under $VSA_HOME/cache); else none. Returns (LoadedAlign or None, where it came from)."""
+    from . import paths
+    from .config import EMBED_PRESETS, fingerprint, to_dict
+    from .embedding import load_align
+    from .features import FeatureStore
+    from .train import train_embed
+
+    if baseline == "none":
+        return None, "not requested"
+    if baseline not in (None, "auto"):
+        return load_align(paths.find_model(baseline)), str(paths.find_model(baseline))
+    shipped = paths.find_model("align-global")
+    if shipped.exists():
+        b = load_align(shipped)
+        if to_dict(b.region_config) == to_dict(model.region_config):
+            return b, f"{shipped} (shipped)"
+    cfg = EMBED_PRESETS["global"]
+    with FeatureStore(features, readonly=True) as store:
+        n_train = sum(r.image_id in store for r in dataset.present("train"))
+    if n_train == 0:
+        return None, f"none: {features} holds no train photos to train one on (pass --features)"
+    key = fingerprint({"cfg": to_dict(cfg), "extractor": model.region_config.extractor_id(),
+                       "vocab": model.vocab.itos, "train": n_train})
+    cached = paths.home() / "cache" / f"baseline-{key}.pt"
+    if not cached.exists():
+        if on_baseline:
+            on_baseline(f"training the global baseline on {n_train} train photos (cached in {cached})")
+        train_embed(features, cached, cfg, vocab=model.vocab, dataset=dataset, device=device)
+    return load_align(cached), f"{cached} (trained on {n_train} train photos of {features})"
+
+
+def evaluate_recall(model_path: str | Path, features: str | Path | None = None, split: str = "test",
+                    ks: tuple[int, ...] = (1, 5, 10), baseline: str | None = "auto", dataset: Any = None,
+                    device: str | None = None, reps: int = 1000, seed: int = 0,
+                    on_extract: Callable[[int], None] | None = None,
+                    on_baseline: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The paper's retrieval evaluation on the `split` photos present: this model, the global
+    baseline, chance and the paper's figures, side by side; 95% bootstrap intervals over photos.
+    Without `features`, the split's photos are extracted into the cache with the model's region
+    config (on_extract(n) reports progress)."""
+    from . import paths
+    from .config import to_dict
+    from .datasets import load_flickr8k
+    from .embedding import load_align
+    from .errors import StoreError, UsageError
+    from .features import FeatureStore
+    from .train import pick_device
+
+    if not ks or any(k < 1 for k in ks):
+        raise UsageError("--k needs positive integers, e.g. 1,5,10")
+    ks = tuple(sorted(set(ks)))
+    dev_ = pick_device(device)
+    model = load_align(paths.find_model(str(model_path)), dev_)
+    ds = dataset if dataset is not None else load_flickr8k()
+    records = ds.present(split)
+    if not records:
+        raise DatasetError(f"no {split} photos present on disk")
+    if features is None:
+        features = _extract_split(records, model.region_config, device, on_extract)
+    features = Path(features)
+    with FeatureStore(features, readonly=True) as store:
+        if to_dict(store.config) != to_dict(model.region_config):
+            raise StoreError(f"{features}: features by {store.extractor_id}, but the model was trained on "
+                             f"{model.region_config.extractor_id()}; extract with the model's region preset")
+        records = [r for r in records if r.image_id in store]
+        if not records:
+            raise DatasetError(f"{features}: holds none of the {split} photos")
+        data = retrieval_data(records, store, model.vocab)
+    base, base_from = _baseline(model, features, baseline, ds, device, on_baseline)
+
+    rows: list[dict[str, Any]] = [{"name": f"this model ({Path(model.path).name})", "path": str(model.path),
+                                   "metrics": retrieval_metrics(score_all(model.model, data, dev_),
+                                                                data.sent_image, ks, reps, seed)}]
+    if base is not None:
+        base.model.to(dev_)
+        if base.vocab.itos != model.vocab.itos:
+            with FeatureStore(features, readonly=True) as store:
+                bdata = retrieval_data(records, store, base.vocab)
+        else:
+            bdata = data
+        rows.append({"name": "global baseline", "path": base_from,
+                     "metrics": retrieval_metrics(score_all(base.model, bdata, dev_), bdata.sent_image, ks,
+                                                  reps, seed)})
+    per_image = max(1, round(len(data.sent_image) / len(records)))
+    rows.append({"name": "chance", "metrics": chance_metrics(len(records), per_image, ks)})
+    paper = paper_recall("flickr8k")
+    rows.append({"name": "paper, Flickr8k (1,000 test images)",
+                 "metrics": {d: {m: paper[d].get(m) for m in [f"R@{k}" for k in ks] + ["medr"]}
+                             for d in ("image_annotation", "image_search")}})
+    official = len(ds.split(split)) if split in ("train", "dev", "test") else len(records)
+    return {"split": split, "photos": len(records), "sentences": len(data.sent_image), "official_photos": official,
+            "ks": list(ks), "features": str(features), "baseline": base_from,
+            "note": (f"on the {len(records)} {split} photos present ({len(data.sent_image)} sentences) of the "
+                     f"official {official}; the paper's figures are on 1,000 test images, so its ranks are "
+                     f"over 8x more candidates; [lo, hi] = 95% bootstrap interval over photos "
+                     f"(seed {seed}); ties count against the true item"),
+            "rows": rows}
 
 
 # --------------------------------------------------------------------------- captions

@@ -2,6 +2,71 @@
 
 from __future__ import annotations
 
-from .common import new_app
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import config
+from ..errors import UsageError
+from ..train import train_embed
+from .common import err, new_app, out, print_json, progress
 
 app = new_app("Train the alignment model (embed) or the caption generator (caption).")
+
+
+@app.command("embed")
+def embed_cmd(
+    features: Annotated[Path, typer.Option(help="Feature store of the photos (vsa features extract).")],
+    out_path: Annotated[Path, typer.Option("--out", help="Model file to write (atomically, every epoch).")],
+    preset: Annotated[str, typer.Option(help="tiny | default | paper | global (the baseline).")] = "default",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Total epochs (overrides the preset).")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd (paper) | adam.")] = None,
+    loss: Annotated[str | None, typer.Option(help="sum (paper) | max (hardest negative, VSE++).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    margin: Annotated[float | None, typer.Option(help="Ranking-loss margin.")] = None,
+    hidden: Annotated[int | None, typer.Option(min=1, help="Joint-space size h.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=2, help="Photos per step.")] = None,
+    normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize",
+                                                   help="Cosine instead of dot products.")] = None,
+    pool: Annotated[str | None, typer.Option(help="sum (paper) | mean over words.")] = None,
+    dropout: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
+    patience: Annotated[int | None, typer.Option(min=1, help="Epochs without dev gain before stopping.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch that passes this.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train the alignment model with the ranking loss; early stopping on dev Recall@K."""
+    cfg = config.preset(config.EMBED_PRESETS, preset)
+    overrides = {"epochs": epochs, "optimizer": optimizer, "loss": loss, "lr": lr, "margin": margin,
+                 "hidden": hidden, "batch_size": batch_size, "normalize": normalize, "pool": pool,
+                 "dropout": dropout, "patience": patience, "seed": seed}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if resume and set(overrides) - {"epochs"}:
+        raise UsageError("--resume continues with the saved config; only --epochs may change")
+    cfg = dataclasses.replace(cfg, **overrides)
+    ticks = {"epoch": 0}
+    with progress("training", None, unit="steps") as advance:
+        def on_step(epoch: int, step: int, steps: int, loss_: float) -> None:
+            ticks["epoch"] = epoch
+            advance(1, description=f"epoch {epoch} step {step}/{steps} loss {loss_:.3f}")
+
+        def on_epoch(row: dict) -> None:
+            dev = f" dev R@1/5/10 mean {row['dev_mean_recall']:.1f}" if "dev_mean_recall" in row else ""
+            err.print(f"epoch {row['epoch']}: loss {row['loss']:.3f}{dev} ({row['seconds']:.0f}s)")
+
+        result = train_embed(features, out_path, None if resume else cfg, device=device, resume=resume,
+                             epochs=cfg.epochs if (epochs or not resume) else None, max_minutes=max_minutes,
+                             on_step=on_step, on_epoch=on_epoch)
+    summary = {"model": str(result.path), "epochs": result.epoch, "best_epoch": result.best_epoch,
+               "dev_mean_recall": round(result.best_metric, 2), "dev": result.dev, "stopped": result.stopped,
+               "seconds": round(result.seconds, 1)}
+    if json_out:
+        print_json(summary)
+        return
+    out.print(f"{result.path}: best epoch {result.best_epoch} of {result.epoch} "
+              f"(dev mean R@1/5/10 {result.best_metric:.1f}), stopped: {result.stopped}, "
+              f"{result.seconds:.0f}s")

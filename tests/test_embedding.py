@@ -1,0 +1,77 @@
+"""The alignment score S_kl and the ranking loss against naive references."""
+
+from __future__ import annotations
+
+import torch
+
+from vsa_search.config import EMBED_PRESETS
+from vsa_search.embedding import GlobalModel, build_model, ranking_loss, score
+
+
+def naive_score(v, region_mask, s, word_mask):
+    out = torch.zeros(v.shape[0], s.shape[0], dtype=torch.float64)
+    for k in range(v.shape[0]):
+        for m in range(s.shape[0]):
+            total = 0.0
+            for t in range(s.shape[1]):
+                if not word_mask[m, t]:
+                    continue
+                total += max(float(v[k, i] @ s[m, t]) for i in range(v.shape[1]) if region_mask[k, i])
+            out[k, m] = total
+    return out
+
+
+def test_score_equals_naive_loop_with_masks():
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(4, 5, 8, generator=g, dtype=torch.float64)
+    s = torch.randn(3, 6, 8, generator=g, dtype=torch.float64)
+    region_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 1, 0], [1, 1, 1, 0, 0]]).bool()
+    word_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]]).bool()
+    got = score(v, region_mask, s, word_mask)
+    assert got.shape == (4, 3)
+    assert torch.allclose(got, naive_score(v, region_mask, s, word_mask))
+
+
+def test_loss_zero_when_every_margin_holds_positive_otherwise():
+    good = torch.tensor([[5.0, 1.0, 0.0], [0.5, 4.0, 2.0], [1.0, 1.5, 3.5]])  # diag beats all by >= 1.5
+    assert float(ranking_loss(good, margin=1.0)) == 0.0
+    assert float(ranking_loss(good, margin=1.0, hardest=True)) == 0.0
+    bad = good.clone()
+    bad[0, 1] = 4.5  # image 0 now nearly prefers sentence 1; sentence 1 nearly prefers image 0
+    loss = ranking_loss(bad, margin=1.0)
+    # violations: row 0 (4.5 - 5 + 1 = 0.5), column 1 (4.5 - 4 + 1 = 1.5)
+    assert torch.isclose(loss, torch.tensor(2.0))
+    assert torch.isclose(ranking_loss(bad, margin=1.0, hardest=True), torch.tensor(2.0))
+    assert float(ranking_loss(good, margin=3.0)) > 0
+
+
+def test_sum_and_hardest_differ_with_several_violations():
+    scores = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    assert float(ranking_loss(scores, margin=1.0)) == 12.0  # 6 off-diagonal pairs, both directions
+    assert float(ranking_loss(scores, margin=1.0, hardest=True)) == 6.0
+
+
+def test_global_model_score_is_cosine_of_mean_word_vector():
+    cfg = EMBED_PRESETS["tiny"].__class__(**{**EMBED_PRESETS["tiny"].__dict__, "arch": "global",
+                                             "normalize": True, "dropout": 0.0})
+    torch.manual_seed(0)
+    m = build_model(cfg, 20).eval()
+    assert isinstance(m, GlobalModel)
+    feats = torch.randn(2, 3, cfg.feature_dim)
+    ids = torch.tensor([[4, 5, 6], [7, 8, 0]])
+    lengths = torch.tensor([3, 2])
+    got = m(feats, torch.ones(2, 3, dtype=torch.bool), ids, lengths)
+    v = torch.nn.functional.normalize(m.image(feats[:, 0]), dim=-1)
+    mean = torch.stack([m.proj(m.embed(ids[i, : lengths[i]])).mean(0) for i in range(2)])
+    want = v @ torch.nn.functional.normalize(mean, dim=-1).T
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_mean_pool_removes_length_scaling():
+    cfg = EMBED_PRESETS["tiny"].__class__(**{**EMBED_PRESETS["tiny"].__dict__, "pool": "mean", "dropout": 0.0})
+    torch.manual_seed(0)
+    m = build_model(cfg, 20).eval()
+    ids = torch.tensor([[4, 5, 6, 7]])
+    s_mean = m.encode_words(ids, torch.tensor([4]))
+    s_sum = m.sentence(ids, torch.tensor([4]))
+    assert torch.allclose(s_mean * 4, s_sum, atol=1e-6)
