@@ -1,0 +1,146 @@
+"""`vsa caption PHOTO...`, `vsa train caption` and `vsa eval caption`: the caption generator's commands."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import config, paths
+from ..errors import VSAError
+from .common import err, out, print_json, progress
+
+DEFAULT_MODEL = "caption"  # models/caption.pt, shipped
+
+
+def caption_cmd(
+    photos: Annotated[list[Path], typer.Argument(help="Photos (or folders of photos) to describe.")],
+    beam: Annotated[int, typer.Option(min=1, help="Beam size (1: greedy).")] = 7,
+    model: Annotated[str, typer.Option(help="Caption model file or name.")] = DEFAULT_MODEL,
+    max_len: Annotated[int | None, typer.Option(min=1, help="Most words per caption (default: the model's).")] = None,
+    length_norm: Annotated[float, typer.Option(min=0.0, help="Rank by logprob / (words+1)^this.")] = 0.0,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Describe each photo in one sentence, with its log-probability. A photo that cannot be read
+    gets one error line on stderr; the others are still captioned; the exit code is then 1."""
+    import torch
+
+    from ..captioner import full_image, load_caption
+    from ..evaluate import generate_captions
+    from ..images import is_photo
+    from ..images import load as load_image
+    from ..regions import RegionEncoder
+    from ..train import pick_device
+
+    loaded = load_caption(paths.find_model(model), device=pick_device(device))
+    files: list[Path] = []
+    for p in photos:
+        files += sorted(q for q in p.iterdir() if is_photo(q)) if p.is_dir() else [p]
+    encoder = RegionEncoder(loaded.region_config, pick_device(device))
+    ok: list[Path] = []
+    feats = []
+    failed = 0
+    with progress("reading photos", len(files)) as advance:
+        for p in files:
+            try:
+                feats.append(full_image(encoder.encode_one(load_image(p))))
+                ok.append(p)
+            except VSAError as e:
+                err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+                failed += 1
+            except Exception as e:  # a photo PIL opens but OpenCV/torch reject must not stop the others
+                err.print(f"[bold red]error:[/] {p}: {type(e).__name__}: {str(e).splitlines()[0][:120]}",
+                          markup=True, highlight=False)
+                failed += 1
+            advance(1)
+    caps = generate_captions(loaded, torch.stack(feats), beam=beam, max_len=max_len,
+                             length_norm=length_norm) if feats else []
+    rows = [{"photo": str(p), "caption": " ".join(loaded.vocab.decode(c.tokens)), "logprob": round(c.logprob, 4)}
+            for p, c in zip(ok, caps)]
+    if json_out:
+        print_json(rows)
+    else:
+        for r in rows:
+            out.print(f"{r['photo']}\t{r['caption']}\t({r['logprob']:.2f})", markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def train_caption_cmd(
+    features: Annotated[Path, typer.Option(help="Feature store (vsa features extract) of the Flickr8k photos.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Model file to write (rewritten every epoch).")],
+    preset: Annotated[str, typer.Option(help="Model preset: " + ", ".join(config.CAPTION_PRESETS))] = "default",
+    cell: Annotated[str | None, typer.Option(help="rnn (the paper's) | lstm (default: the preset's).")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="rmsprop (the paper's) | adam.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the preset's).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (early stopping may end sooner).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run saved in --out.")] = False,
+    slim: Annotated[bool, typer.Option(help="Drop the optimizer state from the final file (to ship it).")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Train the caption generator on full-image features and the training sentences (early
+    stopping on dev perplexity); the best epoch's weights are saved in --out after every epoch."""
+    from ..train import train_caption
+
+    cfg = config.preset(config.CAPTION_PRESETS, preset)
+    changes = {k: v for k, v in {"cell": cell, "optimizer": optimizer, "lr": lr, "epochs": epochs}.items()
+               if v is not None}
+    cfg = dataclasses.replace(cfg, **changes)
+    # Batches per epoch are known only once the store is read; the bar's total grows with them.
+    with progress("training", None, unit="batches") as advance:
+        report = train_caption(features, out_path, cfg, resume=resume, device=device, keep_train_state=not slim,
+                               on_batch=advance, on_epoch=lambda r: err.print(_epoch_line(r), highlight=False))
+    if json_out:
+        print_json(report)
+        return
+    b = report["best"]
+    out.print(f"{out_path}: best epoch {b['epoch']} (perplexity {b['dev_ppl']:.2f}), "
+              f"{len(report['history'])} epochs this run, {report['seconds']:.0f} s on {report['device']}"
+              + (", stopped early" if report["stopped_early"] else ""))
+
+
+def _epoch_line(r: dict) -> str:
+    ppl = f"dev perplexity {r['dev_ppl']:.2f}" if "dev_ppl" in r else f"train perplexity {r['train_ppl']:.2f}"
+    return f"epoch {r['epoch']}: train loss {r['train_loss']:.3f}, {ppl}, {r['seconds']:.0f} s"
+
+
+def eval_caption_cmd(
+    beam: Annotated[int, typer.Option(min=1, help="Beam size (1: greedy).")] = 7,
+    model: Annotated[str, typer.Option(help="Caption model file or name.")] = DEFAULT_MODEL,
+    features: Annotated[Path | None, typer.Option(help="Feature store with the test (and training) photos; "
+                                                       "default: extract them once into the cache.")] = None,
+    length_norm: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
+    show: Annotated[int, typer.Option(min=0, help="Print this many example captions.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """BLEU-1..4, METEOR and CIDEr on the Flickr8k test photos present: this model, the
+    nearest-neighbour baseline and the paper's published figures, side by side."""
+    from ..evaluate import evaluate_captions
+
+    # One bar (rich allows one live display): photos extracted into the cache, then photos captioned.
+    with progress("features, then captions", None) as advance:
+        res = evaluate_captions(paths.find_model(model), features, beam=beam, length_norm=length_norm,
+                                device=device, on_extract=advance, on_progress=advance)
+    if json_out:
+        print_json(res)
+        return
+    out.print(caption_table(res), markup=False)
+    for c in res["captions"][:show]:
+        out.print(f"{c['image']}\t{c['model']}\t(nn: {c['nearest_neighbour']})", markup=False)
+
+
+def caption_table(res: dict) -> str:
+    cols = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "CIDEr"]
+    lines = [f"Flickr8k captions, {res['test_photos']} test photos, beam {res['beam']} ({res['cell']} model)",
+             f"{'':28s}" + "".join(f"{c:>8s}" for c in cols)]
+    for name, row in res["rows"].items():
+        cells = "".join(f"{row[c]:8.1f}" if row.get(c) is not None else f"{'-':>8s}" for c in cols)
+        lines.append(f"{name:28s}{cells}")
+    notes = {row["notes"] for row in res["rows"].values() if row.get("notes")}
+    lines += [f"note: {res['note']}"] + [f"note: {n}" for n in sorted(notes)]
+    return "\n".join(lines)
