@@ -297,3 +297,156 @@ def evaluate_recall(model_path: str | Path, features: str | Path | None = None, 
 
 
 # --------------------------------------------------------------------------- captions
+# Sentences are tokenised with our own text.tokenize (lowercase alphanumerics, as the model sees
+# them) instead of the PTB Java tokenizer; scores are x100 like the paper's tables.
+
+METEOR_TIMEOUT_S = 300.0
+
+
+def _meteor(gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float | None, str | None]:
+    """METEOR through pycocoevalcap's Java jar, or (None, why) when Java is missing or fails:
+    a metric that cannot run is reported as unavailable, never a crash or a hang."""
+    import threading
+
+    try:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        m = Meteor()
+    except Exception as e:  # no java, no jar: Popen raises OSError and friends
+        return None, f"METEOR unavailable ({type(e).__name__}: {str(e)[:100]})"
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["score"] = m.compute_score(gts, res)[0]
+        except Exception as e:  # Java died mid-way: its pipe gives '' and float('') fails
+            box["error"] = f"{type(e).__name__}: {str(e)[:100]}"
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    t.join(METEOR_TIMEOUT_S)
+    if t.is_alive() or "error" in box:
+        m.meteor_p.kill()  # unblocks the reader; the wrapper's lock is then released
+        t.join(5)
+        why = box.get("error", f"timed out after {METEOR_TIMEOUT_S:.0f} s")
+        return None, f"METEOR unavailable ({why})"
+    return float(box["score"]), None
+
+
+def caption_metrics(references: dict[str, list[str]], candidates: dict[str, str],
+                    meteor: bool = True) -> dict[str, Any]:
+    """BLEU-1..4, METEOR and CIDEr (x100) of one candidate per photo against its references.
+    METEOR is None (with "notes") when Java cannot run it."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    from .text import tokenize
+
+    if set(references) != set(candidates) or not candidates:
+        raise DatasetError("caption metrics need one candidate for every photo with references")
+    gts = {k: [" ".join(tokenize(s)) for s in v] for k, v in references.items()}
+    res = {k: [" ".join(tokenize(candidates[k]))] for k in gts}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    cider, _ = Cider().compute_score(gts, res)
+    out: dict[str, Any] = {f"BLEU-{n + 1}": 100 * float(b) for n, b in enumerate(bleu)}
+    out["METEOR"], why = _meteor(gts, res) if meteor else (None, "METEOR not run")
+    if out["METEOR"] is not None:
+        out["METEOR"] *= 100
+    out["CIDEr"] = 100 * float(cider)
+    if why:
+        out["notes"] = why
+    return out
+
+
+def nearest_neighbour(train_feats: torch.Tensor, test_feats: torch.Tensor) -> torch.Tensor:
+    """The paper's baseline: for each test photo, the training photo closest in full-image
+    feature space (cosine). (N, D), (M, D) -> (M,) indices into train_feats."""
+    import torch.nn.functional as F
+
+    sims = F.normalize(test_feats.float(), dim=-1) @ F.normalize(train_feats.float(), dim=-1).T  # (M, N)
+    return sims.argmax(dim=1)
+
+
+def caption_cache_dir(region_cfg: Any) -> Path:
+    """Where `vsa eval caption` keeps the features it extracts itself (one store per extractor)."""
+    from . import paths
+
+    return paths.home() / "cache" / f"features-{region_cfg.extractor_id()}"
+
+
+def generate_captions(loaded: Any, feats: torch.Tensor, beam: int = 7, max_len: int | None = None,
+                      length_norm: float = 0.0, batch_size: int = 64,
+                      on_progress: Callable[[int], None] | None = None) -> list[Any]:
+    """Beam-search captions for (N, D) full-image features, in batches; returns beam.Caption objects."""
+    from .beam import beam_search
+
+    device = next(loaded.model.parameters()).device
+    out = []
+    for i in range(0, len(feats), batch_size):
+        chunk = feats[i:i + batch_size].to(device)
+        out += beam_search(loaded.model, chunk, beam=beam, max_len=max_len or loaded.config.max_len,
+                           length_norm=length_norm)
+        if on_progress:
+            on_progress(len(chunk))
+    return out
+
+
+def evaluate_captions(model: str | Path, features: str | Path | None = None, beam: int = 7,
+                      length_norm: float = 0.0, device: str | None = None, root: Path | None = None,
+                      meteor: bool = True, on_extract: Callable[[int], None] | None = None,
+                      on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """The paper's caption table for the Flickr8k test photos present, in one run: this model,
+    the nearest-neighbour baseline (the first reference sentence of the closest training photo,
+    cosine on full-image features) and the paper's published figures.
+
+    Features come from the store `features` (it must be made with the model's region config) or,
+    when None, are extracted once into caption_cache_dir() (test photos and, for the baseline,
+    training photos)."""
+    from .captioner import full_image, load_caption
+    from .datasets import load_flickr8k
+    from .errors import StoreError
+    from .features import FeatureStore, extract_to_store
+    from .train import pick_device
+
+    loaded = load_caption(model, device=pick_device(device))
+    ds = load_flickr8k(root)
+    test, train = ds.present("test"), ds.present("train")
+    if not test:
+        raise DatasetError("no Flickr8k test photos on disk")
+    if features is None:
+        features = caption_cache_dir(loaded.region_config)
+        extract_to_store({r.image_id: r.path for r in test + train}, features, loaded.region_config,
+                         device=device, on_progress=on_extract)
+    with FeatureStore(features, readonly=True) as store:
+        if store.extractor_id != loaded.region_config.extractor_id():
+            raise StoreError(f"{features}: made by extractor {store.extractor_id}, but the model was trained on "
+                             f"{loaded.region_config.extractor_id()} features")
+        test = [r for r in test if r.image_id in store]
+        train = [r for r in train if r.image_id in store]
+        if not test or not train:
+            raise StoreError(f"{features}: holds {len(test)} test and {len(train)} training photos; need both")
+        test_feats = torch.stack([full_image(store.get(r.image_id)) for r in test])  # (M, D)
+        train_feats = torch.stack([full_image(store.get(r.image_id)) for r in train])  # (N, D)
+
+    caps = generate_captions(loaded, test_feats, beam=beam, length_norm=length_norm, on_progress=on_progress)
+    model_text = {r.image_id: " ".join(loaded.vocab.decode(c.tokens)) for r, c in zip(test, caps)}
+    nn_idx = nearest_neighbour(train_feats, test_feats).tolist()
+    nn_text = {r.image_id: train[j].sentences[0] for r, j in zip(test, nn_idx)}
+    refs = {r.image_id: list(r.sentences) for r in test}
+
+    paper = paper_results()["generation"]["flickr8k"]
+    rows = {
+        "this model": caption_metrics(refs, model_text, meteor=meteor),
+        "nearest neighbour": caption_metrics(refs, nn_text, meteor=meteor),
+        "paper (1,000 test images)": {k: paper.get(k) for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4",
+                                                                  "METEOR", "CIDEr")},
+    }
+    return {
+        "model": str(loaded.path), "cell": loaded.config.cell, "beam": beam, "length_norm": length_norm,
+        "features": str(features), "test_photos": len(test), "train_photos_for_nn": len(train),
+        "rows": rows,
+        "note": "this model and the baseline: the Flickr8k test photos present here; the paper: all 1,000 "
+                "test images (its Flickr8k figures are unconfirmed, see paper_results.json)",
+        "captions": [{"image": r.image_id, "model": model_text[r.image_id], "logprob": round(c.logprob, 3),
+                      "nearest_neighbour": nn_text[r.image_id]} for r, c in zip(test, caps)],
+    }

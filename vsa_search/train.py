@@ -240,3 +240,189 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
 
 
 # --------------------------------------------------------------------------- caption (generator)
+
+
+def caption_sentences(ids: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Word-id lists -> (inputs, targets), each (S, T) and PAD-filled: START w_1..w_n and
+    w_1..w_n END. Sentences longer than max_len words are cut (the generator never says more)."""
+    from .vocab import END, PAD, START
+
+    ids = [s[:max_len] for s in ids]
+    T = max(len(s) for s in ids) + 1
+    inputs = torch.full((len(ids), T), PAD, dtype=torch.long)
+    targets = torch.full((len(ids), T), PAD, dtype=torch.long)
+    for i, s in enumerate(ids):
+        inputs[i, : len(s) + 1] = torch.tensor([START, *s])
+        targets[i, : len(s) + 1] = torch.tensor([*s, END])
+    return inputs, targets
+
+
+def caption_split(store, split: str, vocab, max_len: int, root=None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                torch.Tensor, torch.Tensor]:
+    """The photos of one Flickr8k split that the feature store holds, and their sentences:
+    feats (P, D) full-image features, photo (S,) index of each sentence's photo, inputs, targets (S, T)."""
+    from .captioner import full_image
+    from .datasets import load_flickr8k
+    from .text import tokenize
+
+    have = set(store.ids())
+    recs = [r for r in load_flickr8k(root).split(split) if r.image_id in have]
+    if not recs:
+        return torch.zeros(0, store.config.feature_dim), torch.zeros(0, dtype=torch.long), \
+            torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long)
+    feats = torch.stack([full_image(store.get(r.image_id)) for r in recs])  # (P, D)
+    photo, sents = [], []
+    for p, r in enumerate(recs):
+        for s in r.sentences:
+            if toks := tokenize(s):
+                photo.append(p)
+                sents.append(vocab.encode(toks))
+    inputs, targets = caption_sentences(sents, max_len)
+    return feats, torch.tensor(photo), inputs, targets
+
+
+def _caption_batches(n: int, batch_size: int, gen: torch.Generator | None):
+    order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
+    for i in range(0, n, batch_size):
+        yield order[i:i + batch_size]
+
+
+def _trim(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the all-PAD columns a batch of short sentences does not need."""
+    T = int((targets != 0).sum(1).max())
+    return inputs[:, :T], targets[:, :T]
+
+
+@torch.no_grad()
+def caption_perplexity(model, feats: torch.Tensor, photo: torch.Tensor, inputs: torch.Tensor,
+                       targets: torch.Tensor, device: torch.device, batch_size: int = 500) -> float:
+    """exp(mean cross-entropy per word, END included) over the given sentences."""
+    model.eval()
+    total, words = 0.0, 0
+    for idx in _caption_batches(len(inputs), batch_size, None):
+        x, y = _trim(inputs[idx], targets[idx])
+        total += float(model.loss(feats[photo[idx]].to(device), x.to(device), y.to(device), reduction="sum"))
+        words += int((y != 0).sum())
+    return float(np.exp(total / max(words, 1)))
+
+
+def _caption_optimizer(model, cfg):
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(model.parameters(), lr=cfg.lr, alpha=0.99, eps=1e-8)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    from .errors import UsageError
+
+    raise UsageError(f"unknown optimizer {cfg.optimizer!r}; choose rmsprop or adam")
+
+
+def train_caption(features, out, cfg, resume: bool = False, device: str | None = None, root=None,
+                  keep_train_state: bool = True, on_batch=None, on_epoch=None) -> dict:
+    """Train the caption generator on the full-image features of the training-split photos in the
+    feature store `features`; early stopping on dev perplexity (patience cfg.patience).
+
+    `out` is rewritten after every epoch: its weights are the best epoch's; its train_state holds
+    the current weights, optimizer and counters so that `resume=True` continues where it stopped
+    (keep_train_state=False drops them from the final file: smaller, no longer resumable).
+    on_batch(n) and on_epoch(record) report progress. Returns the report (history, best, seconds)."""
+    import dataclasses
+    import time
+    from pathlib import Path
+
+    from . import checkpoint
+    from .captioner import Captioner, save_caption
+    from .config import CaptionConfig, from_dict, to_dict
+    from .errors import ModelError, UsageError
+    from .features import FeatureStore
+    from .vocab import Vocab, build_flickr8k_vocab
+
+    out = Path(out)
+    dev = pick_device(device)
+    ts: dict = {}
+    vocab = None
+    if resume:
+        if not out.exists():
+            raise UsageError(f"--resume: {out} does not exist yet")
+        ck = checkpoint.load(out, kind="caption")
+        ts = ck.train_state
+        if "optimizer" not in ts:
+            raise ModelError(f"{out}: holds no training state to resume (saved without it)")
+        saved = from_dict(CaptionConfig, ck.config)
+        # Only the epoch budget and patience may change on resume; anything else is another model.
+        if dataclasses.replace(saved, epochs=cfg.epochs, patience=cfg.patience) != cfg:
+            raise UsageError(f"--resume: {out} was trained with another config "
+                             f"(preset/cell/optimizer differ); use another --out")
+        vocab = Vocab.from_dict(ck.vocab)
+    vocab = vocab or build_flickr8k_vocab(root)
+
+    with FeatureStore(features, readonly=True) as store:
+        region_cfg = store.config
+        if resume and to_dict(region_cfg) != ck.region_config:
+            raise UsageError(f"--resume: {features} holds other features than {out} was trained on")
+        train = caption_split(store, "train", vocab, cfg.max_len, root)
+        dev_data = caption_split(store, "dev", vocab, cfg.max_len, root)
+    if len(train[1]) == 0:
+        raise UsageError(f"{features}: holds no training-split photos")
+
+    seed_everything(cfg.seed)
+    model = Captioner(cfg, len(vocab)).to(dev)
+    opt = _caption_optimizer(model, cfg)
+    history: list[dict] = []
+    best = {"epoch": 0, "dev_ppl": float("inf")}
+    best_sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    bad, start = 0, 1
+    if resume:
+        model.load_state_dict(ts["current"])
+        opt.load_state_dict(ts["optimizer"])
+        history, best, bad, start = list(ts["history"]), dict(ts["best"]), int(ts["bad_epochs"]), int(ts["epoch"]) + 1
+        best_sd = ck.state_dict
+    t_start = time.perf_counter() - float(ts.get("seconds", 0.0))
+    feats = train[0].to(dev)
+    on_dev = len(dev_data[1]) > 0  # a store without dev photos stops on training perplexity
+
+    def save(final: bool) -> None:
+        state = {"epoch": history[-1]["epoch"] if history else 0, "best": best, "bad_epochs": bad,
+                 "history": history, "seconds": time.perf_counter() - t_start, "finished": final}
+        if keep_train_state or not final:
+            state.update(current={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                         optimizer=opt.state_dict())
+        metrics = {"dev_ppl": best["dev_ppl"], "best_epoch": best["epoch"], "train_photos": int(len(train[0])),
+                   "train_sentences": int(len(train[1])), "dev_photos": int(len(dev_data[0])),
+                   "seconds": round(state["seconds"], 1)}
+        save_caption(model, vocab, region_cfg, out, metrics=metrics, train_state=state, state_dict=best_sd)
+
+    stopped = bad >= cfg.patience
+    for epoch in range(start, cfg.epochs + 1):
+        if stopped:
+            break
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and order depend on the epoch only: resumable
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        model.train()
+        t0, total, n = time.perf_counter(), 0.0, 0
+        for idx in _caption_batches(len(train[1]), cfg.batch_size, gen):
+            x, y = _trim(train[2][idx], train[3][idx])
+            loss = model.loss(feats[train[1][idx].to(dev)], x.to(dev), y.to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_elementwise(model.parameters(), cfg.clip)
+            opt.step()
+            total, n = total + loss.item() * len(idx), n + len(idx)
+            if on_batch:
+                on_batch(1)
+        ppl = caption_perplexity(model, *(dev_data if on_dev else train), device=dev)
+        rec = {"epoch": epoch, "train_loss": total / n, ("dev_ppl" if on_dev else "train_ppl"): ppl,
+               "seconds": round(time.perf_counter() - t0, 2)}
+        history.append(rec)
+        if ppl < best["dev_ppl"]:
+            best, bad = {"epoch": epoch, "dev_ppl": ppl}, 0
+            best_sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+        stopped = bad >= cfg.patience
+        save(final=stopped or epoch == cfg.epochs)
+        if on_epoch:
+            on_epoch(rec)
+    return {"out": str(out), "history": history, "best": best, "stopped_early": stopped,
+            "seconds": round(time.perf_counter() - t_start, 1), "device": str(dev),
+            "train_photos": int(len(train[0])), "train_sentences": int(len(train[1])),
+            "dev_photos": int(len(dev_data[0]))}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from .. import __version__
-from . import align, eval, features, train
+from . import align, caption, eval, features, train
 from .common import new_app, out
 
 app = new_app("Search, caption and align your photos with words (Karpathy & Fei-Fei, CVPR 2015).")
 app.add_typer(features.app, name="features")
 app.add_typer(train.app, name="train")
 app.add_typer(eval.app, name="eval")
+app.command("caption")(caption.caption_cmd)
 app.add_typer(align.app, name="align")
 
 

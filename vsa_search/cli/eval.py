@@ -67,3 +67,9 @@ def recall_cmd(
         out.print(t)
     out.print(f"Note: {report['note']}.")
     out.print(f"Global baseline: {report['baseline']}.")
+
+
+# The caption table's command lives beside `vsa caption` (cli/caption.py).
+from .caption import eval_caption_cmd  # noqa: E402
+
+app.command("caption")(eval_caption_cmd)

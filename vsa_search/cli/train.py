@@ -70,3 +70,9 @@ def embed_cmd(
     out.print(f"{result.path}: best epoch {result.best_epoch} of {result.epoch} "
               f"(dev mean R@1/5/10 {result.best_metric:.1f}), stopped: {result.stopped}, "
               f"{result.seconds:.0f}s")
+
+
+# The caption generator's command lives beside `vsa caption` (cli/caption.py).
+from .caption import train_caption_cmd  # noqa: E402
+
+app.command("caption")(train_caption_cmd)
