@@ -198,8 +198,10 @@ def _baseline(model: Any, features: Path, baseline: str | None, dataset: Any, de
     """The global baseline to compare against: an explicit file; else the shipped `align-global`
     when it was trained on the same extractor's features; else one trained now on `features`
     (cached under $VSA_HOME/cache); else none. Returns (LoadedAlign or None, where it came from)."""
+    import hashlib
+
     from . import paths
-    from .config import EMBED_PRESETS, fingerprint, to_dict
+    from .config import EMBED_PRESETS, to_dict
     from .embedding import load_align
     from .features import FeatureStore
     from .train import train_embed
@@ -218,8 +220,9 @@ def _baseline(model: Any, features: Path, baseline: str | None, dataset: Any, de
         n_train = sum(r.image_id in store for r in dataset.present("train"))
     if n_train == 0:
         return None, f"none: {features} holds no train photos to train one on (pass --features)"
-    key = fingerprint({"cfg": to_dict(cfg), "extractor": model.region_config.extractor_id(),
-                       "vocab": model.vocab.itos, "train": n_train})
+    blob = json.dumps({"cfg": to_dict(cfg), "extractor": model.region_config.extractor_id(),
+                       "vocab": model.vocab.itos, "train": n_train}, sort_keys=True).encode()
+    key = hashlib.sha256(blob).hexdigest()[:12]
     cached = paths.home() / "cache" / f"baseline-{key}.pt"
     if not cached.exists():
         if on_baseline:
