@@ -98,6 +98,8 @@ EMBED_PRESETS: dict[str, EmbedConfig] = {
     "tiny": EmbedConfig(hidden=32, epochs=2, batch_size=16, glove=False, word_dim=16),
     "default": EmbedConfig(),
     "paper": EmbedConfig(hidden=1000, word_dim=50, epochs=50),
+    # The global baseline (evaluate.py compares every model with it): cosine, small margin, Adam.
+    "global": EmbedConfig(arch="global", normalize=True, margin=0.2, optimizer="adam", lr=1e-3, epochs=40),
 }
 
 
