@@ -105,3 +105,10 @@ def test_chance_and_paper_figures():
     assert c["image_annotation"]["R@1"] == pytest.approx(100 * 5 / 625)
     assert c["image_search"]["medr"] == 63
     assert paper_recall()["image_annotation"]["R@1"] == 16.5
+
+
+def test_nan_scores_rank_last():
+    sent_image = torch.arange(4) // 2
+    scores = torch.full((2, 4), float("nan"))
+    ann, search = retrieval_ranks(scores, sent_image)
+    assert ann.tolist() == [3, 3] and search.tolist() == [2, 2, 2, 2]

@@ -94,6 +94,7 @@ def retrieval_ranks(scores: torch.Tensor, sent_image: torch.Tensor) -> tuple[tor
     scores (N, M), sent_image (M,) -> annotation ranks (N,): for each photo, the rank of its
     best-ranked true sentence among all M; search ranks (M,): each sentence's photo among all N."""
     n, m = scores.shape
+    scores = scores.nan_to_num(nan=float("-inf"))  # a NaN score ties at the bottom, never wins
     truth = sent_image[None, :] == torch.arange(n)[:, None]  # (N, M)
     best_true = scores.masked_fill(~truth, float("-inf")).max(dim=1).values  # (N,)
     # The best true sentence is outranked only by false ones; ties count against it.

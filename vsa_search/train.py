@@ -94,7 +94,7 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
     from .config import EMBED_PRESETS, from_dict
     from .datasets import load_flickr8k
     from .embedding import build_model, ranking_loss
-    from .errors import DatasetError, UsageError
+    from .errors import DatasetError, ModelError, UsageError
     from .evaluate import mean_recall, retrieval_data, retrieval_metrics, score_all
     from .features import FeatureStore
     from .vocab import build_flickr8k_vocab
@@ -191,6 +191,9 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
                 t_max = int(lengths[sent].max())
                 scores = model(feats[img], region_mask[img], ids[sent, :t_max], lengths[sent])  # (B, B)
                 loss = ranking_loss(scores, cfg.margin, hardest=cfg.loss == "max") / len(img)
+                if not torch.isfinite(loss):
+                    raise ModelError(f"training diverged at epoch {epoch} (loss {loss.item()}); "
+                                     f"lower the learning rate (now {cfg.lr}) or use --normalize")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 clip_elementwise(model.parameters(), cfg.clip)
