@@ -3,6 +3,7 @@ Shared pieces first; each trainer below owns its own section."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -33,6 +34,41 @@ def clip_elementwise(params, clip: float) -> None:
     """The paper clips gradients element-wise (not by norm)."""
     if clip > 0:
         torch.nn.utils.clip_grad_value_(params, clip)
+
+
+class MixedPrecision:
+    """Autocast for training steps: bf16 on GPUs that have it, else fp16 with a GradScaler. CUDA
+    only: amp=None means on for CUDA and off for CPU (CPU always trains in float32). Losses are
+    computed from float32 scores/logits; the optimizer keeps float32 weights."""
+
+    def __init__(self, device: torch.device, amp: bool | None = None):
+        from .errors import UsageError
+
+        if amp and device.type != "cuda":
+            raise UsageError(f"--amp needs a CUDA device (training on {device})")
+        self.enabled = device.type == "cuda" and amp is not False
+        self.dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if self.enabled else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=self.dtype) if self.enabled else contextlib.nullcontext()
+
+    def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, params, clip: float) -> None:
+        """backward, element-wise clip (of unscaled gradients) and optimizer step."""
+        params = list(params)
+        if self.scaler is None:
+            loss.backward()
+            clip_elementwise(params, clip)
+            opt.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(opt)
+        clip_elementwise(params, clip)
+        self.scaler.step(opt)  # skipped when fp16 overflowed; the scale then shrinks
+        self.scaler.update()
+
+    def describe(self) -> str:
+        return str(self.dtype).removeprefix("torch.") if self.enabled else "float32"
 
 
 # --------------------------------------------------------------------------- embed (alignment model)
@@ -77,7 +113,7 @@ def _make_optimizer(cfg: Any, params: Any) -> torch.optim.Optimizer:
 
 def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab: Any = None,
                 dataset: Any = None, device: str | None = None, resume: bool = False,
-                epochs: int | None = None, max_minutes: float | None = None,
+                epochs: int | None = None, max_minutes: float | None = None, amp: bool | None = None,
                 on_step: Callable[[int, int, int, float], None] | None = None,
                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> EmbedResult:
     """Train the alignment model (or the global baseline, cfg.arch == "global") on the train-split
@@ -90,7 +126,13 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
     When training ends the optimizer and last weights are dropped (the file stays small); resuming
     such a file restarts the optimizer from the best weights. `epochs` overrides cfg.epochs (the
     total, counting epochs already run). on_step(epoch, step, steps_per_epoch, loss) and
-    on_epoch(history_row) report progress."""
+    on_epoch(history_row) report progress. amp: mixed precision (None: on for CUDA, see MixedPrecision).
+
+    Under torchrun (WORLD_SIZE > 1) the model trains with DistributedDataParallel: a step is a
+    global batch of WORLD_SIZE x batch_size photos, each rank encodes its shard and the loss sees
+    the negatives of every rank (distributed.ranking_loss_part); only rank 0 evaluates, reports
+    and writes `out`."""
+    from . import distributed
     from .config import EMBED_PRESETS, from_dict
     from .datasets import load_flickr8k
     from .embedding import build_model, ranking_loss
@@ -102,6 +144,8 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
     t_start = time.perf_counter()
     out = Path(out)
     dev_ = pick_device(device)
+    world, rank, dev_ = distributed.init(dev_)  # (1, 0, dev_) outside torchrun
+    mp = MixedPrecision(dev_, amp)
     train_state: dict[str, Any] = {}
     start_state: dict[str, torch.Tensor] | None = None
     best_state: dict[str, torch.Tensor] | None = None
@@ -146,6 +190,7 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
     opt = _make_optimizer(cfg, model.parameters())
     if train_state.get("optimizer"):
         opt.load_state_dict(train_state["optimizer"])
+    encoders = distributed.wrap(model, dev_) if world > 1 else None
 
     # The whole training set lives on the device: ~750 photos x 20 regions is ~80 MB.
     feats, region_mask = train.feats.to(dev_), train.region_mask.to(dev_)
@@ -153,7 +198,7 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
     n_img = len(train.image_ids)
     per_image = [torch.nonzero(train.sent_image == i).flatten() for i in range(n_img)]
     rounds = max(len(p) for p in per_image)
-    bsz = min(cfg.batch_size, n_img)
+    bsz = min(cfg.batch_size * world, n_img)  # the global batch: world x batch_size photos
     steps = rounds * ((n_img + bsz - 1) // bsz)
 
     history: list[dict[str, Any]] = list(train_state.get("history", []))
@@ -179,31 +224,39 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
         seed_everything(cfg.seed * 1000 + epoch)  # same shuffles and dropout masks after --resume
         model.train()
         order = [p[torch.randperm(len(p))] for p in per_image]  # each photo's sentences, shuffled
+        data_gen = None  # ranks must draw the same global batches whatever their dropout drew: own generator
+        if world > 1:
+            data_gen = torch.Generator()
+            data_gen.set_state(torch.get_rng_state())
         total_loss, n_steps = 0.0, 0
         for r in range(rounds):
-            perm = torch.randperm(n_img)
+            perm = torch.randperm(n_img, generator=data_gen)
             for a in range(0, n_img, bsz):
                 img = perm[a : a + bsz]
-                if len(img) < 2:  # a ranking loss needs negatives
+                if len(img) < max(2, world):  # a ranking loss needs negatives (and every rank a photo)
                     continue
                 sent = torch.stack([order[i][r % len(order[i])] for i in img.tolist()]).to(dev_)
                 img = img.to(dev_)
                 t_max = int(lengths[sent].max())
-                scores = model(feats[img], region_mask[img], ids[sent, :t_max], lengths[sent])  # (B, B)
-                loss = ranking_loss(scores, cfg.margin, hardest=cfg.loss == "max") / len(img)
+                with mp.autocast():
+                    if world > 1:  # this rank's rows and columns of the global batch's loss
+                        loss = distributed.ranking_loss_part(encoders, feats, region_mask, ids, lengths, img, sent,
+                                                             cfg.margin, hardest=cfg.loss == "max") / len(img)
+                    else:
+                        scores = model(feats[img], region_mask[img], ids[sent, :t_max], lengths[sent])  # (B, B)
+                        loss = ranking_loss(scores.float(), cfg.margin, hardest=cfg.loss == "max") / len(img)
                 if not torch.isfinite(loss):
                     raise ModelError(f"training diverged at epoch {epoch} (loss {loss.item()}); "
                                      f"lower the learning rate (now {cfg.lr}) or use --normalize")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                clip_elementwise(model.parameters(), cfg.clip)
-                opt.step()
-                total_loss += loss.item()
+                # DDP averages gradients over ranks; the ranks' losses are parts of one sum: x world.
+                mp.step(loss * world, opt, model.parameters(), cfg.clip)
+                total_loss += distributed.all_sum(loss) if world > 1 else loss.item()
                 n_steps += 1
-                if on_step:
+                if on_step and rank == 0:
                     on_step(epoch, n_steps, steps, total_loss / n_steps)
         row: dict[str, Any] = {"epoch": epoch, "loss": total_loss / max(n_steps, 1)}
-        if dev is not None:
+        if dev is not None and rank == 0:
             dev_metrics = retrieval_metrics(score_all(model, dev, dev_), dev.sent_image, reps=0)
             metric = mean_recall(dev_metrics)
             row["dev"] = {d: {k: round(v, 2) for k, v in m.items() if not k.endswith("_ci")}
@@ -212,6 +265,8 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
         else:
             dev_metrics, metric = {}, -row["loss"]
         row["seconds"] = round(time.perf_counter() - t0, 1)
+        if world > 1:  # rank 0's dev verdict (and clock) holds for all: early stopping stays in step
+            row, metric = distributed.broadcast_object((row, metric))
         history.append(row)
         if metric > best_metric:
             best_metric, best_epoch, bad_epochs, best_dev = metric, epoch, 0, row.get("dev", {})
@@ -222,10 +277,12 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
         state = {"epoch": epoch, "best_metric": best_metric, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                  "best_dev": best_dev, "history": history, "optimizer": opt.state_dict(),
                  "last_state_dict": {} if best_epoch == epoch else last}
-        _save_embed(out, cfg, vocab, region_cfg, best_state or last, metrics_blob(), state)
-        if on_epoch:
+        if rank == 0:
+            _save_embed(out, cfg, vocab, region_cfg, best_state or last, metrics_blob(), state)
+        if on_epoch and rank == 0:
             on_epoch(row)
-        if max_minutes is not None and time.perf_counter() - t_start > max_minutes * 60:
+        time_up = max_minutes is not None and time.perf_counter() - t_start > max_minutes * 60
+        if time_up if world == 1 else distributed.broadcast_object(time_up):
             stopped = "time"
             break
     else:
@@ -237,7 +294,9 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
         best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     final_state = {"epoch": epoch, "best_metric": best_metric, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                    "best_dev": best_dev, "history": history, "finished": True}
-    _save_embed(out, cfg, vocab, region_cfg, best_state, metrics_blob(), final_state)
+    if rank == 0:
+        _save_embed(out, cfg, vocab, region_cfg, best_state, metrics_blob(), final_state)
+    distributed.cleanup()  # waits for rank 0's write; leaves the process group if train_embed joined it
     return EmbedResult(out, epoch, best_epoch, best_metric, best_dev, history,
                        time.perf_counter() - t_start, stopped)
 
