@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from vsa_search.config import EMBED_PRESETS
@@ -75,3 +77,21 @@ def test_mean_pool_removes_length_scaling():
     s_mean = m.encode_words(ids, torch.tensor([4]))
     s_sum = m.sentence(ids, torch.tensor([4]))
     assert torch.allclose(s_mean * 4, s_sum, atol=1e-6)
+
+
+def test_hybrid_score_is_alignment_plus_global():
+    cfg = dataclasses.replace(EMBED_PRESETS["tiny"], arch="hybrid", normalize=True, pool="mean", dropout=0.0)
+    torch.manual_seed(0)
+    m = build_model(cfg, 20).eval()
+    feats = torch.randn(3, 4, cfg.feature_dim)
+    region_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]]).bool()
+    ids = torch.tensor([[4, 5, 6], [7, 8, 0]])
+    lengths = torch.tensor([3, 2])
+    word_mask = ids > 0
+    got = m(feats, region_mask, ids, lengths)
+    h = cfg.hidden
+    v, s = m.encode_regions(feats), m.encode_words(ids, lengths)
+    assert v.shape == (3, 4, 2 * h) and s.shape == (2, 3, 2 * h)
+    align = score(v[..., :h], region_mask, s[..., :h], word_mask)
+    glob = m.glob(feats, region_mask, ids, lengths)
+    assert torch.allclose(got, align + glob, atol=1e-5)

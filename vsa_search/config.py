@@ -72,7 +72,7 @@ class EmbedConfig:
     """The alignment model (paper Sec. 3.1) and how it is trained."""
 
     # model
-    arch: str = "brnn"  # brnn: regions x words (paper) | global: full image vs mean word vector (baseline)
+    arch: str = "brnn"  # brnn: regions x words (paper) | global: full image vs mean word (baseline) | hybrid: both
     feature_dim: int = 1280  # CNN feature size (EfficientNet-Lite0)
     hidden: int = 512  # h: the joint space (paper: 1000-1600)
     word_dim: int = 50  # word vectors (GloVe 6B 50d initialises them when glove=True)
@@ -80,6 +80,7 @@ class EmbedConfig:
     dropout: float = 0.5  # on non-recurrent layers (image features, word vectors)
     normalize: bool = False  # L2-normalise v_i and s_t (cosine) instead of raw dot products
     pool: str = "sum"  # sum: S_kl sums over words (paper) | mean: s_t scaled by 1/length (no long-sentence bias)
+    word_relu: bool = True  # ReLU on s_t as in the paper; False keeps s_t signed
     # training
     loss: str = "sum"  # sum: paper's sum over violating negatives | max: hardest negative (VSE++)
     margin: float = 1.0

@@ -18,19 +18,31 @@ from .vocab import Vocab
 
 
 class AlignModel(nn.Module):
+    """arch "brnn": the paper's model. arch "hybrid": the same plus a global term, carried in extra
+    dimensions so that score() is unchanged: v_i = [a_i ; u] (u, the full-image vector, the same
+    for every region) and s_t = [b_t ; g_t] (Σ_t g_t the sentence's mean-word vector), hence
+    Σ_t max_i v_i·s_t = Σ_t max_i a_i·b_t + u·Σ_t g_t: alignment score + global score."""
+
     def __init__(self, cfg: EmbedConfig, vocab_size: int):
         super().__init__()
         self.cfg = cfg
         self.image = ImageEncoder(cfg.feature_dim, cfg.hidden, cfg.dropout)
-        self.sentence = SentenceEncoder(vocab_size, cfg.word_dim, cfg.hidden, cfg.dropout)
+        self.sentence = SentenceEncoder(vocab_size, cfg.word_dim, cfg.hidden, cfg.dropout,
+                                        final_relu=cfg.word_relu)
+        self.glob = GlobalModel(cfg, vocab_size) if cfg.arch == "hybrid" else None
 
     def encode_regions(self, feats: torch.Tensor) -> torch.Tensor:
-        """(B, R, D) CNN features -> (B, R, h) region vectors v_i."""
+        """(B, R, D) CNN features -> (B, R, h) region vectors v_i ((B, R, 2h) for hybrid)."""
         v = self.image(feats)
-        return F.normalize(v, dim=-1) if self.cfg.normalize else v
+        v = F.normalize(v, dim=-1) if self.cfg.normalize else v
+        if self.glob is not None:
+            u = self.glob.encode_regions(feats)  # (B, 1, h)
+            v = torch.cat([v, u.expand_as(v)], dim=-1)
+        return v
 
     def encode_words(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, T) word ids, (B,) lengths -> (B, T, h) word vectors s_t (zero past the length)."""
+        """(B, T) word ids, (B,) lengths -> (B, T, h) word vectors s_t (zero past the length;
+        (B, T, 2h) for hybrid)."""
         s = self.sentence(ids, lengths)
         if self.cfg.normalize:
             s = F.normalize(s, dim=-1)
@@ -38,7 +50,16 @@ class AlignModel(nn.Module):
             # Scaling each s_t by 1/length turns score()'s sum over words into a mean, so long
             # sentences do not outscore short ones merely by having more words.
             s = s / lengths.clamp(min=1).to(s.dtype)[:, None, None]
+        if self.glob is not None:
+            s = torch.cat([s, self.glob.encode_words(ids, lengths)], dim=-1)
         return s
+
+    def init_glove(self, vocab: Vocab) -> int:
+        """GloVe into every word table; returns how many words GloVe knew."""
+        found = self.sentence.init_glove(vocab)
+        if self.glob is not None:
+            self.glob.init_glove(vocab)
+        return found
 
     def forward(self, feats: torch.Tensor, region_mask: torch.Tensor, ids: torch.Tensor,
                 lengths: torch.Tensor) -> torch.Tensor:
@@ -84,10 +105,10 @@ class GlobalModel(nn.Module):
         return score(v, region_mask[:, :1], s, word_mask)
 
     def init_glove(self, vocab: Vocab) -> int:
-        return SentenceEncoder.init_glove(self, vocab)  # type: ignore[arg-type]  # uses only .embed
+        return SentenceEncoder.init_glove(self, vocab)  # type: ignore[arg-type]  # it uses only .embed
 
 
-ARCHS = ("brnn", "global")
+ARCHS = ("brnn", "global", "hybrid")
 
 
 def build_model(cfg: EmbedConfig, vocab_size: int) -> AlignModel | GlobalModel:
@@ -98,7 +119,7 @@ def build_model(cfg: EmbedConfig, vocab_size: int) -> AlignModel | GlobalModel:
         raise UsageError(f"unknown model arch {cfg.arch!r}; choose one of {', '.join(ARCHS)}")
     if cfg.pool not in ("sum", "mean"):
         raise UsageError(f"unknown pool {cfg.pool!r}; choose sum or mean")
-    return (AlignModel if cfg.arch == "brnn" else GlobalModel)(cfg, vocab_size)
+    return (GlobalModel if cfg.arch == "global" else AlignModel)(cfg, vocab_size)
 
 
 def score(v: torch.Tensor, region_mask: torch.Tensor, s: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:

@@ -28,8 +28,9 @@ class SentenceEncoder(nn.Module):
         h^f_t = ReLU(e_t + W_f h^f_{t-1} + b_f),  h^b_t = ReLU(e_t + W_b h^b_{t+1} + b_b)
         s_t = ReLU(W_d (h^f_t + h^b_t) + b_d)"""
 
-    def __init__(self, vocab_size: int, word_dim: int, hidden: int, dropout: float):
+    def __init__(self, vocab_size: int, word_dim: int, hidden: int, dropout: float, final_relu: bool = True):
         super().__init__()
+        self.final_relu = final_relu  # False: s_t = W_d (h^f_t + h^b_t) + b_d, signed (helps with cosine)
         self.embed = nn.Embedding(vocab_size, word_dim, padding_idx=0)
         self.drop = nn.Dropout(dropout)
         self.w_e = nn.Linear(word_dim, hidden)
@@ -46,7 +47,8 @@ class SentenceEncoder(nn.Module):
         out, _ = self.rnn(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
         h = out[..., : self.hidden] + out[..., self.hidden :]  # (B, T, h): h^f_t + h^b_t
-        s = torch.relu(self.w_d(h))
+        s = self.w_d(h)
+        s = torch.relu(s) if self.final_relu else s
         mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).unsqueeze(-1)
         return s * mask
 

@@ -86,9 +86,8 @@ class EmbedResult:
     stopped: str  # "epochs" | "early" (patience) | "time" (max_minutes)
 
 
-def _init_glove(model: torch.nn.Module, vocab: Any) -> int:
-    target = getattr(model, "sentence", model)  # AlignModel keeps words in .sentence; GlobalModel itself
-    return target.init_glove(vocab)
+def _init_glove(model: Any, vocab: Any) -> int:
+    return model.init_glove(vocab)
 
 
 def _save_embed(path: Path, cfg: Any, vocab: Any, region_cfg: Any, state_dict: dict[str, torch.Tensor],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -57,7 +58,9 @@ def recall_cmd(
         ks = tuple(int(x) for x in k.split(",") if x.strip())
     except ValueError:
         raise UsageError(f"--k {k!r}: expected comma-separated integers, e.g. 1,5,10") from None
-    with progress("extracting test photos", None) as advance:
+    # Only a run without --features extracts photos (into the cache), so only it shows a bar.
+    bar = progress(f"extracting {split} photos", None) if features is None else nullcontext(None)
+    with bar as advance:
         report = evaluate_recall(model, features, split, ks, baseline=baseline, device=device,
                                  on_extract=advance, on_baseline=lambda msg: err.print(msg))
     if json_out:
