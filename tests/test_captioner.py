@@ -106,3 +106,22 @@ def test_slim_file_refuses_resume_and_wrong_kind(tiny_store: Path, tmp_path: Pat
     checkpoint.save(ck, tmp_path / "a.pt")
     with pytest.raises(ModelError, match="not a caption model"):
         load_caption(tmp_path / "a.pt")
+
+
+def test_cli_train_caption_and_resume(tiny_store: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from vsa_search.cli import app
+
+    out = tmp_path / "cli.pt"
+    args = ["train", "caption", "--features", str(tiny_store), "--out", str(out), "--preset", "tiny", "--json"]
+    r = CliRunner().invoke(app, [*args, "--epochs", "1", "--cell", "lstm", "--optimizer", "adam"])
+    assert r.exit_code == 0, r.output
+    assert [h["epoch"] for h in json.loads(r.stdout)["history"]] == [1]
+    r = CliRunner().invoke(app, [*args, "--epochs", "2", "--cell", "lstm", "--optimizer", "adam", "--resume"])
+    assert r.exit_code == 0, r.output
+    assert [h["epoch"] for h in json.loads(r.stdout)["history"]] == [1, 2]
+    r = CliRunner().invoke(app, [*args, "--cell", "gru"])
+    assert r.exit_code == 2 and "unknown caption cell" in r.stderr

@@ -397,6 +397,8 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
     from .features import FeatureStore
     from .vocab import Vocab, build_flickr8k_vocab
 
+    if cfg.cell not in ("rnn", "lstm"):
+        raise UsageError(f"unknown caption cell {cfg.cell!r}; choose rnn or lstm")
     out = Path(out)
     dev = pick_device(device)
     ts: dict = {}
