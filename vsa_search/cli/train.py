@@ -33,6 +33,9 @@ def embed_cmd(
     normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize",
                                                    help="Cosine instead of dot products.")] = None,
     pool: Annotated[str | None, typer.Option(help="sum (paper) | mean over words.")] = None,
+    arch: Annotated[str | None, typer.Option(help="brnn (paper) | hybrid (brnn + global term) | global.")] = None,
+    word_relu: Annotated[bool | None, typer.Option("--word-relu/--no-word-relu",
+                                                   help="ReLU on word vectors s_t (paper).")] = None,
     dropout: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
     patience: Annotated[int | None, typer.Option(min=1, help="Epochs without dev gain before stopping.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -43,7 +46,7 @@ def embed_cmd(
     cfg = config.preset(config.EMBED_PRESETS, preset)
     overrides = {"epochs": epochs, "optimizer": optimizer, "loss": loss, "lr": lr, "margin": margin,
                  "hidden": hidden, "batch_size": batch_size, "normalize": normalize, "pool": pool,
-                 "dropout": dropout, "patience": patience, "seed": seed}
+                 "dropout": dropout, "patience": patience, "seed": seed, "arch": arch, "word_relu": word_relu}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if resume and set(overrides) - {"epochs"}:
         raise UsageError("--resume continues with the saved config; only --epochs may change")
