@@ -271,7 +271,7 @@ def evaluate_recall(model_path: str | Path, features: str | Path | None = None, 
         data = retrieval_data(records, store, model.vocab)
     base, base_from = _baseline(model, features, baseline, ds, device, on_baseline)
 
-    rows: list[dict[str, Any]] = [{"name": f"this model ({Path(model.path).name})", "path": str(model.path),
+    rows: list[dict[str, Any]] = [{"name": f"this model: {Path(model.path).name}", "path": str(model.path),
                                    "metrics": retrieval_metrics(score_all(model.model, data, dev_),
                                                                 data.sent_image, ks, reps, seed)}]
     if base is not None:
@@ -287,14 +287,14 @@ def evaluate_recall(model_path: str | Path, features: str | Path | None = None, 
     per_image = max(1, round(len(data.sent_image) / len(records)))
     rows.append({"name": "chance", "metrics": chance_metrics(len(records), per_image, ks)})
     paper = paper_recall("flickr8k")
-    rows.append({"name": "paper, Flickr8k (1,000 test images)",
+    rows.append({"name": "paper (Flickr8k, 1,000 test)",
                  "metrics": {d: {m: paper[d].get(m) for m in [f"R@{k}" for k in ks] + ["medr"]}
                              for d in ("image_annotation", "image_search")}})
     official = len(ds.split(split)) if split in ("train", "dev", "test") else len(records)
     return {"split": split, "photos": len(records), "sentences": len(data.sent_image), "official_photos": official,
             "ks": list(ks), "features": str(features), "baseline": base_from,
             "note": (f"on the {len(records)} {split} photos present ({len(data.sent_image)} sentences) of the "
-                     f"official {official}; the paper's figures are on 1,000 test images, so its ranks are "
+                     f"official {official:,}; the paper's figures are on 1,000 test images, so its ranks are "
                      f"over 8x more candidates; [lo, hi] = 95% bootstrap interval over photos "
                      f"(seed {seed}); ties count against the true item"),
             "rows": rows}

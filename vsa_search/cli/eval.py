@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from ..errors import UsageError
@@ -21,7 +22,7 @@ def _cell(metrics: dict, key: str) -> str:
     if v is None:
         return "-"
     ci = metrics.get(f"{key}_ci")
-    return f"{v:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else f"{v:.1f}"
+    return f"{v:.1f} [{ci[0]:.1f}-{ci[1]:.1f}]" if ci else f"{v:.1f}"
 
 
 def recall_tables(report: dict) -> list[Table]:
@@ -31,9 +32,9 @@ def recall_tables(report: dict) -> list[Table]:
     for direction, title in (("image_annotation", "Image annotation (image -> its sentences)"),
                              ("image_search", "Image search (sentence -> its image)")):
         t = Table(title=title, title_justify="left")
-        t.add_column("model")
+        t.add_column("model", no_wrap=True)
         for k in keys:
-            t.add_column(k, justify="right")
+            t.add_column(k, justify="right", no_wrap=True)
         for row in report["rows"]:
             t.add_row(row["name"], *[_cell(row["metrics"][direction], k) for k in keys])
         tables.append(t)
@@ -66,10 +67,11 @@ def recall_cmd(
     if json_out:
         print_json(report)
         return
+    wide = Console(highlight=False, width=max(out.width, 130))  # a pipe gets 80 columns: too narrow
     for t in recall_tables(report):
-        out.print(t)
-    out.print(f"Note: {report['note']}.")
-    out.print(f"Global baseline: {report['baseline']}.")
+        wide.print(t)
+    out.print(f"Note: {report['note']}.", markup=False)
+    out.print(f"Global baseline: {report['baseline']}.", markup=False)
 
 
 # The caption table's command lives beside `vsa caption` (cli/caption.py).
