@@ -96,7 +96,9 @@ def test_resume_continues_from_the_saved_epoch(tiny_store: Path, tmp_path: Path)
 
 def test_slim_file_refuses_resume_and_wrong_kind(tiny_store: Path, tmp_path: Path, vocab) -> None:
     train_caption(tiny_store, tmp_path / "s.pt", dataclasses.replace(TINY, epochs=1), keep_train_state=False)
-    assert "optimizer" not in checkpoint.load(tmp_path / "s.pt").train_state
+    slim = checkpoint.load(tmp_path / "s.pt")
+    assert "optimizer" not in slim.train_state and slim.state_dict["w_oh.weight"].dtype == torch.float16
+    assert next(load_caption(tmp_path / "s.pt").model.parameters()).dtype == torch.float32
     with pytest.raises(ModelError):
         train_caption(tiny_store, tmp_path / "s.pt", TINY, resume=True)
     m = Captioner(CaptionConfig(hidden=8, word_dim=4), len(vocab))

@@ -116,10 +116,13 @@ class LoadedCaptioner:
 
 def save_caption(model: Captioner, vocab: Vocab, region_cfg: RegionConfig, path: str | Path,
                  metrics: dict | None = None, train_state: dict | None = None,
-                 state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+                 state_dict: dict[str, torch.Tensor] | None = None, half: bool = False) -> Path:
     """Write a kind="caption" checkpoint. `state_dict` overrides the model's own weights (the
-    trainer saves the best epoch's weights while it keeps training the current ones)."""
+    trainer saves the best epoch's weights while it keeps training the current ones). half=True
+    stores the weights as float16 (half the file; loading casts them back to float32)."""
     sd = state_dict if state_dict is not None else model.state_dict()
+    if half:
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
     ck = checkpoint.Checkpoint(kind="caption", config=to_dict(model.cfg), vocab=vocab.to_dict(),
                                region_config=to_dict(region_cfg),
                                state_dict={k: v.detach().cpu().clone() for k, v in sd.items()},

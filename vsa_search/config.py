@@ -126,6 +126,8 @@ class CaptionConfig:
 
 CAPTION_PRESETS: dict[str, CaptionConfig] = {
     "tiny": CaptionConfig(hidden=32, word_dim=16, epochs=2, batch_size=16),
-    "default": CaptionConfig(),
-    "paper": CaptionConfig(hidden=512),
+    # Measured on the 753 training photos here (models/caption.md): the LSTM with Adam reaches a lower
+    # dev perplexity and a higher test CIDEr than the paper's RNN, and RMSProp at 1e-3 diverges at first.
+    "default": CaptionConfig(cell="lstm", optimizer="adam", lr=1e-3, epochs=20),
+    "paper": CaptionConfig(cell="rnn", hidden=512, optimizer="rmsprop"),
 }

@@ -452,7 +452,8 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
         metrics = {"dev_ppl": best["dev_ppl"], "best_epoch": best["epoch"], "train_photos": int(len(train[0])),
                    "train_sentences": int(len(train[1])), "dev_photos": int(len(dev_data[0])),
                    "seconds": round(state["seconds"], 1)}
-        save_caption(model, vocab, region_cfg, out, metrics=metrics, train_state=state, state_dict=best_sd)
+        slim = final and not keep_train_state
+        save_caption(model, vocab, region_cfg, out, metrics=metrics, train_state=state, state_dict=best_sd, half=slim)
 
     stopped = bad >= cfg.patience
     for epoch in range(start, cfg.epochs + 1):
@@ -485,6 +486,8 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
         save(final=stopped or epoch == cfg.epochs)
         if on_epoch:
             on_epoch(rec)
+    if not keep_train_state and history:  # also slims a finished run given to --resume --slim
+        save(final=True)
     return {"out": str(out), "history": history, "best": best, "stopped_early": stopped,
             "seconds": round(time.perf_counter() - t_start, 1), "device": str(dev),
             "train_photos": int(len(train[0])), "train_sentences": int(len(train[1])),
