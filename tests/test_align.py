@@ -192,3 +192,25 @@ def test_global_baseline_model_cannot_align(tiny_model: Path, tiny_store: Path) 
     loaded.config = dataclasses.replace(loaded.config, arch="global")
     with FeatureStore(tiny_store, readonly=True) as fs, pytest.raises(ModelError):
         align.align_features(loaded, fs.get(fs.ids()[0]), "a dog")
+
+
+def test_hybrid_model_aligns_on_its_region_word_part(tiny_store: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from vsa_search.embedding import build_model
+
+    torch.manual_seed(1)
+    vocab = build_flickr8k_vocab()
+    hybrid = build_model(dataclasses.replace(EMBED_PRESETS["tiny"], arch="hybrid"), len(vocab)).eval()
+    plain = build_model(EMBED_PRESETS["tiny"], len(vocab)).eval()
+    plain.load_state_dict({k: v for k, v in hybrid.state_dict().items() if not k.startswith("glob.")})
+    a = load_align(save_align(hybrid, vocab, TINY, tmp_path / "h.pt"))
+    b = load_align(save_align(plain, vocab, TINY, tmp_path / "p.pt"))
+    with FeatureStore(tiny_store, readonly=True) as fs:
+        rf = fs.get(fs.ids()[0])
+    tokens = [["a", "dog", "on", "the", "grass"]]
+    np.testing.assert_allclose(align.unaries(a, rf.features, tokens)[0], align.unaries(b, rf.features, tokens)[0],
+                               rtol=1e-5, atol=1e-6)
+    stored = a.model.encode_regions(torch.from_numpy(rf.features)[None])[0].detach().numpy()  # (R, 2h) as indexed
+    np.testing.assert_allclose(align.unaries(a, rf.features, tokens, vectors=stored)[0],
+                               align.unaries(b, rf.features, tokens)[0], rtol=1e-5, atol=1e-6)

@@ -141,30 +141,33 @@ def sentence_tokens(sentence: str) -> list[str]:
     return tokens
 
 
-def _check_arch(loaded: LoadedAlign) -> None:
-    if getattr(loaded.config, "arch", "brnn") != "brnn":
+def _check_arch(loaded: LoadedAlign) -> int:
+    """The width of the region-word part of the model's vectors. A "hybrid" model appends a global
+    term (the same for every region) after the first `hidden` dimensions; alignment ignores it."""
+    if getattr(loaded.config, "arch", "brnn") not in ("brnn", "hybrid"):
         raise ModelError(f"{loaded.path}: a {loaded.config.arch} model has no region-word scores to align with")
+    return loaded.config.hidden
 
 
 @torch.inference_mode()
 def region_vectors(loaded: LoadedAlign, features: np.ndarray) -> np.ndarray:
     """(R, D) CNN features -> (R, h) region vectors v_i (what a photo index stores)."""
-    _check_arch(loaded)
+    h = _check_arch(loaded)
     device = next(loaded.model.parameters()).device
     feats = torch.from_numpy(np.asarray(features, np.float32)).to(device)[None]  # (1, R, D)
-    return loaded.model.encode_regions(feats)[0].float().cpu().numpy()
+    return loaded.model.encode_regions(feats)[0, :, :h].float().cpu().numpy()
 
 
 @torch.inference_mode()
 def word_vectors(loaded: LoadedAlign, token_lists: list[list[str]]) -> list[np.ndarray]:
     """Each sentence's word vectors s_t, (N_k, h); the sentences run through the BRNN as one batch."""
-    _check_arch(loaded)
+    h = _check_arch(loaded)
     device = next(loaded.model.parameters()).device
     lengths = torch.tensor([len(t) for t in token_lists], dtype=torch.long)
     ids = torch.zeros(len(token_lists), int(lengths.max()), dtype=torch.long)  # (B, T), PAD = 0
     for k, t in enumerate(token_lists):
         ids[k, : len(t)] = torch.tensor(loaded.vocab.encode(t), dtype=torch.long)
-    s = loaded.model.encode_words(ids.to(device), lengths.to(device))  # (B, T, h)
+    s = loaded.model.encode_words(ids.to(device), lengths.to(device))[..., :h]  # (B, T, h)
     if getattr(loaded.config, "pool", "sum") == "mean":
         # Undo the model's 1/length scaling: β is in units of one word's v_i · s_t, whatever the length.
         s = s * lengths.to(device, s.dtype)[:, None, None]
@@ -177,6 +180,7 @@ def unaries(loaded: LoadedAlign, features: np.ndarray, token_lists: list[list[st
     """v_i · s_t of one image's regions against each sentence: a list of (N_k, R) arrays.
     `features` (R, D) are projected once; or pass the region vectors (R, h) themselves."""
     v = region_vectors(loaded, features) if vectors is None else np.asarray(vectors, np.float32)
+    v = v[:, : loaded.config.hidden]  # stored vectors of a hybrid model carry the global term too
     return [s @ v.T for s in word_vectors(loaded, token_lists)]
 
 
