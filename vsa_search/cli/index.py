@@ -1,0 +1,124 @@
+"""`vsa index build|status|remove|text`: the photo index (and its sentence twin) on disk."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import index as ix
+from .. import paths
+from ..embedding import load_align
+from ..errors import UsageError
+from .common import err, new_app, out, print_json, progress
+
+app = new_app("Index folders of photos for search (and sentences for photo -> text).")
+
+IndexOpt = Annotated[str, typer.Option("--index", help="Index name under indexes/ (or $VSA_HOME/indexes), or a path.")]
+ModelOpt = Annotated[str, typer.Option("--model", help="Alignment model file or name.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
+TypeOpt = Annotated[str, typer.Option("--index-type", help="auto | flat | ivf | hnsw (auto: exact flat while small).")]
+
+
+@app.command("build")
+def build_cmd(
+    roots: Annotated[list[Path] | None, typer.Argument(help="Folders (searched recursively) or photo files. "
+                                                            "Default: the folders the index was built from.")] = None,
+    index: IndexOpt = ix.DEFAULT_NAME,
+    model: ModelOpt = "align",
+    index_type: TypeOpt = "auto",
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Photos per CNN batch (and per saved batch).")] = 8,
+    json_out: JsonOpt = False,
+) -> None:
+    """Index photos: new, changed and removed ones are handled, moved ones are recognised by
+    content; an interrupted build continues where it stopped."""
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+    loaded = load_align(paths.find_model(model), device or "cpu")
+    t0 = time.perf_counter()
+    with ix.PhotoBuild(roots or None, loaded, index, index_type, device=device, batch_size=batch_size) as b:
+        todo = b.plan()
+        with progress("encoding", todo) as advance:
+            report = b.run(on_progress=advance)
+    dt = time.perf_counter() - t0
+    if json_out:
+        print_json(report.to_dict())
+        return
+    rate = f" ({report.encoded / dt:.1f} photos/s)" if report.encoded and dt > 0 else ""
+    state = "up to date" if report.up_to_date else "built"
+    out.print(f"{report.index}: {state}, {report.photos} photos, {report.regions} regions ({report.index_type})")
+    out.print(f"  {report.added} added, {report.changed} changed, {report.moved} moved, {report.removed} removed, "
+              f"{report.unchanged} unchanged; {report.encoded} encoded{rate}"
+              + (f", {report.resumed} from an interrupted build" if report.resumed else ""))
+    if report.model_changed:
+        out.print("  the model changed since the last build: every photo was encoded again")
+    if report.skipped:
+        err.print(f"skipped {len(report.skipped)} unreadable file{'s' if len(report.skipped) != 1 else ''}:")
+        for _, why in sorted(report.skipped.items()):
+            err.print(f"  {why}", markup=False)
+
+
+@app.command("status")
+def status_cmd(index: IndexOpt = ix.DEFAULT_NAME, json_out: JsonOpt = False) -> None:
+    """What an index holds: photos, regions, model, size on disk."""
+    s = ix.status(index)
+    if json_out:
+        print_json(s)
+        return
+    out.print(f"index: {s['index']}", markup=False)
+    for kind, (items, frags) in ix.KINDS.items():
+        e = s.get(kind)
+        if e is None:
+            continue
+        if "index_type" in e:
+            out.print(f"  {items}: {e[items]}, {frags}: {e[frags]}, skipped: {e['skipped']}")
+            out.print(f"    type: {e['index_type']}, dim: {e['dim']}, size on disk: {_size(e['bytes'])}")
+            out.print(f"    model: {e['model']} ({e['model_path']})", markup=False)
+            if "roots" in e:
+                out.print(f"    roots: {', '.join(e['roots'])}", markup=False)
+        if e.get("interrupted_build"):
+            out.print(f"  {items}: an interrupted build is pending: run `vsa index build` to finish it")
+
+
+@app.command("remove")
+def remove_cmd(index: IndexOpt = ix.DEFAULT_NAME, json_out: JsonOpt = False) -> None:
+    """Delete an index (its photos stay where they are)."""
+    removed = ix.remove(index)
+    if json_out:
+        print_json({"removed": removed})
+    else:
+        for p in removed:
+            out.print(f"removed {p}", markup=False)
+
+
+@app.command("text")
+def text_cmd(
+    files: Annotated[list[Path], typer.Argument(help="Sentences, one per line, or a captions file "
+                                                     "(name#n<TAB>caption, as Flickr8k.token.txt).")],
+    index: IndexOpt = ix.DEFAULT_NAME,
+    model: ModelOpt = "align",
+    index_type: TypeOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Index sentences as word-fragment vectors, for `vsa search --image PHOTO`."""
+    loaded = load_align(paths.find_model(model), "cpu")
+    total: list[int] = []
+    with progress("encoding", None, unit="sentences") as advance:
+        report = ix.build_sentences(files, loaded, index, index_type, on_total=total.append, on_progress=advance)
+    if json_out:
+        print_json(report.to_dict())
+        return
+    out.print(f"{report.index}: {report.sentences} sentences, {report.words} words ({report.index_type})"
+              + (f"; {report.skipped} without known words skipped" if report.skipped else "")
+              + (f"; {report.duplicates} duplicate sources ignored" if report.duplicates else ""), markup=False)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"

@@ -1,0 +1,67 @@
+"""`vsa search "TEXT"` (photos for words) and `vsa search --image PHOTO` (sentences for a photo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import index as ix
+from .. import search as srch
+from ..errors import UsageError
+from .common import out, print_json
+
+
+def search_cmd(
+    text: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
+    k: Annotated[int, typer.Option("-k", "--top", help="How many results.")] = 10,
+    index: Annotated[str, typer.Option("--index", help="Index name (or path).")] = ix.DEFAULT_NAME,
+    image: Annotated[Path | None, typer.Option("--image", help="Find sentences for this photo instead "
+                                                               "(needs `vsa index text`).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Alignment model (default: the index's).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    paths_out: Annotated[bool, typer.Option("--paths", help="Print only the paths, one per line.")] = False,
+    sheet: Annotated[Path | None, typer.Option("--sheet", help="Write a PNG contact sheet with the matched "
+                                                               "boxes labelled by their words.")] = None,
+    per_word: Annotated[int | None, typer.Option("--per-word", help="First-stage regions per word "
+                                                                    "(default: grows until proven).")] = None,
+) -> None:
+    """Search photos with words; each hit shows the box every word matched."""
+    if (text is None) == (image is None):
+        raise UsageError("give either a query TEXT or --image PHOTO")
+    if json_out and paths_out:
+        raise UsageError("--json and --paths exclude each other")
+    if k <= 0:
+        raise UsageError(f"-k must be at least 1 (got {k})")
+    if per_word is not None and per_word <= 0:
+        raise UsageError(f"--per-word must be at least 1 (got {per_word})")
+    if text is not None:
+        srch.query_tokens_or_fail(text)
+        with ix.open_index(index, "photos") as x:
+            loaded = srch.model_for(x, model)
+            result = srch.search_text(x, loaded, text, k, per_word)
+    else:
+        with ix.open_index(index, "sentences") as x:
+            loaded = srch.model_for(x, model)
+            result = srch.search_image(x, loaded, image, k)  # type: ignore[arg-type]
+    if sheet is not None:
+        srch.contact_sheet(result, sheet, photo=image)
+    if json_out:
+        print_json(result.to_dict())
+    elif paths_out:
+        for h in result.hits:
+            out.print(h.key, markup=False)
+    else:
+        _print(result)
+
+
+def _print(result: srch.Result) -> None:
+    if result.ignored:
+        out.print(f"(not in the vocabulary, ignored: {', '.join(result.ignored)})", markup=False)
+    if not result.hits:
+        out.print("no results")
+    for rank, h in enumerate(result.hits, 1):
+        out.print(f"{rank:>3}  {h.score:8.4f}  {h.text if h.text is not None else h.key}", markup=False)
+        parts = [f"{m.word} {m.box}" if m.box is not None else m.word for m in h.words]
+        out.print("            " + "  ".join(parts), markup=False)

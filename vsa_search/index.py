@@ -1,0 +1,906 @@
+"""The photo index (and its image->text twin, the sentence index): fragment vectors in a FAISS
+inner-product index, per-item metadata in LMDB, and a manifest. The only module that knows FAISS.
+
+On disk, `indexes/NAME` is a symlink to a hidden generation directory beside it:
+
+    indexes/NAME -> .NAME.g000003/      manifest.json, regions.faiss, meta.lmdb/
+    indexes/.NAME.work/                 vectors encoded by a build in progress (LMDB, by content hash)
+    indexes/.NAME.lock                  held by a running build
+
+A build writes a complete new generation to a temporary sibling, renames it, then swaps the
+symlink with one atomic rename: a reader resolves the link once, so it sees the old index or
+the new one, never a mix. Vectors are persisted to the work area batch by batch as they are
+encoded, so a build killed at any moment resumes where it stopped; the generation is rebuilt
+deterministically from those vectors (items sorted by key), so it ends equal to a clean build.
+
+An "item" is a photo (fragments = its regions, with boxes) or a sentence (fragments = its
+words). Fragment ids are consecutive per item: item i owns ids first[i] .. first[i] + count[i].
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+
+from . import paths
+from .embedding import LoadedAlign
+from .errors import IndexError_, UsageError
+from .images import DEFAULT_MAX_MEGAPIXELS, is_photo
+from .metadata import KV
+
+FORMAT_VERSION = 1
+KINDS = {"photos": ("photos", "regions"), "sentences": ("sentences", "words")}
+INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
+# Past this many fragments "auto" leaves exact search for IVF: a flat scan of 200k x 512
+# float32 is ~0.4 GB of memory traffic per query (benchmarks/search.py: see README).
+FLAT_MAX = 200_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 64
+IVF_TRAIN_PER_LIST = 40  # k-means sample size per list (FAISS asks for >= 39)
+IVF_NPROBE = 32  # lists probed per query vector (benchmarks/search.py: recall vs time)
+
+MANIFEST = "manifest.json"
+VECTORS = "regions.faiss"
+META = "meta.lmdb"
+DEFAULT_NAME = "default"
+SENTENCES_SUFFIX = ".sentences"
+
+_ITEM = "i/"  # i/000000042 -> JSON item record (key, info, first, count)
+_VEC = "v/"  # v/000000042 -> raw float16 (count, h)
+_BOX = "b/"  # b/000000042 -> raw int32 (count, 4), photos only
+_SKIP = "s/"  # s/<path> -> reason (photos that could not be read)
+_IDMAP = "idmap"  # arrays: first (N,) int64, count (N,) int64
+_WORK_META = "meta"
+_WORK_VEC = "w/"  # w/<content hash> -> arrays boxes, vectors (a build in progress)
+
+
+# --------------------------------------------------------------------------- where an index lives
+
+
+def resolve(name: str | Path | None = None, kind: str = "photos") -> Path:
+    """The link path of an index: a bare NAME lives under `paths.indexes_dir()`; anything that
+    looks like a path (has a separator, starts with . or ~) is used as given."""
+    s = str(name) if name is not None else DEFAULT_NAME
+    if not s.strip():
+        raise UsageError("empty index name")
+    if isinstance(name, Path) or os.sep in s or s.startswith((".", "~")):
+        p = Path(s).expanduser()
+        p = p.parent.resolve() / p.name  # resolve the parent only: the link itself must stay a link
+    else:
+        p = paths.indexes_dir() / s
+    return p.with_name(p.name + SENTENCES_SUFFIX) if kind == "sentences" else p
+
+
+@dataclass(frozen=True)
+class Location:
+    link: Path
+
+    @property
+    def name(self) -> str:
+        return self.link.name
+
+    def sibling(self, suffix: str) -> Path:
+        return self.link.parent / f".{self.link.name}.{suffix}"
+
+    @property
+    def work(self) -> Path:
+        return self.sibling("work")
+
+    @property
+    def lockfile(self) -> Path:
+        return self.sibling("lock")
+
+    def generations(self) -> list[Path]:
+        """Generation directories, finished (.gNNNNNN) or not (.gNNNNNN.tmp), oldest first."""
+        if not self.link.parent.is_dir():
+            return []
+        pattern = re.compile(re.escape(f".{self.link.name}.g") + r"(\d{6})(\.tmp)?")
+        return sorted(p for p in self.link.parent.iterdir() if pattern.fullmatch(p.name))
+
+    def current(self) -> Path | None:
+        """The generation directory the link points at (None when there is no index)."""
+        if not self.link.is_symlink():
+            if self.link.exists():
+                raise IndexError_(f"{self.link}: exists but is not a vsa index")
+            return None
+        return self.link.parent / os.readlink(self.link)
+
+    def next_generation(self) -> Path:
+        n = max((int(g.name.rsplit(".g", 1)[1][:6]) for g in self.generations()), default=0)
+        return self.sibling(f"g{n + 1:06d}")
+
+    def swap_in(self, gen: Path) -> None:
+        """Point the link at `gen` with one atomic rename, then drop older generations."""
+        tmp_link = self.sibling(f"link.{os.getpid()}")
+        tmp_link.unlink(missing_ok=True)
+        os.symlink(gen.name, tmp_link)
+        os.replace(tmp_link, self.link)
+        _fsync_dir(self.link.parent)
+        for g in self.generations():
+            if g != gen:
+                shutil.rmtree(g, ignore_errors=True)
+
+    def lock(self) -> _Lock:
+        return _Lock(self.lockfile, self.name)
+
+
+class _Lock:
+    """One build (or remove) of an index at a time; a second one fails at once, clearly."""
+
+    def __init__(self, path: Path, name: str):
+        self.path, self.name, self.fd = path, name, -1
+
+    def __enter__(self) -> _Lock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise IndexError_(f"index {self.name} is being built by another process; try again when it ends") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def disk_size(p: Path) -> int:
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+# --------------------------------------------------------------------------- FAISS
+
+
+def choose_type(index_type: str, n: int) -> str:
+    if index_type not in INDEX_TYPES:
+        raise UsageError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+    if index_type != "auto":
+        return index_type
+    return "flat" if n <= FLAT_MAX else "ivf"
+
+
+def ivf_lists(n: int) -> int:
+    """About sqrt(n) lists, a power of two, at least 1 and at most n / 39 (k-means needs points)."""
+    want = 1 << max(0, round(np.log2(max(1.0, np.sqrt(n)))))
+    return max(1, min(want, n // 39))
+
+
+def make_faiss(vectors: np.ndarray, index_type: str, chunk: int = 65536) -> tuple[faiss.Index, str, dict[str, Any]]:
+    """An inner-product index over `vectors` (N, h) (any float dtype), and its parameters.
+    Deterministic: the k-means sample is a fixed function of N."""
+    n, h = vectors.shape
+    params: dict[str, Any] = {}
+    if n == 0:
+        index_type = "flat"  # nothing to train IVF on; an empty index searches the same
+    if index_type == "flat":
+        index = faiss.IndexFlatIP(h)
+    elif index_type == "hnsw":
+        # HNSW's graph needs a metric and inner product is not one (recall 0.57 on real region
+        # vectors), so it runs on the L2 reduction (see _augment).
+        max_norm = _max_norm(vectors, chunk)
+        index = faiss.IndexHNSWFlat(h + 1, HNSW_M, faiss.METRIC_L2)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        params = {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "max_norm": max_norm}
+    elif index_type == "ivf":
+        # k-means clusters by L2, so IVF too runs on the L2 reduction: on synthetic sets of 10k
+        # regions, recall@10 0.99 against 0.91 for an inner-product IVF at the same nprobe.
+        max_norm = _max_norm(vectors, chunk)
+        nlist = ivf_lists(n)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(h + 1), h + 1, nlist, faiss.METRIC_L2)
+        index.cp.seed = 1234
+        index.train(_augment(vectors[_train_rows(n, nlist)], max_norm))
+        params = {"nlist": nlist, "nprobe": IVF_NPROBE, "max_norm": max_norm}
+    else:
+        raise UsageError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES[1:])}")
+    for i in range(0, n, chunk):
+        part = vectors[i:i + chunk]
+        index.add(_augment(part, params["max_norm"]) if "max_norm" in params else
+                  np.ascontiguousarray(part, dtype=np.float32))
+    return index, index_type, params
+
+
+def _train_rows(n: int, nlist: int) -> np.ndarray:
+    """A fixed sample for k-means (a function of n only, so builds are reproducible)."""
+    sample = min(n, nlist * IVF_TRAIN_PER_LIST)
+    return np.sort(np.random.default_rng(0).choice(n, sample, replace=False)) if sample < n else np.arange(n)
+
+
+def _max_norm(vectors: np.ndarray, chunk: int) -> float:
+    m = 0.0
+    for i in range(0, len(vectors), chunk):
+        m = max(m, float(np.linalg.norm(vectors[i:i + chunk].astype(np.float32), axis=1).max()))
+    return m
+
+
+def _augment(x: np.ndarray, max_norm: float) -> np.ndarray:
+    """Inner-product search as L2 search: append sqrt(M^2 - |x|^2) to every x (all then have
+    norm M) and 0 to the query; |q - x'|^2 = |q|^2 + M^2 - 2 q.x, so L2 order is dot order."""
+    x = x.astype(np.float32)
+    extra = np.sqrt(np.clip(max_norm ** 2 - (x * x).sum(1), 0, None))[:, None]
+    return np.ascontiguousarray(np.hstack([x, extra]), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- a finished index (reader)
+
+
+@dataclass
+class Item:
+    key: str  # photo path | sentence source
+    info: dict[str, Any]  # photos: size, mtime_ns, hash | sentences: text, words
+    vectors: np.ndarray  # (n, h) float16
+    boxes: np.ndarray | None = None  # (n, 4) int32 xyxy for photos
+
+
+class FragmentIndex:
+    """An open, immutable generation: FAISS vectors, LMDB records, manifest."""
+
+    def __init__(self, location: Location, kind: str = "photos"):
+        self.location = location
+        self.kind = kind
+        for attempt in range(3):
+            gen = location.current()
+            if gen is None:
+                what = "photo index" if kind == "photos" else "sentence index"
+                cmd = "vsa index build PATH" if kind == "photos" else "vsa index text FILE"
+                raise IndexError_(f"no {what} {location.name.removesuffix(SENTENCES_SUFFIX)!r} "
+                                  f"at {location.link} (create it with `{cmd}`)")
+            try:
+                self._open(gen)
+                return
+            except FileNotFoundError:
+                # A build swapped generations between our readlink and open: read the link again.
+                if attempt == 2:
+                    raise IndexError_(f"{location.link}: index files are missing; build it again") from None
+                time.sleep(0.05)
+
+    def _open(self, gen: Path) -> None:
+        self.dir = gen
+        try:
+            manifest = json.loads((gen / MANIFEST).read_text())
+        except json.JSONDecodeError:
+            raise IndexError_(f"{gen / MANIFEST}: unreadable manifest; build the index again") from None
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise IndexError_(f"{self.location.link}: index format {version}, this version reads "
+                              f"{FORMAT_VERSION}; remove it (`vsa index remove`) and build it again")
+        if manifest.get("kind") != self.kind:
+            raise IndexError_(f"{self.location.link}: is a {manifest.get('kind')} index, not a {self.kind} index")
+        self.manifest: dict[str, Any] = manifest
+        if not (gen / VECTORS).is_file() or not (gen / META / "data.mdb").is_file():
+            raise FileNotFoundError(gen)
+        self.faiss = faiss.read_index(str(gen / VECTORS))
+        self.kv = KV(gen / META, readonly=True)
+        ids = self.kv.get_arrays(_IDMAP) or {"first": np.zeros(0, np.int64), "count": np.zeros(0, np.int64)}
+        self.first: np.ndarray = ids["first"]
+        self.count: np.ndarray = ids["count"]
+        self.dim: int = int(manifest["dim"])
+        params = manifest.get("faiss", {})
+        if isinstance(self.faiss, faiss.IndexIVF):
+            self.faiss.nprobe = int(params.get("nprobe", IVF_NPROBE))
+
+    def close(self) -> None:
+        self.kv.close()
+
+    def __enter__(self) -> FragmentIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def index_type(self) -> str:
+        return self.manifest["index_type"]
+
+    @property
+    def exact(self) -> bool:
+        return self.index_type == "flat"
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    @property
+    def fragments(self) -> int:
+        return int(self.faiss.ntotal)
+
+    def check_model(self, model: LoadedAlign) -> None:
+        built = self.manifest["model"]
+        if built["fingerprint"] != model.fingerprint:
+            raise IndexError_(
+                f"index {self.location.name} was built with model {built['fingerprint']} ({built['path']}), "
+                f"not {model.fingerprint} ({model.path}); search with --model {built['path']} "
+                f"or rebuild the index with this model")
+
+    def search(self, queries: np.ndarray, n: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n fragments by inner product for each query vector: dots (Q, n), ids (Q, n);
+        id -1 (dot -inf) where fewer were found. One thread by default: a query is a few
+        vectors, and on a shared machine an OpenMP team mostly waits (see search.one_thread)."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        n = max(1, min(n, self.fragments)) if self.fragments else 1
+        prev = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(threads)
+        try:
+            return self._search(q, n)
+        finally:
+            faiss.omp_set_num_threads(prev)
+
+    def _search(self, q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(self.faiss, faiss.IndexHNSW):
+            self.faiss.hnsw.efSearch = max(n, 64)
+        if "max_norm" in self.manifest.get("faiss", {}):
+            m = float(self.manifest["faiss"]["max_norm"])
+            d2, ids = self.faiss.search(np.hstack([q, np.zeros((len(q), 1), np.float32)]), n)
+            # |q - x'|^2 = |q|^2 + M^2 - 2 q.x  ->  q.x
+            dots = ((q * q).sum(1, keepdims=True) + m * m - d2) / 2
+            return np.where(ids >= 0, dots, -np.inf).astype(np.float32), ids
+        dots, ids = self.faiss.search(q, n)
+        return np.where(ids >= 0, dots, -np.inf).astype(np.float32), ids
+
+    def items_of(self, ids: np.ndarray) -> np.ndarray:
+        """Fragment ids -> the items that own them."""
+        return np.searchsorted(self.first, ids, side="right") - 1
+
+    def vectors(self, items: Iterable[int]) -> list[np.ndarray]:
+        """(count_i, h) float16 vectors of each item, in one read transaction."""
+        items = list(items)
+        blobs = self.kv.get_many_bytes([f"{_VEC}{i:09d}" for i in items])
+        return [np.frombuffer(b, np.float16).reshape(-1, self.dim) for b in blobs]  # type: ignore[arg-type]
+
+    def boxes(self, i: int) -> np.ndarray:
+        b = self.kv.get_bytes(f"{_BOX}{i:09d}")
+        return np.zeros((0, 4), np.int32) if b is None else np.frombuffer(b, np.int32).reshape(-1, 4)
+
+    def record(self, i: int) -> dict[str, Any]:
+        return self.kv.get_json(f"{_ITEM}{i:09d}")
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        for _, rec in self.kv.items_json(_ITEM):
+            yield rec
+
+    def skipped(self) -> dict[str, str]:
+        return {k[len(_SKIP):]: v for k, v in self.kv.items_json(_SKIP)}
+
+
+def open_index(name: str | Path | None = None, kind: str = "photos") -> FragmentIndex:
+    return FragmentIndex(Location(resolve(name, kind)), kind)
+
+
+# --------------------------------------------------------------------------- writing a generation
+
+
+def write_generation(location: Location, kind: str, items: Iterable[Item], dim: int, model: dict[str, Any],
+                     index_type: str, extra: dict[str, Any] | None = None,
+                     skipped: dict[str, str] | None = None, total_hint: int | None = None) -> Path:
+    """Write a complete generation to a temporary sibling, rename it, swap the link. `items`
+    must come sorted by key: ids follow their order, which makes a build reproducible."""
+    gen = location.next_generation()
+    tmp = gen.with_name(gen.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    firsts: list[int] = []
+    counts: list[int] = []
+    chunks: list[np.ndarray] = []
+    total = 0
+    with KV(tmp / META) as kv:
+        batch_items: list[Item] = []
+
+        def flush() -> None:
+            nonlocal total
+            with kv.batch() as b:
+                for it in batch_items:
+                    i = len(firsts)
+                    v = np.ascontiguousarray(it.vectors, dtype=np.float16)
+                    if v.ndim != 2 or v.shape[1] != dim:
+                        raise IndexError_(f"{it.key}: vectors of shape {v.shape}, expected (n, {dim})")
+                    b.put_json(f"{_ITEM}{i:09d}", {"key": it.key, **it.info, "first": total, "count": len(v)})
+                    b.put_bytes(f"{_VEC}{i:09d}", v.tobytes())
+                    if it.boxes is not None:
+                        b.put_bytes(f"{_BOX}{i:09d}", np.ascontiguousarray(it.boxes, np.int32).tobytes())
+                    firsts.append(total)
+                    counts.append(len(v))
+                    chunks.append(v)
+                    total += len(v)
+            batch_items.clear()
+
+        last_key = None
+        for it in items:
+            if last_key is not None and it.key <= last_key:
+                raise ValueError("write_generation: items must be sorted by key and unique")
+            last_key = it.key
+            batch_items.append(it)
+            if len(batch_items) >= 512:
+                flush()
+        flush()
+        with kv.batch() as b:
+            b.put_arrays(_IDMAP, first=np.array(firsts, np.int64), count=np.array(counts, np.int64))
+            for key, why in sorted((skipped or {}).items()):
+                b.put_json(_SKIP + key, why)
+    all_vectors = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float16)
+    chunks.clear()
+    chosen = choose_type(index_type, len(all_vectors))
+    index, chosen, params = make_faiss(all_vectors, chosen)
+    del all_vectors
+    faiss.write_index(index, str(tmp / VECTORS))
+    item_name, frag_name = KINDS[kind]
+    manifest = {"format_version": FORMAT_VERSION, "kind": kind, "model": model, "dim": dim,
+                "index_type": chosen, "faiss": params,
+                "counts": {item_name: len(firsts), frag_name: total, "skipped": len(skipped or {})},
+                **(extra or {})}
+    # The manifest is written last: a generation without one was never finished.
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.rename(tmp, gen)
+    location.swap_in(gen)
+    return gen
+
+
+def model_info(model: LoadedAlign) -> dict[str, Any]:
+    return {"fingerprint": model.fingerprint, "path": str(Path(model.path).resolve()),
+            "hidden": model.config.hidden, "extractor": model.region_config.extractor_id()}
+
+
+# --------------------------------------------------------------------------- photo index build
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def scan(roots: list[Path]) -> list[tuple[str, int, int]]:
+    """(absolute path, size, mtime_ns) of every photo under the roots, sorted by path."""
+    found: dict[str, tuple[int, int]] = {}
+    for root in roots:
+        if not root.exists():
+            raise UsageError(f"{root}: no such file or directory")
+        files = [root] if root.is_file() else (p for p in root.rglob("*"))
+        for p in files:
+            if not is_photo(p):
+                continue
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            if not p.is_file():
+                continue
+            found[str(p.absolute())] = (st.st_size, st.st_mtime_ns)
+    return [(p, s, m) for p, (s, m) in sorted(found.items())]
+
+
+@dataclass
+class PlannedPhoto:
+    path: str
+    size: int
+    mtime_ns: int
+    hash: str
+    source: str  # where its vectors come from: old (the current index) | work (an interrupted build) | encode
+    status: str  # added | changed | moved | unchanged
+
+
+@dataclass
+class BuildReport:
+    index: str
+    photos: int = 0
+    regions: int = 0
+    added: int = 0
+    changed: int = 0
+    moved: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    encoded: int = 0  # photos that went through the CNN in this run
+    resumed: int = 0  # photos whose vectors an interrupted build had already stored
+    skipped: dict[str, str] = field(default_factory=dict)
+    index_type: str = ""
+    model: str = ""
+    up_to_date: bool = False
+    model_changed: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "photos": self.photos, "regions": self.regions, "added": self.added,
+                "changed": self.changed, "moved": self.moved, "removed": self.removed,
+                "unchanged": self.unchanged, "encoded": self.encoded, "resumed": self.resumed,
+                "skipped": [{"path": p, "reason": r} for p, r in sorted(self.skipped.items())],
+                "index_type": self.index_type, "model": self.model, "up_to_date": self.up_to_date,
+                "model_changed": self.model_changed}
+
+
+class PhotoBuild:
+    """`with PhotoBuild(...) as b: b.plan(); b.run(on_progress)` — planning is cheap (stat and
+    hash), so the CLI can size its progress bar before the CNN starts."""
+
+    def __init__(self, roots: list[Path] | None, model: LoadedAlign, name: str | Path | None = None,
+                 index_type: str = "auto", device: str | torch.device | None = None, batch_size: int = 8,
+                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, encoder: Any = None):
+        if index_type not in INDEX_TYPES:
+            raise UsageError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+        self.location = Location(resolve(name))
+        self.model = model
+        self.roots = [Path(r).expanduser().absolute() for r in roots] if roots else None
+        self.index_type = index_type
+        self.device = device
+        self.batch_size = batch_size
+        self.max_megapixels = max_megapixels
+        self.encoder = encoder
+        self.report = BuildReport(index=str(self.location.link), model=model.fingerprint)
+        self.planned: list[PlannedPhoto] = []
+        self._lock: _Lock | None = None
+
+    def __enter__(self) -> PhotoBuild:
+        self._lock = self.location.lock().__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            self._lock.__exit__(*exc)
+            self._lock = None
+
+    # -- planning
+    def plan(self) -> int:
+        """Compare the photos on disk with the current index; returns how many need the CNN."""
+        loc, r = self.location, self.report
+        self.old: FragmentIndex | None = None
+        if loc.current() is not None:
+            self.old = FragmentIndex(loc, "photos")
+        old_manifest = self.old.manifest if self.old else None
+        if self.roots is None:
+            if old_manifest is None:
+                raise UsageError("give the folders to index: vsa index build PATH...")
+            self.roots = [Path(p) for p in old_manifest["roots"]]
+        if old_manifest and old_manifest["model"]["fingerprint"] != self.model.fingerprint:
+            r.model_changed = True
+            self.old.close()  # type: ignore[union-attr]
+            self.old = None  # its vectors belong to another model: encode everything again
+        old_by_path: dict[str, dict[str, Any]] = {}
+        self.old_item_by_hash: dict[str, int] = {}
+        if self.old is not None:
+            for i, rec in enumerate(self.old.records()):
+                old_by_path[rec["key"]] = rec
+                self.old_item_by_hash.setdefault(rec["hash"], i)
+        self.work = self._open_work()
+        in_work = {k[len(_WORK_VEC):] for k in self.work.keys(_WORK_VEC)}
+
+        entries = scan(self.roots)
+        present = {p for p, _, _ in entries}
+        removed_hashes = {rec["hash"] for p, rec in old_by_path.items() if p not in present}
+        r.removed = sum(1 for p in old_by_path if p not in present)
+        seen_encode: set[str] = set()
+        for path, size, mtime in entries:
+            old = old_by_path.get(path)
+            if old is not None and old["size"] == size and old["mtime_ns"] == mtime:
+                digest: str | None = old["hash"]
+            else:
+                try:
+                    digest = file_hash(Path(path))
+                except OSError as e:
+                    digest = None
+                    r.skipped[path] = f"{path}: cannot read ({e.strerror or e})"
+            if digest is None:
+                continue
+            if old is not None:
+                status = "unchanged" if digest == old["hash"] else "changed"
+            else:
+                status = "moved" if digest in removed_hashes else "added"
+            if digest in self.old_item_by_hash:
+                source = "old"
+            elif digest in in_work:
+                source = "work"
+            else:
+                source = "encode"
+                seen_encode.add(digest)
+            self.planned.append(PlannedPhoto(path, size, mtime, digest, source, status))
+        self.to_encode = len(seen_encode)
+        self._tally()
+        return self.to_encode
+
+    def _tally(self) -> None:
+        r = self.report
+        for status in ("added", "changed", "moved", "unchanged"):
+            setattr(r, status, sum(1 for p in self.planned if p.status == status))
+        r.resumed = sum(1 for p in self.planned if p.source == "work")
+
+    def _open_work(self) -> KV:
+        """The work area of an interrupted build continues only if made for the same model."""
+        w = self.location.work
+        if w.exists():
+            kv = KV(w)
+            meta = kv.get_json(_WORK_META)
+            if meta == {"model": self.model.fingerprint, "format_version": FORMAT_VERSION}:
+                return kv
+            kv.close()
+            shutil.rmtree(w)
+        kv = KV(w)
+        kv.put_json(_WORK_META, {"model": self.model.fingerprint, "format_version": FORMAT_VERSION})
+        return kv
+
+    # -- encoding and writing
+    def run(self, on_progress: Callable[[int], None] | None = None) -> BuildReport:
+        t0 = time.perf_counter()
+        r = self.report
+        try:
+            self._encode(on_progress)
+            chosen = choose_type(self.index_type, self._fragment_estimate())
+            prev_skipped = self.old.skipped() if self.old else {}
+            nothing_new = (self.old is not None and not (r.added or r.changed or r.moved or r.removed)
+                           and r.encoded == 0 and r.skipped == prev_skipped
+                           and self.old.manifest["roots"] == [str(p) for p in self.roots or []]
+                           and self.old.manifest["index_type"] == chosen)
+            if nothing_new:
+                r.up_to_date = True
+                r.index_type = chosen
+                r.photos, r.regions = len(self.old), self.old.fragments  # type: ignore[arg-type]
+            else:
+                self._write(chosen)
+        finally:
+            if self.old is not None:
+                self.old.close()
+            self.work.close()
+        shutil.rmtree(self.location.work, ignore_errors=True)
+        r.seconds = time.perf_counter() - t0
+        return r
+
+    def _fragment_estimate(self) -> int:
+        return len(self.planned) * self.model.region_config.max_regions
+
+    def _encode(self, on_progress: Callable[[int], None] | None) -> None:
+        todo: dict[str, str] = {}  # hash -> first path with it
+        for p in self.planned:
+            if p.source == "encode" and p.hash not in todo:
+                todo[p.hash] = p.path
+        if not todo:
+            return
+        from .regions import RegionEncoder, extract
+
+        encoder = self.encoder or RegionEncoder(self.model.region_config, self.device)
+        by_path = {path: h for h, path in todo.items()}
+        pending: list[tuple[str, np.ndarray, np.ndarray]] = []
+        failed: dict[str, str] = {}
+
+        def commit() -> None:
+            with self.work.batch() as b:
+                for digest, boxes, vecs in pending:
+                    b.put_arrays(_WORK_VEC + digest, boxes=boxes, vectors=vecs)
+            n = len(pending)
+            pending.clear()
+            if on_progress:
+                on_progress(n)
+
+        for path, result in extract([Path(p) for p in todo.values()], encoder, batch_size=self.batch_size,
+                                    max_megapixels=self.max_megapixels):
+            digest = by_path[str(path)]
+            if isinstance(result, str):
+                failed[digest] = result
+                if on_progress:
+                    on_progress(1)
+                continue
+            with torch.inference_mode():
+                feats = torch.from_numpy(result.features).to(self.device or "cpu")[None]
+                vecs = self.model.model.encode_regions(feats)[0].float().cpu().numpy()  # (R', h)
+            boxes = result.boxes[: len(vecs)]  # a global model keeps region 0 only
+            pending.append((digest, boxes.astype(np.int32), vecs.astype(np.float16)))
+            self.report.encoded += 1
+            if len(pending) >= self.batch_size:
+                commit()
+        if pending:
+            commit()
+        if failed:
+            for p in self.planned:
+                if p.hash in failed:
+                    self.report.skipped[p.path] = _short(failed[p.hash], p.path)
+            self.planned = [p for p in self.planned if p.hash not in failed]
+            self._tally()
+
+    def _items(self) -> Iterator[Item]:
+        for p in self.planned:
+            if p.source == "old":
+                i = self.old_item_by_hash[p.hash]
+                vecs = self.old.vectors([i])[0]  # type: ignore[union-attr]
+                boxes = self.old.boxes(i)  # type: ignore[union-attr]
+            else:
+                a = self.work.get_arrays(_WORK_VEC + p.hash)
+                if a is None:  # pragma: no cover - the plan only names hashes it saw stored
+                    raise IndexError_(f"{p.path}: vectors missing from the build's work area; build again")
+                vecs, boxes = a["vectors"], a["boxes"]
+            info = {"path": p.path, "size": p.size, "mtime_ns": p.mtime_ns, "hash": p.hash}
+            yield Item(p.path, info, vecs, boxes)
+
+    def _write(self, chosen: str) -> None:
+        r = self.report
+        skipped = {p: why for p, why in r.skipped.items()}
+        extra = {"roots": [str(p) for p in self.roots or []]}
+        gen = write_generation(self.location, "photos", self._items(), self.model.config.hidden,
+                               model_info(self.model), chosen, extra=extra, skipped=skipped)
+        manifest = json.loads((gen / MANIFEST).read_text())
+        r.photos, r.regions = manifest["counts"]["photos"], manifest["counts"]["regions"]
+        r.index_type = manifest["index_type"]
+
+
+def _short(reason: str, path: str) -> str:
+    return reason if reason.startswith(path) else f"{path}: {reason}"
+
+
+def build_photos(roots: list[Path] | None, model: LoadedAlign, name: str | Path | None = None,
+                 index_type: str = "auto", on_progress: Callable[[int], None] | None = None,
+                 **kw: Any) -> BuildReport:
+    """Plan and run a build in one call (the CLI uses PhotoBuild to show a progress bar)."""
+    with PhotoBuild(roots, model, name, index_type, **kw) as b:
+        b.plan()
+        return b.run(on_progress)
+
+
+# --------------------------------------------------------------------------- sentence index (image -> text)
+
+
+def read_sentences(files: list[Path]) -> list[tuple[str, str]]:
+    """(source, sentence) pairs: one sentence per line, or Flickr8k captions `name#n<TAB>caption`
+    (the source is then `name#n`; otherwise `file:line`)."""
+    out: list[tuple[str, str]] = []
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            raise UsageError(f"{f}: no such file") from None
+        except (IsADirectoryError, PermissionError) as e:
+            raise UsageError(f"{f}: cannot read ({e.strerror})") from None
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line:
+                continue
+            head, tab, rest = line.partition("\t")
+            if tab and "#" in head and head.rsplit("#", 1)[1].isdigit():
+                out.append((head, rest.strip()))
+            else:
+                out.append((f"{f.name}:{n}", line))
+    return out
+
+
+def encode_sentences(model: LoadedAlign, sentences: list[str], batch_size: int = 256,
+                     on_progress: Callable[[int], None] | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
+    """For each sentence: its known words and their vectors (n_known, h) float32. Unknown words
+    still feed the sentence encoder as <unk> (context) but are not fragments of their own."""
+    from .text import tokenize
+    from .vocab import UNK
+
+    for i in range(0, len(sentences), batch_size):
+        chunk = sentences[i:i + batch_size]
+        toks = [tokenize(s) for s in chunk]
+        ids = [model.vocab.encode(t) for t in toks]
+        lengths = torch.tensor([max(1, len(x)) for x in ids])
+        batch = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
+        for j, x in enumerate(ids):
+            batch[j, :len(x)] = torch.tensor(x, dtype=torch.long)
+        with torch.inference_mode():
+            s = model.model.encode_words(batch, lengths).float().cpu().numpy()  # (B, T, h)
+        for j, (t, x) in enumerate(zip(toks, ids)):
+            keep = [k for k, w in enumerate(x) if w != UNK]
+            yield [t[k] for k in keep], s[j, keep]
+        if on_progress:
+            on_progress(len(chunk))
+
+
+@dataclass
+class TextReport:
+    index: str
+    sentences: int = 0
+    words: int = 0
+    skipped: int = 0  # empty or all-unknown lines
+    duplicates: int = 0
+    index_type: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "sentences": self.sentences, "words": self.words, "skipped": self.skipped,
+                "duplicates": self.duplicates, "index_type": self.index_type}
+
+
+def build_sentences(files: list[Path], model: LoadedAlign, name: str | Path | None = None,
+                    index_type: str = "auto", on_total: Callable[[int], None] | None = None,
+                    on_progress: Callable[[int], None] | None = None) -> TextReport:
+    """Replace the sentence index NAME with the sentences of `files`."""
+    t0 = time.perf_counter()
+    location = Location(resolve(name, "sentences"))
+    report = TextReport(index=str(location.link))
+    pairs = read_sentences(files)
+    if not pairs:
+        raise UsageError(f"no sentences in {', '.join(str(f) for f in files)}")
+    # One item per distinct source; sorted so ids (and the index) do not depend on file order.
+    by_source: dict[str, str] = {}
+    for src, s in pairs:
+        if src in by_source:
+            report.duplicates += 1
+        by_source.setdefault(src, s)
+    keys = sorted(by_source)
+    if on_total:
+        on_total(len(keys))
+    items: list[Item] = []
+    for key, (words, vecs) in zip(keys, encode_sentences(model, [by_source[k] for k in keys],
+                                                         on_progress=on_progress)):
+        if not words:
+            report.skipped += 1
+            continue
+        items.append(Item(key, {"text": by_source[key], "words": words}, vecs.astype(np.float16)))
+    with location.lock():
+        gen = write_generation(location, "sentences", items, model.config.hidden, model_info(model), index_type,
+                               extra={"files": [str(f.absolute()) for f in files]})
+    manifest = json.loads((gen / MANIFEST).read_text())
+    report.sentences, report.words = manifest["counts"]["sentences"], manifest["counts"]["words"]
+    report.index_type = manifest["index_type"]
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+# --------------------------------------------------------------------------- status and remove
+
+
+def status(name: str | Path | None = None) -> dict[str, Any]:
+    """What an index holds: counts, model, type, size on disk; and its sentence twin if any."""
+    out: dict[str, Any] = {"index": str(resolve(name))}
+    found = False
+    for kind in KINDS:
+        loc = Location(resolve(name, kind))
+        gen = loc.current()
+        work = loc.work.exists()
+        if gen is None and not work:
+            continue
+        found = True
+        entry: dict[str, Any] = {"path": str(loc.link)}
+        if gen is not None:
+            with FragmentIndex(loc, kind) as ix:
+                m = ix.manifest
+                entry.update({**m["counts"], "index_type": m["index_type"], "model": m["model"]["fingerprint"],
+                              "model_path": m["model"]["path"], "dim": m["dim"],
+                              "bytes": disk_size(ix.dir)})
+                if kind == "photos":
+                    entry["roots"] = m["roots"]
+        if work:
+            entry["interrupted_build"] = True
+        out[kind] = entry
+    if not found:
+        raise IndexError_(f"no index {resolve(name).name!r} at {resolve(name)} (create it with `vsa index build PATH`)")
+    return out
+
+
+def remove(name: str | Path | None = None) -> list[str]:
+    """Delete an index (photos and sentences, finished or interrupted); returns what was removed."""
+    removed: list[str] = []
+    for kind in KINDS:
+        loc = Location(resolve(name, kind))
+        if loc.current() is None and not loc.generations() and not loc.work.exists():
+            continue
+        with loc.lock():
+            if loc.link.is_symlink():
+                loc.link.unlink()  # first: from here on readers see no index, never a partial one
+            for g in loc.generations():
+                shutil.rmtree(g, ignore_errors=True)
+            shutil.rmtree(loc.work, ignore_errors=True)
+        loc.lockfile.unlink(missing_ok=True)
+        removed.append(str(loc.link))
+    if not removed:
+        raise IndexError_(f"no index {resolve(name).name!r} at {resolve(name)}")
+    return removed
+

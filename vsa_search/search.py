@@ -1,0 +1,379 @@
+"""Search an index with words (text -> photos) or with a photo (image -> sentences).
+
+The score is the paper's S_kl = Σ_t max_i v_i · s_t: a sum over words of a max over regions.
+A photo can only score high if its regions score high for the words, so search runs in two
+stages: (a) each word vector retrieves its top-N regions from FAISS and their photos become the
+candidates; (b) the candidates are re-ranked by the exact S_kl over all of their regions.
+
+For an exact (flat) index the first stage also gives a bound: a photo none of whose regions is
+in word t's top N scores at most Σ_t (N-th best dot of word t). When the k-th re-ranked score
+already beats that bound, the result is provably the exhaustive top k; otherwise N grows (x4)
+up to a cap. The same test guides approximate indexes, where the bound is itself approximate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import paths
+from .embedding import LoadedAlign, load_align
+from .errors import QueryError, UsageError
+from .index import FragmentIndex
+from .text import tokenize
+from .vocab import UNK
+
+PER_WORD = 64  # exact (flat) index: first-stage regions per word before any growth
+MAX_PER_WORD = 1024  # growth cap: bounds the worst-case query time
+PER_WORD_APPROX = 256  # IVF / HNSW: a fixed depth, as the bound is itself approximate there
+# (the last two from benchmarks/search.py and real queries: recall@10 >= 0.99 against exhaustive)
+
+
+@dataclass
+class WordMatch:
+    word: str
+    score: float  # v_i · s_t of the region this word matched best
+    region: int  # index of that region within the photo (0 = the full image)
+    box: list[int] | None  # xyxy in the photo's pixels (None for a sentence index)
+
+
+@dataclass
+class Hit:
+    key: str  # photo path | sentence source (e.g. "1000268201_693b08cb0e.jpg#2" or "file.txt:7")
+    score: float
+    words: list[WordMatch]
+    text: str | None = None  # the sentence (image -> text only)
+
+    def to_dict(self, rank: int) -> dict[str, Any]:
+        d: dict[str, Any] = {"rank": rank}
+        if self.text is None:
+            d["path"] = self.key
+        else:
+            d.update({"source": self.key, "text": self.text})
+        d["score"] = round(self.score, 4)
+        d["words"] = [{"word": m.word, "score": round(m.score, 4), "region": m.region, "box": m.box}
+                      for m in self.words]
+        return d
+
+
+@dataclass
+class Result:
+    query: str
+    words: list[str]  # the words that were scored
+    ignored: list[str]  # unknown to the model's vocabulary: not scored
+    hits: list[Hit]
+    candidates: int  # items re-ranked exactly in stage (b)
+    per_word: int  # first-stage depth finally used
+    exact: bool  # proven equal to the exhaustive top k
+    boxes: list[list[int]] = field(default_factory=list)  # image query: the photo's regions
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "words": self.words, "ignored": self.ignored,
+                "hits": [h.to_dict(i + 1) for i, h in enumerate(self.hits)]}
+
+
+# --------------------------------------------------------------------------- model and index
+
+
+def model_for(ix: FragmentIndex, model: str | Path | None = None, device: str | None = None) -> LoadedAlign:
+    """The model to search `ix` with: `model` if given, else the one the index was built with
+    (when its file is still there), else the default `align` model. A model other than the
+    index's is refused with one line (`check_model`)."""
+    if model is None:
+        built = Path(ix.manifest["model"]["path"])
+        model = built if built.is_file() else paths.find_model("align")
+    loaded = load_align(paths.find_model(str(model)), device or "cpu")
+    ix.check_model(loaded)
+    return loaded
+
+
+def query_tokens_or_fail(text: str) -> list[str]:
+    tokens = tokenize(text)
+    if not tokens:
+        raise QueryError("empty query: give some words to search for")
+    return tokens
+
+
+def query_vectors(model: LoadedAlign, text: str) -> tuple[list[str], list[str], np.ndarray]:
+    """(scored words, ignored words, s (T, h) float32). Unknown words still reach the sentence
+    encoder as <unk> (they are context for their neighbours) but get no vector of their own."""
+    tokens = query_tokens_or_fail(text)
+    ids = model.vocab.encode(tokens)
+    known = [i for i, w in enumerate(ids) if w != UNK]
+    if not known:
+        raise QueryError(f"no known words in the query {text.strip()!r}: the model's vocabulary has none of "
+                         f"{', '.join(tokens)}")
+    with torch.inference_mode():
+        s = model.model.encode_words(torch.tensor([ids]), torch.tensor([len(ids)]))[0]  # (T, h)
+    return [tokens[i] for i in known], [tokens[i] for i in range(len(tokens)) if ids[i] == UNK], \
+        s[known].float().cpu().numpy()
+
+
+# --------------------------------------------------------------------------- the two stages
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Queries are many small products: one thread is faster than a team, and on a shared
+    2-core machine far faster (2 threads were 2-8x slower: they spin waiting for each other)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def exact_scores(q: np.ndarray, vectors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """S = Σ_t max_i v_i · s_t of each item against query words q (T, h).
+    vectors: each item's (R_i, h) regions -> scores (C,), each word's best dot per item (T, C)."""
+    if not vectors:
+        return np.zeros(0, np.float32), np.zeros((len(q), 0), np.float32)
+    starts = np.cumsum([0] + [len(v) for v in vectors[:-1]])
+    with one_thread():
+        v = torch.from_numpy(np.concatenate(vectors)).float()  # (ΣR, h)
+        dots = (torch.from_numpy(np.ascontiguousarray(q, np.float32)) @ v.T).numpy()  # (T, ΣR)
+    best = np.maximum.reduceat(dots, starts, axis=1)  # (T, C)
+    return best.sum(0), best
+
+
+def exhaustive(ix: FragmentIndex, q: np.ndarray, k: int, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top k over every item (no FAISS): the reference the two stages are measured
+    against. Returns (items (k,), scores (k,))."""
+    best_items = np.zeros(0, np.int64)
+    best_scores = np.zeros(0, np.float32)
+    for lo in range(0, len(ix), chunk):
+        items = np.arange(lo, min(lo + chunk, len(ix)))
+        scores, _ = exact_scores(q, ix.vectors(items))
+        best_items = np.concatenate([best_items, items])
+        best_scores = np.concatenate([best_scores, scores])
+        order = _top(best_scores, best_items, k)
+        best_items, best_scores = best_items[order], best_scores[order]
+    return best_items, best_scores
+
+
+def _top(scores: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k best, by score then item id (a stable order for equal scores)."""
+    if len(scores) > 4 * k:
+        keep = np.argpartition(-scores, k - 1)[:k]
+        kth = scores[keep].min()
+        keep = np.flatnonzero(scores >= kth)  # keep every tie with the k-th
+    else:
+        keep = np.arange(len(scores))
+    order = np.lexsort((items[keep], -scores[keep]))
+    return keep[order[:k]]
+
+
+@dataclass
+class Ranked:
+    items: np.ndarray  # (k',) item ids, best first
+    scores: np.ndarray  # (k',)
+    candidates: int  # items found by the first stage
+    reranked: int  # of those, how many needed the exact score
+    per_word: int
+    exact: bool
+
+
+def two_stage(ix: FragmentIndex, q: np.ndarray, k: int, per_word: int | None = None,
+              max_per_word: int | None = MAX_PER_WORD) -> Ranked:
+    """Top k items for query words q (T, h): FAISS candidates, then the exact S_kl.
+    `max_per_word=None` turns growth off (a fixed first-stage depth)."""
+    if k <= 0:
+        raise UsageError(f"-k must be at least 1 (got {k})")
+    n = per_word or (PER_WORD if ix.exact else PER_WORD_APPROX)
+    total = ix.fragments
+    while True:
+        dots, ids = ix.search(q, n)  # (T, n')
+        valid = ids >= 0
+        # Each word's n-th best dot (its last valid one when the index returned fewer): no
+        # region outside word t's list beats it.
+        nth = np.where(valid, dots, np.inf).min(axis=1)  # (T,)
+        cands, inv = np.unique(ix.items_of(ids[valid]), return_inverse=True)
+        # A candidate's best listed dot per word is its exact max for that word (the list is
+        # the top n overall); for a word it is not listed under, nth[t] bounds it from above.
+        listed = np.full((len(cands), len(q)), -np.inf, np.float32)
+        np.maximum.at(listed, (inv, np.nonzero(valid)[0]), dots[valid])
+        upper = np.where(listed > -np.inf, listed, nth[None, :]).sum(1)  # (C,)
+        items, scores, reranked = _rerank(ix, q, cands, upper, k)
+        everything = ids.shape[1] >= total
+        proven = everything or (len(items) == k and bool(scores[-1] >= nth.sum()))
+        if proven or max_per_word is None or n >= max_per_word or not ix.exact:
+            return Ranked(items, scores, len(cands), reranked, ids.shape[1], proven and ix.exact)
+        n = min(n * 4, max_per_word)
+
+
+def _rerank(ix: FragmentIndex, q: np.ndarray, cands: np.ndarray, upper: np.ndarray, k: int,
+            batch: int = 32) -> tuple[np.ndarray, np.ndarray, int]:
+    """Exact scores of candidates in order of their upper bound, stopping once the k-th best
+    exact score beats every remaining bound: most candidates never leave LMDB."""
+    order = np.lexsort((cands, -upper))
+    got_items: list[np.ndarray] = []
+    got_scores: list[np.ndarray] = []
+    kth = -np.inf
+    done = 0
+    while done < len(order):
+        # Slack for float rounding between FAISS's sums and ours.
+        if done >= k and kth > upper[order[done]] + 1e-5 * (1 + abs(upper[order[done]])):
+            break
+        nxt = cands[order[done:done + batch]]
+        s, _ = exact_scores(q, ix.vectors(nxt))
+        got_items.append(nxt)
+        got_scores.append(s)
+        done += len(nxt)
+        if done >= k:
+            kth = np.partition(np.concatenate(got_scores), done - k)[done - k]
+    items = np.concatenate(got_items) if got_items else np.zeros(0, np.int64)
+    scores = np.concatenate(got_scores) if got_scores else np.zeros(0, np.float32)
+    top = _top(scores, items, k)
+    return items[top], scores[top], done
+
+
+def _matches(q: np.ndarray, words: list[str], vecs: np.ndarray, boxes: np.ndarray | None) -> list[WordMatch]:
+    dots = q @ vecs.astype(np.float32).T  # (T, R)
+    best = dots.argmax(1)
+    return [WordMatch(w, float(dots[t, r]), int(r), boxes[r].tolist() if boxes is not None else None)
+            for t, (w, r) in enumerate(zip(words, best))]
+
+
+def search_text(ix: FragmentIndex, model: LoadedAlign, text: str, k: int = 10,
+                per_word: int | None = None) -> Result:
+    """Photos for a sentence, best first, each with the box every word matched."""
+    if k <= 0:
+        raise UsageError(f"-k must be at least 1 (got {k})")
+    words, ignored, q = query_vectors(model, text)
+    r = two_stage(ix, q, k, per_word)
+    hits = []
+    for item, score, vecs in zip(r.items, r.scores, ix.vectors(r.items)):
+        hits.append(Hit(ix.record(int(item))["key"], float(score), _matches(q, words, vecs, ix.boxes(int(item)))))
+    return Result(text, words, ignored, hits, r.candidates, r.per_word, r.exact)
+
+
+# --------------------------------------------------------------------------- image -> text
+
+
+def photo_regions(model: LoadedAlign, photo: str | Path, encoder: Any = None,
+                  device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes (R, 4) int32, region vectors (R, h) float32) of one photo."""
+    from .images import load
+    from .regions import RegionEncoder
+
+    encoder = encoder or RegionEncoder(model.region_config, device)
+    feats = encoder.encode_one(load(photo))
+    with torch.inference_mode():
+        v = model.model.encode_regions(torch.from_numpy(feats.features)[None])[0].float().cpu().numpy()
+    return feats.boxes[: len(v)], v
+
+
+def search_image(ix: FragmentIndex, model: LoadedAlign, photo: str | Path, k: int = 10,
+                 per_region: int = 256, encoder: Any = None, device: str | None = None) -> Result:
+    """Sentences for a photo by the same S_kl (sum over the sentence's words of the max over
+    the photo's regions): each region retrieves its nearest word fragments, whose sentences
+    are re-ranked exactly."""
+    if k <= 0:
+        raise UsageError(f"-k must be at least 1 (got {k})")
+    boxes, v = photo_regions(model, photo, encoder, device)
+    _, ids = ix.search(v, per_region)  # (R, n)
+    cands = np.unique(ix.items_of(ids[ids >= 0]))
+    vecs = ix.vectors(cands)
+    scores = np.zeros(0, np.float32)
+    if vecs:
+        best = (np.concatenate(vecs).astype(np.float32) @ v.T).max(1)  # (ΣT,): each word's best region
+        scores = np.add.reduceat(best, np.cumsum([0] + [len(s) for s in vecs[:-1]]))
+    order = _top(scores, cands, k)
+    hits = []
+    for j in order:
+        rec = ix.record(int(cands[j]))
+        s = vecs[j].astype(np.float32)  # (T, h)
+        dots = s @ v.T  # (T, R)
+        words = [WordMatch(w, float(dots[t].max()), int(dots[t].argmax()), boxes[int(dots[t].argmax())].tolist())
+                 for t, w in enumerate(rec["words"])]
+        hits.append(Hit(rec["key"], float(scores[j]), words, text=rec["text"]))
+    return Result(str(photo), [], [], hits, len(cands), per_region, False, boxes.tolist())
+
+
+# --------------------------------------------------------------------------- contact sheet
+
+
+_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
+            "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075"]
+
+
+def contact_sheet(result: Result, out: str | Path, photo: str | Path | None = None, thumb: int = 320,
+                  columns: int = 4) -> Path:
+    """A PNG of the hits, each photo with the box every word matched, labelled by the word.
+    For an image query (`photo` given) each tile is that photo with one sentence's boxes."""
+    import os
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    from .errors import ImageError
+    from .images import load
+
+    font = ImageFont.load_default(size=13)
+    small = ImageFont.load_default(size=12)
+    colour_of: dict[str, str] = {}
+    tiles: list[Image.Image] = []
+    cap_h = 36
+    for rank, hit in enumerate(result.hits, 1):
+        src = photo if photo is not None else hit.key
+        try:
+            im = load(src)
+        except ImageError:
+            im = None
+        tile = Image.new("RGB", (thumb, thumb + cap_h), "white")
+        draw = ImageDraw.Draw(tile)
+        if im is None:
+            draw.rectangle([0, 0, thumb - 1, thumb - 1], fill="#dddddd")
+            draw.text((8, thumb // 2), "photo not readable", fill="black", font=font)
+        else:
+            scale = thumb / max(im.size)
+            small_im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
+            ox, oy = (thumb - small_im.width) // 2, (thumb - small_im.height) // 2
+            tile.paste(small_im, (ox, oy))
+            by_box: dict[tuple[int, ...], list[str]] = {}
+            for m in hit.words:
+                if m.box is not None:
+                    by_box.setdefault(tuple(m.box), []).append(m.word)
+            for box, words in by_box.items():
+                colour = colour_of.setdefault(words[0], _COLOURS[len(colour_of) % len(_COLOURS)])
+                x0, y0, x1, y1 = (ox + round(box[0] * scale), oy + round(box[1] * scale),
+                                  ox + round(box[2] * scale) - 1, oy + round(box[3] * scale) - 1)
+                draw.rectangle([x0, y0, x1, y1], outline=colour, width=3)
+                label = " ".join(dict.fromkeys(words))
+                tw = draw.textlength(label, font=font)
+                ly = max(0, y0 - 1) if y0 + 18 < y1 else y0
+                draw.rectangle([x0, ly, x0 + tw + 6, ly + 17], fill=colour)
+                draw.text((x0 + 3, ly + 1), label, fill="white", font=font)
+        name = hit.text if hit.text is not None else Path(hit.key).name
+        draw.text((4, thumb + 3), f"#{rank}  {hit.score:.3f}", fill="black", font=font)
+        draw.text((4, thumb + 19), _fit(draw, name, small, thumb - 8), fill="#333333", font=small)
+        tiles.append(tile)
+    columns = max(1, min(columns, len(tiles) or 1))
+    rows = max(1, -(-len(tiles) // columns))
+    head = 28
+    sheet = Image.new("RGB", (columns * (thumb + 8) + 8, head + rows * (thumb + cap_h + 8) + 8), "#f4f4f4")
+    d = ImageDraw.Draw(sheet)
+    title = f"{result.query}" + (f"   (ignored: {', '.join(result.ignored)})" if result.ignored else "")
+    d.text((8, 6), _fit(d, title, font, sheet.width - 16), fill="black", font=font)
+    for j, tile in enumerate(tiles):
+        sheet.paste(tile, (8 + (j % columns) * (thumb + 8), head + (j // columns) * (thumb + cap_h + 8)))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    sheet.save(tmp, format="PNG")
+    os.replace(tmp, out)
+    return out
+
+
+def _fit(draw: Any, text: str, font: Any, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
