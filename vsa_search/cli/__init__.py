@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import __version__
-from . import align, caption, eval, features, train
+from . import align, caption, eval, features, index, search, train
 from .common import new_app, out
 
 app = new_app("Search, caption and align your photos with words (Karpathy & Fei-Fei, CVPR 2015).")
@@ -12,6 +12,8 @@ app.add_typer(train.app, name="train")
 app.add_typer(eval.app, name="eval")
 app.command("caption")(caption.caption_cmd)
 app.add_typer(align.app, name="align")
+app.add_typer(index.app, name="index")
+app.command("search")(search.search_cmd)
 
 
 @app.command("version")
