@@ -97,10 +97,15 @@ class EmbedConfig:
 
 EMBED_PRESETS: dict[str, EmbedConfig] = {
     "tiny": EmbedConfig(hidden=32, epochs=2, batch_size=16, glove=False, word_dim=16),
-    "default": EmbedConfig(),
+    # What ships as models/align.pt (see models/align.md for the variants measured): the paper's
+    # region-word score plus a global term, cosine, mean over words, VSE-style margin 0.2, Adam.
+    # The paper's own recipe (dot products, SGD) diverged or stalled on these features.
+    "default": EmbedConfig(arch="hybrid", normalize=True, pool="mean", word_relu=False, margin=0.2,
+                           optimizer="adam", lr=5e-4, batch_size=32, epochs=30, patience=4),
     "paper": EmbedConfig(hidden=1000, word_dim=50, epochs=50),
-    # The global baseline (evaluate.py compares every model with it): cosine, small margin, Adam.
-    "global": EmbedConfig(arch="global", normalize=True, margin=0.2, optimizer="adam", lr=1e-3, epochs=40),
+    # The global baseline (evaluate.py compares every model with it), trained the same way.
+    "global": EmbedConfig(arch="global", normalize=True, pool="mean", margin=0.2, optimizer="adam", lr=5e-4,
+                          batch_size=32, epochs=30, patience=4),
 }
 
 
