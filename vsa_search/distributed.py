@@ -10,6 +10,7 @@ is a no-op and training is the plain single-process loop."""
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -53,16 +54,25 @@ def init(device: torch.device) -> tuple[int, int, torch.device]:
             raise UsageError(f"LOCAL_RANK {device.index}: only {torch.cuda.device_count()} GPUs are visible")
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # Once per process: re-creating a group on the same MASTER_PORT races with the old store,
+        # so later calls (a second train_embed) reuse it and it is destroyed at exit.
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
         _owned = True
+        atexit.register(cleanup)
     return dist.get_world_size(), dist.get_rank(), device
 
 
+def barrier() -> None:
+    """Wait for every rank (no-op for a lone process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def cleanup() -> None:
-    """Leave the process group if init() created it (a caller's own group is left alone)."""
+    """Leave the process group if init() created it (a caller's own group is left alone); runs
+    at exit by itself."""
     global _owned
     if _owned and dist.is_initialized():
-        dist.barrier()  # rank 0 may still be writing the final checkpoint
         dist.destroy_process_group()
     _owned = False
 

@@ -295,7 +295,7 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
                    "best_dev": best_dev, "history": history, "finished": True}
     if rank == 0:
         _save_embed(out, cfg, vocab, region_cfg, best_state, metrics_blob(), final_state)
-    distributed.cleanup()  # waits for rank 0's write; leaves the process group if train_embed joined it
+    distributed.barrier()  # the other ranks return once rank 0's file is written
     return EmbedResult(out, epoch, best_epoch, best_metric, best_dev, history,
                        time.perf_counter() - t_start, stopped)
 
