@@ -22,6 +22,7 @@ CASES = {  # name: config changes; dropout 0 so that both runs see the same netw
     "brnn-sum": {},
     "brnn-max": {"loss": "max"},
     "global-sum": {"arch": "global", "normalize": True, "margin": 0.2},
+    "hybrid-mean": {"arch": "hybrid", "normalize": True, "pool": "mean", "word_relu": False, "margin": 0.2},
 }
 
 
