@@ -25,7 +25,9 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +46,10 @@ from .metadata import KV
 FORMAT_VERSION = 1
 KINDS = {"photos": ("photos", "regions"), "sentences": ("sentences", "words")}
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
-# Past this many fragments "auto" leaves exact search for IVF: a flat scan of 200k x 512
-# float32 is ~0.4 GB of memory traffic per query (benchmarks/search.py: see README).
-FLAT_MAX = 200_000
+# Past this many fragments "auto" leaves exact search for IVF: one thread scans a flat index
+# of 100k x 512 in ~45 ms per query, an IVF one in ~10 ms at recall@10 >= 0.99
+# (benchmarks/search.py, 2 shared cores).
+FLAT_MAX = 50_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 64
 IVF_TRAIN_PER_LIST = 40  # k-means sample size per list (FAISS asks for >= 39)
@@ -293,7 +296,7 @@ class FragmentIndex:
         if not (gen / VECTORS).is_file() or not (gen / META / "data.mdb").is_file():
             raise FileNotFoundError(gen)
         self.faiss = faiss.read_index(str(gen / VECTORS))
-        self.kv = KV(gen / META, readonly=True)
+        self.kv = _open_shared(gen / META)
         ids = self.kv.get_arrays(_IDMAP) or {"first": np.zeros(0, np.int64), "count": np.zeros(0, np.int64)}
         self.first: np.ndarray = ids["first"]
         self.count: np.ndarray = ids["count"]
@@ -303,7 +306,7 @@ class FragmentIndex:
             self.faiss.nprobe = int(params.get("nprobe", IVF_NPROBE))
 
     def close(self) -> None:
-        self.kv.close()
+        _close_shared(self.kv)
 
     def __enter__(self) -> FragmentIndex:
         return self
@@ -382,6 +385,32 @@ class FragmentIndex:
 
     def skipped(self) -> dict[str, str]:
         return {k[len(_SKIP):]: v for k, v in self.kv.items_json(_SKIP)}
+
+
+# LMDB allows one environment per file per process: readers of the same generation (a search
+# and the build that reads the index it replaces) share one, closed with its last user.
+_SHARED: dict[str, list[Any]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _open_shared(path: Path) -> KV:
+    key = str(path.resolve())
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = [KV(path, readonly=True), 0]
+        _SHARED[key][1] += 1
+        return _SHARED[key][0]
+
+
+def _close_shared(kv: KV) -> None:
+    with _SHARED_LOCK:
+        for key, entry in list(_SHARED.items()):
+            if entry[0] is kv:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    kv.close()
+                    del _SHARED[key]
+                return
 
 
 def open_index(name: str | Path | None = None, kind: str = "photos") -> FragmentIndex:
@@ -550,21 +579,31 @@ class PhotoBuild:
         self.report = BuildReport(index=str(self.location.link), model=model.fingerprint)
         self.planned: list[PlannedPhoto] = []
         self._lock: _Lock | None = None
+        self.old: FragmentIndex | None = None
+        self.work: KV | None = None
 
     def __enter__(self) -> PhotoBuild:
         self._lock = self.location.lock().__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._close()
         if self._lock is not None:
             self._lock.__exit__(*exc)
             self._lock = None
+
+    def _close(self) -> None:
+        if self.old is not None:
+            self.old.close()
+            self.old = None
+        if self.work is not None:
+            self.work.close()
+            self.work = None
 
     # -- planning
     def plan(self) -> int:
         """Compare the photos on disk with the current index; returns how many need the CNN."""
         loc, r = self.location, self.report
-        self.old: FragmentIndex | None = None
         if loc.current() is not None:
             self.old = FragmentIndex(loc, "photos")
         old_manifest = self.old.manifest if self.old else None
@@ -587,8 +626,9 @@ class PhotoBuild:
 
         entries = scan(self.roots)
         present = {p for p, _, _ in entries}
-        removed_hashes = {rec["hash"] for p, rec in old_by_path.items() if p not in present}
-        r.removed = sum(1 for p in old_by_path if p not in present)
+        # A photo gone from its old path and present under a new one was moved, not removed.
+        gone = Counter(rec["hash"] for p, rec in old_by_path.items() if p not in present)
+        missing = sum(gone.values())
         seen_encode: set[str] = set()
         for path, size, mtime in entries:
             old = old_by_path.get(path)
@@ -604,8 +644,11 @@ class PhotoBuild:
                 continue
             if old is not None:
                 status = "unchanged" if digest == old["hash"] else "changed"
+            elif gone[digest] > 0:
+                gone[digest] -= 1
+                status = "moved"
             else:
-                status = "moved" if digest in removed_hashes else "added"
+                status = "added"
             if digest in self.old_item_by_hash:
                 source = "old"
             elif digest in in_work:
@@ -616,6 +659,7 @@ class PhotoBuild:
             self.planned.append(PlannedPhoto(path, size, mtime, digest, source, status))
         self.to_encode = len(seen_encode)
         self._tally()
+        r.removed = missing - r.moved
         return self.to_encode
 
     def _tally(self) -> None:
@@ -657,9 +701,7 @@ class PhotoBuild:
             else:
                 self._write(chosen)
         finally:
-            if self.old is not None:
-                self.old.close()
-            self.work.close()
+            self._close()
         shutil.rmtree(self.location.work, ignore_errors=True)
         r.seconds = time.perf_counter() - t0
         return r

@@ -29,7 +29,7 @@ from .index import FragmentIndex
 from .text import tokenize
 from .vocab import UNK
 
-PER_WORD = 64  # exact (flat) index: first-stage regions per word before any growth
+PER_WORD = 256  # exact (flat) index: first-stage regions per word before any growth
 MAX_PER_WORD = 1024  # growth cap: bounds the worst-case query time
 PER_WORD_APPROX = 256  # IVF / HNSW: a fixed depth, as the bound is itself approximate there
 # (the last two from benchmarks/search.py and real queries: recall@10 >= 0.99 against exhaustive)

@@ -1,0 +1,173 @@
+"""Two-stage search against brute force, text -> photo and photo -> sentence, contact sheets."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vsa_search import embedding
+from vsa_search import index as ix
+from vsa_search import search as S
+from vsa_search.config import EMBED_PRESETS, REGION_PRESETS
+from vsa_search.embedding import AlignModel, load_align, save_align
+from vsa_search.errors import QueryError, UsageError
+from vsa_search.regions import RegionEncoder
+from vsa_search.vocab import SPECIALS, Vocab
+
+TINY = REGION_PRESETS["tiny"]
+WORDS = ["a", "dog", "on", "the", "grass", "man", "in", "red", "girl", "water", "two", "is", "running"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory):
+    torch.manual_seed(0)
+    vocab = Vocab(list(SPECIALS) + WORDS)
+    return load_align(save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab, TINY,
+                                 tmp_path_factory.mktemp("m") / "tiny.pt"))
+
+
+@pytest.fixture(scope="module")
+def encoder() -> RegionEncoder:
+    return RegionEncoder(TINY, "cpu")
+
+
+@pytest.fixture(scope="module")
+def photo_index(tmp_path_factory: pytest.TempPathFactory, sample_photos: list[Path], model, encoder) -> Path:
+    d = tmp_path_factory.mktemp("photos")
+    for p in sample_photos[:6]:
+        shutil.copy2(p, d / p.name)
+    link = d.parent / (d.name + "-idx")
+    ix.build_photos([d], model, link, encoder=encoder)
+    return link
+
+
+def synthetic(n_items: int, regions: int, dim: int, seed: int) -> tuple[list[np.ndarray], np.random.Generator]:
+    """Clustered vectors (like region vectors: a few concepts each, plus noise)."""
+    rng = np.random.default_rng(seed)
+    concepts = rng.normal(0, 1, (40, dim)).astype(np.float32)
+    items = []
+    for _ in range(n_items):
+        own = rng.integers(0, 40, 3)
+        v = concepts[rng.choice(own, regions)] * rng.uniform(0.3, 1.2, (regions, 1))
+        items.append((v + rng.normal(0, 0.3, (regions, dim))).astype(np.float16))
+    return items, rng
+
+
+def write(tmp: Path, items: list[np.ndarray], kind: str) -> ix.FragmentIndex:
+    loc = ix.Location(tmp / f"syn-{kind}")
+    gen = (ix.Item(f"p{i:05d}", {}, v, None) for i, v in enumerate(items))
+    ix.write_generation(loc, "photos", gen, items[0].shape[1], {"fingerprint": "syn", "path": "-"}, kind)
+    return ix.FragmentIndex(loc)
+
+
+def test_exact_scores_match_embedding_score() -> None:
+    rng = np.random.default_rng(0)
+    vecs = [rng.normal(size=(r, 16)).astype(np.float16) for r in (3, 5, 1, 4)]
+    q = rng.normal(size=(6, 16)).astype(np.float32)
+    got, best = S.exact_scores(q, vecs)
+    v = torch.zeros(4, 5, 16)
+    mask = torch.zeros(4, 5, dtype=torch.bool)
+    for i, x in enumerate(vecs):
+        v[i, :len(x)] = torch.from_numpy(x.astype(np.float32))
+        mask[i, :len(x)] = True
+    want = embedding.score(v, mask, torch.from_numpy(q)[None], torch.ones(1, 6, dtype=torch.bool))[:, 0]
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+    assert best.shape == (6, 4)
+
+
+def test_flat_two_stage_is_the_exhaustive_top_k(tmp_path: Path) -> None:
+    items, rng = synthetic(300, 8, 24, seed=1)
+    with write(tmp_path, items, "flat") as x:
+        for _ in range(10):
+            q = rng.normal(0, 1, (4, 24)).astype(np.float32)
+            r = S.two_stage(x, q, 10, per_word=8)  # shallow on purpose: it must grow until proven
+            want_items, want_scores = S.exhaustive(x, q, 10)
+            assert r.exact
+            assert r.items.tolist() == want_items.tolist()
+            np.testing.assert_allclose(r.scores, want_scores, rtol=1e-5)
+            assert r.reranked <= r.candidates
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_indexes_recall_against_brute_force(tmp_path: Path, kind: str) -> None:
+    items, rng = synthetic(1500, 10, 32, seed=2)
+    with write(tmp_path, items, kind) as x:
+        assert x.index_type == kind
+        recalls = []
+        for _ in range(20):
+            own = items[rng.integers(len(items))].astype(np.float32)
+            q = own[rng.choice(10, 3, replace=False)] + rng.normal(0, 0.3, (3, 32)).astype(np.float32)
+            r = S.two_stage(x, q, 10)
+            want, _ = S.exhaustive(x, q, 10)
+            recalls.append(len(set(r.items.tolist()) & set(want.tolist())) / 10)
+            assert not r.exact
+    assert np.mean(recalls) >= 0.95
+
+
+def test_search_text_hits_have_a_box_per_word(photo_index: Path, model, sample_photos: list[Path]) -> None:
+    with ix.open_index(photo_index) as x:
+        res = S.search_text(x, model, "A dog on the xylophone grass", k=4)
+        assert res.words == ["a", "dog", "on", "the", "grass"] and res.ignored == ["xylophone"]
+        assert len(res.hits) == 4 and res.exact
+        assert [h.score for h in res.hits] == sorted((h.score for h in res.hits), reverse=True)
+        for h in res.hits:
+            assert [m.word for m in h.words] == res.words
+            w, hh = Image.open(h.key).size
+            for m in h.words:
+                x0, y0, x1, y1 = m.box
+                assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= hh
+            assert h.score == pytest.approx(sum(m.score for m in h.words), rel=1e-4)
+        # The same query through the exhaustive path ranks the same photos.
+        _, _, q = S.query_vectors(model, "A dog on the xylophone grass")
+        want, _ = S.exhaustive(x, q, 4)
+        assert [x.record(int(i))["key"] for i in want] == [h.key for h in res.hits]
+        assert S.search_text(x, model, "dog", k=100).hits.__len__() == 6  # k beyond the index: all
+
+
+def test_bad_queries_are_clear_errors(photo_index: Path, model) -> None:
+    with ix.open_index(photo_index) as x:
+        with pytest.raises(QueryError, match="empty query"):
+            S.search_text(x, model, "  ?! ", k=3)
+        with pytest.raises(QueryError, match="no known words"):
+            S.search_text(x, model, "xylophone zeppelin", k=3)
+        with pytest.raises(UsageError, match="-k must be at least 1"):
+            S.search_text(x, model, "dog", k=0)
+
+
+def test_image_to_text(tmp_path: Path, model, encoder, sample_photos: list[Path]) -> None:
+    caps = tmp_path / "captions.txt"
+    caps.write_text("x.jpg#0\tA dog is running on the grass .\nx.jpg#1\tTwo men in red .\n"
+                    "y.jpg#0\tA girl in the water .\ny.jpg#1\tzeppelin xylophone\n")
+    plain = tmp_path / "more.txt"
+    plain.write_text("a man on the grass\n")
+    rep = ix.build_sentences([caps, plain], model, tmp_path / "idx")
+    assert (rep.sentences, rep.skipped) == (4, 1)  # the all-unknown caption has no fragments
+    with ix.open_index(tmp_path / "idx", "sentences") as x:
+        res = S.search_image(x, model, sample_photos[0], k=3, encoder=encoder)
+        assert len(res.hits) == 3
+        assert [h.score for h in res.hits] == sorted((h.score for h in res.hits), reverse=True)
+        # Exhaustive check: S = Σ_words max_regions over every sentence in the index.
+        _, v = S.photo_regions(model, sample_photos[0], encoder)
+        everything = [(float((s.astype(np.float32) @ v.T).max(1).sum()), x.record(i)["text"])
+                      for i, s in enumerate(x.vectors(range(len(x))))]
+        assert [h.text for h in res.hits] == [t for _, t in sorted(everything, reverse=True)[:3]]
+        for h in res.hits:
+            assert [m.word for m in h.words] == x.record(int(np.flatnonzero(
+                [x.record(i)["key"] == h.key for i in range(len(x))])[0]))["words"]
+            assert all(len(m.box) == 4 for m in h.words)
+
+
+def test_contact_sheet(photo_index: Path, model, tmp_path: Path) -> None:
+    with ix.open_index(photo_index) as x:
+        res = S.search_text(x, model, "a dog on the grass", k=3)
+    out = S.contact_sheet(res, tmp_path / "sheet.png", thumb=200, columns=2)
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size == (2 * 208 + 8, 28 + 2 * (200 + 36 + 8) + 8)
+        # The first word's box and label are drawn in the first colour of the palette.
+        px = np.asarray(im.convert("RGB")).reshape(-1, 3)
+        assert (px == (230, 25, 75)).all(1).sum() > 100
