@@ -367,6 +367,24 @@ def caption_perplexity(model, feats: torch.Tensor, photo: torch.Tensor, inputs: 
     return float(np.exp(total / max(words, 1)))
 
 
+def dev_cider(model, feats: torch.Tensor, refs: list, vocab, max_len: int, beam: int = 3) -> float:
+    """CIDEr (x100) of beam-3 captions of the dev photos (feats (P, D), refs: P tuples of sentences)."""
+    from .beam import beam_search
+    from .evaluate import caption_metrics
+
+    caps = []
+    for i in range(0, len(feats), 128):
+        caps += beam_search(model, feats[i:i + 128], beam=beam, max_len=max_len)
+    cands = {str(i): " ".join(vocab.decode(c.tokens)) for i, c in enumerate(caps)}
+    return caption_metrics({str(i): list(r) for i, r in enumerate(refs)}, cands, meteor=False)["CIDEr"]
+
+
+def _better(rec: dict, best: dict, on_cider: bool) -> bool:
+    if on_cider:
+        return rec["dev_cider"] > best.get("dev_cider", float("-inf"))
+    return rec.get("dev_ppl", rec.get("train_ppl")) < best["dev_ppl"]
+
+
 def _caption_optimizer(model, cfg):
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(model.parameters(), lr=cfg.lr, alpha=0.99, eps=1e-8)
@@ -393,6 +411,7 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
     from . import checkpoint
     from .captioner import Captioner, save_caption
     from .config import CaptionConfig, from_dict, to_dict
+    from .datasets import load_flickr8k
     from .errors import ModelError, UsageError
     from .features import FeatureStore
     from .vocab import Vocab, build_flickr8k_vocab
@@ -424,8 +443,12 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
             raise UsageError(f"--resume: {features} holds other features than {out} was trained on")
         train = caption_split(store, "train", vocab, cfg.max_len, root)
         dev_data = caption_split(store, "dev", vocab, cfg.max_len, root)
+        # The same photos, in the same order, as dev_data's features: references for dev CIDEr.
+        dev_refs = [r.sentences for r in load_flickr8k(root).split("dev") if r.image_id in store]
     if len(train[1]) == 0:
         raise UsageError(f"{features}: holds no training-split photos")
+    if cfg.select not in ("ppl", "cider"):
+        raise UsageError(f"unknown selection {cfg.select!r}; choose ppl or cider")
 
     seed_everything(cfg.seed)
     model = Captioner(cfg, len(vocab)).to(dev)
@@ -449,7 +472,8 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
         if keep_train_state or not final:
             state.update(current={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                          optimizer=opt.state_dict())
-        metrics = {"dev_ppl": best["dev_ppl"], "best_epoch": best["epoch"], "train_photos": int(len(train[0])),
+        metrics = {"dev_ppl": best["dev_ppl"], "dev_cider": best.get("dev_cider"), "best_epoch": best["epoch"],
+                   "train_photos": int(len(train[0])),
                    "train_sentences": int(len(train[1])), "dev_photos": int(len(dev_data[0])),
                    "seconds": round(state["seconds"], 1)}
         slim = final and not keep_train_state
@@ -477,8 +501,11 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
         rec = {"epoch": epoch, "train_loss": total / n, ("dev_ppl" if on_dev else "train_ppl"): ppl,
                "seconds": round(time.perf_counter() - t0, 2)}
         history.append(rec)
-        if ppl < best["dev_ppl"]:
-            best, bad = {"epoch": epoch, "dev_ppl": ppl}, 0
+        if on_dev and cfg.select == "cider":
+            rec["dev_cider"] = dev_cider(model, dev_data[0].to(dev), dev_refs, vocab, cfg.max_len)
+        if _better(rec, best, on_dev and cfg.select == "cider"):
+            best, bad = {"epoch": epoch, "dev_ppl": ppl, **({"dev_cider": rec["dev_cider"]} if "dev_cider" in rec
+                                                              else {})}, 0
             best_sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             bad += 1

@@ -98,14 +98,16 @@ def train_caption_cmd(
         print_json(report)
         return
     b = report["best"]
-    out.print(f"{out_path}: best epoch {b['epoch']} (perplexity {b['dev_ppl']:.2f}), "
+    cider = f", dev CIDEr {b['dev_cider']:.1f}" if "dev_cider" in b else ""
+    out.print(f"{out_path}: best epoch {b['epoch']} (perplexity {b['dev_ppl']:.2f}{cider}), "
               f"{len(report['history'])} epochs this run, {report['seconds']:.0f} s on {report['device']}"
               + (", stopped early" if report["stopped_early"] else ""))
 
 
 def _epoch_line(r: dict) -> str:
     ppl = f"dev perplexity {r['dev_ppl']:.2f}" if "dev_ppl" in r else f"train perplexity {r['train_ppl']:.2f}"
-    return f"epoch {r['epoch']}: train loss {r['train_loss']:.3f}, {ppl}, {r['seconds']:.0f} s"
+    cider = f", dev CIDEr {r['dev_cider']:.1f}" if "dev_cider" in r else ""
+    return f"epoch {r['epoch']}: train loss {r['train_loss']:.3f}, {ppl}{cider}, {r['seconds']:.0f} s"
 
 
 def eval_caption_cmd(
