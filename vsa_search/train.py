@@ -396,14 +396,15 @@ def _caption_optimizer(model, cfg):
 
 
 def train_caption(features, out, cfg, resume: bool = False, device: str | None = None, root=None,
-                  keep_train_state: bool = True, on_batch=None, on_epoch=None) -> dict:
+                  keep_train_state: bool = True, on_batch=None, on_epoch=None, amp: bool | None = None) -> dict:
     """Train the caption generator on the full-image features of the training-split photos in the
     feature store `features`; early stopping on dev perplexity (patience cfg.patience).
 
     `out` is rewritten after every epoch: its weights are the best epoch's; its train_state holds
     the current weights, optimizer and counters so that `resume=True` continues where it stopped
     (keep_train_state=False drops them from the final file: smaller, no longer resumable).
-    on_batch(n) and on_epoch(record) report progress. Returns the report (history, best, seconds)."""
+    on_batch(n) and on_epoch(record) report progress. Returns the report (history, best, seconds).
+    amp: mixed precision (None: on for CUDA, see MixedPrecision)."""
     import dataclasses
     import time
     from pathlib import Path
@@ -420,6 +421,7 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
         raise UsageError(f"unknown caption cell {cfg.cell!r}; choose rnn or lstm")
     out = Path(out)
     dev = pick_device(device)
+    mp = MixedPrecision(dev, amp)
     ts: dict = {}
     vocab = None
     if resume:
@@ -489,11 +491,10 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
         t0, total, n = time.perf_counter(), 0.0, 0
         for idx in _caption_batches(len(train[1]), cfg.batch_size, gen):
             x, y = _trim(train[2][idx], train[3][idx])
-            loss = model.loss(feats[train[1][idx].to(dev)], x.to(dev), y.to(dev))
+            with mp.autocast():
+                loss = model.loss(feats[train[1][idx].to(dev)], x.to(dev), y.to(dev))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_elementwise(model.parameters(), cfg.clip)
-            opt.step()
+            mp.step(loss, opt, model.parameters(), cfg.clip)
             total, n = total + loss.item() * len(idx), n + len(idx)
             if on_batch:
                 on_batch(1)
@@ -516,6 +517,6 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
     if not keep_train_state and history:  # also slims a finished run given to --resume --slim
         save(final=True)
     return {"out": str(out), "history": history, "best": best, "stopped_early": stopped,
-            "seconds": round(time.perf_counter() - t_start, 1), "device": str(dev),
+            "seconds": round(time.perf_counter() - t_start, 1), "device": str(dev), "precision": mp.describe(),
             "train_photos": int(len(train[0])), "train_sentences": int(len(train[1])),
             "dev_photos": int(len(dev_data[0]))}

@@ -80,6 +80,8 @@ def train_caption_cmd(
     resume: Annotated[bool, typer.Option(help="Continue the run saved in --out.")] = False,
     slim: Annotated[bool, typer.Option(help="Drop the optimizer state from the final file (to ship it).")] = False,
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp",
+                                             help="bf16/fp16 autocast (default: on for CUDA, off on CPU).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Train the caption generator on full-image features and the training sentences (early
@@ -93,7 +95,7 @@ def train_caption_cmd(
     # Batches per epoch are known only once the store is read; the bar's total grows with them.
     with progress("training", None, unit="batches") as advance:
         report = train_caption(features, out_path, cfg, resume=resume, device=device, keep_train_state=not slim,
-                               on_batch=advance, on_epoch=lambda r: err.print(_epoch_line(r), highlight=False))
+                               amp=amp, on_batch=advance, on_epoch=lambda r: err.print(_epoch_line(r), highlight=False))
     if json_out:
         print_json(report)
         return

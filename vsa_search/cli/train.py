@@ -40,9 +40,16 @@ def embed_cmd(
     patience: Annotated[int | None, typer.Option(min=1, help="Epochs without dev gain before stopping.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch that passes this.")] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp",
+                                             help="bf16/fp16 autocast (default: on for CUDA, off on CPU).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Train the alignment model with the ranking loss; early stopping on dev Recall@K."""
+    """Train the alignment model with the ranking loss; early stopping on dev Recall@K.
+    Several GPUs: torchrun --nproc-per-node N -m vsa_search train embed ... (batch is per GPU)."""
+    from .. import distributed
+
+    if not distributed.is_main():  # under torchrun only rank 0 speaks
+        out.quiet = err.quiet = True
     cfg = config.preset(config.EMBED_PRESETS, preset)
     overrides = {"epochs": epochs, "optimizer": optimizer, "loss": loss, "lr": lr, "margin": margin,
                  "hidden": hidden, "batch_size": batch_size, "normalize": normalize, "pool": pool,
@@ -63,7 +70,9 @@ def embed_cmd(
 
         result = train_embed(features, out_path, None if resume else cfg, device=device, resume=resume,
                              epochs=cfg.epochs if (epochs or not resume) else None, max_minutes=max_minutes,
-                             on_step=on_step, on_epoch=on_epoch)
+                             amp=amp, on_step=on_step, on_epoch=on_epoch)
+    if not distributed.is_main():
+        return
     summary = {"model": str(result.path), "epochs": result.epoch, "best_epoch": result.best_epoch,
                "dev_mean_recall": round(result.best_metric, 2), "dev": result.dev, "stopped": result.stopped,
                "seconds": round(result.seconds, 1)}
