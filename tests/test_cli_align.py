@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,12 @@ from vsa_search.vocab import build_flickr8k_vocab
 
 TINY = REGION_PRESETS["tiny"]
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No default index or model from the checkout leaks into these tests."""
+    monkeypatch.setenv("VSA_HOME", str(tmp_path / "home"))
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +115,32 @@ def test_export_refuses_missing_store(model_path: Path, tmp_path: Path) -> None:
 def test_help_lists_export() -> None:
     res = runner.invoke(app, ["align", "--help"])
     assert res.exit_code == 0 and "export" in res.stdout
+
+
+def test_indexed_photo_reuses_stored_regions(model_path: Path, sample_photos: list[Path], tmp_path: Path,
+                                            tiny_region_encoder) -> None:
+    import shutil
+
+    from vsa_search import index
+    from vsa_search.embedding import load_align
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sample_photos[:2]:
+        shutil.copy2(p, photos / p.name)
+    index.build_photos([photos], load_align(model_path), None, encoder=tiny_region_encoder)  # $VSA_HOME default
+    photo = photos / sample_photos[1].name
+    args = ["align", str(photo), "a dog runs on the grass", "--model", str(model_path), "--beta", "0.3", "--json"]
+    from_index = json.loads(runner.invoke(app, args).stdout)
+    fresh = json.loads(runner.invoke(app, [*args, "--no-index"]).stdout)
+    assert from_index["regions_from"] == "index default" and fresh["regions_from"] == "photo"
+    # float16 storage aside, the index holds the very regions a fresh run computes
+    assert [f["box"] for f in from_index["fragments"]] == [f["box"] for f in fresh["fragments"]]
+    assert [f["text"] for f in from_index["fragments"]] == [f["text"] for f in fresh["fragments"]]
+    for a, b in zip(from_index["fragments"], fresh["fragments"]):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-2)
+    # A photo changed since indexing is not trusted to the index.
+    os.utime(photo, ns=(photo.stat().st_atime_ns, photo.stat().st_mtime_ns + 10**9))
+    assert json.loads(runner.invoke(app, args).stdout)["regions_from"] == "photo"
+    # Naming an index that does not exist is an error, not a silent fallback.
+    assert "no photo index" in one_error_line(runner.invoke(app, [*args, "--index", "nope"]))

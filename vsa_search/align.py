@@ -180,18 +180,24 @@ def unaries(loaded: LoadedAlign, features: np.ndarray, token_lists: list[list[st
     """v_i · s_t of one image's regions against each sentence: a list of (N_k, R) arrays.
     `features` (R, D) are projected once; or pass the region vectors (R, h) themselves."""
     v = region_vectors(loaded, features) if vectors is None else np.asarray(vectors, np.float32)
-    v = v[:, : loaded.config.hidden]  # stored vectors of a hybrid model carry the global term too
+    v = v[:, : _check_arch(loaded)]  # stored vectors of a hybrid model carry the global term too
     return [s @ v.T for s in word_vectors(loaded, token_lists)]
+
+
+def align_vectors(loaded: LoadedAlign, boxes: np.ndarray, vectors: np.ndarray, sentence: str,
+                  beta: float = DEFAULT_BETA) -> Alignment:
+    """Align one sentence to region vectors v_i (R, h) already projected by the model (an index's)."""
+    beta = check_beta(beta)
+    tokens = sentence_tokens(sentence)
+    u = unaries(loaded, np.zeros((0, 0)), [tokens], vectors=vectors)[0]
+    a = align_words(u, beta)
+    return Alignment(sentence, tokens, a, u, boxes, fragments(tokens, a, boxes, u), beta)
 
 
 def align_features(loaded: LoadedAlign, regions: RegionFeatures, sentence: str,
                    beta: float = DEFAULT_BETA) -> Alignment:
-    """Align one sentence to precomputed region features."""
-    beta = check_beta(beta)
-    tokens = sentence_tokens(sentence)
-    u = unaries(loaded, regions.features, [tokens])[0]
-    a = align_words(u, beta)
-    return Alignment(sentence, tokens, a, u, regions.boxes, fragments(tokens, a, regions.boxes, u), beta)
+    """Align one sentence to precomputed region features (CNN features, as the feature store holds)."""
+    return align_vectors(loaded, regions.boxes, region_vectors(loaded, regions.features), sentence, beta)
 
 
 def align_photo(loaded: LoadedAlign, image_or_features: Image.Image | RegionFeatures, sentence: str,
@@ -206,6 +212,39 @@ def align_photo(loaded: LoadedAlign, image_or_features: Image.Image | RegionFeat
         encoder = encoder or RegionEncoder(loaded.region_config)
         regions = encoder.encode_one(image_or_features)
     return align_features(loaded, regions, sentence, beta)
+
+
+def indexed_regions(loaded: LoadedAlign, photo: str | Path,
+                    name: str | Path | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(boxes (R, 4), region vectors (R, h)) of a photo from a photo index, or None when the index
+    cannot vouch for them: no default index, built with another model, photo not in it, or the
+    file changed since (size or mtime). A named index that does not exist is an error."""
+    from . import index as photo_index
+
+    try:
+        st = Path(photo).stat()
+    except OSError:
+        return None
+    if name is None and photo_index.Location(photo_index.resolve(None)).current() is None:
+        return None
+    with photo_index.open_index(name) as ix:
+        if ix.manifest.get("model", {}).get("fingerprint") != loaded.fingerprint:
+            return None
+        # Items are stored sorted by key (the absolute path), so binary search finds the photo.
+        key = str(Path(photo).absolute())
+        lo, hi = 0, len(ix)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ix.record(mid)["key"] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == len(ix):
+            return None
+        rec = ix.record(lo)
+        if rec["key"] != key or rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
+            return None
+        return ix.boxes(lo).copy(), ix.vectors([lo])[0].astype(np.float32)
 
 
 # --------------------------------------------------------------------------- snippet export

@@ -38,6 +38,11 @@ BetaOpt = Annotated[float, typer.Option("--beta", min=0.0,
                                              "(0 = each word alone; large = one fragment).")]
 
 
+IndexOpt = Annotated[str | None, typer.Option(
+    "--index", help="Reuse the photo's regions from this photo index (default: the default index, when it "
+                    "holds the photo and was built with the same model).")]
+
+
 def _load_model(name: str) -> embedding.LoadedAlign:
     return embedding.load_align(paths.find_model(name))
 
@@ -50,16 +55,24 @@ def photo_cmd(
     model: ModelOpt = "align",
     out_png: Annotated[Path | None, typer.Option("--out", help="Draw the fragments' boxes into this image.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the alignment as JSON.")] = False,
+    index: IndexOpt = None,
+    no_index: Annotated[bool, typer.Option("--no-index", help="Always compute the photo's regions afresh.")] = False,
 ) -> None:
     """Align SENTENCE to PHOTO and print its fragments with their boxes and scores."""
     align.sentence_tokens(sentence)  # an empty sentence fails before any model or photo loads
-    image = images.load(photo)
     loaded = _load_model(model)
-    result = align.align_photo(loaded, image, sentence, beta)
+    found = None if no_index else align.indexed_regions(loaded, photo, index)
+    image = images.load(photo) if found is None or out_png is not None else None
+    if found is not None:
+        result = align.align_vectors(loaded, found[0], found[1], sentence, beta)
+        source = f"index {index or 'default'}"
+    else:
+        result = align.align_photo(loaded, image, sentence, beta)  # type: ignore[arg-type]
+        source = "photo"
     if out_png is not None:
-        align.save_image(align.draw_alignment(image, result), out_png)
+        align.save_image(align.draw_alignment(image, result), out_png)  # type: ignore[arg-type]
     if json_out:
-        print_json({"photo": str(photo), "model": str(loaded.path), **result.to_dict(),
+        print_json({"photo": str(photo), "model": str(loaded.path), "regions_from": source, **result.to_dict(),
                     **({"picture": str(out_png)} if out_png else {})})
         return
     for f in result.fragments:
