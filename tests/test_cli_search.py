@@ -73,7 +73,8 @@ def test_build_json_report(env: Path, models) -> None:
     assert res.exit_code == 0, res.stderr
     report = json.loads(res.stdout)
     assert list(report) == ["index", "photos", "regions", "added", "changed", "moved", "removed", "unchanged",
-                            "encoded", "resumed", "skipped", "index_type", "model", "up_to_date", "model_changed"]
+                            "encoded", "resumed", "skipped", "index_type", "model", "up_to_date", "model_changed",
+                            "replaced"]
     assert report["index"] == str(env / "indexes" / "default")
     assert (report["photos"], report["unchanged"], report["encoded"], report["up_to_date"]) == (5, 5, 0, True)
     assert report["skipped"] == [{"path": str(photos / "broken.jpg"),

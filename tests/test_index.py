@@ -122,7 +122,8 @@ def test_touched_file_is_rehashed_not_reencoded(photos: Path, model, encoder, tm
     p = next(photos.glob("*.jpg"))
     os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
     r = build(None, model, link, encoder)
-    assert (r.unchanged, r.changed, r.encoded) == (5, 0, 0)
+    assert (r.unchanged, r.changed, r.encoded, r.up_to_date) == (5, 0, 0, False)  # new mtime recorded
+    assert build(None, model, link, encoder).up_to_date  # ... so the next build hashes nothing
 
 
 KILL_SCRIPT = """
@@ -239,6 +240,10 @@ def test_old_format_and_wrong_kind_are_clear_errors(photos: Path, model, encoder
     mf.write_text(json.dumps(m))
     with pytest.raises(IndexError_, match="index format 0, this version reads 1"):
         ix.open_index(link)
+    r = build([photos], model, link, encoder)  # a build replaces what it cannot read
+    assert r.replaced and "index format 0" in r.replaced and r.encoded == 5
+    with ix.open_index(link) as x:
+        assert x.manifest["format_version"] == ix.FORMAT_VERSION
 
 
 def test_missing_paths_index_type_and_remove(photos: Path, model, encoder, tmp_path: Path) -> None:

@@ -548,6 +548,7 @@ class BuildReport:
     model: str = ""
     up_to_date: bool = False
     model_changed: bool = False
+    replaced: str | None = None  # why the previous index could not be reused at all
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -556,7 +557,7 @@ class BuildReport:
                 "unchanged": self.unchanged, "encoded": self.encoded, "resumed": self.resumed,
                 "skipped": [{"path": p, "reason": r} for p, r in sorted(self.skipped.items())],
                 "index_type": self.index_type, "model": self.model, "up_to_date": self.up_to_date,
-                "model_changed": self.model_changed}
+                "model_changed": self.model_changed, "replaced": self.replaced}
 
 
 class PhotoBuild:
@@ -605,11 +606,16 @@ class PhotoBuild:
         """Compare the photos on disk with the current index; returns how many need the CNN."""
         loc, r = self.location, self.report
         if loc.current() is not None:
-            self.old = FragmentIndex(loc, "photos")
+            try:
+                self.old = FragmentIndex(loc, "photos")
+            except IndexError_ as e:
+                # An index this version cannot read (old format, files deleted): build it anew.
+                r.replaced = str(e)
         old_manifest = self.old.manifest if self.old else None
         if self.roots is None:
             if old_manifest is None:
-                raise UsageError("give the folders to index: vsa index build PATH...")
+                raise UsageError(f"give the folders to index: vsa index build PATH... ({r.replaced})" if r.replaced
+                                 else "give the folders to index: vsa index build PATH...")
             self.roots = [Path(p) for p in old_manifest["roots"]]
         if old_manifest and old_manifest["model"]["fingerprint"] != self.model.fingerprint:
             r.model_changed = True
@@ -630,11 +636,13 @@ class PhotoBuild:
         gone = Counter(rec["hash"] for p, rec in old_by_path.items() if p not in present)
         missing = sum(gone.values())
         seen_encode: set[str] = set()
+        self.touched = 0  # same content, new size/mtime: only the record needs rewriting
         for path, size, mtime in entries:
             old = old_by_path.get(path)
             if old is not None and old["size"] == size and old["mtime_ns"] == mtime:
                 digest: str | None = old["hash"]
             else:
+                self.touched += old is not None
                 try:
                     digest = file_hash(Path(path))
                 except OSError as e:
@@ -691,7 +699,7 @@ class PhotoBuild:
             chosen = choose_type(self.index_type, self._fragment_estimate())
             prev_skipped = self.old.skipped() if self.old else {}
             nothing_new = (self.old is not None and not (r.added or r.changed or r.moved or r.removed)
-                           and r.encoded == 0 and r.skipped == prev_skipped
+                           and r.encoded == 0 and self.touched == 0 and r.skipped == prev_skipped
                            and self.old.manifest["roots"] == [str(p) for p in self.roots or []]
                            and self.old.manifest["index_type"] == chosen)
             if nothing_new:

@@ -53,6 +53,8 @@ def build_cmd(
     out.print(f"  {report.added} added, {report.changed} changed, {report.moved} moved, {report.removed} removed, "
               f"{report.unchanged} unchanged; {report.encoded} encoded{rate}"
               + (f", {report.resumed} from an interrupted build" if report.resumed else ""))
+    if report.replaced:
+        out.print(f"  the previous index was unusable and was replaced: {report.replaced}", markup=False)
     if report.model_changed:
         out.print("  the model changed since the last build: every photo was encoded again")
     if report.skipped:
