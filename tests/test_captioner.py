@@ -127,3 +127,13 @@ def test_cli_train_caption_and_resume(tiny_store: Path, tmp_path: Path) -> None:
     assert [h["epoch"] for h in json.loads(r.stdout)["history"]] == [1, 2]
     r = CliRunner().invoke(app, [*args, "--cell", "gru"])
     assert r.exit_code == 2 and "unknown caption cell" in r.stderr
+
+
+def test_select_on_dev_cider(tiny_store: Path, tmp_path: Path) -> None:
+    rep = train_caption(tiny_store, tmp_path / "c.pt", dataclasses.replace(TINY, epochs=2, select="cider"))
+    assert all(0 <= h["dev_cider"] for h in rep["history"])
+    best = max(rep["history"], key=lambda h: h["dev_cider"])
+    assert rep["best"]["epoch"] == best["epoch"]
+    assert load_caption(tmp_path / "c.pt").metrics["dev_cider"] == pytest.approx(best["dev_cider"])
+    with pytest.raises(UsageError):
+        train_caption(tiny_store, tmp_path / "d.pt", dataclasses.replace(TINY, select="bleu"))
