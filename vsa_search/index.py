@@ -45,7 +45,7 @@ from .metadata import KV
 
 FORMAT_VERSION = 1
 KINDS = {"photos": ("photos", "regions"), "sentences": ("sentences", "words")}
-INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
+INDEX_TYPES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 # Past this many fragments "auto" leaves exact search for IVF: one thread scans a flat index
 # of 100k x 512 in ~45 ms per query, an IVF one in ~10 ms at recall@10 >= 0.99
 # (benchmarks/search.py, 2 shared cores).
@@ -54,6 +54,8 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 64
 IVF_TRAIN_PER_LIST = 40  # k-means sample size per list (FAISS asks for >= 39)
 IVF_NPROBE = 32  # lists probed per query vector (benchmarks/search.py: recall vs time)
+PQ_BYTES_PER_DIMS = 8  # ivfpq: one byte of PQ code per 8 dimensions (512-d: 64 bytes, 32x less than float32)
+PQ_MIN_TRAIN = 256 * 39  # FAISS wants >= 39 points per PQ centroid (256 of them, 8 bits)
 
 MANIFEST = "manifest.json"
 VECTORS = "regions.faiss"
@@ -186,6 +188,40 @@ def choose_type(index_type: str, n: int) -> str:
     return "flat" if n <= FLAT_MAX else "ivf"
 
 
+def pq_layout(dim: int) -> tuple[int, int]:
+    """(sub-quantizers m, padded width) of an ivfpq index over dim-d vectors: the L2 reduction
+    adds one dimension, and zeros pad it to a multiple of m (zeros change no distance)."""
+    m = max(1, (dim + 1) // PQ_BYTES_PER_DIMS)
+    return m, -(-(dim + 1) // m) * m
+
+
+def memory_bytes(index_type: str, n: int, dim: int) -> int:
+    """RAM a FAISS index of n fragments of dim takes while searching (estimate, from FAISS's layout:
+    float32 vectors, int64 ids in inverted lists, HNSW links, IVF centroids, PQ codes)."""
+    if index_type == "flat":
+        return n * dim * 4
+    nlist = ivf_lists(n)
+    if index_type == "ivf":
+        return n * ((dim + 1) * 4 + 8) + nlist * (dim + 1) * 4
+    if index_type == "hnsw":
+        return n * ((dim + 1) * 4 + HNSW_M * 2 * 4)
+    if index_type == "ivfpq":
+        m, width = pq_layout(dim)
+        return n * (m + 8) + nlist * width * 4 + 256 * width * 4
+    raise UsageError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+
+
+def choose_for_memory(index_type: str, n: int, dim: int, max_memory: int | None) -> str:
+    """choose_type, and past the memory budget (bytes) IVF-PQ: 8 bytes of code per 8 dims plus
+    an id, instead of float vectors. The exact re-ranking in search.py reads LMDB, so PQ only
+    lowers first-stage recall (benchmarks/scale.py measures it). An explicit type is kept."""
+    chosen = choose_type(index_type, n)
+    if (index_type == "auto" and max_memory is not None and n >= PQ_MIN_TRAIN
+            and memory_bytes(chosen, n, dim) > max_memory):
+        return "ivfpq"
+    return chosen
+
+
 def ivf_lists(n: int) -> int:
     """About sqrt(n) lists, a power of two, at least 1 and at most n / 39 (k-means needs points)."""
     want = 1 << max(0, round(np.log2(max(1.0, np.sqrt(n)))))
@@ -199,6 +235,8 @@ def make_faiss(vectors: np.ndarray, index_type: str, chunk: int = 65536) -> tupl
     params: dict[str, Any] = {}
     if n == 0:
         index_type = "flat"  # nothing to train IVF on; an empty index searches the same
+    if index_type == "ivfpq" and n < PQ_MIN_TRAIN:
+        index_type = "ivf"  # too few fragments to train PQ codes (and too few to need them)
     if index_type == "flat":
         index = faiss.IndexFlatIP(h)
     elif index_type == "hnsw":
@@ -217,11 +255,22 @@ def make_faiss(vectors: np.ndarray, index_type: str, chunk: int = 65536) -> tupl
         index.cp.seed = 1234
         index.train(_augment(vectors[_train_rows(n, nlist)], max_norm))
         params = {"nlist": nlist, "nprobe": IVF_NPROBE, "max_norm": max_norm}
+    elif index_type == "ivfpq":
+        # IVF over PQ codes on the same L2 reduction (padded: PQ splits the width evenly).
+        max_norm = _max_norm(vectors, chunk)
+        nlist = ivf_lists(n)
+        m, width = pq_layout(h)
+        index = faiss.IndexIVFPQ(faiss.IndexFlatL2(width), width, nlist, m, 8)
+        index.cp.seed = 1234
+        # PQ's k-means needs PQ_MIN_TRAIN points whatever nlist is.
+        rows = _train_rows(n, max(nlist, -(-PQ_MIN_TRAIN // IVF_TRAIN_PER_LIST)))
+        index.train(_augment(vectors[rows], max_norm, width))
+        params = {"nlist": nlist, "nprobe": IVF_NPROBE, "max_norm": max_norm, "pq_m": m}
     else:
         raise UsageError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES[1:])}")
     for i in range(0, n, chunk):
         part = vectors[i:i + chunk]
-        index.add(_augment(part, params["max_norm"]) if "max_norm" in params else
+        index.add(_augment(part, params["max_norm"], index.d) if "max_norm" in params else
                   np.ascontiguousarray(part, dtype=np.float32))
     return index, index_type, params
 
@@ -239,12 +288,14 @@ def _max_norm(vectors: np.ndarray, chunk: int) -> float:
     return m
 
 
-def _augment(x: np.ndarray, max_norm: float) -> np.ndarray:
+def _augment(x: np.ndarray, max_norm: float, width: int | None = None) -> np.ndarray:
     """Inner-product search as L2 search: append sqrt(M^2 - |x|^2) to every x (all then have
-    norm M) and 0 to the query; |q - x'|^2 = |q|^2 + M^2 - 2 q.x, so L2 order is dot order."""
+    norm M) and 0 to the query; |q - x'|^2 = |q|^2 + M^2 - 2 q.x, so L2 order is dot order.
+    `width` pads with zeros (ivfpq)."""
     x = x.astype(np.float32)
     extra = np.sqrt(np.clip(max_norm ** 2 - (x * x).sum(1), 0, None))[:, None]
-    return np.ascontiguousarray(np.hstack([x, extra]), dtype=np.float32)
+    pad = np.zeros((len(x), (width or x.shape[1] + 1) - x.shape[1] - 1), np.float32)
+    return np.ascontiguousarray(np.hstack([x, extra, pad]), dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- a finished index (reader)
@@ -355,7 +406,7 @@ class FragmentIndex:
             self.faiss.hnsw.efSearch = max(n, 64)
         if "max_norm" in self.manifest.get("faiss", {}):
             m = float(self.manifest["faiss"]["max_norm"])
-            d2, ids = self.faiss.search(np.hstack([q, np.zeros((len(q), 1), np.float32)]), n)
+            d2, ids = self.faiss.search(np.hstack([q, np.zeros((len(q), self.faiss.d - q.shape[1]), np.float32)]), n)
             # |q - x'|^2 = |q|^2 + M^2 - 2 q.x  ->  q.x
             dots = ((q * q).sum(1, keepdims=True) + m * m - d2) / 2
             return np.where(ids >= 0, dots, -np.inf).astype(np.float32), ids
@@ -566,7 +617,8 @@ class PhotoBuild:
 
     def __init__(self, roots: list[Path] | None, model: LoadedAlign, name: str | Path | None = None,
                  index_type: str = "auto", device: str | torch.device | None = None, batch_size: int = 8,
-                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, encoder: Any = None):
+                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, encoder: Any = None,
+                 max_memory: int | None = None, shard: tuple[int, int] | None = None):
         if index_type not in INDEX_TYPES:
             raise UsageError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
         self.location = Location(resolve(name))
@@ -577,6 +629,8 @@ class PhotoBuild:
         self.batch_size = batch_size
         self.max_megapixels = max_megapixels
         self.encoder = encoder
+        self.max_memory = max_memory  # bytes of FAISS RAM; past it "auto" builds IVF-PQ (choose_for_memory)
+        self.shard = check_shard(shard) if shard is not None else None  # (i, n): index only slice i of n
         self.report = BuildReport(index=str(self.location.link), model=model.fingerprint)
         self.planned: list[PlannedPhoto] = []
         self._lock: _Lock | None = None
@@ -631,6 +685,8 @@ class PhotoBuild:
         in_work = {k[len(_WORK_VEC):] for k in self.work.keys(_WORK_VEC)}
 
         entries = scan(self.roots)
+        if self.shard is not None:
+            entries = [e for e in entries if shard_of(e[0], self.roots, self.shard[1]) == self.shard[0]]
         present = {p for p, _, _ in entries}
         # A photo gone from its old path and present under a new one was moved, not removed.
         gone = Counter(rec["hash"] for p, rec in old_by_path.items() if p not in present)
@@ -696,7 +752,8 @@ class PhotoBuild:
         r = self.report
         try:
             self._encode(on_progress)
-            chosen = choose_type(self.index_type, self._fragment_estimate())
+            chosen = choose_for_memory(self.index_type, self._fragment_estimate(), self.model.config.hidden,
+                                       self.max_memory)
             prev_skipped = self.old.skipped() if self.old else {}
             nothing_new = (self.old is not None and not (r.added or r.changed or r.moved or r.removed)
                            and r.encoded == 0 and self.touched == 0 and r.skipped == prev_skipped
@@ -782,7 +839,9 @@ class PhotoBuild:
     def _write(self, chosen: str) -> None:
         r = self.report
         skipped = {p: why for p, why in r.skipped.items()}
-        extra = {"roots": [str(p) for p in self.roots or []]}
+        extra: dict[str, Any] = {"roots": [str(p) for p in self.roots or []]}
+        if self.shard is not None:  # what `merge` needs to check the set and choose the type as one build would
+            extra.update(shard=list(self.shard), max_regions=self.model.region_config.max_regions)
         gen = write_generation(self.location, "photos", self._items(), self.model.config.hidden,
                                model_info(self.model), chosen, extra=extra, skipped=skipped)
         manifest = json.loads((gen / MANIFEST).read_text())
@@ -954,3 +1013,157 @@ def remove(name: str | Path | None = None) -> list[str]:
         raise IndexError_(f"no index {resolve(name).name!r} at {resolve(name)}")
     return removed
 
+
+# --------------------------------------------------------------------------- sharded builds
+
+
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    i, n = shard
+    if n < 1 or not 0 <= i < n:
+        raise UsageError(f"--shard {i}/{n}: want i/n with 0 <= i < n")
+    return int(i), int(n)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"i/n" -> (i, n): slice i (0-based) of n."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: want i/n, e.g. 0/4 (slice 0 of 4)") from None
+    return check_shard((i, n))
+
+
+def parse_size(text: str) -> int:
+    """"512M", "4G", "1.5GB", "1000000" -> bytes."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", text)
+    if not m:
+        raise UsageError(f"{text!r}: not a size (examples: 512M, 4G)")
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
+
+
+def shard_of(path: str, roots: list[Path], n: int) -> int:
+    """Which of n shards a photo belongs to: a stable hash of its path relative to the root that
+    holds it, so the split is the same on every machine and for every build of the same roots."""
+    rel = path
+    for root in roots:
+        r = str(root).rstrip(os.sep)
+        if path == r:
+            rel = os.path.basename(path)
+            break
+        if path.startswith(r + os.sep):
+            rel = path[len(r) + 1:]
+            break
+    return int.from_bytes(hashlib.blake2b(rel.encode(), digest_size=8).digest(), "big") % n
+
+
+@dataclass
+class MergeReport:
+    index: str
+    parts: list[str]
+    photos: int = 0
+    regions: int = 0
+    skipped: int = 0
+    index_type: str = ""
+    memory_bytes: int = 0  # FAISS RAM while searching (estimate, memory_bytes())
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "parts": self.parts, "photos": self.photos, "regions": self.regions,
+                "skipped": self.skipped, "index_type": self.index_type, "memory_bytes": self.memory_bytes,
+                "seconds": round(self.seconds, 2)}
+
+
+def merge(parts: list[str | Path], name: str | Path | None = None, index_type: str = "auto",
+          max_memory: int | None = None, on_progress: Callable[[int], None] | None = None) -> MergeReport:
+    """Combine photo indexes (the shards of `vsa index build --shard i/n`) into the index NAME.
+    Items are merged in key order and their fragment id ranges renumbered, and the FAISS index is
+    built from the parts' stored vectors as one build would: with the same photos, roots, model
+    and options the result equals a single build byte for byte (so do its search results). No
+    photo is read or encoded again. on_progress(n) counts photos."""
+    import heapq
+
+    t0 = time.perf_counter()
+    if not parts:
+        raise UsageError("give the shard indexes to merge")
+    location = Location(resolve(name))
+    report = MergeReport(index=str(location.link), parts=[])
+    opened: list[FragmentIndex] = []
+    try:
+        for p in parts:
+            loc = Location(resolve(p))
+            if loc.link == location.link:
+                raise UsageError(f"{loc.link}: the merged index cannot also be one of its parts")
+            opened.append(FragmentIndex(loc, "photos"))
+            report.parts.append(str(loc.link))
+        first = opened[0].manifest
+        for x in opened[1:]:
+            if x.manifest["model"]["fingerprint"] != first["model"]["fingerprint"] or x.dim != opened[0].dim:
+                raise IndexError_(f"{x.location.link} was built with model {x.manifest['model']['fingerprint']}, "
+                                  f"{opened[0].location.link} with {first['model']['fingerprint']}: "
+                                  "build every shard with the same --model")
+        _check_shard_set(opened)
+        roots: list[str] = []
+        for x in opened:
+            roots += [r for r in x.manifest.get("roots", []) if r not in roots]
+        skipped: dict[str, str] = {}
+        for x in opened:
+            skipped.update(x.skipped())
+        photos = sum(len(x) for x in opened)
+        per_photo = first.get("max_regions")
+        # As PhotoBuild.run: "auto" decides on photos x max_regions (the count it knows before writing).
+        estimate = photos * per_photo if per_photo else sum(x.fragments for x in opened)
+        chosen = choose_for_memory(index_type, estimate, opened[0].dim, max_memory)
+
+        def items(x: FragmentIndex) -> Iterator[Item]:
+            recs = list(x.records())
+            for a in range(0, len(recs), 512):
+                chunk = recs[a:a + 512]
+                for j, (rec, vecs) in enumerate(zip(chunk, x.vectors(range(a, a + len(chunk))))):
+                    info = {k: v for k, v in rec.items() if k not in ("key", "first", "count")}
+                    yield Item(rec["key"], info, vecs, x.boxes(a + j))
+                if on_progress:
+                    on_progress(len(chunk))
+
+        last: list[str] = []
+
+        def unique(stream: Iterator[Item]) -> Iterator[Item]:
+            for it in stream:
+                if last and it.key == last[0]:
+                    raise IndexError_(f"{it.key} is in two of the parts: merge shards of one split (i/n)")
+                last[:] = [it.key]
+                yield it
+
+        merged = unique(heapq.merge(*(items(x) for x in opened), key=lambda it: it.key))
+        with location.lock():
+            gen = write_generation(location, "photos", merged, opened[0].dim, first["model"], chosen,
+                                   extra={"roots": roots}, skipped=skipped)
+    finally:
+        for x in opened:
+            x.close()
+    manifest = json.loads((gen / MANIFEST).read_text())
+    report.photos, report.regions = manifest["counts"]["photos"], manifest["counts"]["regions"]
+    report.skipped, report.index_type = manifest["counts"]["skipped"], manifest["index_type"]
+    report.memory_bytes = memory_bytes(report.index_type, report.regions, int(manifest["dim"]))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _check_shard_set(opened: list[FragmentIndex]) -> None:
+    """Shards of one split, each once, none missing (plain indexes of other folders may join too)."""
+    specs = [(x.manifest["shard"], x.location.link) for x in opened if "shard" in x.manifest]
+    if not specs:
+        return
+    ns = {n for (_, n), _ in specs}
+    if len(ns) > 1:
+        raise UsageError("the parts come from different splits (" + ", ".join(f"{i}/{n}" for (i, n), _ in specs)
+                         + "): merge the shards of one split")
+    n = ns.pop()
+    seen: dict[int, Path] = {}
+    for (i, _), link in specs:
+        if i in seen:
+            raise UsageError(f"shard {i}/{n} is given twice ({seen[i]} and {link})")
+        seen[i] = link
+    missing = [f"{i}/{n}" for i in range(n) if i not in seen]
+    if missing:
+        raise UsageError(f"shard{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing: "
+                         "build them (vsa index build PATH --shard i/n) before merging")

@@ -19,7 +19,10 @@ app = new_app("Index folders of photos for search (and sentences for photo -> te
 IndexOpt = Annotated[str, typer.Option("--index", help="Index name under indexes/ (or $VSA_HOME/indexes), or a path.")]
 ModelOpt = Annotated[str, typer.Option("--model", help="Alignment model file or name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
-TypeOpt = Annotated[str, typer.Option("--index-type", help="auto | flat | ivf | hnsw (auto: exact flat while small).")]
+TypeOpt = Annotated[str, typer.Option("--index-type",
+                                      help="auto | flat | ivf | hnsw | ivfpq (auto: exact flat while small).")]
+MemOpt = Annotated[str | None, typer.Option("--max-memory", help="FAISS memory budget (e.g. 4G): past it, auto "
+                                                                 "builds IVF-PQ codes (see benchmarks/scale.py).")]
 
 
 @app.command("build")
@@ -31,15 +34,23 @@ def build_cmd(
     index_type: TypeOpt = "auto",
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
     batch_size: Annotated[int, typer.Option(help="Photos per CNN batch (and per saved batch).")] = 8,
+    shard: Annotated[str | None, typer.Option(help="i/n: index only slice i of n (a stable hash of each photo's "
+                                                   "path); combine the n shards with `vsa index merge`.")] = None,
+    max_memory: MemOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Index photos: new, changed and removed ones are handled, moved ones are recognised by
     content; an interrupted build continues where it stopped."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+    part = ix.parse_shard(shard) if shard else None
+    if part and index == ix.DEFAULT_NAME:  # never let a slice replace the full default index
+        index = f"{ix.DEFAULT_NAME}.shard-{part[0]}-of-{part[1]}"
+    budget = ix.parse_size(max_memory) if max_memory else None
     loaded = load_align(paths.find_model(model), device or "cpu")
     t0 = time.perf_counter()
-    with ix.PhotoBuild(roots or None, loaded, index, index_type, device=device, batch_size=batch_size) as b:
+    with ix.PhotoBuild(roots or None, loaded, index, index_type, device=device, batch_size=batch_size,
+                       max_memory=budget, shard=part) as b:
         todo = b.plan()
         with progress("encoding", todo) as advance:
             report = b.run(on_progress=advance)
@@ -61,6 +72,26 @@ def build_cmd(
         err.print(f"skipped {len(report.skipped)} unreadable file{'s' if len(report.skipped) != 1 else ''}:")
         for _, why in sorted(report.skipped.items()):
             err.print(f"  {why}", markup=False)
+
+
+@app.command("merge")
+def merge_cmd(
+    parts: Annotated[list[str], typer.Argument(help="The shard indexes (names or paths) to combine.")],
+    index: IndexOpt = ix.DEFAULT_NAME,
+    index_type: TypeOpt = "auto",
+    max_memory: MemOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Combine shard indexes (vsa index build PATH --shard i/n) into one; it equals a single build."""
+    budget = ix.parse_size(max_memory) if max_memory else None
+    with progress("merging", None) as advance:
+        report = ix.merge(parts, index, index_type, max_memory=budget, on_progress=advance)
+    if json_out:
+        print_json(report.to_dict())
+        return
+    out.print(f"{report.index}: merged {len(report.parts)} parts, {report.photos} photos, {report.regions} regions "
+              f"({report.index_type}, ~{_size(report.memory_bytes)} of FAISS memory), {report.seconds:.1f}s",
+              markup=False)
 
 
 @app.command("status")
