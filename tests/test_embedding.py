@@ -91,7 +91,7 @@ def test_hybrid_score_is_alignment_plus_global():
     got = m(feats, region_mask, ids, lengths)
     h = cfg.hidden
     v, s = m.encode_regions(feats), m.encode_words(ids, lengths)
-    assert v.shape == (3, 4, 2 * h) and s.shape == (2, 3, 2 * h)
+    assert v.shape == (3, 4, 2 * h) and s.shape == (2, 3, 2 * h) and m.out_dim == 2 * h
     align = score(v[..., :h], region_mask, s[..., :h], word_mask)
     glob = m.glob(feats, region_mask, ids, lengths)
     assert torch.allclose(got, align + glob, atol=1e-5)

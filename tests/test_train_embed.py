@@ -19,7 +19,7 @@ from vsa_search.features import extract_to_store
 from vsa_search.train import train_embed
 from vsa_search.vocab import build_flickr8k_vocab
 
-N_TRAIN, N_DEV, N_TEST = 12, 4, 4
+N_TRAIN, N_DEV, N_TEST = 8, 4, 4
 
 
 @pytest.fixture(scope="session")

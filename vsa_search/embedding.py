@@ -30,6 +30,7 @@ class AlignModel(nn.Module):
         self.sentence = SentenceEncoder(vocab_size, cfg.word_dim, cfg.hidden, cfg.dropout,
                                         final_relu=cfg.word_relu)
         self.glob = GlobalModel(cfg, vocab_size) if cfg.arch == "hybrid" else None
+        self.out_dim = cfg.hidden * (2 if self.glob is not None else 1)  # size of v_i and s_t
 
     def encode_regions(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, R, D) CNN features -> (B, R, h) region vectors v_i ((B, R, 2h) for hybrid)."""
@@ -82,6 +83,7 @@ class GlobalModel(nn.Module):
         self.embed = nn.Embedding(vocab_size, cfg.word_dim, padding_idx=0)
         self.drop = nn.Dropout(cfg.dropout)
         self.proj = nn.Linear(cfg.word_dim, cfg.hidden)
+        self.out_dim = cfg.hidden
 
     def encode_regions(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, R, D) -> (B, 1, h): only the full image (region 0) is used."""
