@@ -53,6 +53,10 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
     }
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    # mkstemp creates 0600; a model file is meant to be shared like any other file (umask applies).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         torch.save(blob, tmp)
         os.replace(tmp, path)
