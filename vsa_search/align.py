@@ -28,7 +28,10 @@ from .errors import ModelError, StoreError, UsageError
 from .regions import RegionEncoder, RegionFeatures
 from .text import tokenize
 
-DEFAULT_BETA = 1.0
+# In units of one word's v_i · s_t: cosine for the shipped model, where per-word region scores differ by
+# ~0.015 (median top-1 vs top-2). On 100 train photos, 500 sentences: β = 0 gives 3.9 fragments of 2.7 words
+# per sentence, 0.02 gives 2.4 of 4.5, 0.1 gives 1.6 of 6.8, 1.0 gives one fragment (the whole sentence).
+DEFAULT_BETA = 0.02
 
 # --------------------------------------------------------------------------- the MRF
 
