@@ -382,3 +382,186 @@ def save_image(im: Image.Image, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise UsageError(f"{path}: cannot write image ({e})") from None
     return path
+
+
+# --------------------------------------------------------------------------- region captions (paper Sec. 3.2)
+# The generator learns from snippets the way it learns from photos: a snippet's "photo" is its region's
+# feature, its "sentence" the fragment. Fragments shorter than MIN_SNIPPET_WORDS ("a", "in") are noise.
+
+MIN_SNIPPET_WORDS = 2
+
+
+def snippet_groups(rows: list[dict[str, Any]], min_words: int = MIN_SNIPPET_WORDS,
+                   skip_full_image: bool = False) -> dict[tuple[str, int], list[str]]:
+    """(image_id, region) -> its fragments (each at least `min_words` words), in file order."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for r in rows:
+        if len(r["fragment"].split()) < min_words or (skip_full_image and r["region"] == 0):
+            continue
+        groups.setdefault((r["image_id"], int(r["region"])), []).append(r["fragment"])
+    return groups
+
+
+def add_snippets(train: tuple[torch.Tensor, ...], store: Any, snippets_path: str | Path, vocab: Any, max_len: int,
+                 root: Path | None = None, min_words: int = MIN_SNIPPET_WORDS) -> tuple[torch.Tensor, ...]:
+    """Training data for the region generator: the full-image pairs `train` (feats (P, D), photo (S,),
+    inputs, targets, as train.caption_split returns them) plus one pair per snippet of a training
+    photo (its region's feature, its fragment). Snippets of any other split are refused: they would
+    leak evaluation text into training."""
+    from .datasets import load_flickr8k
+    from .train import caption_sentences
+
+    feats, photo, inputs, targets = train
+    groups = snippet_groups(read_snippets(snippets_path), min_words)
+    split = {r.image_id: r.split for r in load_flickr8k(root).records}
+    if bad := sorted({i for i, _ in groups if split.get(i) != "train"}):
+        raise UsageError(f"{snippets_path}: snippets of {len(bad)} photos outside the training split "
+                         f"(e.g. {bad[0]}); export them with --split train")
+    if missing := sorted({i for i, _ in groups if i not in store}):
+        raise StoreError(f"{snippets_path}: {len(missing)} photos are not in the feature store (e.g. {missing[0]})")
+    if not groups:
+        raise UsageError(f"{snippets_path}: no snippets of {min_words}+ words")
+    keys = list(groups)
+    cache: dict[str, np.ndarray] = {}
+    region_feats = []
+    for image_id, region in keys:
+        if image_id not in cache:
+            cache[image_id] = store.get(image_id).features
+        region_feats.append(torch.from_numpy(cache[image_id][region].astype(np.float32)))
+    ids, owner = [], []
+    for k, key in enumerate(keys):
+        for frag in groups[key]:
+            ids.append(vocab.encode(frag.split()))
+            owner.append(len(feats) + k)
+    s_in, s_tg = caption_sentences(ids, max_len)
+    T = max(inputs.shape[1], s_in.shape[1])
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, T - x.shape[1]))  # PAD = 0
+
+    return (torch.cat([feats, torch.stack(region_feats)]), torch.cat([photo, torch.tensor(owner)]),
+            torch.cat([pad(inputs), pad(s_in)]), torch.cat([pad(targets), pad(s_tg)]))
+
+
+@dataclass(frozen=True)
+class RegionCaption:
+    region: int
+    box: tuple[int, int, int, int]
+    caption: str
+    logprob: float  # of the whole caption (END included)
+    words: int
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["box"] = list(self.box)
+        d["logprob"] = round(self.logprob, 4)
+        return d
+
+
+def region_captions(loaded: Any, regions: RegionFeatures, beam: int = 7, max_len: int | None = None,
+                    top: int | None = None) -> list[RegionCaption]:
+    """A caption for every region of a photo (row 0 = the full image) with the region generator.
+    top: keep the `top` regions whose captions the model is surest of (mean log-probability per word)."""
+    from .evaluate import generate_captions
+
+    if beam < 1:
+        raise UsageError(f"beam must be >= 1, got {beam}")
+    caps = generate_captions(loaded, torch.from_numpy(np.asarray(regions.features, np.float32)), beam=beam,
+                             max_len=max_len)
+    out = []
+    for i, c in enumerate(caps):
+        words = loaded.vocab.decode(c.tokens)
+        out.append(RegionCaption(i, tuple(int(x) for x in regions.boxes[i]), " ".join(words),  # type: ignore[arg-type]
+                                 float(c.logprob), len(words)))
+    if top is not None and top > 0:
+        keep = sorted(out, key=lambda r: r.logprob / (r.words + 1), reverse=True)[:top]
+        out = sorted(keep, key=lambda r: r.region)
+    return out
+
+
+def draw_region_captions(image: Image.Image, caps: list[RegionCaption]) -> Image.Image:
+    return draw_boxes(image, [(c.box, c.caption) for c in caps])
+
+
+def crop_features(encoder: RegionEncoder, image: Image.Image, boxes: np.ndarray) -> np.ndarray:
+    """Each box cut out and encoded as a photo of its own (the full-image feature of the crop):
+    how a full-frame model sees a region in the paper's comparison. (len(boxes), D)."""
+    crops = [image.crop(tuple(int(v) for v in b)) for b in boxes]
+    whole = [np.array([[0, 0, c.width, c.height]], np.int32) for c in crops]
+    out = []
+    for i in range(0, len(crops), 16):
+        out += [f[0] for f in encoder.encode(crops[i:i + 16], whole[i:i + 16])]
+    return np.stack(out).astype(np.float32)
+
+
+def evaluate_regions(region_model: str | Path, full_model: str | Path, features: str | Path,
+                     snippets_path: str | Path | None = None, align_model: str | Path | None = None,
+                     beta: float = DEFAULT_BETA, beam: int = 7, split: str = "test", root: Path | None = None,
+                     min_words: int = MIN_SNIPPET_WORDS, device: str | None = None, meteor: bool = False,
+                     on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """The paper's region-level comparison without region annotations: held-out snippets (the `split`
+    photos' sentences aligned to their regions; from `snippets_path`, or aligned here with `align_model`)
+    are the references of their region; each of the two generators describes every such region (not
+    the full image) from its RoI feature and from the region cut out as a photo. BLEU/CIDEr x100."""
+    from . import paths
+    from .captioner import load_caption
+    from .datasets import load_flickr8k
+    from .embedding import load_align
+    from .evaluate import caption_metrics, generate_captions
+    from .features import FeatureStore
+    from .images import load as load_image
+    from .train import pick_device
+
+    dev = pick_device(device)
+    models = {"region": load_caption(region_model, device=dev), "full": load_caption(full_model, device=dev)}
+    ds = load_flickr8k(root)
+    recs = {r.image_id: r for r in ds.split(split)}
+    with FeatureStore(features, readonly=True) as store:
+        for m in models.values():
+            if m.region_config.extractor_id() != store.extractor_id:
+                raise StoreError(f"{features}: made by extractor {store.extractor_id}, but {m.path} was trained "
+                                 f"on {m.region_config.extractor_id()} features")
+        if snippets_path is not None:
+            rows = read_snippets(snippets_path)
+            source = str(snippets_path)
+        else:
+            aligner = load_align(paths.find_model(str(align_model or "align")))
+            rows = list(snippets(aligner, store, [r for r in recs.values() if r.image_id in store], beta))
+            source = f"aligned here: {aligner.path}, beta {beta:g}"
+        if bad := sorted({r["image_id"] for r in rows} - set(recs)):
+            raise UsageError(f"snippets of {len(bad)} photos outside the {split} split (e.g. {bad[0]})")
+        groups = snippet_groups(rows, min_words, skip_full_image=True)
+        if not groups:
+            raise UsageError(f"no {split} snippets of {min_words}+ words on a region other than the full image")
+        keys = sorted(groups)
+        roi = np.stack([store.get(i).features[r] for i, r in keys]).astype(np.float32)
+        boxes = [store.get(i).boxes[r] for i, r in keys]
+    encoder = RegionEncoder(models["full"].region_config, dev)
+    crops = np.zeros_like(roi)
+    by_image: dict[str, list[int]] = {}
+    for k, (i, _) in enumerate(keys):
+        by_image.setdefault(i, []).append(k)
+    for image_id, ks in by_image.items():
+        crops[ks] = crop_features(encoder, load_image(recs[image_id].path), np.stack([boxes[k] for k in ks]))
+        if on_progress:
+            on_progress(len(ks))
+
+    refs = {f"{i}#{r}": groups[(i, r)] for i, r in keys}
+    inputs = {"RoI feature": torch.from_numpy(roi), "crop as a photo": torch.from_numpy(crops)}
+    rows_out: dict[str, Any] = {}
+    examples: dict[str, dict[str, str]] = {k: {} for k in refs}
+    for mname, label in (("full", "full-frame model"), ("region", "region model")):
+        for iname, x in inputs.items():
+            caps = generate_captions(models[mname], x, beam=beam, on_progress=on_progress)
+            text = {k: " ".join(models[mname].vocab.decode(c.tokens)) for k, c in zip(refs, caps)}
+            name = f"{label}, {iname}"
+            rows_out[name] = caption_metrics(refs, text, meteor=meteor)
+            rows_out[name]["distinct captions"] = len(set(text.values()))
+            for k in refs:
+                examples[k][name] = text[k]
+    return {"split": split, "photos": len(by_image), "regions": len(keys),
+            "references": sum(len(v) for v in refs.values()), "snippets": source, "beam": beam,
+            "min_words": min_words, "region_model": str(models["region"].path),
+            "full_model": str(models["full"].path), "features": str(features), "rows": rows_out,
+            "examples": [{"region": k, "box": [int(v) for v in boxes[n]], "references": refs[k], **examples[k]}
+                         for n, k in enumerate(refs)]}

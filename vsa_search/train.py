@@ -396,7 +396,8 @@ def _caption_optimizer(model, cfg):
 
 
 def train_caption(features, out, cfg, resume: bool = False, device: str | None = None, root=None,
-                  keep_train_state: bool = True, on_batch=None, on_epoch=None, amp: bool | None = None) -> dict:
+                  keep_train_state: bool = True, on_batch=None, on_epoch=None, amp: bool | None = None,
+                  regions=None, init=None) -> dict:
     """Train the caption generator on the full-image features of the training-split photos in the
     feature store `features`; early stopping on dev perplexity (patience cfg.patience).
 
@@ -404,7 +405,9 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
     the current weights, optimizer and counters so that `resume=True` continues where it stopped
     (keep_train_state=False drops them from the final file: smaller, no longer resumable).
     on_batch(n) and on_epoch(record) report progress. Returns the report (history, best, seconds).
-    amp: mixed precision (None: on for CUDA, see MixedPrecision)."""
+    amp: mixed precision (None: on for CUDA, see MixedPrecision).
+    regions: a snippets file (`vsa align export`) whose training-photo snippets (region feature, fragment)
+    join the full-image pairs: the region generator. init: a caption model file to start from."""
     import dataclasses
     import time
     from pathlib import Path
@@ -444,6 +447,10 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
         if resume and to_dict(region_cfg) != ck.region_config:
             raise UsageError(f"--resume: {features} holds other features than {out} was trained on")
         train = caption_split(store, "train", vocab, cfg.max_len, root)
+        if regions is not None:
+            from .align import add_snippets
+
+            train = add_snippets(train, store, regions, vocab, cfg.max_len, root)
         dev_data = caption_split(store, "dev", vocab, cfg.max_len, root)
         # The same photos, in the same order, as dev_data's features: references for dev CIDEr.
         dev_refs = [r.sentences for r in load_flickr8k(root).split("dev") if r.image_id in store]
@@ -454,6 +461,17 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
 
     seed_everything(cfg.seed)
     model = Captioner(cfg, len(vocab)).to(dev)
+    if init is not None and not resume:
+        from .captioner import load_caption
+
+        init_model = load_caption(init)
+        if init_model.vocab != vocab:
+            raise UsageError(f"--init {init}: its vocabulary differs from this training run's")
+        try:
+            model.load_state_dict(init_model.model.state_dict())
+        except RuntimeError:
+            raise UsageError(f"--init {init}: a {init_model.config.cell} model of another shape than --preset/--cell "
+                             f"ask for") from None
     opt = _caption_optimizer(model, cfg)
     history: list[dict] = []
     best = {"epoch": 0, "dev_ppl": float("inf")}
@@ -477,7 +495,8 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
         metrics = {"dev_ppl": best["dev_ppl"], "dev_cider": best.get("dev_cider"), "best_epoch": best["epoch"],
                    "train_photos": int(len(train[0])),
                    "train_sentences": int(len(train[1])), "dev_photos": int(len(dev_data[0])),
-                   "seconds": round(state["seconds"], 1)}
+                   "seconds": round(state["seconds"], 1),
+                   **({"regions": str(regions)} if regions else {}), **({"init": str(init)} if init else {})}
         slim = final and not keep_train_state
         save_caption(model, vocab, region_cfg, out, metrics=metrics, train_state=state, state_dict=best_sd, half=slim)
 

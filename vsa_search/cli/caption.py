@@ -18,15 +18,26 @@ DEFAULT_MODEL = "caption"  # models/caption.pt, shipped
 def caption_cmd(
     photos: Annotated[list[Path], typer.Argument(help="Photos (or folders of photos) to describe.")],
     beam: Annotated[int, typer.Option(min=1, help="Beam size (1: greedy).")] = 7,
-    model: Annotated[str, typer.Option(help="Caption model file or name.")] = DEFAULT_MODEL,
+    model: Annotated[str | None, typer.Option(help="Caption model file or name (default: caption; "
+                                                   "caption-regions with --regions).")] = None,
     max_len: Annotated[int | None, typer.Option(min=1, help="Most words per caption (default: the model's).")] = None,
     length_norm: Annotated[float, typer.Option(min=0.0, help="Rank by logprob / (words+1)^this.")] = 0.0,
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    regions: Annotated[bool, typer.Option("--regions", help="Dense captions: one per region, with its box.")] = False,
+    top: Annotated[int, typer.Option(min=0, help="With --regions: only the N surest regions (0: all).")] = 0,
+    out_png: Annotated[Path | None, typer.Option("--out", help="With --regions: draw the boxes and captions.")] = None,
 ) -> None:
     """Describe each photo in one sentence, with its log-probability. A photo that cannot be read
-    gets one error line on stderr; the others are still captioned; the exit code is then 1."""
+    gets one error line on stderr; the others are still captioned; the exit code is then 1.
+    --regions describes every region of one photo instead (the region generator, `vsa align`)."""
     import torch
+
+    if regions or out_png is not None or top:
+        from .align import region_caption_run
+
+        return region_caption_run(photos, beam, model, max_len, top, out_png, device, json_out, regions)
+    model = model or DEFAULT_MODEL
 
     from ..captioner import full_image, load_caption
     from ..evaluate import generate_captions
@@ -83,9 +94,13 @@ def train_caption_cmd(
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp",
                                              help="bf16/fp16 autocast (default: on for CUDA, off on CPU).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    regions: Annotated[Path | None, typer.Option(help="Snippets (vsa align export --split train) to train on "
+                                                      "too: the region generator.")] = None,
+    init: Annotated[str | None, typer.Option(help="Start from this caption model (fine-tune).")] = None,
 ) -> None:
     """Train the caption generator on full-image features and the training sentences (early
-    stopping on dev perplexity); the best epoch's weights are saved in --out after every epoch."""
+    stopping on dev perplexity); the best epoch's weights are saved in --out after every epoch.
+    With --regions, region snippets (region feature, sentence fragment) are training pairs too."""
     from ..train import train_caption
 
     cfg = config.preset(config.CAPTION_PRESETS, preset)
@@ -95,7 +110,8 @@ def train_caption_cmd(
     # Batches per epoch are known only once the store is read; the bar's total grows with them.
     with progress("training", None, unit="batches") as advance:
         report = train_caption(features, out_path, cfg, resume=resume, device=device, keep_train_state=not slim,
-                               amp=amp, on_batch=advance, on_epoch=lambda r: err.print(_epoch_line(r), highlight=False))
+                               amp=amp, on_batch=advance, on_epoch=lambda r: err.print(_epoch_line(r), highlight=False),
+                               regions=regions, init=paths.find_model(init) if init else None)
     if json_out:
         print_json(report)
         return

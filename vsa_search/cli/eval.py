@@ -78,3 +78,8 @@ def recall_cmd(
 from .caption import eval_caption_cmd  # noqa: E402
 
 app.command("caption")(eval_caption_cmd)
+
+# Region captions (region vs full-frame generator) live beside `vsa align` (cli/align.py).
+from .align import eval_regions_cmd  # noqa: E402
+
+app.command("regions")(eval_regions_cmd)
