@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from vsa_search.config import EMBED_PRESETS
@@ -95,3 +96,57 @@ def test_hybrid_score_is_alignment_plus_global():
     align = score(v[..., :h], region_mask, s[..., :h], word_mask)
     glob = m.glob(feats, region_mask, ids, lengths)
     assert torch.allclose(got, align + glob, atol=1e-5)
+
+
+def test_l2_feature_norm_ignores_feature_scale_and_mlp_changes_shape_not_api():
+    from vsa_search.encoders import ImageEncoder
+
+    torch.manual_seed(0)
+    enc = ImageEncoder(12, 8, dropout=0.0, feat_norm="l2").eval()
+    f = torch.rand(2, 3, 12) + 0.1
+    assert torch.allclose(enc(f), enc(7.0 * f), atol=1e-5)
+    plain = ImageEncoder(12, 8, dropout=0.0).eval()
+    assert not torch.allclose(plain(f), plain(7.0 * f))
+    cfg = dataclasses.replace(EMBED_PRESETS["tiny"], arch="hybrid", normalize=True, image_mlp=20, feature_dim=12)
+    m = build_model(cfg, 30).eval()
+    assert m.image.mlp is not None and m.encode_regions(f).shape == (2, 3, m.out_dim)
+
+
+def test_old_config_without_new_fields_loads_with_paper_defaults():
+    from vsa_search.config import EmbedConfig, from_dict, to_dict
+
+    old = {k: v for k, v in to_dict(EMBED_PRESETS["default"]).items()
+           if k not in ("feat_norm", "image_mlp", "text_pretrain", "text_pretrain_lr")}
+    cfg = from_dict(EmbedConfig, old)
+    assert (cfg.feat_norm, cfg.image_mlp, cfg.text_pretrain) == ("none", 0, 0)
+    assert build_model(cfg, 30).image.mlp is None
+
+
+def test_ensemble_score_is_base_plus_each_global_member(tmp_path):
+    from vsa_search.config import REGION_PRESETS
+    from vsa_search.embedding import ensemble_align, load_align, save_align
+    from vsa_search.errors import ModelError
+    from vsa_search.vocab import Vocab
+
+    vocab = Vocab.build([["a", "dog", "runs"], ["a", "cat", "sits"]], min_count=1)
+    base_cfg = dataclasses.replace(EMBED_PRESETS["tiny"], arch="hybrid", normalize=True, pool="mean",
+                                   word_relu=False, feature_dim=12)
+    paths = []
+    for seed, cfg in enumerate([base_cfg, dataclasses.replace(base_cfg, arch="global"),
+                                dataclasses.replace(base_cfg, arch="global")]):
+        torch.manual_seed(seed)
+        paths.append(save_align(build_model(cfg, len(vocab)), vocab, REGION_PRESETS["tiny"], tmp_path / f"{seed}.pt"))
+    base, *members = [load_align(p) for p in paths]
+    ens = ensemble_align(base, members)
+    assert ens.cfg.global_members == 3 and ens.out_dim == 4 * base_cfg.hidden
+    g = torch.Generator().manual_seed(0)
+    feats, mask = torch.randn(3, 4, 12, generator=g), torch.ones(3, 4, dtype=torch.bool)
+    mask[1, 2:] = False
+    ids, lengths = torch.tensor([[4, 5, 6], [4, 7, 0]]), torch.tensor([3, 2])
+    want = sum(m.model(feats, mask, ids, lengths) for m in (base, *members))
+    assert torch.allclose(ens(feats, mask, ids, lengths), want, atol=1e-5)
+    # Saved and loaded, it is still the same model (the config says how many members).
+    again = load_align(save_align(ens, vocab, REGION_PRESETS["tiny"], tmp_path / "ens.pt"))
+    assert torch.allclose(again.model(feats, mask, ids, lengths), want, atol=1e-5)
+    with pytest.raises(ModelError):
+        ensemble_align(members[0], [base])

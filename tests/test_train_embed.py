@@ -125,3 +125,43 @@ def test_cli_errors_are_one_line(tiny_features: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["train", "embed", "--features", str(tiny_features), "--out", str(tmp_path / "x.pt"),
                             "--resume"])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_text_pretraining_pulls_paraphrases_together_and_leaves_images_alone(vocab) -> None:
+    from vsa_search.embedding import build_model
+    from vsa_search.train import pretrain_text, text_pairs
+
+    torch.manual_seed(0)
+    recs = load_flickr8k().split("train")[:64]  # text only: photos need not be on disk
+    groups = text_pairs(recs, vocab)
+    assert len(groups) == 64 and all(len(g) >= 2 for g in groups)
+    cfg = tiny_cfg(arch="hybrid", normalize=True, pool="mean", word_relu=False, dropout=0.0, text_pretrain=25,
+                   text_pretrain_lr=1e-2)
+    model = build_model(cfg, len(vocab))
+    image_before = {k: v.clone() for k, v in model.state_dict().items() if "image." in k}
+    losses = pretrain_text(model, groups, cfg, torch.device("cpu"), batch_size=32)
+    assert len(losses) == 25 and losses[-1] < 0.5 * losses[0], losses
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in image_before.items())
+
+
+def test_train_embed_with_text_pretraining_records_it(tiny_features: Path, tmp_path: Path, vocab) -> None:
+    cfg = tiny_cfg(epochs=1, optimizer="adam", lr=3e-3, text_pretrain=1)
+    r = train_embed(tiny_features, tmp_path / "p.pt", cfg, vocab=vocab, device="cpu")
+    la = load_align(r.path)
+    assert la.config.text_pretrain == 1 and len(la.metrics["text_pretrain_loss"]) == 1
+
+
+def test_cli_ensemble_adds_global_members(tiny_features: Path, tmp_path: Path, vocab) -> None:
+    hyb = train_embed(tiny_features, tmp_path / "h.pt", tiny_cfg(epochs=1, arch="hybrid", normalize=True),
+                      vocab=vocab, device="cpu").path
+    glob = train_embed(tiny_features, tmp_path / "g.pt", tiny_cfg(epochs=1, arch="global", normalize=True),
+                       vocab=vocab, device="cpu").path
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "ensemble", "--base", str(hyb), "--member", str(glob), "--member", str(glob),
+                            "--out", str(tmp_path / "e.pt"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["global_members"] == 3
+    assert load_align(tmp_path / "e.pt").model.out_dim == 4 * EMBED_PRESETS["tiny"].hidden
+    r = runner.invoke(app, ["train", "ensemble", "--base", str(glob), "--member", str(hyb),
+                            "--out", str(tmp_path / "bad.pt")])
+    assert r.exit_code != 0 and "hybrid" in r.output and "Traceback" not in r.output

@@ -81,6 +81,9 @@ class EmbedConfig:
     normalize: bool = False  # L2-normalise v_i and s_t (cosine) instead of raw dot products
     pool: str = "sum"  # sum: S_kl sums over words (paper) | mean: s_t scaled by 1/length (no long-sentence bias)
     word_relu: bool = True  # ReLU on s_t as in the paper; False keeps s_t signed
+    feat_norm: str = "none"  # none | l2: CNN features L2-normalised (x sqrt(D)) before W_m
+    image_mlp: int = 0  # 0: v = W_m·f + b_m (paper) | n: a hidden ReLU layer of n units before W_m
+    global_members: int = 1  # hybrid: global models summed in the global term (>1: an ensemble, see ensemble_align)
     # training
     loss: str = "sum"  # sum: paper's sum over violating negatives | max: hardest negative (VSE++)
     margin: float = 1.0
@@ -93,6 +96,11 @@ class EmbedConfig:
     epochs: int = 30
     patience: int = 5  # early stopping on dev recall
     seed: int = 0
+    # text-only pretraining (before the alignment): sentences of the same training-split photo made close,
+    # over the captions of ALL training-split photos (most of them absent from disk), never dev/test text
+    text_pretrain: int = 0  # epochs (0: none); an epoch pairs two sentences of every training-split photo
+    text_pretrain_lr: float = 1e-3
+    text_lr_scale: float = 1.0  # the sentence side's learning rate during alignment, x lr (0: frozen text side)
 
 
 EMBED_PRESETS: dict[str, EmbedConfig] = {

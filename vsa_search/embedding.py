@@ -26,19 +26,23 @@ class AlignModel(nn.Module):
     def __init__(self, cfg: EmbedConfig, vocab_size: int):
         super().__init__()
         self.cfg = cfg
-        self.image = ImageEncoder(cfg.feature_dim, cfg.hidden, cfg.dropout)
+        self.image = ImageEncoder(cfg.feature_dim, cfg.hidden, cfg.dropout, cfg.feat_norm, cfg.image_mlp)
         self.sentence = SentenceEncoder(vocab_size, cfg.word_dim, cfg.hidden, cfg.dropout,
                                         final_relu=cfg.word_relu)
         self.glob = GlobalModel(cfg, vocab_size) if cfg.arch == "hybrid" else None
-        self.out_dim = cfg.hidden * (2 if self.glob is not None else 1)  # size of v_i and s_t
+        # An ensemble's further global models (ensemble_align), each in its own extra h dimensions:
+        # their cosines add to the score exactly, as the first one's does.
+        n_extra = cfg.global_members - 1 if self.glob is not None else 0
+        self.glob_extra = nn.ModuleList([GlobalModel(cfg, vocab_size) for _ in range(n_extra)])
+        self.out_dim = cfg.hidden * (1 + (1 + n_extra if self.glob is not None else 0))  # size of v_i and s_t
 
     def encode_regions(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, R, D) CNN features -> (B, R, h) region vectors v_i ((B, R, 2h) for hybrid)."""
         v = self.image(feats)
         v = F.normalize(v, dim=-1) if self.cfg.normalize else v
         if self.glob is not None:
-            u = self.glob.encode_regions(feats)  # (B, 1, h)
-            v = torch.cat([v, u.expand_as(v)], dim=-1)
+            us = [g.encode_regions(feats) for g in (self.glob, *self.glob_extra)]  # each (B, 1, h)
+            v = torch.cat([v, *(u.expand_as(v) for u in us)], dim=-1)
         return v
 
     def encode_words(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -52,14 +56,14 @@ class AlignModel(nn.Module):
             # sentences do not outscore short ones merely by having more words.
             s = s / lengths.clamp(min=1).to(s.dtype)[:, None, None]
         if self.glob is not None:
-            s = torch.cat([s, self.glob.encode_words(ids, lengths)], dim=-1)
+            s = torch.cat([s, *(g.encode_words(ids, lengths) for g in (self.glob, *self.glob_extra))], dim=-1)
         return s
 
     def init_glove(self, vocab: Vocab) -> int:
         """GloVe into every word table; returns how many words GloVe knew."""
         found = self.sentence.init_glove(vocab)
-        if self.glob is not None:
-            self.glob.init_glove(vocab)
+        for g in (self.glob, *self.glob_extra) if self.glob is not None else ():
+            g.init_glove(vocab)
         return found
 
     def forward(self, feats: torch.Tensor, region_mask: torch.Tensor, ids: torch.Tensor,
@@ -79,7 +83,7 @@ class GlobalModel(nn.Module):
     def __init__(self, cfg: EmbedConfig, vocab_size: int):
         super().__init__()
         self.cfg = cfg
-        self.image = ImageEncoder(cfg.feature_dim, cfg.hidden, cfg.dropout)
+        self.image = ImageEncoder(cfg.feature_dim, cfg.hidden, cfg.dropout, cfg.feat_norm, cfg.image_mlp)
         self.embed = nn.Embedding(vocab_size, cfg.word_dim, padding_idx=0)
         self.drop = nn.Dropout(cfg.dropout)
         self.proj = nn.Linear(cfg.word_dim, cfg.hidden)
@@ -192,6 +196,32 @@ def load_align(path: str | Path, device: str | torch.device = "cpu") -> LoadedAl
     model.to(device).eval()
     return LoadedAlign(model, vocab, cfg, from_dict(RegionConfig, ck.region_config), Path(path),
                        ck.metrics, weights_fingerprint(ck.state_dict))
+
+
+def ensemble_align(base: LoadedAlign, members: list[LoadedAlign]) -> AlignModel:
+    """A hybrid model whose score is the base's plus the cosine score of each global baseline in
+    `members` (trained separately, e.g. other seeds): S = S_base + Σ_j S_j, exactly, through the
+    same score() (each member's vectors sit in their own extra dimensions). All must share the
+    vocabulary, the feature extractor and the global part's shape."""
+    import dataclasses
+
+    if base.config.arch != "hybrid":
+        raise ModelError(f"{base.path}: an ensemble is built on a hybrid model (this one is {base.config.arch})")
+    same = ("hidden", "word_dim", "normalize", "feature_dim", "feat_norm", "image_mlp")
+    for m in members:
+        if m.config.arch != "global":
+            raise ModelError(f"{m.path}: ensemble members must be global baselines (this one is {m.config.arch})")
+        if m.vocab.itos != base.vocab.itos or m.region_config != base.region_config:
+            raise ModelError(f"{m.path}: another vocabulary or feature extractor than {base.path}")
+        if any(getattr(m.config, k) != getattr(base.config, k) for k in same):
+            raise ModelError(f"{m.path}: its global model differs in shape from {base.path}'s ({', '.join(same)})")
+    cfg = dataclasses.replace(base.config, global_members=base.config.global_members + len(members))
+    model = AlignModel(cfg, len(base.vocab))
+    got = model.load_state_dict(base.model.state_dict(), strict=False)  # everything but the new members
+    assert not got.unexpected_keys and all(k.startswith("glob_extra.") for k in got.missing_keys)
+    for g, m in zip(model.glob_extra[base.config.global_members - 1 :], members):
+        g.load_state_dict(m.model.state_dict())
+    return model.eval()
 
 
 def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:

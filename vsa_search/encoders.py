@@ -5,21 +5,35 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .vocab import Vocab
 
 
 class ImageEncoder(nn.Module):
-    """v = W_m · CNN(I_b) + b_m for every region (the full image is region 0)."""
+    """v = W_m · CNN(I_b) + b_m for every region (the full image is region 0).
+    feat_norm "l2" rescales each CNN feature to length sqrt(D) first (unit RMS per dimension, so
+    bright, busy regions do not dominate); mlp > 0 puts a ReLU layer of that width before W_m."""
 
-    def __init__(self, feature_dim: int, hidden: int, dropout: float):
+    def __init__(self, feature_dim: int, hidden: int, dropout: float, feat_norm: str = "none", mlp: int = 0):
         super().__init__()
+        if feat_norm not in ("none", "l2"):
+            from .errors import UsageError
+
+            raise UsageError(f"unknown feature normalisation {feat_norm!r}; choose none or l2")
+        self.feat_norm = feat_norm
         self.drop = nn.Dropout(dropout)
-        self.proj = nn.Linear(feature_dim, hidden)
+        self.mlp = nn.Sequential(nn.Linear(feature_dim, mlp), nn.ReLU(), nn.Dropout(dropout)) if mlp > 0 else None
+        self.proj = nn.Linear(mlp if mlp > 0 else feature_dim, hidden)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:  # (B, R, D) -> (B, R, h)
-        return self.proj(self.drop(feats))
+        if self.feat_norm == "l2":
+            feats = F.normalize(feats, dim=-1) * feats.shape[-1] ** 0.5
+        x = self.drop(feats)
+        if self.mlp is not None:
+            x = self.mlp(x)  # (B, R, mlp)
+        return self.proj(x)
 
 
 class SentenceEncoder(nn.Module):

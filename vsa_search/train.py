@@ -110,6 +110,67 @@ def _make_optimizer(cfg: Any, params: Any) -> torch.optim.Optimizer:
     raise UsageError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adam")
 
 
+def text_pairs(records: list[Any], vocab: Any) -> list[list[list[int]]]:
+    """Each record's sentences as word-id lists (records with fewer than 2 usable sentences dropped)."""
+    groups = [[e for e in (vocab.encode_text(s) for s in r.sentences) if e] for r in records]
+    return [g for g in groups if len(g) >= 2]
+
+
+def _pad(seqs: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(q) for q in seqs])
+    ids = torch.zeros(len(seqs), int(lengths.max()), dtype=torch.long)
+    for j, q in enumerate(seqs):
+        ids[j, : len(q)] = torch.tensor(q)
+    return ids.to(device), lengths.to(device)
+
+
+def pretrain_text(model: Any, groups: list[list[list[int]]], cfg: Any, device: torch.device,
+                  batch_size: int = 128, temperature: float = 0.05, deadline: float | None = None,
+                  on_step: Callable[[int, int, int, float], None] | None = None) -> list[float]:
+    """Text-only pretraining of the model's sentence side: two sentences of the same photo should be
+    each other's nearest neighbour among the batch (symmetric InfoNCE on the cosine of sentence vectors
+    Σ_t s_t, which is what score() sums against the image). `groups` holds the sentences of each photo
+    (text_pairs). Runs cfg.text_pretrain epochs (each draws one pair per photo) or until `deadline`
+    (time.perf_counter()); the image side gets no gradient. Returns the mean loss of each epoch."""
+    import torch.nn.functional as F
+
+    params = [p for n, p in model.named_parameters() if ".image." not in f".{n}"]  # text side only
+    opt = torch.optim.Adam(params, lr=cfg.text_pretrain_lr)
+    steps = (len(groups) + batch_size - 1) // batch_size
+    losses: list[float] = []
+    model.train()
+    for epoch in range(1, cfg.text_pretrain + 1):
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + epoch)
+        torch.manual_seed(cfg.seed * 1000 + 500 + epoch)
+        perm = torch.randperm(len(groups), generator=gen).tolist()
+        total, n = 0.0, 0
+        for a in range(0, len(perm), batch_size):
+            batch = [groups[i] for i in perm[a : a + batch_size]]
+            if len(batch) < 2:
+                continue
+            picks = [torch.randperm(len(g), generator=gen)[:2].tolist() for g in batch]
+            ids, lengths = _pad([g[p[0]] for g, p in zip(batch, picks)] + [g[p[1]] for g, p in zip(batch, picks)],
+                                device)
+            z = F.normalize(model.encode_words(ids, lengths).sum(1), dim=-1)  # (2B, out_dim)
+            za, zb = z[: len(batch)], z[len(batch) :]
+            logits = za @ zb.T / temperature  # (B, B): diagonal = same photo
+            target = torch.arange(len(batch), device=device)
+            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_elementwise(params, cfg.clip)
+            opt.step()
+            total, n = total + loss.item(), n + 1
+            if on_step:
+                on_step(epoch, n, steps, total / n)
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+        losses.append(total / max(n, 1))
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    return losses
+
+
 def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab: Any = None,
                 dataset: Any = None, device: str | None = None, resume: bool = False,
                 epochs: int | None = None, max_minutes: float | None = None, amp: bool | None = None,
@@ -146,6 +207,7 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
     world, rank, dev_ = distributed.init(dev_)  # (1, 0, dev_) outside torchrun
     mp = MixedPrecision(dev_, amp)
     train_state: dict[str, Any] = {}
+    pretrain_losses: list[float] = []
     start_state: dict[str, torch.Tensor] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     if resume:
@@ -184,9 +246,19 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
     model = build_model(cfg, len(vocab)).to(dev_)
     if start_state is not None:
         model.load_state_dict(start_state)
-    elif cfg.glove:
-        _init_glove(model, vocab)
-    opt = _make_optimizer(cfg, model.parameters())
+    else:
+        if cfg.glove:
+            _init_glove(model, vocab)
+        if cfg.text_pretrain > 0:  # captions of every training-split photo, on disk or not (no dev/test text)
+            deadline = t_start + max_minutes * 60 / 2 if max_minutes is not None else None
+            pretrain_losses = pretrain_text(model, text_pairs(ds.split("train"), vocab), cfg, dev_,
+                                            deadline=deadline)
+    params: Any = model.parameters()
+    if cfg.text_lr_scale != 1.0:  # e.g. a pretrained sentence side that should move less than the image side
+        text = [p for n, p in model.named_parameters() if ".image." not in f".{n}"]
+        image = [p for n, p in model.named_parameters() if ".image." in f".{n}"]
+        params = [{"params": image}, {"params": text, "lr": cfg.lr * cfg.text_lr_scale}]
+    opt = _make_optimizer(cfg, params)
     if train_state.get("optimizer"):
         opt.load_state_dict(train_state["optimizer"])
     encoders = distributed.wrap(model, dev_) if world > 1 else None
@@ -212,7 +284,8 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
     def metrics_blob() -> dict[str, Any]:
         return {"dev": best_dev, "dev_mean_recall": best_metric, "best_epoch": best_epoch,
                 "train_photos": n_img, "dev_photos": len(dev_recs), "features": region_cfg.extractor_id(),
-                "train_seconds": round(sum(h["seconds"] for h in history), 1)}
+                "train_seconds": round(sum(h["seconds"] for h in history), 1),
+                **({"text_pretrain_loss": [round(x, 4) for x in pretrain_losses]} if pretrain_losses else {})}
 
     for epoch in range(start_epoch + 1, total_epochs + 1):
         if bad_epochs >= cfg.patience:

@@ -37,6 +37,10 @@ def embed_cmd(
     word_relu: Annotated[bool | None, typer.Option("--word-relu/--no-word-relu",
                                                    help="ReLU on word vectors s_t (paper).")] = None,
     dropout: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
+    feat_norm: Annotated[str | None, typer.Option(help="none | l2: CNN features L2-normalised before W_m.")] = None,
+    image_mlp: Annotated[int | None, typer.Option(min=0, help="ReLU layer width before W_m (0: linear).")] = None,
+    text_pretrain: Annotated[int | None, typer.Option(
+        min=0, help="Epochs of text-only pretraining on all training-split captions (0: none).")] = None,
     patience: Annotated[int | None, typer.Option(min=1, help="Epochs without dev gain before stopping.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch that passes this.")] = None,
@@ -53,7 +57,8 @@ def embed_cmd(
     cfg = config.preset(config.EMBED_PRESETS, preset)
     overrides = {"epochs": epochs, "optimizer": optimizer, "loss": loss, "lr": lr, "margin": margin,
                  "hidden": hidden, "batch_size": batch_size, "normalize": normalize, "pool": pool,
-                 "dropout": dropout, "patience": patience, "seed": seed, "arch": arch, "word_relu": word_relu}
+                 "dropout": dropout, "patience": patience, "seed": seed, "arch": arch, "word_relu": word_relu,
+                 "feat_norm": feat_norm, "image_mlp": image_mlp, "text_pretrain": text_pretrain}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if resume and set(overrides) - {"epochs"}:
         raise UsageError("--resume continues with the saved config; only --epochs may change")
@@ -82,6 +87,29 @@ def embed_cmd(
     out.print(f"{result.path}: best epoch {result.best_epoch} of {result.epoch} "
               f"(dev mean R@1/5/10 {result.best_metric:.1f}), stopped: {result.stopped}, "
               f"{result.seconds:.0f}s")
+
+
+@app.command("ensemble")
+def ensemble_cmd(
+    base: Annotated[Path, typer.Option(help="A hybrid alignment model (vsa train embed --preset default).")],
+    member: Annotated[list[Path], typer.Option(help="A global baseline to add (repeat the option).")],
+    out_path: Annotated[Path, typer.Option("--out", help="Model file to write (atomically).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """One model scoring base + every member (S = S_base + Σ S_member), usable wherever a model is."""
+    from ..embedding import ensemble_align, load_align, save_align
+    from ..paths import find_model
+
+    loaded = load_align(find_model(str(base)))
+    members = [load_align(find_model(str(m))) for m in member]
+    model = ensemble_align(loaded, members)
+    metrics = {**loaded.metrics, "ensemble": {"base": str(base), "members": [str(m) for m in member]}}
+    save_align(model, loaded.vocab, loaded.region_config, out_path, metrics=metrics)
+    summary = {"model": str(out_path), "global_members": model.cfg.global_members, "out_dim": model.out_dim}
+    if json_out:
+        print_json(summary)
+        return
+    out.print(f"{out_path}: {base} + {len(members)} global members ({model.out_dim}-d vectors)")
 
 
 # The caption generator's command lives beside `vsa caption` (cli/caption.py).
