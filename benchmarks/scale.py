@@ -68,10 +68,11 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """(Q, k) ids of the largest inner products, by a chunked scan."""
     best_s = np.full((len(queries), k), -np.inf, np.float32)
     best_i = np.zeros((len(queries), k), np.int64)
-    for a in range(0, len(vectors), CHUNK * 4):
-        s = queries @ np.asarray(vectors[a:a + CHUNK * 4], np.float32).T  # (Q, c)
-        cand_s = np.concatenate([best_s, s], 1)
-        cand_i = np.concatenate([best_i, np.arange(a, a + s.shape[1])[None, :].repeat(len(queries), 0)], 1)
+    for a in range(0, len(vectors), CHUNK):
+        s = queries @ np.asarray(vectors[a:a + CHUNK], np.float32).T  # (Q, c)
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]  # the chunk's own top k first: small merges
+        cand_s = np.concatenate([best_s, np.take_along_axis(s, part, 1)], 1)
+        cand_i = np.concatenate([best_i, part + a], 1)
         top = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
         best_s, best_i = np.take_along_axis(cand_s, top, 1), np.take_along_axis(cand_i, top, 1)
     return np.take_along_axis(best_i, np.argsort(-best_s, 1), 1)

@@ -168,7 +168,9 @@ def ranking_loss_part(encoders: nn.Module, feats: torch.Tensor, region_mask: tor
     t_max = int(lengths[sent].max())  # the global batch's: every rank pads its words alike
     v, s = encoders(feats[img[mine]], ids[sent[mine], :t_max], lengths[sent[mine]])  # (b, R', h), (b, T, h)
     n_reg = v.shape[1]
-    both = all_gather_with_grad(torch.cat([v, s], dim=1), sizes)  # one collective for both halves
+    # One collective for both halves, in float32 (under autocast too) so that the gradients summed
+    # across ranks keep their precision.
+    both = all_gather_with_grad(torch.cat([v, s], dim=1).float(), sizes)
     v_all, s_all = both[:, :n_reg], both[:, n_reg:]  # (G, R', h), (G, T, h)
     rmask = region_mask[img, :n_reg]  # (G, R')
     wmask = torch.arange(t_max, device=lengths.device)[None, :] < lengths[sent][:, None]  # (G, T)
