@@ -134,3 +134,18 @@ def test_region_evaluation_table(setup: dict, tmp_path: Path) -> None:
 def test_region_flags_need_regions(sample_photos: list[Path], tmp_path: Path) -> None:
     res = runner.invoke(app, ["caption", str(sample_photos[0]), "--out", str(tmp_path / "x.png")])
     assert res.exit_code == 2 and "--regions" in res.stderr and res.stdout == ""
+
+
+def test_eval_regions_cli(setup: dict, tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    m = str(save_caption(Captioner(CAP, len(setup["vocab"])), setup["vocab"], TINY, tmp_path / "m.pt"))
+    args = ["eval", "regions", "--features", str(setup["store"]), "--snippets", str(setup["dir"] / "test.jsonl"),
+            "--region-model", m, "--full-model", m, "--beam", "2", "--device", "cpu"]
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert len(doc["rows"]) == 4 and doc["paper"]["CIDEr"]["region_model"] > 0
+    table = runner.invoke(app, args)
+    assert table.exit_code == 0 and "region model, RoI feature" in table.stdout and "paper, CIDEr" in table.stdout
+    refused = runner.invoke(app, [*args, "--split", "train"])
+    assert refused.exit_code == 2 and "train" in refused.stderr

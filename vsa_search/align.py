@@ -507,7 +507,7 @@ def evaluate_regions(region_model: str | Path, full_model: str | Path, features:
     from .captioner import load_caption
     from .datasets import load_flickr8k
     from .embedding import load_align
-    from .evaluate import caption_metrics, generate_captions
+    from .evaluate import caption_metrics, generate_captions, paper_results
     from .features import FeatureStore
     from .images import load as load_image
     from .train import pick_device
@@ -559,7 +559,10 @@ def evaluate_regions(region_model: str | Path, full_model: str | Path, features:
             rows_out[name]["distinct captions"] = len(set(text.values()))
             for k in refs:
                 examples[k][name] = text[k]
+    paper = paper_results().get("region_generation", {})
     return {"split": split, "photos": len(by_image), "regions": len(keys),
+            "paper": {"CIDEr": paper.get("CIDEr"), "note": "COCO, human region annotations (not snippets), "
+                                                           "full-frame model on crops"},
             "references": sum(len(v) for v in refs.values()), "snippets": source, "beam": beam,
             "min_words": min_words, "region_model": str(models["region"].path),
             "full_model": str(models["full"].path), "features": str(features), "rows": rows_out,

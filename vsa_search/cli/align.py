@@ -196,5 +196,8 @@ def region_table(res: dict) -> str:
              f"{'':36s}" + "".join(f"{c:>8s}" if c != "distinct captions" else f"{'distinct':>9s}" for c in cols)]
     for name, row in res["rows"].items():
         lines.append(f"{name:36s}" + "".join(f"{row[c]:8.1f}" for c in cols[:-1]) + f"{row[cols[-1]]:9d}")
+    if (paper := res.get("paper", {}).get("CIDEr")) is not None:
+        lines.append(f"paper, CIDEr: region model {paper['region_model']}, full-frame model "
+                     f"{paper['full_frame_model']} ({res['paper']['note']})")
     lines.append(f"snippets: {res['snippets']}")
     return "\n".join(lines)
