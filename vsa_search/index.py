@@ -551,7 +551,7 @@ def write_generation(location: Location, kind: str, items: Iterable[Item], dim: 
 
 def model_info(model: LoadedAlign) -> dict[str, Any]:
     return {"fingerprint": model.fingerprint, "path": str(Path(model.path).resolve()),
-            "hidden": model.config.hidden, "extractor": model.region_config.extractor_id()}
+            "hidden": model.model.out_dim, "extractor": model.region_config.extractor_id()}
 
 
 # --------------------------------------------------------------------------- photo index build
@@ -765,7 +765,7 @@ class PhotoBuild:
         r = self.report
         try:
             self._encode(on_progress)
-            chosen = choose_for_memory(self.index_type, self._fragment_estimate(), self.model.config.hidden,
+            chosen = choose_for_memory(self.index_type, self._fragment_estimate(), self.model.model.out_dim,
                                        self.max_memory)
             prev_skipped = self.old.skipped() if self.old else {}
             nothing_new = (self.old is not None and not (r.added or r.changed or r.moved or r.removed)
@@ -855,7 +855,7 @@ class PhotoBuild:
         extra: dict[str, Any] = {"roots": [str(p) for p in self.roots or []]}
         if self.shard is not None:  # what `merge` needs to check the set and choose the type as one build would
             extra.update(shard=list(self.shard), max_regions=self.model.region_config.max_regions)
-        gen = write_generation(self.location, "photos", self._items(), self.model.config.hidden,
+        gen = write_generation(self.location, "photos", self._items(), self.model.model.out_dim,
                                model_info(self.model), chosen, extra=extra, skipped=skipped)
         manifest = json.loads((gen / MANIFEST).read_text())
         r.photos, r.regions = manifest["counts"]["photos"], manifest["counts"]["regions"]
@@ -967,7 +967,7 @@ def build_sentences(files: list[Path], model: LoadedAlign, name: str | Path | No
             continue
         items.append(Item(key, {"text": by_source[key], "words": words}, vecs.astype(np.float16)))
     with location.lock():
-        gen = write_generation(location, "sentences", items, model.config.hidden, model_info(model), index_type,
+        gen = write_generation(location, "sentences", items, model.model.out_dim, model_info(model), index_type,
                                extra={"files": [str(f.absolute()) for f in files]})
     manifest = json.loads((gen / MANIFEST).read_text())
     report.sentences, report.words = manifest["counts"]["sentences"], manifest["counts"]["words"]
