@@ -1180,3 +1180,25 @@ def _check_shard_set(opened: list[FragmentIndex]) -> None:
     if missing:
         raise UsageError(f"shard{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing: "
                          "build them (vsa index build PATH --shard i/n) before merging")
+
+
+# --------------------------------------------------------------------------- library API
+
+
+def build(roots: list[str | Path], name: str | Path | None = None, model: str | Path | LoadedAlign = "align",
+          index_type: str = "auto", device: str | None = None,
+          on_progress: Callable[[int], None] | None = None) -> BuildReport:
+    """Index (or update) the photos under `roots` into index `name` with an alignment model."""
+    from .embedding import load_align
+
+    loaded = model if isinstance(model, LoadedAlign) else load_align(paths.find_model(str(model)), device or "cpu")
+    return build_photos([Path(r) for r in roots], loaded, name, index_type, on_progress=on_progress, device=device)
+
+
+def search(text: str, name: str | Path | None = None, k: int = 10, model: str | Path | None = None) -> Any:
+    """Photos of index `name` for `text`, best first: a `search.Result` with `.hits` (path, score,
+    and the box each word matched)."""
+    from . import search as _search
+
+    with open_index(name, "photos") as ix:
+        return _search.search_text(ix, _search.model_for(ix, model), text, k)

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from .. import config, paths
-from ..errors import VSAError
 from .common import err, out, print_json, progress
 
 DEFAULT_MODEL = "caption"  # models/caption.pt, shipped
@@ -31,7 +30,6 @@ def caption_cmd(
     """Describe each photo in one sentence, with its log-probability. A photo that cannot be read
     gets one error line on stderr; the others are still captioned; the exit code is then 1.
     --regions describes every region of one photo instead (the region generator, `vsa align`)."""
-    import torch
 
     if regions or out_png is not None or top:
         from .align import region_caption_run
@@ -39,38 +37,17 @@ def caption_cmd(
         return region_caption_run(photos, beam, model, max_len, top, out_png, device, json_out, regions)
     model = model or DEFAULT_MODEL
 
-    from ..captioner import full_image, load_caption
-    from ..evaluate import generate_captions
-    from ..images import is_photo
-    from ..images import load as load_image
-    from ..regions import RegionEncoder
+    from ..captioner import caption_photos, load_caption, photo_files
     from ..train import pick_device
 
     loaded = load_caption(paths.find_model(model), device=pick_device(device))
-    files: list[Path] = []
-    for p in photos:
-        files += sorted(q for q in p.iterdir() if is_photo(q)) if p.is_dir() else [p]
-    encoder = RegionEncoder(loaded.region_config, pick_device(device))
-    ok: list[Path] = []
-    feats = []
-    failed = 0
-    with progress("reading photos", len(files)) as advance:
-        for p in files:
-            try:
-                feats.append(full_image(encoder.encode_one(load_image(p))))
-                ok.append(p)
-            except VSAError as e:
-                err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
-                failed += 1
-            except Exception as e:  # a photo PIL opens but OpenCV/torch reject must not stop the others
-                err.print(f"[bold red]error:[/] {p}: {type(e).__name__}: {str(e).splitlines()[0][:120]}",
-                          markup=True, highlight=False)
-                failed += 1
-            advance(1)
-    caps = generate_captions(loaded, torch.stack(feats), beam=beam, max_len=max_len,
-                             length_norm=length_norm) if feats else []
-    rows = [{"photo": str(p), "caption": " ".join(loaded.vocab.decode(c.tokens)), "logprob": round(c.logprob, 4)}
-            for p, c in zip(ok, caps)]
+    with progress("reading photos", len(photo_files(photos))) as advance:
+        results = caption_photos(photos, loaded, beam=beam, max_len=max_len, length_norm=length_norm,
+                                 on_progress=advance)
+    failed = [r for r in results if r.error is not None]
+    for r in failed:
+        err.print(f"[bold red]error:[/] {r.error}", markup=True, highlight=False)
+    rows = [r.to_dict() for r in results if r.error is None]
     if json_out:
         print_json(rows)
     else:
