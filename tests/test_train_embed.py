@@ -165,3 +165,13 @@ def test_cli_ensemble_adds_global_members(tiny_features: Path, tmp_path: Path, v
     r = runner.invoke(app, ["train", "ensemble", "--base", str(glob), "--member", str(hyb),
                             "--out", str(tmp_path / "bad.pt")])
     assert r.exit_code != 0 and "hybrid" in r.output and "Traceback" not in r.output
+
+
+def test_cli_text_pretraining_options_reach_the_config(tiny_features: Path, tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["train", "embed", "--features", str(tiny_features), "--preset", "tiny",
+                                 "--out", str(tmp_path / "t.pt"), "--device", "cpu", "--epochs", "1",
+                                 "--text-pretrain", "1", "--text-pretrain-lr", "0.01", "--feat-norm", "l2",
+                                 "--image-mlp", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    cfg = load_align(tmp_path / "t.pt").config
+    assert (cfg.text_pretrain, cfg.text_pretrain_lr, cfg.feat_norm, cfg.image_mlp) == (1, 0.01, "l2", 8)

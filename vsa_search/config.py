@@ -114,6 +114,10 @@ EMBED_PRESETS: dict[str, EmbedConfig] = {
     # The global baseline (evaluate.py compares every model with it), trained the same way.
     "global": EmbedConfig(arch="global", normalize=True, pool="mean", margin=0.2, optimizer="adam", lr=5e-4,
                           batch_size=32, epochs=30, patience=4),
+    # The global members of the shipped ensemble (models/align.md): the baseline after 8 epochs of
+    # text-only pretraining on the captions of all 6,000 training-split photos.
+    "global-text": EmbedConfig(arch="global", normalize=True, pool="mean", margin=0.2, optimizer="adam", lr=5e-4,
+                               batch_size=32, epochs=30, patience=4, text_pretrain=8, text_pretrain_lr=3e-3),
 }
 
 

@@ -20,7 +20,8 @@ app = new_app("Train the alignment model (embed) or the caption generator (capti
 def embed_cmd(
     features: Annotated[Path, typer.Option(help="Feature store of the photos (vsa features extract).")],
     out_path: Annotated[Path, typer.Option("--out", help="Model file to write (atomically, every epoch).")],
-    preset: Annotated[str, typer.Option(help="tiny | default | paper | global (the baseline).")] = "default",
+    preset: Annotated[str, typer.Option(help="tiny | default | paper | global (the baseline) | global-text "
+                                             "(baseline with text pretraining).")] = "default",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Total epochs (overrides the preset).")] = None,
@@ -41,6 +42,7 @@ def embed_cmd(
     image_mlp: Annotated[int | None, typer.Option(min=0, help="ReLU layer width before W_m (0: linear).")] = None,
     text_pretrain: Annotated[int | None, typer.Option(
         min=0, help="Epochs of text-only pretraining on all training-split captions (0: none).")] = None,
+    text_pretrain_lr: Annotated[float | None, typer.Option(help="Learning rate of the text pretraining.")] = None,
     patience: Annotated[int | None, typer.Option(min=1, help="Epochs without dev gain before stopping.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch that passes this.")] = None,
@@ -58,7 +60,8 @@ def embed_cmd(
     overrides = {"epochs": epochs, "optimizer": optimizer, "loss": loss, "lr": lr, "margin": margin,
                  "hidden": hidden, "batch_size": batch_size, "normalize": normalize, "pool": pool,
                  "dropout": dropout, "patience": patience, "seed": seed, "arch": arch, "word_relu": word_relu,
-                 "feat_norm": feat_norm, "image_mlp": image_mlp, "text_pretrain": text_pretrain}
+                 "feat_norm": feat_norm, "image_mlp": image_mlp, "text_pretrain": text_pretrain,
+                 "text_pretrain_lr": text_pretrain_lr}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if resume and set(overrides) - {"epochs"}:
         raise UsageError("--resume continues with the saved config; only --epochs may change")
@@ -103,7 +106,9 @@ def ensemble_cmd(
     loaded = load_align(find_model(str(base)))
     members = [load_align(find_model(str(m))) for m in member]
     model = ensemble_align(loaded, members)
-    metrics = {**loaded.metrics, "ensemble": {"base": str(base), "members": [str(m) for m in member]}}
+    # The parts' own dev figures do not describe the sum: keep them apart, under their file names.
+    metrics = {"ensemble": {"base": str(base), "members": [str(m) for m in member]},
+               "parts": {str(p.path): p.metrics for p in (loaded, *members)}}
     save_align(model, loaded.vocab, loaded.region_config, out_path, metrics=metrics)
     summary = {"model": str(out_path), "global_members": model.cfg.global_members, "out_dim": model.out_dim}
     if json_out:
