@@ -10,14 +10,16 @@ timm, ...) the machine has, and each part that lacks a package says so and is sk
    CNN alone: photos/s on GPU vs CPU.
 3. `vsa index build` on GPU: photos/s for a whole build (hash, extract, encode, LMDB, FAISS) of
    48 distinct photos made from examples/photos (a random-weight default model: speed only).
-4. FAISS: IVF build of 200k synthetic 512-d vectors; on the GPU when faiss-gpu is there, else
+4. FAISS: IVF and IVF-PQ builds of 100k synthetic 512-d vectors; on the GPU when faiss-gpu is there, else
    CPU (said so).
 
-Prints a table; writes gpu_check.json to $OUT when that is set.
+Prints a table; writes gpu_check.json to $OUT when that is set. `--smoke`: tiny sizes, to check
+the script itself on a CPU-only machine in seconds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -33,6 +35,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ROWS: list[dict] = []
+SMOKE = "--smoke" in sys.argv
+BATCH, PHOTOS, VECTORS = (8, 6, 20_000) if SMOKE else (100, 48, 100_000)
 
 
 def row(part: str, what: str, value: float | str, unit: str, note: str = "") -> None:
@@ -117,14 +121,14 @@ def _train_step_ms(dev: torch.device, amp: bool, batch: int, steps: int) -> floa
 
 @part("train")
 def train_step() -> None:
-    cpu = _train_step_ms(torch.device("cpu"), False, 100, 5)
-    row("train", "embed step, default preset, batch 100: CPU fp32", cpu, "ms/step")
+    cpu = _train_step_ms(torch.device("cpu"), False, BATCH, 2 if SMOKE else 5)
+    row("train", f"embed step, default preset, batch {BATCH}: CPU fp32", cpu, "ms/step")
     if not torch.cuda.is_available():
         return
     gpu = torch.device("cuda")
-    f32 = _train_step_ms(gpu, False, 100, 40)
+    f32 = _train_step_ms(gpu, False, BATCH, 40)
     row("train", "  GPU fp32", f32, "ms/step", f"{cpu / f32:.1f}x CPU")
-    amp = _train_step_ms(gpu, True, 100, 40)
+    amp = _train_step_ms(gpu, True, BATCH, 40)
     dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     row("train", f"  GPU {dtype} autocast (--amp, the CUDA default)", amp, "ms/step", f"{cpu / amp:.1f}x CPU")
     b32 = _train_step_ms(gpu, True, 32, 40)
@@ -191,17 +195,22 @@ def index_build(photos: Path, tmp: Path) -> None:
     from vsa_search.vocab import SPECIALS, Vocab
 
     vocab = Vocab(list(SPECIALS) + ["a", "dog"])
-    torch.manual_seed(0)
-    path = save_align(build_model(EMBED_PRESETS["default"], len(vocab)).eval(), vocab, REGION_PRESETS["default"],
-                      tmp / "random-default.pt")
     n = len(list(photos.iterdir()))
-    for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-        model = load_align(path, d)
-        t = time.perf_counter()
-        r = ix.build_photos([photos], model, tmp / f"idx-{d}", device=d, batch_size=16)
-        dt = time.perf_counter() - t
-        row("index", f"vsa index build, {n} photos, on {d}", r.photos / dt, "photos/s",
-            f"{r.regions} regions, {r.index_type}")
+    for arch in ("hybrid", "brnn"):  # the default preset is hybrid; brnn in case its index build fails
+        torch.manual_seed(0)
+        cfg = dataclasses.replace(EMBED_PRESETS["default"], arch=arch)
+        path = save_align(build_model(cfg, len(vocab)).eval(), vocab, REGION_PRESETS["default"], tmp / f"{arch}.pt")
+        try:
+            for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+                model = load_align(path, d)
+                t = time.perf_counter()
+                r = ix.build_photos([photos], model, tmp / f"idx-{arch}-{d}", device=d, batch_size=16)
+                dt = time.perf_counter() - t
+                row("index", f"vsa index build ({arch} model), {n} photos, on {d}", r.photos / dt, "photos/s",
+                    f"{r.regions} regions, {r.index_type}")
+            return
+        except Exception as e:
+            row("index", f"vsa index build ({arch} model)", "failed", "", str(e).splitlines()[0][-90:])
 
 
 @part("faiss")
@@ -212,14 +221,14 @@ def faiss_build() -> None:
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((4096, 512)).astype(np.float32) / np.sqrt(512)
-    x = (centres[rng.integers(0, 4096, 200_000)]
-         + rng.standard_normal((200_000, 512), dtype=np.float32) * (0.6 / np.sqrt(512))).astype(np.float16)
+    x = (centres[rng.integers(0, 4096, VECTORS)]
+         + rng.standard_normal((VECTORS, 512), dtype=np.float32) * (0.6 / np.sqrt(512))).astype(np.float16)
     for kind in ("ivf", "ivfpq"):
         t = time.perf_counter()
         _, chosen, params = ix.make_faiss(x, kind)
         dt = time.perf_counter() - t
         where = "GPU k-means" if params.get("kmeans") == "gpu" else f"CPU, {faiss.omp_get_max_threads()} threads"
-        row("faiss", f"make_faiss {chosen}, 200k x 512", 200_000 / dt, "regions/s", f"{dt:.1f}s, {where}")
+        row("faiss", f"make_faiss {chosen}, {VECTORS:,} x 512", VECTORS / dt, "regions/s", f"{dt:.1f}s, {where}")
 
 
 def main() -> None:
@@ -229,7 +238,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         try:
-            photos = _photos(tmp, 48)
+            photos = _photos(tmp, PHOTOS)
         except Exception as e:
             print(f"no example photos: {e}")
             photos = None

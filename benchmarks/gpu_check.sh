@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 echo "python: $PY"
 "$PY" -c "import torch; print(torch.__version__, torch.cuda.is_available())"
-timeout 300 "$PY" benchmarks/gpu_check.py
+timeout 300 "$PY" benchmarks/gpu_check.py "$@"
