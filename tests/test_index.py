@@ -85,7 +85,7 @@ def test_build_writes_manifest_faiss_and_lmdb(photos: Path, model, encoder, tmp_
         assert {"path", "size", "mtime_ns", "hash", "first", "count"} <= set(rec)
         b = x.boxes(0)
         assert b.shape == (rec["count"], 4) and (b[0][:2] == 0).all()  # region 0 is the full image
-        assert x.vectors([0])[0].shape == (rec["count"], model.config.hidden)
+        assert x.vectors([0])[0].shape == (rec["count"], model.model.out_dim)
     st = ix.status(link)["photos"]
     assert (st["photos"], st["regions"], st["model"]) == (5, r.regions, model.fingerprint) and st["bytes"] > 0
 
@@ -189,7 +189,7 @@ def test_reader_keeps_its_generation_during_a_rebuild(photos: Path, model, encod
         build(None, model, link, encoder)
         # The old generation was swapped out and deleted, yet an open reader still reads it whole.
         assert len(old) == 5 and len(old.vectors(range(5))) == 5
-        d, i = old.search(np.ones((1, model.config.hidden), np.float32), 3)
+        d, i = old.search(np.ones((1, model.model.out_dim), np.float32), 3)
         assert (i >= 0).all()
     with ix.open_index(link) as new:
         assert len(new) == 6

@@ -200,7 +200,9 @@ def two_stage(ix: FragmentIndex, q: np.ndarray, k: int, per_word: int | None = N
         listed = np.full((len(cands), len(q)), -np.inf, np.float32)
         np.maximum.at(listed, (inv, np.nonzero(valid)[0]), dots[valid])
         upper = np.where(listed > -np.inf, listed, nth[None, :]).sum(1)  # (C,)
-        items, scores, reranked = _rerank(ix, q, cands, upper, k)
+        # The bounds hold for an exact index only; an approximate one may have missed a
+        # candidate's best region, so there every candidate is scored (a few ms: LMDB + one matmul).
+        items, scores, reranked = _rerank(ix, q, cands, upper if ix.exact else None, k)
         everything = ids.shape[1] >= total
         proven = everything or (len(items) == k and bool(scores[-1] >= nth.sum()))
         if proven or max_per_word is None or n >= max_per_word or not ix.exact:
@@ -208,10 +210,14 @@ def two_stage(ix: FragmentIndex, q: np.ndarray, k: int, per_word: int | None = N
         n = min(n * 4, max_per_word)
 
 
-def _rerank(ix: FragmentIndex, q: np.ndarray, cands: np.ndarray, upper: np.ndarray, k: int,
+def _rerank(ix: FragmentIndex, q: np.ndarray, cands: np.ndarray, upper: np.ndarray | None, k: int,
             batch: int = 32) -> tuple[np.ndarray, np.ndarray, int]:
     """Exact scores of candidates in order of their upper bound, stopping once the k-th best
-    exact score beats every remaining bound: most candidates never leave LMDB."""
+    exact score beats every remaining bound: most candidates never leave LMDB. Without bounds
+    (upper=None) every candidate is scored."""
+    if upper is None:
+        upper = np.full(len(cands), np.inf, np.float32)
+        batch = max(batch, len(cands))
     order = np.lexsort((cands, -upper))
     got_items: list[np.ndarray] = []
     got_scores: list[np.ndarray] = []
