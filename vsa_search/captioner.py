@@ -163,11 +163,18 @@ class PhotoCaption:
 
 def photo_files(photos: list[Path]) -> list[Path]:
     """Photos as given, with folders expanded to the photos directly inside them (sorted)."""
+    from .errors import UsageError
     from .images import is_photo
 
     files: list[Path] = []
     for p in map(Path, photos):
-        files += sorted(q for q in p.iterdir() if is_photo(q)) if p.is_dir() else [p]
+        if p.is_dir():
+            inside = sorted(q for q in p.iterdir() if is_photo(q))
+            if not inside:
+                raise UsageError(f"{p}: no photos (jpg, jpeg, png, webp, bmp, gif) in this folder")
+            files += inside
+        else:
+            files.append(p)  # a missing or unreadable file is reported per photo, later
     return files
 
 

@@ -73,15 +73,19 @@ def load(path: str | Path, kind: str | None = None, map_location: str | torch.de
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for a bad file; all mean "not loadable"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{path}: not a readable vsa model file ({first[:120]})") from None
+        if "weights_only" in str(e) or "Weights only" in str(e):
+            why = "torch.load with weights_only=True cannot read it"
+        else:
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
+        raise ModelError(f"{path}: not a vsa model file ({why})") from None
     if not isinstance(blob, dict) or "kind" not in blob or "header_json" not in blob:
         raise ModelError(f"{path}: not a vsa model file")
     if blob.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{path}: model format {blob.get('format_version')}, this version reads "
                          f"{FORMAT_VERSION}")
     if kind is not None and blob["kind"] != kind:
-        raise ModelError(f"{path}: is a {blob['kind']} model, not a {kind} model")
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ModelError(f"{path}: this is a {blob['kind']} model; {article} {kind} model is needed here")
     header = json.loads(blob["header_json"])
     return Checkpoint(kind=blob["kind"], config=header["config"], vocab=header["vocab"],
                       region_config=header["region_config"], state_dict=blob["state_dict"],

@@ -593,7 +593,7 @@ def scan(roots: list[Path]) -> list[tuple[str, int, int]]:
                 continue
             if not p.is_file():
                 continue
-            found[str(p.absolute())] = (st.st_size, st.st_mtime_ns)
+            found[os.path.abspath(p)] = (st.st_size, st.st_mtime_ns)  # normalised: no ./ or ../
     return [(p, s, m) for p, (s, m) in sorted(found.items())]
 
 
@@ -648,7 +648,7 @@ class PhotoBuild:
             raise UsageError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
         self.location = Location(resolve(name))
         self.model = model
-        self.roots = [Path(r).expanduser().absolute() for r in roots] if roots else None
+        self.roots = [Path(os.path.abspath(Path(r).expanduser())) for r in roots] if roots else None
         self.index_type = index_type
         self.device = device
         self.batch_size = batch_size
@@ -706,10 +706,15 @@ class PhotoBuild:
             for i, rec in enumerate(self.old.records()):
                 old_by_path[rec["key"]] = rec
                 self.old_item_by_hash.setdefault(rec["hash"], i)
+        entries = scan(self.roots)
+        if not entries and not (old_manifest and old_manifest["counts"].get("photos")):
+            # Nothing to index and nothing indexed before: almost certainly the wrong folder.
+            # (An index whose photos were all deleted is still updated: that is a real removal.)
+            where = ", ".join(str(r) for r in self.roots)
+            raise UsageError(f"no photos (jpg, jpeg, png, webp, bmp, gif) under {where}")
         self.work = self._open_work()
         in_work = {k[len(_WORK_VEC):] for k in self.work.keys(_WORK_VEC)}
 
-        entries = scan(self.roots)
         if self.shard is not None:
             entries = [e for e in entries if shard_of(e[0], self.roots, self.shard[1]) == self.shard[0]]
         present = {p for p, _, _ in entries}
@@ -980,7 +985,7 @@ def build_sentences(files: list[Path], model: LoadedAlign, name: str | Path | No
         items.append(Item(key, {"text": by_source[key], "words": words}, vecs.astype(np.float16)))
     with location.lock():
         gen = write_generation(location, "sentences", items, model.model.out_dim, model_info(model), index_type,
-                               extra={"files": [str(f.absolute()) for f in files]})
+                               extra={"files": [os.path.abspath(f) for f in files]})
     manifest = json.loads((gen / MANIFEST).read_text())
     report.sentences, report.words = manifest["counts"]["sentences"], manifest["counts"]["words"]
     report.index_type = manifest["index_type"]

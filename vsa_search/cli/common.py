@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -19,6 +18,9 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+# typer vendors its own click; its exceptions are not the `click` package's.
+from typer._click import exceptions as click_exc
 from typer.core import TyperGroup
 
 from ..errors import VSAError
@@ -28,9 +30,32 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class VSAGroup(TyperGroup):
-    """The error boundary: a VSAError anywhere below becomes one line on stderr and its exit code."""
+    """The error boundary: a VSAError anywhere below becomes one line on stderr and its exit code,
+    and so does a bad option or argument (click would print a multi-line usage box)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_exc.NoArgsIsHelpError as e:  # bare `vsa GROUP`: show its help, as click does
+            e.show()
+            sys.exit(e.exit_code)
+        except click_exc.UsageError as e:
+            hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+            err.print(f"error: {e.format_message()}{hint}", markup=False, highlight=False)
+            sys.exit(e.exit_code)
+        except click_exc.ClickException as e:
+            err.print(f"error: {e.format_message()}", markup=False, highlight=False)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            err.print("aborted")
+            sys.exit(1)
+        # Without standalone mode click returns the exit code of a typer.Exit, or the command's value.
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except VSAError as e:
