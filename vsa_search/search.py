@@ -351,11 +351,12 @@ def contact_sheet(result: Result, out: str | Path, photo: str | Path | None = No
                 x0, y0, x1, y1 = (ox + round(box[0] * scale), oy + round(box[1] * scale),
                                   ox + round(box[2] * scale) - 1, oy + round(box[3] * scale) - 1)
                 draw.rectangle([x0, y0, x1, y1], outline=colour, width=3)
-                label = " ".join(dict.fromkeys(words))
+                label = _fit(draw, " ".join(dict.fromkeys(words)), font, thumb - 6)
                 tw = draw.textlength(label, font=font)
-                ly = max(0, y0 - 1) if y0 + 18 < y1 else y0
-                draw.rectangle([x0, ly, x0 + tw + 6, ly + 17], fill=colour)
-                draw.text((x0 + 3, ly + 1), label, fill="white", font=font)
+                lx = max(0, min(x0, thumb - tw - 6))  # keep the label inside the tile
+                ly = max(0, min(y0, thumb - 18))
+                draw.rectangle([lx, ly, lx + tw + 6, ly + 17], fill=colour)
+                draw.text((lx + 3, ly + 1), label, fill="white", font=font)
         name = hit.text if hit.text is not None else Path(hit.key).name
         draw.text((4, thumb + 3), f"#{rank}  {hit.score:.3f}", fill="black", font=font)
         draw.text((4, thumb + 19), _fit(draw, name, small, thumb - 8), fill="#333333", font=small)
