@@ -67,7 +67,8 @@ class VSAGroup(TyperGroup):
 
 
 def new_app(help: str) -> typer.Typer:
-    return typer.Typer(cls=VSAGroup, help=help, no_args_is_help=True, add_completion=False,
+    # markdown mode reflows docstrings (rich mode keeps their hard line breaks mid-sentence).
+    return typer.Typer(cls=VSAGroup, help=help, no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
                        pretty_exceptions_enable=False)
 
 
