@@ -106,7 +106,7 @@ def test_slim_file_refuses_resume_and_wrong_kind(tiny_store: Path, tmp_path: Pat
     ck = checkpoint.load(tmp_path / "c.pt")
     ck.kind = "align"
     checkpoint.save(ck, tmp_path / "a.pt")
-    with pytest.raises(ModelError, match="not a caption model"):
+    with pytest.raises(ModelError, match="this is an align model; a caption model is needed here"):
         load_caption(tmp_path / "a.pt")
 
 

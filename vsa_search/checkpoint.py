@@ -84,8 +84,10 @@ def load(path: str | Path, kind: str | None = None, map_location: str | torch.de
         raise ModelError(f"{path}: model format {blob.get('format_version')}, this version reads "
                          f"{FORMAT_VERSION}")
     if kind is not None and blob["kind"] != kind:
-        article = "an" if kind[0] in "aeiou" else "a"
-        raise ModelError(f"{path}: this is a {blob['kind']} model; {article} {kind} model is needed here")
+        def a(word: str) -> str:
+            return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+        raise ModelError(f"{path}: this is {a(blob['kind'])} model; {a(kind)} model is needed here")
     header = json.loads(blob["header_json"])
     return Checkpoint(kind=blob["kind"], config=header["config"], vocab=header["vocab"],
                       region_config=header["region_config"], state_dict=blob["state_dict"],
