@@ -135,10 +135,7 @@ def load_caption(path: str | Path, device: str | torch.device = "cpu") -> Loaded
     cfg = from_dict(CaptionConfig, ck.config)
     vocab = Vocab.from_dict(ck.vocab)
     model = Captioner(cfg, len(vocab))
-    try:
-        model.load_state_dict(ck.state_dict)
-    except RuntimeError as e:
-        raise ModelError(f"{path}: weights do not fit the saved config ({str(e).splitlines()[0][:120]})") from None
+    checkpoint.load_weights(model, ck, path)
     model.to(device).eval()
     return LoadedCaptioner(model, vocab, cfg, from_dict(RegionConfig, ck.region_config), Path(path), ck.metrics)
 

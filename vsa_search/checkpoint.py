@@ -93,3 +93,11 @@ def load(path: str | Path, kind: str | None = None, map_location: str | torch.de
                       region_config=header["region_config"], state_dict=blob["state_dict"],
                       metrics=header.get("metrics", {}), train_state=blob.get("train_state", {}),
                       format_version=blob["format_version"])
+
+
+def load_weights(model: torch.nn.Module, ckpt: Checkpoint, path: str | Path) -> None:
+    """Put a checkpoint's weights into a model built from its config; a mismatch is a ModelError."""
+    try:
+        model.load_state_dict(ckpt.state_dict)
+    except RuntimeError as e:
+        raise ModelError(f"{path}: weights do not fit the saved config ({str(e).splitlines()[0][:120]})") from None

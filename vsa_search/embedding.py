@@ -189,10 +189,7 @@ def load_align(path: str | Path, device: str | torch.device = "cpu") -> LoadedAl
     cfg = from_dict(EmbedConfig, ck.config)
     vocab = Vocab.from_dict(ck.vocab)
     model = build_model(cfg, len(vocab))
-    try:
-        model.load_state_dict(ck.state_dict)
-    except RuntimeError as e:
-        raise ModelError(f"{path}: weights do not fit the model config ({str(e).splitlines()[0][:120]})") from None
+    checkpoint.load_weights(model, ck, path)
     model.to(device).eval()
     return LoadedAlign(model, vocab, cfg, from_dict(RegionConfig, ck.region_config), Path(path),
                        ck.metrics, weights_fingerprint(ck.state_dict))

@@ -84,15 +84,8 @@ class KV:
                 yield k.decode()
 
     def items_json(self, prefix: str) -> Iterator[tuple[str, Any]]:
-        p = prefix.encode()
-        with self.env.begin() as txn:
-            cur = txn.cursor()
-            if not cur.set_range(p):
-                return
-            for k, v in cur:
-                if not k.startswith(p):
-                    break
-                yield k.decode(), json.loads(v)
+        for k, v in self.items_bytes(prefix):
+            yield k, json.loads(v)
 
     def count(self, prefix: str = "") -> int:
         return sum(1 for _ in self.keys(prefix))
