@@ -3,6 +3,7 @@ latency and recall@10 against exact search, for the index types `vsa index build
 (index.make_faiss, the code the product runs), in one run.
 
     .venv/bin/python benchmarks/scale.py            # 1M x 512-d (flat, ivf, ivfpq), 10M x 128-d (flat, ivfpq)
+                                                    # (10M flat needs --max-ram 11: 5 GB, doubling while adding)
     .venv/bin/python benchmarks/scale.py --quick    # 50k x 512-d and 200k x 128-d, a minute or two
 
 Vectors: `--dim` (default 512, the default model's joint space) float16, 20 regions per photo,
@@ -15,8 +16,8 @@ to build (the coarse assignment is 10M x 4,096 dot products of 513 dims); the by
 of any dim follow from index.memory_bytes, checked here at 1M x 512.
 
 Latency: one query vector, top 10, one thread (as `vsa search` runs each word). recall@10:
-the FAISS top 10 against the exact top 10; "reranked": the FAISS top 100 re-scored exactly
-from the stored vectors, as search.py's second stage does. RAM is FAISS's own estimate
+the FAISS top 10 against the exact top 10; "re-ranked": the FAISS top 256 (search.PER_WORD_APPROX)
+re-scored exactly from the stored vectors, as search.py's second stage does. RAM is FAISS's own estimate
 (index.memory_bytes) checked against the written index file; disk per photo adds the LMDB
 record that every index keeps (float16 vectors, boxes, ~200 bytes of JSON).
 """
@@ -37,6 +38,7 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vsa_search import index as ix  # noqa: E402
+from vsa_search.search import PER_WORD_APPROX  # noqa: E402
 
 REGIONS_PER_PHOTO = 20
 CENTRES = 4096
@@ -93,7 +95,8 @@ def rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def run(n: int, dim: int, types: list[str], queries: int, workdir: Path, threads: int) -> list[dict]:
+def run(n: int, dim: int, types: list[str], queries: int, workdir: Path, threads: int,
+        max_ram: float = float("inf")) -> list[dict]:
     t = time.perf_counter()
     vecs, centres = make_vectors(workdir / f"vectors_{n}_{dim}.npy", n, dim)
     q = make_queries(centres, queries)
@@ -106,6 +109,10 @@ def run(n: int, dim: int, types: list[str], queries: int, workdir: Path, threads
     rows = []
     photos = n // REGIONS_PER_PHOTO
     for kind in types:
+        if ix.memory_bytes(kind, n, dim) * 2 > max_ram:  # adding grows FAISS's arrays by doubling: up to 2x
+            print(f"  {kind:6s} skipped: needs ~{ix.memory_bytes(kind, n, dim) / 1e9:.1f} GB (up to twice that while "
+                  f"adding), over --max-ram {max_ram / 1e9:.0f} GB", flush=True)
+            continue
         faiss.omp_set_num_threads(threads)
         t = time.perf_counter()
         index, chosen, params = ix.make_faiss(vecs, kind)
@@ -119,12 +126,12 @@ def run(n: int, dim: int, types: list[str], queries: int, workdir: Path, threads
         faiss.omp_set_num_threads(1)
         search(index, params, q[:5], 10)  # warm-up
         lat = []
-        found = np.zeros((len(q), 100), np.int64)
+        found = np.zeros((len(q), 10), np.int64)
         for i in range(len(q)):
             t = time.perf_counter()
             found[i, :10] = search(index, params, q[i:i + 1], 10)[0]
             lat.append(time.perf_counter() - t)
-        deep = search(index, params, q, 100)  # the candidates a second stage re-scores exactly
+        deep = search(index, params, q, PER_WORD_APPROX)  # what search.py's second stage re-scores exactly
         reranked = []
         for i in range(len(q)):
             ids = deep[i][deep[i] >= 0]
@@ -157,6 +164,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="FAISS threads for building (1: an OpenMP team on shared, loaded cores mostly spins)")
     ap.add_argument("--workdir", type=Path, default=None, help="where the vector files go (default: a temp dir)")
+    ap.add_argument("--max-ram", type=float, default=8.0, help="GB: skip index types that would need more")
     args = ap.parse_args()
     plan = ([(50_000, args.dim, ["flat", "ivf", "ivfpq"]), (200_000, args.dim_10m, ["flat", "ivf", "ivfpq"])]
             if args.quick else
@@ -164,10 +172,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for n, dim, types in plan:
-            rows += run(n, dim, types, args.queries, Path(tmp), args.threads)
+            rows += run(n, dim, types, args.queries, Path(tmp), args.threads, args.max_ram * 1e9)
     print(f"\nfloat16 region vectors, {REGIONS_PER_PHOTO} regions per photo, built with {args.threads} "
           "thread(s); latency: 1 query vector, top 10, 1 thread; recall@10 vs the exact top 10 (re-ranked: FAISS "
-          "top 100 re-scored exactly, as search.py does); 'vs flat': p50 speed-up over exact flat search of the "
+          f"top {PER_WORD_APPROX} re-scored exactly, as search.py does); 'vs flat': p50 speed-up over exact flat search of the "
           "same size and dim")
     head = (f"| {'regions':>10} | {'dim':>4} | {'photos':>9} | {'type':6} | {'nlist':>5} | {'build s':>8} | "
             f"{'RAM GB':>7} | "
