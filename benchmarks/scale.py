@@ -175,8 +175,8 @@ def main() -> None:
             rows += run(n, dim, types, args.queries, Path(tmp), args.threads, args.max_ram * 1e9)
     print(f"\nfloat16 region vectors, {REGIONS_PER_PHOTO} regions per photo, built with {args.threads} "
           "thread(s); latency: 1 query vector, top 10, 1 thread; recall@10 vs the exact top 10 (re-ranked: FAISS "
-          f"top {PER_WORD_APPROX} re-scored exactly, as search.py does); 'vs flat': p50 speed-up over exact flat search of the "
-          "same size and dim")
+          f"top {PER_WORD_APPROX} re-scored exactly, as search.py does); 'vs flat': p50 speed-up over exact flat "
+          "search of the same size and dim")
     head = (f"| {'regions':>10} | {'dim':>4} | {'photos':>9} | {'type':6} | {'nlist':>5} | {'build s':>8} | "
             f"{'RAM GB':>7} | "
             f"{'RAM B/photo':>11} | {'disk B/photo':>12} | {'p50 ms':>7} | {'p95 ms':>7} | {'recall@10':>9} | "
