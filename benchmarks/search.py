@@ -176,8 +176,7 @@ def main() -> None:
 
     print(f"dim {a.dim}, {REGIONS_PER_PHOTO} regions per photo, {a.queries} queries, k={a.k}, "
           f"{os.cpu_count()} cores, FAISS {faiss.__version__} ({faiss.omp_get_max_threads()} threads), "
-          f"default first stage: flat {search.PER_WORD}..{search.MAX_PER_WORD} per word until proven, "
-          f"ivf/hnsw {search.PER_WORD_APPROX}")
+          f"default first stage: flat every region (exact), ivf/hnsw {search.PER_WORD_APPROX} per word")
     print(HEADER)
     rows: list[dict] = []
     try:

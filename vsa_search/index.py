@@ -441,6 +441,19 @@ class FragmentIndex:
             dots = dots + (q @ np.asarray(params["center"], np.float32))[:, None]
         return np.where(ids >= 0, dots, -np.inf).astype(np.float32), ids
 
+    def all_dots(self, q: np.ndarray) -> np.ndarray:
+        """(Q, fragments) inner products of q with every vector of a flat index, read in place
+        from FAISS's storage (one thread, as `search`)."""
+        if not isinstance(self.faiss, faiss.IndexFlat):
+            raise IndexError_(f"{self.location.link}: all_dots needs a flat index, not {self.index_type}")
+        xb = faiss.rev_swig_ptr(self.faiss.get_xb(), self.fragments * self.faiss.d).reshape(self.fragments, -1)
+        prev = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return (torch.from_numpy(np.ascontiguousarray(q, np.float32)) @ torch.from_numpy(xb).T).numpy()
+        finally:
+            torch.set_num_threads(prev)
+
     def items_of(self, ids: np.ndarray) -> np.ndarray:
         """Fragment ids -> the items that own them."""
         return np.searchsorted(self.first, ids, side="right") - 1
