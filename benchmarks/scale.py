@@ -96,7 +96,7 @@ def rss_gb() -> float:
 
 
 def run(n: int, dim: int, types: list[str], queries: int, workdir: Path, threads: int,
-        max_ram: float = float("inf")) -> list[dict]:
+        max_ram: float = float("inf"), more_probes: tuple[int, ...] = ()) -> list[dict]:
     t = time.perf_counter()
     vecs, centres = make_vectors(workdir / f"vectors_{n}_{dim}.npy", n, dim)
     q = make_queries(centres, queries)
@@ -117,38 +117,41 @@ def run(n: int, dim: int, types: list[str], queries: int, workdir: Path, threads
         t = time.perf_counter()
         index, chosen, params = ix.make_faiss(vecs, kind)
         build_s = time.perf_counter() - t
-        if "nprobe" in params:
-            index.nprobe = params["nprobe"]
         f = workdir / f"{chosen}.faiss"
         faiss.write_index(index, str(f))
         file_bytes = f.stat().st_size
         f.unlink()
         faiss.omp_set_num_threads(1)
-        search(index, params, q[:5], 10)  # warm-up
-        lat = []
-        found = np.zeros((len(q), 10), np.int64)
-        for i in range(len(q)):
-            t = time.perf_counter()
-            found[i, :10] = search(index, params, q[i:i + 1], 10)[0]
-            lat.append(time.perf_counter() - t)
-        deep = search(index, params, q, PER_WORD_APPROX)  # what search.py's second stage re-scores exactly
-        reranked = []
-        for i in range(len(q)):
-            ids = deep[i][deep[i] >= 0]
-            exact = np.asarray(vecs[np.sort(ids)], np.float32) @ q[i]
-            reranked.append(np.sort(ids)[np.argsort(-exact)][:10])
-        lmdb_per_photo = REGIONS_PER_PHOTO * (dim * 2 + 16) + 200
-        rows.append({"regions": n, "dim": dim, "photos": photos, "type": chosen, "nlist": params.get("nlist", ""),
-                     "nprobe": params.get("nprobe", ""), "build_s": build_s,
-                     "ram_bytes": ix.memory_bytes(chosen, n, dim), "file_bytes": file_bytes,
-                     "ram_per_photo": file_bytes / photos, "disk_per_photo": file_bytes / photos + lmdb_per_photo,
-                     "p50_ms": 1000 * float(np.percentile(lat, 50)), "p95_ms": 1000 * float(np.percentile(lat, 95)),
-                     "recall10": recall(found, truth), "recall10_rr": recall(np.array(reranked), truth)})
-        r = rows[-1]
-        print(f"  {chosen:6s} built in {build_s:7.1f}s  RAM {r['file_bytes'] / 1e9:6.2f} GB "
-              f"({r['ram_per_photo']:,.0f} B/photo)  p50 {r['p50_ms']:.2f} ms  p95 {r['p95_ms']:.2f} ms  "
-              f"recall@10 {r['recall10']:.3f} (re-ranked {r['recall10_rr']:.3f})  peak RSS {rss_gb():.1f} GB",
-              flush=True)
+        probes = [params["nprobe"], *(p for p in more_probes if p != params["nprobe"])] if "nprobe" in params else [0]
+        for nprobe in probes:
+            if nprobe:
+                index.nprobe = nprobe
+            search(index, params, q[:5], 10)  # warm-up
+            lat = []
+            found = np.zeros((len(q), 10), np.int64)
+            for i in range(len(q)):
+                t = time.perf_counter()
+                found[i] = search(index, params, q[i:i + 1], 10)[0]
+                lat.append(time.perf_counter() - t)
+            deep = search(index, params, q, PER_WORD_APPROX)  # what search.py's second stage re-scores exactly
+            reranked = []
+            for i in range(len(q)):
+                ids = np.sort(deep[i][deep[i] >= 0])
+                reranked.append(ids[np.argsort(-(np.asarray(vecs[ids], np.float32) @ q[i]))][:10])
+            lmdb_per_photo = REGIONS_PER_PHOTO * (dim * 2 + 16) + 200
+            rows.append({"regions": n, "dim": dim, "photos": photos, "type": chosen,
+                         "nlist": params.get("nlist", ""), "nprobe": nprobe or "", "build_s": build_s,
+                         "ram_bytes": ix.memory_bytes(chosen, n, dim), "file_bytes": file_bytes,
+                         "ram_per_photo": file_bytes / photos, "disk_per_photo": file_bytes / photos + lmdb_per_photo,
+                         "p50_ms": 1000 * float(np.percentile(lat, 50)),
+                         "p95_ms": 1000 * float(np.percentile(lat, 95)),
+                         "recall10": recall(found, truth), "recall10_rr": recall(np.array(reranked), truth)})
+            r = rows[-1]
+            print(f"  {chosen:6s} nprobe {nprobe or '-':>3} built in {build_s:7.1f}s  "
+                  f"RAM {r['file_bytes'] / 1e9:6.2f} GB "
+                  f"({r['ram_per_photo']:,.0f} B/photo)  p50 {r['p50_ms']:.2f} ms  p95 {r['p95_ms']:.2f} ms  "
+                  f"recall@10 {r['recall10']:.3f} (re-ranked {r['recall10_rr']:.3f})  peak RSS {rss_gb():.1f} GB",
+                  flush=True)
         del index
     del vecs
     (workdir / f"vectors_{n}_{dim}.npy").unlink()
@@ -165,6 +168,8 @@ def main() -> None:
                     help="FAISS threads for building (1: an OpenMP team on shared, loaded cores mostly spins)")
     ap.add_argument("--workdir", type=Path, default=None, help="where the vector files go (default: a temp dir)")
     ap.add_argument("--max-ram", type=float, default=8.0, help="GB: skip index types that would need more")
+    ap.add_argument("--nprobe", type=int, nargs="*", default=[32],
+                    help="IVF lists probed, measured besides the product's default (index.IVF_NPROBE)")
     args = ap.parse_args()
     plan = ([(50_000, args.dim, ["flat", "ivf", "ivfpq"]), (200_000, args.dim_10m, ["flat", "ivf", "ivfpq"])]
             if args.quick else
@@ -172,12 +177,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for n, dim, types in plan:
-            rows += run(n, dim, types, args.queries, Path(tmp), args.threads, args.max_ram * 1e9)
+            rows += run(n, dim, types, args.queries, Path(tmp), args.threads, args.max_ram * 1e9, tuple(args.nprobe))
     print(f"\nfloat16 region vectors, {REGIONS_PER_PHOTO} regions per photo, built with {args.threads} "
           "thread(s); latency: 1 query vector, top 10, 1 thread; recall@10 vs the exact top 10 (re-ranked: FAISS "
           f"top {PER_WORD_APPROX} re-scored exactly, as search.py does); 'vs flat': p50 speed-up over exact flat "
           "search of the same size and dim")
-    head = (f"| {'regions':>10} | {'dim':>4} | {'photos':>9} | {'type':6} | {'nlist':>5} | {'build s':>8} | "
+    head = (f"| {'regions':>10} | {'dim':>4} | {'photos':>9} | {'type':6} | {'nlist':>5} | {'nprobe':>6} | "
+            f"{'build s':>8} | "
             f"{'RAM GB':>7} | "
             f"{'RAM B/photo':>11} | {'disk B/photo':>12} | {'p50 ms':>7} | {'p95 ms':>7} | {'recall@10':>9} | "
             f"{'re-ranked':>9} | {'vs flat':>7} |")
@@ -185,6 +191,7 @@ def main() -> None:
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     for r in rows:
         print(f"| {r['regions']:>10,} | {r['dim']:>4} | {r['photos']:>9,} | {r['type']:6} | {r['nlist']!s:>5} | "
+              f"{r['nprobe']!s:>6} | "
               f"{r['build_s']:>8.1f} | "
               f"{r['file_bytes'] / 1e9:>7.2f} | {r['ram_per_photo']:>11,.0f} | {r['disk_per_photo']:>12,.0f} | "
               f"{r['p50_ms']:>7.2f} | {r['p95_ms']:>7.2f} | {r['recall10']:>9.3f} | {r['recall10_rr']:>9.3f} | "
