@@ -66,6 +66,26 @@ def dump(link: Path) -> dict:
             "lmdb": records}
 
 
+def assert_same_index(a: Path, b: Path) -> None:
+    """Two indexes hold the same photos, paths, hashes, boxes, id ranges and manifest, byte for
+    byte; their vectors agree to float noise. (Multi-threaded CPU convolutions round differently
+    for different batch compositions, ~1e-5: a resumed build batches photos differently. With
+    one thread the two are byte-identical.)"""
+    da, db = dump(a), dump(b)
+    assert da["manifest"] == db["manifest"]
+    assert da["lmdb"].keys() == db["lmdb"].keys()
+    for key, value in da["lmdb"].items():
+        if key.startswith("v/"):
+            va, vb = (np.frombuffer(v, np.float16).astype(np.float32) for v in (value, db["lmdb"][key]))
+            np.testing.assert_allclose(va, vb, rtol=0, atol=1e-3 * (1 + np.abs(vb).max()))
+        else:
+            assert value == db["lmdb"][key], key
+    with ix.open_index(a) as xa, ix.open_index(b) as xb:
+        assert xa.fragments == xb.fragments
+        np.testing.assert_allclose(xa.faiss.reconstruct_n(0, xa.fragments), xb.faiss.reconstruct_n(0, xb.fragments),
+                                   rtol=0, atol=1e-2)
+
+
 def test_build_writes_manifest_faiss_and_lmdb(photos: Path, model, encoder, tmp_path: Path) -> None:
     link = tmp_path / "idx"
     r = build([photos], model, link, encoder)
@@ -110,7 +130,7 @@ def test_add_modify_delete_rename_cycle(photos: Path, model, encoder, tmp_path: 
     # The updated index is the one a clean build of the folder makes.
     clean = tmp_path / "clean"
     build([photos], model, clean, encoder)
-    assert dump(link) == dump(clean)
+    assert_same_index(link, clean)
     # Nothing changed: nothing is encoded or rewritten.
     again = build(None, model, link, encoder)
     assert again.up_to_date and again.encoded == 0 and again.unchanged == 5
@@ -144,9 +164,10 @@ index.build_photos([Path(sys.argv[2])], model, sys.argv[3], batch_size=1, on_pro
 @pytest.mark.slow
 def test_killed_build_resumes_to_the_clean_index(photos: Path, model, encoder, tmp_path: Path) -> None:
     link = tmp_path / "idx"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The killed build runs with this process's environment: CNN features and OpenCV proposals
+    # depend (in the last bits) on the thread count, so "equal" holds for equal settings.
     proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(model.path), str(photos), str(link)],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr
     loc = ix.Location(link)
     assert loc.current() is None and loc.work.is_dir()  # no half index, the encoded photos kept
@@ -157,7 +178,7 @@ def test_killed_build_resumes_to_the_clean_index(photos: Path, model, encoder, t
     assert not loc.work.exists()
     clean = tmp_path / "clean"
     build([photos], model, clean, encoder)
-    assert dump(link) == dump(clean)
+    assert_same_index(link, clean)
 
 
 def test_failure_while_writing_keeps_the_old_index(photos: Path, model, encoder, tmp_path: Path,
