@@ -182,9 +182,11 @@ def paper_recall(dataset: str = "flickr8k") -> dict[str, Any]:
     return paper_results()["retrieval"][dataset]
 
 
-def _extract_split(records: list[Any], region_cfg: Any, device: str | None,
-                   on_progress: Callable[[int], None] | None) -> Path:
-    """Extract `records`' photos into the cache under $VSA_HOME/cache/features/<extractor id>."""
+def cached_features(records: list[Any], region_cfg: Any, device: str | None,
+                    on_progress: Callable[[int], None] | None) -> Path:
+    """Extract `records`' photos into the one evaluation cache per extractor,
+    $VSA_HOME/cache/features/<extractor id>; photos already there are not extracted again, so
+    `eval recall` and `eval caption` share what either has extracted."""
     from . import paths
     from .features import extract_to_store
 
@@ -259,7 +261,7 @@ def evaluate_recall(model_path: str | Path, features: str | Path | None = None, 
     if not records:
         raise DatasetError(f"no {split} photos present on disk")
     if features is None:
-        features = _extract_split(records, model.region_config, device, on_extract)
+        features = cached_features(records, model.region_config, device, on_extract)
     features = Path(features)
     with FeatureStore(features, readonly=True) as store:
         if to_dict(store.config) != to_dict(model.region_config):
@@ -371,13 +373,6 @@ def nearest_neighbour(train_feats: torch.Tensor, test_feats: torch.Tensor) -> to
     return sims.argmax(dim=1)
 
 
-def caption_cache_dir(region_cfg: Any) -> Path:
-    """Where `vsa eval caption` keeps the features it extracts itself (one store per extractor)."""
-    from . import paths
-
-    return paths.home() / "cache" / f"features-{region_cfg.extractor_id()}"
-
-
 def generate_captions(loaded: Any, feats: torch.Tensor, beam: int = 7, max_len: int | None = None,
                       length_norm: float = 0.0, batch_size: int = 64,
                       on_progress: Callable[[int], None] | None = None) -> list[Any]:
@@ -404,12 +399,12 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
     cosine on full-image features) and the paper's published figures.
 
     Features come from the store `features` (it must be made with the model's region config) or,
-    when None, are extracted once into caption_cache_dir() (test photos and, for the baseline,
+    when None, are extracted once into cached_features() (test photos and, for the baseline,
     training photos)."""
     from .captioner import full_image, load_caption
     from .datasets import load_flickr8k
     from .errors import StoreError
-    from .features import FeatureStore, extract_to_store
+    from .features import FeatureStore
     from .train import pick_device
 
     loaded = load_caption(model, device=pick_device(device))
@@ -418,9 +413,7 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
     if not test:
         raise DatasetError("no Flickr8k test photos on disk")
     if features is None:
-        features = caption_cache_dir(loaded.region_config)
-        extract_to_store({r.image_id: r.path for r in test + train}, features, loaded.region_config,
-                         device=device, on_progress=on_extract)
+        features = cached_features(test + train, loaded.region_config, device, on_extract)
     with FeatureStore(features, readonly=True) as store:
         if store.extractor_id != loaded.region_config.extractor_id():
             raise StoreError(f"{features}: made by extractor {store.extractor_id}, but the model was trained on "
