@@ -176,10 +176,14 @@ class LoadedAlign:
 
 
 def save_align(model: AlignModel | GlobalModel, vocab: Vocab, region_cfg: RegionConfig, path: str | Path,
-               metrics: dict | None = None, train_state: dict | None = None) -> Path:
+               metrics: dict | None = None, train_state: dict | None = None,
+               state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a kind="align" checkpoint. `state_dict` overrides the model's current weights (training
+    saves its best epoch's weights while the model has moved on)."""
+    sd = state_dict if state_dict is not None else model.state_dict()
     ck = checkpoint.Checkpoint(kind="align", config=to_dict(model.cfg), vocab=vocab.to_dict(),
                                region_config=to_dict(region_cfg),
-                               state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                               state_dict={k: v.detach().cpu() for k, v in sd.items()},
                                metrics=metrics or {}, train_state=train_state or {})
     return checkpoint.save(ck, path)
 

@@ -36,6 +36,11 @@ def clip_elementwise(params, clip: float) -> None:
         torch.nn.utils.clip_grad_value_(params, clip)
 
 
+def _cpu_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A snapshot of the weights that later optimizer steps cannot change."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
 class MixedPrecision:
     """Autocast for training steps: bf16 on GPUs that have it, else fp16 with a GradScaler. CUDA
     only: amp=None means on for CUDA and off for CPU (CPU always trains in float32). Losses are
@@ -84,20 +89,6 @@ class EmbedResult:
     history: list[dict[str, Any]]  # one row per epoch: epoch, loss, dev, seconds
     seconds: float  # training time of this call
     stopped: str  # "epochs" | "early" (patience) | "time" (max_minutes)
-
-
-def _init_glove(model: Any, vocab: Any) -> int:
-    return model.init_glove(vocab)
-
-
-def _save_embed(path: Path, cfg: Any, vocab: Any, region_cfg: Any, state_dict: dict[str, torch.Tensor],
-                metrics: dict[str, Any], train_state: dict[str, Any]) -> None:
-    from . import checkpoint
-    from .config import to_dict
-
-    checkpoint.save(checkpoint.Checkpoint(kind="align", config=to_dict(cfg), vocab=vocab.to_dict(),
-                                          region_config=to_dict(region_cfg), state_dict=state_dict,
-                                          metrics=metrics, train_state=train_state), path)
 
 
 def _make_optimizer(cfg: Any, params: Any) -> torch.optim.Optimizer:
@@ -195,7 +186,7 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
     from . import distributed
     from .config import EMBED_PRESETS, from_dict
     from .datasets import load_flickr8k
-    from .embedding import build_model, ranking_loss
+    from .embedding import build_model, ranking_loss, save_align
     from .errors import DatasetError, ModelError, UsageError
     from .evaluate import mean_recall, retrieval_data, retrieval_metrics, score_all
     from .features import FeatureStore
@@ -248,7 +239,7 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
         model.load_state_dict(start_state)
     else:
         if cfg.glove:
-            _init_glove(model, vocab)
+            model.init_glove(vocab)
         if cfg.text_pretrain > 0:  # captions of every training-split photo, on disk or not (no dev/test text)
             deadline = t_start + max_minutes * 60 / 2 if max_minutes is not None else None
             pretrain_losses = pretrain_text(model, text_pairs(ds.split("train"), vocab), cfg, dev_,
@@ -342,15 +333,15 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
         history.append(row)
         if metric > best_metric:
             best_metric, best_epoch, bad_epochs, best_dev = metric, epoch, 0, row.get("dev", {})
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = _cpu_copy(model)
         else:
             bad_epochs += 1
-        last = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        last = _cpu_copy(model)
         state = {"epoch": epoch, "best_metric": best_metric, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                  "best_dev": best_dev, "history": history, "optimizer": opt.state_dict(),
                  "last_state_dict": {} if best_epoch == epoch else last}
         if rank == 0:
-            _save_embed(out, cfg, vocab, region_cfg, best_state or last, metrics_blob(), state)
+            save_align(model, vocab, region_cfg, out, metrics_blob(), state, state_dict=best_state or last)
         if on_epoch and rank == 0:
             on_epoch(row)
         time_up = max_minutes is not None and time.perf_counter() - t_start > max_minutes * 60
@@ -363,11 +354,11 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
 
     # Finished: keep the best weights and a small train_state (no optimizer, no last weights).
     if best_state is None:
-        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        best_state = _cpu_copy(model)
     final_state = {"epoch": epoch, "best_metric": best_metric, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                    "best_dev": best_dev, "history": history, "finished": True}
     if rank == 0:
-        _save_embed(out, cfg, vocab, region_cfg, best_state, metrics_blob(), final_state)
+        save_align(model, vocab, region_cfg, out, metrics_blob(), final_state, state_dict=best_state)
     distributed.barrier()  # the other ranks return once rank 0's file is written
     return EmbedResult(out, epoch, best_epoch, best_metric, best_dev, history,
                        time.perf_counter() - t_start, stopped)
@@ -548,7 +539,7 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
     opt = _caption_optimizer(model, cfg)
     history: list[dict] = []
     best = {"epoch": 0, "dev_ppl": float("inf")}
-    best_sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    best_sd = _cpu_copy(model)
     bad, start = 0, 1
     if resume:
         model.load_state_dict(ts["current"])
@@ -563,7 +554,7 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
         state = {"epoch": history[-1]["epoch"] if history else 0, "best": best, "bad_epochs": bad,
                  "history": history, "seconds": time.perf_counter() - t_start, "finished": final}
         if keep_train_state or not final:
-            state.update(current={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            state.update(current=_cpu_copy(model),
                          optimizer=opt.state_dict())
         metrics = {"dev_ppl": best["dev_ppl"], "dev_cider": best.get("dev_cider"), "best_epoch": best["epoch"],
                    "train_photos": int(len(train[0])),
@@ -599,7 +590,7 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
         if _better(rec, best, on_dev and cfg.select == "cider"):
             best, bad = {"epoch": epoch, "dev_ppl": ppl, **({"dev_cider": rec["dev_cider"]} if "dev_cider" in rec
                                                               else {})}, 0
-            best_sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_sd = _cpu_copy(model)
         else:
             bad += 1
         stopped = bad >= cfg.patience
