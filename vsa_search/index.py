@@ -829,7 +829,7 @@ class PhotoBuild:
             return
         from .regions import RegionEncoder, extract
 
-        encoder = _NoBatchOfOne(self.encoder or RegionEncoder(self.model.region_config, self.device))
+        encoder = self.encoder or RegionEncoder(self.model.region_config, self.device)
         by_path = {path: h for h, path in todo.items()}
         pending: list[tuple[str, np.ndarray, np.ndarray]] = []
         failed: dict[str, str] = {}
@@ -893,22 +893,6 @@ class PhotoBuild:
         manifest = json.loads((gen / MANIFEST).read_text())
         r.photos, r.regions = manifest["counts"]["photos"], manifest["counts"]["regions"]
         r.index_type = manifest["index_type"]
-
-
-class _NoBatchOfOne:
-    """The region encoder, never run on a batch of one photo. Multi-threaded oneDNN convolves a
-    batch of 1 along another path than batches of 2+ (features differ by ~5e-6; 2..8 agree
-    exactly), so a lone photo (the last of a run, a resumed or incremental or sharded build)
-    would get vectors a clean build does not. Padding it to two keeps every build bit-identical."""
-
-    def __init__(self, encoder: Any):
-        self.encoder = encoder
-        self.cfg = encoder.cfg
-
-    def encode(self, images: list[Any], boxes: list[np.ndarray]) -> list[np.ndarray]:
-        if len(images) == 1:
-            return self.encoder.encode(images * 2, boxes * 2)[:1]
-        return self.encoder.encode(images, boxes)
 
 
 def _short(reason: str, path: str) -> str:

@@ -163,6 +163,13 @@ class RegionEncoder:
     @torch.inference_mode()
     def _cnn(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        if len(x) == 1:
+            # Multi-threaded oneDNN convolves a batch of one along another path than batches of
+            # 2+ (features differ by ~5e-6; 2..N agree exactly), so a lone photo (the last of a
+            # run, a resumed or incremental build, a single query photo) would get features a
+            # batched run does not. Padding it to two keeps every path bit-identical.
+            return self.model.forward_features(x.expand(2, -1, -1, -1).contiguous(
+                memory_format=torch.channels_last))[:1]
         return self.model.forward_features(x)  # (B, D, S/32, S/32)
 
     def encode(self, images: list[Image.Image], boxes: list[np.ndarray]) -> list[np.ndarray]:
