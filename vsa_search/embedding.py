@@ -28,7 +28,7 @@ class AlignModel(nn.Module):
         self.cfg = cfg
         self.image = ImageEncoder(cfg.feature_dim, cfg.hidden, cfg.dropout, cfg.feat_norm, cfg.image_mlp)
         self.sentence = SentenceEncoder(vocab_size, cfg.word_dim, cfg.hidden, cfg.dropout,
-                                        final_relu=cfg.word_relu)
+                                        final_relu=cfg.word_relu, cell=cfg.rnn)
         self.glob = GlobalModel(cfg, vocab_size) if cfg.arch == "hybrid" else None
         # An ensemble's further global models (ensemble_align), each in its own extra h dimensions:
         # their cosines add to the score exactly, as the first one's does.
@@ -37,7 +37,10 @@ class AlignModel(nn.Module):
         self.out_dim = cfg.hidden * (1 + (1 + n_extra if self.glob is not None else 0))  # size of v_i and s_t
 
     def encode_regions(self, feats: torch.Tensor) -> torch.Tensor:
-        """(B, R, D) CNN features -> (B, R, h) region vectors v_i ((B, R, 2h) for hybrid)."""
+        """(B, R, D) CNN features -> (B, R, h) region vectors v_i ((B, R, 2h) for hybrid);
+        (B, 1, ·) when the config uses the full image alone."""
+        if self.cfg.regions == "full":
+            feats = feats[:, :1]
         v = self.image(feats)
         v = F.normalize(v, dim=-1) if self.cfg.normalize else v
         if self.glob is not None:
@@ -72,7 +75,7 @@ class AlignModel(nn.Module):
         v = self.encode_regions(feats)
         s = self.encode_words(ids, lengths)
         word_mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
-        return score(v, region_mask, s, word_mask)
+        return score(v, region_mask[:, : v.shape[1]], s, word_mask)
 
 
 class GlobalModel(nn.Module):
@@ -125,6 +128,10 @@ def build_model(cfg: EmbedConfig, vocab_size: int) -> AlignModel | GlobalModel:
         raise UsageError(f"unknown model arch {cfg.arch!r}; choose one of {', '.join(ARCHS)}")
     if cfg.pool not in ("sum", "mean"):
         raise UsageError(f"unknown pool {cfg.pool!r}; choose sum or mean")
+    if cfg.regions not in ("all", "full"):
+        raise UsageError(f"unknown regions {cfg.regions!r}; choose all or full")
+    if cfg.rnn not in ("relu", "gru"):
+        raise UsageError(f"unknown rnn {cfg.rnn!r}; choose relu or gru")
     return (GlobalModel if cfg.arch == "global" else AlignModel)(cfg, vocab_size)
 
 

@@ -42,13 +42,16 @@ class SentenceEncoder(nn.Module):
         h^f_t = ReLU(e_t + W_f h^f_{t-1} + b_f),  h^b_t = ReLU(e_t + W_b h^b_{t+1} + b_b)
         s_t = ReLU(W_d (h^f_t + h^b_t) + b_d)"""
 
-    def __init__(self, vocab_size: int, word_dim: int, hidden: int, dropout: float, final_relu: bool = True):
+    def __init__(self, vocab_size: int, word_dim: int, hidden: int, dropout: float, final_relu: bool = True,
+                 cell: str = "relu"):
         super().__init__()
         self.final_relu = final_relu  # False: s_t = W_d (h^f_t + h^b_t) + b_d, signed (helps with cosine)
         self.embed = nn.Embedding(vocab_size, word_dim, padding_idx=0)
         self.drop = nn.Dropout(dropout)
         self.w_e = nn.Linear(word_dim, hidden)
-        self.rnn = nn.RNN(hidden, hidden, nonlinearity="relu", bidirectional=True, batch_first=True)
+        # cell "gru": gates let a word's vector carry context from far away without exploding.
+        self.rnn = (nn.GRU(hidden, hidden, bidirectional=True, batch_first=True) if cell == "gru" else
+                    nn.RNN(hidden, hidden, nonlinearity="relu", bidirectional=True, batch_first=True))
         self.w_d = nn.Linear(hidden, hidden)
         self.hidden = hidden
 

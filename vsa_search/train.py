@@ -250,6 +250,7 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
         image = [p for n, p in model.named_parameters() if ".image." in f".{n}"]
         params = [{"params": image}, {"params": text, "lr": cfg.lr * cfg.text_lr_scale}]
     opt = _make_optimizer(cfg, params)
+    base_lrs = [g["lr"] for g in opt.param_groups]  # before a resumed optimizer state overwrites them
     if train_state.get("optimizer"):
         opt.load_state_dict(train_state["optimizer"])
     encoders = distributed.wrap(model, dev_) if world > 1 else None
@@ -285,6 +286,9 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
             break
         t0 = time.perf_counter()
         seed_everything(cfg.seed * 1000 + epoch)  # same shuffles and dropout masks after --resume
+        decay = 0.1 if cfg.lr_decay_epoch and epoch >= cfg.lr_decay_epoch else 1.0
+        for g, lr0 in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr0 * decay
         model.train()
         order = [p[torch.randperm(len(p))] for p in per_image]  # each photo's sentences, shuffled
         data_gen = None  # ranks must draw the same global batches whatever their dropout drew: own generator

@@ -40,6 +40,11 @@ def embed_cmd(
     dropout: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
     feat_norm: Annotated[str | None, typer.Option(help="none | l2: CNN features L2-normalised before W_m.")] = None,
     image_mlp: Annotated[int | None, typer.Option(min=0, help="ReLU layer width before W_m (0: linear).")] = None,
+    regions: Annotated[str | None, typer.Option(help="all: full image + proposals (paper) | full: full image only.")
+                       ] = None,
+    rnn: Annotated[str | None, typer.Option(help="relu (paper's BRNN) | gru.")] = None,
+    lr_decay_epoch: Annotated[int | None, typer.Option(min=0, help="Learning rate x0.1 from this epoch (0: never).")
+                              ] = None,
     text_pretrain: Annotated[int | None, typer.Option(
         min=0, help="Epochs of text-only pretraining on all training-split captions (0: none).")] = None,
     text_pretrain_lr: Annotated[float | None, typer.Option(help="Learning rate of the text pretraining.")] = None,
@@ -61,6 +66,7 @@ def embed_cmd(
                  "hidden": hidden, "batch_size": batch_size, "normalize": normalize, "pool": pool,
                  "dropout": dropout, "patience": patience, "seed": seed, "arch": arch, "word_relu": word_relu,
                  "feat_norm": feat_norm, "image_mlp": image_mlp, "text_pretrain": text_pretrain,
+                 "regions": regions, "rnn": rnn, "lr_decay_epoch": lr_decay_epoch,
                  "text_pretrain_lr": text_pretrain_lr}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if resume and set(overrides) - {"epochs"}:
