@@ -57,6 +57,9 @@ REGION_PRESETS: dict[str, RegionConfig] = {
     "grid": RegionConfig(proposals="grid"),
     # EfficientNet-Lite2 (ImageNet top-1 80.5 vs Lite0's 75.1), same boxes, same 1280-d features.
     "lite2": RegionConfig(backbone="tf_efficientnet_lite2"),
+    # The full frame alone (no proposals): enough for global models, and quick to extract.
+    "full": RegionConfig(proposals="none", max_regions=1),
+    "lite2-full": RegionConfig(backbone="tf_efficientnet_lite2", proposals="none", max_regions=1),
 }
 
 

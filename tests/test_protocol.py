@@ -1,0 +1,94 @@
+"""The paper's protocol: no test-split photo or caption may reach training, the vocabulary or model
+selection. Proved by poisoning the test split (other captions, other photos) and checking that the
+vocabulary and the trained weights come out bit-identical."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vsa_search.config import CAPTION_PRESETS, EMBED_PRESETS, REGION_PRESETS
+from vsa_search.datasets import FLICKR8K_SPLIT_FILES, FLICKR8K_TOKENS, load_flickr8k
+from vsa_search.features import extract_to_store
+from vsa_search.train import train_caption, train_embed
+from vsa_search.vocab import build_flickr8k_vocab
+
+WORDS = "dog cat man woman runs jumps sits grass water snow red blue ball field street".split()
+
+
+def _sentence(i: int, j: int) -> str:
+    w = WORDS
+    return f"a {w[i % 5]} {w[5 + (i + j) % 3]} on the {w[8 + j % 3]} with a {w[11 + i % 4]} {w[14]}"
+
+
+def _make_root(tmp: Path, photos: list[Path], poisoned: bool) -> Path:
+    """A Flickr8k-format root: 6 train, 3 dev, 3 test photos (symlinks to real photos). Poisoned:
+    the test photos are other files and their captions use words seen nowhere else, 5 times each."""
+    root = tmp / ("poisoned" if poisoned else "clean")
+    (root / "images").mkdir(parents=True)
+    (root / "splits").mkdir()
+    names = {"train": [f"tr{i}.jpg" for i in range(6)], "dev": [f"dv{i}.jpg" for i in range(3)],
+             "test": [f"te{i}.jpg" for i in range(3)]}
+    lines = []
+    for split, files in names.items():
+        (root / FLICKR8K_SPLIT_FILES[split]).write_text("\n".join(files) + "\n")
+        for i, name in enumerate(files):
+            k = {"train": 0, "dev": 6, "test": 9}[split] + i
+            src = photos[k + 3 if poisoned and split == "test" else k]
+            (root / "images" / name).symlink_to(src)
+            for j in range(5):
+                text = (f"a zebra giraffe toothbrush {i} {j}" if poisoned and split == "test"
+                        else _sentence(k, j))
+                lines.append(f"{name}#{j}\t{text}")
+    (root / FLICKR8K_TOKENS).write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory, flickr_root: Path, tiny_region_encoder) -> dict[str, tuple[Path, Path]]:
+    """(data-set root, feature store) for a clean and a poisoned copy of the same data set."""
+    photos = sorted((flickr_root / "images").glob("*.jpg"))[:15]
+    tmp = tmp_path_factory.mktemp("protocol")
+    out = {}
+    for poisoned in (False, True):
+        root = _make_root(tmp, photos, poisoned)
+        store = tmp / f"feats-{root.name}"
+        ds = load_flickr8k(root)
+        extract_to_store({r.image_id: r.path for r in ds.records}, store, REGION_PRESETS["tiny"],
+                         encoder=tiny_region_encoder)
+        out[root.name] = (root, store)
+    return out
+
+
+def test_poisoned_test_split_changes_nothing_in_the_vocabulary(roots):
+    clean, poisoned = (build_flickr8k_vocab(roots[k][0], min_count=1) for k in ("clean", "poisoned"))
+    assert clean.itos == poisoned.itos
+    assert "zebra" not in poisoned.itos  # 15 times in the poisoned test captions, never in training
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_poisoned_test_split_changes_nothing_in_the_alignment_model(roots, tmp_path):
+    runs = {}
+    for name, (root, store) in roots.items():
+        vocab = build_flickr8k_vocab(root, min_count=1)
+        res = train_embed(store, tmp_path / f"{name}.pt", EMBED_PRESETS["tiny"], vocab=vocab,
+                          dataset=load_flickr8k(root), device="cpu", epochs=2)
+        runs[name] = (res, _weights(tmp_path / f"{name}.pt"))
+    (clean, w_clean), (poisoned, w_poisoned) = runs["clean"], runs["poisoned"]
+    assert [h["loss"] for h in clean.history] == [h["loss"] for h in poisoned.history]
+    assert clean.best_epoch == poisoned.best_epoch  # model selection saw dev only
+    assert w_clean.keys() == w_poisoned.keys()
+    assert all(torch.equal(w_clean[k], w_poisoned[k]) for k in w_clean)
+
+
+def test_poisoned_test_split_changes_nothing_in_the_caption_model(roots, tmp_path):
+    weights = {}
+    for name, (root, store) in roots.items():
+        train_caption(store, tmp_path / f"{name}.pt", CAPTION_PRESETS["tiny"], device="cpu", root=root)
+        weights[name] = _weights(tmp_path / f"{name}.pt")
+    assert all(torch.equal(weights["clean"][k], weights["poisoned"][k]) for k in weights["clean"])
