@@ -1,13 +1,18 @@
-"""Where indexes, models and caches live: $VSA_HOME, a checkout, or the user's folders when installed."""
+"""Where indexes, models and caches live: $VSA_HOME, a checkout, or the user's folders when installed;
+and `vsa info`, which says so."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import vsa_search
 from vsa_search import paths
+from vsa_search.cli import app
+from vsa_search.embedding import load_align
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -54,3 +59,28 @@ def test_installed_uses_the_user_folders_and_the_package_data(installed_layout: 
     mine.parent.mkdir(parents=True)
     mine.write_bytes(b"")
     assert paths.find_model("caption") == mine
+
+
+def test_vsa_info_lists_locations_and_the_shipped_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VSA_HOME", raising=False)
+    r = CliRunner().invoke(app, ["info", "--json"], prog_name="vsa")
+    assert r.exit_code == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["version"] == vsa_search.__version__ and info["install"] == "checkout"
+    assert info["locations"]["indexes"] == str(CHECKOUT / "indexes")
+    models = {m["name"]: m for m in info["shipped_models"]}
+    assert set(models) == {p.stem for p in (CHECKOUT / "models").glob("*.pt")}
+    # The fingerprint shown is the one an index records for its model.
+    assert models["align"]["fingerprint"] == load_align(CHECKOUT / "models" / "align.pt").fingerprint
+    assert models["align"]["card"] == str(CHECKOUT / "models" / "align.md")
+    assert isinstance(info["cuda"]["available"], bool) and isinstance(info["faiss"]["gpu_usable"], bool)
+
+    text = CliRunner().invoke(app, ["info"], prog_name="vsa").stdout
+    assert all(name in text for name in models) and models["align"]["fingerprint"] in text
+    assert "CUDA" in text and "faiss-gpu" in text
+
+
+def test_version_is_single_sourced() -> None:
+    r = CliRunner().invoke(app, ["--version"], prog_name="vsa")
+    assert r.exit_code == 0 and r.stdout.strip() == vsa_search.__version__
+    assert 'dynamic = ["version"]' in (CHECKOUT / "pyproject.toml").read_text()
