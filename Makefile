@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench wheel clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -31,5 +31,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/regions.py
 
+# A fresh build/ each time: setuptools would otherwise carry models since removed from models/.
+wheel: $(STAMP)
+	rm -rf build dist
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+	ls -l dist
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

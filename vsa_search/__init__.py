@@ -36,7 +36,7 @@ class Models:
 
 
 def load(align: str | Path = "align", caption: str | Path = "caption", device: str | None = None) -> Models:
-    """Load the alignment and caption models (names under models/ or $VSA_HOME/models, or paths)."""
+    """Load the alignment and caption models (names of your models or the shipped ones, or paths)."""
     from . import paths
     from .captioner import load_caption
     from .embedding import load_align

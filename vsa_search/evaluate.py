@@ -185,12 +185,12 @@ def paper_recall(dataset: str = "flickr8k") -> dict[str, Any]:
 def cached_features(records: list[Any], region_cfg: Any, device: str | None,
                     on_progress: Callable[[int], None] | None) -> Path:
     """Extract `records`' photos into the one evaluation cache per extractor,
-    $VSA_HOME/cache/features/<extractor id>; photos already there are not extracted again, so
+    paths.cache_dir()/features/<extractor id>; photos already there are not extracted again, so
     `eval recall` and `eval caption` share what either has extracted."""
     from . import paths
     from .features import extract_to_store
 
-    store = paths.home() / "cache" / "features" / region_cfg.extractor_id()
+    store = paths.cache_dir() / "features" / region_cfg.extractor_id()
     extract_to_store({r.image_id: r.path for r in records}, store, region_cfg, device=device,
                      on_progress=on_progress)
     return store
@@ -200,7 +200,7 @@ def _baseline(model: Any, features: Path, baseline: str | None, dataset: Any, de
               on_baseline: Callable[[str], None] | None) -> tuple[Any, str]:
     """The global baseline to compare against: an explicit file; else the shipped `align-global`
     when it was trained on the same extractor's features; else one trained now on `features`
-    (cached under $VSA_HOME/cache); else none. Returns (LoadedAlign or None, where it came from)."""
+    (cached under paths.cache_dir()); else none. Returns (LoadedAlign or None, where it came from)."""
     import hashlib
 
     from . import paths
@@ -226,7 +226,7 @@ def _baseline(model: Any, features: Path, baseline: str | None, dataset: Any, de
     blob = json.dumps({"cfg": to_dict(cfg), "extractor": model.region_config.extractor_id(),
                        "vocab": model.vocab.itos, "train": n_train}, sort_keys=True).encode()
     key = hashlib.sha256(blob).hexdigest()[:12]
-    cached = paths.home() / "cache" / f"baseline-{key}.pt"
+    cached = paths.cache_dir() / f"baseline-{key}.pt"
     if not cached.exists():
         if on_baseline:
             on_baseline(f"training the global baseline on {n_train} train photos (cached in {cached})")

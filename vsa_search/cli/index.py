@@ -16,7 +16,7 @@ from .common import err, new_app, out, print_json, progress
 
 app = new_app("Index folders of photos for search (and sentences for photo -> text).")
 
-IndexOpt = Annotated[str, typer.Option("--index", help="Index name under indexes/ (or $VSA_HOME/indexes), or a path.")]
+IndexOpt = Annotated[str, typer.Option("--index", help="Index name (in the folder `vsa info` shows), or a path.")]
 ModelOpt = Annotated[str, typer.Option("--model", help="Alignment model file or name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
 TypeOpt = Annotated[str, typer.Option("--index-type",
