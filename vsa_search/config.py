@@ -93,6 +93,7 @@ class EmbedConfig:
     global_members: int = 1  # hybrid: global models summed in the global term (>1: an ensemble, see ensemble_align)
     # training
     loss: str = "sum"  # sum: paper's sum over violating negatives | max: hardest negative (VSE++)
+    warmup_sum: int = 0  # loss "max": the first epochs use the sum (from scratch, max alone collapses)
     margin: float = 1.0
     optimizer: str = "sgd"  # sgd (paper: momentum 0.9) | adam
     lr: float = 0.01

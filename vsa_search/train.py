@@ -286,6 +286,7 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
             break
         t0 = time.perf_counter()
         seed_everything(cfg.seed * 1000 + epoch)  # same shuffles and dropout masks after --resume
+        hardest = cfg.loss == "max" and epoch > cfg.warmup_sum
         decay = 0.1 if cfg.lr_decay_epoch and epoch >= cfg.lr_decay_epoch else 1.0
         for g, lr0 in zip(opt.param_groups, base_lrs):
             g["lr"] = lr0 * decay
@@ -308,10 +309,10 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
                 with mp.autocast():
                     if world > 1:  # this rank's rows and columns of the global batch's loss
                         loss = distributed.ranking_loss_part(encoders, feats, region_mask, ids, lengths, img, sent,
-                                                             cfg.margin, hardest=cfg.loss == "max") / len(img)
+                                                             cfg.margin, hardest=hardest) / len(img)
                     else:
                         scores = model(feats[img], region_mask[img], ids[sent, :t_max], lengths[sent])  # (B, B)
-                        loss = ranking_loss(scores.float(), cfg.margin, hardest=cfg.loss == "max") / len(img)
+                        loss = ranking_loss(scores.float(), cfg.margin, hardest=hardest) / len(img)
                 if not torch.isfinite(loss):
                     raise ModelError(f"training diverged at epoch {epoch} (loss {loss.item()}); "
                                      f"lower the learning rate (now {cfg.lr}) or use --normalize")

@@ -30,6 +30,8 @@ def embed_cmd(
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     margin: Annotated[float | None, typer.Option(help="Ranking-loss margin.")] = None,
     hidden: Annotated[int | None, typer.Option(min=1, help="Joint-space size h.")] = None,
+    word_dim: Annotated[int | None, typer.Option(min=1, help="Word vector size (GloVe fills the first 50).")
+                        ] = None,
     batch_size: Annotated[int | None, typer.Option(min=2, help="Photos per step.")] = None,
     normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize",
                                                    help="Cosine instead of dot products.")] = None,
@@ -42,6 +44,7 @@ def embed_cmd(
     image_mlp: Annotated[int | None, typer.Option(min=0, help="ReLU layer width before W_m (0: linear).")] = None,
     regions: Annotated[str | None, typer.Option(help="all: full image + proposals (paper) | full: full image only.")
                        ] = None,
+    warmup_sum: Annotated[int | None, typer.Option(min=0, help="--loss max: epochs of the sum loss first.")] = None,
     rnn: Annotated[str | None, typer.Option(help="relu (paper's BRNN) | gru.")] = None,
     lr_decay_epoch: Annotated[int | None, typer.Option(min=0, help="Learning rate x0.1 from this epoch (0: never).")
                               ] = None,
@@ -63,10 +66,10 @@ def embed_cmd(
         out.quiet = err.quiet = True
     cfg = config.preset(config.EMBED_PRESETS, preset)
     overrides = {"epochs": epochs, "optimizer": optimizer, "loss": loss, "lr": lr, "margin": margin,
-                 "hidden": hidden, "batch_size": batch_size, "normalize": normalize, "pool": pool,
+                 "hidden": hidden, "word_dim": word_dim, "batch_size": batch_size, "normalize": normalize, "pool": pool,
                  "dropout": dropout, "patience": patience, "seed": seed, "arch": arch, "word_relu": word_relu,
                  "feat_norm": feat_norm, "image_mlp": image_mlp, "text_pretrain": text_pretrain,
-                 "regions": regions, "rnn": rnn, "lr_decay_epoch": lr_decay_epoch,
+                 "regions": regions, "rnn": rnn, "warmup_sum": warmup_sum, "lr_decay_epoch": lr_decay_epoch,
                  "text_pretrain_lr": text_pretrain_lr}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if resume and set(overrides) - {"epochs"}:
