@@ -38,7 +38,8 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vsa_search import index as ix  # noqa: E402
-from vsa_search.search import PER_WORD_APPROX  # noqa: E402
+from vsa_search.index import faiss_types  # noqa: E402
+from vsa_search.index.query import PER_WORD_APPROX  # noqa: E402
 
 REGIONS_PER_PHOTO = 20
 CENTRES = 4096
@@ -115,7 +116,7 @@ def run(n: int, dim: int, types: list[str], queries: int, workdir: Path, threads
             continue
         faiss.omp_set_num_threads(threads)
         t = time.perf_counter()
-        index, chosen, params = ix.make_faiss(vecs, kind)
+        index, chosen, params = faiss_types.make_faiss(vecs, kind)
         build_s = time.perf_counter() - t
         f = workdir / f"{chosen}.faiss"
         faiss.write_index(index, str(f))

@@ -13,13 +13,15 @@ from typer.testing import CliRunner
 
 from vsa_search import index as ix
 from vsa_search.cli import app
-from vsa_search.config import EMBED_PRESETS, REGION_PRESETS
-from vsa_search.embedding import AlignModel, load_align, save_align
-from vsa_search.errors import IndexError_, UsageError
-from vsa_search.metadata import KV
-from vsa_search.regions import RegionEncoder
-from vsa_search.search import PER_WORD_APPROX, search_text
-from vsa_search.vocab import SPECIALS, Vocab
+from vsa_search.cli.index import parse_shard
+from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
+from vsa_search.core.errors import IndexError_, UsageError
+from vsa_search.core.kv import KV
+from vsa_search.data.vocab import SPECIALS, Vocab
+from vsa_search.index import faiss_types, layout
+from vsa_search.index.query import PER_WORD_APPROX, search_text
+from vsa_search.models.alignment import AlignModel, load_align, save_align
+from vsa_search.vision.regions import RegionEncoder
 
 WORDS = ["a", "dog", "on", "the", "grass", "man", "in", "red", "girl", "water", "two", "is", "running"]
 N = 3  # shards
@@ -48,9 +50,9 @@ def _build(s: dict, name: Path, **kw) -> ix.BuildReport:
 
 def _dump(link: Path) -> dict:
     gen = ix.Location(link).current()
-    with KV(gen / ix.META, readonly=True) as kv:
+    with KV(gen / layout.META, readonly=True) as kv:
         records = dict(kv.items_bytes(""))
-    return {"manifest": json.loads((gen / ix.MANIFEST).read_text()), "faiss": (gen / ix.VECTORS).read_bytes(),
+    return {"manifest": json.loads((gen / layout.MANIFEST).read_text()), "faiss": (gen / layout.VECTORS).read_bytes(),
             "lmdb": records}
 
 
@@ -62,10 +64,10 @@ def test_shard_split_is_a_stable_partition(tmp_path: Path) -> None:
     # The slice depends on the path under its root only: the same collection mounted elsewhere splits alike.
     moved = [Path("/mnt/other/a"), Path("/mnt/other/b")]
     assert got == [ix.shard_of(p.replace(str(tmp_path), "/mnt/other"), moved, 4) for p in paths]
-    assert ix.parse_shard("2/4") == (2, 4)
+    assert parse_shard("2/4") == (2, 4)
     for bad in ("4/4", "-1/2", "1", "a/b", "1/0"):
         with pytest.raises(UsageError):
-            ix.parse_shard(bad)
+            parse_shard(bad)
 
 
 @pytest.mark.parametrize("index_type", ["auto", "ivf"])
@@ -138,8 +140,8 @@ def test_memory_budget_picks_ivfpq_and_pq_searches() -> None:
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((50, dim)).astype(np.float32)
     x = (centers[rng.integers(0, 50, n)] + 0.3 * rng.standard_normal((n, dim))).astype(np.float16)
-    index, kind, params = ix.make_faiss(x, "ivfpq")
-    assert kind == "ivfpq" and index.ntotal == n and params["pq_m"] == ix.pq_layout(dim)[0]
+    index, kind, params = faiss_types.make_faiss(x, "ivfpq")
+    assert kind == "ivfpq" and index.ntotal == n and params["pq_m"] == faiss_types.pq_layout(dim)[0]
     assert dim % params["pq_m"] == 0 and ix.memory_bytes("ivfpq", n, dim) < n * dim  # codes, not floats
     index.nprobe = params["nprobe"]
     q = x[:20].astype(np.float32)

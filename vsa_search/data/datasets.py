@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vsa_search import paths
-from vsa_search.errors import DatasetError, UsageError
+from ..core import paths
+from ..core.errors import DatasetError, UsageError
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test", "none")
 # Karpathy's JSON says "val" for dev and keeps COCO's extra "restval" images for training.

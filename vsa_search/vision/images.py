@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageCorruptError, ImageMissingError, ImageTooLargeError
+from ..core.errors import ImageCorruptError, ImageMissingError, ImageTooLargeError
 
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 DEFAULT_MAX_MEGAPIXELS = 64.0

@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
+from .errors import UsageError
+
 T = TypeVar("T")
 
 
@@ -59,8 +61,6 @@ REGION_PRESETS: dict[str, RegionConfig] = {
 
 
 def preset(table: dict[str, T], name: str) -> T:
-    from .errors import UsageError
-
     try:
         return table[name]
     except KeyError:

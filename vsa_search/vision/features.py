@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import RegionConfig, from_dict, to_dict
-from .errors import StoreError
-from .metadata import KV
+from ..core import paths
+from ..core.config import RegionConfig, from_dict, to_dict
+from ..core.errors import StoreError
+from ..core.kv import KV
 from .regions import RegionEncoder, RegionFeatures, extract
 
 FORMAT_VERSION = 1
@@ -128,6 +129,16 @@ def extract_to_store(photos: dict[str, Path], out: str | Path, cfg: RegionConfig
                 _tally(report, pending, on_progress)
         report.skipped.update(store.skipped())
     return report
+
+
+def extract_to_cache(photos: dict[str, Path], cfg: RegionConfig, device: str | None = None,
+                     on_progress: Callable[[int], None] | None = None) -> Path:
+    """Extract photos (id -> path) into the one evaluation cache per extractor,
+    $VSA_HOME/cache/features/<extractor id>; photos already there are not extracted again, so
+    `eval recall` and `eval caption` share what either has extracted. Returns the store's path."""
+    store = paths.home() / "cache" / "features" / cfg.extractor_id()
+    extract_to_store(photos, store, cfg, device=device, on_progress=on_progress)
+    return store
 
 
 def _tally(report: ExtractReport, batch: list[tuple[str, RegionFeatures | str]],

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelError
+from ..core.errors import ModelError
 
 FORMAT_VERSION = 1
 KINDS = ("align", "caption")

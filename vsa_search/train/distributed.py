@@ -17,6 +17,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..core.errors import UsageError
+from ..models.alignment import score
 
 _owned = False  # True when init() created the process group (so cleanup() must destroy it)
 
@@ -46,8 +50,6 @@ def init(device: torch.device) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 and not dist.is_initialized():
         return 1, 0, device
-    from .errors import UsageError
-
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         if device.index >= torch.cuda.device_count():
@@ -146,8 +148,6 @@ class Encoders(nn.Module):
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """The model's encoders under DistributedDataParallel (rank 0's weights are broadcast)."""
-    from torch.nn.parallel import DistributedDataParallel
-
     return DistributedDataParallel(Encoders(model), device_ids=[device.index] if device.type == "cuda" else None)
 
 
@@ -159,8 +159,6 @@ def ranking_loss_part(encoders: nn.Module, feats: torch.Tensor, region_mask: tor
     lengths (M,), which every rank holds whole). The rank encodes only its shard, gathers every
     rank's vectors, and sums the hinge costs of its photos' rows and its sentences' columns of the
     (G, G) score matrix. Summed over ranks this is ranking_loss(scores) exactly (not divided by G)."""
-    from .embedding import score
-
     world, r = world_size(), rank()
     g = len(img)
     sizes = [len(range(g)[shard(g, world, k)]) for k in range(world)]

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.config import CaptionConfig, RegionConfig, from_dict, to_dict
+from ..core.errors import ModelError
+from ..data.vocab import PAD, Vocab
 from . import checkpoint
-from .config import CaptionConfig, RegionConfig, from_dict, to_dict
-from .errors import ModelError
-from .vocab import PAD, Vocab
 
 # A decoding state is a tuple of tensors that all lead with the batch (or beam) dimension, so that
 # beam search can reorder any cell's state with one index_select per tensor.
@@ -138,70 +138,3 @@ def load_caption(path: str | Path, device: str | torch.device = "cpu") -> Loaded
     checkpoint.load_weights(model, ck, path)
     model.to(device).eval()
     return LoadedCaptioner(model, vocab, cfg, from_dict(RegionConfig, ck.region_config), Path(path), ck.metrics)
-
-
-# --------------------------------------------------------------------------- photos -> captions
-
-
-@dataclass
-class PhotoCaption:
-    """One photo's caption, or why it has none (an unreadable photo does not stop the others)."""
-
-    photo: Path
-    caption: str | None
-    logprob: float | None
-    error: str | None = None
-
-    def to_dict(self) -> dict:
-        d = {"photo": str(self.photo), "caption": self.caption,
-             "logprob": None if self.logprob is None else round(self.logprob, 4)}
-        return d if self.error is None else {**d, "error": self.error}
-
-
-def photo_files(photos: list[Path]) -> list[Path]:
-    """Photos as given, with folders expanded to the photos directly inside them (sorted)."""
-    from .errors import UsageError
-    from .images import is_photo
-
-    files: list[Path] = []
-    for p in map(Path, photos):
-        if p.is_dir():
-            inside = sorted(q for q in p.iterdir() if is_photo(q))
-            if not inside:
-                raise UsageError(f"{p}: no photos (jpg, jpeg, png, webp, bmp, gif) in this folder")
-            files += inside
-        else:
-            files.append(p)  # a missing or unreadable file is reported per photo, later
-    return files
-
-
-def caption_photos(photos: list[Path], loaded: LoadedCaptioner, beam: int = 7, max_len: int | None = None,
-                   length_norm: float = 0.0, encoder=None, on_progress=None) -> list[PhotoCaption]:
-    """Beam-search a caption for each photo (folders expanded), in input order."""
-    from .errors import UsageError, VSAError
-    from .evaluate import generate_captions
-    from .images import load as load_image
-    from .regions import RegionEncoder
-
-    if beam < 1:
-        raise UsageError(f"--beam must be at least 1 (got {beam})")
-    device = next(loaded.model.parameters()).device
-    encoder = encoder or RegionEncoder(loaded.region_config, device)
-    results: list[PhotoCaption] = []
-    feats = []
-    for p in photo_files(photos):
-        try:
-            feats.append(full_image(encoder.encode_one(load_image(p))))
-            results.append(PhotoCaption(p, None, None))
-        except VSAError as e:
-            results.append(PhotoCaption(p, None, None, str(e)))
-        except Exception as e:  # a photo PIL opens but OpenCV/torch reject must not stop the others
-            results.append(PhotoCaption(p, None, None, f"{p}: {type(e).__name__}: {str(e).splitlines()[0][:120]}"))
-        if on_progress:
-            on_progress(1)
-    caps = generate_captions(loaded, torch.stack(feats), beam=beam, max_len=max_len,
-                             length_norm=length_norm) if feats else []
-    for r, c in zip([r for r in results if r.error is None], caps, strict=True):
-        r.caption = " ".join(loaded.vocab.decode(c.tokens))
-        r.logprob = float(c.logprob)
-    return results

@@ -13,8 +13,6 @@ up to a cap. The same test guides approximate indexes, where the bound is itself
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import paths
-from .embedding import LoadedAlign, load_align
-from .errors import QueryError, UsageError
-from .index import FragmentIndex
-from .text import tokenize
-from .vocab import UNK
+from ..core import paths
+from ..core.device import one_thread
+from ..core.errors import UsageError
+from ..models.alignment import LoadedAlign, load_align
+from ..models.encode import query_vectors
+from ..vision.images import load
+from ..vision.regions import RegionEncoder
+from .store import FragmentIndex
 
 PER_WORD = 256  # exact (flat) index: first-stage regions per word before any growth
 MAX_PER_WORD = 1024  # growth cap: bounds the worst-case query time
@@ -93,41 +93,7 @@ def model_for(ix: FragmentIndex, model: str | Path | None = None, device: str | 
     return loaded
 
 
-def query_tokens_or_fail(text: str) -> list[str]:
-    tokens = tokenize(text)
-    if not tokens:
-        raise QueryError("empty query: give some words to search for")
-    return tokens
-
-
-def query_vectors(model: LoadedAlign, text: str) -> tuple[list[str], list[str], np.ndarray]:
-    """(scored words, ignored words, s (T, h) float32). Unknown words still reach the sentence
-    encoder as <unk> (they are context for their neighbours) but get no vector of their own."""
-    tokens = query_tokens_or_fail(text)
-    ids = model.vocab.encode(tokens)
-    known = [i for i, w in enumerate(ids) if w != UNK]
-    if not known:
-        raise QueryError(f"no known words in the query {text.strip()!r}: the model's vocabulary has none of "
-                         f"{', '.join(tokens)}")
-    with torch.inference_mode():
-        s = model.model.encode_words(torch.tensor([ids]), torch.tensor([len(ids)]))[0]  # (T, h)
-    return [tokens[i] for i in known], [tokens[i] for i in range(len(tokens)) if ids[i] == UNK], \
-        s[known].float().cpu().numpy()
-
-
 # --------------------------------------------------------------------------- the two stages
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Queries are many small products: one thread is faster than a team, and on a shared
-    2-core machine far faster (2 threads were 2-8x slower: they spin waiting for each other)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 def exact_scores(q: np.ndarray, vectors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -282,9 +248,6 @@ def search_text(ix: FragmentIndex, model: LoadedAlign, text: str, k: int = 10,
 def photo_regions(model: LoadedAlign, photo: str | Path, encoder: Any = None,
                   device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(boxes (R, 4) int32, region vectors (R, h) float32) of one photo."""
-    from .images import load
-    from .regions import RegionEncoder
-
     encoder = encoder or RegionEncoder(model.region_config, device)
     feats = encoder.encode_one(load(photo))
     with torch.inference_mode():
@@ -318,85 +281,3 @@ def search_image(ix: FragmentIndex, model: LoadedAlign, photo: str | Path, k: in
         hits.append(Hit(rec["key"], float(scores[j]), words, text=rec["text"]))
     return Result(str(photo), [], [], hits, len(cands), per_region, False, boxes.tolist())
 
-
-# --------------------------------------------------------------------------- contact sheet
-
-
-_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
-            "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075"]
-
-
-def contact_sheet(result: Result, out: str | Path, photo: str | Path | None = None, thumb: int = 320,
-                  columns: int = 4) -> Path:
-    """A PNG of the hits, each photo with the box every word matched, labelled by the word.
-    For an image query (`photo` given) each tile is that photo with one sentence's boxes."""
-    import os
-
-    from PIL import Image, ImageDraw, ImageFont
-
-    from .errors import ImageError
-    from .images import load
-
-    font = ImageFont.load_default(size=13)
-    small = ImageFont.load_default(size=12)
-    colour_of: dict[str, str] = {}
-    tiles: list[Image.Image] = []
-    cap_h = 36
-    for rank, hit in enumerate(result.hits, 1):
-        src = photo if photo is not None else hit.key
-        try:
-            im = load(src)
-        except ImageError:
-            im = None
-        tile = Image.new("RGB", (thumb, thumb + cap_h), "white")
-        draw = ImageDraw.Draw(tile)
-        if im is None:
-            draw.rectangle([0, 0, thumb - 1, thumb - 1], fill="#dddddd")
-            draw.text((8, thumb // 2), "photo not readable", fill="black", font=font)
-        else:
-            scale = thumb / max(im.size)
-            small_im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
-            ox, oy = (thumb - small_im.width) // 2, (thumb - small_im.height) // 2
-            tile.paste(small_im, (ox, oy))
-            by_box: dict[tuple[int, ...], list[str]] = {}
-            for m in hit.words:
-                if m.box is not None:
-                    by_box.setdefault(tuple(m.box), []).append(m.word)
-            for box, words in by_box.items():
-                colour = colour_of.setdefault(words[0], _COLOURS[len(colour_of) % len(_COLOURS)])
-                x0, y0, x1, y1 = (ox + round(box[0] * scale), oy + round(box[1] * scale),
-                                  ox + round(box[2] * scale) - 1, oy + round(box[3] * scale) - 1)
-                draw.rectangle([x0, y0, x1, y1], outline=colour, width=3)
-                label = _fit(draw, " ".join(dict.fromkeys(words)), font, thumb - 6)
-                tw = draw.textlength(label, font=font)
-                lx = max(0, min(x0, thumb - tw - 6))  # keep the label inside the tile
-                ly = max(0, min(y0, thumb - 18))
-                draw.rectangle([lx, ly, lx + tw + 6, ly + 17], fill=colour)
-                draw.text((lx + 3, ly + 1), label, fill="white", font=font)
-        name = hit.text if hit.text is not None else Path(hit.key).name
-        draw.text((4, thumb + 3), f"#{rank}  {hit.score:.3f}", fill="black", font=font)
-        draw.text((4, thumb + 19), _fit(draw, name, small, thumb - 8), fill="#333333", font=small)
-        tiles.append(tile)
-    columns = max(1, min(columns, len(tiles) or 1))
-    rows = max(1, -(-len(tiles) // columns))
-    head = 28
-    sheet = Image.new("RGB", (columns * (thumb + 8) + 8, head + rows * (thumb + cap_h + 8) + 8), "#f4f4f4")
-    d = ImageDraw.Draw(sheet)
-    title = f"{result.query}" + (f"   (ignored: {', '.join(result.ignored)})" if result.ignored else "")
-    d.text((8, 6), _fit(d, title, font, sheet.width - 16), fill="black", font=font)
-    for j, tile in enumerate(tiles):
-        sheet.paste(tile, (8 + (j % columns) * (thumb + 8), head + (j // columns) * (thumb + cap_h + 8)))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, out)
-    return out
-
-
-def _fit(draw: Any, text: str, font: Any, width: int) -> str:
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"

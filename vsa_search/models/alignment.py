@@ -3,6 +3,8 @@ image-sentence score S_kl = Σ_t max_i v_i · s_t, for a whole batch of images x
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.config import EmbedConfig, RegionConfig, from_dict, to_dict
+from ..core.errors import ModelError, UsageError
+from ..data.vocab import Vocab
 from . import checkpoint
-from .config import EmbedConfig, RegionConfig, from_dict, to_dict
 from .encoders import ImageEncoder, SentenceEncoder
-from .errors import ModelError
-from .vocab import Vocab
 
 
 class AlignModel(nn.Module):
@@ -119,8 +121,6 @@ ARCHS = ("brnn", "global", "hybrid")
 
 def build_model(cfg: EmbedConfig, vocab_size: int) -> AlignModel | GlobalModel:
     """The model a config describes (`arch`), untrained."""
-    from .errors import UsageError
-
     if cfg.arch not in ARCHS:
         raise UsageError(f"unknown model arch {cfg.arch!r}; choose one of {', '.join(ARCHS)}")
     if cfg.pool not in ("sum", "mean"):
@@ -204,8 +204,6 @@ def ensemble_align(base: LoadedAlign, members: list[LoadedAlign]) -> AlignModel:
     `members` (trained separately, e.g. other seeds): S = S_base + Σ_j S_j, exactly, through the
     same score() (each member's vectors sit in their own extra dimensions). All must share the
     vocabulary, the feature extractor and the global part's shape."""
-    import dataclasses
-
     if base.config.arch != "hybrid":
         raise ModelError(f"{base.path}: an ensemble is built on a hybrid model (this one is {base.config.arch})")
     same = ("hidden", "word_dim", "normalize", "feature_dim", "feat_norm", "image_mlp")
@@ -226,8 +224,6 @@ def ensemble_align(base: LoadedAlign, members: list[LoadedAlign]) -> AlignModel:
 
 
 def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for k in sorted(state_dict):
         h.update(k.encode())

@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from vsa_search.datasets import load_flickr8k
-from vsa_search.errors import ModelError
-from vsa_search.text import tokenize
+from ..core.errors import ModelError
+from .datasets import load_flickr8k
+from .text import tokenize
 
 PAD, UNK, START, END = 0, 1, 2, 3
 SPECIALS: tuple[str, ...] = ("<pad>", "<unk>", "<start>", "<end>")

