@@ -23,7 +23,7 @@ from ..models import checkpoint
 from ..models.beam import beam_search
 from ..models.captioner import Captioner, full_image, load_caption, save_caption
 from ..vision.features import FeatureStore
-from .common import MixedPrecision, cpu_copy, seed_everything
+from .common import MixedPrecision, TrainState, cpu_copy, run_epochs, seed_everything
 
 
 def caption_sentences(ids: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,12 +91,6 @@ def dev_cider(model, feats: torch.Tensor, refs: list, vocab, max_len: int, beam:
         caps += beam_search(model, feats[i:i + 128], beam=beam, max_len=max_len)
     cands = {str(i): " ".join(vocab.decode(c.tokens)) for i, c in enumerate(caps)}
     return caption_metrics({str(i): list(r) for i, r in enumerate(refs)}, cands, meteor=False)["CIDEr"]
-
-
-def _better(rec: dict, best: dict, on_cider: bool) -> bool:
-    if on_cider:
-        return rec["dev_cider"] > best.get("dev_cider", float("-inf"))
-    return rec.get("dev_ppl", rec.get("train_ppl")) < best["dev_ppl"]
 
 
 def _caption_optimizer(model, cfg):
@@ -208,37 +202,26 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
             raise UsageError(f"--init {init}: a {init_model.config.cell} model of another shape than --preset/--cell "
                              f"ask for") from None
     opt = _caption_optimizer(model, cfg)
-    history: list[dict] = []
-    best = {"epoch": 0, "dev_ppl": float("inf")}
-    best_sd = cpu_copy(model)
-    bad, start = 0, 1
+    on_dev = len(dev_data[1]) > 0  # a store without dev photos stops on training perplexity
+    on_cider = on_dev and cfg.select == "cider"
+
+    def score(best: dict) -> float:
+        """Higher is better: dev CIDEr, or minus the (dev, else train) perplexity."""
+        return best.get("dev_cider", float("-inf")) if on_cider else -best["dev_ppl"]
+
+    best: dict = {"epoch": 0, "dev_ppl": float("inf")}
+    state = TrainState(best_info=best, best_score=score(best), best_weights=cpu_copy(model))
     if resume:
         model.load_state_dict(ts["current"])
         opt.load_state_dict(ts["optimizer"])
-        history, best, bad, start = list(ts["history"]), dict(ts["best"]), int(ts["bad_epochs"]), int(ts["epoch"]) + 1
-        best_sd = ck.state_dict
+        best = dict(ts["best"])
+        state = TrainState(epoch=int(ts["epoch"]), best_epoch=int(best["epoch"]), best_score=score(best),
+                           bad_epochs=int(ts["bad_epochs"]), history=list(ts["history"]), best_info=best,
+                           best_weights=ck.state_dict)
     t_start = time.perf_counter() - float(ts.get("seconds", 0.0))
     feats = train[0].to(dev)
-    on_dev = len(dev_data[1]) > 0  # a store without dev photos stops on training perplexity
 
-    def save(final: bool) -> None:
-        state = {"epoch": history[-1]["epoch"] if history else 0, "best": best, "bad_epochs": bad,
-                 "history": history, "seconds": time.perf_counter() - t_start, "finished": final}
-        if keep_train_state or not final:
-            state.update(current=cpu_copy(model),
-                         optimizer=opt.state_dict())
-        metrics = {"dev_ppl": best["dev_ppl"], "dev_cider": best.get("dev_cider"), "best_epoch": best["epoch"],
-                   "train_photos": int(len(train[0])),
-                   "train_sentences": int(len(train[1])), "dev_photos": int(len(dev_data[0])),
-                   "seconds": round(state["seconds"], 1),
-                   **({"regions": str(regions)} if regions else {}), **({"init": str(init)} if init else {})}
-        slim = final and not keep_train_state
-        save_caption(model, vocab, region_cfg, out, metrics=metrics, train_state=state, state_dict=best_sd, half=slim)
-
-    stopped = bad >= cfg.patience
-    for epoch in range(start, cfg.epochs + 1):
-        if stopped:
-            break
+    def one_epoch(epoch: int) -> tuple[dict, float, dict]:
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and order depend on the epoch only: resumable
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         model.train()
@@ -255,19 +238,30 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
         ppl = caption_perplexity(model, *(dev_data if on_dev else train), device=dev)
         rec = {"epoch": epoch, "train_loss": total / n, ("dev_ppl" if on_dev else "train_ppl"): ppl,
                "seconds": round(time.perf_counter() - t0, 2)}
-        history.append(rec)
-        if on_dev and cfg.select == "cider":
+        if on_cider:
             rec["dev_cider"] = dev_cider(model, dev_data[0].to(dev), dev_refs, vocab, cfg.max_len)
-        if _better(rec, best, on_dev and cfg.select == "cider"):
-            best, bad = {"epoch": epoch, "dev_ppl": ppl, **({"dev_cider": rec["dev_cider"]} if "dev_cider" in rec
-                                                              else {})}, 0
-            best_sd = cpu_copy(model)
-        else:
-            bad += 1
-        stopped = bad >= cfg.patience
-        save(final=stopped or epoch == cfg.epochs)
-        if on_epoch:
-            on_epoch(rec)
+        best = {"epoch": epoch, "dev_ppl": ppl, **({"dev_cider": rec["dev_cider"]} if "dev_cider" in rec else {})}
+        return rec, score(best), best
+
+    def save(final: bool) -> None:
+        # train_state as caption files have always stored it (what --resume reads).
+        history, best = state.history, state.best_info
+        blob = {"epoch": history[-1]["epoch"] if history else 0, "best": best, "bad_epochs": state.bad_epochs,
+                "history": history, "seconds": time.perf_counter() - t_start, "finished": final}
+        if keep_train_state or not final:
+            blob.update(current=cpu_copy(model), optimizer=opt.state_dict())
+        metrics = {"dev_ppl": best["dev_ppl"], "dev_cider": best.get("dev_cider"), "best_epoch": best["epoch"],
+                   "train_photos": int(len(train[0])),
+                   "train_sentences": int(len(train[1])), "dev_photos": int(len(dev_data[0])),
+                   "seconds": round(blob["seconds"], 1),
+                   **({"regions": str(regions)} if regions else {}), **({"init": str(init)} if init else {})}
+        slim = final and not keep_train_state
+        save_caption(model, vocab, region_cfg, out, metrics=metrics, train_state=blob, state_dict=state.best_weights,
+                     half=slim)
+
+    run_epochs(state, cfg.epochs, cfg.patience, model, one_epoch, save, on_epoch=on_epoch)
+    stopped = state.bad_epochs >= cfg.patience
+    history, best = state.history, state.best_info
     if not keep_train_state and history:  # also slims a finished run given to --resume --slim
         save(final=True)
     return {"out": str(out), "history": history, "best": best, "stopped_early": stopped,

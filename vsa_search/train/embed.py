@@ -23,7 +23,7 @@ from ..models import checkpoint
 from ..models.alignment import build_model, ranking_loss, save_align
 from ..vision.features import FeatureStore
 from . import distributed
-from .common import MixedPrecision, clip_elementwise, cpu_copy, make_optimizer, seed_everything
+from .common import MixedPrecision, TrainState, clip_elementwise, cpu_copy, make_optimizer, run_epochs, seed_everything
 
 
 @dataclass
@@ -187,26 +187,24 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
     bsz = min(cfg.batch_size * world, n_img)  # the global batch: world x batch_size photos
     steps = rounds * ((n_img + bsz - 1) // bsz)
 
-    history: list[dict[str, Any]] = list(train_state.get("history", []))
-    start_epoch = int(train_state.get("epoch", 0))
-    best_metric = float(train_state.get("best_metric", float("-inf")))
-    best_epoch = int(train_state.get("best_epoch", 0))
-    bad_epochs = int(train_state.get("bad_epochs", 0))
-    best_dev: dict[str, Any] = dict(train_state.get("best_dev", {}))
-    stopped = "epochs"
-    epoch = start_epoch
+    state = TrainState(epoch=int(train_state.get("epoch", 0)), best_epoch=int(train_state.get("best_epoch", 0)),
+                       best_score=float(train_state.get("best_metric", float("-inf"))),
+                       bad_epochs=int(train_state.get("bad_epochs", 0)),
+                       history=list(train_state.get("history", [])),
+                       best_info=dict(train_state.get("best_dev", {})), best_weights=best_state)
 
     def metrics_blob() -> dict[str, Any]:
-        return {"dev": best_dev, "dev_mean_recall": best_metric, "best_epoch": best_epoch,
+        return {"dev": state.best_info, "dev_mean_recall": state.best_score, "best_epoch": state.best_epoch,
                 "train_photos": n_img, "dev_photos": len(dev_recs), "features": region_cfg.extractor_id(),
-                "train_seconds": round(sum(h["seconds"] for h in history), 1),
+                "train_seconds": round(sum(h["seconds"] for h in state.history), 1),
                 **({"text_pretrain_loss": [round(x, 4) for x in pretrain_losses]} if pretrain_losses else {})}
 
-    for epoch in range(start_epoch + 1, total_epochs + 1):
-        if bad_epochs >= cfg.patience:
-            stopped = "early"
-            epoch -= 1
-            break
+    def file_state() -> dict[str, Any]:
+        """train_state as embed files have always stored it (what --resume reads)."""
+        return {"epoch": state.epoch, "best_metric": state.best_score, "best_epoch": state.best_epoch,
+                "bad_epochs": state.bad_epochs, "best_dev": state.best_info, "history": state.history}
+
+    def one_epoch(epoch: int) -> tuple[dict[str, Any], float, dict[str, Any]]:
         t0 = time.perf_counter()
         seed_everything(cfg.seed * 1000 + epoch)  # same shuffles and dropout masks after --resume
         model.train()
@@ -250,39 +248,34 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
                           for d, m in dev_metrics.items()}
             row["dev_mean_recall"] = round(metric, 2)
         else:
-            dev_metrics, metric = {}, -row["loss"]
+            metric = -row["loss"]
         row["seconds"] = round(time.perf_counter() - t0, 1)
         if world > 1:  # rank 0's dev verdict (and clock) holds for all: early stopping stays in step
             row, metric = distributed.broadcast_object((row, metric))
-        history.append(row)
-        if metric > best_metric:
-            best_metric, best_epoch, bad_epochs, best_dev = metric, epoch, 0, row.get("dev", {})
-            best_state = cpu_copy(model)
-        else:
-            bad_epochs += 1
+        return row, metric, row.get("dev", {})
+
+    def save(final: bool) -> None:
+        # Every epoch: the best weights (what users load), plus the optimizer and, when they differ
+        # from the best, the last weights, so that --resume continues exactly.
         last = cpu_copy(model)
-        state = {"epoch": epoch, "best_metric": best_metric, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                 "best_dev": best_dev, "history": history, "optimizer": opt.state_dict(),
-                 "last_state_dict": {} if best_epoch == epoch else last}
+        blob = {**file_state(), "optimizer": opt.state_dict(),
+                "last_state_dict": {} if state.best_epoch == state.epoch else last}
         if rank == 0:
-            save_align(model, vocab, region_cfg, out, metrics_blob(), state, state_dict=best_state or last)
-        if on_epoch and rank == 0:
-            on_epoch(row)
-        time_up = max_minutes is not None and time.perf_counter() - t_start > max_minutes * 60
-        if time_up if world == 1 else distributed.broadcast_object(time_up):
-            stopped = "time"
-            break
-    else:
-        if bad_epochs >= cfg.patience and epoch > start_epoch:
-            stopped = "early"
+            save_align(model, vocab, region_cfg, out, metrics_blob(), blob, state_dict=state.best_weights or last)
+
+    def time_up() -> bool:
+        up = max_minutes is not None and time.perf_counter() - t_start > max_minutes * 60
+        return up if world == 1 else distributed.broadcast_object(up)
+
+    stopped = run_epochs(state, total_epochs, cfg.patience, model, one_epoch, save,
+                         on_epoch=on_epoch if rank == 0 else None, time_up=time_up)
 
     # Finished: keep the best weights and a small train_state (no optimizer, no last weights).
-    if best_state is None:
-        best_state = cpu_copy(model)
-    final_state = {"epoch": epoch, "best_metric": best_metric, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                   "best_dev": best_dev, "history": history, "finished": True}
+    if state.best_weights is None:
+        state.best_weights = cpu_copy(model)
     if rank == 0:
-        save_align(model, vocab, region_cfg, out, metrics_blob(), final_state, state_dict=best_state)
+        save_align(model, vocab, region_cfg, out, metrics_blob(), {**file_state(), "finished": True},
+                   state_dict=state.best_weights)
     distributed.barrier()  # the other ranks return once rank 0's file is written
-    return EmbedResult(out, epoch, best_epoch, best_metric, best_dev, history,
+    return EmbedResult(out, state.epoch, state.best_epoch, state.best_score, state.best_info, state.history,
                        time.perf_counter() - t_start, stopped)
