@@ -16,7 +16,7 @@ from PIL import Image
 
 from vsa_search import index as ix
 from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
-from vsa_search.core.errors import IndexError_, UsageError
+from vsa_search.core.errors import SearchIndexError, UsageError
 from vsa_search.core.kv import KV
 from vsa_search.data.vocab import SPECIALS, Vocab
 from vsa_search.index import layout, sentences, store
@@ -173,7 +173,7 @@ def test_killed_build_resumes_to_the_clean_index(photos: Path, model, encoder, t
     assert proc.returncode == -9, proc.stderr
     loc = ix.Location(link)
     assert loc.current() is None and loc.work.is_dir()  # no half index, the encoded photos kept
-    with pytest.raises(IndexError_, match="no photo index"):
+    with pytest.raises(SearchIndexError, match="no photo index"):
         ix.open_index(link)
     r = build([photos], model, link, encoder)
     assert r.resumed == 2 and r.encoded == 3 and r.photos == 5
@@ -221,7 +221,7 @@ def test_reader_keeps_its_generation_during_a_rebuild(photos: Path, model, encod
 def test_one_build_at_a_time(photos: Path, model, encoder, tmp_path: Path) -> None:
     link = tmp_path / "idx"
     with ix.PhotoBuild([photos], model, link, encoder=encoder):
-        with pytest.raises(IndexError_, match="being built by another process"):
+        with pytest.raises(SearchIndexError, match="being built by another process"):
             build([photos], model, link, encoder)
 
 
@@ -244,7 +244,7 @@ def test_other_model_rebuilds_and_mismatch_is_refused(photos: Path, model, encod
     build([photos], model, link, encoder)
     other = load_align(tiny_model(tmp_path / "other.pt", seed=1))
     with ix.open_index(link) as x:
-        with pytest.raises(IndexError_, match=f"built with model {model.fingerprint}"):
+        with pytest.raises(SearchIndexError, match=f"built with model {model.fingerprint}"):
             x.check_model(other)
     r = build(None, other, link, encoder)
     assert r.model_changed and r.encoded == 5
@@ -255,13 +255,13 @@ def test_other_model_rebuilds_and_mismatch_is_refused(photos: Path, model, encod
 def test_old_format_and_wrong_kind_are_clear_errors(photos: Path, model, encoder, tmp_path: Path) -> None:
     link = tmp_path / "idx"
     build([photos], model, link, encoder)
-    with pytest.raises(IndexError_, match="is a photos index, not a sentences index"):
+    with pytest.raises(SearchIndexError, match="is a photos index, not a sentences index"):
         ix.FragmentIndex(ix.Location(link), "sentences")
     mf = link / "manifest.json"
     m = json.loads(mf.read_text())
     m["format_version"] = 0
     mf.write_text(json.dumps(m))
-    with pytest.raises(IndexError_, match="index format 0, this version reads 1"):
+    with pytest.raises(SearchIndexError, match="index format 0, this version reads 1"):
         ix.open_index(link)
     r = build([photos], model, link, encoder)  # a build replaces what it cannot read
     assert r.replaced and "index format 0" in r.replaced and r.encoded == 5
@@ -282,7 +282,7 @@ def test_missing_paths_index_type_and_remove(photos: Path, model, encoder, tmp_p
     assert r.index_type == "ivf" and not r.up_to_date and r.encoded == 0
     assert ix.remove(tmp_path / "idx") == [str(tmp_path / "idx")]
     assert not any(p.name.startswith(".idx") or p.name == "idx" for p in tmp_path.iterdir())
-    with pytest.raises(IndexError_, match="no index"):
+    with pytest.raises(SearchIndexError, match="no index"):
         ix.remove(tmp_path / "idx")
 
 

@@ -15,7 +15,7 @@ from vsa_search import index as ix
 from vsa_search.cli import app
 from vsa_search.cli.index import parse_shard
 from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
-from vsa_search.core.errors import IndexError_, UsageError
+from vsa_search.core.errors import SearchIndexError, UsageError
 from vsa_search.core.kv import KV
 from vsa_search.data.vocab import SPECIALS, Vocab
 from vsa_search.index import faiss_types, layout
@@ -102,14 +102,14 @@ def test_merge_refuses_incomplete_repeated_or_foreign_parts(setup: dict) -> None
     with pytest.raises(UsageError, match="cannot also be one of its parts"):
         ix.merge([d / "s0", d / "s1"], d / "s0")
     _build(setup, d / "whole")
-    with pytest.raises(IndexError_, match="in two of the parts"):
+    with pytest.raises(SearchIndexError, match="in two of the parts"):
         ix.merge([d / "s0", d / "s1", d / "whole"], d / "m")
     torch.manual_seed(1)
     vocab = Vocab(list(SPECIALS) + WORDS)
     other = load_align(save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab,
                                   REGION_PRESETS["tiny"], d / "other.pt"))
     ix.build_photos([setup["photos"]], other, d / "o1", encoder=setup["encoder"], shard=(1, 2))
-    with pytest.raises(IndexError_, match="same --model"):
+    with pytest.raises(SearchIndexError, match="same --model"):
         ix.merge([d / "s0", d / "o1"], d / "m")
     assert not (d / "m").exists()  # nothing half-written
 

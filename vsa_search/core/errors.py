@@ -44,8 +44,8 @@ class StoreError(VSAError):
     """Feature store problems: wrong format version, different extractor, unreadable."""
 
 
-class IndexError_(VSAError):
-    """Photo index problems: missing index, old format, model mismatch."""
+class SearchIndexError(VSAError):
+    """Photo (or sentence) index problems: missing index, old format, model mismatch, build lock."""
 
 
 class QueryError(UsageError):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import paths
-from ..core.errors import IndexError_
+from ..core.errors import SearchIndexError
 from ..models.alignment import LoadedAlign, load_align
 from .faiss_types import INDEX_TYPES, choose_for_memory, choose_type, memory_bytes
 from .layout import DEFAULT_NAME, KINDS, Location, disk_size, resolve
@@ -70,7 +70,8 @@ def status(name: str | Path | None = None) -> dict[str, Any]:
             entry["interrupted_build"] = True
         out[kind] = entry
     if not found:
-        raise IndexError_(f"no index {resolve(name).name!r} at {resolve(name)} (create it with `vsa index build PATH`)")
+        raise SearchIndexError(f"no index {resolve(name).name!r} at {resolve(name)} "
+                               "(create it with `vsa index build PATH`)")
     return out
 
 
@@ -90,7 +91,7 @@ def remove(name: str | Path | None = None) -> list[str]:
         loc.lockfile.unlink(missing_ok=True)
         removed.append(str(loc.link))
     if not removed:
-        raise IndexError_(f"no index {resolve(name).name!r} at {resolve(name)}")
+        raise SearchIndexError(f"no index {resolve(name).name!r} at {resolve(name)}")
     return removed
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import paths
-from ..core.errors import IndexError_, UsageError
+from ..core.errors import SearchIndexError, UsageError
 
 FORMAT_VERSION = 1
 KINDS = {"photos": ("photos", "regions"), "sentences": ("sentences", "words")}
@@ -78,7 +78,7 @@ class Location:
         """The generation directory the link points at (None when there is no index)."""
         if not self.link.is_symlink():
             if self.link.exists():
-                raise IndexError_(f"{self.link}: exists but is not a vsa index")
+                raise SearchIndexError(f"{self.link}: exists but is not a vsa index")
             return None
         return self.link.parent / os.readlink(self.link)
 
@@ -114,7 +114,8 @@ class _Lock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise IndexError_(f"index {self.name} is being built by another process; try again when it ends") from None
+            raise SearchIndexError(f"index {self.name} is being built by another process; "
+                                   "try again when it ends") from None
         return self
 
     def __exit__(self, *exc: object) -> None:

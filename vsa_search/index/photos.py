@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.errors import IndexError_, UsageError
+from ..core.errors import SearchIndexError, UsageError
 from ..core.kv import KV
 from ..models.alignment import LoadedAlign
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS, is_photo
@@ -147,7 +147,7 @@ class PhotoBuild:
         if loc.current() is not None:
             try:
                 self.old = FragmentIndex(loc, "photos")
-            except IndexError_ as e:
+            except SearchIndexError as e:
                 # An index this version cannot read (old format, files deleted): build it anew.
                 r.replaced = str(e)
         old_manifest = self.old.manifest if self.old else None
@@ -319,7 +319,7 @@ class PhotoBuild:
             else:
                 a = self.work.get_arrays(_WORK_VEC + p.hash)
                 if a is None:  # pragma: no cover - the plan only names hashes it saw stored
-                    raise IndexError_(f"{p.path}: vectors missing from the build's work area; build again")
+                    raise SearchIndexError(f"{p.path}: vectors missing from the build's work area; build again")
                 vecs, boxes = a["vectors"], a["boxes"]
             info = {"path": p.path, "size": p.size, "mtime_ns": p.mtime_ns, "hash": p.hash}
             yield Item(p.path, info, vecs, boxes)

@@ -141,7 +141,6 @@ class Ranked:
     items: np.ndarray  # (k',) item ids, best first
     scores: np.ndarray  # (k',)
     candidates: int  # items found by the first stage
-    reranked: int  # of those, how many needed the exact score
     per_word: int
     exact: bool
 
@@ -173,11 +172,11 @@ def two_stage(ix: FragmentIndex, q: np.ndarray, k: int, per_word: int | None = N
         upper = np.where(listed > -np.inf, listed, nth[None, :]).sum(1)  # (C,)
         # The bounds hold for an exact index only; an approximate one may have missed a
         # candidate's best region, so there every candidate is scored (a few ms: LMDB + one matmul).
-        items, scores, reranked = _rerank(ix, q, cands, upper if ix.exact else None, k)
+        items, scores = _rerank(ix, q, cands, upper if ix.exact else None, k)
         everything = ids.shape[1] >= total
         proven = everything or (len(items) == k and bool(scores[-1] >= nth.sum()))
         if proven or max_per_word is None or n >= max_per_word or not ix.exact:
-            return Ranked(items, scores, len(cands), reranked, ids.shape[1], proven and ix.exact)
+            return Ranked(items, scores, len(cands), ids.shape[1], proven and ix.exact)
         n = min(n * 4, max_per_word)
 
 
@@ -185,15 +184,15 @@ def _score_all(ix: FragmentIndex, q: np.ndarray, k: int) -> Ranked:
     """Exact S_kl of every item from the flat index's own vectors (no LMDB reads)."""
     items = np.arange(len(ix))
     if not len(items):
-        return Ranked(items, np.zeros(0, np.float32), 0, 0, 0, True)
+        return Ranked(items, np.zeros(0, np.float32), 0, 0, True)
     dots = ix.all_dots(q)  # (T, ΣR)
     scores = np.maximum.reduceat(dots, ix.first, axis=1).sum(0)  # (C,)
     top = _top(scores, items, k)
-    return Ranked(items[top], scores[top], len(items), len(items), ix.fragments, True)
+    return Ranked(items[top], scores[top], len(items), ix.fragments, True)
 
 
 def _rerank(ix: FragmentIndex, q: np.ndarray, cands: np.ndarray, upper: np.ndarray | None, k: int,
-            batch: int = 32) -> tuple[np.ndarray, np.ndarray, int]:
+            batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Exact scores of candidates in order of their upper bound, stopping once the k-th best
     exact score beats every remaining bound: most candidates never leave LMDB. Without bounds
     (upper=None) every candidate is scored."""
@@ -219,7 +218,7 @@ def _rerank(ix: FragmentIndex, q: np.ndarray, cands: np.ndarray, upper: np.ndarr
     items = np.concatenate(got_items) if got_items else np.zeros(0, np.int64)
     scores = np.concatenate(got_scores) if got_scores else np.zeros(0, np.float32)
     top = _top(scores, items, k)
-    return items[top], scores[top], done
+    return items[top], scores[top]
 
 
 def _matches(q: np.ndarray, words: list[str], vecs: np.ndarray, boxes: np.ndarray | None) -> list[WordMatch]:

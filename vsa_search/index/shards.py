@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import IndexError_, UsageError
+from ..core.errors import SearchIndexError, UsageError
 from .faiss_types import choose_for_memory, memory_bytes
 from .layout import MANIFEST, Location, resolve
 from .store import FragmentIndex, Item, write_generation
@@ -82,7 +82,7 @@ def merge(parts: list[str | Path], name: str | Path | None = None, index_type: s
         first = opened[0].manifest
         for x in opened[1:]:
             if x.manifest["model"]["fingerprint"] != first["model"]["fingerprint"] or x.dim != opened[0].dim:
-                raise IndexError_(f"{x.location.link} was built with model {x.manifest['model']['fingerprint']}, "
+                raise SearchIndexError(f"{x.location.link} was built with model {x.manifest['model']['fingerprint']}, "
                                   f"{opened[0].location.link} with {first['model']['fingerprint']}: "
                                   "build every shard with the same --model")
         _check_shard_set(opened)
@@ -113,7 +113,7 @@ def merge(parts: list[str | Path], name: str | Path | None = None, index_type: s
         def unique(stream: Iterator[Item]) -> Iterator[Item]:
             for it in stream:
                 if last and it.key == last[0]:
-                    raise IndexError_(f"{it.key} is in two of the parts: merge shards of one split (i/n)")
+                    raise SearchIndexError(f"{it.key} is in two of the parts: merge shards of one split (i/n)")
                 last[:] = [it.key]
                 yield it
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..core.device import one_thread
-from ..core.errors import IndexError_
+from ..core.errors import SearchIndexError
 from ..core.kv import KV
 from ..models.alignment import LoadedAlign
 from .faiss_types import IVF_NPROBE, choose_type, make_faiss
@@ -60,7 +60,7 @@ class FragmentIndex:
             if gen is None:
                 what = "photo index" if kind == "photos" else "sentence index"
                 cmd = "vsa index build PATH" if kind == "photos" else "vsa index text FILE"
-                raise IndexError_(f"no {what} {location.name.removesuffix(SENTENCES_SUFFIX)!r} "
+                raise SearchIndexError(f"no {what} {location.name.removesuffix(SENTENCES_SUFFIX)!r} "
                                   f"at {location.link} (create it with `{cmd}`)")
             try:
                 self._open(gen)
@@ -68,7 +68,7 @@ class FragmentIndex:
             except FileNotFoundError:
                 # A build swapped generations between our readlink and open: read the link again.
                 if attempt == 2:
-                    raise IndexError_(f"{location.link}: index files are missing; build it again") from None
+                    raise SearchIndexError(f"{location.link}: index files are missing; build it again") from None
                 time.sleep(0.05)
 
     def _open(self, gen: Path) -> None:
@@ -76,13 +76,13 @@ class FragmentIndex:
         try:
             manifest = json.loads((gen / MANIFEST).read_text())
         except json.JSONDecodeError:
-            raise IndexError_(f"{gen / MANIFEST}: unreadable manifest; build the index again") from None
+            raise SearchIndexError(f"{gen / MANIFEST}: unreadable manifest; build the index again") from None
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
-            raise IndexError_(f"{self.location.link}: index format {version}, this version reads "
+            raise SearchIndexError(f"{self.location.link}: index format {version}, this version reads "
                               f"{FORMAT_VERSION}; remove it (`vsa index remove`) and build it again")
         if manifest.get("kind") != self.kind:
-            raise IndexError_(f"{self.location.link}: is a {manifest.get('kind')} index, not a {self.kind} index")
+            raise SearchIndexError(f"{self.location.link}: is a {manifest.get('kind')} index, not a {self.kind} index")
         self.manifest: dict[str, Any] = manifest
         if not (gen / VECTORS).is_file() or not (gen / META / "data.mdb").is_file():
             raise FileNotFoundError(gen)
@@ -123,7 +123,7 @@ class FragmentIndex:
     def check_model(self, model: LoadedAlign) -> None:
         built = self.manifest["model"]
         if built["fingerprint"] != model.fingerprint:
-            raise IndexError_(
+            raise SearchIndexError(
                 f"index {self.location.name} was built with model {built['fingerprint']} ({built['path']}), "
                 f"not {model.fingerprint} ({model.path}); search with --model {built['path']} "
                 f"or rebuild the index with this model")
@@ -160,7 +160,7 @@ class FragmentIndex:
         """(Q, fragments) inner products of q with every vector of a flat index, read in place
         from FAISS's storage (one thread, as `search`)."""
         if not isinstance(self.faiss, faiss.IndexFlat):
-            raise IndexError_(f"{self.location.link}: all_dots needs a flat index, not {self.index_type}")
+            raise SearchIndexError(f"{self.location.link}: all_dots needs a flat index, not {self.index_type}")
         xb = faiss.rev_swig_ptr(self.faiss.get_xb(), self.fragments * self.faiss.d).reshape(self.fragments, -1)
         with one_thread():
             return (torch.from_numpy(np.ascontiguousarray(q, np.float32)) @ torch.from_numpy(xb).T).numpy()
@@ -246,7 +246,7 @@ def write_generation(location: Location, kind: str, items: Iterable[Item], dim: 
                     i = len(firsts)
                     v = np.ascontiguousarray(it.vectors, dtype=np.float16)
                     if v.ndim != 2 or v.shape[1] != dim:
-                        raise IndexError_(f"{it.key}: vectors of shape {v.shape}, expected (n, {dim})")
+                        raise SearchIndexError(f"{it.key}: vectors of shape {v.shape}, expected (n, {dim})")
                     b.put_json(f"{_ITEM}{i:09d}", {"key": it.key, **it.info, "first": total, "count": len(v)})
                     b.put_bytes(f"{_VEC}{i:09d}", v.tobytes())
                     if it.boxes is not None:

@@ -137,13 +137,6 @@ def score(v: torch.Tensor, region_mask: torch.Tensor, s: torch.Tensor, word_mask
     return (best * word_mask[None, :, :]).sum(-1)
 
 
-def best_regions(v: torch.Tensor, region_mask: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For one image v (R, h) and one sentence s (T, h): each word's best region and its dot."""
-    dots = (s @ v.T).masked_fill(~region_mask[None, :], float("-inf"))  # (T, R)
-    vals, idx = dots.max(dim=-1)
-    return idx, vals
-
-
 def ranking_loss(scores: torch.Tensor, margin: float = 1.0, hardest: bool = False) -> torch.Tensor:
     """Bidirectional max-margin ranking loss over a batch whose diagonal holds the true pairs
     (paper Eq. 3):  Σ_k [ Σ_l max(0, S_kl - S_kk + m) + Σ_l max(0, S_lk - S_kk + m) ].

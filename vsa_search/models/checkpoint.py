@@ -16,7 +16,6 @@ import torch
 from ..core.errors import ModelError
 
 FORMAT_VERSION = 1
-KINDS = ("align", "caption")
 
 
 @dataclass
@@ -29,12 +28,6 @@ class Checkpoint:
     metrics: dict[str, Any] = field(default_factory=dict)
     train_state: dict[str, Any] = field(default_factory=dict)  # epoch, optimizer, rng... (resume)
     format_version: int = FORMAT_VERSION
-
-    def header(self) -> dict[str, Any]:
-        """Everything but the tensors: what `vsa ... info` and the model card show."""
-        return {"kind": self.kind, "format_version": self.format_version, "config": self.config,
-                "vocab_size": len(self.vocab.get("itos", [])), "region_config": self.region_config,
-                "metrics": self.metrics, "epoch": self.train_state.get("epoch")}
 
 
 def save(ckpt: Checkpoint, path: str | Path) -> Path:
