@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..core.errors import ModelError
 from .datasets import load_flickr8k
 from .text import tokenize
@@ -105,3 +107,13 @@ def build_flickr8k_vocab(root: Path | None = None, min_count: int = 5) -> Vocab:
     Dev/test captions are never read, so no evaluation word leaks into the model."""
     ds = load_flickr8k(root)
     return Vocab.build((tokenize(s) for r in ds.split("train") for s in r.sentences), min_count=min_count)
+
+
+def pad_ids(seqs: list[list[int]], min_length: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Word-id lists as one batch: ids (B, T) long, PAD-filled, T the longest length; lengths (B,)
+    long, each at least `min_length` (an empty sentence then reads as that many PADs)."""
+    lengths = torch.tensor([max(min_length, len(s)) for s in seqs], dtype=torch.long)
+    ids = torch.full((len(seqs), int(lengths.max())), PAD, dtype=torch.long)
+    for j, s in enumerate(seqs):
+        ids[j, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return ids, lengths

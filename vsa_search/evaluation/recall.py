@@ -15,7 +15,7 @@ from ..core.config import to_dict
 from ..core.device import pick_device
 from ..core.errors import DatasetError, StoreError, UsageError
 from ..data.datasets import load_flickr8k
-from ..data.vocab import UNK
+from ..data.vocab import UNK, pad_ids
 from ..models.alignment import LoadedAlign, load_align, score
 from ..vision.features import FeatureStore, extract_to_cache
 from .metrics import chance_metrics, paper_recall, retrieval_metrics
@@ -53,10 +53,7 @@ def retrieval_data(records: list[Any], store: Any, vocab: Any) -> RetrievalData:
         region_mask[i, : len(f.features)] = True
     sents = [(i, s) for i, r in enumerate(records) for s in r.sentences]
     encoded = [vocab.encode_text(s) or [UNK] for _, s in sents]
-    lengths = torch.tensor([len(e) for e in encoded])
-    ids = torch.zeros(len(encoded), int(lengths.max()), dtype=torch.long)
-    for j, e in enumerate(encoded):
-        ids[j, : len(e)] = torch.tensor(e)
+    ids, lengths = pad_ids(encoded)
     return RetrievalData([r.image_id for r in records], feats, region_mask, ids, lengths,
                          torch.tensor([i for i, _ in sents]), [s for _, s in sents])
 

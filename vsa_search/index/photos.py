@@ -21,6 +21,7 @@ import torch
 from ..core.errors import SearchIndexError, UsageError
 from ..core.kv import KV
 from ..models.alignment import LoadedAlign
+from ..models.encode import encode_regions
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS, is_photo
 from ..vision.regions import RegionEncoder, extract
 from .faiss_types import INDEX_TYPES, choose_for_memory
@@ -293,9 +294,7 @@ class PhotoBuild:
                 if on_progress:
                     on_progress(1)
                 continue
-            with torch.inference_mode():
-                feats = torch.from_numpy(result.features).to(self.device or "cpu")[None]
-                vecs = self.model.model.encode_regions(feats)[0].float().cpu().numpy()  # (R', h)
+            vecs = encode_regions(self.model, result.features)  # (R', h)
             boxes = result.boxes[: len(vecs)]  # a global model keeps region 0 only
             pending.append((digest, boxes.astype(np.int32), vecs.astype(np.float16)))
             self.report.encoded += 1

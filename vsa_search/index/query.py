@@ -24,7 +24,7 @@ from ..core import paths
 from ..core.device import one_thread
 from ..core.errors import UsageError
 from ..models.alignment import LoadedAlign, load_align
-from ..models.encode import query_vectors
+from ..models.encode import encode_regions, query_vectors
 from ..vision.images import load
 from ..vision.regions import RegionEncoder
 from .store import FragmentIndex
@@ -249,8 +249,7 @@ def photo_regions(model: LoadedAlign, photo: str | Path, encoder: Any = None,
     """(boxes (R, 4) int32, region vectors (R, h) float32) of one photo."""
     encoder = encoder or RegionEncoder(model.region_config, device)
     feats = encoder.encode_one(load(photo))
-    with torch.inference_mode():
-        v = model.model.encode_regions(torch.from_numpy(feats.features)[None])[0].float().cpu().numpy()
+    v = encode_regions(model, feats.features)
     return feats.boxes[: len(v)], v
 
 

@@ -11,7 +11,7 @@ import torch
 
 from ..core.errors import ModelError, QueryError
 from ..data.text import tokenize
-from ..data.vocab import UNK
+from ..data.vocab import UNK, pad_ids
 from .alignment import LoadedAlign
 
 
@@ -24,12 +24,18 @@ def _check_arch(loaded: LoadedAlign) -> int:
 
 
 @torch.inference_mode()
-def region_vectors(loaded: LoadedAlign, features: np.ndarray) -> np.ndarray:
-    """(R, D) CNN features -> (R, h) region vectors v_i (what a photo index stores)."""
-    h = _check_arch(loaded)
+def encode_regions(loaded: LoadedAlign, features: np.ndarray) -> np.ndarray:
+    """One photo's (R, D) CNN features -> its (R', h') vectors as a photo index stores them, on the
+    model's device: a global model keeps region 0 only, a hybrid one appends its global term."""
     device = next(loaded.model.parameters()).device
     feats = torch.from_numpy(np.asarray(features, np.float32)).to(device)[None]  # (1, R, D)
-    return loaded.model.encode_regions(feats)[0, :, :h].float().cpu().numpy()
+    return loaded.model.encode_regions(feats)[0].float().cpu().numpy()
+
+
+def region_vectors(loaded: LoadedAlign, features: np.ndarray) -> np.ndarray:
+    """(R, D) CNN features -> (R, h) region vectors v_i, the region-word part only (for alignment)."""
+    h = _check_arch(loaded)
+    return encode_regions(loaded, features)[:, :h]
 
 
 @torch.inference_mode()
@@ -37,10 +43,7 @@ def word_vectors(loaded: LoadedAlign, token_lists: list[list[str]]) -> list[np.n
     """Each sentence's word vectors s_t, (N_k, h); the sentences run through the BRNN as one batch."""
     h = _check_arch(loaded)
     device = next(loaded.model.parameters()).device
-    lengths = torch.tensor([len(t) for t in token_lists], dtype=torch.long)
-    ids = torch.zeros(len(token_lists), int(lengths.max()), dtype=torch.long)  # (B, T), PAD = 0
-    for k, t in enumerate(token_lists):
-        ids[k, : len(t)] = torch.tensor(loaded.vocab.encode(t), dtype=torch.long)
+    ids, lengths = pad_ids([loaded.vocab.encode(t) for t in token_lists])  # (B, T), (B,)
     s = loaded.model.encode_words(ids.to(device), lengths.to(device))[..., :h]  # (B, T, h)
     if getattr(loaded.config, "pool", "sum") == "mean":
         # Undo the model's 1/length scaling: β is in units of one word's v_i · s_t, whatever the length.
@@ -87,10 +90,7 @@ def encode_sentences(model: LoadedAlign, sentences: list[str], batch_size: int =
         chunk = sentences[i:i + batch_size]
         toks = [tokenize(s) for s in chunk]
         ids = [model.vocab.encode(t) for t in toks]
-        lengths = torch.tensor([max(1, len(x)) for x in ids])
-        batch = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
-        for j, x in enumerate(ids):
-            batch[j, :len(x)] = torch.tensor(x, dtype=torch.long)
+        batch, lengths = pad_ids(ids, min_length=1)
         with torch.inference_mode():
             s = model.model.encode_words(batch, lengths).float().cpu().numpy()  # (B, T, h)
         for j, (t, x) in enumerate(zip(toks, ids)):

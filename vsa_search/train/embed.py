@@ -16,7 +16,7 @@ from ..core.config import EMBED_PRESETS, from_dict, to_dict
 from ..core.device import pick_device
 from ..core.errors import DatasetError, ModelError, UsageError
 from ..data.datasets import load_flickr8k
-from ..data.vocab import Vocab, build_flickr8k_vocab
+from ..data.vocab import Vocab, build_flickr8k_vocab, pad_ids
 from ..evaluation.metrics import mean_recall, retrieval_metrics
 from ..evaluation.recall import retrieval_data, score_all
 from ..models import checkpoint
@@ -45,14 +45,6 @@ def text_pairs(records: list[Any], vocab: Any) -> list[list[list[int]]]:
     return [g for g in groups if len(g) >= 2]
 
 
-def _pad(seqs: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(q) for q in seqs])
-    ids = torch.zeros(len(seqs), int(lengths.max()), dtype=torch.long)
-    for j, q in enumerate(seqs):
-        ids[j, : len(q)] = torch.tensor(q)
-    return ids.to(device), lengths.to(device)
-
-
 def pretrain_text(model: Any, groups: list[list[list[int]]], cfg: Any, device: torch.device,
                   batch_size: int = 128, temperature: float = 0.05, deadline: float | None = None,
                   on_step: Callable[[int, int, int, float], None] | None = None) -> list[float]:
@@ -76,8 +68,8 @@ def pretrain_text(model: Any, groups: list[list[list[int]]], cfg: Any, device: t
             if len(batch) < 2:
                 continue
             picks = [torch.randperm(len(g), generator=gen)[:2].tolist() for g in batch]
-            ids, lengths = _pad([g[p[0]] for g, p in zip(batch, picks)] + [g[p[1]] for g, p in zip(batch, picks)],
-                                device)
+            ids, lengths = pad_ids([g[p[0]] for g, p in zip(batch, picks)] + [g[p[1]] for g, p in zip(batch, picks)])
+            ids, lengths = ids.to(device), lengths.to(device)
             z = F.normalize(model.encode_words(ids, lengths).sum(1), dim=-1)  # (2B, out_dim)
             za, zb = z[: len(batch)], z[len(batch) :]
             logits = za @ zb.T / temperature  # (B, B): diagonal = same photo
