@@ -4,12 +4,11 @@ as JSON lines, and their grouping by region (what the region generator learns fr
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..core.atomic import atomic_path
 from ..core.errors import DatasetError, StoreError
 from ..data.text import tokenize
 from ..models.alignment import LoadedAlign
@@ -52,19 +51,11 @@ def snippets(loaded: LoadedAlign, store: Any, records: list[Any], beta: float = 
 
 def write_jsonl(rows: Iterator[dict[str, Any]], path: str | Path) -> int:
     """Write rows as JSON lines atomically (temp file, then rename); returns the row count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-                n += 1
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+            n += 1
     return n
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..core.atomic import atomic_path
 from ..core.errors import ImageError
 from ..vision.images import load
 from .query import Result
@@ -70,10 +70,8 @@ def contact_sheet(result: Result, out: str | Path, photo: str | Path | None = No
     for j, tile in enumerate(tiles):
         sheet.paste(tile, (8 + (j % columns) * (thumb + 8), head + (j // columns) * (thumb + cap_h + 8)))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        sheet.save(tmp, format="PNG")
     return out
 
 

@@ -5,14 +5,13 @@ feature-extractor config, metrics, the state dict, and (optionally) training sta
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..core.atomic import atomic_path
 from ..core.errors import ModelError
 
 FORMAT_VERSION = 1
@@ -34,7 +33,6 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
     """Write atomically (temp file in the same directory, then rename): a crash mid-save leaves
     the previous file intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
         "format_version": ckpt.format_version,
         "kind": ckpt.kind,
@@ -44,18 +42,8 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
         "state_dict": ckpt.state_dict,
         "train_state": ckpt.train_state,
     }
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    # mkstemp creates 0600; a model file is meant to be shared like any other file (umask applies).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(blob, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..core.atomic import atomic_path
 from ..core.errors import UsageError
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -52,13 +51,9 @@ def draw_boxes(image: Image.Image, labelled: list[tuple[tuple[int, int, int, int
 def save_image(im: Image.Image, path: str | Path) -> Path:
     """Save atomically, format from the suffix."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
     try:
-        im.save(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=path.suffix) as tmp:
+            im.save(tmp)
     except (OSError, ValueError, KeyError) as e:
-        Path(tmp).unlink(missing_ok=True)
         raise UsageError(f"{path}: cannot write image ({e})") from None
     return path
