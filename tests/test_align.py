@@ -180,6 +180,7 @@ def test_export_refuses_a_store_from_another_extractor(tiny_model: Path, tmp_pat
 
     class Store:
         config = REGION_PRESETS["default"]
+        path = tmp_path / "store"
 
     with pytest.raises(StoreError):
         list(snippets.snippets(loaded, Store(), [Record("x.jpg", tmp_path / "x.jpg", "train", ("a dog",))]))

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from ..core.atomic import atomic_path
-from ..core.errors import DatasetError, StoreError
+from ..core.errors import DatasetError
 from ..data.text import tokenize
 from ..models.alignment import LoadedAlign
 from ..models.encode import unaries
+from ..vision.features import require_extractor
 from .mrf import DEFAULT_BETA, align_words, check_beta, fragments
 
 # The generator learns from snippets the way it learns from photos: a snippet's "photo" is its region's
@@ -20,20 +21,12 @@ from .mrf import DEFAULT_BETA, align_words, check_beta, fragments
 MIN_SNIPPET_WORDS = 2
 
 
-def check_store(loaded: LoadedAlign, store_config: Any) -> None:
-    """A model only understands features from the extractor it was trained on."""
-    want = loaded.region_config.extractor_id()
-    have = store_config.extractor_id()
-    if want != have:
-        raise StoreError(f"feature store made by extractor {have}, but the model was trained on {want}")
-
-
 def snippets(loaded: LoadedAlign, store: Any, records: list[Any], beta: float = DEFAULT_BETA,
              on_progress: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
     """Every sentence of every record whose photo is in the feature store, aligned to it:
     one dict {image_id, sentence_index, region, box, fragment, score, span} per fragment."""
     beta = check_beta(beta)
-    check_store(loaded, store.config)
+    require_extractor(store.config, loaded.region_config, store.path, loaded.path)
     for rec in records:
         if rec.image_id in store:
             regions = store.get(rec.image_id)

@@ -10,14 +10,14 @@ import typer
 
 from ..align.aligner import align_photo, align_vectors, draw_alignment, sentence_tokens
 from ..align.mrf import DEFAULT_BETA
-from ..align.snippets import check_store, snippets, write_jsonl
+from ..align.snippets import snippets, write_jsonl
 from ..core import paths
 from ..data import datasets
 from ..index.store import find_photo
 from ..models.alignment import LoadedAlign, load_align
 from ..vision import images
 from ..vision.draw import save_image
-from ..vision.features import FeatureStore
+from ..vision.features import FeatureStore, require_extractor
 from .common import VSAGroup, err, out, print_json, progress
 
 DEFAULT_COMMAND = "photo"
@@ -110,7 +110,7 @@ def export_cmd(
     records = datasets.load_dataset(dataset, root, **kw).split(split)
     loaded = _load_model(model)
     with FeatureStore(features, readonly=True) as store:
-        check_store(loaded, store.config)
+        require_extractor(store.config, loaded.region_config, features, loaded.path)
         have = [r for r in records if r.image_id in store]
         with progress("aligning", len(have)) as advance:
             n = write_jsonl(snippets(loaded, store, have, beta, on_progress=advance), out_path)

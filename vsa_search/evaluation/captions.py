@@ -14,7 +14,7 @@ from ..core.errors import DatasetError, StoreError
 from ..data.datasets import load_flickr8k
 from ..models.beam import generate_captions
 from ..models.captioner import full_image, load_caption
-from ..vision.features import FeatureStore, extract_to_cache
+from ..vision.features import FeatureStore, extract_to_cache, require_extractor
 from .metrics import caption_metrics, nearest_neighbour, paper_results
 
 
@@ -38,9 +38,7 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
         features = extract_to_cache({r.image_id: r.path for r in test + train}, loaded.region_config, device,
                                     on_extract)
     with FeatureStore(features, readonly=True) as store:
-        if store.extractor_id != loaded.region_config.extractor_id():
-            raise StoreError(f"{features}: made by extractor {store.extractor_id}, but the model was trained on "
-                             f"{loaded.region_config.extractor_id()} features")
+        require_extractor(store.config, loaded.region_config, features, loaded.path)
         test = [r for r in test if r.image_id in store]
         train = [r for r in train if r.image_id in store]
         if not test or not train:

@@ -11,13 +11,12 @@ from typing import Any
 import torch
 
 from ..core import paths
-from ..core.config import to_dict
 from ..core.device import pick_device
-from ..core.errors import DatasetError, StoreError, UsageError
+from ..core.errors import DatasetError, UsageError
 from ..data.datasets import load_flickr8k
 from ..data.vocab import UNK, pad_ids
 from ..models.alignment import LoadedAlign, load_align, score
-from ..vision.features import FeatureStore, extract_to_cache
+from ..vision.features import FeatureStore, extract_to_cache, require_extractor, same_extractor
 from .metrics import chance_metrics, paper_recall, retrieval_metrics
 
 # Trains a global baseline when none fits: (model, features, dataset) -> (LoadedAlign or None, where it came from).
@@ -91,7 +90,7 @@ def _baseline(model: LoadedAlign, features: Path, baseline: str | None, dataset:
     shipped = paths.find_model("align-global")
     if shipped.exists():
         b = load_align(shipped)
-        if to_dict(b.region_config) == to_dict(model.region_config):
+        if same_extractor(b.region_config, model.region_config):
             return b, f"{shipped} (shipped)"
     if train_baseline is None:
         return None, "none: no shipped global baseline for these features"
@@ -120,9 +119,7 @@ def evaluate_recall(model_path: str | Path, features: str | Path | None = None, 
         features = extract_to_cache({r.image_id: r.path for r in records}, model.region_config, device, on_extract)
     features = Path(features)
     with FeatureStore(features, readonly=True) as store:
-        if to_dict(store.config) != to_dict(model.region_config):
-            raise StoreError(f"{features}: features by {store.extractor_id}, but the model was trained on "
-                             f"{model.region_config.extractor_id()}; extract with the model's region preset")
+        require_extractor(store.config, model.region_config, features, model.path)
         records = [r for r in records if r.image_id in store]
         if not records:
             raise DatasetError(f"{features}: holds none of the {split} photos")

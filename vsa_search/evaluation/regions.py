@@ -15,12 +15,12 @@ from ..align.mrf import DEFAULT_BETA
 from ..align.snippets import MIN_SNIPPET_WORDS, read_snippets, snippet_groups, snippets
 from ..core import paths
 from ..core.device import pick_device
-from ..core.errors import StoreError, UsageError
+from ..core.errors import UsageError
 from ..data.datasets import load_flickr8k
 from ..models.alignment import load_align
 from ..models.beam import generate_captions
 from ..models.captioner import load_caption
-from ..vision.features import FeatureStore
+from ..vision.features import FeatureStore, require_extractor
 from ..vision.images import load as load_image
 from ..vision.regions import RegionEncoder
 from .metrics import caption_metrics, paper_results
@@ -52,9 +52,7 @@ def evaluate_regions(region_model: str | Path, full_model: str | Path, features:
     recs = {r.image_id: r for r in ds.split(split)}
     with FeatureStore(features, readonly=True) as store:
         for m in models.values():
-            if m.region_config.extractor_id() != store.extractor_id:
-                raise StoreError(f"{features}: made by extractor {store.extractor_id}, but {m.path} was trained "
-                                 f"on {m.region_config.extractor_id()} features")
+            require_extractor(store.config, m.region_config, features, m.path)
         if snippets_path is not None:
             rows = read_snippets(snippets_path)
             source = str(snippets_path)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..align.snippets import MIN_SNIPPET_WORDS, read_snippets, snippet_groups
-from ..core.config import CaptionConfig, from_dict, to_dict
+from ..core.config import CaptionConfig, RegionConfig, from_dict
 from ..core.device import pick_device
 from ..core.errors import ModelError, StoreError, UsageError
 from ..data.datasets import load_flickr8k
@@ -22,7 +22,7 @@ from ..evaluation.metrics import caption_metrics
 from ..models import checkpoint
 from ..models.beam import beam_search
 from ..models.captioner import Captioner, full_image, load_caption, save_caption
-from ..vision.features import FeatureStore
+from ..vision.features import FeatureStore, same_extractor
 from .common import MixedPrecision, TrainState, cpu_copy, run_epochs, seed_everything
 
 
@@ -177,7 +177,7 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
 
     with FeatureStore(features, readonly=True) as store:
         region_cfg = store.config
-        if resume and to_dict(region_cfg) != ck.region_config:
+        if resume and not same_extractor(region_cfg, from_dict(RegionConfig, ck.region_config)):
             raise UsageError(f"--resume: {features} holds other features than {out} was trained on")
         train = caption_split(store, "train", vocab, cfg.max_len, root)
         if regions is not None:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..core.config import EMBED_PRESETS, from_dict, to_dict
+from ..core.config import EMBED_PRESETS, RegionConfig, from_dict
 from ..core.device import pick_device
 from ..core.errors import DatasetError, ModelError, UsageError
 from ..data.datasets import load_flickr8k
@@ -21,7 +21,7 @@ from ..evaluation.metrics import mean_recall, retrieval_metrics
 from ..evaluation.recall import retrieval_data, score_all
 from ..models import checkpoint
 from ..models.alignment import build_model, ranking_loss, save_align
-from ..vision.features import FeatureStore
+from ..vision.features import FeatureStore, same_extractor
 from . import distributed
 from .common import MixedPrecision, TrainState, clip_elementwise, cpu_copy, make_optimizer, run_epochs, seed_everything
 
@@ -137,7 +137,7 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
     ds = dataset if dataset is not None else load_flickr8k()
     with FeatureStore(features, readonly=True) as store:
         region_cfg = store.config
-        if resume and ck.region_config and ck.region_config != to_dict(region_cfg):
+        if resume and ck.region_config and not same_extractor(from_dict(RegionConfig, ck.region_config), region_cfg):
             raise UsageError(f"--resume: {features} was made by another extractor than {out}'s features")
         train_recs = [r for r in ds.present("train") if r.image_id in store]
         dev_recs = [r for r in ds.present("dev") if r.image_id in store]

@@ -98,6 +98,20 @@ class ExtractReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
+def same_extractor(a: RegionConfig, b: RegionConfig) -> bool:
+    """The one rule for "are these features comparable": the whole region configs agree (compared
+    through extractor_id, which fingerprints every field, defaults of newer fields included)."""
+    return a.extractor_id() == b.extractor_id()
+
+
+def require_extractor(store_config: RegionConfig, model_config: RegionConfig, store: str | Path,
+                      model: str | Path) -> None:
+    """A model only understands features of the extractor it was trained on."""
+    if not same_extractor(store_config, model_config):
+        raise StoreError(f"{store}: features by extractor {store_config.extractor_id()}, but {model} was trained "
+                         f"on {model_config.extractor_id()}; extract with the model's region preset")
+
+
 def extract_to_store(photos: dict[str, Path], out: str | Path, cfg: RegionConfig,
                      device: str | None = None, batch_size: int = 16,
                      on_progress: Callable[[int], None] | None = None,
