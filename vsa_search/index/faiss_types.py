@@ -27,9 +27,14 @@ PQ_MIN_TRAIN = 256 * 39  # FAISS wants >= 39 points per PQ centroid (256 of them
 
 
 
+def check_index_type(index_type: str, allowed: tuple[str, ...] = INDEX_TYPES) -> str:
+    if index_type not in allowed:
+        raise UsageError(f"unknown index type {index_type!r}; choose one of {', '.join(allowed)}")
+    return index_type
+
+
 def choose_type(index_type: str, n: int) -> str:
-    if index_type not in INDEX_TYPES:
-        raise UsageError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+    check_index_type(index_type)
     if index_type != "auto":
         return index_type
     return "flat" if n <= FLAT_MAX else "ivf"
@@ -57,7 +62,8 @@ def memory_bytes(index_type: str, n: int, dim: int) -> int:
     if index_type == "ivfpq":
         m, _ = pq_layout(dim)
         return n * (m + 8) + nlist * dim * 4 + 256 * dim * 4
-    raise UsageError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+    check_index_type(index_type)  # "auto" (no layout of its own) or a name that is none of the above
+    raise UsageError(f"index type {index_type!r} has no memory estimate; choose one of {', '.join(INDEX_TYPES[1:])}")
 
 
 def choose_for_memory(index_type: str, n: int, dim: int, max_memory: int | None) -> str:
@@ -127,7 +133,7 @@ def make_faiss(vectors: np.ndarray, index_type: str, chunk: int = 65536) -> tupl
         index.train(vectors[rows].astype(np.float32) - center)
         params.update(nlist=nlist, nprobe=IVF_NPROBE, center=center.tolist(), pq_m=m)
     else:
-        raise UsageError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES[1:])}")
+        check_index_type(index_type, INDEX_TYPES[1:])  # raises: "auto" is chosen before this point
     for i in range(0, n, chunk):
         part = vectors[i:i + chunk]
         if "center" in params:

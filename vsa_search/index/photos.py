@@ -24,7 +24,7 @@ from ..models.alignment import LoadedAlign
 from ..models.encode import encode_regions
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS, is_photo
 from ..vision.regions import RegionEncoder, extract
-from .faiss_types import INDEX_TYPES, choose_for_memory
+from .faiss_types import check_index_type, choose_for_memory
 from .layout import _WORK_META, _WORK_VEC, FORMAT_VERSION, MANIFEST, Location, _Lock, resolve
 from .shards import check_shard, shard_of
 from .store import FragmentIndex, Item, model_info, write_generation
@@ -105,8 +105,7 @@ class PhotoBuild:
                  index_type: str = "auto", device: str | torch.device | None = None, batch_size: int = 8,
                  max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, encoder: Any = None,
                  max_memory: int | None = None, shard: tuple[int, int] | None = None):
-        if index_type not in INDEX_TYPES:
-            raise UsageError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+        check_index_type(index_type)
         self.location = Location(resolve(name))
         self.model = model
         self.roots = [Path(os.path.abspath(Path(r).expanduser())) for r in roots] if roots else None
