@@ -141,12 +141,19 @@ def ranking_loss(scores: torch.Tensor, margin: float = 1.0, hardest: bool = Fals
     """Bidirectional max-margin ranking loss over a batch whose diagonal holds the true pairs
     (paper Eq. 3):  Σ_k [ Σ_l max(0, S_kl - S_kk + m) + Σ_l max(0, S_lk - S_kk + m) ].
     hardest=True keeps only the worst negative per row/column (VSE++)."""
-    diag = scores.diag()
-    cost_s = (margin + scores - diag[:, None]).clamp(min=0)  # image k vs wrong sentences l
-    cost_i = (margin + scores - diag[None, :]).clamp(min=0)  # sentence l vs wrong images k
     eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
-    cost_s = cost_s.masked_fill(eye, 0)
-    cost_i = cost_i.masked_fill(eye, 0)
+    return hinge_loss(scores, eye, scores, eye, margin, hardest)
+
+
+def hinge_loss(rows: torch.Tensor, rows_true: torch.Tensor, cols: torch.Tensor, cols_true: torch.Tensor,
+               margin: float, hardest: bool = False) -> torch.Tensor:
+    """The two sums of the ranking loss. rows (A, B): each row is an image against sentences, its true
+    pair marked once in rows_true; cols (C, D): each column is a sentence against images, its true
+    pair marked once in cols_true. Costs max(0, m + S_wrong - S_true), summed (or only each row's and
+    column's worst, hardest=True). ranking_loss passes one (B, B) matrix as both; the distributed
+    loss passes a rank's rows and columns of the global batch's matrix."""
+    cost_s = (margin + rows - rows[rows_true][:, None]).clamp(min=0).masked_fill(rows_true, 0)  # vs wrong sentences
+    cost_i = (margin + cols - cols.T[cols_true.T][None, :]).clamp(min=0).masked_fill(cols_true, 0)  # vs wrong images
     if hardest:
         return cost_s.max(dim=1).values.sum() + cost_i.max(dim=0).values.sum()
     return cost_s.sum() + cost_i.sum()

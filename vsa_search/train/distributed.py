@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..core.errors import UsageError
-from ..models.alignment import score
+from ..models.alignment import hinge_loss, score
 
 _owned = False  # True when init() created the process group (so cleanup() must destroy it)
 
@@ -177,9 +177,4 @@ def ranking_loss_part(encoders: nn.Module, feats: torch.Tensor, region_mask: tor
     k = torch.arange(mine.stop - mine.start, device=rows.device)
     own_r = torch.zeros_like(rows, dtype=torch.bool)
     own_r[k, mine.start + k] = True  # the true pairs
-    own_c = own_r.T
-    cost_s = (margin + rows - rows[own_r][:, None]).clamp(min=0).masked_fill(own_r, 0)  # my photo vs wrong sentences
-    cost_i = (margin + cols - cols[own_c][None, :]).clamp(min=0).masked_fill(own_c, 0)  # my sentence vs wrong photos
-    if hardest:
-        return cost_s.max(dim=1).values.sum() + cost_i.max(dim=0).values.sum()
-    return cost_s.sum() + cost_i.sum()
+    return hinge_loss(rows, own_r, cols, own_r.T, margin, hardest)
