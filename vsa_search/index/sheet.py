@@ -9,11 +9,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..core.atomic import atomic_path
 from ..core.errors import ImageError
+from ..vision.draw import PALETTE, label_colour
 from ..vision.images import load
 from .query import Result
-
-_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
-            "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075"]
 
 
 def contact_sheet(result: Result, out: str | Path, photo: str | Path | None = None, thumb: int = 320,
@@ -22,7 +20,7 @@ def contact_sheet(result: Result, out: str | Path, photo: str | Path | None = No
     For an image query (`photo` given) each tile is that photo with one sentence's boxes."""
     font = ImageFont.load_default(size=13)
     small = ImageFont.load_default(size=12)
-    colour_of: dict[str, str] = {}
+    colour_of: dict[str, tuple[int, int, int]] = {}
     tiles: list[Image.Image] = []
     cap_h = 36
     for rank, hit in enumerate(result.hits, 1):
@@ -46,7 +44,7 @@ def contact_sheet(result: Result, out: str | Path, photo: str | Path | None = No
                 if m.box is not None:
                     by_box.setdefault(tuple(m.box), []).append(m.word)
             for box, words in by_box.items():
-                colour = colour_of.setdefault(words[0], _COLOURS[len(colour_of) % len(_COLOURS)])
+                colour = colour_of.setdefault(words[0], PALETTE[len(colour_of) % len(PALETTE)])
                 x0, y0, x1, y1 = (ox + round(box[0] * scale), oy + round(box[1] * scale),
                                   ox + round(box[2] * scale) - 1, oy + round(box[3] * scale) - 1)
                 draw.rectangle([x0, y0, x1, y1], outline=colour, width=3)
@@ -55,7 +53,7 @@ def contact_sheet(result: Result, out: str | Path, photo: str | Path | None = No
                 lx = max(0, min(x0, thumb - tw - 6))  # keep the label inside the tile
                 ly = max(0, min(y0, thumb - 18))
                 draw.rectangle([lx, ly, lx + tw + 6, ly + 17], fill=colour)
-                draw.text((lx + 3, ly + 1), label, fill="white", font=font)
+                draw.text((lx + 3, ly + 1), label, fill=label_colour(colour), font=font)
         name = hit.text if hit.text is not None else Path(hit.key).name
         draw.text((4, thumb + 3), f"#{rank}  {hit.score:.3f}", fill="black", font=font)
         draw.text((4, thumb + 19), _fit(draw, name, small, thumb - 8), fill="#333333", font=small)

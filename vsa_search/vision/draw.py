@@ -13,6 +13,11 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
 
 
+def label_colour(c: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black text on the light palette colours, white on the dark ones."""
+    return (0, 0, 0) if sum(c) > 380 else (255, 255, 255)
+
+
 def draw_boxes(image: Image.Image, labelled: list[tuple[tuple[int, int, int, int], str]],
                min_side: int = 480) -> Image.Image:
     """A copy of `image` with each (box, label) drawn in its own colour, the label on a filled tab
@@ -44,7 +49,7 @@ def draw_boxes(image: Image.Image, labelled: list[tuple[tuple[int, int, int, int
         ty = min(ty, max(0, im.height - h))
         tabs.append((tx, ty, tx + w, ty + h))
         d.rectangle(tabs[-1], fill=c)
-        d.text((tx + 3 - left, ty + 3 - top), label, fill=(0, 0, 0) if sum(c) > 380 else (255, 255, 255), font=font)
+        d.text((tx + 3 - left, ty + 3 - top), label, fill=label_colour(c), font=font)
     return im
 
 
