@@ -18,6 +18,8 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check vsa_search tests benchmarks
+	# The architecture contract (pyproject.toml [tool.importlinter]): imports only go downward.
+	$(BIN)/lint-imports
 	# pytest exits 5 when it collects no tests: report it rather than fail the build.
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo 'pytest: no tests collected'; exit 0; fi; exit $$rc
@@ -27,6 +29,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check vsa_search tests benchmarks
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/regions.py

@@ -12,10 +12,11 @@ import time
 
 import torch
 
-from vsa_search import images, paths
-from vsa_search.captioner import full_image, load_caption
-from vsa_search.evaluate import generate_captions
-from vsa_search.regions import RegionEncoder
+from vsa_search.core import paths
+from vsa_search.models.beam import generate_captions
+from vsa_search.models.captioner import full_image, load_caption
+from vsa_search.vision import images
+from vsa_search.vision.regions import RegionEncoder
 
 
 def best_of(fn, repeat: int) -> float:

@@ -85,14 +85,14 @@ def env() -> None:
 
 
 def _train_step_ms(dev: torch.device, amp: bool, batch: int, steps: int) -> float:
-    from vsa_search.config import EMBED_PRESETS
-    from vsa_search.embedding import build_model, ranking_loss
-    from vsa_search.train import MixedPrecision, _make_optimizer
+    from vsa_search.core.config import EMBED_PRESETS
+    from vsa_search.models.alignment import build_model, ranking_loss
+    from vsa_search.train.common import MixedPrecision, make_optimizer
 
     cfg = EMBED_PRESETS["default"]
     torch.manual_seed(0)
     model = build_model(cfg, 2539).to(dev).train()  # the Flickr8k vocabulary's size
-    opt = _make_optimizer(cfg, model.parameters())
+    opt = make_optimizer(cfg, model.parameters())
     mp = MixedPrecision(dev, amp if dev.type == "cuda" else False)
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(batch, 20, 1280, generator=g).to(dev)
@@ -156,13 +156,13 @@ def _photos(tmp: Path, n: int) -> Path:
 
 @part("extract")
 def extraction(photos: Path) -> None:
-    from vsa_search import regions
-    from vsa_search.config import REGION_PRESETS
+    from vsa_search.core.config import REGION_PRESETS
+    from vsa_search.vision import regions
 
     cfg = REGION_PRESETS["default"]
     paths = sorted(photos.iterdir())
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    from vsa_search.images import load
+    from vsa_search.vision.images import load
 
     ims = [load(p) for p in paths]
     boxes = [regions.propose(im, cfg) for im in ims]
@@ -190,9 +190,9 @@ def extraction(photos: Path) -> None:
 @part("index")
 def index_build(photos: Path, tmp: Path) -> None:
     from vsa_search import index as ix
-    from vsa_search.config import EMBED_PRESETS, REGION_PRESETS
-    from vsa_search.embedding import build_model, load_align, save_align
-    from vsa_search.vocab import SPECIALS, Vocab
+    from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
+    from vsa_search.data.vocab import SPECIALS, Vocab
+    from vsa_search.models.alignment import build_model, load_align, save_align
 
     vocab = Vocab(list(SPECIALS) + ["a", "dog"])
     n = len(list(photos.iterdir()))
@@ -217,7 +217,7 @@ def index_build(photos: Path, tmp: Path) -> None:
 def faiss_build() -> None:
     import faiss
 
-    from vsa_search import index as ix
+    from vsa_search.index import faiss_types
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((4096, 512)).astype(np.float32) / np.sqrt(512)
@@ -225,7 +225,7 @@ def faiss_build() -> None:
          + rng.standard_normal((VECTORS, 512), dtype=np.float32) * (0.6 / np.sqrt(512))).astype(np.float16)
     for kind in ("ivf", "ivfpq"):
         t = time.perf_counter()
-        _, chosen, params = ix.make_faiss(x, kind)
+        _, chosen, params = faiss_types.make_faiss(x, kind)
         dt = time.perf_counter() - t
         where = "GPU k-means" if params.get("kmeans") == "gpu" else f"CPU, {faiss.omp_get_max_threads()} threads"
         row("faiss", f"make_faiss {chosen}, {VECTORS:,} x 512", VECTORS / dt, "regions/s", f"{dt:.1f}s, {where}")

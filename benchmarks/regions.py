@@ -12,8 +12,9 @@ from dataclasses import replace
 
 import torch
 
-from vsa_search import images, paths, regions
-from vsa_search.config import RegionConfig
+from vsa_search.core import paths
+from vsa_search.core.config import RegionConfig
+from vsa_search.vision import images, regions
 
 
 def timed(fn, n: int) -> float:

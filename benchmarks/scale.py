@@ -17,7 +17,7 @@ of any dim follow from index.memory_bytes, checked here at 1M x 512.
 
 Latency: one query vector, top 10, one thread (as `vsa search` runs each word). recall@10:
 the FAISS top 10 against the exact top 10; "re-ranked": the FAISS top 256 (search.PER_WORD_APPROX)
-re-scored exactly from the stored vectors, as search.py's second stage does. RAM is FAISS's own estimate
+re-scored exactly from the stored vectors, as index/query.py's second stage does. RAM is FAISS's own estimate
 (index.memory_bytes) checked against the written index file; disk per photo adds the LMDB
 record that every index keeps (float16 vectors, boxes, ~200 bytes of JSON).
 """
@@ -38,7 +38,8 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vsa_search import index as ix  # noqa: E402
-from vsa_search.search import PER_WORD_APPROX  # noqa: E402
+from vsa_search.index import faiss_types  # noqa: E402
+from vsa_search.index.query import PER_WORD_APPROX  # noqa: E402
 
 REGIONS_PER_PHOTO = 20
 CENTRES = 4096
@@ -115,7 +116,7 @@ def run(n: int, dim: int, types: list[str], queries: int, workdir: Path, threads
             continue
         faiss.omp_set_num_threads(threads)
         t = time.perf_counter()
-        index, chosen, params = ix.make_faiss(vecs, kind)
+        index, chosen, params = faiss_types.make_faiss(vecs, kind)
         build_s = time.perf_counter() - t
         f = workdir / f"{chosen}.faiss"
         faiss.write_index(index, str(f))
@@ -133,7 +134,7 @@ def run(n: int, dim: int, types: list[str], queries: int, workdir: Path, threads
                 t = time.perf_counter()
                 found[i] = search(index, params, q[i:i + 1], 10)[0]
                 lat.append(time.perf_counter() - t)
-            deep = search(index, params, q, PER_WORD_APPROX)  # what search.py's second stage re-scores exactly
+            deep = search(index, params, q, PER_WORD_APPROX)  # what index/query.py's second stage re-scores exactly
             reranked = []
             for i in range(len(q)):
                 ids = np.sort(deep[i][deep[i] >= 0])
@@ -180,7 +181,7 @@ def main() -> None:
             rows += run(n, dim, types, args.queries, Path(tmp), args.threads, args.max_ram * 1e9, tuple(args.nprobe))
     print(f"\nfloat16 region vectors, {REGIONS_PER_PHOTO} regions per photo, built with {args.threads} "
           "thread(s); latency: 1 query vector, top 10, 1 thread; recall@10 vs the exact top 10 (re-ranked: FAISS "
-          f"top {PER_WORD_APPROX} re-scored exactly, as search.py does); 'vs flat': p50 speed-up over exact flat "
+          f"top {PER_WORD_APPROX} re-scored exactly, as index/query.py does); 'vs flat': p50 speed-up over exact flat "
           "search of the same size and dim")
     head = (f"| {'regions':>10} | {'dim':>4} | {'photos':>9} | {'type':6} | {'nlist':>5} | {'nprobe':>6} | "
             f"{'build s':>8} | "

@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vsa_search import index as ix  # noqa: E402
-from vsa_search import search  # noqa: E402
+from vsa_search.index import faiss_types, layout, query  # noqa: E402
 
 REGIONS_PER_PHOTO = 20
 
@@ -116,9 +116,9 @@ def bench(n_regions: int, types: list[str], dim: int, n_queries: int, k: int, pe
         t = time.perf_counter()
         gen = ix.write_generation(loc, "photos", items, dim, {"fingerprint": "synthetic", "path": "-"}, kind)
         build = time.perf_counter() - t
-        size = ix.disk_size(gen)
+        size = layout.disk_size(gen)
         with ix.FragmentIndex(loc, "photos") as x:
-            search.two_stage(x, queries[0], k)  # warm-up (page cache, FAISS threads)
+            query.two_stage(x, queries[0], k)  # warm-up (page cache, FAISS threads)
             for nprobe in nprobes if kind == "ivf" else [0]:
                 if nprobe:
                     x.faiss.nprobe = nprobe
@@ -127,7 +127,7 @@ def bench(n_regions: int, types: list[str], dim: int, n_queries: int, k: int, pe
                     for q, want in zip(queries, truth):
                         t, c = time.perf_counter(), time.process_time()
                         # A given depth is fixed; the default is the product's (adaptive on flat).
-                        r = search.two_stage(x, q, k, per_word, None if per_word else search.MAX_PER_WORD)
+                        r = query.two_stage(x, q, k, per_word, None if per_word else query.MAX_PER_WORD)
                         times.append(time.perf_counter() - t)
                         cpu.append(time.process_time() - c)
                         recalls.append(len(set(r.items.tolist()) & set(want.tolist())) / k)
@@ -167,7 +167,7 @@ def main() -> None:
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--per-word", type=int, nargs="*", default=[0],
                     help="fixed first-stage depths to compare (0: the product's default)")
-    ap.add_argument("--nprobe", type=int, nargs="*", default=[ix.IVF_NPROBE], help="IVF lists probed")
+    ap.add_argument("--nprobe", type=int, nargs="*", default=[faiss_types.IVF_NPROBE], help="IVF lists probed")
     ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir)")
     a = ap.parse_args()
     sizes = a.sizes or ([10_000, 100_000] if a.quick else [10_000, 100_000, 1_000_000])
@@ -176,7 +176,7 @@ def main() -> None:
 
     print(f"dim {a.dim}, {REGIONS_PER_PHOTO} regions per photo, {a.queries} queries, k={a.k}, "
           f"{os.cpu_count()} cores, FAISS {faiss.__version__} ({faiss.omp_get_max_threads()} threads), "
-          f"default first stage: flat every region (exact), ivf/hnsw {search.PER_WORD_APPROX} per word")
+          f"default first stage: flat every region (exact), ivf/hnsw {query.PER_WORD_APPROX} per word")
     print(HEADER)
     rows: list[dict] = []
     try:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from vsa_search import paths
+from vsa_search.core import paths
 
 FLICKR = paths.flickr8k_root()
 
@@ -24,7 +24,7 @@ def sample_photos(flickr_root: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def tiny_region_encoder():
     """One CNN for the whole session: loading EfficientNet is the slow part."""
-    from vsa_search.config import REGION_PRESETS
-    from vsa_search.regions import RegionEncoder
+    from vsa_search.core.config import REGION_PRESETS
+    from vsa_search.vision.regions import RegionEncoder
 
     return RegionEncoder(REGION_PRESETS["tiny"], device="cpu")

@@ -8,22 +8,24 @@ import numpy as np
 import pytest
 import torch
 
-from vsa_search import align, images
-from vsa_search.config import EMBED_PRESETS, REGION_PRESETS
-from vsa_search.datasets import Record, load_flickr8k
-from vsa_search.embedding import AlignModel, load_align, save_align
-from vsa_search.errors import ModelError, StoreError, UsageError
-from vsa_search.features import FeatureStore, extract_to_store
-from vsa_search.regions import RegionFeatures
-from vsa_search.text import tokenize
-from vsa_search.vocab import build_flickr8k_vocab
+from vsa_search.align import aligner, mrf, snippets
+from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
+from vsa_search.core.errors import ModelError, StoreError, UsageError
+from vsa_search.data.datasets import Record, load_flickr8k
+from vsa_search.data.text import tokenize
+from vsa_search.data.vocab import build_flickr8k_vocab
+from vsa_search.models import encode
+from vsa_search.models.alignment import AlignModel, load_align, save_align
+from vsa_search.vision import images
+from vsa_search.vision.features import FeatureStore, extract_to_store
+from vsa_search.vision.regions import RegionFeatures
 
 TINY = REGION_PRESETS["tiny"]
 
 
 def brute_force(unary: np.ndarray, beta: float) -> float:
     n, r = unary.shape
-    return max(align.energy(unary, np.array(a), beta) for a in itertools.product(range(r), repeat=n))
+    return max(mrf.energy(unary, np.array(a), beta) for a in itertools.product(range(r), repeat=n))
 
 
 # --------------------------------------------------------------------------- the DP
@@ -35,9 +37,9 @@ def test_dp_equals_brute_force(seed: int) -> None:
     n, r = int(rng.integers(1, 7)), int(rng.integers(1, 5))
     unary = rng.normal(size=(n, r))
     beta = float(rng.choice([0.0, 0.3, 1.0, 3.0]))
-    a = align.align_words(unary, beta)
+    a = mrf.align_words(unary, beta)
     assert a.shape == (n,) and a.min() >= 0 and a.max() < r
-    assert align.energy(unary, a, beta) == pytest.approx(brute_force(unary, beta), abs=1e-12)
+    assert mrf.energy(unary, a, beta) == pytest.approx(brute_force(unary, beta), abs=1e-12)
 
 
 def test_dp_returns_the_unique_optimum() -> None:
@@ -45,25 +47,25 @@ def test_dp_returns_the_unique_optimum() -> None:
     rng = np.random.default_rng(7)
     for _ in range(20):
         unary = rng.normal(size=(5, 3))
-        best = max(itertools.product(range(3), repeat=5), key=lambda a: align.energy(unary, np.array(a), 0.8))
-        assert tuple(align.align_words(unary, 0.8)) == best
+        best = max(itertools.product(range(3), repeat=5), key=lambda a: mrf.energy(unary, np.array(a), 0.8))
+        assert tuple(mrf.align_words(unary, 0.8)) == best
 
 
 def test_beta_zero_is_per_word_argmax() -> None:
     unary = np.random.default_rng(1).normal(size=(30, 20))
-    assert np.array_equal(align.align_words(unary, 0.0), unary.argmax(1))
+    assert np.array_equal(mrf.align_words(unary, 0.0), unary.argmax(1))
 
 
 def test_large_beta_puts_all_words_on_one_region() -> None:
     unary = np.random.default_rng(2).normal(size=(12, 20))
-    a = align.align_words(unary, 1e6)
+    a = mrf.align_words(unary, 1e6)
     assert len(set(a.tolist())) == 1
     assert a[0] == unary.sum(0).argmax()  # ...the region with the best total
 
 
 def test_beta_smooths_monotonically() -> None:
     unary = np.random.default_rng(3).normal(size=(15, 10))
-    runs = [len(align.fragments(["w"] * 15, align.align_words(unary, b), np.zeros((10, 4)), unary))
+    runs = [len(mrf.fragments(["w"] * 15, mrf.align_words(unary, b), np.zeros((10, 4)), unary))
             for b in (0.0, 0.5, 1.0, 2.0, 5.0, 50.0)]
     assert runs == sorted(runs, reverse=True) and runs[0] > runs[-1] == 1
 
@@ -71,19 +73,19 @@ def test_beta_smooths_monotonically() -> None:
 def test_torch_input_and_masked_regions() -> None:
     unary = torch.randn(6, 4)
     unary[:, 2] = float("-inf")  # a padded region is never chosen
-    a = align.align_words(unary, 0.5)
+    a = mrf.align_words(unary, 0.5)
     assert 2 not in a.tolist()
-    assert np.array_equal(a, align.align_words(unary.numpy(), 0.5))
+    assert np.array_equal(a, mrf.align_words(unary.numpy(), 0.5))
 
 
 def test_empty_sentence_and_bad_beta() -> None:
-    assert align.align_words(np.zeros((0, 3)), 1.0).shape == (0,)
+    assert mrf.align_words(np.zeros((0, 3)), 1.0).shape == (0,)
     with pytest.raises(UsageError):
-        align.align_words(np.zeros((2, 3)), -1.0)
+        mrf.align_words(np.zeros((2, 3)), -1.0)
     with pytest.raises(UsageError):
-        align.check_beta(float("nan"))
+        mrf.check_beta(float("nan"))
     with pytest.raises(UsageError):
-        align.sentence_tokens("  ... !! ")
+        aligner.sentence_tokens("  ... !! ")
 
 
 def test_fragments_group_runs_and_cover_the_sentence() -> None:
@@ -91,7 +93,7 @@ def test_fragments_group_runs_and_cover_the_sentence() -> None:
     a = np.array([1, 1, 0, 0, 2, 2])
     unary = np.arange(18, dtype=float).reshape(6, 3)
     boxes = np.array([[0, 0, 100, 80], [10, 10, 50, 50], [0, 40, 100, 80]])
-    frags = align.fragments(tokens, a, boxes, unary)
+    frags = mrf.fragments(tokens, a, boxes, unary)
     assert [f.text for f in frags] == ["a dog", "runs on", "the grass"]
     assert [(f.start, f.end, f.region) for f in frags] == [(0, 2, 1), (2, 4, 0), (4, 6, 2)]
     assert frags[0].box == (10, 10, 50, 50)
@@ -120,17 +122,17 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, sample_photos: list[Pat
 def test_align_photo_on_a_real_photo(tiny_model: Path, sample_photos: list[Path], tiny_region_encoder) -> None:
     loaded = load_align(tiny_model)
     im = images.load(sample_photos[0])
-    res = align.align_photo(loaded, im, "A dog runs through the tall green grass.", beta=0.5,
+    res = aligner.align_photo(loaded, im, "A dog runs through the tall green grass.", beta=0.5,
                             encoder=tiny_region_encoder)
     assert res.tokens == "a dog runs through the tall green grass".split()
     assert " ".join(f.text for f in res.fragments) == " ".join(res.tokens)
     assert res.unary.shape == (8, len(res.boxes))
     # The same alignment from precomputed features (what the feature store or an index holds).
-    again = align.align_photo(loaded, RegionFeatures(res.boxes, tiny_region_encoder.encode([im], [res.boxes])[0]),
+    again = aligner.align_photo(loaded, RegionFeatures(res.boxes, tiny_region_encoder.encode([im], [res.boxes])[0]),
                               res.sentence, beta=0.5)
     assert np.array_equal(again.assignment, res.assignment)
-    assert align.energy(res.unary, res.assignment, 0.5) >= align.energy(res.unary, res.unary.argmax(1), 0.5)
-    pic = align.draw_alignment(im, res)
+    assert mrf.energy(res.unary, res.assignment, 0.5) >= mrf.energy(res.unary, res.unary.argmax(1), 0.5)
+    pic = aligner.draw_alignment(im, res)
     assert min(pic.size) >= 480 and pic.size != im.size  # small photos are enlarged for legible labels
 
 
@@ -141,12 +143,12 @@ def test_unary_does_not_depend_on_mean_pooling(tiny_model: Path, tiny_store: Pat
     with FeatureStore(tiny_store, readonly=True) as fs:
         rf = fs.get(fs.ids()[0])
     tokens = [["a", "dog", "runs"], ["two", "men", "play", "football", "on", "the", "beach"]]
-    plain = align.unaries(loaded, rf.features, tokens)
+    plain = encode.unaries(loaded, rf.features, tokens)
     if "pool" not in {f.name for f in dataclasses.fields(loaded.config)}:
         pytest.skip("this EmbedConfig has no pool option")
     loaded.config = dataclasses.replace(loaded.config, pool="mean")
     loaded.model.cfg = loaded.config
-    for a, b in zip(plain, align.unaries(loaded, rf.features, tokens)):
+    for a, b in zip(plain, encode.unaries(loaded, rf.features, tokens)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -156,8 +158,8 @@ def test_snippet_export_on_real_photos(tiny_model: Path, tiny_store: Path, sampl
     by_id = {r.image_id: r for r in load_flickr8k().records}
     records = [by_id[p.name] for p in sample_photos[:5]]  # the 5th is not in the store: skipped
     with FeatureStore(tiny_store, readonly=True) as fs:
-        n = align.write_jsonl(align.snippets(loaded, fs, records, beta=0.5), tmp_path / "s.jsonl")
-    rows = align.read_snippets(tmp_path / "s.jsonl")
+        n = snippets.write_jsonl(snippets.snippets(loaded, fs, records, beta=0.5), tmp_path / "s.jsonl")
+    rows = snippets.read_snippets(tmp_path / "s.jsonl")
     assert n == len(rows) > 0
     assert {r["image_id"] for r in rows} == {p.name for p in sample_photos[:4]}
     for r in rows:
@@ -178,9 +180,10 @@ def test_export_refuses_a_store_from_another_extractor(tiny_model: Path, tmp_pat
 
     class Store:
         config = REGION_PRESETS["default"]
+        path = tmp_path / "store"
 
     with pytest.raises(StoreError):
-        list(align.snippets(loaded, Store(), [Record("x.jpg", tmp_path / "x.jpg", "train", ("a dog",))]))
+        list(snippets.snippets(loaded, Store(), [Record("x.jpg", tmp_path / "x.jpg", "train", ("a dog",))]))
 
 
 def test_global_baseline_model_cannot_align(tiny_model: Path, tiny_store: Path) -> None:
@@ -191,13 +194,13 @@ def test_global_baseline_model_cannot_align(tiny_model: Path, tiny_store: Path) 
         pytest.skip("this EmbedConfig has no arch option")
     loaded.config = dataclasses.replace(loaded.config, arch="global")
     with FeatureStore(tiny_store, readonly=True) as fs, pytest.raises(ModelError):
-        align.align_features(loaded, fs.get(fs.ids()[0]), "a dog")
+        aligner.align_features(loaded, fs.get(fs.ids()[0]), "a dog")
 
 
 def test_hybrid_model_aligns_on_its_region_word_part(tiny_store: Path, tmp_path: Path) -> None:
     import dataclasses
 
-    from vsa_search.embedding import build_model
+    from vsa_search.models.alignment import build_model
 
     torch.manual_seed(1)
     vocab = build_flickr8k_vocab()
@@ -209,8 +212,8 @@ def test_hybrid_model_aligns_on_its_region_word_part(tiny_store: Path, tmp_path:
     with FeatureStore(tiny_store, readonly=True) as fs:
         rf = fs.get(fs.ids()[0])
     tokens = [["a", "dog", "on", "the", "grass"]]
-    np.testing.assert_allclose(align.unaries(a, rf.features, tokens)[0], align.unaries(b, rf.features, tokens)[0],
+    np.testing.assert_allclose(encode.unaries(a, rf.features, tokens)[0], encode.unaries(b, rf.features, tokens)[0],
                                rtol=1e-5, atol=1e-6)
     stored = a.model.encode_regions(torch.from_numpy(rf.features)[None])[0].detach().numpy()  # (R, 2h) as indexed
-    np.testing.assert_allclose(align.unaries(a, rf.features, tokens, vectors=stored)[0],
-                               align.unaries(b, rf.features, tokens)[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(encode.unaries(a, rf.features, tokens, vectors=stored)[0],
+                               encode.unaries(b, rf.features, tokens)[0], rtol=1e-5, atol=1e-6)

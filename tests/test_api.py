@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import vsa_search
-from vsa_search import index, paths
+from vsa_search import index
+from vsa_search.core import paths
 
 EXAMPLES = paths.REPO_ROOT / "examples" / "photos"
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vsa_search.beam import beam_search, greedy
-from vsa_search.captioner import Captioner
-from vsa_search.config import CaptionConfig
-from vsa_search.errors import UsageError
-from vsa_search.vocab import END, START
+from vsa_search.core.config import CaptionConfig
+from vsa_search.core.errors import UsageError
+from vsa_search.data.vocab import END, START
+from vsa_search.models.beam import beam_search, greedy
+from vsa_search.models.captioner import Captioner
 
 V = 7  # <pad> <unk> <start> <end> a b c
 WORDS = (4, 5, 6)

@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from vsa_search import checkpoint
-from vsa_search.captioner import Captioner, load_caption, save_caption
-from vsa_search.config import CAPTION_PRESETS, REGION_PRESETS, CaptionConfig
-from vsa_search.datasets import load_flickr8k
-from vsa_search.errors import ModelError, UsageError
-from vsa_search.features import FeatureStore, extract_to_store
-from vsa_search.train import caption_split, train_caption
-from vsa_search.vocab import END, PAD, START, build_flickr8k_vocab
+from vsa_search.core.config import CAPTION_PRESETS, REGION_PRESETS, CaptionConfig
+from vsa_search.core.errors import ModelError, UsageError
+from vsa_search.data.datasets import load_flickr8k
+from vsa_search.data.vocab import END, PAD, START, build_flickr8k_vocab
+from vsa_search.models import checkpoint
+from vsa_search.models.captioner import Captioner, load_caption, save_caption
+from vsa_search.train.caption import caption_split, train_caption
+from vsa_search.vision.features import FeatureStore, extract_to_store
 
 TINY = CAPTION_PRESETS["tiny"]
 

@@ -10,11 +10,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vsa_search.cli import app
-from vsa_search.config import EMBED_PRESETS, REGION_PRESETS
-from vsa_search.datasets import load_flickr8k
-from vsa_search.embedding import AlignModel, save_align
-from vsa_search.features import extract_to_store
-from vsa_search.vocab import build_flickr8k_vocab
+from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
+from vsa_search.data.datasets import load_flickr8k
+from vsa_search.data.vocab import build_flickr8k_vocab
+from vsa_search.models.alignment import AlignModel, save_align
+from vsa_search.vision.features import extract_to_store
 
 TINY = REGION_PRESETS["tiny"]
 runner = CliRunner()
@@ -122,7 +122,7 @@ def test_indexed_photo_reuses_stored_regions(model_path: Path, sample_photos: li
     import shutil
 
     from vsa_search import index
-    from vsa_search.embedding import load_align
+    from vsa_search.models.alignment import load_align
 
     photos = tmp_path / "photos"
     photos.mkdir()

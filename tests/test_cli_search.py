@@ -12,13 +12,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vsa_search import index as ix
-from vsa_search import paths
-from vsa_search import search as srch
 from vsa_search.cli import app
-from vsa_search.config import EMBED_PRESETS, REGION_PRESETS
-from vsa_search.datasets import load_flickr8k
-from vsa_search.embedding import AlignModel, save_align
-from vsa_search.vocab import SPECIALS, Vocab
+from vsa_search.core import paths
+from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
+from vsa_search.data.datasets import load_flickr8k
+from vsa_search.data.vocab import SPECIALS, Vocab
+from vsa_search.index import query
+from vsa_search.models.alignment import AlignModel, save_align
 
 runner = CliRunner()
 WORDS = ["a", "dog", "on", "the", "grass", "man", "in", "red", "girl", "water", "two", "is", "running"]
@@ -197,7 +197,7 @@ def test_shipped_model_finds_the_photo_of_a_caption(tmp_path: Path, monkeypatch:
     assert res.exit_code == 0, res.stderr
     assert sorted(res.stdout.splitlines()) == sorted(str(photos / r.path.name) for r in records)
     with ix.open_index() as x:
-        model = srch.model_for(x)
-        first = [srch.search_text(x, model, s, k=1).hits[0].key == str(photos / r.path.name)
+        model = query.model_for(x)
+        first = [query.search_text(x, model, s, k=1).hits[0].key == str(photos / r.path.name)
                  for r in records for s in r.sentences]
     assert sum(first) >= 18, f"the captioned photo came first for only {sum(first)} of 30 captions"

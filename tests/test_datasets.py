@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from vsa_search.datasets import Dataset, Record, load_coco, load_dataset, load_flickr8k, load_karpathy
-from vsa_search.errors import DatasetError, UsageError
+from vsa_search.core.errors import DatasetError, UsageError
+from vsa_search.data.datasets import Dataset, Record, load_coco, load_dataset, load_flickr8k, load_karpathy
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.multiprocessing as tmp_mp
 
-from vsa_search import distributed
-from vsa_search.config import EMBED_PRESETS, REGION_PRESETS
-from vsa_search.embedding import build_model, ranking_loss
+from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
+from vsa_search.models.alignment import build_model, ranking_loss
+from vsa_search.train import distributed
 
 WORLD = 2
 CASES = {  # name: config changes; dropout 0 so that both runs see the same network
@@ -68,7 +68,7 @@ def _step_results(rank: int, out: str) -> None:
 
 def _worker(rank: int, port: int, out: str, store: str, cfg, vocab, dataset) -> None:
     """One spawn for both checks (starting Python + torch is the slow part)."""
-    from vsa_search.train import train_embed
+    from vsa_search.train.embed import train_embed
 
     _env(rank, port)
     _step_results(rank, out)
@@ -92,10 +92,10 @@ RUN = dataclasses.replace(EMBED_PRESETS["tiny"], epochs=2, dropout=0.0, patience
 def ddp_run(tmp_path_factory: pytest.TempPathFactory, flickr_root: Path) -> dict:
     """Random features for a few real Flickr8k photos (the CNN is not what is tested here), and
     one 2-process spawn that writes the DDP step results and a DDP training run into `out`."""
-    from vsa_search.datasets import load_flickr8k
-    from vsa_search.features import FeatureStore
-    from vsa_search.regions import RegionFeatures
-    from vsa_search.vocab import build_flickr8k_vocab
+    from vsa_search.data.datasets import load_flickr8k
+    from vsa_search.data.vocab import build_flickr8k_vocab
+    from vsa_search.vision.features import FeatureStore
+    from vsa_search.vision.regions import RegionFeatures
 
     ds, vocab = load_flickr8k(flickr_root), build_flickr8k_vocab(flickr_root)
     recs = ds.present("train")[:N_TRAIN] + ds.present("dev")[:N_DEV]
@@ -129,8 +129,8 @@ def test_ddp_step_equals_single_process_over_the_concatenated_batch(ddp_run: dic
 def test_ddp_training_run_equals_single_process(ddp_run: dict, tmp_path: Path) -> None:
     """2 ranks x batch 4 train exactly like one process with batch 8 (same batches, same steps);
     only rank 0 wrote the model file."""
-    from vsa_search import checkpoint
-    from vsa_search.train import train_embed
+    from vsa_search.models import checkpoint
+    from vsa_search.train.embed import train_embed
 
     torch.set_num_threads(1)
     single = train_embed(ddp_run["store"], tmp_path / "one.pt", dataclasses.replace(RUN, batch_size=8),

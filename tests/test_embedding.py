@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from vsa_search.config import EMBED_PRESETS
-from vsa_search.embedding import GlobalModel, build_model, ranking_loss, score
+from vsa_search.core.config import EMBED_PRESETS
+from vsa_search.models.alignment import GlobalModel, build_model, ranking_loss, score
 
 
 def naive_score(v, region_mask, s, word_mask):
@@ -99,7 +99,7 @@ def test_hybrid_score_is_alignment_plus_global():
 
 
 def test_l2_feature_norm_ignores_feature_scale_and_mlp_changes_shape_not_api():
-    from vsa_search.encoders import ImageEncoder
+    from vsa_search.models.encoders import ImageEncoder
 
     torch.manual_seed(0)
     enc = ImageEncoder(12, 8, dropout=0.0, feat_norm="l2").eval()
@@ -113,7 +113,7 @@ def test_l2_feature_norm_ignores_feature_scale_and_mlp_changes_shape_not_api():
 
 
 def test_old_config_without_new_fields_loads_with_paper_defaults():
-    from vsa_search.config import EmbedConfig, from_dict, to_dict
+    from vsa_search.core.config import EmbedConfig, from_dict, to_dict
 
     old = {k: v for k, v in to_dict(EMBED_PRESETS["default"]).items()
            if k not in ("feat_norm", "image_mlp", "text_pretrain", "text_pretrain_lr")}
@@ -123,10 +123,10 @@ def test_old_config_without_new_fields_loads_with_paper_defaults():
 
 
 def test_ensemble_score_is_base_plus_each_global_member(tmp_path):
-    from vsa_search.config import REGION_PRESETS
-    from vsa_search.embedding import ensemble_align, load_align, save_align
-    from vsa_search.errors import ModelError
-    from vsa_search.vocab import Vocab
+    from vsa_search.core.config import REGION_PRESETS
+    from vsa_search.core.errors import ModelError
+    from vsa_search.data.vocab import Vocab
+    from vsa_search.models.alignment import ensemble_align, load_align, save_align
 
     vocab = Vocab.build([["a", "dog", "runs"], ["a", "cat", "sits"]], min_count=1)
     base_cfg = dataclasses.replace(EMBED_PRESETS["tiny"], arch="hybrid", normalize=True, pool="mean",

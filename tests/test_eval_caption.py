@@ -8,14 +8,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vsa_search import evaluate
-from vsa_search.captioner import Captioner, save_caption
 from vsa_search.cli import app
-from vsa_search.config import CAPTION_PRESETS, REGION_PRESETS
-from vsa_search.datasets import load_flickr8k
-from vsa_search.evaluate import caption_metrics, evaluate_captions, nearest_neighbour
-from vsa_search.features import extract_to_store
-from vsa_search.vocab import build_flickr8k_vocab
+from vsa_search.core.config import CAPTION_PRESETS, REGION_PRESETS
+from vsa_search.data.datasets import load_flickr8k
+from vsa_search.data.vocab import build_flickr8k_vocab
+from vsa_search.evaluation import metrics
+from vsa_search.evaluation.captions import evaluate_captions
+from vsa_search.evaluation.metrics import caption_metrics, nearest_neighbour
+from vsa_search.models.captioner import Captioner, save_caption
+from vsa_search.vision.features import extract_to_store
 
 REFS = {"a": ["a black dog runs across the green grass", "a dog is running"],
         "b": ["two children play soccer in a park", "kids playing football outside"],
@@ -41,12 +42,10 @@ def test_metrics_rank_a_right_caption_above_a_wrong_one() -> None:
 
 
 def test_meteor_failure_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pycocoevalcap.meteor.meteor as pm
-
     def broken(*a, **k):
         raise FileNotFoundError("java")
 
-    monkeypatch.setattr(pm, "Meteor", broken)
+    monkeypatch.setattr(metrics, "Meteor", broken)
     m = caption_metrics(REFS, {k: v[0] for k, v in REFS.items()})
     assert m["METEOR"] is None and "METEOR unavailable" in m["notes"]
     assert m["BLEU-1"] > 0
@@ -94,7 +93,7 @@ def test_evaluate_captions_side_by_side(tiny_model: Path, flickr_root: Path, tmp
     photos = ds.present("train")[:4] + ds.present("test")[:3]
     store = tmp_path / "store"
     extract_to_store({r.image_id: r.path for r in photos}, store, REGION_PRESETS["tiny"], encoder=tiny_region_encoder)
-    monkeypatch.setattr(evaluate, "_meteor", lambda gts, res: (None, "METEOR not run in tests"))
+    monkeypatch.setattr(metrics, "_meteor", lambda gts, res: (None, "METEOR not run in tests"))
     res = evaluate_captions(tiny_model, store, beam=2)
     assert res["test_photos"] == 3 and res["train_photos_for_nn"] == 4
     assert set(res["rows"]) == {"this model", "nearest neighbour", "paper (1,000 test images)"}

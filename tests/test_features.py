@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from vsa_search.cli import app
-from vsa_search.config import REGION_PRESETS
-from vsa_search.errors import StoreError
-from vsa_search.features import FeatureStore, extract_to_store
+from vsa_search.core.config import REGION_PRESETS
+from vsa_search.core.errors import StoreError
+from vsa_search.vision.features import FeatureStore, extract_to_store
 
 TINY = REGION_PRESETS["tiny"]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vsa_search import images
-from vsa_search.errors import ImageCorruptError, ImageMissingError, ImageTooLargeError
+from vsa_search.core.errors import ImageCorruptError, ImageMissingError, ImageTooLargeError
+from vsa_search.vision import images
 
 
 def test_loads_real_photo_as_rgb(sample_photos: list[Path]) -> None:

@@ -15,12 +15,13 @@ import torch
 from PIL import Image
 
 from vsa_search import index as ix
-from vsa_search.config import EMBED_PRESETS, REGION_PRESETS
-from vsa_search.embedding import AlignModel, load_align, save_align
-from vsa_search.errors import IndexError_, UsageError
-from vsa_search.metadata import KV
-from vsa_search.regions import RegionEncoder
-from vsa_search.vocab import SPECIALS, Vocab
+from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
+from vsa_search.core.errors import SearchIndexError, UsageError
+from vsa_search.core.kv import KV
+from vsa_search.data.vocab import SPECIALS, Vocab
+from vsa_search.index import layout, sentences, store
+from vsa_search.models.alignment import AlignModel, load_align, save_align
+from vsa_search.vision.regions import RegionEncoder
 
 TINY = REGION_PRESETS["tiny"]
 WORDS = ["a", "dog", "on", "the", "grass", "man", "in", "red", "girl", "water", "two", "is", "running"]
@@ -60,9 +61,9 @@ def dump(link: Path) -> dict:
     """Everything an index holds, byte for byte: manifest, FAISS file, every LMDB record."""
     gen = ix.Location(link).current()
     assert gen is not None
-    with KV(gen / ix.META, readonly=True) as kv:
+    with KV(gen / layout.META, readonly=True) as kv:
         records = dict(kv.items_bytes(""))
-    return {"manifest": (gen / ix.MANIFEST).read_text(), "faiss": (gen / ix.VECTORS).read_bytes(),
+    return {"manifest": (gen / layout.MANIFEST).read_text(), "faiss": (gen / layout.VECTORS).read_bytes(),
             "lmdb": records}
 
 
@@ -92,7 +93,7 @@ def test_build_writes_manifest_faiss_and_lmdb(photos: Path, model, encoder, tmp_
     assert (r.photos, r.added, r.encoded, r.skipped) == (5, 5, 5, {})
     assert link.is_symlink()
     m = json.loads((link / "manifest.json").read_text())
-    assert m["format_version"] == ix.FORMAT_VERSION and m["kind"] == "photos"
+    assert m["format_version"] == layout.FORMAT_VERSION and m["kind"] == "photos"
     assert m["model"]["fingerprint"] == model.fingerprint and m["index_type"] == "flat"
     assert m["counts"] == {"photos": 5, "regions": r.regions, "skipped": 0}
     assert (link / "regions.faiss").is_file() and (link / "meta.lmdb" / "data.mdb").is_file()
@@ -149,8 +150,9 @@ def test_touched_file_is_rehashed_not_reencoded(photos: Path, model, encoder, tm
 KILL_SCRIPT = """
 import os, signal, sys
 from pathlib import Path
-from vsa_search import index, embedding
-model = embedding.load_align(sys.argv[1])
+from vsa_search import index
+from vsa_search.models import alignment
+model = alignment.load_align(sys.argv[1])
 done = 0
 def hook(n):
     global done
@@ -171,7 +173,7 @@ def test_killed_build_resumes_to_the_clean_index(photos: Path, model, encoder, t
     assert proc.returncode == -9, proc.stderr
     loc = ix.Location(link)
     assert loc.current() is None and loc.work.is_dir()  # no half index, the encoded photos kept
-    with pytest.raises(IndexError_, match="no photo index"):
+    with pytest.raises(SearchIndexError, match="no photo index"):
         ix.open_index(link)
     r = build([photos], model, link, encoder)
     assert r.resumed == 2 and r.encoded == 3 and r.photos == 5
@@ -191,7 +193,7 @@ def test_failure_while_writing_keeps_the_old_index(photos: Path, model, encoder,
     def boom(*a, **k):
         raise RuntimeError("killed while writing the index")
 
-    monkeypatch.setattr(ix.faiss, "write_index", boom)
+    monkeypatch.setattr(store.faiss, "write_index", boom)
     with pytest.raises(RuntimeError):
         build(None, model, link, encoder)
     monkeypatch.undo()
@@ -219,7 +221,7 @@ def test_reader_keeps_its_generation_during_a_rebuild(photos: Path, model, encod
 def test_one_build_at_a_time(photos: Path, model, encoder, tmp_path: Path) -> None:
     link = tmp_path / "idx"
     with ix.PhotoBuild([photos], model, link, encoder=encoder):
-        with pytest.raises(IndexError_, match="being built by another process"):
+        with pytest.raises(SearchIndexError, match="being built by another process"):
             build([photos], model, link, encoder)
 
 
@@ -242,7 +244,7 @@ def test_other_model_rebuilds_and_mismatch_is_refused(photos: Path, model, encod
     build([photos], model, link, encoder)
     other = load_align(tiny_model(tmp_path / "other.pt", seed=1))
     with ix.open_index(link) as x:
-        with pytest.raises(IndexError_, match=f"built with model {model.fingerprint}"):
+        with pytest.raises(SearchIndexError, match=f"built with model {model.fingerprint}"):
             x.check_model(other)
     r = build(None, other, link, encoder)
     assert r.model_changed and r.encoded == 5
@@ -253,18 +255,18 @@ def test_other_model_rebuilds_and_mismatch_is_refused(photos: Path, model, encod
 def test_old_format_and_wrong_kind_are_clear_errors(photos: Path, model, encoder, tmp_path: Path) -> None:
     link = tmp_path / "idx"
     build([photos], model, link, encoder)
-    with pytest.raises(IndexError_, match="is a photos index, not a sentences index"):
+    with pytest.raises(SearchIndexError, match="is a photos index, not a sentences index"):
         ix.FragmentIndex(ix.Location(link), "sentences")
     mf = link / "manifest.json"
     m = json.loads(mf.read_text())
     m["format_version"] = 0
     mf.write_text(json.dumps(m))
-    with pytest.raises(IndexError_, match="index format 0, this version reads 1"):
+    with pytest.raises(SearchIndexError, match="index format 0, this version reads 1"):
         ix.open_index(link)
     r = build([photos], model, link, encoder)  # a build replaces what it cannot read
     assert r.replaced and "index format 0" in r.replaced and r.encoded == 5
     with ix.open_index(link) as x:
-        assert x.manifest["format_version"] == ix.FORMAT_VERSION
+        assert x.manifest["format_version"] == layout.FORMAT_VERSION
 
 
 def test_missing_paths_index_type_and_remove(photos: Path, model, encoder, tmp_path: Path) -> None:
@@ -280,7 +282,7 @@ def test_missing_paths_index_type_and_remove(photos: Path, model, encoder, tmp_p
     assert r.index_type == "ivf" and not r.up_to_date and r.encoded == 0
     assert ix.remove(tmp_path / "idx") == [str(tmp_path / "idx")]
     assert not any(p.name.startswith(".idx") or p.name == "idx" for p in tmp_path.iterdir())
-    with pytest.raises(IndexError_, match="no index"):
+    with pytest.raises(SearchIndexError, match="no index"):
         ix.remove(tmp_path / "idx")
 
 
@@ -301,8 +303,8 @@ def test_read_sentences_plain_and_captions(tmp_path: Path) -> None:
     f.write_text("A dog runs.\n\n  two men in red  \n")
     c = tmp_path / "captions.txt"
     c.write_text("1000268201_693b08cb0e.jpg#0\tA child in a pink dress .\n1000268201_693b08cb0e.jpg#1\tA girl .\n")
-    assert ix.read_sentences([f, c]) == [("s.txt:1", "A dog runs."), ("s.txt:3", "two men in red"),
+    assert sentences.read_sentences([f, c]) == [("s.txt:1", "A dog runs."), ("s.txt:3", "two men in red"),
                                          ("1000268201_693b08cb0e.jpg#0", "A child in a pink dress ."),
                                          ("1000268201_693b08cb0e.jpg#1", "A girl .")]
     with pytest.raises(UsageError, match="no such file"):
-        ix.read_sentences([tmp_path / "missing.txt"])
+        sentences.read_sentences([tmp_path / "missing.txt"])

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import vsa_search
-from vsa_search import paths
+from vsa_search.core import paths
 
 ROOT = paths.REPO_ROOT
 PHOTOS = ROOT / "examples" / "photos"

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 import vsa_search
-from vsa_search import paths
 from vsa_search.cli import app
-from vsa_search.embedding import load_align
+from vsa_search.core import paths
+from vsa_search.models.alignment import load_align
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vsa_search.config import CAPTION_PRESETS, EMBED_PRESETS, REGION_PRESETS
-from vsa_search.datasets import FLICKR8K_SPLIT_FILES, FLICKR8K_TOKENS, load_flickr8k
-from vsa_search.features import extract_to_store
+from vsa_search.core.config import CAPTION_PRESETS, EMBED_PRESETS, REGION_PRESETS
+from vsa_search.data.datasets import FLICKR8K_SPLIT_FILES, FLICKR8K_TOKENS, load_flickr8k
+from vsa_search.data.vocab import build_flickr8k_vocab
 from vsa_search.train import train_caption, train_embed
-from vsa_search.vocab import build_flickr8k_vocab
+from vsa_search.vision.features import extract_to_store
 
 WORDS = "dog cat man woman runs jumps sits grass water snow red blue ball field street".split()
 

@@ -7,7 +7,6 @@ import statistics
 
 import pytest
 import torch
-
 from vsa_search.evaluate import (
     bootstrap_intervals,
     chance_metrics,

@@ -10,16 +10,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vsa_search import align, images
-from vsa_search.captioner import Captioner, load_caption, save_caption
+from vsa_search import captioning
+from vsa_search.align import snippets
 from vsa_search.cli import app
-from vsa_search.config import CAPTION_PRESETS, EMBED_PRESETS, REGION_PRESETS
-from vsa_search.datasets import load_flickr8k
-from vsa_search.embedding import AlignModel, load_align, save_align
-from vsa_search.errors import UsageError
-from vsa_search.features import FeatureStore, extract_to_store
-from vsa_search.train import caption_split, train_caption
-from vsa_search.vocab import build_flickr8k_vocab
+from vsa_search.core.config import CAPTION_PRESETS, EMBED_PRESETS, REGION_PRESETS
+from vsa_search.core.errors import UsageError
+from vsa_search.data.datasets import load_flickr8k
+from vsa_search.data.vocab import build_flickr8k_vocab
+from vsa_search.evaluation import regions
+from vsa_search.models.alignment import AlignModel, load_align, save_align
+from vsa_search.models.captioner import Captioner, load_caption, save_caption
+from vsa_search.train import caption
+from vsa_search.train.caption import caption_split, train_caption
+from vsa_search.vision import images
+from vsa_search.vision.features import FeatureStore, extract_to_store
 
 TINY = REGION_PRESETS["tiny"]
 CAP = dataclasses.replace(CAPTION_PRESETS["tiny"], epochs=1, select="ppl")
@@ -40,8 +44,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory, flickr_root: Path, tiny_regi
     aligner = load_align(save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab, TINY,
                                     d / "align.pt"))
     with FeatureStore(d / "store", readonly=True) as fs:
-        align.write_jsonl(align.snippets(aligner, fs, train, beta=0.0), d / "train.jsonl")
-        align.write_jsonl(align.snippets(aligner, fs, test, beta=0.0), d / "test.jsonl")
+        snippets.write_jsonl(snippets.snippets(aligner, fs, train, beta=0.0), d / "train.jsonl")
+        snippets.write_jsonl(snippets.snippets(aligner, fs, test, beta=0.0), d / "test.jsonl")
     return {"dir": d, "store": d / "store", "vocab": vocab, "train": train, "test": test, "align": d / "align.pt"}
 
 
@@ -49,8 +53,8 @@ def test_add_snippets_appends_region_pairs(setup: dict) -> None:
     vocab = setup["vocab"]
     with FeatureStore(setup["store"], readonly=True) as fs:
         base = caption_split(fs, "train", vocab, 20)
-        merged = align.add_snippets(base, fs, setup["dir"] / "train.jsonl", vocab, 20)
-        groups = align.snippet_groups(align.read_snippets(setup["dir"] / "train.jsonl"))
+        merged = caption.add_snippets(base, fs, setup["dir"] / "train.jsonl", vocab, 20)
+        groups = snippets.snippet_groups(snippets.read_snippets(setup["dir"] / "train.jsonl"))
         n_snips = sum(len(v) for v in groups.values())
         assert merged[0].shape == (len(base[0]) + len(groups), base[0].shape[1])
         assert len(merged[1]) == len(base[1]) + n_snips == len(merged[2]) == len(merged[3])
@@ -60,14 +64,14 @@ def test_add_snippets_appends_region_pairs(setup: dict) -> None:
         assert torch.equal(merged[0][merged[1][k]], torch.from_numpy(fs.get(image_id).features[region]))
         words = vocab.decode(merged[3][k].tolist())
         assert words == [w if w in vocab else "<unk>" for w in frags[0].split()]
-        assert all(len(f.split()) >= align.MIN_SNIPPET_WORDS for v in groups.values() for f in v)
+        assert all(len(f.split()) >= snippets.MIN_SNIPPET_WORDS for v in groups.values() for f in v)
 
 
 def test_test_snippets_never_train(setup: dict) -> None:
     with FeatureStore(setup["store"], readonly=True) as fs:
         base = caption_split(fs, "train", setup["vocab"], 20)
         with pytest.raises(UsageError, match="outside the training split"):
-            align.add_snippets(base, fs, setup["dir"] / "test.jsonl", setup["vocab"], 20)
+            caption.add_snippets(base, fs, setup["dir"] / "test.jsonl", setup["vocab"], 20)
 
 
 def test_train_region_generator_and_dense_captions(setup: dict, sample_photos: list[Path],
@@ -83,10 +87,10 @@ def test_train_region_generator_and_dense_captions(setup: dict, sample_photos: l
 
     im = images.load(sample_photos[0])
     rf = tiny_region_encoder.encode_one(im)
-    caps = align.region_captions(loaded, rf, beam=2)
+    caps = captioning.region_captions(loaded, rf, beam=2)
     assert [c.region for c in caps] == list(range(len(rf.boxes)))
     assert all(c.box == tuple(int(v) for v in rf.boxes[c.region]) for c in caps)
-    top = align.region_captions(loaded, rf, beam=2, top=2)
+    top = captioning.region_captions(loaded, rf, beam=2, top=2)
     assert len(top) == 2 and {c.region for c in top} <= set(range(len(rf.boxes)))
 
     # vsa caption PHOTO --regions --json --out
@@ -114,7 +118,7 @@ def test_init_must_fit(setup: dict, tmp_path: Path) -> None:
 def test_region_evaluation_table(setup: dict, tmp_path: Path) -> None:
     torch.manual_seed(1)
     m = save_caption(Captioner(CAP, len(setup["vocab"])), setup["vocab"], TINY, tmp_path / "m.pt")
-    res = align.evaluate_regions(m, m, setup["store"], snippets_path=setup["dir"] / "test.jsonl", beam=2,
+    res = regions.evaluate_regions(m, m, setup["store"], snippets_path=setup["dir"] / "test.jsonl", beam=2,
                                  device="cpu")
     assert res["photos"] == len(setup["test"]) and res["regions"] > 0
     assert list(res["rows"]) == ["full-frame model, RoI feature", "full-frame model, crop as a photo",
@@ -125,10 +129,10 @@ def test_region_evaluation_table(setup: dict, tmp_path: Path) -> None:
         assert 0 <= row["BLEU-1"] <= 100 and row["CIDEr"] >= 0
     assert all(e["region"].split("#")[1] != "0" for e in res["examples"])  # regions, never the full image
     # Aligning the held-out sentences in the same run gives the same table as the exported file.
-    again = align.evaluate_regions(m, m, setup["store"], align_model=setup["align"], beta=0.0, beam=2, device="cpu")
+    again = regions.evaluate_regions(m, m, setup["store"], align_model=setup["align"], beta=0.0, beam=2, device="cpu")
     assert again["rows"] == res["rows"]
     with pytest.raises(UsageError, match="outside the test split"):
-        align.evaluate_regions(m, m, setup["store"], snippets_path=setup["dir"] / "train.jsonl", beam=2)
+        regions.evaluate_regions(m, m, setup["store"], snippets_path=setup["dir"] / "train.jsonl", beam=2)
 
 
 def test_region_flags_need_regions(sample_photos: list[Path], tmp_path: Path) -> None:

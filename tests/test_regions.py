@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vsa_search import images, regions
-from vsa_search.config import REGION_PRESETS, RegionConfig
+from vsa_search.core.config import REGION_PRESETS, RegionConfig
+from vsa_search.vision import images, regions
 
 
 @pytest.mark.parametrize("method", ["selective", "grid"])

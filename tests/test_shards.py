@@ -13,13 +13,15 @@ from typer.testing import CliRunner
 
 from vsa_search import index as ix
 from vsa_search.cli import app
-from vsa_search.config import EMBED_PRESETS, REGION_PRESETS
-from vsa_search.embedding import AlignModel, load_align, save_align
-from vsa_search.errors import IndexError_, UsageError
-from vsa_search.metadata import KV
-from vsa_search.regions import RegionEncoder
-from vsa_search.search import PER_WORD_APPROX, search_text
-from vsa_search.vocab import SPECIALS, Vocab
+from vsa_search.cli.index import parse_shard
+from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
+from vsa_search.core.errors import SearchIndexError, UsageError
+from vsa_search.core.kv import KV
+from vsa_search.data.vocab import SPECIALS, Vocab
+from vsa_search.index import faiss_types, layout
+from vsa_search.index.query import PER_WORD_APPROX, search_text
+from vsa_search.models.alignment import AlignModel, load_align, save_align
+from vsa_search.vision.regions import RegionEncoder
 
 WORDS = ["a", "dog", "on", "the", "grass", "man", "in", "red", "girl", "water", "two", "is", "running"]
 N = 3  # shards
@@ -48,9 +50,9 @@ def _build(s: dict, name: Path, **kw) -> ix.BuildReport:
 
 def _dump(link: Path) -> dict:
     gen = ix.Location(link).current()
-    with KV(gen / ix.META, readonly=True) as kv:
+    with KV(gen / layout.META, readonly=True) as kv:
         records = dict(kv.items_bytes(""))
-    return {"manifest": json.loads((gen / ix.MANIFEST).read_text()), "faiss": (gen / ix.VECTORS).read_bytes(),
+    return {"manifest": json.loads((gen / layout.MANIFEST).read_text()), "faiss": (gen / layout.VECTORS).read_bytes(),
             "lmdb": records}
 
 
@@ -62,10 +64,10 @@ def test_shard_split_is_a_stable_partition(tmp_path: Path) -> None:
     # The slice depends on the path under its root only: the same collection mounted elsewhere splits alike.
     moved = [Path("/mnt/other/a"), Path("/mnt/other/b")]
     assert got == [ix.shard_of(p.replace(str(tmp_path), "/mnt/other"), moved, 4) for p in paths]
-    assert ix.parse_shard("2/4") == (2, 4)
+    assert parse_shard("2/4") == (2, 4)
     for bad in ("4/4", "-1/2", "1", "a/b", "1/0"):
         with pytest.raises(UsageError):
-            ix.parse_shard(bad)
+            parse_shard(bad)
 
 
 @pytest.mark.parametrize("index_type", ["auto", "ivf"])
@@ -100,14 +102,14 @@ def test_merge_refuses_incomplete_repeated_or_foreign_parts(setup: dict) -> None
     with pytest.raises(UsageError, match="cannot also be one of its parts"):
         ix.merge([d / "s0", d / "s1"], d / "s0")
     _build(setup, d / "whole")
-    with pytest.raises(IndexError_, match="in two of the parts"):
+    with pytest.raises(SearchIndexError, match="in two of the parts"):
         ix.merge([d / "s0", d / "s1", d / "whole"], d / "m")
     torch.manual_seed(1)
     vocab = Vocab(list(SPECIALS) + WORDS)
     other = load_align(save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab,
                                   REGION_PRESETS["tiny"], d / "other.pt"))
     ix.build_photos([setup["photos"]], other, d / "o1", encoder=setup["encoder"], shard=(1, 2))
-    with pytest.raises(IndexError_, match="same --model"):
+    with pytest.raises(SearchIndexError, match="same --model"):
         ix.merge([d / "s0", d / "o1"], d / "m")
     assert not (d / "m").exists()  # nothing half-written
 
@@ -138,8 +140,8 @@ def test_memory_budget_picks_ivfpq_and_pq_searches() -> None:
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((50, dim)).astype(np.float32)
     x = (centers[rng.integers(0, 50, n)] + 0.3 * rng.standard_normal((n, dim))).astype(np.float16)
-    index, kind, params = ix.make_faiss(x, "ivfpq")
-    assert kind == "ivfpq" and index.ntotal == n and params["pq_m"] == ix.pq_layout(dim)[0]
+    index, kind, params = faiss_types.make_faiss(x, "ivfpq")
+    assert kind == "ivfpq" and index.ntotal == n and params["pq_m"] == faiss_types.pq_layout(dim)[0]
     assert dim % params["pq_m"] == 0 and ix.memory_bytes("ivfpq", n, dim) < n * dim  # codes, not floats
     index.nprobe = params["nprobe"]
     q = x[:20].astype(np.float32)
@@ -148,4 +150,4 @@ def test_memory_budget_picks_ivfpq_and_pq_searches() -> None:
     recall = np.mean([len(set(a[:10]) & set(b)) / 10 for a, b in zip(ids, exact)])
     reranked = [a[np.argsort(-(x[a].astype(np.float32) @ qq))][:10] for a, qq in zip(ids, q)]
     recall_rr = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(reranked, exact)])
-    assert recall > 0.1 and recall_rr > 0.9, (recall, recall_rr)  # search.py re-ranks its 256 candidates exactly
+    assert recall > 0.1 and recall_rr > 0.9, (recall, recall_rr)  # index/query.py re-ranks its 256 candidates exactly

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from vsa_search.text import tokenize
+from vsa_search.data.text import tokenize
 
 
 @pytest.mark.parametrize(

@@ -10,14 +10,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vsa_search import checkpoint
 from vsa_search.cli import app
-from vsa_search.config import EMBED_PRESETS, REGION_PRESETS
-from vsa_search.datasets import load_flickr8k
-from vsa_search.embedding import load_align
-from vsa_search.features import extract_to_store
-from vsa_search.train import train_embed
-from vsa_search.vocab import build_flickr8k_vocab
+from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
+from vsa_search.data.datasets import load_flickr8k
+from vsa_search.data.vocab import build_flickr8k_vocab
+from vsa_search.models import checkpoint
+from vsa_search.models.alignment import load_align
+from vsa_search.train.embed import train_embed
+from vsa_search.vision.features import extract_to_store
 
 N_TRAIN, N_DEV, N_TEST = 8, 4, 4
 
@@ -128,8 +128,8 @@ def test_cli_errors_are_one_line(tiny_features: Path, tmp_path: Path) -> None:
 
 
 def test_text_pretraining_pulls_paraphrases_together_and_leaves_images_alone(vocab) -> None:
-    from vsa_search.embedding import build_model
-    from vsa_search.train import pretrain_text, text_pairs
+    from vsa_search.models.alignment import build_model
+    from vsa_search.train.embed import pretrain_text, text_pairs
 
     torch.manual_seed(0)
     recs = load_flickr8k().split("train")[:64]  # text only: photos need not be on disk

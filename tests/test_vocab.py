@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from vsa_search.datasets import load_flickr8k
-from vsa_search.errors import ModelError
-from vsa_search.text import tokenize
-from vsa_search.vocab import END, PAD, START, UNK, Vocab, build_flickr8k_vocab
+from vsa_search.core.errors import ModelError
+from vsa_search.data.datasets import load_flickr8k
+from vsa_search.data.text import tokenize
+from vsa_search.data.vocab import END, PAD, START, UNK, Vocab, build_flickr8k_vocab
 
 # Measured on the official train split with min_count 5: 2,535 words (the brief expected 2,537).
 FLICKR8K_TRAIN_WORDS = 2535

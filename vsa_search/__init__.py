@@ -17,14 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from .captioning import PhotoCaption, caption_photos
+from .core import paths
+from .core.device import pick_device
+from .models.alignment import LoadedAlign, load_align
+from .models.captioner import LoadedCaptioner, load_caption
 
 __version__ = "0.1.0"
-
-if TYPE_CHECKING:
-    from .captioner import LoadedCaptioner, PhotoCaption
-    from .embedding import LoadedAlign
-
 
 @dataclass
 class Models:
@@ -36,12 +37,7 @@ class Models:
 
 
 def load(align: str | Path = "align", caption: str | Path = "caption", device: str | None = None) -> Models:
-    """Load the alignment and caption models (names of your models or the shipped ones, or paths)."""
-    from . import paths
-    from .captioner import load_caption
-    from .embedding import load_align
-    from .train import pick_device
-
+    """Load the alignment and caption models (names under models/ or $VSA_HOME/models, or paths)."""
     dev = pick_device(device)
     return Models(load_align(paths.find_model(str(align)), dev), load_caption(paths.find_model(str(caption)), dev),
                   dev)
@@ -49,7 +45,5 @@ def load(align: str | Path = "align", caption: str | Path = "caption", device: s
 
 def caption(photos: list[str | Path], beam: int = 7, models: Models | None = None) -> list[PhotoCaption]:
     """A caption (with its log-probability) per photo; unreadable photos carry `.error` instead."""
-    from .captioner import caption_photos
-
     models = models or load()
     return caption_photos([Path(p) for p in photos], models.captioner, beam=beam)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from . import paths
+from .core import paths
 
 PHOTOS = paths.REPO_ROOT / "examples" / "photos"
 QUERIES = ["a cat", "a cup of coffee", "a woman in a white shirt"]

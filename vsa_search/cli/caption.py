@@ -1,17 +1,22 @@
-"""`vsa caption PHOTO...`, `vsa train caption` and `vsa eval caption`: the caption generator's commands."""
+"""`vsa caption PHOTO...`: one sentence per photo, or with --regions one per region with its box."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .. import config, paths
+from ..captioning import caption_photos, caption_regions_of, photo_files
+from ..core import paths
+from ..core.device import pick_device
+from ..core.errors import UsageError
+from ..models.captioner import load_caption
+from ..vision.regions import RegionEncoder
 from .common import err, out, print_json, progress
 
 DEFAULT_MODEL = "caption"  # models/caption.pt, shipped
+REGION_MODEL = "caption-regions"  # models/caption-regions.pt: trained with `vsa train caption --regions`
 
 
 def caption_cmd(
@@ -32,13 +37,8 @@ def caption_cmd(
     --regions describes every region of one photo instead (the region generator, `vsa align`)."""
 
     if regions or out_png is not None or top:
-        from .align import region_caption_run
-
         return region_caption_run(photos, beam, model, max_len, top, out_png, device, json_out, regions)
     model = model or DEFAULT_MODEL
-
-    from ..captioner import caption_photos, load_caption, photo_files
-    from ..train import pick_device
 
     loaded = load_caption(paths.find_model(model), device=pick_device(device))
     with progress("reading photos", len(photo_files(photos))) as advance:
@@ -57,87 +57,24 @@ def caption_cmd(
         raise typer.Exit(1)
 
 
-def train_caption_cmd(
-    features: Annotated[Path, typer.Option(help="Feature store (vsa features extract) of the Flickr8k photos.")],
-    out_path: Annotated[Path, typer.Option("--out", help="Model file to write (rewritten every epoch).")],
-    preset: Annotated[str, typer.Option(help="Model preset: " + ", ".join(config.CAPTION_PRESETS))] = "default",
-    cell: Annotated[str | None, typer.Option(help="rnn (the paper's) | lstm (default: the preset's).")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="rmsprop (the paper's) | adam.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the preset's).")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (early stopping may end sooner).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run saved in --out.")] = False,
-    slim: Annotated[bool, typer.Option(help="Drop the optimizer state from the final file (to ship it).")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
-    amp: Annotated[bool | None, typer.Option("--amp/--no-amp",
-                                             help="bf16/fp16 autocast (default: on for CUDA, off on CPU).")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    regions: Annotated[Path | None, typer.Option(help="Snippets (vsa align export --split train) to train on "
-                                                      "too: the region generator.")] = None,
-    init: Annotated[str | None, typer.Option(help="Start from this caption model (fine-tune).")] = None,
-) -> None:
-    """Train the caption generator on full-image features and the training sentences (early
-    stopping on dev perplexity); the best epoch's weights are saved in --out after every epoch.
-    With --regions, region snippets (region feature, sentence fragment) are training pairs too."""
-    from ..train import train_caption
-
-    cfg = config.preset(config.CAPTION_PRESETS, preset)
-    changes = {k: v for k, v in {"cell": cell, "optimizer": optimizer, "lr": lr, "epochs": epochs}.items()
-               if v is not None}
-    cfg = dataclasses.replace(cfg, **changes)
-    # Batches per epoch are known only once the store is read; the bar's total grows with them.
-    with progress("training", None, unit="batches") as advance:
-        report = train_caption(features, out_path, cfg, resume=resume, device=device, keep_train_state=not slim,
-                               amp=amp, on_batch=advance, on_epoch=lambda r: err.print(_epoch_line(r), highlight=False),
-                               regions=regions, init=paths.find_model(init) if init else None)
+def region_caption_run(photos: list[Path], beam: int, model: str | None, max_len: int | None, top: int,
+                       out_png: Path | None, device: str | None, json_out: bool, regions: bool) -> None:
+    """`vsa caption PHOTO --regions`: a caption for every region of each photo, with its box."""
+    if not regions:
+        raise UsageError("--out and --top describe regions: add --regions")
+    if out_png is not None and len(photos) != 1:
+        raise UsageError(f"--out draws one photo; {len(photos)} were given")
+    loaded = load_caption(paths.find_model(model or REGION_MODEL), device=pick_device(device))
+    encoder = RegionEncoder(loaded.region_config, pick_device(device))
+    results = caption_regions_of(photos, loaded, encoder, beam=beam, max_len=max_len, top=top or None,
+                                 out_png=out_png)
     if json_out:
-        print_json(report)
+        print_json({"model": str(loaded.path), "beam": beam, "photos": results})
         return
-    b = report["best"]
-    cider = f", dev CIDEr {b['dev_cider']:.1f}" if "dev_cider" in b else ""
-    out.print(f"{out_path}: best epoch {b['epoch']} (perplexity {b['dev_ppl']:.2f}{cider}), "
-              f"{len(report['history'])} epochs this run, {report['seconds']:.0f} s on {report['device']}"
-              + (", stopped early" if report["stopped_early"] else ""))
-
-
-def _epoch_line(r: dict) -> str:
-    ppl = f"dev perplexity {r['dev_ppl']:.2f}" if "dev_ppl" in r else f"train perplexity {r['train_ppl']:.2f}"
-    cider = f", dev CIDEr {r['dev_cider']:.1f}" if "dev_cider" in r else ""
-    return f"epoch {r['epoch']}: train loss {r['train_loss']:.3f}, {ppl}{cider}, {r['seconds']:.0f} s"
-
-
-def eval_caption_cmd(
-    beam: Annotated[int, typer.Option(min=1, help="Beam size (1: greedy).")] = 7,
-    model: Annotated[str, typer.Option(help="Caption model file or name.")] = DEFAULT_MODEL,
-    features: Annotated[Path | None, typer.Option(help="Feature store with the test (and training) photos; "
-                                                       "default: extract them once into the cache.")] = None,
-    length_norm: Annotated[float, typer.Option(min=0.0)] = 0.0,
-    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
-    show: Annotated[int, typer.Option(min=0, help="Print this many example captions.")] = 0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """BLEU-1..4, METEOR and CIDEr on the Flickr8k test photos present: this model, the
-    nearest-neighbour baseline and the paper's published figures, side by side."""
-    from ..evaluate import evaluate_captions
-
-    # One bar (rich allows one live display): photos extracted into the cache, then photos captioned.
-    with progress("features, then captions", None) as advance:
-        res = evaluate_captions(paths.find_model(model), features, beam=beam, length_norm=length_norm,
-                                device=device, on_extract=advance, on_progress=advance)
-    if json_out:
-        print_json(res)
-        return
-    out.print(caption_table(res), markup=False)
-    for c in res["captions"][:show]:
-        out.print(f"{c['image']}\t{c['model']}\t(nn: {c['nearest_neighbour']})", markup=False)
-
-
-def caption_table(res: dict) -> str:
-    cols = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "CIDEr"]
-    lines = [f"Flickr8k captions, {res['test_photos']} test photos, beam {res['beam']} ({res['cell']} model)",
-             f"{'':28s}" + "".join(f"{c:>8s}" for c in cols)]
-    for name, row in res["rows"].items():
-        cells = "".join(f"{row[c]:8.1f}" if row.get(c) is not None else f"{'-':>8s}" for c in cols)
-        lines.append(f"{name:28s}{cells}")
-    notes = {row["notes"] for row in res["rows"].values() if row.get("notes")}
-    lines += [f"note: {res['note']}"] + [f"note: {n}" for n in sorted(notes)]
-    return "\n".join(lines)
+    for r in results:
+        out.print(r["photo"], markup=False)
+        for c in r["regions"]:
+            where = "full image" if c["region"] == 0 else f"region {c['region']}"
+            out.print(f"  {where:11} box {c['box']}  {c['caption']}  ({c['logprob']:.2f})", markup=False)
+    if out_png is not None:
+        err.print(f"wrote {out_png}")

@@ -23,7 +23,7 @@ from rich.progress import (
 from typer._click import exceptions as click_exc
 from typer.core import TyperGroup
 
-from ..errors import VSAError
+from ..core.errors import VSAError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -1,8 +1,9 @@
-"""`vsa eval recall|caption`."""
+"""`vsa eval recall|caption|regions`."""
 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -10,8 +11,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import UsageError
-from ..evaluate import evaluate_recall
+from ..align.mrf import DEFAULT_BETA
+from ..core import paths
+from ..core.errors import UsageError
+from ..evaluation.captions import evaluate_captions
+from ..evaluation.recall import evaluate_recall
+from ..evaluation.regions import evaluate_regions
+from ..train.baseline import train_global_baseline
+from .align import BetaOpt, ModelOpt
+from .caption import DEFAULT_MODEL, REGION_MODEL
 from .common import err, new_app, out, print_json, progress
 
 app = new_app("Measure models the paper's way, beside baselines and the published figures.")
@@ -62,8 +70,9 @@ def recall_cmd(
     # Only a run without --features extracts photos (into the cache), so only it shows a bar.
     bar = progress(f"extracting {split} photos", None) if features is None else nullcontext(None)
     with bar as advance:
+        trainer = partial(train_global_baseline, device=device, on_baseline=lambda msg: err.print(msg))
         report = evaluate_recall(model, features, split, ks, baseline=baseline, device=device,
-                                 on_extract=advance, on_baseline=lambda msg: err.print(msg))
+                                 on_extract=advance, train_baseline=trainer)
     if json_out:
         print_json(report)
         return
@@ -74,12 +83,86 @@ def recall_cmd(
     out.print(f"Global baseline: {report['baseline']}.", markup=False)
 
 
-# The caption table's command lives beside `vsa caption` (cli/caption.py).
-from .caption import eval_caption_cmd  # noqa: E402
+@app.command("caption")
+def eval_caption_cmd(
+    beam: Annotated[int, typer.Option(min=1, help="Beam size (1: greedy).")] = 7,
+    model: Annotated[str, typer.Option(help="Caption model file or name.")] = DEFAULT_MODEL,
+    features: Annotated[Path | None, typer.Option(help="Feature store with the test (and training) photos; "
+                                                       "default: extract them once into the cache.")] = None,
+    length_norm: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
+    show: Annotated[int, typer.Option(min=0, help="Print this many example captions.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """BLEU-1..4, METEOR and CIDEr on the Flickr8k test photos present: this model, the
+    nearest-neighbour baseline and the paper's published figures, side by side."""
+    # One bar (rich allows one live display): photos extracted into the cache, then photos captioned.
+    with progress("features, then captions", None) as advance:
+        res = evaluate_captions(paths.find_model(model), features, beam=beam, length_norm=length_norm,
+                                device=device, on_extract=advance, on_progress=advance)
+    if json_out:
+        print_json(res)
+        return
+    out.print(caption_table(res), markup=False)
+    for c in res["captions"][:show]:
+        out.print(f"{c['image']}\t{c['model']}\t(nn: {c['nearest_neighbour']})", markup=False)
 
-app.command("caption")(eval_caption_cmd)
 
-# Region captions (region vs full-frame generator) live beside `vsa align` (cli/align.py).
-from .align import eval_regions_cmd  # noqa: E402
+def caption_table(res: dict) -> str:
+    cols = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "CIDEr"]
+    lines = [f"Flickr8k captions, {res['test_photos']} test photos, beam {res['beam']} ({res['cell']} model)",
+             f"{'':28s}" + "".join(f"{c:>8s}" for c in cols)]
+    for name, row in res["rows"].items():
+        cells = "".join(f"{row[c]:8.1f}" if row.get(c) is not None else f"{'-':>8s}" for c in cols)
+        lines.append(f"{name:28s}{cells}")
+    notes = {row["notes"] for row in res["rows"].values() if row.get("notes")}
+    lines += [f"note: {res['note']}"] + [f"note: {n}" for n in sorted(notes)]
+    return "\n".join(lines)
 
-app.command("regions")(eval_regions_cmd)
+
+@app.command("regions")
+def eval_regions_cmd(
+    features: Annotated[Path, typer.Option(help="Feature store with the held-out photos (default region preset).")],
+    snippets: Annotated[Path | None, typer.Option(help="Held-out snippets (vsa align export --split test); "
+                                                       "default: align the split's sentences here.")] = None,
+    region_model: Annotated[str, typer.Option(help="The region generator.")] = REGION_MODEL,
+    full_model: Annotated[str, typer.Option(help="The full-frame generator.")] = "caption",
+    model: ModelOpt = "align",
+    beta: BetaOpt = DEFAULT_BETA,
+    split: Annotated[str, typer.Option(help="Whose snippets are held out (never train).")] = "test",
+    beam: Annotated[int, typer.Option(min=1, help="Beam size.")] = 7,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
+    show: Annotated[int, typer.Option(min=0, help="Print this many example regions.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Region generator vs full-frame generator on held-out region snippets: BLEU and CIDEr of each
+    model describing each region from its RoI feature and from the region cut out as a photo."""
+    if split == "train":
+        raise UsageError("the region generator trains on train snippets: evaluate on dev or test")
+    with progress("crops, then captions", None, unit="regions") as advance:
+        res = evaluate_regions(paths.find_model(region_model), paths.find_model(full_model), features,
+                                     snippets, paths.find_model(model), beta=beta, beam=beam, split=split,
+                                     device=device, on_progress=advance)
+    if json_out:
+        print_json(res)
+        return
+    out.print(region_table(res), markup=False)
+    for e in res["examples"][:show]:
+        out.print(f"{e['region']} {e['box']}  refs: {' | '.join(e['references'])}", markup=False)
+        for k, v in e.items():
+            if k not in ("region", "box", "references"):
+                out.print(f"    {k}: {v}", markup=False)
+
+
+def region_table(res: dict) -> str:
+    cols = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr", "distinct captions"]
+    lines = [f"Region captions: {res['regions']} regions of {res['photos']} {res['split']} photos, "
+             f"{res['references']} held-out snippets ({res['min_words']}+ words), beam {res['beam']}",
+             f"{'':36s}" + "".join(f"{c:>8s}" if c != "distinct captions" else f"{'distinct':>9s}" for c in cols)]
+    for name, row in res["rows"].items():
+        lines.append(f"{name:36s}" + "".join(f"{row[c]:8.1f}" for c in cols[:-1]) + f"{row[cols[-1]]:9d}")
+    if (paper := res.get("paper", {}).get("CIDEr")) is not None:
+        lines.append(f"paper, CIDEr: region model {paper['region_model']}, full-frame model "
+                     f"{paper['full_frame_model']} ({res['paper']['note']})")
+    lines.append(f"snippets: {res['snippets']}")
+    return "\n".join(lines)

@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
-from .. import config, datasets
-from ..features import FeatureStore, extract_to_store
+from ..core import config
+from ..data import datasets
+from ..vision.features import FeatureStore, extract_to_store
 from .common import err, new_app, out, print_json, progress
 
 app = new_app("Region boxes and CNN features of a data set's photos, stored in LMDB.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -9,9 +10,9 @@ from typing import Annotated
 import typer
 
 from .. import index as ix
-from .. import paths
-from ..embedding import load_align
-from ..errors import UsageError
+from ..core import paths
+from ..core.errors import UsageError
+from ..models.alignment import load_align
 from .common import err, new_app, out, print_json, progress
 
 app = new_app("Index folders of photos for search (and sentences for photo -> text).")
@@ -23,6 +24,23 @@ TypeOpt = Annotated[str, typer.Option("--index-type",
                                       help="auto | flat | ivf | hnsw | ivfpq (auto: exact flat while small).")]
 MemOpt = Annotated[str | None, typer.Option("--max-memory", help="FAISS memory budget (e.g. 4G): past it, auto "
                                                                  "builds IVF-PQ codes (see benchmarks/scale.py).")]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"i/n" -> (i, n): slice i (0-based) of n."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: want i/n, e.g. 0/4 (slice 0 of 4)") from None
+    return ix.check_shard((i, n))
+
+
+def parse_size(text: str) -> int:
+    """"512M", "4G", "1.5GB", "1000000" -> bytes."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", text)
+    if not m:
+        raise UsageError(f"{text!r}: not a size (examples: 512M, 4G)")
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
 
 
 @app.command("build")
@@ -43,10 +61,10 @@ def build_cmd(
     content; an interrupted build continues where it stopped."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
-    part = ix.parse_shard(shard) if shard else None
+    part = parse_shard(shard) if shard else None
     if part and index == ix.DEFAULT_NAME:  # never let a slice replace the full default index
         index = f"{ix.DEFAULT_NAME}.shard-{part[0]}-of-{part[1]}"
-    budget = ix.parse_size(max_memory) if max_memory else None
+    budget = parse_size(max_memory) if max_memory else None
     loaded = load_align(paths.find_model(model), device or "cpu")
     t0 = time.perf_counter()
     with ix.PhotoBuild(roots or None, loaded, index, index_type, device=device, batch_size=batch_size,
@@ -83,7 +101,7 @@ def merge_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Combine shard indexes (vsa index build PATH --shard i/n) into one; it equals a single build."""
-    budget = ix.parse_size(max_memory) if max_memory else None
+    budget = parse_size(max_memory) if max_memory else None
     with progress("merging", None) as advance:
         report = ix.merge(parts, index, index_type, max_memory=budget, on_progress=advance)
     if json_out:

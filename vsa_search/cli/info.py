@@ -9,9 +9,11 @@ from typing import Annotated, Any
 
 import typer
 
-from .. import __version__, checkpoint, paths
-from ..embedding import weights_fingerprint
-from ..errors import ModelError
+from .. import __version__
+from ..core import paths
+from ..core.errors import ModelError
+from ..models import checkpoint
+from ..models.alignment import weights_fingerprint
 from .common import out, print_json
 
 METRICS_SHOWN = 8  # the text view stays short; --json carries every metric

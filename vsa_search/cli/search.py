@@ -8,8 +8,10 @@ from typing import Annotated
 import typer
 
 from .. import index as ix
-from .. import search as srch
-from ..errors import UsageError
+from ..core.errors import UsageError
+from ..index import query as srch
+from ..index.sheet import contact_sheet
+from ..models.encode import query_tokens_or_fail
 from .common import out, print_json
 
 
@@ -37,7 +39,7 @@ def search_cmd(
     if per_word is not None and per_word <= 0:
         raise UsageError(f"--per-word must be at least 1 (got {per_word})")
     if text is not None:
-        srch.query_tokens_or_fail(text)
+        query_tokens_or_fail(text)
         with ix.open_index(index, "photos") as x:
             loaded = srch.model_for(x, model)
             result = srch.search_text(x, loaded, text, k, per_word)
@@ -46,7 +48,7 @@ def search_cmd(
             loaded = srch.model_for(x, model)
             result = srch.search_image(x, loaded, image, k)  # type: ignore[arg-type]
     if sheet is not None:
-        srch.contact_sheet(result, sheet, photo=image)
+        contact_sheet(result, sheet, photo=image)
     if json_out:
         print_json(result.to_dict())
     elif paths_out:

@@ -8,9 +8,10 @@ from typing import Annotated
 
 import typer
 
-from .. import config
-from ..errors import UsageError
-from ..train import train_embed
+from ..core import config, paths
+from ..core.errors import UsageError
+from ..models.alignment import ensemble_align, load_align, save_align
+from ..train import distributed, train_caption, train_embed
 from .common import err, new_app, out, print_json, progress
 
 app = new_app("Train the alignment model (embed) or the caption generator (caption).")
@@ -60,8 +61,6 @@ def embed_cmd(
 ) -> None:
     """Train the alignment model with the ranking loss; early stopping on dev Recall@K.
     Several GPUs: torchrun --nproc-per-node N -m vsa_search train embed ... (batch is per GPU)."""
-    from .. import distributed
-
     if not distributed.is_main():  # under torchrun only rank 0 speaks
         out.quiet = err.quiet = True
     cfg = config.preset(config.EMBED_PRESETS, preset)
@@ -109,11 +108,8 @@ def ensemble_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """One model scoring base + every member (S = S_base + Σ S_member), usable wherever a model is."""
-    from ..embedding import ensemble_align, load_align, save_align
-    from ..paths import find_model
-
-    loaded = load_align(find_model(str(base)))
-    members = [load_align(find_model(str(m))) for m in member]
+    loaded = load_align(paths.find_model(str(base)))
+    members = [load_align(paths.find_model(str(m))) for m in member]
     model = ensemble_align(loaded, members)
     # The parts' own dev figures do not describe the sum: keep them apart, under their file names.
     metrics = {"ensemble": {"base": str(base), "members": [str(m) for m in member]},
@@ -126,7 +122,48 @@ def ensemble_cmd(
     out.print(f"{out_path}: {base} + {len(members)} global members ({model.out_dim}-d vectors)")
 
 
-# The caption generator's command lives beside `vsa caption` (cli/caption.py).
-from .caption import train_caption_cmd  # noqa: E402
+@app.command("caption")
+def train_caption_cmd(
+    features: Annotated[Path, typer.Option(help="Feature store (vsa features extract) of the Flickr8k photos.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Model file to write (rewritten every epoch).")],
+    preset: Annotated[str, typer.Option(help="Model preset: " + ", ".join(config.CAPTION_PRESETS))] = "default",
+    cell: Annotated[str | None, typer.Option(help="rnn (the paper's) | lstm (default: the preset's).")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="rmsprop (the paper's) | adam.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the preset's).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (early stopping may end sooner).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run saved in --out.")] = False,
+    slim: Annotated[bool, typer.Option(help="Drop the optimizer state from the final file (to ship it).")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp",
+                                             help="bf16/fp16 autocast (default: on for CUDA, off on CPU).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    regions: Annotated[Path | None, typer.Option(help="Snippets (vsa align export --split train) to train on "
+                                                      "too: the region generator.")] = None,
+    init: Annotated[str | None, typer.Option(help="Start from this caption model (fine-tune).")] = None,
+) -> None:
+    """Train the caption generator on full-image features and the training sentences (early
+    stopping on dev perplexity); the best epoch's weights are saved in --out after every epoch.
+    With --regions, region snippets (region feature, sentence fragment) are training pairs too."""
+    cfg = config.preset(config.CAPTION_PRESETS, preset)
+    changes = {k: v for k, v in {"cell": cell, "optimizer": optimizer, "lr": lr, "epochs": epochs}.items()
+               if v is not None}
+    cfg = dataclasses.replace(cfg, **changes)
+    # Batches per epoch are known only once the store is read; the bar's total grows with them.
+    with progress("training", None, unit="batches") as advance:
+        report = train_caption(features, out_path, cfg, resume=resume, device=device, keep_train_state=not slim,
+                               amp=amp, on_batch=advance, on_epoch=lambda r: err.print(_epoch_line(r), highlight=False),
+                               regions=regions, init=paths.find_model(init) if init else None)
+    if json_out:
+        print_json(report)
+        return
+    b = report["best"]
+    cider = f", dev CIDEr {b['dev_cider']:.1f}" if "dev_cider" in b else ""
+    out.print(f"{out_path}: best epoch {b['epoch']} (perplexity {b['dev_ppl']:.2f}{cider}), "
+              f"{len(report['history'])} epochs this run, {report['seconds']:.0f} s on {report['device']}"
+              + (", stopped early" if report["stopped_early"] else ""))
 
-app.command("caption")(train_caption_cmd)
+
+def _epoch_line(r: dict) -> str:
+    ppl = f"dev perplexity {r['dev_ppl']:.2f}" if "dev_ppl" in r else f"train perplexity {r['train_ppl']:.2f}"
+    cider = f", dev CIDEr {r['dev_cider']:.1f}" if "dev_cider" in r else ""
+    return f"epoch {r['epoch']}: train loss {r['train_loss']:.3f}, {ppl}{cider}, {r['seconds']:.0f} s"

@@ -1,0 +1,82 @@
+"""One sentence aligned to one photo's regions with a loaded alignment model: the MRF of
+`align.mrf` over the model's unaries, and the picture of the result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..core.errors import UsageError
+from ..data.text import tokenize
+from ..models.alignment import LoadedAlign
+from ..models.encode import region_vectors, unaries
+from ..vision.draw import draw_boxes
+from ..vision.regions import RegionEncoder, RegionFeatures
+from .mrf import DEFAULT_BETA, Fragment, align_words, check_beta, fragments
+
+
+@dataclass
+class Alignment:
+    sentence: str
+    tokens: list[str]
+    assignment: np.ndarray  # (N,) region per word
+    unary: np.ndarray  # (N, R) v_i · s_t
+    boxes: np.ndarray  # (R, 4) xyxy, row 0 = full image
+    fragments: list[Fragment]
+    beta: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sentence": self.sentence, "tokens": self.tokens, "beta": self.beta,
+                "image_size": [int(self.boxes[0][2]), int(self.boxes[0][3])],
+                "regions": [int(i) for i in self.assignment],
+                "fragments": [f.to_dict() for f in self.fragments]}
+
+
+def sentence_tokens(sentence: str) -> list[str]:
+    tokens = tokenize(sentence)
+    if not tokens:
+        raise UsageError("the sentence has no words to align")
+    return tokens
+
+
+def align_vectors(loaded: LoadedAlign, boxes: np.ndarray, vectors: np.ndarray, sentence: str,
+                  beta: float = DEFAULT_BETA) -> Alignment:
+    """Align one sentence to region vectors v_i (R, h) already projected by the model (an index's)."""
+    beta = check_beta(beta)
+    tokens = sentence_tokens(sentence)
+    u = unaries(loaded, np.zeros((0, 0)), [tokens], vectors=vectors)[0]
+    a = align_words(u, beta)
+    return Alignment(sentence, tokens, a, u, boxes, fragments(tokens, a, boxes, u), beta)
+
+
+def align_features(loaded: LoadedAlign, regions: RegionFeatures, sentence: str,
+                   beta: float = DEFAULT_BETA) -> Alignment:
+    """Align one sentence to precomputed region features (CNN features, as the feature store holds)."""
+    return align_vectors(loaded, regions.boxes, region_vectors(loaded, regions.features), sentence, beta)
+
+
+def align_photo(loaded: LoadedAlign, image_or_features: Image.Image | RegionFeatures, sentence: str,
+                beta: float = DEFAULT_BETA, encoder: RegionEncoder | None = None) -> Alignment:
+    """Align a sentence to a photo (its regions are proposed and encoded with the model's own
+    region config) or to region features already computed for it."""
+    check_beta(beta)
+    sentence_tokens(sentence)  # fail on an empty sentence before running the CNN
+    if isinstance(image_or_features, RegionFeatures):
+        regions = image_or_features
+    else:
+        encoder = encoder or RegionEncoder(loaded.region_config)
+        regions = encoder.encode_one(image_or_features)
+    return align_features(loaded, regions, sentence, beta)
+
+
+def draw_alignment(image: Image.Image, alignment: Alignment) -> Image.Image:
+    """Each fragment's box labelled with its text (fragments on one region share a box)."""
+    by_region: dict[int, list[str]] = {}
+    for f in alignment.fragments:
+        by_region.setdefault(f.region, []).append(f.text)
+    labelled = [(tuple(int(x) for x in alignment.boxes[i]), " / ".join(t)) for i, t in by_region.items()]
+    return draw_boxes(image, labelled)  # type: ignore[arg-type]
+

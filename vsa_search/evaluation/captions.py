@@ -1,0 +1,70 @@
+"""The paper's caption evaluation (`vsa eval caption`): a generator's test captions beside the
+nearest-neighbour baseline and the paper's figures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.device import pick_device
+from ..core.errors import DatasetError, StoreError
+from ..data.datasets import load_flickr8k
+from ..models.beam import generate_captions
+from ..models.captioner import full_image, load_caption
+from ..vision.features import FeatureStore, extract_to_cache, require_extractor
+from .metrics import caption_metrics, nearest_neighbour, paper_results
+
+
+def evaluate_captions(model: str | Path, features: str | Path | None = None, beam: int = 7,
+                      length_norm: float = 0.0, device: str | None = None, root: Path | None = None,
+                      meteor: bool = True, on_extract: Callable[[int], None] | None = None,
+                      on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """The paper's caption table for the Flickr8k test photos present, in one run: this model,
+    the nearest-neighbour baseline (the first reference sentence of the closest training photo,
+    cosine on full-image features) and the paper's published figures.
+
+    Features come from the store `features` (it must be made with the model's region config) or,
+    when None, are extracted once into the cache (extract_to_cache) (test photos and, for the baseline,
+    training photos)."""
+    loaded = load_caption(model, device=pick_device(device))
+    ds = load_flickr8k(root)
+    test, train = ds.present("test"), ds.present("train")
+    if not test:
+        raise DatasetError("no Flickr8k test photos on disk")
+    if features is None:
+        features = extract_to_cache({r.image_id: r.path for r in test + train}, loaded.region_config, device,
+                                    on_extract)
+    with FeatureStore(features, readonly=True) as store:
+        require_extractor(store.config, loaded.region_config, features, loaded.path)
+        test = [r for r in test if r.image_id in store]
+        train = [r for r in train if r.image_id in store]
+        if not test or not train:
+            raise StoreError(f"{features}: holds {len(test)} test and {len(train)} training photos; need both")
+        test_feats = torch.stack([full_image(store.get(r.image_id)) for r in test])  # (M, D)
+        train_feats = torch.stack([full_image(store.get(r.image_id)) for r in train])  # (N, D)
+
+    caps = generate_captions(loaded, test_feats, beam=beam, length_norm=length_norm, on_progress=on_progress)
+    model_text = {r.image_id: " ".join(loaded.vocab.decode(c.tokens)) for r, c in zip(test, caps)}
+    nn_idx = nearest_neighbour(train_feats, test_feats).tolist()
+    nn_text = {r.image_id: train[j].sentences[0] for r, j in zip(test, nn_idx)}
+    refs = {r.image_id: list(r.sentences) for r in test}
+
+    paper = paper_results()["generation"]["flickr8k"]
+    rows = {
+        "this model": caption_metrics(refs, model_text, meteor=meteor),
+        "nearest neighbour": caption_metrics(refs, nn_text, meteor=meteor),
+        "paper (1,000 test images)": {k: paper.get(k) for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4",
+                                                                  "METEOR", "CIDEr")},
+    }
+    return {
+        "model": str(loaded.path), "cell": loaded.config.cell, "beam": beam, "length_norm": length_norm,
+        "features": str(features), "test_photos": len(test), "train_photos_for_nn": len(train),
+        "rows": rows,
+        "note": "this model and the baseline: the Flickr8k test photos present here; the paper: all 1,000 "
+                "test images (its Flickr8k figures are unconfirmed, see paper_results.json)",
+        "captions": [{"image": r.image_id, "model": model_text[r.image_id], "logprob": round(c.logprob, 3),
+                      "nearest_neighbour": nn_text[r.image_id]} for r, c in zip(test, caps)],
+    }

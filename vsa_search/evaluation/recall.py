@@ -1,0 +1,155 @@
+"""The paper's retrieval evaluation (`vsa eval recall`): one split's photos and sentences scored
+with a model, beside the global baseline, chance and the paper's figures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core import paths
+from ..core.device import pick_device
+from ..core.errors import DatasetError, UsageError
+from ..data.datasets import load_flickr8k
+from ..data.vocab import UNK, pad_ids
+from ..models.alignment import LoadedAlign, load_align, score
+from ..vision.features import FeatureStore, extract_to_cache, require_extractor, same_extractor
+from .metrics import chance_metrics, paper_recall, retrieval_metrics
+
+# Trains a global baseline when none fits: (model, features, dataset) -> (LoadedAlign or None, where it came from).
+BaselineTrainer = Callable[[LoadedAlign, Path, Any], tuple[LoadedAlign | None, str]]
+
+
+@dataclass
+class RetrievalData:
+    """One split's photos and sentences as padded tensors, ready for batched scoring.
+    feats (N, R, D) float32, region_mask (N, R) bool, ids (M, T) long, lengths (M,) long,
+    sent_image (M,) long: the photo (row of feats) each sentence describes."""
+
+    image_ids: list[str]
+    feats: torch.Tensor
+    region_mask: torch.Tensor
+    ids: torch.Tensor
+    lengths: torch.Tensor
+    sent_image: torch.Tensor
+    sentences: list[str]
+
+
+def retrieval_data(records: list[Any], store: Any, vocab: Any) -> RetrievalData:
+    """Features of `records`' photos from `store` (a FeatureStore) and their sentences encoded with
+    `vocab`. Sentences that tokenize to nothing keep one UNK so that every sentence has a score."""
+    if not records:
+        raise DatasetError("no photos to evaluate")
+    rf = store.get_many([r.image_id for r in records])
+    n, r_max, dim = len(rf), max(f.features.shape[0] for f in rf), rf[0].features.shape[1]
+    feats = torch.zeros(n, r_max, dim)
+    region_mask = torch.zeros(n, r_max, dtype=torch.bool)
+    for i, f in enumerate(rf):
+        feats[i, : len(f.features)] = torch.from_numpy(f.features)
+        region_mask[i, : len(f.features)] = True
+    sents = [(i, s) for i, r in enumerate(records) for s in r.sentences]
+    encoded = [vocab.encode_text(s) or [UNK] for _, s in sents]
+    ids, lengths = pad_ids(encoded)
+    return RetrievalData([r.image_id for r in records], feats, region_mask, ids, lengths,
+                         torch.tensor([i for i, _ in sents]), [s for _, s in sents])
+
+
+@torch.no_grad()
+def score_all(model: torch.nn.Module, data: RetrievalData, device: torch.device | str = "cpu",
+              chunk: int = 25) -> torch.Tensor:
+    """(N_img, N_sent) scores of every photo against every sentence, in batched tensor ops
+    (photos in chunks so that the (chunk, M, T, R) dot tensor stays small)."""
+    was_training = model.training
+    model.eval()
+    try:
+        s = model.encode_words(data.ids.to(device), data.lengths.to(device))  # (M, T, h)
+        word_mask = (torch.arange(data.ids.shape[1], device=device)[None, :]
+                     < data.lengths.to(device)[:, None])
+        rows = []
+        for a in range(0, len(data.image_ids), chunk):
+            v = model.encode_regions(data.feats[a : a + chunk].to(device))  # (c, R', h)
+            rows.append(score(v, data.region_mask[a : a + chunk, : v.shape[1]].to(device), s, word_mask).cpu())
+        return torch.cat(rows)
+    finally:
+        model.train(was_training)
+
+
+
+def _baseline(model: LoadedAlign, features: Path, baseline: str | None, dataset: Any,
+              train_baseline: BaselineTrainer | None) -> tuple[LoadedAlign | None, str]:
+    """The global baseline to compare against: an explicit file; else the shipped `align-global`
+    when it was trained on the same extractor's features; else what `train_baseline` gives
+    (the CLI passes train.baseline's); else none. Returns (LoadedAlign or None, where it came from)."""
+    if baseline == "none":
+        return None, "not requested"
+    if baseline not in (None, "auto"):
+        return load_align(paths.find_model(baseline)), str(paths.find_model(baseline))
+    shipped = paths.find_model("align-global")
+    if shipped.exists():
+        b = load_align(shipped)
+        if same_extractor(b.region_config, model.region_config):
+            return b, f"{shipped} (shipped)"
+    if train_baseline is None:
+        return None, "none: no shipped global baseline for these features"
+    return train_baseline(model, features, dataset)
+
+
+def evaluate_recall(model_path: str | Path, features: str | Path | None = None, split: str = "test",
+                    ks: tuple[int, ...] = (1, 5, 10), baseline: str | None = "auto", dataset: Any = None,
+                    device: str | None = None, reps: int = 1000, seed: int = 0,
+                    on_extract: Callable[[int], None] | None = None,
+                    train_baseline: BaselineTrainer | None = None) -> dict[str, Any]:
+    """The paper's retrieval evaluation on the `split` photos present: this model, the global
+    baseline, chance and the paper's figures, side by side; 95% bootstrap intervals over photos.
+    Without `features`, the split's photos are extracted into the cache with the model's region
+    config (on_extract(n) reports progress). train_baseline: see `_baseline`."""
+    if not ks or any(k < 1 for k in ks):
+        raise UsageError("--k needs positive integers, e.g. 1,5,10")
+    ks = tuple(sorted(set(ks)))
+    dev_ = pick_device(device)
+    model = load_align(paths.find_model(str(model_path)), dev_)
+    ds = dataset if dataset is not None else load_flickr8k()
+    records = ds.present(split)
+    if not records:
+        raise DatasetError(f"no {split} photos present on disk")
+    if features is None:
+        features = extract_to_cache({r.image_id: r.path for r in records}, model.region_config, device, on_extract)
+    features = Path(features)
+    with FeatureStore(features, readonly=True) as store:
+        require_extractor(store.config, model.region_config, features, model.path)
+        records = [r for r in records if r.image_id in store]
+        if not records:
+            raise DatasetError(f"{features}: holds none of the {split} photos")
+        data = retrieval_data(records, store, model.vocab)
+    base, base_from = _baseline(model, features, baseline, ds, train_baseline)
+
+    rows: list[dict[str, Any]] = [{"name": f"this model: {Path(model.path).name}", "path": str(model.path),
+                                   "metrics": retrieval_metrics(score_all(model.model, data, dev_),
+                                                                data.sent_image, ks, reps, seed)}]
+    if base is not None:
+        base.model.to(dev_)
+        if base.vocab.itos != model.vocab.itos:
+            with FeatureStore(features, readonly=True) as store:
+                bdata = retrieval_data(records, store, base.vocab)
+        else:
+            bdata = data
+        rows.append({"name": "global baseline", "path": base_from,
+                     "metrics": retrieval_metrics(score_all(base.model, bdata, dev_), bdata.sent_image, ks,
+                                                  reps, seed)})
+    per_image = max(1, round(len(data.sent_image) / len(records)))
+    rows.append({"name": "chance", "metrics": chance_metrics(len(records), per_image, ks)})
+    paper = paper_recall("flickr8k")
+    rows.append({"name": "paper (Flickr8k, 1,000 test)",
+                 "metrics": {d: {m: paper[d].get(m) for m in [f"R@{k}" for k in ks] + ["medr"]}
+                             for d in ("image_annotation", "image_search")}})
+    official = len(ds.split(split)) if split in ("train", "dev", "test") else len(records)
+    return {"split": split, "photos": len(records), "sentences": len(data.sent_image), "official_photos": official,
+            "ks": list(ks), "features": str(features), "baseline": base_from,
+            "note": (f"on the {len(records)} {split} photos present ({len(data.sent_image)} sentences) of the "
+                     f"official {official:,}; the paper's figures are on 1,000 test images, so its ranks are "
+                     f"over 8x more candidates; [lo, hi] = 95% bootstrap interval over photos "
+                     f"(seed {seed}); ties count against the true item"),
+            "rows": rows}

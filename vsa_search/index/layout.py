@@ -1,0 +1,137 @@
+"""Where an index lives on disk and who may write it: names, generation directories, the atomic
+symlink swap, and the build lock. See the package docstring for the layout."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core import paths
+from ..core.errors import SearchIndexError, UsageError
+
+FORMAT_VERSION = 1
+KINDS = {"photos": ("photos", "regions"), "sentences": ("sentences", "words")}
+
+MANIFEST = "manifest.json"
+VECTORS = "regions.faiss"
+META = "meta.lmdb"
+DEFAULT_NAME = "default"
+SENTENCES_SUFFIX = ".sentences"
+
+_ITEM = "i/"  # i/000000042 -> JSON item record (key, info, first, count)
+_VEC = "v/"  # v/000000042 -> raw float16 (count, h)
+_BOX = "b/"  # b/000000042 -> raw int32 (count, 4), photos only
+_SKIP = "s/"  # s/<path> -> reason (photos that could not be read)
+_IDMAP = "idmap"  # arrays: first (N,) int64, count (N,) int64
+_WORK_META = "meta"
+_WORK_VEC = "w/"  # w/<content hash> -> arrays boxes, vectors (a build in progress)
+
+
+# --------------------------------------------------------------------------- where an index lives
+
+
+def resolve(name: str | Path | None = None, kind: str = "photos") -> Path:
+    """The link path of an index: a bare NAME lives under `paths.indexes_dir()`; anything that
+    looks like a path (has a separator, starts with . or ~) is used as given."""
+    s = str(name) if name is not None else DEFAULT_NAME
+    if not s.strip():
+        raise UsageError("empty index name")
+    if isinstance(name, Path) or os.sep in s or s.startswith((".", "~")):
+        p = Path(s).expanduser()
+        p = p.parent.resolve() / p.name  # resolve the parent only: the link itself must stay a link
+    else:
+        p = paths.indexes_dir() / s
+    return p.with_name(p.name + SENTENCES_SUFFIX) if kind == "sentences" else p
+
+
+@dataclass(frozen=True)
+class Location:
+    link: Path
+
+    @property
+    def name(self) -> str:
+        return self.link.name
+
+    def sibling(self, suffix: str) -> Path:
+        return self.link.parent / f".{self.link.name}.{suffix}"
+
+    @property
+    def work(self) -> Path:
+        return self.sibling("work")
+
+    @property
+    def lockfile(self) -> Path:
+        return self.sibling("lock")
+
+    def generations(self) -> list[Path]:
+        """Generation directories, finished (.gNNNNNN) or not (.gNNNNNN.tmp), oldest first."""
+        if not self.link.parent.is_dir():
+            return []
+        pattern = re.compile(re.escape(f".{self.link.name}.g") + r"(\d{6})(\.tmp)?")
+        return sorted(p for p in self.link.parent.iterdir() if pattern.fullmatch(p.name))
+
+    def current(self) -> Path | None:
+        """The generation directory the link points at (None when there is no index)."""
+        if not self.link.is_symlink():
+            if self.link.exists():
+                raise SearchIndexError(f"{self.link}: exists but is not a vsa index")
+            return None
+        return self.link.parent / os.readlink(self.link)
+
+    def next_generation(self) -> Path:
+        n = max((int(g.name.rsplit(".g", 1)[1][:6]) for g in self.generations()), default=0)
+        return self.sibling(f"g{n + 1:06d}")
+
+    def swap_in(self, gen: Path) -> None:
+        """Point the link at `gen` with one atomic rename, then drop older generations."""
+        tmp_link = self.sibling(f"link.{os.getpid()}")
+        tmp_link.unlink(missing_ok=True)
+        os.symlink(gen.name, tmp_link)
+        os.replace(tmp_link, self.link)
+        _fsync_dir(self.link.parent)
+        for g in self.generations():
+            if g != gen:
+                shutil.rmtree(g, ignore_errors=True)
+
+    def lock(self) -> _Lock:
+        return _Lock(self.lockfile, self.name)
+
+
+class _Lock:
+    """One build (or remove) of an index at a time; a second one fails at once, clearly."""
+
+    def __init__(self, path: Path, name: str):
+        self.path, self.name, self.fd = path, name, -1
+
+    def __enter__(self) -> _Lock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise SearchIndexError(f"index {self.name} is being built by another process; "
+                                   "try again when it ends") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def disk_size(p: Path) -> int:
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())

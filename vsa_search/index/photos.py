@@ -1,0 +1,348 @@
+"""Photo index builds: walk the folders, sort photos into new, changed, moved, removed and
+unchanged (by size and mtime, then content hash), encode only what no index or interrupted build
+already holds, and write a new generation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.errors import SearchIndexError, UsageError
+from ..core.kv import KV
+from ..models.alignment import LoadedAlign
+from ..models.encode import encode_regions
+from ..vision.images import DEFAULT_MAX_MEGAPIXELS, is_photo
+from ..vision.regions import RegionEncoder, extract
+from .faiss_types import check_index_type, choose_for_memory
+from .layout import _WORK_META, _WORK_VEC, FORMAT_VERSION, MANIFEST, Location, _Lock, resolve
+from .shards import check_shard, shard_of
+from .store import FragmentIndex, Item, model_info, write_generation
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def scan(roots: list[Path]) -> list[tuple[str, int, int]]:
+    """(absolute path, size, mtime_ns) of every photo under the roots, sorted by path."""
+    found: dict[str, tuple[int, int]] = {}
+    for root in roots:
+        if not root.exists():
+            raise UsageError(f"{root}: no such file or directory")
+        files = [root] if root.is_file() else (p for p in root.rglob("*"))
+        for p in files:
+            if not is_photo(p):
+                continue
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            if not p.is_file():
+                continue
+            found[os.path.abspath(p)] = (st.st_size, st.st_mtime_ns)  # normalised: no ./ or ../
+    return [(p, s, m) for p, (s, m) in sorted(found.items())]
+
+
+@dataclass
+class PlannedPhoto:
+    path: str
+    size: int
+    mtime_ns: int
+    hash: str
+    source: str  # where its vectors come from: old (the current index) | work (an interrupted build) | encode
+    status: str  # added | changed | moved | unchanged
+
+
+@dataclass
+class BuildReport:
+    index: str
+    photos: int = 0
+    regions: int = 0
+    added: int = 0
+    changed: int = 0
+    moved: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    encoded: int = 0  # photos that went through the CNN in this run
+    resumed: int = 0  # photos whose vectors an interrupted build had already stored
+    skipped: dict[str, str] = field(default_factory=dict)
+    index_type: str = ""
+    model: str = ""
+    up_to_date: bool = False
+    model_changed: bool = False
+    replaced: str | None = None  # why the previous index could not be reused at all
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "photos": self.photos, "regions": self.regions, "added": self.added,
+                "changed": self.changed, "moved": self.moved, "removed": self.removed,
+                "unchanged": self.unchanged, "encoded": self.encoded, "resumed": self.resumed,
+                "skipped": [{"path": p, "reason": r} for p, r in sorted(self.skipped.items())],
+                "index_type": self.index_type, "model": self.model, "up_to_date": self.up_to_date,
+                "model_changed": self.model_changed, "replaced": self.replaced}
+
+
+class PhotoBuild:
+    """`with PhotoBuild(...) as b: b.plan(); b.run(on_progress)` — planning is cheap (stat and
+    hash), so the CLI can size its progress bar before the CNN starts."""
+
+    def __init__(self, roots: list[Path] | None, model: LoadedAlign, name: str | Path | None = None,
+                 index_type: str = "auto", device: str | torch.device | None = None, batch_size: int = 8,
+                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, encoder: Any = None,
+                 max_memory: int | None = None, shard: tuple[int, int] | None = None):
+        check_index_type(index_type)
+        self.location = Location(resolve(name))
+        self.model = model
+        self.roots = [Path(os.path.abspath(Path(r).expanduser())) for r in roots] if roots else None
+        self.index_type = index_type
+        self.device = device
+        self.batch_size = batch_size
+        self.max_megapixels = max_megapixels
+        self.encoder = encoder
+        self.max_memory = max_memory  # bytes of FAISS RAM; past it "auto" builds IVF-PQ (choose_for_memory)
+        self.shard = check_shard(shard) if shard is not None else None  # (i, n): index only slice i of n
+        self.report = BuildReport(index=str(self.location.link), model=model.fingerprint)
+        self.planned: list[PlannedPhoto] = []
+        self._lock: _Lock | None = None
+        self.old: FragmentIndex | None = None
+        self.work: KV | None = None
+
+    def __enter__(self) -> PhotoBuild:
+        self._lock = self.location.lock().__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+        if self._lock is not None:
+            self._lock.__exit__(*exc)
+            self._lock = None
+
+    def _close(self) -> None:
+        if self.old is not None:
+            self.old.close()
+            self.old = None
+        if self.work is not None:
+            self.work.close()
+            self.work = None
+
+    # -- planning
+    def plan(self) -> int:
+        """Compare the photos on disk with the current index; returns how many need the CNN."""
+        loc, r = self.location, self.report
+        if loc.current() is not None:
+            try:
+                self.old = FragmentIndex(loc, "photos")
+            except SearchIndexError as e:
+                # An index this version cannot read (old format, files deleted): build it anew.
+                r.replaced = str(e)
+        old_manifest = self.old.manifest if self.old else None
+        if self.roots is None:
+            if old_manifest is None:
+                raise UsageError(f"give the folders to index: vsa index build PATH... ({r.replaced})" if r.replaced
+                                 else "give the folders to index: vsa index build PATH...")
+            self.roots = [Path(p) for p in old_manifest["roots"]]
+        if old_manifest and old_manifest["model"]["fingerprint"] != self.model.fingerprint:
+            r.model_changed = True
+            self.old.close()  # type: ignore[union-attr]
+            self.old = None  # its vectors belong to another model: encode everything again
+        old_by_path: dict[str, dict[str, Any]] = {}
+        self.old_item_by_hash: dict[str, int] = {}
+        if self.old is not None:
+            for i, rec in enumerate(self.old.records()):
+                old_by_path[rec["key"]] = rec
+                self.old_item_by_hash.setdefault(rec["hash"], i)
+        entries = scan(self.roots)
+        if not entries and not (old_manifest and old_manifest["counts"].get("photos")):
+            # Nothing to index and nothing indexed before: almost certainly the wrong folder.
+            # (An index whose photos were all deleted is still updated: that is a real removal.)
+            where = ", ".join(str(r) for r in self.roots)
+            raise UsageError(f"no photos (jpg, jpeg, png, webp, bmp, gif) under {where}")
+        self.work = self._open_work()
+        in_work = {k[len(_WORK_VEC):] for k in self.work.keys(_WORK_VEC)}
+
+        if self.shard is not None:
+            entries = [e for e in entries if shard_of(e[0], self.roots, self.shard[1]) == self.shard[0]]
+        present = {p for p, _, _ in entries}
+        # A photo gone from its old path and present under a new one was moved, not removed.
+        gone = Counter(rec["hash"] for p, rec in old_by_path.items() if p not in present)
+        missing = sum(gone.values())
+        seen_encode: set[str] = set()
+        self.touched = 0  # same content, new size/mtime: only the record needs rewriting
+        for path, size, mtime in entries:
+            old = old_by_path.get(path)
+            if old is not None and old["size"] == size and old["mtime_ns"] == mtime:
+                digest: str | None = old["hash"]
+            else:
+                self.touched += old is not None
+                try:
+                    digest = file_hash(Path(path))
+                except OSError as e:
+                    digest = None
+                    r.skipped[path] = f"{path}: cannot read ({e.strerror or e})"
+            if digest is None:
+                continue
+            if old is not None:
+                status = "unchanged" if digest == old["hash"] else "changed"
+            elif gone[digest] > 0:
+                gone[digest] -= 1
+                status = "moved"
+            else:
+                status = "added"
+            if digest in self.old_item_by_hash:
+                source = "old"
+            elif digest in in_work:
+                source = "work"
+            else:
+                source = "encode"
+                seen_encode.add(digest)
+            self.planned.append(PlannedPhoto(path, size, mtime, digest, source, status))
+        self.to_encode = len(seen_encode)
+        self._tally()
+        r.removed = missing - r.moved
+        return self.to_encode
+
+    def _tally(self) -> None:
+        r = self.report
+        for status in ("added", "changed", "moved", "unchanged"):
+            setattr(r, status, sum(1 for p in self.planned if p.status == status))
+        r.resumed = sum(1 for p in self.planned if p.source == "work")
+
+    def _open_work(self) -> KV:
+        """The work area of an interrupted build continues only if made for the same model."""
+        w = self.location.work
+        if w.exists():
+            kv = KV(w)
+            meta = kv.get_json(_WORK_META)
+            if meta == {"model": self.model.fingerprint, "format_version": FORMAT_VERSION}:
+                return kv
+            kv.close()
+            shutil.rmtree(w)
+        kv = KV(w)
+        kv.put_json(_WORK_META, {"model": self.model.fingerprint, "format_version": FORMAT_VERSION})
+        return kv
+
+    # -- encoding and writing
+    def run(self, on_progress: Callable[[int], None] | None = None) -> BuildReport:
+        t0 = time.perf_counter()
+        r = self.report
+        try:
+            self._encode(on_progress)
+            chosen = choose_for_memory(self.index_type, self._fragment_estimate(), self.model.model.out_dim,
+                                       self.max_memory)
+            prev_skipped = self.old.skipped() if self.old else {}
+            nothing_new = (self.old is not None and not (r.added or r.changed or r.moved or r.removed)
+                           and r.encoded == 0 and self.touched == 0 and r.skipped == prev_skipped
+                           and self.old.manifest["roots"] == [str(p) for p in self.roots or []]
+                           and self.old.manifest["index_type"] == chosen)
+            if nothing_new:
+                r.up_to_date = True
+                r.index_type = chosen
+                r.photos, r.regions = len(self.old), self.old.fragments  # type: ignore[arg-type]
+            else:
+                self._write(chosen)
+        finally:
+            self._close()
+        shutil.rmtree(self.location.work, ignore_errors=True)
+        r.seconds = time.perf_counter() - t0
+        return r
+
+    def _fragment_estimate(self) -> int:
+        return len(self.planned) * self.model.region_config.max_regions
+
+    def _encode(self, on_progress: Callable[[int], None] | None) -> None:
+        todo: dict[str, str] = {}  # hash -> first path with it
+        for p in self.planned:
+            if p.source == "encode" and p.hash not in todo:
+                todo[p.hash] = p.path
+        if not todo:
+            return
+        encoder = self.encoder or RegionEncoder(self.model.region_config, self.device)
+        by_path = {path: h for h, path in todo.items()}
+        pending: list[tuple[str, np.ndarray, np.ndarray]] = []
+        failed: dict[str, str] = {}
+
+        def commit() -> None:
+            with self.work.batch() as b:
+                for digest, boxes, vecs in pending:
+                    b.put_arrays(_WORK_VEC + digest, boxes=boxes, vectors=vecs)
+            n = len(pending)
+            pending.clear()
+            if on_progress:
+                on_progress(n)
+
+        for path, result in extract([Path(p) for p in todo.values()], encoder, batch_size=self.batch_size,
+                                    max_megapixels=self.max_megapixels):
+            digest = by_path[str(path)]
+            if isinstance(result, str):
+                failed[digest] = result
+                if on_progress:
+                    on_progress(1)
+                continue
+            vecs = encode_regions(self.model, result.features)  # (R', h)
+            boxes = result.boxes[: len(vecs)]  # a global model keeps region 0 only
+            pending.append((digest, boxes.astype(np.int32), vecs.astype(np.float16)))
+            self.report.encoded += 1
+            if len(pending) >= self.batch_size:
+                commit()
+        if pending:
+            commit()
+        if failed:
+            for p in self.planned:
+                if p.hash in failed:
+                    self.report.skipped[p.path] = _short(failed[p.hash], p.path)
+            self.planned = [p for p in self.planned if p.hash not in failed]
+            self._tally()
+
+    def _items(self) -> Iterator[Item]:
+        for p in self.planned:
+            if p.source == "old":
+                i = self.old_item_by_hash[p.hash]
+                vecs = self.old.vectors([i])[0]  # type: ignore[union-attr]
+                boxes = self.old.boxes(i)  # type: ignore[union-attr]
+            else:
+                a = self.work.get_arrays(_WORK_VEC + p.hash)
+                if a is None:  # pragma: no cover - the plan only names hashes it saw stored
+                    raise SearchIndexError(f"{p.path}: vectors missing from the build's work area; build again")
+                vecs, boxes = a["vectors"], a["boxes"]
+            info = {"path": p.path, "size": p.size, "mtime_ns": p.mtime_ns, "hash": p.hash}
+            yield Item(p.path, info, vecs, boxes)
+
+    def _write(self, chosen: str) -> None:
+        r = self.report
+        skipped = {p: why for p, why in r.skipped.items()}
+        extra: dict[str, Any] = {"roots": [str(p) for p in self.roots or []]}
+        if self.shard is not None:  # what `merge` needs to check the set and choose the type as one build would
+            extra.update(shard=list(self.shard), max_regions=self.model.region_config.max_regions)
+        gen = write_generation(self.location, "photos", self._items(), self.model.model.out_dim,
+                               model_info(self.model), chosen, extra=extra, skipped=skipped)
+        manifest = json.loads((gen / MANIFEST).read_text())
+        r.photos, r.regions = manifest["counts"]["photos"], manifest["counts"]["regions"]
+        r.index_type = manifest["index_type"]
+
+
+def _short(reason: str, path: str) -> str:
+    return reason if reason.startswith(path) else f"{path}: {reason}"
+
+
+def build_photos(roots: list[Path] | None, model: LoadedAlign, name: str | Path | None = None,
+                 index_type: str = "auto", on_progress: Callable[[int], None] | None = None,
+                 **kw: Any) -> BuildReport:
+    """Plan and run a build in one call (the CLI uses PhotoBuild to show a progress bar)."""
+    with PhotoBuild(roots, model, name, index_type, **kw) as b:
+        b.plan()
+        return b.run(on_progress)

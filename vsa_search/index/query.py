@@ -1,0 +1,281 @@
+"""Search an index with words (text -> photos) or with a photo (image -> sentences).
+
+The score is the paper's S_kl = Σ_t max_i v_i · s_t: a sum over words of a max over regions.
+A photo can only score high if its regions score high for the words, so search runs in two
+stages: (a) each word vector retrieves its top-N regions from FAISS and their photos become the
+candidates; (b) the candidates are re-ranked by the exact S_kl over all of their regions.
+
+For an exact (flat) index the first stage also gives a bound: a photo none of whose regions is
+in word t's top N scores at most Σ_t (N-th best dot of word t). When the k-th re-ranked score
+already beats that bound, the result is provably the exhaustive top k; otherwise N grows (x4)
+up to a cap. The same test guides approximate indexes, where the bound is itself approximate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core import paths
+from ..core.device import one_thread
+from ..core.errors import UsageError
+from ..models.alignment import LoadedAlign, load_align
+from ..models.encode import encode_regions, query_vectors
+from ..vision.images import load
+from ..vision.regions import RegionEncoder
+from .store import FragmentIndex
+
+PER_WORD = 256  # exact (flat) index: first-stage regions per word before any growth
+MAX_PER_WORD = 1024  # growth cap: bounds the worst-case query time
+PER_WORD_APPROX = 256  # IVF / HNSW: a fixed depth, as the bound is itself approximate there
+# (the last two from benchmarks/search.py and real queries: recall@10 >= 0.99 against exhaustive)
+
+
+@dataclass
+class WordMatch:
+    word: str
+    score: float  # v_i · s_t of the region this word matched best
+    region: int  # index of that region within the photo (0 = the full image)
+    box: list[int] | None  # xyxy in the photo's pixels (None for a sentence index)
+
+
+@dataclass
+class Hit:
+    key: str  # photo path | sentence source (e.g. "1000268201_693b08cb0e.jpg#2" or "file.txt:7")
+    score: float
+    words: list[WordMatch]
+    text: str | None = None  # the sentence (image -> text only)
+
+    def to_dict(self, rank: int) -> dict[str, Any]:
+        d: dict[str, Any] = {"rank": rank}
+        if self.text is None:
+            d["path"] = self.key
+        else:
+            d.update({"source": self.key, "text": self.text})
+        d["score"] = round(self.score, 4)
+        d["words"] = [{"word": m.word, "score": round(m.score, 4), "region": m.region, "box": m.box}
+                      for m in self.words]
+        return d
+
+
+@dataclass
+class Result:
+    query: str
+    words: list[str]  # the words that were scored
+    ignored: list[str]  # unknown to the model's vocabulary: not scored
+    hits: list[Hit]
+    candidates: int  # items re-ranked exactly in stage (b)
+    per_word: int  # first-stage depth finally used
+    exact: bool  # proven equal to the exhaustive top k
+    boxes: list[list[int]] = field(default_factory=list)  # image query: the photo's regions
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "words": self.words, "ignored": self.ignored,
+                "hits": [h.to_dict(i + 1) for i, h in enumerate(self.hits)]}
+
+
+# --------------------------------------------------------------------------- model and index
+
+
+def model_for(ix: FragmentIndex, model: str | Path | None = None, device: str | None = None) -> LoadedAlign:
+    """The model to search `ix` with: `model` if given, else the one the index was built with
+    (when its file is still there), else the default `align` model. A model other than the
+    index's is refused with one line (`check_model`)."""
+    if model is None:
+        built = Path(ix.manifest["model"]["path"])
+        model = built if built.is_file() else paths.find_model("align")
+    loaded = load_align(paths.find_model(str(model)), device or "cpu")
+    ix.check_model(loaded)
+    return loaded
+
+
+# --------------------------------------------------------------------------- the two stages
+
+
+def exact_scores(q: np.ndarray, vectors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """S = Σ_t max_i v_i · s_t of each item against query words q (T, h).
+    vectors: each item's (R_i, h) regions -> scores (C,), each word's best dot per item (T, C)."""
+    if not vectors:
+        return np.zeros(0, np.float32), np.zeros((len(q), 0), np.float32)
+    starts = np.cumsum([0] + [len(v) for v in vectors[:-1]])
+    with one_thread():
+        v = torch.from_numpy(np.concatenate(vectors)).float()  # (ΣR, h)
+        dots = (torch.from_numpy(np.ascontiguousarray(q, np.float32)) @ v.T).numpy()  # (T, ΣR)
+    best = np.maximum.reduceat(dots, starts, axis=1)  # (T, C)
+    return best.sum(0), best
+
+
+def exhaustive(ix: FragmentIndex, q: np.ndarray, k: int, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top k over every item (no FAISS): the reference the two stages are measured
+    against. Returns (items (k,), scores (k,))."""
+    best_items = np.zeros(0, np.int64)
+    best_scores = np.zeros(0, np.float32)
+    for lo in range(0, len(ix), chunk):
+        items = np.arange(lo, min(lo + chunk, len(ix)))
+        scores, _ = exact_scores(q, ix.vectors(items))
+        best_items = np.concatenate([best_items, items])
+        best_scores = np.concatenate([best_scores, scores])
+        order = _top(best_scores, best_items, k)
+        best_items, best_scores = best_items[order], best_scores[order]
+    return best_items, best_scores
+
+
+def _top(scores: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k best, by score then item id (a stable order for equal scores)."""
+    if len(scores) > 4 * k:
+        keep = np.argpartition(-scores, k - 1)[:k]
+        kth = scores[keep].min()
+        keep = np.flatnonzero(scores >= kth)  # keep every tie with the k-th
+    else:
+        keep = np.arange(len(scores))
+    order = np.lexsort((items[keep], -scores[keep]))
+    return keep[order[:k]]
+
+
+@dataclass
+class Ranked:
+    items: np.ndarray  # (k',) item ids, best first
+    scores: np.ndarray  # (k',)
+    candidates: int  # items found by the first stage
+    per_word: int
+    exact: bool
+
+
+def two_stage(ix: FragmentIndex, q: np.ndarray, k: int, per_word: int | None = None,
+              max_per_word: int | None = MAX_PER_WORD) -> Ranked:
+    """Top k items for query words q (T, h): FAISS candidates, then the exact S_kl.
+    On a flat index with no `per_word` every region is a candidate: the flat scan computes
+    every dot anyway, so scoring all photos from them costs no more and is exact (on the
+    shipped hybrid model, whose regions of one photo share a global part, a per-word top N
+    covers few photos: recall@10 0.996 even at N=1024). `max_per_word=None` turns growth off."""
+    if k <= 0:
+        raise UsageError(f"-k must be at least 1 (got {k})")
+    if ix.exact and per_word is None:
+        return _score_all(ix, q, k)
+    n = per_word or (PER_WORD if ix.exact else PER_WORD_APPROX)
+    total = ix.fragments
+    while True:
+        dots, ids = ix.search(q, n)  # (T, n')
+        valid = ids >= 0
+        # Each word's n-th best dot (its last valid one when the index returned fewer): no
+        # region outside word t's list beats it.
+        nth = np.where(valid, dots, np.inf).min(axis=1)  # (T,)
+        cands, inv = np.unique(ix.items_of(ids[valid]), return_inverse=True)
+        # A candidate's best listed dot per word is its exact max for that word (the list is
+        # the top n overall); for a word it is not listed under, nth[t] bounds it from above.
+        listed = np.full((len(cands), len(q)), -np.inf, np.float32)
+        np.maximum.at(listed, (inv, np.nonzero(valid)[0]), dots[valid])
+        upper = np.where(listed > -np.inf, listed, nth[None, :]).sum(1)  # (C,)
+        # The bounds hold for an exact index only; an approximate one may have missed a
+        # candidate's best region, so there every candidate is scored (a few ms: LMDB + one matmul).
+        items, scores = _rerank(ix, q, cands, upper if ix.exact else None, k)
+        everything = ids.shape[1] >= total
+        proven = everything or (len(items) == k and bool(scores[-1] >= nth.sum()))
+        if proven or max_per_word is None or n >= max_per_word or not ix.exact:
+            return Ranked(items, scores, len(cands), ids.shape[1], proven and ix.exact)
+        n = min(n * 4, max_per_word)
+
+
+def _score_all(ix: FragmentIndex, q: np.ndarray, k: int) -> Ranked:
+    """Exact S_kl of every item from the flat index's own vectors (no LMDB reads)."""
+    items = np.arange(len(ix))
+    if not len(items):
+        return Ranked(items, np.zeros(0, np.float32), 0, 0, True)
+    dots = ix.all_dots(q)  # (T, ΣR)
+    scores = np.maximum.reduceat(dots, ix.first, axis=1).sum(0)  # (C,)
+    top = _top(scores, items, k)
+    return Ranked(items[top], scores[top], len(items), ix.fragments, True)
+
+
+def _rerank(ix: FragmentIndex, q: np.ndarray, cands: np.ndarray, upper: np.ndarray | None, k: int,
+            batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Exact scores of candidates in order of their upper bound, stopping once the k-th best
+    exact score beats every remaining bound: most candidates never leave LMDB. Without bounds
+    (upper=None) every candidate is scored."""
+    if upper is None:
+        upper = np.full(len(cands), np.inf, np.float32)
+        batch = max(batch, len(cands))
+    order = np.lexsort((cands, -upper))
+    got_items: list[np.ndarray] = []
+    got_scores: list[np.ndarray] = []
+    kth = -np.inf
+    done = 0
+    while done < len(order):
+        # Slack for float rounding between FAISS's sums and ours.
+        if done >= k and kth > upper[order[done]] + 1e-5 * (1 + abs(upper[order[done]])):
+            break
+        nxt = cands[order[done:done + batch]]
+        s, _ = exact_scores(q, ix.vectors(nxt))
+        got_items.append(nxt)
+        got_scores.append(s)
+        done += len(nxt)
+        if done >= k:
+            kth = np.partition(np.concatenate(got_scores), done - k)[done - k]
+    items = np.concatenate(got_items) if got_items else np.zeros(0, np.int64)
+    scores = np.concatenate(got_scores) if got_scores else np.zeros(0, np.float32)
+    top = _top(scores, items, k)
+    return items[top], scores[top]
+
+
+def _matches(q: np.ndarray, words: list[str], vecs: np.ndarray, boxes: np.ndarray | None) -> list[WordMatch]:
+    dots = q @ vecs.astype(np.float32).T  # (T, R)
+    best = dots.argmax(1)
+    return [WordMatch(w, float(dots[t, r]), int(r), boxes[r].tolist() if boxes is not None else None)
+            for t, (w, r) in enumerate(zip(words, best))]
+
+
+def search_text(ix: FragmentIndex, model: LoadedAlign, text: str, k: int = 10,
+                per_word: int | None = None) -> Result:
+    """Photos for a sentence, best first, each with the box every word matched."""
+    if k <= 0:
+        raise UsageError(f"-k must be at least 1 (got {k})")
+    words, ignored, q = query_vectors(model, text)
+    r = two_stage(ix, q, k, per_word)
+    hits = []
+    for item, score, vecs in zip(r.items, r.scores, ix.vectors(r.items)):
+        hits.append(Hit(ix.record(int(item))["key"], float(score), _matches(q, words, vecs, ix.boxes(int(item)))))
+    return Result(text, words, ignored, hits, r.candidates, r.per_word, r.exact)
+
+
+# --------------------------------------------------------------------------- image -> text
+
+
+def photo_regions(model: LoadedAlign, photo: str | Path, encoder: Any = None,
+                  device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes (R, 4) int32, region vectors (R, h) float32) of one photo."""
+    encoder = encoder or RegionEncoder(model.region_config, device)
+    feats = encoder.encode_one(load(photo))
+    v = encode_regions(model, feats.features)
+    return feats.boxes[: len(v)], v
+
+
+def search_image(ix: FragmentIndex, model: LoadedAlign, photo: str | Path, k: int = 10,
+                 per_region: int = 256, encoder: Any = None, device: str | None = None) -> Result:
+    """Sentences for a photo by the same S_kl (sum over the sentence's words of the max over
+    the photo's regions): each region retrieves its nearest word fragments, whose sentences
+    are re-ranked exactly."""
+    if k <= 0:
+        raise UsageError(f"-k must be at least 1 (got {k})")
+    boxes, v = photo_regions(model, photo, encoder, device)
+    _, ids = ix.search(v, per_region)  # (R, n)
+    cands = np.unique(ix.items_of(ids[ids >= 0]))
+    vecs = ix.vectors(cands)
+    scores = np.zeros(0, np.float32)
+    if vecs:
+        best = (np.concatenate(vecs).astype(np.float32) @ v.T).max(1)  # (ΣT,): each word's best region
+        scores = np.add.reduceat(best, np.cumsum([0] + [len(s) for s in vecs[:-1]]))
+    order = _top(scores, cands, k)
+    hits = []
+    for j in order:
+        rec = ix.record(int(cands[j]))
+        s = vecs[j].astype(np.float32)  # (T, h)
+        dots = s @ v.T  # (T, R)
+        words = [WordMatch(w, float(dots[t].max()), int(dots[t].argmax()), boxes[int(dots[t].argmax())].tolist())
+                 for t, w in enumerate(rec["words"])]
+        hits.append(Hit(rec["key"], float(scores[j]), words, text=rec["text"]))
+    return Result(str(photo), [], [], hits, len(cands), per_region, False, boxes.tolist())
+

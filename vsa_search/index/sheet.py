@@ -1,0 +1,81 @@
+"""A contact sheet of search results: each hit's photo with the box every word matched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from ..core.atomic import atomic_path
+from ..core.errors import ImageError
+from ..vision.draw import PALETTE, label_colour
+from ..vision.images import load
+from .query import Result
+
+
+def contact_sheet(result: Result, out: str | Path, photo: str | Path | None = None, thumb: int = 320,
+                  columns: int = 4) -> Path:
+    """A PNG of the hits, each photo with the box every word matched, labelled by the word.
+    For an image query (`photo` given) each tile is that photo with one sentence's boxes."""
+    font = ImageFont.load_default(size=13)
+    small = ImageFont.load_default(size=12)
+    colour_of: dict[str, tuple[int, int, int]] = {}
+    tiles: list[Image.Image] = []
+    cap_h = 36
+    for rank, hit in enumerate(result.hits, 1):
+        src = photo if photo is not None else hit.key
+        try:
+            im = load(src)
+        except ImageError:
+            im = None
+        tile = Image.new("RGB", (thumb, thumb + cap_h), "white")
+        draw = ImageDraw.Draw(tile)
+        if im is None:
+            draw.rectangle([0, 0, thumb - 1, thumb - 1], fill="#dddddd")
+            draw.text((8, thumb // 2), "photo not readable", fill="black", font=font)
+        else:
+            scale = thumb / max(im.size)
+            small_im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
+            ox, oy = (thumb - small_im.width) // 2, (thumb - small_im.height) // 2
+            tile.paste(small_im, (ox, oy))
+            by_box: dict[tuple[int, ...], list[str]] = {}
+            for m in hit.words:
+                if m.box is not None:
+                    by_box.setdefault(tuple(m.box), []).append(m.word)
+            for box, words in by_box.items():
+                colour = colour_of.setdefault(words[0], PALETTE[len(colour_of) % len(PALETTE)])
+                x0, y0, x1, y1 = (ox + round(box[0] * scale), oy + round(box[1] * scale),
+                                  ox + round(box[2] * scale) - 1, oy + round(box[3] * scale) - 1)
+                draw.rectangle([x0, y0, x1, y1], outline=colour, width=3)
+                label = _fit(draw, " ".join(dict.fromkeys(words)), font, thumb - 6)
+                tw = draw.textlength(label, font=font)
+                lx = max(0, min(x0, thumb - tw - 6))  # keep the label inside the tile
+                ly = max(0, min(y0, thumb - 18))
+                draw.rectangle([lx, ly, lx + tw + 6, ly + 17], fill=colour)
+                draw.text((lx + 3, ly + 1), label, fill=label_colour(colour), font=font)
+        name = hit.text if hit.text is not None else Path(hit.key).name
+        draw.text((4, thumb + 3), f"#{rank}  {hit.score:.3f}", fill="black", font=font)
+        draw.text((4, thumb + 19), _fit(draw, name, small, thumb - 8), fill="#333333", font=small)
+        tiles.append(tile)
+    columns = max(1, min(columns, len(tiles) or 1))
+    rows = max(1, -(-len(tiles) // columns))
+    head = 28
+    sheet = Image.new("RGB", (columns * (thumb + 8) + 8, head + rows * (thumb + cap_h + 8) + 8), "#f4f4f4")
+    d = ImageDraw.Draw(sheet)
+    title = f"{result.query}" + (f"   (ignored: {', '.join(result.ignored)})" if result.ignored else "")
+    d.text((8, 6), _fit(d, title, font, sheet.width - 16), fill="black", font=font)
+    for j, tile in enumerate(tiles):
+        sheet.paste(tile, (8 + (j % columns) * (thumb + 8), head + (j // columns) * (thumb + cap_h + 8)))
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        sheet.save(tmp, format="PNG")
+    return out
+
+
+def _fit(draw: Any, text: str, font: Any, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"

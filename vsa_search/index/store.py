@@ -1,0 +1,325 @@
+"""A finished index generation (reader: FragmentIndex) and the writer of a new one
+(write_generation): fragment vectors in FAISS, item records, vectors and boxes in LMDB."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+
+from ..core.device import one_thread
+from ..core.errors import SearchIndexError
+from ..core.kv import KV
+from ..models.alignment import LoadedAlign
+from .faiss_types import IVF_NPROBE, choose_type, make_faiss
+from .layout import (
+    _BOX,
+    _IDMAP,
+    _ITEM,
+    _SKIP,
+    _VEC,
+    FORMAT_VERSION,
+    KINDS,
+    MANIFEST,
+    META,
+    SENTENCES_SUFFIX,
+    VECTORS,
+    Location,
+    resolve,
+)
+
+# --------------------------------------------------------------------------- a finished index (reader)
+
+
+@dataclass
+class Item:
+    key: str  # photo path | sentence source
+    info: dict[str, Any]  # photos: size, mtime_ns, hash | sentences: text, words
+    vectors: np.ndarray  # (n, h) float16
+    boxes: np.ndarray | None = None  # (n, 4) int32 xyxy for photos
+
+
+class FragmentIndex:
+    """An open, immutable generation: FAISS vectors, LMDB records, manifest."""
+
+    def __init__(self, location: Location, kind: str = "photos"):
+        self.location = location
+        self.kind = kind
+        for attempt in range(3):
+            gen = location.current()
+            if gen is None:
+                what = "photo index" if kind == "photos" else "sentence index"
+                cmd = "vsa index build PATH" if kind == "photos" else "vsa index text FILE"
+                raise SearchIndexError(f"no {what} {location.name.removesuffix(SENTENCES_SUFFIX)!r} "
+                                  f"at {location.link} (create it with `{cmd}`)")
+            try:
+                self._open(gen)
+                return
+            except FileNotFoundError:
+                # A build swapped generations between our readlink and open: read the link again.
+                if attempt == 2:
+                    raise SearchIndexError(f"{location.link}: index files are missing; build it again") from None
+                time.sleep(0.05)
+
+    def _open(self, gen: Path) -> None:
+        self.dir = gen
+        try:
+            manifest = json.loads((gen / MANIFEST).read_text())
+        except json.JSONDecodeError:
+            raise SearchIndexError(f"{gen / MANIFEST}: unreadable manifest; build the index again") from None
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise SearchIndexError(f"{self.location.link}: index format {version}, this version reads "
+                              f"{FORMAT_VERSION}; remove it (`vsa index remove`) and build it again")
+        if manifest.get("kind") != self.kind:
+            raise SearchIndexError(f"{self.location.link}: is a {manifest.get('kind')} index, not a {self.kind} index")
+        self.manifest: dict[str, Any] = manifest
+        if not (gen / VECTORS).is_file() or not (gen / META / "data.mdb").is_file():
+            raise FileNotFoundError(gen)
+        self.faiss = faiss.read_index(str(gen / VECTORS))
+        self.kv = _open_shared(gen / META)
+        ids = self.kv.get_arrays(_IDMAP) or {"first": np.zeros(0, np.int64), "count": np.zeros(0, np.int64)}
+        self.first: np.ndarray = ids["first"]
+        self.count: np.ndarray = ids["count"]
+        self.dim: int = int(manifest["dim"])
+        params = manifest.get("faiss", {})
+        if isinstance(self.faiss, faiss.IndexIVF):
+            self.faiss.nprobe = int(params.get("nprobe", IVF_NPROBE))
+
+    def close(self) -> None:
+        _close_shared(self.kv)
+
+    def __enter__(self) -> FragmentIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def index_type(self) -> str:
+        return self.manifest["index_type"]
+
+    @property
+    def exact(self) -> bool:
+        return self.index_type == "flat"
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    @property
+    def fragments(self) -> int:
+        return int(self.faiss.ntotal)
+
+    def check_model(self, model: LoadedAlign) -> None:
+        built = self.manifest["model"]
+        if built["fingerprint"] != model.fingerprint:
+            raise SearchIndexError(
+                f"index {self.location.name} was built with model {built['fingerprint']} ({built['path']}), "
+                f"not {model.fingerprint} ({model.path}); search with --model {built['path']} "
+                f"or rebuild the index with this model")
+
+    def search(self, queries: np.ndarray, n: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n fragments by inner product for each query vector: dots (Q, n), ids (Q, n);
+        id -1 (dot -inf) where fewer were found. One thread by default: a query is a few
+        vectors, and on a shared machine an OpenMP team mostly waits (see core.device.one_thread)."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        n = max(1, min(n, self.fragments)) if self.fragments else 1
+        prev = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(threads)
+        try:
+            return self._search(q, n)
+        finally:
+            faiss.omp_set_num_threads(prev)
+
+    def _search(self, q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        params = self.manifest.get("faiss", {})
+        if isinstance(self.faiss, faiss.IndexHNSW):
+            self.faiss.hnsw.efSearch = max(n, 64)
+        if "max_norm" in params:
+            m = float(params["max_norm"])
+            d2, ids = self.faiss.search(np.hstack([q, np.zeros((len(q), self.faiss.d - q.shape[1]), np.float32)]), n)
+            # |q - x'|^2 = |q|^2 + M^2 - 2 q.x  ->  q.x
+            dots = ((q * q).sum(1, keepdims=True) + m * m - d2) / 2
+        else:
+            dots, ids = self.faiss.search(q, n)
+        if "center" in params:  # the index holds x - mu: q.x = q.(x - mu) + q.mu
+            dots = dots + (q @ np.asarray(params["center"], np.float32))[:, None]
+        return np.where(ids >= 0, dots, -np.inf).astype(np.float32), ids
+
+    def all_dots(self, q: np.ndarray) -> np.ndarray:
+        """(Q, fragments) inner products of q with every vector of a flat index, read in place
+        from FAISS's storage (one thread, as `search`)."""
+        if not isinstance(self.faiss, faiss.IndexFlat):
+            raise SearchIndexError(f"{self.location.link}: all_dots needs a flat index, not {self.index_type}")
+        xb = faiss.rev_swig_ptr(self.faiss.get_xb(), self.fragments * self.faiss.d).reshape(self.fragments, -1)
+        with one_thread():
+            return (torch.from_numpy(np.ascontiguousarray(q, np.float32)) @ torch.from_numpy(xb).T).numpy()
+
+    def items_of(self, ids: np.ndarray) -> np.ndarray:
+        """Fragment ids -> the items that own them."""
+        return np.searchsorted(self.first, ids, side="right") - 1
+
+    def vectors(self, items: Iterable[int]) -> list[np.ndarray]:
+        """(count_i, h) float16 vectors of each item, in one read transaction."""
+        items = list(items)
+        blobs = self.kv.get_many_bytes([f"{_VEC}{i:09d}" for i in items])
+        return [np.frombuffer(b, np.float16).reshape(-1, self.dim) for b in blobs]  # type: ignore[arg-type]
+
+    def boxes(self, i: int) -> np.ndarray:
+        b = self.kv.get_bytes(f"{_BOX}{i:09d}")
+        return np.zeros((0, 4), np.int32) if b is None else np.frombuffer(b, np.int32).reshape(-1, 4)
+
+    def record(self, i: int) -> dict[str, Any]:
+        return self.kv.get_json(f"{_ITEM}{i:09d}")
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        for _, rec in self.kv.items_json(_ITEM):
+            yield rec
+
+    def skipped(self) -> dict[str, str]:
+        return {k[len(_SKIP):]: v for k, v in self.kv.items_json(_SKIP)}
+
+
+# LMDB allows one environment per file per process: readers of the same generation (a search
+# and the build that reads the index it replaces) share one, closed with its last user.
+_SHARED: dict[str, list[Any]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _open_shared(path: Path) -> KV:
+    key = str(path.resolve())
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = [KV(path, readonly=True), 0]
+        _SHARED[key][1] += 1
+        return _SHARED[key][0]
+
+
+def _close_shared(kv: KV) -> None:
+    with _SHARED_LOCK:
+        for key, entry in list(_SHARED.items()):
+            if entry[0] is kv:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    kv.close()
+                    del _SHARED[key]
+                return
+
+
+def open_index(name: str | Path | None = None, kind: str = "photos") -> FragmentIndex:
+    return FragmentIndex(Location(resolve(name, kind)), kind)
+
+
+# --------------------------------------------------------------------------- writing a generation
+
+
+def write_generation(location: Location, kind: str, items: Iterable[Item], dim: int, model: dict[str, Any],
+                     index_type: str, extra: dict[str, Any] | None = None,
+                     skipped: dict[str, str] | None = None, total_hint: int | None = None) -> Path:
+    """Write a complete generation to a temporary sibling, rename it, swap the link. `items`
+    must come sorted by key: ids follow their order, which makes a build reproducible."""
+    gen = location.next_generation()
+    tmp = gen.with_name(gen.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    firsts: list[int] = []
+    counts: list[int] = []
+    chunks: list[np.ndarray] = []
+    total = 0
+    with KV(tmp / META) as kv:
+        batch_items: list[Item] = []
+
+        def flush() -> None:
+            nonlocal total
+            with kv.batch() as b:
+                for it in batch_items:
+                    i = len(firsts)
+                    v = np.ascontiguousarray(it.vectors, dtype=np.float16)
+                    if v.ndim != 2 or v.shape[1] != dim:
+                        raise SearchIndexError(f"{it.key}: vectors of shape {v.shape}, expected (n, {dim})")
+                    b.put_json(f"{_ITEM}{i:09d}", {"key": it.key, **it.info, "first": total, "count": len(v)})
+                    b.put_bytes(f"{_VEC}{i:09d}", v.tobytes())
+                    if it.boxes is not None:
+                        b.put_bytes(f"{_BOX}{i:09d}", np.ascontiguousarray(it.boxes, np.int32).tobytes())
+                    firsts.append(total)
+                    counts.append(len(v))
+                    chunks.append(v)
+                    total += len(v)
+            batch_items.clear()
+
+        last_key = None
+        for it in items:
+            if last_key is not None and it.key <= last_key:
+                raise ValueError("write_generation: items must be sorted by key and unique")
+            last_key = it.key
+            batch_items.append(it)
+            if len(batch_items) >= 512:
+                flush()
+        flush()
+        with kv.batch() as b:
+            b.put_arrays(_IDMAP, first=np.array(firsts, np.int64), count=np.array(counts, np.int64))
+            for key, why in sorted((skipped or {}).items()):
+                b.put_json(_SKIP + key, why)
+    all_vectors = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float16)
+    chunks.clear()
+    chosen = choose_type(index_type, len(all_vectors))
+    index, chosen, params = make_faiss(all_vectors, chosen)
+    del all_vectors
+    faiss.write_index(index, str(tmp / VECTORS))
+    item_name, frag_name = KINDS[kind]
+    manifest = {"format_version": FORMAT_VERSION, "kind": kind, "model": model, "dim": dim,
+                "index_type": chosen, "faiss": params,
+                "counts": {item_name: len(firsts), frag_name: total, "skipped": len(skipped or {})},
+                **(extra or {})}
+    # The manifest is written last: a generation without one was never finished.
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.rename(tmp, gen)
+    location.swap_in(gen)
+    return gen
+
+
+def model_info(model: LoadedAlign) -> dict[str, Any]:
+    return {"fingerprint": model.fingerprint, "path": str(Path(model.path).resolve()),
+            "hidden": model.model.out_dim, "extractor": model.region_config.extractor_id()}
+
+
+
+def find_photo(loaded: LoadedAlign, photo: str | Path,
+               name: str | Path | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(boxes (R, 4), region vectors (R, h)) of a photo from a photo index, or None when the index
+    cannot vouch for them: no default index, built with another model, photo not in it, or the
+    file changed since (size or mtime). A named index that does not exist is an error."""
+    try:
+        st = Path(photo).stat()
+    except OSError:
+        return None
+    if name is None and Location(resolve(None)).current() is None:
+        return None
+    with open_index(name) as ix:
+        if ix.manifest.get("model", {}).get("fingerprint") != loaded.fingerprint:
+            return None
+        # Items are stored sorted by key (the absolute path), so binary search finds the photo.
+        key = str(Path(photo).absolute())
+        lo, hi = 0, len(ix)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ix.record(mid)["key"] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == len(ix):
+            return None
+        rec = ix.record(lo)
+        if rec["key"] != key or rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
+            return None
+        return ix.boxes(lo).copy(), ix.vectors([lo])[0].astype(np.float32)

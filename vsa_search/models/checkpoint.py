@@ -1,0 +1,84 @@
+"""Self-describing model files. A checkpoint is one `torch.save`d dict of tensors and plain
+JSON values, so it loads with `weights_only=True`: kind, format_version, config, vocabulary,
+feature-extractor config, metrics, the state dict, and (optionally) training state for --resume."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.atomic import atomic_path
+from ..core.errors import ModelError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    kind: str  # align | caption
+    config: dict[str, Any]  # the model's config dataclass as a dict
+    vocab: dict[str, Any]  # Vocab.to_dict()
+    region_config: dict[str, Any]  # RegionConfig of the features it was trained on
+    state_dict: dict[str, torch.Tensor]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    train_state: dict[str, Any] = field(default_factory=dict)  # epoch, optimizer, rng... (resume)
+    format_version: int = FORMAT_VERSION
+
+
+def save(ckpt: Checkpoint, path: str | Path) -> Path:
+    """Write atomically (temp file in the same directory, then rename): a crash mid-save leaves
+    the previous file intact."""
+    path = Path(path)
+    blob = {
+        "format_version": ckpt.format_version,
+        "kind": ckpt.kind,
+        # JSON strings keep the header free of anything weights_only would refuse.
+        "header_json": json.dumps({"config": ckpt.config, "vocab": ckpt.vocab,
+                                   "region_config": ckpt.region_config, "metrics": ckpt.metrics}),
+        "state_dict": ckpt.state_dict,
+        "train_state": ckpt.train_state,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+    return path
+
+
+def load(path: str | Path, kind: str | None = None, map_location: str | torch.device = "cpu") -> Checkpoint:
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file; all mean "not loadable"
+        if "weights_only" in str(e) or "Weights only" in str(e):
+            why = "torch.load with weights_only=True cannot read it"
+        else:
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
+        raise ModelError(f"{path}: not a vsa model file ({why})") from None
+    if not isinstance(blob, dict) or "kind" not in blob or "header_json" not in blob:
+        raise ModelError(f"{path}: not a vsa model file")
+    if blob.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{path}: model format {blob.get('format_version')}, this version reads "
+                         f"{FORMAT_VERSION}")
+    if kind is not None and blob["kind"] != kind:
+        def a(word: str) -> str:
+            return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+        raise ModelError(f"{path}: this is {a(blob['kind'])} model; {a(kind)} model is needed here")
+    header = json.loads(blob["header_json"])
+    return Checkpoint(kind=blob["kind"], config=header["config"], vocab=header["vocab"],
+                      region_config=header["region_config"], state_dict=blob["state_dict"],
+                      metrics=header.get("metrics", {}), train_state=blob.get("train_state", {}),
+                      format_version=blob["format_version"])
+
+
+def load_weights(model: torch.nn.Module, ckpt: Checkpoint, path: str | Path) -> None:
+    """Put a checkpoint's weights into a model built from its config; a mismatch is a ModelError."""
+    try:
+        model.load_state_dict(ckpt.state_dict)
+    except RuntimeError as e:
+        raise ModelError(f"{path}: weights do not fit the saved config ({str(e).splitlines()[0][:120]})") from None

@@ -1,0 +1,100 @@
+"""The vectors a loaded alignment model gives regions and words: region vectors v_i from CNN
+features, word vectors s_t of sentences, their dot products (the MRF's unaries), and the query
+and sentence-index encodings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..core.errors import ModelError, QueryError
+from ..data.text import tokenize
+from ..data.vocab import UNK, pad_ids
+from .alignment import LoadedAlign
+
+
+def _check_arch(loaded: LoadedAlign) -> int:
+    """The width of the region-word part of the model's vectors. A "hybrid" model appends a global
+    term (the same for every region) after the first `hidden` dimensions; alignment ignores it."""
+    if getattr(loaded.config, "arch", "brnn") not in ("brnn", "hybrid"):
+        raise ModelError(f"{loaded.path}: a {loaded.config.arch} model has no region-word scores to align with")
+    return loaded.config.hidden
+
+
+@torch.inference_mode()
+def encode_regions(loaded: LoadedAlign, features: np.ndarray) -> np.ndarray:
+    """One photo's (R, D) CNN features -> its (R', h') vectors as a photo index stores them, on the
+    model's device: a global model keeps region 0 only, a hybrid one appends its global term."""
+    device = next(loaded.model.parameters()).device
+    feats = torch.from_numpy(np.asarray(features, np.float32)).to(device)[None]  # (1, R, D)
+    return loaded.model.encode_regions(feats)[0].float().cpu().numpy()
+
+
+def region_vectors(loaded: LoadedAlign, features: np.ndarray) -> np.ndarray:
+    """(R, D) CNN features -> (R, h) region vectors v_i, the region-word part only (for alignment)."""
+    h = _check_arch(loaded)
+    return encode_regions(loaded, features)[:, :h]
+
+
+@torch.inference_mode()
+def word_vectors(loaded: LoadedAlign, token_lists: list[list[str]]) -> list[np.ndarray]:
+    """Each sentence's word vectors s_t, (N_k, h); the sentences run through the BRNN as one batch."""
+    h = _check_arch(loaded)
+    device = next(loaded.model.parameters()).device
+    ids, lengths = pad_ids([loaded.vocab.encode(t) for t in token_lists])  # (B, T), (B,)
+    s = loaded.model.encode_words(ids.to(device), lengths.to(device))[..., :h]  # (B, T, h)
+    if getattr(loaded.config, "pool", "sum") == "mean":
+        # Undo the model's 1/length scaling: β is in units of one word's v_i · s_t, whatever the length.
+        s = s * lengths.to(device, s.dtype)[:, None, None]
+    s = s.float().cpu().numpy()
+    return [s[k, : len(t)] for k, t in enumerate(token_lists)]
+
+
+def unaries(loaded: LoadedAlign, features: np.ndarray, token_lists: list[list[str]],
+            vectors: np.ndarray | None = None) -> list[np.ndarray]:
+    """v_i · s_t of one image's regions against each sentence: a list of (N_k, R) arrays.
+    `features` (R, D) are projected once; or pass the region vectors (R, h) themselves."""
+    v = region_vectors(loaded, features) if vectors is None else np.asarray(vectors, np.float32)
+    v = v[:, : _check_arch(loaded)]  # stored vectors of a hybrid model carry the global term too
+    return [s @ v.T for s in word_vectors(loaded, token_lists)]
+
+def query_tokens_or_fail(text: str) -> list[str]:
+    tokens = tokenize(text)
+    if not tokens:
+        raise QueryError("empty query: give some words to search for")
+    return tokens
+
+
+def query_vectors(model: LoadedAlign, text: str) -> tuple[list[str], list[str], np.ndarray]:
+    """(scored words, ignored words, s (T, h) float32). Unknown words still reach the sentence
+    encoder as <unk> (they are context for their neighbours) but get no vector of their own."""
+    tokens = query_tokens_or_fail(text)
+    ids = model.vocab.encode(tokens)
+    known = [i for i, w in enumerate(ids) if w != UNK]
+    if not known:
+        raise QueryError(f"no known words in the query {text.strip()!r}: the model's vocabulary has none of "
+                         f"{', '.join(tokens)}")
+    with torch.inference_mode():
+        s = model.model.encode_words(torch.tensor([ids]), torch.tensor([len(ids)]))[0]  # (T, h)
+    return [tokens[i] for i in known], [tokens[i] for i in range(len(tokens)) if ids[i] == UNK], \
+        s[known].float().cpu().numpy()
+
+
+def encode_sentences(model: LoadedAlign, sentences: list[str], batch_size: int = 256,
+                     on_progress: Callable[[int], None] | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
+    """For each sentence: its known words and their vectors (n_known, h) float32. Unknown words
+    still feed the sentence encoder as <unk> (context) but are not fragments of their own."""
+    for i in range(0, len(sentences), batch_size):
+        chunk = sentences[i:i + batch_size]
+        toks = [tokenize(s) for s in chunk]
+        ids = [model.vocab.encode(t) for t in toks]
+        batch, lengths = pad_ids(ids, min_length=1)
+        with torch.inference_mode():
+            s = model.model.encode_words(batch, lengths).float().cpu().numpy()  # (B, T, h)
+        for j, (t, x) in enumerate(zip(toks, ids)):
+            keep = [k for k, w in enumerate(x) if w != UNK]
+            yield [t[k] for k in keep], s[j, keep]
+        if on_progress:
+            on_progress(len(chunk))

@@ -1,0 +1,166 @@
+"""The feature store: boxes and region features per photo in one LMDB environment, so that
+training and evaluation never run the CNN twice. Resumable: a killed extraction continues
+where it stopped, because each batch is one transaction and finished photos are skipped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core import paths
+from ..core.config import RegionConfig, from_dict, to_dict
+from ..core.errors import StoreError
+from ..core.kv import KV
+from .regions import RegionEncoder, RegionFeatures, extract
+
+FORMAT_VERSION = 1
+_META = "meta"
+_FEAT = "f/"
+_SKIP = "skip/"
+
+
+class FeatureStore:
+    """`FeatureStore(path)` opens an existing store; pass `cfg` to create one (or to check
+    that an existing store was made by the same extractor)."""
+
+    def __init__(self, path: str | Path, cfg: RegionConfig | None = None, readonly: bool = False):
+        self.path = Path(path)
+        if readonly or cfg is None:
+            if not (self.path / "data.mdb").exists():
+                raise StoreError(f"{self.path}: no feature store here (run `vsa features extract`)")
+        self.kv = KV(self.path, readonly=readonly)
+        meta = self.kv.get_json(_META)
+        if meta is None:
+            if cfg is None:
+                raise StoreError(f"{self.path}: not a feature store (no metadata)")
+            meta = {"format_version": FORMAT_VERSION, "extractor_id": cfg.extractor_id(),
+                    "region_config": to_dict(cfg)}
+            self.kv.put_json(_META, meta)
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"{self.path}: feature store format {meta.get('format_version')}, "
+                             f"this version reads {FORMAT_VERSION}; extract again")
+        self.config: RegionConfig = from_dict(RegionConfig, meta["region_config"])
+        self.extractor_id: str = meta["extractor_id"]
+        if cfg is not None and cfg.extractor_id() != self.extractor_id:
+            raise StoreError(f"{self.path}: made by extractor {self.extractor_id}, "
+                             f"not {cfg.extractor_id()}; use another --out")
+
+    def close(self) -> None:
+        self.kv.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __contains__(self, image_id: str) -> bool:
+        return (_FEAT + image_id) in self.kv
+
+    def __len__(self) -> int:
+        return self.kv.count(_FEAT)
+
+    def ids(self) -> list[str]:
+        return [k[len(_FEAT):] for k in self.kv.keys(_FEAT)]
+
+    def skipped(self) -> dict[str, str]:
+        return {k[len(_SKIP):]: v for k, v in self.kv.items_json(_SKIP)}
+
+    def get(self, image_id: str) -> RegionFeatures:
+        a = self.kv.get_arrays(_FEAT + image_id)
+        if a is None:
+            raise StoreError(f"{self.path}: no features for {image_id}")
+        return RegionFeatures(a["boxes"].astype(np.int32), a["features"].astype(np.float32))
+
+    def get_many(self, image_ids: Iterable[str]) -> list[RegionFeatures]:
+        return [self.get(i) for i in image_ids]
+
+    def put(self, items: Iterable[tuple[str, RegionFeatures | str]]) -> None:
+        """Write one batch atomically; a string value records a skipped photo and its reason."""
+        with self.kv.batch() as b:
+            for image_id, value in items:
+                if isinstance(value, str):
+                    b.put_json(_SKIP + image_id, value)
+                else:
+                    b.delete(_SKIP + image_id)  # a photo fixed since an earlier skip
+                    # float16 halves the store; the ranking model is insensitive to it.
+                    b.put_arrays(_FEAT + image_id, boxes=value.boxes.astype(np.int32),
+                                 features=value.features.astype(np.float16))
+
+
+@dataclass
+class ExtractReport:
+    extracted: int = 0
+    already: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def same_extractor(a: RegionConfig, b: RegionConfig) -> bool:
+    """The one rule for "are these features comparable": the whole region configs agree (compared
+    through extractor_id, which fingerprints every field, defaults of newer fields included)."""
+    return a.extractor_id() == b.extractor_id()
+
+
+def require_extractor(store_config: RegionConfig, model_config: RegionConfig, store: str | Path,
+                      model: str | Path) -> None:
+    """A model only understands features of the extractor it was trained on."""
+    if not same_extractor(store_config, model_config):
+        raise StoreError(f"{store}: features by extractor {store_config.extractor_id()}, but {model} was trained "
+                         f"on {model_config.extractor_id()}; extract with the model's region preset")
+
+
+def extract_to_store(photos: dict[str, Path], out: str | Path, cfg: RegionConfig,
+                     device: str | None = None, batch_size: int = 16,
+                     on_progress: Callable[[int], None] | None = None,
+                     encoder: RegionEncoder | None = None) -> ExtractReport:
+    """Extract every photo (id -> path) not yet in the store at `out`. Photos already stored
+    are counted, not redone; unreadable ones are recorded as skipped and reported."""
+    report = ExtractReport()
+    with FeatureStore(out, cfg) as store:
+        todo = []
+        for image_id, p in photos.items():
+            if image_id in store:
+                report.already += 1
+            else:
+                todo.append((image_id, p))
+        if on_progress and report.already:
+            on_progress(report.already)
+        if todo:
+            encoder = encoder or RegionEncoder(cfg, device)
+            ids = {p: i for i, p in todo}
+            pending: list[tuple[str, RegionFeatures | str]] = []
+            for path, result in extract([p for _, p in todo], encoder, batch_size=batch_size):
+                pending.append((ids[path], result))
+                if len(pending) == batch_size:
+                    store.put(pending)
+                    _tally(report, pending, on_progress)
+                    pending = []
+            if pending:
+                store.put(pending)
+                _tally(report, pending, on_progress)
+        report.skipped.update(store.skipped())
+    return report
+
+
+def extract_to_cache(photos: dict[str, Path], cfg: RegionConfig, device: str | None = None,
+                     on_progress: Callable[[int], None] | None = None) -> Path:
+    """Extract photos (id -> path) into the one evaluation cache per extractor,
+    $VSA_HOME/cache/features/<extractor id>; photos already there are not extracted again, so
+    `eval recall` and `eval caption` share what either has extracted. Returns the store's path."""
+    store = paths.cache_dir() / "features" / cfg.extractor_id()
+    extract_to_store(photos, store, cfg, device=device, on_progress=on_progress)
+    return store
+
+
+def _tally(report: ExtractReport, batch: list[tuple[str, RegionFeatures | str]],
+           on_progress: Callable[[int], None] | None) -> None:
+    for image_id, v in batch:
+        if isinstance(v, str):
+            report.skipped[image_id] = v
+        else:
+            report.extracted += 1
+    if on_progress:
+        on_progress(len(batch))

