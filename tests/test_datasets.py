@@ -18,9 +18,9 @@ def test_flickr8k_counts(flickr: Dataset) -> None:
     assert flickr.name == "flickr8k"
     assert len(flickr.records) == 8091
     assert [len(flickr.split(s)) for s in ("train", "dev", "test", "none")] == [6000, 1000, 1000, 91]
-    assert [len(flickr.present(s)) for s in ("train", "dev", "test", "none")] == [753, 113, 125, 9]
-    assert len(flickr.present()) == 1000 and len(flickr.missing()) == 7091
-    assert len(flickr.missing("test")) == 875
+    # The shared copy holds every photo of the data set.
+    assert [len(flickr.present(s)) for s in ("train", "dev", "test", "none")] == [6000, 1000, 1000, 91]
+    assert len(flickr.present()) == 8091 and flickr.missing() == []
 
 
 def test_flickr8k_records(flickr: Dataset, flickr_root: Path) -> None:
@@ -41,9 +41,9 @@ def test_flickr8k_records(flickr: Dataset, flickr_root: Path) -> None:
 
 def test_flickr8k_summary(flickr: Dataset) -> None:
     s = flickr.summary()
-    assert s["total"] == 8091 and s["present"] == 1000 and s["missing"] == 7091
-    assert s["splits"]["train"] == {"total": 6000, "present": 753, "missing": 5247}
-    assert s["splits"]["none"] == {"total": 91, "present": 9, "missing": 82}
+    assert s["total"] == 8091 and s["present"] == 8091 and s["missing"] == 0
+    assert s["splits"]["train"] == {"total": 6000, "present": 6000, "missing": 0}
+    assert s["splits"]["none"] == {"total": 91, "present": 91, "missing": 0}
 
 
 def test_load_dataset_default_root(flickr: Dataset) -> None:
