@@ -96,8 +96,8 @@ def test_evaluate_captions_side_by_side(tiny_model: Path, flickr_root: Path, tmp
     monkeypatch.setattr(metrics, "_meteor", lambda gts, res: (None, "METEOR not run in tests"))
     res = evaluate_captions(tiny_model, store, beam=2)
     assert res["test_photos"] == 3 and res["train_photos_for_nn"] == 4
-    assert set(res["rows"]) == {"this model", "nearest neighbour", "paper (1,000 test images)"}
-    assert res["rows"]["paper (1,000 test images)"]["BLEU-4"] == 16.0
+    assert set(res["rows"]) == {"this model", "nearest neighbour", "paper (Flickr8k, 1,000 test)"}
+    assert res["rows"]["paper (Flickr8k, 1,000 test)"]["BLEU-4"] == 16.0
     train_first = {r.sentences[0] for r in photos[:4]}
     assert all(c["nearest_neighbour"] in train_first for c in res["captions"])
     r = CliRunner().invoke(app, ["eval", "caption", "--model", str(tiny_model), "--features", str(store),

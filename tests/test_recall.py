@@ -7,7 +7,8 @@ import statistics
 
 import pytest
 import torch
-from vsa_search.evaluate import (
+
+from vsa_search.evaluation.metrics import (
     bootstrap_intervals,
     chance_metrics,
     paper_recall,

@@ -6,7 +6,8 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,6 +25,7 @@ from typer._click import exceptions as click_exc
 from typer.core import TyperGroup
 
 from ..core.errors import VSAError
+from ..data.datasets import Dataset, load_dataset
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -64,6 +66,20 @@ class VSAGroup(TyperGroup):
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
+
+
+DatasetOpt = Annotated[str, typer.Option(help="flickr8k | coco | karpathy")]
+RootOpt = Annotated[Path | None, typer.Option(help="Data set root: Flickr8k's folder (default: the shared copy), "
+                                                   "or the images folder for coco/karpathy.")]
+CaptionsOpt = Annotated[Path | None, typer.Option(help="Captions JSON for coco/karpathy.")]
+
+
+def load_dataset_opts(dataset: str, root: Path | None, captions: Path | None) -> Dataset:
+    """The data set named by the --dataset/--root/--captions options."""
+    kw = {}
+    if captions is not None:
+        kw["captions_json" if dataset == "coco" else "dataset_json"] = captions
+    return load_dataset(dataset, root, **kw)
 
 
 def new_app(help: str) -> typer.Typer:

@@ -20,7 +20,9 @@ from ..evaluation.regions import evaluate_regions
 from ..train.baseline import train_global_baseline
 from .align import BetaOpt, ModelOpt
 from .caption import DEFAULT_MODEL, REGION_MODEL
-from .common import err, new_app, out, print_json, progress
+from .common import CaptionsOpt, DatasetOpt, RootOpt, err, load_dataset_opts, new_app, out, print_json, progress
+
+SplitOpt = Annotated[str, typer.Option(help="train | dev | test | all (a data set without splits, e.g. COCO: all)")]
 
 app = new_app("Measure models the paper's way, beside baselines and the published figures.")
 
@@ -34,7 +36,8 @@ def _cell(metrics: dict, key: str) -> str:
 
 
 def recall_tables(report: dict) -> list[Table]:
-    """One rich table per direction: rows are this model, the baseline, chance and the paper."""
+    """One rich table per direction: rows are this model (and --also models), the baseline, chance
+    and the paper."""
     keys = [f"R@{k}" for k in report["ks"]] + ["medr"]
     tables = []
     for direction, title in (("image_annotation", "Image annotation (image -> its sentences)"),
@@ -55,7 +58,12 @@ def recall_cmd(
     features: Annotated[Path | None, typer.Option(
         help="Feature store holding the split's photos (default: extract them into the cache).")] = None,
     k: Annotated[str, typer.Option("--k", help="Comma-separated K for Recall@K.")] = "1,5,10",
-    split: Annotated[str, typer.Option(help="train | dev | test")] = "test",
+    split: SplitOpt = "test",
+    dataset: DatasetOpt = "flickr8k",
+    root: RootOpt = None,
+    captions: CaptionsOpt = None,
+    also: Annotated[list[str] | None, typer.Option(
+        help="Another alignment model for the same table (repeat the option): an ablation in one run.")] = None,
     baseline: Annotated[str, typer.Option(
         help="Global baseline model: auto (shipped align-global, else trained on --features) | PATH | none.")
     ] = "auto",
@@ -72,7 +80,8 @@ def recall_cmd(
     with bar as advance:
         trainer = partial(train_global_baseline, device=device, on_baseline=lambda msg: err.print(msg))
         report = evaluate_recall(model, features, split, ks, baseline=baseline, device=device,
-                                 on_extract=advance, train_baseline=trainer)
+                                 dataset=load_dataset_opts(dataset, root, captions), on_extract=advance,
+                                 train_baseline=trainer, also=also)
     if json_out:
         print_json(report)
         return
@@ -90,16 +99,22 @@ def eval_caption_cmd(
     features: Annotated[Path | None, typer.Option(help="Feature store with the test (and training) photos; "
                                                        "default: extract them once into the cache.")] = None,
     length_norm: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    split: SplitOpt = "test",
+    dataset: DatasetOpt = "flickr8k",
+    root: RootOpt = None,
+    captions: CaptionsOpt = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
     show: Annotated[int, typer.Option(min=0, help="Print this many example captions.")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """BLEU-1..4, METEOR and CIDEr on the Flickr8k test photos present: this model, the
-    nearest-neighbour baseline and the paper's published figures, side by side."""
+    """BLEU-1..4, METEOR and CIDEr (with its 95% interval) and the number of distinct captions on a
+    split's photos (default: Flickr8k's 1,000 test photos): this model, the nearest-neighbour
+    baseline and the paper's published figures, side by side."""
     # One bar (rich allows one live display): photos extracted into the cache, then photos captioned.
     with progress("features, then captions", None) as advance:
         res = evaluate_captions(paths.find_model(model), features, beam=beam, length_norm=length_norm,
-                                device=device, on_extract=advance, on_progress=advance)
+                                device=device, on_extract=advance, on_progress=advance, split=split,
+                                dataset=load_dataset_opts(dataset, root, captions))
     if json_out:
         print_json(res)
         return
@@ -110,11 +125,15 @@ def eval_caption_cmd(
 
 def caption_table(res: dict) -> str:
     cols = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "CIDEr"]
-    lines = [f"Flickr8k captions, {res['test_photos']} test photos, beam {res['beam']} ({res['cell']} model)",
-             f"{'':28s}" + "".join(f"{c:>8s}" for c in cols)]
+    lines = [f"{res['dataset']} captions, {res['test_photos']} {res['split']} photos, beam {res['beam']} "
+             f"({res['cell']} model)",
+             f"{'':30s}" + "".join(f"{c:>8s}" for c in cols) + f"{'CIDEr 95%':>14s}{'distinct':>10s}"]
     for name, row in res["rows"].items():
         cells = "".join(f"{row[c]:8.1f}" if row.get(c) is not None else f"{'-':>8s}" for c in cols)
-        lines.append(f"{name:28s}{cells}")
+        ci = row.get("CIDEr_ci")
+        cells += f"{f'{ci[0]:.1f}-{ci[1]:.1f}':>14s}" if ci else f"{'':>14s}"
+        cells += f"{row['distinct captions']:>10d}" if "distinct captions" in row else ""
+        lines.append(f"{name:30s}{cells}")
     notes = {row["notes"] for row in res["rows"].values() if row.get("notes")}
     lines += [f"note: {res['note']}"] + [f"note: {n}" for n in sorted(notes)]
     return "\n".join(lines)

@@ -9,9 +9,8 @@ from typing import Annotated
 import typer
 
 from ..core import config
-from ..data import datasets
 from ..vision.features import FeatureStore, extract_to_store
-from .common import err, new_app, out, print_json, progress
+from .common import CaptionsOpt, DatasetOpt, RootOpt, err, load_dataset_opts, new_app, out, print_json, progress
 
 app = new_app("Region boxes and CNN features of a data set's photos, stored in LMDB.")
 
@@ -19,9 +18,9 @@ app = new_app("Region boxes and CNN features of a data set's photos, stored in L
 @app.command("extract")
 def extract_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Feature store directory (LMDB).")],
-    dataset: Annotated[str, typer.Option(help="flickr8k | coco | karpathy")] = "flickr8k",
-    root: Annotated[Path | None, typer.Option(help="Data set root (default: the shared Flickr8k).")] = None,
-    captions: Annotated[Path | None, typer.Option(help="Captions JSON for coco/karpathy.")] = None,
+    dataset: DatasetOpt = "flickr8k",
+    root: RootOpt = None,
+    captions: CaptionsOpt = None,
     split: Annotated[str | None, typer.Option(help="Only this split (train/dev/test).")] = None,
     preset: Annotated[str, typer.Option(help="Region preset: " + ", ".join(config.REGION_PRESETS))] = "default",
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
@@ -30,10 +29,7 @@ def extract_cmd(
 ) -> None:
     """Extract boxes and features for every present photo; resumes an interrupted run."""
     cfg = config.preset(config.REGION_PRESETS, preset)
-    kw = {}
-    if captions is not None:
-        kw["captions_json" if dataset == "coco" else "dataset_json"] = captions
-    ds = datasets.load_dataset(dataset, root, **kw)
+    ds = load_dataset_opts(dataset, root, captions)
     recs = ds.present(split)
     photos = {r.image_id: r.path for r in recs}
     missing = len(ds.missing(split))

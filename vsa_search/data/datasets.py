@@ -48,8 +48,8 @@ class Dataset:
         return [r for r in self.records if r.split == name]
 
     def present(self, split: str | None = None) -> list[Record]:
-        """Records whose photo file exists, optionally of one split."""
-        recs = self.records if split is None else self.split(split)
+        """Records whose photo file exists, optionally of one split ("all" or None: every split)."""
+        recs = self.records if split in (None, "all") else self.split(split)
         return [r for r in recs if r.path.is_file()]
 
     def missing(self, split: str | None = None) -> list[Record]:

@@ -11,7 +11,7 @@ import torch
 
 from ..core.device import pick_device
 from ..core.errors import DatasetError, StoreError
-from ..data.datasets import load_flickr8k
+from ..data.datasets import Dataset, load_flickr8k
 from ..models.beam import generate_captions
 from ..models.captioner import full_image, load_caption
 from ..vision.features import FeatureStore, extract_to_cache, require_extractor
@@ -21,19 +21,24 @@ from .metrics import caption_metrics, nearest_neighbour, paper_results
 def evaluate_captions(model: str | Path, features: str | Path | None = None, beam: int = 7,
                       length_norm: float = 0.0, device: str | None = None, root: Path | None = None,
                       meteor: bool = True, on_extract: Callable[[int], None] | None = None,
-                      on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """The paper's caption table for the Flickr8k test photos present, in one run: this model,
-    the nearest-neighbour baseline (the first reference sentence of the closest training photo,
-    cosine on full-image features) and the paper's published figures.
+                      on_progress: Callable[[int], None] | None = None, dataset: Dataset | None = None,
+                      split: str = "test") -> dict[str, Any]:
+    """The paper's caption table for the `split` photos present of `dataset` (default: Flickr8k's
+    test split; "all": every photo), in one run: this model, the nearest-neighbour baseline (the first
+    reference sentence of the closest training-split photo of the same data set, cosine on full-image
+    features; none when the data set has no training split) and the paper's published figures.
 
     Features come from the store `features` (it must be made with the model's region config) or,
     when None, are extracted once into the cache (extract_to_cache) (test photos and, for the baseline,
     training photos)."""
     loaded = load_caption(model, device=pick_device(device))
-    ds = load_flickr8k(root)
-    test, train = ds.present("test"), ds.present("train")
+    ds = dataset if dataset is not None else load_flickr8k(root)
+    test = ds.present(split)
+    test_ids = {r.image_id for r in test}
+    train = [r for r in ds.present("train") if r.image_id not in test_ids]
     if not test:
-        raise DatasetError("no Flickr8k test photos on disk")
+        hint = " (a data set without splits, such as a COCO captions file, is --split all)" if split != "all" else ""
+        raise DatasetError(f"no {split} photos of the {ds.name} data set on disk{hint}")
     if features is None:
         features = extract_to_cache({r.image_id: r.path for r in test + train}, loaded.region_config, device,
                                     on_extract)
@@ -41,30 +46,34 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
         require_extractor(store.config, loaded.region_config, features, loaded.path)
         test = [r for r in test if r.image_id in store]
         train = [r for r in train if r.image_id in store]
-        if not test or not train:
-            raise StoreError(f"{features}: holds {len(test)} test and {len(train)} training photos; need both")
+        if not test:
+            raise StoreError(f"{features}: holds none of the {len(test_ids)} {split} photos")
         test_feats = torch.stack([full_image(store.get(r.image_id)) for r in test])  # (M, D)
-        train_feats = torch.stack([full_image(store.get(r.image_id)) for r in train])  # (N, D)
+        train_feats = torch.stack([full_image(store.get(r.image_id)) for r in train]) if train else None
 
     caps = generate_captions(loaded, test_feats, beam=beam, length_norm=length_norm, on_progress=on_progress)
     model_text = {r.image_id: " ".join(loaded.vocab.decode(c.tokens)) for r, c in zip(test, caps)}
-    nn_idx = nearest_neighbour(train_feats, test_feats).tolist()
-    nn_text = {r.image_id: train[j].sentences[0] for r, j in zip(test, nn_idx)}
+    nn_text: dict[str, str] = {}
+    if train_feats is not None:
+        nn_idx = nearest_neighbour(train_feats, test_feats).tolist()
+        nn_text = {r.image_id: train[j].sentences[0] for r, j in zip(test, nn_idx)}
     refs = {r.image_id: list(r.sentences) for r in test}
 
     paper = paper_results()["generation"]["flickr8k"]
-    rows = {
-        "this model": caption_metrics(refs, model_text, meteor=meteor),
-        "nearest neighbour": caption_metrics(refs, nn_text, meteor=meteor),
-        "paper (1,000 test images)": {k: paper.get(k) for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4",
-                                                                  "METEOR", "CIDEr")},
-    }
+    rows = {"this model": caption_metrics(refs, model_text, meteor=meteor)}
+    rows["this model"]["distinct captions"] = len(set(model_text.values()))
+    if nn_text:
+        rows["nearest neighbour"] = caption_metrics(refs, nn_text, meteor=meteor)
+        rows["nearest neighbour"]["distinct captions"] = len(set(nn_text.values()))
+    rows["paper (Flickr8k, 1,000 test)"] = {k: paper.get(k) for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4",
+                                                                       "METEOR", "CIDEr")}
     return {
         "model": str(loaded.path), "cell": loaded.config.cell, "beam": beam, "length_norm": length_norm,
-        "features": str(features), "test_photos": len(test), "train_photos_for_nn": len(train),
-        "rows": rows,
-        "note": "this model and the baseline: the Flickr8k test photos present here; the paper: all 1,000 "
-                "test images (its Flickr8k figures are unconfirmed, see paper_results.json)",
+        "features": str(features), "dataset": ds.name, "split": split, "test_photos": len(test),
+        "train_photos_for_nn": len(train), "rows": rows,
+        "note": (f"this model and the baseline: the {len(test):,} {split} photos of {ds.name} present here; "
+                 "the paper: Flickr8k's 1,000 test images (its Flickr8k figures are unconfirmed, see "
+                 "paper_results.json); CIDEr [lo-hi]: 95% bootstrap interval over photos"),
         "captions": [{"image": r.image_id, "model": model_text[r.image_id], "logprob": round(c.logprob, 3),
-                      "nearest_neighbour": nn_text[r.image_id]} for r, c in zip(test, caps)],
+                      "nearest_neighbour": nn_text.get(r.image_id)} for r, c in zip(test, caps)],
     }

@@ -159,20 +159,27 @@ def _meteor(gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float
 
 
 def caption_metrics(references: dict[str, list[str]], candidates: dict[str, str],
-                    meteor: bool = True) -> dict[str, Any]:
-    """BLEU-1..4, METEOR and CIDEr (x100) of one candidate per photo against its references.
-    METEOR is None (with "notes") when Java cannot run it."""
+                    meteor: bool = True, reps: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """BLEU-1..4, METEOR and CIDEr (x100) of one candidate per photo against its references, and
+    "CIDEr_ci", a 95% bootstrap interval over photos (CIDEr is a mean of per-photo scores; the
+    document frequencies stay those of the whole set). METEOR is None (with "notes") when Java
+    cannot run it."""
     if set(references) != set(candidates) or not candidates:
         raise DatasetError("caption metrics need one candidate for every photo with references")
     gts = {k: [" ".join(tokenize(s)) for s in v] for k, v in references.items()}
     res = {k: [" ".join(tokenize(candidates[k]))] for k in gts}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    cider, _ = Cider().compute_score(gts, res)
+    cider, per_photo = Cider().compute_score(gts, res)
     out: dict[str, Any] = {f"BLEU-{n + 1}": 100 * float(b) for n, b in enumerate(bleu)}
     out["METEOR"], why = _meteor(gts, res) if meteor else (None, "METEOR not run")
     if out["METEOR"] is not None:
         out["METEOR"] *= 100
     out["CIDEr"] = 100 * float(cider)
+    if reps > 0:
+        s = torch.as_tensor(per_photo, dtype=torch.float64)
+        g = torch.Generator().manual_seed(seed)
+        means = s[torch.randint(0, len(s), (reps, len(s)), generator=g)].mean(1) * 100
+        out["CIDEr_ci"] = [float(means.quantile(0.025)), float(means.quantile(0.975))]
     if why:
         out["notes"] = why
     return out

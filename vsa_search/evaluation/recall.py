@@ -97,15 +97,24 @@ def _baseline(model: LoadedAlign, features: Path, baseline: str | None, dataset:
     return train_baseline(model, features, dataset)
 
 
+def _data_for(features: Path, records: list[Any], model: LoadedAlign) -> RetrievalData:
+    """The same photos and sentences, encoded with another model's vocabulary."""
+    with FeatureStore(features, readonly=True) as store:
+        return retrieval_data(records, store, model.vocab)
+
+
 def evaluate_recall(model_path: str | Path, features: str | Path | None = None, split: str = "test",
                     ks: tuple[int, ...] = (1, 5, 10), baseline: str | None = "auto", dataset: Any = None,
                     device: str | None = None, reps: int = 1000, seed: int = 0,
                     on_extract: Callable[[int], None] | None = None,
-                    train_baseline: BaselineTrainer | None = None) -> dict[str, Any]:
-    """The paper's retrieval evaluation on the `split` photos present: this model, the global
-    baseline, chance and the paper's figures, side by side; 95% bootstrap intervals over photos.
-    Without `features`, the split's photos are extracted into the cache with the model's region
-    config (on_extract(n) reports progress). train_baseline: see `_baseline`."""
+                    train_baseline: BaselineTrainer | None = None,
+                    also: list[str | Path] | None = None) -> dict[str, Any]:
+    """The paper's retrieval evaluation on the `split` photos present ("all": every photo of
+    `dataset`, default Flickr8k): this model, the models in `also` (an ablation in one table), the
+    global baseline, chance and the paper's figures, side by side; 95% bootstrap intervals over
+    photos (the same resamples for every row). Without `features`, the split's photos are extracted
+    into the cache with the model's region config (on_extract(n) reports progress).
+    train_baseline: see `_baseline`."""
     if not ks or any(k < 1 for k in ks):
         raise UsageError("--k needs positive integers, e.g. 1,5,10")
     ks = tuple(sorted(set(ks)))
@@ -114,12 +123,15 @@ def evaluate_recall(model_path: str | Path, features: str | Path | None = None, 
     ds = dataset if dataset is not None else load_flickr8k()
     records = ds.present(split)
     if not records:
-        raise DatasetError(f"no {split} photos present on disk")
+        hint = " (a data set without splits, such as a COCO captions file, is --split all)" if split != "all" else ""
+        raise DatasetError(f"no {split} photos of the {ds.name} data set present on disk{hint}")
+    others = [load_align(paths.find_model(str(p)), dev_) for p in also or []]
     if features is None:
         features = extract_to_cache({r.image_id: r.path for r in records}, model.region_config, device, on_extract)
     features = Path(features)
     with FeatureStore(features, readonly=True) as store:
-        require_extractor(store.config, model.region_config, features, model.path)
+        for m in (model, *others):
+            require_extractor(store.config, m.region_config, features, m.path)
         records = [r for r in records if r.image_id in store]
         if not records:
             raise DatasetError(f"{features}: holds none of the {split} photos")
@@ -129,13 +141,13 @@ def evaluate_recall(model_path: str | Path, features: str | Path | None = None, 
     rows: list[dict[str, Any]] = [{"name": f"this model: {Path(model.path).name}", "path": str(model.path),
                                    "metrics": retrieval_metrics(score_all(model.model, data, dev_),
                                                                 data.sent_image, ks, reps, seed)}]
+    for m in others:
+        mdata = data if m.vocab.itos == model.vocab.itos else _data_for(features, records, m)
+        rows.append({"name": Path(m.path).name, "path": str(m.path),
+                     "metrics": retrieval_metrics(score_all(m.model, mdata, dev_), mdata.sent_image, ks, reps, seed)})
     if base is not None:
         base.model.to(dev_)
-        if base.vocab.itos != model.vocab.itos:
-            with FeatureStore(features, readonly=True) as store:
-                bdata = retrieval_data(records, store, base.vocab)
-        else:
-            bdata = data
+        bdata = data if base.vocab.itos == model.vocab.itos else _data_for(features, records, base)
         rows.append({"name": "global baseline", "path": base_from,
                      "metrics": retrieval_metrics(score_all(base.model, bdata, dev_), bdata.sent_image, ks,
                                                   reps, seed)})
@@ -145,11 +157,11 @@ def evaluate_recall(model_path: str | Path, features: str | Path | None = None, 
     rows.append({"name": "paper (Flickr8k, 1,000 test)",
                  "metrics": {d: {m: paper[d].get(m) for m in [f"R@{k}" for k in ks] + ["medr"]}
                              for d in ("image_annotation", "image_search")}})
-    official = len(ds.split(split)) if split in ("train", "dev", "test") else len(records)
-    return {"split": split, "photos": len(records), "sentences": len(data.sent_image), "official_photos": official,
-            "ks": list(ks), "features": str(features), "baseline": base_from,
-            "note": (f"on the {len(records)} {split} photos present ({len(data.sent_image)} sentences) of the "
-                     f"official {official:,}; the paper's figures are on 1,000 test images, so its ranks are "
-                     f"over 8x more candidates; [lo, hi] = 95% bootstrap interval over photos "
-                     f"(seed {seed}); ties count against the true item"),
+    official = len(ds.split(split)) if split in ("train", "dev", "test") else len(ds.records)
+    return {"dataset": ds.name, "split": split, "photos": len(records), "sentences": len(data.sent_image),
+            "official_photos": official, "ks": list(ks), "features": str(features), "baseline": base_from,
+            "note": (f"{ds.name}: the {len(records):,} {split} photos present ({len(data.sent_image):,} sentences) "
+                     f"of {official:,}; the paper's figures are on Flickr8k's 1,000 test photos; "
+                     f"[lo, hi] = 95% bootstrap interval over photos (seed {seed}); "
+                     f"ties count against the true item"),
             "rows": rows}
