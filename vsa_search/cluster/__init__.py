@@ -1,0 +1,74 @@
+"""Past one machine on Ray (the optional `ray` extra): index builds whose shards are encoded by a
+pool of Ray actors holding the CNN and the alignment model (`build.py`), and search fanned out
+over a set of shard indexes (`shards.py`).
+
+Ray is imported lazily, only by the functions that need it: without the extra everything else
+works as before, and asking for Ray says how to install it in one line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..errors import IndexError_, UsageError, VSAError
+
+INSTALL_HINT = "pip install -e '.[ray]'"
+
+
+def require_ray() -> Any:
+    """The `ray` module, or a one-line UsageError naming the extra to install."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(f"Ray is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+@contextmanager
+def connected(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
+    """Ray, initialised: the running session if there is one, else a connection to `address`
+    ("auto", "HOST:PORT", "ray://HOST:10001"), else $RAY_ADDRESS, else a new local cluster.
+    Only a session started here is shut down on exit."""
+    ray = require_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    if address is None:
+        kw["num_cpus"] = num_cpus
+    try:
+        ray.init(address=address, **kw)
+    except ConnectionError as e:
+        raise UsageError(f"cannot reach the Ray cluster at {address}: {e}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The error a Ray task raised, out of the wrappers Ray (and Ray Data) put around it."""
+    seen: set[int] = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, BaseException):
+            e = cause
+        elif e.__cause__ is not None:
+            e = e.__cause__
+        else:
+            break
+    return e
+
+
+def task_error(e: BaseException) -> Exception:
+    """What a failed Ray task should raise here: the VSAError it raised (one line for the CLI),
+    or any other failure as one IndexError_ line."""
+    root = root_cause(e)
+    if isinstance(root, VSAError):
+        return root
+    text = str(root).strip()
+    return IndexError_(f"a Ray worker failed: {type(root).__name__}: {text.splitlines()[0] if text else ''}")
