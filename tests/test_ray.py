@@ -49,10 +49,12 @@ def single(home: Path, model) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    """A local 2-CPU Ray cluster for this module (ray.init(num_cpus=2, include_dashboard=False)), stopped after it."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    from vsa_search.cluster import connected
+
+    with connected(num_cpus=2) as ray:
+        yield ray
 
 
 @pytest.fixture(scope="module")

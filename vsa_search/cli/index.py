@@ -89,7 +89,7 @@ def build_cmd(
               f"{report.unchanged} unchanged; {report.encoded} encoded{rate}"
               + (f", {report.resumed} from an interrupted build" if report.resumed else ""))
     if getattr(report, "shards", None):
-        out.print(f"  on Ray: {len(report.shards)} shards ({report.index}.shard-I-of-{len(report.shards)}), "
+        out.print(f"  on Ray: {len(report.shards)} shards (NAME.shard-I-of-{len(report.shards)}), "
                   f"{report.workers} workers, {report.retried} shard runs retried"
                   + ("" if report.merged or not merge else "; merged index already up to date"), markup=False)
     if report.replaced:

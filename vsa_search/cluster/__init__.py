@@ -9,6 +9,7 @@ works as before, and asking for Ray says how to install it in one line.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from ..errors import IndexError_, UsageError, VSAError
 
 INSTALL_HINT = "pip install -e '.[ray]'"
+START_TRIES = 3
 
 
 def require_ray() -> Any:
@@ -36,13 +38,24 @@ def connected(address: str | None = None, num_cpus: int | None = None) -> Iterat
     if ray.is_initialized():
         yield ray
         return
-    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    # Ray's start-up notices and its C++ workers' log lines would bury the one-line errors and the
+    # progress bar on stderr; failures still arrive here as exceptions. Set the variable to see them.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     if address is None:
         kw["num_cpus"] = num_cpus
-    try:
-        ray.init(address=address, **kw)
-    except ConnectionError as e:
-        raise UsageError(f"cannot reach the Ray cluster at {address}: {e}") from None
+    for attempt in range(START_TRIES):
+        try:
+            ray.init(address=address, **kw)
+            break
+        except ConnectionError as e:
+            raise UsageError(f"cannot reach the Ray cluster at {address}: {e}") from None
+        except Exception as e:
+            # Ray gives its local processes a fixed 30 s to register; on a saturated machine they
+            # can miss it once and make it on a second start.
+            ray.shutdown()
+            if "timed out during startup" not in str(e) or attempt == START_TRIES - 1:
+                raise IndexError_(f"Ray did not start: {str(e).splitlines()[0]}") from None
     try:
         yield ray
     finally:

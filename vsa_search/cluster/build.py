@@ -20,6 +20,7 @@ folder at the same paths (a shared file system).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -46,7 +47,6 @@ class RayBuildReport(ix.BuildReport):
     workers: int = 0
     retried: int = 0  # shard runs Ray started again after their worker died
     merged: bool = False  # the merged index was (re)written in this run
-    ray_seconds: float = 0.0  # connecting to (or starting) Ray, until the pipeline was submitted
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "shards": self.shards, "workers": self.workers, "retried": self.retried,
@@ -131,6 +131,7 @@ def build(roots: list[str | Path] | None, model: str | Path = "align", name: str
     with connected(address) as ray:
         import ray.data
 
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # no per-run INFO lines on stderr
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
         workers = workers or gpus or max(1, int(resources.get("CPU", 1)))
@@ -148,13 +149,13 @@ def build(roots: list[str | Path] | None, model: str | Path = "align", name: str
         ds = ray.data.from_items([{"shard": i} for i in range(n)], override_num_blocks=n).map_batches(
             _ShardWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(workers, n)),
             fn_constructor_kwargs={"job": job, "tracker": tracker}, **per_actor)
-        ray_seconds = time.perf_counter() - t0
         rows, starts = _drive(ray, ds, tracker, n, on_total, on_progress, on_shard_start, task_error)
     shard_reports = [json.loads(r["report"]) for r in sorted(rows, key=lambda r: int(r["shard"]))]
     report = _combine(link, shard_reports, links, workers, starts - n)
-    report.ray_seconds = ray_seconds
     if merge:
         _merge(report, link, links, job["roots"], index_type, max_memory)
+    else:
+        report.index = str(shard_link(link, "I", n))  # what was built: the set
     for m, got in splits(link).items():  # an earlier split into another number of shards is stale now
         if m != n:
             for i in got:

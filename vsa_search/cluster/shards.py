@@ -25,7 +25,7 @@ from ..errors import IndexError_, UsageError
 from ..search import Result, model_for, search_text
 
 
-def shard_link(link: Path, i: int, n: int) -> Path:
+def shard_link(link: Path, i: int | str, n: int) -> Path:
     """Where shard i of n of the index at `link` lives (the name `--shard i/n` gives the default index)."""
     return link.with_name(f"{link.name}.shard-{i}-of-{n}")
 
@@ -146,7 +146,9 @@ class RayShardSet:
         check_set(links)
         self._ray = ray
         model_path = str(paths.find_model(str(model)).resolve()) if model is not None else None
-        actor = ray.remote(num_cpus=num_cpus)(_ShardSearcher)
+        # SPREAD: shard actors go to different nodes where there are several, so no node holds
+        # more shards in RAM than its share.
+        actor = ray.remote(num_cpus=num_cpus, scheduling_strategy="SPREAD")(_ShardSearcher)
         self.actors = [actor.remote(str(link), model_path) for link in links]
         self.links = links
 
