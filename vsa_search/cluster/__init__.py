@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import IndexError_, UsageError, VSAError
 
 INSTALL_HINT = "pip install -e '.[ray]'"
-START_TRIES = 3
+START_TRIES = 5
 
 
 def require_ray() -> Any:

@@ -134,7 +134,10 @@ def build(roots: list[str | Path] | None, model: str | Path = "align", name: str
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # no per-run INFO lines on stderr
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
-        workers = workers or gpus or max(1, int(resources.get("CPU", 1)))
+        slots, kind = (gpus, "GPUs") if gpus else (int(resources.get("CPU", 1)), "CPUs")
+        if workers is not None and workers > slots:  # Ray Data would wait forever for the missing actors
+            raise UsageError(f"--workers {workers}: the Ray cluster has {slots} {kind} (one actor each)")
+        workers = workers or max(1, slots)
         n = shards or existing_split(link) or SHARDS_PER_WORKER * workers
         links = [shard_link(link, i, n) for i in range(n)]
         job = {"model": str(model_path.resolve()), "roots": [str(r) for r in root_paths],
