@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from ..errors import IndexError_, UsageError, VSAError
@@ -45,6 +46,7 @@ def connected(address: str | None = None, num_cpus: int | None = None) -> Iterat
     if address is None:
         kw["num_cpus"] = num_cpus
     for attempt in range(START_TRIES):
+        before = _descendants()
         try:
             ray.init(address=address, **kw)
             break
@@ -52,14 +54,35 @@ def connected(address: str | None = None, num_cpus: int | None = None) -> Iterat
             raise UsageError(f"cannot reach the Ray cluster at {address}: {e}") from None
         except Exception as e:
             # Ray gives its local processes a fixed 30 s to register; on a saturated machine they
-            # can miss it once and make it on a second start.
+            # can miss it once and make it on a second start. A failed start leaves its processes
+            # running (ray.shutdown does not know them): end the ones it started.
             ray.shutdown()
+            for pid in _descendants() - before:
+                with suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
             if "timed out during startup" not in str(e) or attempt == START_TRIES - 1:
                 raise IndexError_(f"Ray did not start: {str(e).splitlines()[0]}") from None
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _descendants() -> set[int]:
+    """Ids of this process's descendants (from /proc; empty where there is none)."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if d.isdigit():
+            with suppress(OSError, IndexError, ValueError), open(f"/proc/{d}/stat") as f:
+                parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])  # field 4: the parent's id
+    found: set[int] = set()
+    todo = [os.getpid()]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in found]
+        found.update(kids)
+        todo += kids
+    return found
 
 
 def root_cause(e: BaseException) -> BaseException:
