@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -61,7 +62,8 @@ class VSAGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except VSAError as e:
-            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+            # escape: a message may hold brackets (paths, "pip install -e '.[ray]'") that are not markup
+            err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted")

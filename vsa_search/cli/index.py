@@ -55,6 +55,18 @@ def build_cmd(
     shard: Annotated[str | None, typer.Option(help="i/n: index only slice i of n (a stable hash of each photo's "
                                                    "path); combine the n shards with `vsa index merge`.")] = None,
     max_memory: MemOpt = None,
+    use_ray: Annotated[bool, typer.Option("--ray", help="Build on Ray: a pool of actors encodes the photos "
+                                                        "as shards, merged into the index "
+                                                        "(pip install -e '.[ray]').")] = False,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster (auto, HOST:PORT, "
+                                                    "ray://HOST:10001); implies --ray. Default: $RAY_ADDRESS, "
+                                                    "else a new local cluster.")] = None,
+    workers: Annotated[int | None, typer.Option(help="--ray: model actors (default: one per GPU, else one per "
+                                                     "CPU).")] = None,
+    shards: Annotated[int | None, typer.Option(help="--ray: shards (default: the existing set's, else 2 per "
+                                                    "worker); kept beside the index as NAME.shard-I-of-N.")] = None,
+    merge: Annotated[bool, typer.Option(help="--ray: merge the shards into the index (--no-merge: keep the "
+                                             "shard set only, for `vsa search --shards`).")] = True,
     json_out: JsonOpt = False,
 ) -> None:
     """Index photos: new, changed and removed ones are handled, moved ones are recognised by
@@ -65,13 +77,25 @@ def build_cmd(
     if part and index == ix.DEFAULT_NAME:  # never let a slice replace the full default index
         index = f"{ix.DEFAULT_NAME}.shard-{part[0]}-of-{part[1]}"
     budget = parse_size(max_memory) if max_memory else None
-    loaded = load_align(paths.find_model(model), device or "cpu")
     t0 = time.perf_counter()
-    with ix.PhotoBuild(roots or None, loaded, index, index_type, device=device, batch_size=batch_size,
-                       max_memory=budget, shard=part) as b:
-        todo = b.plan()
-        with progress("encoding", todo) as advance:
-            report = b.run(on_progress=advance)
+    if use_ray or ray_address:
+        if part:
+            raise UsageError("--shard and --ray exclude each other (a --ray build makes its own shards)")
+        from ..cluster import build as ray_build
+
+        with progress("encoding", None) as advance:
+            report = ray_build.build(roots or None, model, index, index_type, workers=workers, shards=shards,
+                                     merge=merge, address=ray_address, device=device, batch_size=batch_size,
+                                     max_memory=budget, on_total=lambda n: advance(0, total=n), on_progress=advance)
+    else:
+        if workers is not None or shards is not None or not merge:
+            raise UsageError("--workers, --shards and --no-merge are options of a --ray build")
+        loaded = load_align(paths.find_model(model), device or "cpu")
+        with ix.PhotoBuild(roots or None, loaded, index, index_type, device=device, batch_size=batch_size,
+                           max_memory=budget, shard=part) as b:
+            todo = b.plan()
+            with progress("encoding", todo) as advance:
+                report = b.run(on_progress=advance)
     dt = time.perf_counter() - t0
     if json_out:
         print_json(report.to_dict())
@@ -82,6 +106,10 @@ def build_cmd(
     out.print(f"  {report.added} added, {report.changed} changed, {report.moved} moved, {report.removed} removed, "
               f"{report.unchanged} unchanged; {report.encoded} encoded{rate}"
               + (f", {report.resumed} from an interrupted build" if report.resumed else ""))
+    if getattr(report, "shards", None):
+        out.print(f"  on Ray: {len(report.shards)} shards (NAME.shard-I-of-{len(report.shards)}), "
+                  f"{report.workers} workers, {report.retried} shard runs retried"
+                  + ("" if report.merged or not merge else "; merged index already up to date"), markup=False)
     if report.replaced:
         out.print(f"  the previous index was unusable and was replaced: {report.replaced}", markup=False)
     if report.model_changed:

@@ -28,6 +28,13 @@ def search_cmd(
                                                                "boxes labelled by their words.")] = None,
     per_word: Annotated[int | None, typer.Option("--per-word", help="First-stage regions per word "
                                                                     "(default: grows until proven).")] = None,
+    shards: Annotated[str | None, typer.Option("--shards", help="Search a shard set instead of --index: "
+                                                                "NAME (its NAME.shard-I-of-N indexes) or "
+                                                                "NAME,NAME,...")] = None,
+    use_ray: Annotated[bool, typer.Option("--ray", help="--shards: one Ray actor per shard (pip install -e "
+                                                        "'.[ray]'); default: in this process.")] = False,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster for --ray "
+                                                                          "(implies it).")] = None,
 ) -> None:
     """Search photos with words; each hit shows the box every word matched."""
     if (text is None) == (image is None):
@@ -38,7 +45,17 @@ def search_cmd(
         raise UsageError(f"-k must be at least 1 (got {k})")
     if per_word is not None and per_word <= 0:
         raise UsageError(f"--per-word must be at least 1 (got {per_word})")
-    if text is not None:
+    if shards is not None:
+        if text is None:
+            raise UsageError("--shards searches photos with words; --image needs a sentence index")
+        from ..cluster import shards as shard_set
+
+        query_tokens_or_fail(text)
+        result = shard_set.search_set(shards, text, k, model, per_word, use_ray or ray_address is not None,
+                                      ray_address)
+    elif use_ray or ray_address:
+        raise UsageError("--ray searches a shard set: give --shards NAME")
+    elif text is not None:
         query_tokens_or_fail(text)
         with ix.open_index(index, "photos") as x:
             loaded = srch.model_for(x, model)
