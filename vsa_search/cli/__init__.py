@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import __version__
-from . import align, caption, eval, features, index, search, train
+from . import align, caption, eval, features, index, search, serve, train
 from .common import new_app, out
 
 app = new_app("Search, caption and align your photos with words (Karpathy & Fei-Fei, CVPR 2015).")
@@ -14,6 +14,7 @@ app.command("caption")(caption.caption_cmd)
 app.add_typer(align.app, name="align")
 app.add_typer(index.app, name="index")
 app.command("search")(search.search_cmd)
+app.command("serve")(serve.serve_cmd)
 
 
 @app.command("version")
