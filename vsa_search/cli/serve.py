@@ -54,8 +54,12 @@ def serve_cmd(
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit it. asyncio sets it only on sockets it creates itself; without
+    # it every response waits out the client's delayed ACK (measured: 48 ms per request, 0.4 with).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host.strip("[]"), port))  # bound before the models load: a busy port fails at once
+        sock.listen(2048)  # clients that connect while uvicorn starts wait in the backlog
     except OSError as e:
         sock.close()
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from None

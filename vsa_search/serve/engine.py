@@ -39,6 +39,7 @@ class Snapshot:
     users: int = 0
     retired: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    ids: dict[str, int] = field(default_factory=dict)  # photo key -> id, as found
 
     @property
     def generation(self) -> str:
@@ -57,7 +58,10 @@ class Snapshot:
                     ix.close()
 
     def photo_id(self, key: str) -> int:
-        """An item id from its key: items are stored sorted by key, so binary search finds it."""
+        """An item id from its key: items are stored sorted by key, so binary search finds it
+        (remembered: the same photos come back query after query)."""
+        if key in self.ids:
+            return self.ids[key]
         lo, hi = 0, len(self.photos)
         while lo < hi:
             mid = (lo + hi) // 2
@@ -67,6 +71,7 @@ class Snapshot:
                 hi = mid
         if lo == len(self.photos) or self.photos.record(lo)["key"] != key:
             raise errors.IndexError_(f"{key}: not in this index")
+        self.ids[key] = lo
         return lo
 
     def size(self, i: int) -> list[int]:
