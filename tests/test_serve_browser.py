@@ -82,7 +82,12 @@ def shot(pg: Any, name: str, full: bool = False) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
         pg.wait_for_timeout(300)  # let the thumbnails and the highlight transition settle
-        pg.screenshot(path=str(Path(SHOTS) / name), full_page=full)
+        out = Path(SHOTS) / name
+        pg.screenshot(path=str(out), full_page=full)
+        from PIL import Image
+
+        # 256 colours, dithered: a third of the bytes, for the README.
+        Image.open(out).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
 
 
 def search(pg: Any, query: str) -> None:
