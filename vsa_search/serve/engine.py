@@ -24,6 +24,7 @@ from .. import align, captioner, errors, images, index, paths, regions, search
 
 REGION_MODEL = "caption-regions"  # as `vsa caption --regions`
 THUMB_CACHE = 512  # thumbnails kept in memory (~30 KB each)
+THUMB_CACHE_MAX_SIZE = 640  # larger ones (the photo page's) are made afresh: they would crowd the cache
 
 
 @dataclass
@@ -294,6 +295,8 @@ class Engine:
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=85)
         data = buf.getvalue()
+        if size > THUMB_CACHE_MAX_SIZE:
+            return data
         with self._lock:
             self._thumbs[key] = data
             while len(self._thumbs) > THUMB_CACHE:
