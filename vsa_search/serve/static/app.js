@@ -52,7 +52,9 @@ function baseName(p) { return p.split(/[\\/]/).pop(); }
 // A photo with labelled boxes over it. boxes: [{box:[x0,y0,x1,y1], label, colour, keys:[...]}]; size: [w, h].
 // Each box carries the keys (word or fragment indices) it stands for, for highlighting.
 function photoWithBoxes(src, size, boxes, alt) {
-  const wrap = el("div", {class: "photo"}, el("img", {src, alt: alt || "", loading: "lazy", draggable: "false"}));
+  const img = el("img", {src, alt: alt || "", loading: "lazy", draggable: "false",
+    onerror: () => toast("a photo could not be shown (was the index rebuilt? search again)")});
+  const wrap = el("div", {class: "photo"}, img);
   const [w, h] = size;
   for (const b of boxes) {
     const [x0, y0, x1, y1] = b.box;
@@ -264,7 +266,12 @@ async function showDropped() {
   const d = dropped;
   const img = new Image();
   img.src = d.url;
-  try { await img.decode(); } catch { main.replaceChildren(el("p", {class: "error", text: `${d.name}: the browser cannot show this photo`})); }
+  try {
+    await img.decode();
+  } catch {
+    main.replaceChildren(el("p", {class: "error", text: `${d.name}: the browser cannot show this photo`}));
+    return;
+  }
   const size = [img.naturalWidth, img.naturalHeight];
   const n = encodeURIComponent(d.name);
   const list = el("ul", {class: "sentences", id: "sentences"}, el("li", {class: "spinner", text: "finding the nearest sentences…"}));
