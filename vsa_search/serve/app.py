@@ -257,6 +257,7 @@ def create_app(engine: Engine, token: str | None = None, max_upload: int = MAX_U
         Route("/api/photos/{photo_id}/align", api(align_id)),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
+
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if allowed_hosts is not None:
             if _hostname(request.headers.get("host", "")) not in allowed_hosts:
