@@ -40,6 +40,13 @@ def percentiles(ms: list[float]) -> tuple[float, float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 95)), float(a.mean())
 
 
+def note(what: str, ms: list[float]) -> None:
+    """Each phase's figures on stderr as soon as they exist: on a busy machine a run may not finish."""
+    if ms:
+        p50, p95, _ = percentiles(ms)
+        print(f"{what}: {len(ms)} queries, p50 {p50:.1f} ms, p95 {p95:.1f} ms", file=sys.stderr, flush=True)
+
+
 def start_server(index: str, env: dict[str, str]) -> tuple[subprocess.Popen, int, float]:
     """`vsa serve --port 0` as a child process; returns it, its port (read from its stderr line) and
     the seconds it took to load."""
@@ -124,7 +131,10 @@ def main() -> None:
             seq_server.append(server_ms)
             answers[q] = body
         conn.close()
+        note("1 client, round trip", seq)
+        note("1 client, server time", seq_server)
         par, errors, wall = concurrent(port, args.clients, args.per_client, args.k)
+        note(f"{args.clients} clients, round trip ({len(errors)} errors)", par)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -135,6 +145,7 @@ def main() -> None:
         r = subprocess.run([sys.executable, "-m", "vsa_search", "search", q, "--index", args.index, "-k",
                             str(args.k), "--json"], env=env, capture_output=True, text=True)
         cli.append((time.perf_counter() - t0) * 1000)
+        note("`vsa search` processes", cli)
         want = json.loads(r.stdout) if r.returncode == 0 else None
         got = answers.get(q) or {}
         for h in got.get("hits", []):
