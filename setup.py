@@ -8,5 +8,5 @@ from setuptools import find_namespace_packages, setup
 setup(
     packages=[*find_namespace_packages(include=["vsa_search", "vsa_search.*"]), "vsa_search.shipped_models"],
     package_dir={"vsa_search.shipped_models": "models"},
-    package_data={"vsa_search": ["data/*.json"], "vsa_search.shipped_models": ["*.pt", "*.md"]},
+    package_data={"vsa_search": ["data/*.json", "serve/static/*"], "vsa_search.shipped_models": ["*.pt", "*.md"]},
 )

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import align, caption, eval, features, index, info, search, train
+from . import align, caption, eval, features, index, info, search, serve, train
 from .common import new_app, out
 
 app = new_app("Search, caption and align your photos with words (Karpathy & Fei-Fei, CVPR 2015).")
@@ -19,6 +19,7 @@ app.add_typer(align.app, name="align")
 app.add_typer(index.app, name="index")
 app.command("search")(search.search_cmd)
 app.command("info")(info.info_cmd)
+app.command("serve")(serve.serve_cmd)
 
 
 def _print_version(value: bool) -> None:

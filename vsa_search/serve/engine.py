@@ -1,0 +1,319 @@
+"""What `vsa serve` keeps loaded: the photo index (and its sentence twin), their models, the caption
+models and the CNN, and the operations the JSON API answers with. Every operation calls the library
+function the matching CLI command calls, and builds the same dict its `--json` prints, so the two
+cannot drift apart. HTTP lives in app.py; nothing here knows about requests.
+
+A rebuilt index is a new generation behind the same link (index.py). Each operation first reads the
+link (one readlink); when it moved, the new generation is opened and swapped in, and the old one is
+closed once the requests still using it have finished."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The server's one door into the library (kept to this line so that moving modules means one edit).
+from .. import captioning, index
+from ..align import aligner, mrf
+from ..core import errors, paths
+from ..index import query as search
+from ..models import captioner, encode
+from ..vision import images, regions
+
+REGION_MODEL = "caption-regions"  # as `vsa caption --regions`
+THUMB_CACHE = 512  # thumbnails kept in memory (~30 KB each)
+THUMB_CACHE_MAX_SIZE = 640  # larger ones (the photo page's) are made afresh: they would crowd the cache
+
+
+@dataclass
+class Snapshot:
+    """One generation of the index (photos, and sentences when there are any) with its models.
+    Requests hold it while they run; a retired snapshot closes when its last user leaves."""
+
+    key: tuple[str | None, str | None]  # the generation directories the links pointed at
+    photos: Any  # index.FragmentIndex
+    model: Any  # the LoadedAlign the photos were indexed with
+    sentences: Any = None
+    sentence_model: Any = None
+    users: int = 0
+    retired: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    ids: dict[str, int] = field(default_factory=dict)  # photo key -> id, as found
+
+    @property
+    def generation(self) -> str:
+        return Path(self.key[0] or "").name
+
+    def release(self, retire: bool = False) -> None:
+        with self.lock:
+            if retire:
+                self.retired = True
+            else:
+                self.users -= 1
+            done = self.retired and self.users == 0
+        if done:
+            for ix in (self.photos, self.sentences):
+                if ix is not None:
+                    ix.close()
+
+    def photo_id(self, key: str) -> int:
+        """An item id from its key: items are stored sorted by key, so binary search finds it
+        (remembered: the same photos come back query after query)."""
+        if key in self.ids:
+            return self.ids[key]
+        lo, hi = 0, len(self.photos)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.photos.record(mid)["key"] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == len(self.photos) or self.photos.record(lo)["key"] != key:
+            raise errors.SearchIndexError(f"{key}: not in this index")
+        self.ids[key] = lo
+        return lo
+
+    def size(self, i: int) -> list[int]:
+        """(width, height) of photo i: region 0 is the full frame."""
+        b = self.photos.boxes(i)
+        return [int(b[0][2]), int(b[0][3])] if len(b) else [0, 0]
+
+
+class Engine:
+    """Models and index, loaded once; thread-safe (the CNN runs one photo at a time)."""
+
+    def __init__(self, name: str = index.DEFAULT_NAME, caption_model: str = "caption",
+                 region_model: str = REGION_MODEL, max_megapixels: float = images.DEFAULT_MAX_MEGAPIXELS):
+        self.name = name
+        self.max_megapixels = max_megapixels
+        self.links = {kind: index.Location(index.resolve(name, kind)) for kind in index.KINDS}
+        self._region_model_name = region_model
+        self._region_captioner: Any = None
+        self._models: dict[str, Any] = {}  # fingerprint -> LoadedAlign
+        self._encoders: dict[Any, Any] = {}  # region config -> RegionEncoder
+        self._thumbs: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()  # guards the current snapshot and the caches
+        self._cnn = threading.Lock()  # one photo through the CNN at a time: 2 cores, big activations
+        self._snap: Snapshot | None = None
+        with self.snapshot():  # a missing index fails now, not at the first request
+            pass
+        self.captioner = captioner.load_caption(paths.find_model(caption_model), "cpu")
+        self.encoder(self.captioner.region_config)  # the CNN, loaded now rather than by the first photo
+
+    # ------------------------------------------------------------------ generations
+
+    def _key(self) -> tuple[str | None, str | None]:
+        cur = [self.links[k].current() for k in ("photos", "sentences")]
+        return (str(cur[0]) if cur[0] else None, str(cur[1]) if cur[1] else None)
+
+    def _model_for(self, ix: Any) -> Any:
+        fp = ix.manifest["model"]["fingerprint"]
+        if fp not in self._models:
+            self._models[fp] = search.model_for(ix)
+        return self._models[fp]
+
+    def _open(self, key: tuple[str | None, str | None]) -> Snapshot:
+        photos = index.open_index(self.name, "photos")
+        sentences = None
+        try:
+            snap = Snapshot(key, photos, self._model_for(photos))
+            if key[1] is not None:
+                sentences = index.open_index(self.name, "sentences")
+                snap.sentences, snap.sentence_model = sentences, self._model_for(sentences)
+        except BaseException:
+            photos.close()
+            if sentences is not None:
+                sentences.close()
+            raise
+        # The generation opened may be newer than the key read (a swap in between): key by what is open.
+        snap.key = (str(photos.dir), str(sentences.dir) if sentences is not None else None)
+        return snap
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """The current generation, reopened first when a build has swapped a new one in."""
+        with self._lock:
+            key = self._key()
+            if self._snap is None or self._snap.key != key:
+                new = self._open(key)
+                old, self._snap = self._snap, new
+                if old is not None:
+                    old.release(retire=True)
+            snap = self._snap
+            with snap.lock:
+                snap.users += 1
+        try:
+            yield snap
+        finally:
+            snap.release()
+
+    def encoder(self, cfg: Any) -> Any:
+        with self._lock:
+            if cfg not in self._encoders:
+                self._encoders[cfg] = regions.RegionEncoder(cfg, "cpu")
+            return self._encoders[cfg]
+
+    # ------------------------------------------------------------------ queries (the CLI's --json)
+
+    def search_text(self, text: str, k: int = 10, per_word: int | None = None) -> tuple[dict[str, Any], str]:
+        """`vsa search TEXT --json`, each hit with its photo's index `id` and `size` added."""
+        encode.query_tokens_or_fail(text)
+        with self.snapshot() as snap:
+            result = search.search_text(snap.photos, snap.model, text, k, per_word).to_dict()
+            for hit in result["hits"]:
+                hit["id"] = snap.photo_id(hit["path"])
+                hit["size"] = snap.size(hit["id"])
+            return result, snap.generation
+
+    def search_image(self, photo: Path, k: int = 10, shown_as: str | None = None) -> dict[str, Any]:
+        """`vsa search --image PHOTO --json`: the nearest sentences of the sentence index."""
+        with self.snapshot() as snap:
+            if snap.sentences is None:
+                raise errors.SearchIndexError(f"no sentence index {self.name!r} (create it with "
+                                         f"`vsa index text FILE --index {self.name}`)")
+            self._check_photo(photo)
+            with self._cnn:
+                result = search.search_image(snap.sentences, snap.sentence_model, photo, k,
+                                             encoder=self.encoder(snap.sentence_model.region_config))
+        d = result.to_dict()
+        d["query"] = shown_as or d["query"]
+        return d
+
+    def caption(self, photo: Path, beam: int = 7, shown_as: str | None = None) -> list[dict[str, Any]]:
+        """`vsa caption PHOTO --beam B --json` (a one-photo list, as the CLI prints)."""
+        self._check_photo(photo)
+        with self._cnn:
+            res = captioning.caption_photos([photo], self.captioner, beam=beam,
+                                           encoder=self.encoder(self.captioner.region_config))
+        if res[0].error is not None:
+            raise errors.ImageCorruptError(res[0].error.replace(str(photo), shown_as or str(photo)))
+        d = res[0].to_dict()
+        d["photo"] = shown_as or d["photo"]
+        return [d]
+
+    def region_captions(self, photo: Path, beam: int = 7, top: int = 0, shown_as: str | None = None) -> dict[str, Any]:
+        """`vsa caption PHOTO --regions [--top N] --json`: a caption per region, with its box."""
+        if beam < 1:
+            raise errors.UsageError(f"--beam must be at least 1 (got {beam})")
+        image = self._load(photo)
+        with self._lock:
+            if self._region_captioner is None:
+                self._region_captioner = captioner.load_caption(paths.find_model(self._region_model_name), "cpu")
+        loaded = self._region_captioner
+        with self._cnn:
+            feats = self.encoder(loaded.region_config).encode_one(image)
+        caps = captioning.region_captions(loaded, feats, beam=beam, top=top or None)
+        return {"model": str(loaded.path), "beam": beam,
+                "photos": [{"photo": shown_as or str(photo), "regions": [c.to_dict() for c in caps]}]}
+
+    def align_id(self, i: int, sentence: str, beta: float = mrf.DEFAULT_BETA) -> dict[str, Any]:
+        """`vsa align PHOTO SENTENCE --index NAME --json` for photo `i` of the index: its stored
+        regions when the file is unchanged since it was indexed (as `vsa align` decides)."""
+        aligner.sentence_tokens(sentence)
+        with self.snapshot() as snap:
+            photo = self.photo_path(i, snap)
+            rec = snap.photos.record(i)
+            st = photo.stat()
+            if rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+                boxes, vecs = snap.photos.boxes(i).copy(), snap.photos.vectors([i])[0].astype("float32")
+                result = aligner.align_vectors(snap.model, boxes, vecs, sentence, beta)
+                source = f"index {self.name}"
+            else:
+                result = self._align_photo(snap.model, photo, sentence, beta)
+                source = "photo"
+            return {"photo": str(photo), "model": str(snap.model.path), "regions_from": source, **result.to_dict()}
+
+    def align_upload(self, photo: Path, sentence: str, beta: float = mrf.DEFAULT_BETA,
+                     shown_as: str | None = None) -> dict[str, Any]:
+        """`vsa align PHOTO SENTENCE --no-index --json` for a photo that is not in the index."""
+        aligner.sentence_tokens(sentence)
+        with self.snapshot() as snap:
+            result = self._align_photo(snap.model, photo, sentence, beta)
+            return {"photo": shown_as or str(photo), "model": str(snap.model.path), "regions_from": "photo",
+                    **result.to_dict()}
+
+    def _align_photo(self, model: Any, photo: Path, sentence: str, beta: float) -> Any:
+        image = self._load(photo)
+        with self._cnn:
+            return aligner.align_photo(model, image, sentence, beta, encoder=self.encoder(model.region_config))
+
+    def status(self) -> dict[str, Any]:
+        """`vsa index status --json`."""
+        return index.status(self.name)
+
+    # ------------------------------------------------------------------ the index page and photos
+
+    def photos(self, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        with self.snapshot() as snap:
+            n = len(snap.photos)
+            ids = range(max(0, offset), min(n, max(0, offset) + max(0, limit)))
+            rows = [{"id": i, "path": snap.photos.record(i)["key"], "size": snap.size(i),
+                     "regions": int(snap.photos.count[i])} for i in ids]
+            return {"generation": snap.generation, "total": n, "offset": offset, "photos": rows}
+
+    def photo(self, i: int) -> dict[str, Any]:
+        """One photo's record: path, size and its region boxes (row 0 = the full frame)."""
+        with self.snapshot() as snap:
+            path = self.photo_path(i, snap)
+            return {"id": i, "path": str(path), "size": snap.size(i), "boxes": snap.photos.boxes(i).tolist(),
+                    "generation": snap.generation}
+
+    def skipped(self) -> dict[str, str]:
+        with self.snapshot() as snap:
+            return snap.photos.skipped()
+
+    def photo_path(self, i: int, snap: Snapshot | None = None) -> Path:
+        """The file of photo `i`: only ever a key of the index, and only inside the index's roots."""
+        if snap is None:
+            with self.snapshot() as s:
+                return self.photo_path(i, s)
+        if not 0 <= i < len(snap.photos):
+            raise errors.SearchIndexError(f"no photo {i} in index {self.name} ({len(snap.photos)} photos)")
+        key = os.path.normpath(snap.photos.record(i)["key"])
+        roots = [os.path.normpath(r) for r in snap.photos.manifest.get("roots", [])]
+        if not any(key == r or key.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
+            raise errors.SearchIndexError(f"photo {i} is outside the index's folders")
+        path = Path(key)
+        if not path.is_file():
+            raise errors.ImageMissingError(f"photo {i}: {path.name} is no longer on disk (rebuild the index)")
+        return path
+
+    def thumbnail(self, i: int, size: int = 400) -> bytes:
+        """A JPEG of photo `i` at most `size` px on its long side, upright (the guarded loader's EXIF
+        handling, so that boxes in its pixels line up), kept in a small LRU cache."""
+        with self.snapshot() as snap:
+            path = self.photo_path(i, snap)
+            key = (snap.generation, i, size)
+        with self._lock:
+            if key in self._thumbs:
+                self._thumbs.move_to_end(key)
+                return self._thumbs[key]
+        im = self._load(path)
+        im.thumbnail((size, size))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=85)
+        data = buf.getvalue()
+        if size > THUMB_CACHE_MAX_SIZE:
+            return data
+        with self._lock:
+            self._thumbs[key] = data
+            while len(self._thumbs) > THUMB_CACHE:
+                self._thumbs.popitem(last=False)
+        return data
+
+    # ------------------------------------------------------------------ photos from the request
+
+    def _load(self, photo: Path) -> Any:
+        return images.load(photo, self.max_megapixels)
+
+    def _check_photo(self, photo: Path) -> None:
+        """The guarded loader's checks (missing, corrupt, too many pixels) before any model runs;
+        the library then loads the photo the way the CLI does."""
+        self._load(photo)
