@@ -64,6 +64,10 @@ class VSAGroup(TyperGroup):
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
+        except OSError as e:  # a file the library did not expect to fail on: still one line, no traceback
+            where = f"{e.filename}: " if e.filename else ""
+            err.print(f"[bold red]error:[/] {where}{e.strerror or e}", markup=True, highlight=False)
+            raise typer.Exit(1) from None
 
 
 def new_app(help: str) -> typer.Typer:
