@@ -139,8 +139,10 @@ def status_cmd(index: IndexOpt = ix.DEFAULT_NAME,
             raise typer.Exit(1)
         return
     if damaged:
-        raise SearchIndexError(damaged[0] if "vsa index build" in damaged[0]
-                               else f"{damaged[0]}; `vsa index build` rebuilds it from the photos")
+        # A file that opens but fails its checksum would be reused by an incremental build: start afresh.
+        raise SearchIndexError(damaged[0] if "vsa index build" in damaged[0] else
+                               f"{damaged[0]}; rebuild it: `vsa index remove --index {index}`, then "
+                               "`vsa index build PATH`")
     out.print(f"index: {s['index']}", markup=False)
     for kind, (items, frags) in ix.KINDS.items():
         e = s.get(kind)

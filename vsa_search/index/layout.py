@@ -161,6 +161,11 @@ def disk_error(e: BaseException, where: Path, need: int | None = None) -> Search
     if os_err.errno in _NOT_WRITABLE:
         return SearchIndexError(f"{where}: cannot write there ({os_err.strerror}); the index is unchanged: "
                                 "use a writable folder (--index PATH or $VSA_HOME)")
+    if os_err.errno == errno.EIO:  # LMDB's word for a short write: a full disk, a file size limit, a bad disk
+        free = shutil.disk_usage(where).free
+        needs = f"; it needs about {_mb(need)}, {_mb(free)} free" if need else ""
+        return SearchIndexError(f"writing to {where} failed ({os_err.strerror}: no space left, a file size "
+                                f"limit or a failing disk{needs}); the previous index is kept")
     return None
 
 

@@ -201,7 +201,13 @@ class PhotoBuild:
             # (An index whose photos were all deleted is still updated: that is a real removal.)
             where = ", ".join(str(r) for r in self.roots)
             raise UsageError(f"no photos (jpg, jpeg, png, webp, bmp, gif) under {where}")
-        self.work = self._open_work()
+        try:
+            self.work = self._open_work()
+        except Exception as e:
+            why = disk_error(e, self.location.link.parent)
+            if why is None:
+                raise
+            raise why from None
         in_work = {k[len(_WORK_VEC):] for k in self.work.keys(_WORK_VEC)}
 
         if self.shard is not None:
@@ -303,6 +309,11 @@ class PhotoBuild:
                 r.photos, r.regions = len(self.old), self.old.fragments  # type: ignore[arg-type]
             else:
                 self._write(chosen)
+        except Exception as e:  # a full or read-only disk while saving vectors: one line, the old index kept
+            why = disk_error(e, self.location.link.parent, sum(self._need_bytes()))
+            if why is None:
+                raise
+            raise why from None
         finally:
             self._close()
         shutil.rmtree(self.location.work, ignore_errors=True)
@@ -343,15 +354,9 @@ class PhotoBuild:
         failed: dict[str, str] = {}
 
         def commit() -> None:
-            try:
-                with self.work.batch() as b:
-                    for digest, boxes, vecs in pending:
-                        b.put_arrays(_WORK_VEC + digest, boxes=boxes, vectors=vecs)
-            except Exception as e:
-                why = disk_error(e, self.location.link.parent, sum(self._need_bytes()))
-                if why is None:
-                    raise
-                raise why from None
+            with self.work.batch() as b:
+                for digest, boxes, vecs in pending:
+                    b.put_arrays(_WORK_VEC + digest, boxes=boxes, vectors=vecs)
             n = len(pending)
             pending.clear()
             if on_progress:
