@@ -96,7 +96,8 @@ def build_cmd(
     if report.model_changed:
         out.print("  the model changed since the last build: every photo was encoded again")
     for root, n in sorted(report.unreachable.items()):
-        err.print(f"  {root}: unreachable (gone or empty); its {n} photos were kept, not removed", markup=False)
+        err.print(f"  {root}: unreachable (gone or empty); its {n} photos were kept, not removed (to drop them, "
+                  "build with the other folders and --replace)", markup=False)
     if report.work_discarded:
         err.print(f"  an interrupted build's vectors were discarded: {report.work_discarded}", markup=False)
     if report.skipped:

@@ -198,7 +198,8 @@ class PhotoBuild:
         entries.sort()
         if not entries and not (old_manifest and old_manifest["counts"].get("photos")):
             # Nothing to index and nothing indexed before: almost certainly the wrong folder.
-            # (An index whose photos were all deleted is still updated: that is a real removal.)
+            # (A folder emptied of its photos keeps them as unreachable, above: an unmounted drive looks
+            # the same; `--replace` with the other folders drops them.)
             where = ", ".join(str(r) for r in self.roots)
             raise UsageError(f"no photos (jpg, jpeg, png, webp, bmp, gif) under {where}")
         try:
