@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -66,7 +67,7 @@ class VSAGroup(TyperGroup):
             raise typer.Exit(130) from None
         except OSError as e:  # a file the library did not expect to fail on: still one line, no traceback
             where = f"{e.filename}: " if e.filename else ""
-            err.print(f"[bold red]error:[/] {where}{e.strerror or e}", markup=True, highlight=False)
+            err.print("[bold red]error:[/] " + escape(f"{where}{e.strerror or e}"), markup=True, highlight=False)
             raise typer.Exit(1) from None
 
 
