@@ -20,7 +20,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if NO_FLICKR in str(r.longrepr)]
     if skipped:
-        terminalreporter.write_line(f"{len(skipped)} tests skipped: they {NO_FLICKR}")
+        terminalreporter.write_line(f"{len(skipped)} tests skipped: the Flickr8k data is not at {FLICKR}; set "
+                                    "VSA_SHARED to the folder that holds data/flickr8k to run them")
 
 
 @pytest.fixture(scope="session")

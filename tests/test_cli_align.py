@@ -106,7 +106,7 @@ def test_export(model_path: Path, sample_photos: list[Path], tmp_path: Path, tin
     assert all(r["fragment"] for r in rows)
 
 
-def test_export_refuses_missing_store(model_path: Path, tmp_path: Path) -> None:
+def test_export_refuses_missing_store(model_path: Path, tmp_path: Path, flickr_root: Path) -> None:
     res = runner.invoke(app, ["align", "export", "--features", str(tmp_path / "none"), "--out",
                               str(tmp_path / "s.jsonl"), "--model", str(model_path)])
     assert "no feature store" in one_error_line(res)

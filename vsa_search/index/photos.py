@@ -159,6 +159,9 @@ class PhotoBuild:
     def plan(self) -> int:
         """Compare the photos on disk with the current index; returns how many need the CNN."""
         loc, r = self.location, self.report
+        for root in self.roots or []:  # a folder named on the command line must be there (one from the
+            if not root.exists():       # index's manifest may be unreachable: its photos are kept)
+                raise UsageError(f"{root}: no such file or directory")
         if loc.current() is not None:
             try:
                 self.old = FragmentIndex(loc, "photos")

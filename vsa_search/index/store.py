@@ -91,7 +91,7 @@ class FragmentIndex:
         if not (gen / VECTORS).is_file() or not (gen / META / "data.mdb").is_file():
             raise FileNotFoundError(gen)
         # Sizes first (a stat each): FAISS and LMDB would read a truncated file as garbage or die of SIGBUS.
-        for name, want in manifest.get("files", {}).items():
+        for name, want in manifest.get("checksums", {}).items():
             size = (gen / name).stat().st_size
             if size != want["size"]:
                 raise self._damaged(f"{name} is {size} bytes, it was written with {want['size']}")
@@ -118,7 +118,7 @@ class FragmentIndex:
     def verify(self) -> list[str]:
         """Every file of the generation against the checksum written with it: the problems found."""
         problems = []
-        for name, want in self.manifest.get("files", {}).items():
+        for name, want in self.manifest.get("checksums", {}).items():
             got = file_digest(self.dir / name)
             if got != want["blake2b"]:
                 problems.append(f"{name}: checksum {got}, written as {want['blake2b']}")
@@ -340,10 +340,10 @@ def _write(location: Location, tmp: Path, gen: Path, kind: str, items: Iterable[
     del all_vectors
     faiss.write_index(index, str(tmp / VECTORS))
     item_name, frag_name = KINDS[kind]
-    files = {name: {"size": (tmp / name).stat().st_size, "blake2b": file_digest(tmp / name)}
-             for name in (VECTORS, f"{META}/data.mdb")}
+    checksums = {name: {"size": (tmp / name).stat().st_size, "blake2b": file_digest(tmp / name)}
+                 for name in (VECTORS, f"{META}/data.mdb")}
     manifest = {"format_version": FORMAT_VERSION, "kind": kind, "model": model, "dim": dim,
-                "index_type": chosen, "faiss": params, "files": files,
+                "index_type": chosen, "faiss": params, "checksums": checksums,
                 "counts": {item_name: len(firsts), frag_name: total, "skipped": len(skipped or {})},
                 **(extra or {})}
     # The manifest is written last: a generation without one was never finished.
