@@ -11,9 +11,8 @@ import torch
 from vsa_search.align import aligner, mrf, snippets
 from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
 from vsa_search.core.errors import ModelError, StoreError, UsageError
-from vsa_search.data.datasets import Record, load_flickr8k
+from vsa_search.data.datasets import Record
 from vsa_search.data.text import tokenize
-from vsa_search.data.vocab import build_flickr8k_vocab
 from vsa_search.models import encode
 from vsa_search.models.alignment import AlignModel, load_align, save_align
 from vsa_search.vision import images
@@ -105,9 +104,9 @@ def test_fragments_group_runs_and_cover_the_sentence() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, caption_vocab) -> Path:
     torch.manual_seed(0)
-    vocab = build_flickr8k_vocab()
+    vocab = caption_vocab
     model = AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval()
     return save_align(model, vocab, TINY, tmp_path_factory.mktemp("model") / "align.pt")
 
@@ -153,9 +152,9 @@ def test_unary_does_not_depend_on_mean_pooling(tiny_model: Path, tiny_store: Pat
 
 
 def test_snippet_export_on_real_photos(tiny_model: Path, tiny_store: Path, sample_photos: list[Path],
-                                       tmp_path: Path) -> None:
+                                       sample_captions: dict, tmp_path: Path) -> None:
     loaded = load_align(tiny_model)
-    by_id = {r.image_id: r for r in load_flickr8k().records}
+    by_id = {p.name: Record(p.name, p, "train", sample_captions[p.name]) for p in sample_photos}
     records = [by_id[p.name] for p in sample_photos[:5]]  # the 5th is not in the store: skipped
     with FeatureStore(tiny_store, readonly=True) as fs:
         n = snippets.write_jsonl(snippets.snippets(loaded, fs, records, beta=0.5), tmp_path / "s.jsonl")
@@ -197,13 +196,13 @@ def test_global_baseline_model_cannot_align(tiny_model: Path, tiny_store: Path) 
         aligner.align_features(loaded, fs.get(fs.ids()[0]), "a dog")
 
 
-def test_hybrid_model_aligns_on_its_region_word_part(tiny_store: Path, tmp_path: Path) -> None:
+def test_hybrid_model_aligns_on_its_region_word_part(tiny_store: Path, tmp_path: Path, caption_vocab) -> None:
     import dataclasses
 
     from vsa_search.models.alignment import build_model
 
     torch.manual_seed(1)
-    vocab = build_flickr8k_vocab()
+    vocab = caption_vocab
     hybrid = build_model(dataclasses.replace(EMBED_PRESETS["tiny"], arch="hybrid"), len(vocab)).eval()
     plain = build_model(EMBED_PRESETS["tiny"], len(vocab)).eval()
     plain.load_state_dict({k: v for k, v in hybrid.state_dict().items() if not k.startswith("glob.")})

@@ -29,7 +29,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, flickr_root: Path, tiny
 
 
 @pytest.fixture(scope="module")
-def vocab():
+def vocab(flickr_root: Path):
     return build_flickr8k_vocab()
 
 

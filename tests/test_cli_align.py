@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 from vsa_search.cli import app
 from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
 from vsa_search.data.datasets import load_flickr8k
-from vsa_search.data.vocab import build_flickr8k_vocab
 from vsa_search.models.alignment import AlignModel, save_align
 from vsa_search.vision.features import extract_to_store
 
@@ -27,9 +26,9 @@ def own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_path(tmp_path_factory: pytest.TempPathFactory, caption_vocab) -> Path:
     torch.manual_seed(0)
-    vocab = build_flickr8k_vocab()
+    vocab = caption_vocab
     return save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab, TINY,
                       tmp_path_factory.mktemp("m") / "align.pt")
 
@@ -87,9 +86,11 @@ def test_negative_beta_is_a_usage_error(model_path: Path, sample_photos: list[Pa
     assert res.exit_code == 2
 
 
-def test_export(model_path: Path, sample_photos: list[Path], tmp_path: Path, tiny_region_encoder) -> None:
+def test_export(model_path: Path, sample_photos: list[Path], tmp_path: Path, tiny_region_encoder,
+                flickr_root: Path) -> None:
     split = {r.image_id: r.split for r in load_flickr8k().records}
-    photos = {p.name: p for p in [q for q in sample_photos if split[q.name] == "train"][:3]}
+    flickr = sorted((flickr_root / "images").glob("*.jpg"))[:8]  # the export needs photos with Flickr8k splits
+    photos = {p.name: p for p in [q for q in flickr if split[q.name] == "train"][:3]}
     assert photos, "no training photo among the samples"
     store = tmp_path / "store"
     extract_to_store(photos, store, TINY, encoder=tiny_region_encoder)
@@ -105,7 +106,7 @@ def test_export(model_path: Path, sample_photos: list[Path], tmp_path: Path, tin
     assert all(r["fragment"] for r in rows)
 
 
-def test_export_refuses_missing_store(model_path: Path, tmp_path: Path) -> None:
+def test_export_refuses_missing_store(model_path: Path, tmp_path: Path, flickr_root: Path) -> None:
     res = runner.invoke(app, ["align", "export", "--features", str(tmp_path / "none"), "--out",
                               str(tmp_path / "s.jsonl"), "--model", str(model_path)])
     assert "no feature store" in one_error_line(res)

@@ -68,7 +68,7 @@ def test_eval_recall_k_zero() -> None:
     one_line(run("eval", "recall", "--k", "0"), 2, "--k needs positive integers")
 
 
-def test_train_embed_without_a_feature_store(tmp_path: Path) -> None:
+def test_train_embed_without_a_feature_store(tmp_path: Path, flickr_root: Path) -> None:
     r = run("train", "embed", "--features", str(tmp_path / "none"), "--out", str(tmp_path / "m.pt"))
     one_line(r, 1, "no feature store here")
     assert not (tmp_path / "m.pt").exists()

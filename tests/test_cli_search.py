@@ -74,7 +74,7 @@ def test_build_json_report(env: Path, models) -> None:
     report = json.loads(res.stdout)
     assert list(report) == ["index", "photos", "regions", "added", "changed", "moved", "removed", "unchanged",
                             "encoded", "resumed", "skipped", "index_type", "model", "up_to_date", "model_changed",
-                            "replaced"]
+                            "replaced", "unreachable", "work_discarded"]
     assert report["index"] == str(env / "indexes" / "default")
     assert (report["photos"], report["unchanged"], report["encoded"], report["up_to_date"]) == (5, 5, 0, True)
     assert report["skipped"] == [{"path": str(photos / "broken.jpg"),

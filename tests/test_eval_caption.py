@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 from vsa_search.cli import app
 from vsa_search.core.config import CAPTION_PRESETS, REGION_PRESETS
 from vsa_search.data.datasets import load_flickr8k
-from vsa_search.data.vocab import build_flickr8k_vocab
 from vsa_search.evaluation import metrics
 from vsa_search.evaluation.captions import evaluate_captions
 from vsa_search.evaluation.metrics import caption_metrics, nearest_neighbour
@@ -58,10 +57,10 @@ def test_nearest_neighbour_is_cosine() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, caption_vocab) -> Path:
     """An untrained tiny captioner on tiny-preset features: enough to exercise every command."""
     torch.manual_seed(0)
-    vocab = build_flickr8k_vocab()
+    vocab = caption_vocab
     path = tmp_path_factory.mktemp("capmodel") / "cap.pt"
     save_caption(Captioner(CAPTION_PRESETS["tiny"], len(vocab)), vocab, REGION_PRESETS["tiny"], path)
     return path

@@ -246,7 +246,9 @@ def test_other_model_rebuilds_and_mismatch_is_refused(photos: Path, model, encod
     with ix.open_index(link) as x:
         with pytest.raises(SearchIndexError, match=f"built with model {model.fingerprint}"):
             x.check_model(other)
-    r = build(None, other, link, encoder)
+    with pytest.raises(UsageError, match="drops the vectors of its 5 photos.*--replace"):
+        build(None, other, link, encoder)  # another model drops every vector: only when asked
+    r = build(None, other, link, encoder, replace=True)
     assert r.model_changed and r.encoded == 5
     with ix.open_index(link) as x:
         x.check_model(other)

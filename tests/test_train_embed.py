@@ -35,7 +35,7 @@ def tiny_features(tmp_path_factory: pytest.TempPathFactory, flickr_root: Path) -
 
 
 @pytest.fixture(scope="session")
-def vocab():
+def vocab(flickr_root: Path):
     return build_flickr8k_vocab()
 
 

@@ -17,15 +17,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .captioning import PhotoCaption, caption_photos
 from .core import paths
-from .core.device import pick_device
-from .models.alignment import LoadedAlign, load_align
-from .models.captioner import LoadedCaptioner, load_caption
+
+if TYPE_CHECKING:
+    from .captioning import PhotoCaption
+    from .models.alignment import LoadedAlign
+    from .models.captioner import LoadedCaptioner
 
 __version__ = "0.1.0"
+
+# torch and the models load on first use, not on `import vsa_search`: the `vsa` command imports
+# this package, and `vsa --help` should not wait seconds for torch.
+_LAZY = {"PhotoCaption": "captioning", "caption_photos": "captioning", "LoadedAlign": "models.alignment",
+         "load_align": "models.alignment", "LoadedCaptioner": "models.captioner", "load_caption": "models.captioner",
+         "pick_device": "core.device"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 @dataclass
 class Models:
@@ -38,6 +53,10 @@ class Models:
 
 def load(align: str | Path = "align", caption: str | Path = "caption", device: str | None = None) -> Models:
     """Load the alignment and caption models (names under models/ or $VSA_HOME/models, or paths)."""
+    from .core.device import pick_device
+    from .models.alignment import load_align
+    from .models.captioner import load_caption
+
     dev = pick_device(device)
     return Models(load_align(paths.find_model(str(align)), dev), load_caption(paths.find_model(str(caption)), dev),
                   dev)
@@ -45,5 +64,7 @@ def load(align: str | Path = "align", caption: str | Path = "caption", device: s
 
 def caption(photos: list[str | Path], beam: int = 7, models: Models | None = None) -> list[PhotoCaption]:
     """A caption (with its log-probability) per photo; unreadable photos carry `.error` instead."""
+    from .captioning import caption_photos
+
     models = models or load()
     return caption_photos([Path(p) for p in photos], models.captioner, beam=beam)

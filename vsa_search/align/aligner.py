@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..core.errors import UsageError
+from ..core.errors import QueryError, UsageError
 from ..data.text import tokenize
 from ..models.alignment import LoadedAlign
-from ..models.encode import region_vectors, unaries
+from ..models.encode import MAX_QUERY_WORDS, region_vectors, unaries
 from ..vision.draw import draw_boxes
 from ..vision.regions import RegionEncoder, RegionFeatures
 from .mrf import DEFAULT_BETA, Fragment, align_words, check_beta, fragments
@@ -39,6 +39,8 @@ def sentence_tokens(sentence: str) -> list[str]:
     tokens = tokenize(sentence)
     if not tokens:
         raise UsageError("the sentence has no words to align")
+    if len(tokens) > MAX_QUERY_WORDS:  # the sentence encoder overflows on longer ones (models.encode)
+        raise UsageError(f"the sentence has {len(tokens)} words; at most {MAX_QUERY_WORDS} can be aligned")
     return tokens
 
 
@@ -47,6 +49,9 @@ def align_vectors(loaded: LoadedAlign, boxes: np.ndarray, vectors: np.ndarray, s
     """Align one sentence to region vectors v_i (R, h) already projected by the model (an index's)."""
     beta = check_beta(beta)
     tokens = sentence_tokens(sentence)
+    if not any(loaded.vocab.known(tokens)):  # as `vsa search` refuses them: nothing would be aligned by meaning
+        raise QueryError(f"no known words in the sentence {sentence.strip()!r}: the model's vocabulary has none "
+                         f"of {', '.join(tokens)}")
     u = unaries(loaded, np.zeros((0, 0)), [tokens], vectors=vectors)[0]
     a = align_words(u, beta)
     return Alignment(sentence, tokens, a, u, boxes, fragments(tokens, a, boxes, u), beta)

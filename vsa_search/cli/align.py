@@ -47,15 +47,15 @@ BetaOpt = Annotated[float, typer.Option("--beta", min=0.0,
 
 
 IndexOpt = Annotated[str | None, typer.Option(
-    "--index", help="Reuse the photo's regions from this photo index (default: the default index, when it "
-                    "holds the photo and was built with the same model).")]
+    "--index", help="Reuse the photo's regions from this photo index (default: the first index that holds the "
+                    "photo and was built with the same model, the default index first).")]
 
 
 def _load_model(name: str) -> LoadedAlign:
     return load_align(paths.find_model(name))
 
 
-@app.command(DEFAULT_COMMAND, hidden=True)
+@app.command(DEFAULT_COMMAND)
 def photo_cmd(
     photo: Annotated[Path, typer.Argument(help="The photo.")],
     sentence: Annotated[str, typer.Argument(help="The sentence to align.")],

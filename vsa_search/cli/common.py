@@ -68,6 +68,10 @@ class VSAGroup(TyperGroup):
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
+        except OSError as e:  # a file the library did not expect to fail on: still one line, no traceback
+            where = f"{e.filename}: " if e.filename else ""
+            err.print("[bold red]error:[/] " + escape(f"{where}{e.strerror or e}"), markup=True, highlight=False)
+            raise typer.Exit(1) from None
 
 
 DatasetOpt = Annotated[str, typer.Option(help="flickr8k | coco | karpathy")]

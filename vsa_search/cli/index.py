@@ -11,8 +11,9 @@ import typer
 
 from .. import index as ix
 from ..core import paths
-from ..core.errors import UsageError
+from ..core.errors import SearchIndexError, UsageError
 from ..models.alignment import load_align
+from ..vision.images import DEFAULT_MAX_MEGAPIXELS
 from .common import err, new_app, out, print_json, progress
 
 app = new_app("Index folders of photos for search (and sentences for photo -> text).")
@@ -67,16 +68,24 @@ def build_cmd(
                                                     "worker); kept beside the index as NAME.shard-I-of-N.")] = None,
     merge: Annotated[bool, typer.Option(help="--ray: merge the shards into the index (--no-merge: keep the "
                                              "shard set only, for `vsa search --shards`).")] = True,
+    max_megapixels: Annotated[float, typer.Option("--max-megapixels", help="Skip photos with more pixels "
+                                                  "(a decompression-bomb guard).")] = DEFAULT_MAX_MEGAPIXELS,
+    replace: Annotated[bool, typer.Option("--replace", help="Allow a build that drops the index's photos: "
+                                          "another --model, or folders that leave some of its own out.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Index photos: new, changed and removed ones are handled, moved ones are recognised by
     content; an interrupted build continues where it stopped."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+    if max_megapixels <= 0:
+        raise UsageError(f"--max-megapixels must be positive (got {max_megapixels:g})")
     part = parse_shard(shard) if shard else None
     if part and index == ix.DEFAULT_NAME:  # never let a slice replace the full default index
         index = f"{ix.DEFAULT_NAME}.shard-{part[0]}-of-{part[1]}"
     budget = parse_size(max_memory) if max_memory else None
+    if err.is_terminal:  # the seconds before the progress bar appears are not silent
+        err.print("loading the model and comparing the photos with the index...")
     t0 = time.perf_counter()
     if use_ray or ray_address:
         if part:
@@ -92,7 +101,7 @@ def build_cmd(
             raise UsageError("--workers, --shards and --no-merge are options of a --ray build")
         loaded = load_align(paths.find_model(model), device or "cpu")
         with ix.PhotoBuild(roots or None, loaded, index, index_type, device=device, batch_size=batch_size,
-                           max_memory=budget, shard=part) as b:
+                           max_memory=budget, shard=part, max_megapixels=max_megapixels, replace=replace) as b:
             todo = b.plan()
             with progress("encoding", todo) as advance:
                 report = b.run(on_progress=advance)
@@ -114,6 +123,11 @@ def build_cmd(
         out.print(f"  the previous index was unusable and was replaced: {report.replaced}", markup=False)
     if report.model_changed:
         out.print("  the model changed since the last build: every photo was encoded again")
+    for root, n in sorted(report.unreachable.items()):
+        err.print(f"  {root}: unreachable (gone or empty); its {n} photos were kept, not removed (to drop them, "
+                  "build with the other folders and --replace)", markup=False)
+    if report.work_discarded:
+        err.print(f"  an interrupted build's vectors were discarded: {report.work_discarded}", markup=False)
     if report.skipped:
         err.print(f"skipped {len(report.skipped)} unreadable file{'s' if len(report.skipped) != 1 else ''}:")
         for _, why in sorted(report.skipped.items()):
@@ -141,12 +155,23 @@ def merge_cmd(
 
 
 @app.command("status")
-def status_cmd(index: IndexOpt = ix.DEFAULT_NAME, json_out: JsonOpt = False) -> None:
+def status_cmd(index: IndexOpt = ix.DEFAULT_NAME,
+               verify: Annotated[bool, typer.Option("--verify", help="Check every file of the index against "
+                                                                     "its checksum.")] = False,
+               json_out: JsonOpt = False) -> None:
     """What an index holds: photos, regions, model, size on disk."""
-    s = ix.status(index)
+    s = ix.status(index, verify=verify)
+    damaged = [e["damaged"] for e in (s.get(kind) for kind in ix.KINDS) if e and "damaged" in e]
     if json_out:
         print_json(s)
+        if damaged:
+            raise typer.Exit(1)
         return
+    if damaged:
+        # A file that opens but fails its checksum would be reused by an incremental build: start afresh.
+        raise SearchIndexError(damaged[0] if "vsa index build" in damaged[0] else
+                               f"{damaged[0]}; rebuild it: `vsa index remove --index {index}`, then "
+                               "`vsa index build PATH`")
     out.print(f"index: {s['index']}", markup=False)
     for kind, (items, frags) in ix.KINDS.items():
         e = s.get(kind)
@@ -158,6 +183,8 @@ def status_cmd(index: IndexOpt = ix.DEFAULT_NAME, json_out: JsonOpt = False) -> 
             out.print(f"    model: {e['model']} ({e['model_path']})", markup=False)
             if "roots" in e:
                 out.print(f"    roots: {', '.join(e['roots'])}", markup=False)
+        if e.get("verified"):
+            out.print("    verified: every file matches its checksum")
         if e.get("interrupted_build"):
             out.print(f"  {items}: an interrupted build is pending: run `vsa index build` to finish it")
 

@@ -40,6 +40,10 @@ class ModelError(VSAError):
     """Missing, unreadable, wrong-kind or wrong-version model file."""
 
 
+class DamagedError(VSAError):
+    """A file cut short or changed after it was written (a full disk, a kill, a bad copy)."""
+
+
 class StoreError(VSAError):
     """Feature store problems: wrong format version, different extractor, unreadable."""
 

@@ -3,14 +3,19 @@ and the photo index: JSON values, numpy arrays (no pickle), and batched transact
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lmdb
 import numpy as np
+
+from .errors import DamagedError
 
 # Virtual reservation only: LMDB files grow as they fill, so a large map costs nothing.
 DEFAULT_MAP_SIZE = 1 << 40
@@ -27,6 +32,51 @@ def decode_arrays(blob: bytes) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+_LMDB_MAGIC = 0xBEEFC0DE
+
+
+def lmdb_damage(path: str | Path) -> str | None:
+    """Why the LMDB environment at `path` cannot be read safely, or None. LMDB maps its file, so
+    reading a page past the end of a truncated file kills the process (SIGBUS) instead of raising:
+    the two meta pages say how many pages the last commit wrote, and the file must hold them."""
+    data = Path(path) / "data.mdb"
+    try:
+        size = data.stat().st_size
+        with open(data, "rb") as f:
+            head = f.read(152)
+            if len(head) < 152:
+                return f"{data}: {size} bytes, too short for an LMDB file"
+            magic, = struct.unpack_from("<I", head, 16)
+            psize, = struct.unpack_from("<I", head, 40)  # mm_dbs[FREE_DBI].md_pad holds the page size
+            if magic != _LMDB_MAGIC or psize < 512 or psize & (psize - 1):
+                return f"{data}: not an LMDB file"
+            f.seek(psize)
+            second = f.read(152)
+    except FileNotFoundError:
+        return None  # a new environment
+    metas = [head] + ([second] if len(second) == 152 else [])
+    # The meta page with the newest transaction names the last page in use (mm_last_pg, mm_txnid).
+    _, last_pg = max((txnid, last) for last, txnid in (struct.unpack_from("<QQ", m, 136) for m in metas
+                                                       if struct.unpack_from("<I", m, 16)[0] == _LMDB_MAGIC))
+    need = (last_pg + 1) * psize
+    if size < need:
+        return f"{data}: {size} bytes, its last commit wrote {need}: the file was cut short"
+    return None
+
+
+def as_os_error(e: Exception) -> OSError | None:
+    """The system error behind an LMDB failure (a full disk, a read-only file system), if any; FAISS's
+    RuntimeErrors carry the same text."""
+    if isinstance(e, OSError):
+        return e
+    if isinstance(e, (lmdb.Error, RuntimeError)):
+        text = str(e)
+        for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO):
+            if os.strerror(code) in text:
+                return OSError(code, os.strerror(code), text.split(":")[0])
+    return None
+
+
 class KV:
     """One LMDB environment (a directory). Writes go through `batch()` so that a killed
     process loses at most the batch in flight and never leaves a half-written record."""
@@ -35,6 +85,9 @@ class KV:
         self.path = Path(path)
         if not readonly:
             self.path.mkdir(parents=True, exist_ok=True)
+        damage = lmdb_damage(self.path)
+        if damage:
+            raise DamagedError(damage)
         self.env = lmdb.open(
             str(self.path),
             map_size=map_size,

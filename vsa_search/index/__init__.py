@@ -46,8 +46,9 @@ __all__ = ["DEFAULT_NAME", "INDEX_TYPES", "KINDS", "BuildReport", "FragmentIndex
 # --------------------------------------------------------------------------- status and remove
 
 
-def status(name: str | Path | None = None) -> dict[str, Any]:
-    """What an index holds: counts, model, type, size on disk; and its sentence twin if any."""
+def status(name: str | Path | None = None, verify: bool = False) -> dict[str, Any]:
+    """What an index holds: counts, model, type, size on disk; and its sentence twin if any. A
+    damaged index is reported under "damaged"; `verify` checks every file against its checksum."""
     out: dict[str, Any] = {"index": str(resolve(name))}
     found = False
     for kind in KINDS:
@@ -59,13 +60,23 @@ def status(name: str | Path | None = None) -> dict[str, Any]:
         found = True
         entry: dict[str, Any] = {"path": str(loc.link)}
         if gen is not None:
-            with FragmentIndex(loc, kind) as ix:
-                m = ix.manifest
-                entry.update({**m["counts"], "index_type": m["index_type"], "model": m["model"]["fingerprint"],
-                              "model_path": m["model"]["path"], "dim": m["dim"],
-                              "bytes": disk_size(ix.dir)})
-                if kind == "photos":
-                    entry["roots"] = m["roots"]
+            try:
+                ix = FragmentIndex(loc, kind)
+            except SearchIndexError as e:
+                entry["damaged"] = str(e)
+            else:
+                with ix:
+                    m = ix.manifest
+                    entry.update({**m["counts"], "index_type": m["index_type"], "model": m["model"]["fingerprint"],
+                                  "model_path": m["model"]["path"], "dim": m["dim"],
+                                  "bytes": disk_size(ix.dir)})
+                    if kind == "photos":
+                        entry["roots"] = m["roots"]
+                    if verify:
+                        problems = ix.verify()
+                        if problems:
+                            entry["damaged"] = f"index {ix.location.name}: {'; '.join(problems)}"
+                        entry["verified"] = not problems
         if work:
             entry["interrupted_build"] = True
         out[kind] = entry

@@ -3,6 +3,7 @@ symlink swap, and the build lock. See the package docstring for the layout."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from ..core import paths
 from ..core.errors import SearchIndexError, UsageError
+from ..core.kv import as_os_error
 
 FORMAT_VERSION = 1
 KINDS = {"photos": ("photos", "regions"), "sentences": ("sentences", "words")}
@@ -108,8 +110,13 @@ class _Lock:
         self.path, self.name, self.fd = path, name, -1
 
     def __enter__(self) -> _Lock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a read-only file system or folder: nothing can be built or removed there
+            raise SearchIndexError(f"{self.path.parent}: cannot write there ({e.strerror}); index {self.name} "
+                                   "cannot be built or changed: use a writable folder (--index PATH or "
+                                   "$VSA_HOME)") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -135,3 +142,38 @@ def disk_size(p: Path) -> int:
     if p.is_file():
         return p.stat().st_size
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: a file size limit (RLIMIT_FSIZE, quotas)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def disk_error(e: BaseException, where: Path, need: int | None = None) -> SearchIndexError | None:
+    """A full or read-only disk as one line (how much space was needed, when known); None for other errors."""
+    os_err = as_os_error(e) if isinstance(e, Exception) else None
+    if os_err is None:
+        return None
+    if os_err.errno in _DISK_FULL:
+        free = shutil.disk_usage(where).free
+        needs = f"it needs about {_mb(need)}, {_mb(free)} free" if need else f"{_mb(free)} free"
+        return SearchIndexError(f"no space left on the disk of {where} ({needs}); the previous index is kept: "
+                                "free some space and build again")
+    if os_err.errno in _NOT_WRITABLE:
+        return SearchIndexError(f"{where}: cannot write there ({os_err.strerror}); the index is unchanged: "
+                                "use a writable folder (--index PATH or $VSA_HOME)")
+    if os_err.errno == errno.EIO:  # LMDB's word for a short write: a full disk, a file size limit, a bad disk
+        free = shutil.disk_usage(where).free
+        needs = f"; it needs about {_mb(need)}, {_mb(free)} free" if need else ""
+        return SearchIndexError(f"writing to {where} failed ({os_err.strerror}: no space left, a file size "
+                                f"limit or a failing disk{needs}); the previous index is kept")
+    return None
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def generation_bytes(items: int, fragments: int, dim: int) -> int:
+    """About what a generation takes on disk: float16 vectors and records in LMDB (with its page
+    overhead), float32 vectors in a flat FAISS index."""
+    return int(fragments * dim * (2 * 1.3 + 4) + items * 4096)

@@ -18,16 +18,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.errors import SearchIndexError, UsageError
+from ..core.errors import DamagedError, SearchIndexError, UsageError
 from ..core.kv import KV
 from ..models.alignment import LoadedAlign
 from ..models.encode import encode_regions
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS, is_photo
 from ..vision.regions import RegionEncoder, extract
 from .faiss_types import check_index_type, choose_for_memory
-from .layout import _WORK_META, _WORK_VEC, FORMAT_VERSION, MANIFEST, Location, _Lock, resolve
+from .layout import (
+    _WORK_META,
+    _WORK_VEC,
+    FORMAT_VERSION,
+    MANIFEST,
+    Location,
+    _Lock,
+    disk_error,
+    generation_bytes,
+    resolve,
+)
 from .shards import check_shard, shard_of
-from .store import FragmentIndex, Item, model_info, write_generation
+from .store import FragmentIndex, Item, model_info, read_manifest, write_generation
 
 
 def file_hash(path: Path) -> str:
@@ -86,6 +96,8 @@ class BuildReport:
     up_to_date: bool = False
     model_changed: bool = False
     replaced: str | None = None  # why the previous index could not be reused at all
+    unreachable: dict[str, int] = field(default_factory=dict)  # root gone or empty -> its photos, kept
+    work_discarded: str | None = None  # why an interrupted build's vectors were not reused
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,7 +106,9 @@ class BuildReport:
                 "unchanged": self.unchanged, "encoded": self.encoded, "resumed": self.resumed,
                 "skipped": [{"path": p, "reason": r} for p, r in sorted(self.skipped.items())],
                 "index_type": self.index_type, "model": self.model, "up_to_date": self.up_to_date,
-                "model_changed": self.model_changed, "replaced": self.replaced}
+                "model_changed": self.model_changed, "replaced": self.replaced,
+                "unreachable": [{"root": p, "photos": n} for p, n in sorted(self.unreachable.items())],
+                "work_discarded": self.work_discarded}
 
 
 class PhotoBuild:
@@ -104,7 +118,7 @@ class PhotoBuild:
     def __init__(self, roots: list[Path] | None, model: LoadedAlign, name: str | Path | None = None,
                  index_type: str = "auto", device: str | torch.device | None = None, batch_size: int = 8,
                  max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, encoder: Any = None,
-                 max_memory: int | None = None, shard: tuple[int, int] | None = None):
+                 max_memory: int | None = None, shard: tuple[int, int] | None = None, replace: bool = False):
         check_index_type(index_type)
         self.location = Location(resolve(name))
         self.model = model
@@ -116,6 +130,7 @@ class PhotoBuild:
         self.encoder = encoder
         self.max_memory = max_memory  # bytes of FAISS RAM; past it "auto" builds IVF-PQ (choose_for_memory)
         self.shard = check_shard(shard) if shard is not None else None  # (i, n): index only slice i of n
+        self.replace = replace  # may drop the index's photos: another model, folders no longer named
         self.report = BuildReport(index=str(self.location.link), model=model.fingerprint)
         self.planned: list[PlannedPhoto] = []
         self._lock: _Lock | None = None
@@ -144,18 +159,25 @@ class PhotoBuild:
     def plan(self) -> int:
         """Compare the photos on disk with the current index; returns how many need the CNN."""
         loc, r = self.location, self.report
+        for root in self.roots or []:  # a folder named on the command line must be there (one from the
+            if not root.exists():       # index's manifest may be unreachable: its photos are kept)
+                raise UsageError(f"{root}: no such file or directory")
         if loc.current() is not None:
             try:
                 self.old = FragmentIndex(loc, "photos")
             except SearchIndexError as e:
-                # An index this version cannot read (old format, files deleted): build it anew.
+                # An index this version cannot read (old format, damaged files): build it anew.
                 r.replaced = str(e)
         old_manifest = self.old.manifest if self.old else None
         if self.roots is None:
-            if old_manifest is None:
+            # A damaged index still names its folders in its manifest: rebuild from them.
+            named = (old_manifest or read_manifest(loc) or {}).get("roots")
+            if not named:
                 raise UsageError(f"give the folders to index: vsa index build PATH... ({r.replaced})" if r.replaced
                                  else "give the folders to index: vsa index build PATH...")
-            self.roots = [Path(p) for p in old_manifest["roots"]]
+            self.roots = [Path(p) for p in named]
+        if old_manifest and not self.replace:
+            self._refuse_drops(old_manifest)
         if old_manifest and old_manifest["model"]["fingerprint"] != self.model.fingerprint:
             r.model_changed = True
             self.old.close()  # type: ignore[union-attr]
@@ -166,13 +188,30 @@ class PhotoBuild:
             for i, rec in enumerate(self.old.records()):
                 old_by_path[rec["key"]] = rec
                 self.old_item_by_hash.setdefault(rec["hash"], i)
-        entries = scan(self.roots)
+        # A folder that is gone, or empty where it held photos (an unmounted drive), is unreachable:
+        # its photos are kept as they were, not removed.
+        reachable = [root for root in self.roots
+                     if root.exists() or not any(_under(p, root) for p in old_by_path)]
+        entries = scan(reachable)
+        for root in self.roots:
+            held = [p for p in old_by_path if _under(p, root)]
+            if held and (root not in reachable or not any(_under(e[0], root) for e in entries)):
+                r.unreachable[str(root)] = len(held)
+                entries.extend((p, old_by_path[p]["size"], old_by_path[p]["mtime_ns"]) for p in held)
+        entries.sort()
         if not entries and not (old_manifest and old_manifest["counts"].get("photos")):
             # Nothing to index and nothing indexed before: almost certainly the wrong folder.
-            # (An index whose photos were all deleted is still updated: that is a real removal.)
+            # (A folder emptied of its photos keeps them as unreachable, above: an unmounted drive looks
+            # the same; `--replace` with the other folders drops them.)
             where = ", ".join(str(r) for r in self.roots)
             raise UsageError(f"no photos (jpg, jpeg, png, webp, bmp, gif) under {where}")
-        self.work = self._open_work()
+        try:
+            self.work = self._open_work()
+        except Exception as e:
+            why = disk_error(e, self.location.link.parent)
+            if why is None:
+                raise
+            raise why from None
         in_work = {k[len(_WORK_VEC):] for k in self.work.keys(_WORK_VEC)}
 
         if self.shard is not None:
@@ -216,6 +255,20 @@ class PhotoBuild:
         r.removed = missing - r.moved
         return self.to_encode
 
+    def _refuse_drops(self, old: dict[str, Any]) -> None:
+        """Another model, or folders that leave some of the index's out, drop photos the index
+        holds: only with `replace`, and the message says what would go."""
+        name, n = self.location.name, old["counts"].get("photos", 0)
+        if old["model"]["fingerprint"] != self.model.fingerprint:
+            raise UsageError(f"index {name} was built with model {old['model']['fingerprint']} "
+                             f"({old['model']['path']}); building it with {self.model.fingerprint} ({self.model.path}) "
+                             f"drops the vectors of its {n} photos and encodes them all again: add --replace")
+        left_out = [p for p in old["roots"] if not any(_under(p, str(root)) for root in self.roots or [])]
+        if left_out:
+            raise UsageError(f"index {name} also holds the photos under {', '.join(left_out)}, which the "
+                             "folders given leave out: add --replace to drop them, or give no PATH to update "
+                             "the index's own folders")
+
     def _tally(self) -> None:
         r = self.report
         for status in ("added", "changed", "moved", "unchanged"):
@@ -226,11 +279,15 @@ class PhotoBuild:
         """The work area of an interrupted build continues only if made for the same model."""
         w = self.location.work
         if w.exists():
-            kv = KV(w)
-            meta = kv.get_json(_WORK_META)
-            if meta == {"model": self.model.fingerprint, "format_version": FORMAT_VERSION}:
-                return kv
-            kv.close()
+            try:
+                kv = KV(w)
+            except DamagedError as e:  # cut short (a kill, a full disk): its vectors cannot be trusted
+                self.report.work_discarded = str(e)
+            else:
+                meta = kv.get_json(_WORK_META)
+                if meta == {"model": self.model.fingerprint, "format_version": FORMAT_VERSION}:
+                    return kv
+                kv.close()
             shutil.rmtree(w)
         kv = KV(w)
         kv.put_json(_WORK_META, {"model": self.model.fingerprint, "format_version": FORMAT_VERSION})
@@ -241,6 +298,7 @@ class PhotoBuild:
         t0 = time.perf_counter()
         r = self.report
         try:
+            self._check_space()
             self._encode(on_progress)
             chosen = choose_for_memory(self.index_type, self._fragment_estimate(), self.model.model.out_dim,
                                        self.max_memory)
@@ -255,11 +313,34 @@ class PhotoBuild:
                 r.photos, r.regions = len(self.old), self.old.fragments  # type: ignore[arg-type]
             else:
                 self._write(chosen)
+        except Exception as e:  # a full or read-only disk while saving vectors: one line, the old index kept
+            why = disk_error(e, self.location.link.parent, sum(self._need_bytes()))
+            if why is None:
+                raise
+            raise why from None
         finally:
             self._close()
         shutil.rmtree(self.location.work, ignore_errors=True)
         r.seconds = time.perf_counter() - t0
         return r
+
+    def _need_bytes(self) -> tuple[int, int]:
+        """(bytes the work area still needs, bytes the new generation needs), estimated."""
+        dim = self.model.model.out_dim
+        per_photo = self.model.region_config.max_regions * dim * 2 * 1.3 + 4096
+        return int(self.to_encode * per_photo), generation_bytes(len(self.planned), self._fragment_estimate(), dim)
+
+    def _check_space(self) -> None:
+        """Refuse a build that cannot fit before encoding anything: on a full disk LMDB's mapped
+        file can end a later build with SIGBUS, and the work of this one would be lost."""
+        work, gen = self._need_bytes()
+        if not self.to_encode and not self.report.removed and not self.report.added and not self.touched:
+            return  # up to date, or only reusing vectors: nothing worth refusing
+        free = shutil.disk_usage(self.location.link.parent).free
+        if work + gen > free:
+            raise SearchIndexError(f"not enough space on the disk of {self.location.link.parent}: the build needs "
+                                   f"about {(work + gen) / 2**20:.1f} MB, {free / 2**20:.1f} MB are free; "
+                                   "the index is unchanged")
 
     def _fragment_estimate(self) -> int:
         return len(self.planned) * self.model.region_config.max_regions
@@ -329,10 +410,16 @@ class PhotoBuild:
         if self.shard is not None:  # what `merge` needs to check the set and choose the type as one build would
             extra.update(shard=list(self.shard), max_regions=self.model.region_config.max_regions)
         gen = write_generation(self.location, "photos", self._items(), self.model.model.out_dim,
-                               model_info(self.model), chosen, extra=extra, skipped=skipped)
+                               model_info(self.model), chosen, extra=extra, skipped=skipped,
+                               need_bytes=self._need_bytes()[1])
         manifest = json.loads((gen / MANIFEST).read_text())
         r.photos, r.regions = manifest["counts"]["photos"], manifest["counts"]["regions"]
         r.index_type = manifest["index_type"]
+
+
+def _under(path: str, root: str | Path) -> bool:
+    root = str(root)
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _short(reason: str, path: str) -> str:

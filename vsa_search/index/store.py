@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,8 +18,9 @@ import faiss
 import numpy as np
 import torch
 
+from ..core import paths
 from ..core.device import one_thread
-from ..core.errors import SearchIndexError
+from ..core.errors import DamagedError, SearchIndexError
 from ..core.kv import KV
 from ..models.alignment import LoadedAlign
 from .faiss_types import IVF_NPROBE, choose_type, make_faiss
@@ -28,6 +30,7 @@ from .layout import (
     _ITEM,
     _SKIP,
     _VEC,
+    DEFAULT_NAME,
     FORMAT_VERSION,
     KINDS,
     MANIFEST,
@@ -35,6 +38,7 @@ from .layout import (
     SENTENCES_SUFFIX,
     VECTORS,
     Location,
+    disk_error,
     resolve,
 )
 
@@ -86,8 +90,19 @@ class FragmentIndex:
         self.manifest: dict[str, Any] = manifest
         if not (gen / VECTORS).is_file() or not (gen / META / "data.mdb").is_file():
             raise FileNotFoundError(gen)
-        self.faiss = faiss.read_index(str(gen / VECTORS))
-        self.kv = _open_shared(gen / META)
+        # Sizes first (a stat each): FAISS and LMDB would read a truncated file as garbage or die of SIGBUS.
+        for name, want in manifest.get("checksums", {}).items():
+            size = (gen / name).stat().st_size
+            if size != want["size"]:
+                raise self._damaged(f"{name} is {size} bytes, it was written with {want['size']}")
+        try:
+            self.faiss = faiss.read_index(str(gen / VECTORS))
+        except RuntimeError:
+            raise self._damaged(f"{VECTORS} cannot be read") from None
+        try:
+            self.kv = _open_shared(gen / META)
+        except DamagedError as e:
+            raise self._damaged(str(e)) from None
         ids = self.kv.get_arrays(_IDMAP) or {"first": np.zeros(0, np.int64), "count": np.zeros(0, np.int64)}
         self.first: np.ndarray = ids["first"]
         self.count: np.ndarray = ids["count"]
@@ -95,6 +110,19 @@ class FragmentIndex:
         params = manifest.get("faiss", {})
         if isinstance(self.faiss, faiss.IndexIVF):
             self.faiss.nprobe = int(params.get("nprobe", IVF_NPROBE))
+
+    def _damaged(self, why: str) -> SearchIndexError:
+        return SearchIndexError(f"index {self.location.name} is damaged ({why}); `vsa index build` rebuilds it "
+                                "from the photos")
+
+    def verify(self) -> list[str]:
+        """Every file of the generation against the checksum written with it: the problems found."""
+        problems = []
+        for name, want in self.manifest.get("checksums", {}).items():
+            got = file_digest(self.dir / name)
+            if got != want["blake2b"]:
+                problems.append(f"{name}: checksum {got}, written as {want['blake2b']}")
+        return problems
 
     def close(self) -> None:
         _close_shared(self.kv)
@@ -220,16 +248,51 @@ def open_index(name: str | Path | None = None, kind: str = "photos") -> Fragment
     return FragmentIndex(Location(resolve(name, kind)), kind)
 
 
+def read_manifest(location: Location) -> dict[str, Any] | None:
+    """The current generation's manifest when it is readable, whatever state its other files are in
+    (a rebuild of a damaged index takes its folders from it)."""
+    gen = location.current()
+    try:
+        return json.loads((gen / MANIFEST).read_text()) if gen is not None else None
+    except (OSError, ValueError):
+        return None
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 # --------------------------------------------------------------------------- writing a generation
 
 
 def write_generation(location: Location, kind: str, items: Iterable[Item], dim: int, model: dict[str, Any],
                      index_type: str, extra: dict[str, Any] | None = None,
-                     skipped: dict[str, str] | None = None, total_hint: int | None = None) -> Path:
+                     skipped: dict[str, str] | None = None, total_hint: int | None = None,
+                     need_bytes: int | None = None) -> Path:
     """Write a complete generation to a temporary sibling, rename it, swap the link. `items`
-    must come sorted by key: ids follow their order, which makes a build reproducible."""
+    must come sorted by key: ids follow their order, which makes a build reproducible. On a
+    failure the partial generation is removed and the current one stays; a full or read-only
+    disk becomes one SearchIndexError (`need_bytes`, the expected size, goes into its message)."""
     gen = location.next_generation()
     tmp = gen.with_name(gen.name + ".tmp")
+    try:
+        return _write(location, tmp, gen, kind, items, dim, model, index_type, extra, skipped)
+    except BaseException as e:
+        # A half-written generation is never used: remove it, so that a full disk is full no more.
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = disk_error(e, location.link.parent, need_bytes)
+        if why is not None:
+            raise why from None
+        raise
+
+
+def _write(location: Location, tmp: Path, gen: Path, kind: str, items: Iterable[Item], dim: int,
+           model: dict[str, Any], index_type: str, extra: dict[str, Any] | None,
+           skipped: dict[str, str] | None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     firsts: list[int] = []
@@ -277,8 +340,10 @@ def write_generation(location: Location, kind: str, items: Iterable[Item], dim: 
     del all_vectors
     faiss.write_index(index, str(tmp / VECTORS))
     item_name, frag_name = KINDS[kind]
+    checksums = {name: {"size": (tmp / name).stat().st_size, "blake2b": file_digest(tmp / name)}
+                 for name in (VECTORS, f"{META}/data.mdb")}
     manifest = {"format_version": FORMAT_VERSION, "kind": kind, "model": model, "dim": dim,
-                "index_type": chosen, "faiss": params,
+                "index_type": chosen, "faiss": params, "checksums": checksums,
                 "counts": {item_name: len(firsts), frag_name: total, "skipped": len(skipped or {})},
                 **(extra or {})}
     # The manifest is written last: a generation without one was never finished.
@@ -293,7 +358,6 @@ def model_info(model: LoadedAlign) -> dict[str, Any]:
             "hidden": model.model.out_dim, "extractor": model.region_config.extractor_id()}
 
 
-
 def find_photo(loaded: LoadedAlign, photo: str | Path,
                name: str | Path | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """(boxes (R, 4), region vectors (R, h)) of a photo from a photo index, or None when the index
@@ -303,8 +367,25 @@ def find_photo(loaded: LoadedAlign, photo: str | Path,
         st = Path(photo).stat()
     except OSError:
         return None
-    if name is None and Location(resolve(None)).current() is None:
-        return None
+    if name is not None:
+        return _find_in(name, loaded, photo, st)
+    # No index named: the default one, then every other photo index (the demo's is "demo").
+    others = sorted(p for p in paths.indexes_dir().glob("*") if p.is_symlink() and p.name != DEFAULT_NAME
+                    and not p.name.endswith(SENTENCES_SUFFIX)) if paths.indexes_dir().is_dir() else []
+    for link in [resolve(None), *others]:
+        try:
+            if Location(link).current() is None:
+                continue
+            found = _find_in(link, loaded, photo, st)
+        except SearchIndexError:
+            continue  # damaged or of another kind: computing the regions afresh is always right
+        if found is not None:
+            return found
+    return None
+
+
+def _find_in(name: str | Path, loaded: LoadedAlign, photo: str | Path,
+             st: os.stat_result) -> tuple[np.ndarray, np.ndarray] | None:
     with open_index(name) as ix:
         if ix.manifest.get("model", {}).get("fingerprint") != loaded.fingerprint:
             return None

@@ -58,9 +58,11 @@ def load(path: str | Path, kind: str | None = None, map_location: str | torch.de
             why = "torch.load with weights_only=True cannot read it"
         else:
             why = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
-        raise ModelError(f"{path}: not a vsa model file ({why})") from None
+        raise ModelError(f"{path}: not a vsa model file: expected a checkpoint written by `vsa train` "
+                         f"(a PyTorch zip file), torch says: {why}") from None
     if not isinstance(blob, dict) or "kind" not in blob or "header_json" not in blob:
-        raise ModelError(f"{path}: not a vsa model file")
+        raise ModelError(f"{path}: not a vsa model file: a PyTorch file, but without the kind and header "
+                         "that `vsa train` writes")
     if blob.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{path}: model format {blob.get('format_version')}, this version reads "
                          f"{FORMAT_VERSION}")

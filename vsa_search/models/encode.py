@@ -60,10 +60,17 @@ def unaries(loaded: LoadedAlign, features: np.ndarray, token_lists: list[list[st
     v = v[:, : _check_arch(loaded)]  # stored vectors of a hybrid model carry the global term too
     return [s @ v.T for s in word_vectors(loaded, token_lists)]
 
+# The recurrent sentence encoder's state overflows past ~1,400 words (NaN vectors, and every
+# score with them), so a query is held well below that rather than answered with nothing.
+MAX_QUERY_WORDS = 1000
+
+
 def query_tokens_or_fail(text: str) -> list[str]:
     tokens = tokenize(text)
     if not tokens:
         raise QueryError("empty query: give some words to search for")
+    if len(tokens) > MAX_QUERY_WORDS:
+        raise QueryError(f"the query has {len(tokens)} words; at most {MAX_QUERY_WORDS} are scored: shorten it")
     return tokens
 
 
@@ -78,6 +85,8 @@ def query_vectors(model: LoadedAlign, text: str) -> tuple[list[str], list[str], 
                          f"{', '.join(tokens)}")
     with torch.inference_mode():
         s = model.model.encode_words(torch.tensor([ids]), torch.tensor([len(ids)]))[0]  # (T, h)
+    if not bool(torch.isfinite(s[known]).all()):
+        raise QueryError(f"the query's {len(tokens)} words overflow the sentence encoder: shorten it")
     return [tokens[i] for i in known], [tokens[i] for i in range(len(tokens)) if ids[i] == UNK], \
         s[known].float().cpu().numpy()
 
