@@ -69,6 +69,7 @@ SENTENCES_SUFFIX = ".sentences"
 _ITEM = "i/"  # i/000000042 -> JSON item record (key, info, first, count)
 _VEC = "v/"  # v/000000042 -> raw float16 (count, h)
 _BOX = "b/"  # b/000000042 -> raw int32 (count, 4), photos only
+_CON = "c/"  # c/000000042 -> region concepts (concepts.Concepts bytes), photos only; absent in older indexes
 _SKIP = "s/"  # s/<path> -> reason (photos that could not be read)
 _IDMAP = "idmap"  # arrays: first (N,) int64, count (N,) int64
 _WORK_META = "meta"
@@ -332,6 +333,7 @@ class Item:
     info: dict[str, Any]  # photos: size, mtime_ns, hash | sentences: text, words
     vectors: np.ndarray  # (n, h) float16
     boxes: np.ndarray | None = None  # (n, 4) int32 xyxy for photos
+    concepts: bytes | None = None  # region concepts (concepts.Concepts.to_bytes), photos only
 
 
 class FragmentIndex:
@@ -471,6 +473,10 @@ class FragmentIndex:
     def record(self, i: int) -> dict[str, Any]:
         return self.kv.get_json(f"{_ITEM}{i:09d}")
 
+    def concepts_bytes(self, items: Iterable[int]) -> list[bytes | None]:
+        """Each item's stored region concepts (None where the index predates them)."""
+        return self.kv.get_many_bytes([f"{_CON}{i:09d}" for i in items])  # type: ignore[return-value]
+
     def records(self) -> Iterator[dict[str, Any]]:
         for _, rec in self.kv.items_json(_ITEM):
             yield rec
@@ -540,6 +546,8 @@ def write_generation(location: Location, kind: str, items: Iterable[Item], dim: 
                     b.put_bytes(f"{_VEC}{i:09d}", v.tobytes())
                     if it.boxes is not None:
                         b.put_bytes(f"{_BOX}{i:09d}", np.ascontiguousarray(it.boxes, np.int32).tobytes())
+                    if it.concepts is not None:
+                        b.put_bytes(f"{_CON}{i:09d}", it.concepts)
                     firsts.append(total)
                     counts.append(len(v))
                     chunks.append(v)
@@ -831,13 +839,13 @@ class PhotoBuild:
 
         encoder = self.encoder or RegionEncoder(self.model.region_config, self.device)
         by_path = {path: h for h, path in todo.items()}
-        pending: list[tuple[str, np.ndarray, np.ndarray]] = []
+        pending: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
         failed: dict[str, str] = {}
 
         def commit() -> None:
             with self.work.batch() as b:
-                for digest, boxes, vecs in pending:
-                    b.put_arrays(_WORK_VEC + digest, boxes=boxes, vectors=vecs)
+                for digest, boxes, vecs, con in pending:
+                    b.put_arrays(_WORK_VEC + digest, boxes=boxes, vectors=vecs, concepts=con)
             n = len(pending)
             pending.clear()
             if on_progress:
@@ -855,7 +863,8 @@ class PhotoBuild:
                 feats = torch.from_numpy(result.features).to(self.device or "cpu")[None]
                 vecs = self.model.model.encode_regions(feats)[0].float().cpu().numpy()  # (R', h)
             boxes = result.boxes[: len(vecs)]  # a global model keeps region 0 only
-            pending.append((digest, boxes.astype(np.int32), vecs.astype(np.float16)))
+            pending.append((digest, boxes.astype(np.int32), vecs.astype(np.float16),
+                            _concepts_of(result.features[: len(vecs)], self.model)))
             self.report.encoded += 1
             if len(pending) >= self.batch_size:
                 commit()
@@ -874,13 +883,15 @@ class PhotoBuild:
                 i = self.old_item_by_hash[p.hash]
                 vecs = self.old.vectors([i])[0]  # type: ignore[union-attr]
                 boxes = self.old.boxes(i)  # type: ignore[union-attr]
+                con = self.old.concepts_bytes([i])[0]  # type: ignore[union-attr]
             else:
                 a = self.work.get_arrays(_WORK_VEC + p.hash)
                 if a is None:  # pragma: no cover - the plan only names hashes it saw stored
                     raise IndexError_(f"{p.path}: vectors missing from the build's work area; build again")
                 vecs, boxes = a["vectors"], a["boxes"]
+                con = a["concepts"].tobytes() if "concepts" in a else None
             info = {"path": p.path, "size": p.size, "mtime_ns": p.mtime_ns, "hash": p.hash}
-            yield Item(p.path, info, vecs, boxes)
+            yield Item(p.path, info, vecs, boxes, con)
 
     def _write(self, chosen: str) -> None:
         r = self.report
@@ -893,6 +904,13 @@ class PhotoBuild:
         manifest = json.loads((gen / MANIFEST).read_text())
         r.photos, r.regions = manifest["counts"]["photos"], manifest["counts"]["regions"]
         r.index_type = manifest["index_type"]
+
+
+def _concepts_of(features: np.ndarray, model: LoadedAlign) -> np.ndarray:
+    """Region concepts (the backbone's own ImageNet classes, top K) as a uint8 array for the work area."""
+    from .concepts import from_features
+
+    return np.frombuffer(from_features(features, backbone=model.region_config.backbone).to_bytes(), np.uint8)
 
 
 def _short(reason: str, path: str) -> str:
@@ -1164,9 +1182,10 @@ def merge(parts: list[str | Path], name: str | Path | None = None, index_type: s
             recs = list(x.records())
             for a in range(0, len(recs), 512):
                 chunk = recs[a:a + 512]
+                cons = x.concepts_bytes(range(a, a + len(chunk)))
                 for j, (rec, vecs) in enumerate(zip(chunk, x.vectors(range(a, a + len(chunk))))):
                     info = {k: v for k, v in rec.items() if k not in ("key", "first", "count")}
-                    yield Item(rec["key"], info, vecs, x.boxes(a + j))
+                    yield Item(rec["key"], info, vecs, x.boxes(a + j), cons[j])
                 if on_progress:
                     on_progress(len(chunk))
 
