@@ -188,23 +188,35 @@ def unaries(loaded: LoadedAlign, features: np.ndarray, token_lists: list[list[st
 
 
 def align_vectors(loaded: LoadedAlign, boxes: np.ndarray, vectors: np.ndarray, sentence: str,
-                  beta: float = DEFAULT_BETA) -> Alignment:
-    """Align one sentence to region vectors v_i (R, h) already projected by the model (an index's)."""
+                  beta: float = DEFAULT_BETA, concepts: Any = None) -> Alignment:
+    """Align one sentence to region vectors v_i (R, h) already projected by the model (an index's).
+    With the regions' `concepts` (concepts.Concepts), words also reach regions through the CNN's
+    classes, and words outside the model's vocabulary through them alone (openvocab.align_unary)."""
     beta = check_beta(beta)
     tokens = sentence_tokens(sentence)
     u = unaries(loaded, np.zeros((0, 0)), [tokens], vectors=vectors)[0]
+    if concepts is not None:
+        from .openvocab import align_unary
+
+        u = align_unary(loaded, tokens, u, concepts)[0]
     a = align_words(u, beta)
     return Alignment(sentence, tokens, a, u, boxes, fragments(tokens, a, boxes, u), beta)
 
 
 def align_features(loaded: LoadedAlign, regions: RegionFeatures, sentence: str,
-                   beta: float = DEFAULT_BETA) -> Alignment:
-    """Align one sentence to precomputed region features (CNN features, as the feature store holds)."""
-    return align_vectors(loaded, regions.boxes, region_vectors(loaded, regions.features), sentence, beta)
+                   beta: float = DEFAULT_BETA, bridge: bool = False) -> Alignment:
+    """Align one sentence to precomputed region features (CNN features, as the feature store holds);
+    bridge=True adds the concept bridge (the regions' classes come from the same features)."""
+    concepts = None
+    if bridge:
+        from .concepts import from_features
+
+        concepts = from_features(regions.features, backbone=loaded.region_config.backbone)
+    return align_vectors(loaded, regions.boxes, region_vectors(loaded, regions.features), sentence, beta, concepts)
 
 
 def align_photo(loaded: LoadedAlign, image_or_features: Image.Image | RegionFeatures, sentence: str,
-                beta: float = DEFAULT_BETA, encoder: RegionEncoder | None = None) -> Alignment:
+                beta: float = DEFAULT_BETA, encoder: RegionEncoder | None = None, bridge: bool = False) -> Alignment:
     """Align a sentence to a photo (its regions are proposed and encoded with the model's own
     region config) or to region features already computed for it."""
     check_beta(beta)
@@ -214,14 +226,15 @@ def align_photo(loaded: LoadedAlign, image_or_features: Image.Image | RegionFeat
     else:
         encoder = encoder or RegionEncoder(loaded.region_config)
         regions = encoder.encode_one(image_or_features)
-    return align_features(loaded, regions, sentence, beta)
+    return align_features(loaded, regions, sentence, beta, bridge)
 
 
-def indexed_regions(loaded: LoadedAlign, photo: str | Path,
-                    name: str | Path | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+def indexed_regions(loaded: LoadedAlign, photo: str | Path, name: str | Path | None = None,
+                    with_concepts: bool = False) -> tuple[Any, ...] | None:
     """(boxes (R, 4), region vectors (R, h)) of a photo from a photo index, or None when the index
     cannot vouch for them: no default index, built with another model, photo not in it, or the
-    file changed since (size or mtime). A named index that does not exist is an error."""
+    file changed since (size or mtime). A named index that does not exist is an error.
+    with_concepts=True appends the regions' stored concepts (None for an index built before them)."""
     from . import index as photo_index
 
     try:
@@ -247,7 +260,13 @@ def indexed_regions(loaded: LoadedAlign, photo: str | Path,
         rec = ix.record(lo)
         if rec["key"] != key or rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
             return None
-        return ix.boxes(lo).copy(), ix.vectors([lo])[0].astype(np.float32)
+        found = ix.boxes(lo).copy(), ix.vectors([lo])[0].astype(np.float32)
+        if with_concepts:
+            from .concepts import Concepts
+
+            blob = ix.concepts_bytes([lo])[0]
+            return (*found, Concepts.from_bytes(blob) if blob is not None else None)
+        return found
 
 
 # --------------------------------------------------------------------------- snippet export

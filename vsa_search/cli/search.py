@@ -26,6 +26,8 @@ def search_cmd(
                                                                "boxes labelled by their words.")] = None,
     per_word: Annotated[int | None, typer.Option("--per-word", help="First-stage regions per word "
                                                                     "(default: grows until proven).")] = None,
+    bridge: Annotated[bool, typer.Option("--bridge/--no-bridge", help="Also score words through the CNN's "
+                                         "ImageNet classes (words outside the model's vocabulary count too).")] = True,
 ) -> None:
     """Search photos with words; each hit shows the box every word matched."""
     if (text is None) == (image is None):
@@ -40,7 +42,12 @@ def search_cmd(
         srch.query_tokens_or_fail(text)
         with ix.open_index(index, "photos") as x:
             loaded = srch.model_for(x, model)
-            result = srch.search_text(x, loaded, text, k, per_word)
+            if bridge:  # open vocabulary: every query word counts (openvocab.py)
+                from .. import openvocab
+
+                result = openvocab.search_text(x, loaded, text, k)
+            else:
+                result = srch.search_text(x, loaded, text, k, per_word)
     else:
         with ix.open_index(index, "sentences") as x:
             loaded = srch.model_for(x, model)
@@ -57,7 +64,16 @@ def search_cmd(
 
 
 def _print(result: srch.Result) -> None:
-    if result.ignored:
+    bridged = getattr(result, "bridged", None)
+    if bridged is not None:  # an open-vocabulary result: its ignored words are unknown to GloVe too
+        if result.ignored:
+            out.print(f"(unknown to the model and to GloVe, not scored: {', '.join(result.ignored)})", markup=False)
+        if bridged:
+            out.print(f"(outside the model's vocabulary, scored through the CNN's classes: {', '.join(bridged)})",
+                      markup=False)
+        if getattr(result, "concepts_missing", 0):
+            out.print(f"({result.concepts_missing} photos have no stored concepts: rebuild the index)", markup=False)
+    elif result.ignored:
         out.print(f"(not in the vocabulary, ignored: {', '.join(result.ignored)})", markup=False)
     if not result.hits:
         out.print("no results")
