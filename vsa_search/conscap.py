@@ -123,8 +123,11 @@ def caption_word(c: int, itos: tuple[str, ...]) -> tuple[str, str] | None:
     names = [n for n in names if n]
     shown = display_name(c)
     for n in names:
-        if len(n) == 1 and n[0] in stoi:  # "teddy" of "teddy, teddy bear" is shown as "teddy bear"
-            return n[0], shown if n[0] in shown.split() else n[0]
+        if len(n) == 1 and n[0] in stoi:
+            # "teddy" of "teddy, teddy bear" is shown as "teddy bear" (both caption words); "pizza" of
+            # "pizza, pizza pie" stays "pizza" ("pie" is no caption word).
+            full = shown.split()
+            return n[0], shown if n[0] in full and all(w in stoi for w in full) else n[0]
     for n in names:
         if len(n) > 1 and n[-1] in stoi and n[-1] not in STOPWORDS:
             return n[-1], " ".join(n)

@@ -135,8 +135,7 @@ class OpenResult(Result):
     concepts_missing: int = 0  # photos of the index without stored concepts
 
     def to_dict(self) -> dict[str, Any]:
-        d = super().to_dict()
-        d["unknown"] = d.pop("ignored")  # known neither to the model nor to GloVe: not scored
+        d = super().to_dict()  # "ignored": known neither to the model nor to GloVe, so not scored
         d["bridged"] = self.bridged
         d["bridge"] = {"weight": self.weight, "photos_without_concepts": self.concepts_missing}
         for h, hd in zip(self.hits, d["hits"]):

@@ -18,7 +18,7 @@ import torch
 from .concepts import DEFAULT_BRIDGE, BridgeConfig, bridge_scores_many, region_probs, topk, word_weights
 from .text import tokenize
 
-WEIGHT_GRID = (0.0, 0.1, 0.2, 0.4, 0.7, 1.0, 1.5, 2.0, 3.0)
+WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
 
 
 def _word_bridge(data: Any, cfg: BridgeConfig, backbone: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,6 +42,18 @@ def _word_bridge(data: Any, cfg: BridgeConfig, backbone: str) -> tuple[torch.Ten
     return torch.from_numpy(b), torch.from_numpy(idx)
 
 
+def _dots(model: Any, v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """v_i · s_t as (M, T, c, R). A hybrid model's dimensions past `hidden` are global terms, the
+    same for every region of a photo: they are added once instead of once per region (4x fewer
+    multiplications for the shipped model)."""
+    h = model.cfg.hidden
+    if getattr(model, "glob", None) is None or v.shape[-1] == h:
+        return torch.einsum("crh,mth->mtcr", v, s)
+    local = torch.einsum("crh,mth->mtcr", v[..., :h], s[..., :h])
+    glob = torch.einsum("ch,mth->mtc", v[:, 0, h:], s[..., h:])
+    return local + glob[..., None]
+
+
 @torch.no_grad()
 def scores_with_bridge(model: Any, data: Any, weights: tuple[float, ...], cfg: BridgeConfig = DEFAULT_BRIDGE,
                        backbone: str = "tf_efficientnet_lite0", chunk: int = 10,
@@ -60,7 +72,7 @@ def scores_with_bridge(model: Any, data: Any, weights: tuple[float, ...], cfg: B
         for a in range(0, len(data.image_ids), chunk):
             v = model.encode_regions(data.feats[a:a + chunk])  # (c, R', h)
             rm = data.region_mask[a:a + chunk, : v.shape[1]]
-            dots = torch.einsum("crh,mth->mtcr", v, s)  # (M, T, c, R')
+            dots = _dots(model, v, s)  # (M, T, c, R')
             bridge = b[:, a:a + chunk, : v.shape[1]][idx] * scale  # (M, T, c, R')
             neg = ~rm[None, None]
             for w in weights:
