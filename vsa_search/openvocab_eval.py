@@ -42,44 +42,58 @@ def _word_bridge(data: Any, cfg: BridgeConfig, backbone: str) -> tuple[torch.Ten
     return torch.from_numpy(b), torch.from_numpy(idx)
 
 
-def _dots(model: Any, v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """v_i · s_t as (M, T, c, R). A hybrid model's dimensions past `hidden` are global terms, the
-    same for every region of a photo: they are added once instead of once per region (4x fewer
-    multiplications for the shipped model)."""
+def _split(model: Any, v: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                     torch.Tensor | None]:
+    """(region part of v, of s, global part of v (one per photo), of s). A hybrid model's dimensions
+    past `hidden` are global terms, the same for every region of a photo: they are added once per
+    photo instead of once per region (4x fewer multiplications for the shipped model)."""
     h = model.cfg.hidden
     if getattr(model, "glob", None) is None or v.shape[-1] == h:
-        return torch.einsum("crh,mth->mtcr", v, s)
-    local = torch.einsum("crh,mth->mtcr", v[..., :h], s[..., :h])
-    glob = torch.einsum("ch,mth->mtc", v[:, 0, h:], s[..., h:])
-    return local + glob[..., None]
+        return v, s, v[:, 0, :0], None
+    return v[..., :h], s[..., :h], v[:, 0, h:], s[..., h:]
 
 
 @torch.no_grad()
 def scores_with_bridge(model: Any, data: Any, weights: tuple[float, ...], cfg: BridgeConfig = DEFAULT_BRIDGE,
-                       backbone: str = "tf_efficientnet_lite0", chunk: int = 10,
+                       backbone: str = "tf_efficientnet_lite0", chunk: int = 20,
                        on_progress: Callable[[int], None] | None = None) -> dict[float, torch.Tensor]:
-    """(N_img, N_sent) scores for each bridge weight; weight 0 equals evaluate.score_all exactly."""
+    """(N_img, N_sent) scores for each bridge weight; weight 0 equals evaluate.score_all.
+
+    Words run flat (no padding), and only the few words with a bridge (nouns that name or resemble
+    a class) are re-maximised per weight; every other word's best region is the model's alone."""
     was = model.training
     model.eval()
     try:
         b, idx = _word_bridge(data, cfg, backbone)
-        s = model.encode_words(data.ids, data.lengths)  # (M, T, h)
         word_mask = torch.arange(data.ids.shape[1])[None, :] < data.lengths[:, None]  # (M, T)
+        s_all = model.encode_words(data.ids, data.lengths)  # (M, T, h)
+        sent_of = torch.arange(len(data.lengths))[:, None].expand_as(word_mask)[word_mask]  # (W,) flat words
+        s_flat = s_all[word_mask]  # (W, h)
+        word_of = idx[word_mask]  # (W,) row of b
+        live = torch.from_numpy(np.flatnonzero(b.reshape(len(b), -1).max(1).values.numpy() > 0))
+        bridged = torch.nonzero(torch.isin(word_of, live)).flatten()  # (P,) words with a bridge
         per_word = getattr(model.cfg, "pool", "sum") == "mean"
-        scale = 1.0 / data.lengths.clamp(min=1).float() if per_word else torch.ones(len(data.lengths))
-        scale = scale[:, None, None, None]
+        lengths = data.lengths.clamp(min=1).float()
+        scale = (1.0 / lengths if per_word else torch.ones_like(lengths))[sent_of[bridged]][:, None, None]
         out: dict[float, list[torch.Tensor]] = {w: [] for w in weights}
         for a in range(0, len(data.image_ids), chunk):
             v = model.encode_regions(data.feats[a:a + chunk])  # (c, R', h)
-            rm = data.region_mask[a:a + chunk, : v.shape[1]]
-            dots = _dots(model, v, s)  # (M, T, c, R')
-            bridge = b[:, a:a + chunk, : v.shape[1]][idx] * scale  # (M, T, c, R')
-            neg = ~rm[None, None]
+            c, r = v.shape[:2]
+            vl, sl, vg, sg = _split(model, v, s_flat)
+            local = (sl @ vl.reshape(c * r, -1).T).view(len(sl), c, r)  # (W, c, R')
+            local = local.masked_fill(~data.region_mask[a:a + chunk, :r][None], float("-inf"))
+            glob = sg @ vg.T if sg is not None else 0.0  # (W, c)
+            best0 = local.max(-1).values + glob  # (W, c): each word's best region, model only
+            bl = local[bridged]  # (P, c, R')
+            br = b[word_of[bridged]][:, a:a + c, :r] * scale  # (P, c, R')
+            gb = glob[bridged] if sg is not None else 0.0
             for w in weights:
-                best = (dots + w * bridge).masked_fill(neg, float("-inf")).max(-1).values  # (M, T, c)
-                out[w].append((best * word_mask[:, :, None]).sum(1).T)  # (c, M)
+                tok = best0.clone()
+                if w != 0.0 and len(bridged):
+                    tok[bridged] = (bl + w * br).max(-1).values + gb
+                out[w].append(torch.zeros(len(data.lengths), c).index_add_(0, sent_of, tok).T)  # (c, M)
             if on_progress:
-                on_progress(len(v))
+                on_progress(c)
         return {w: torch.cat(rows) for w, rows in out.items()}
     finally:
         model.train(was)
@@ -87,9 +101,11 @@ def scores_with_bridge(model: Any, data: Any, weights: tuple[float, ...], cfg: B
 
 def recall_with_bridge(model_path: str | Path, features: str | Path, split: str = "dev",
                        weights: tuple[float, ...] = WEIGHT_GRID, cfg: BridgeConfig = DEFAULT_BRIDGE,
-                       reps: int = 1000, on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                       reps: int = 1000, on_progress: Callable[[int], None] | None = None,
+                       photos: int | None = None) -> dict[str, Any]:
     """Recall@1/5/10 in both directions, with 95% intervals, of the model with each bridge weight on
-    the `split` photos of the Flickr8k feature store."""
+    the `split` photos of the Flickr8k feature store (the first `photos` of them in the split's
+    order, when given: the candidate pool is then that many photos)."""
     from .datasets import load_flickr8k
     from .embedding import load_align
     from .evaluate import mean_recall, retrieval_data, retrieval_metrics
@@ -98,7 +114,7 @@ def recall_with_bridge(model_path: str | Path, features: str | Path, split: str 
     loaded = load_align(model_path)
     records = load_flickr8k().present(split)
     with FeatureStore(features, readonly=True) as store:
-        records = [r for r in records if r.image_id in store]
+        records = [r for r in records if r.image_id in store][:photos]
         data = retrieval_data(records, store, loaded.vocab)
     scores = scores_with_bridge(loaded.model, data, tuple(weights), cfg, loaded.region_config.backbone,
                                 on_progress=on_progress)
@@ -111,13 +127,26 @@ def recall_with_bridge(model_path: str | Path, features: str | Path, split: str 
 
 def tune_weight(model_path: str | Path, features: str | Path, split: str = "dev",
                 weights: tuple[float, ...] = WEIGHT_GRID, cfg: BridgeConfig = DEFAULT_BRIDGE,
-                on_progress: Callable[[int], None] | None = None) -> tuple[float, dict[str, Any]]:
+                on_progress: Callable[[int], None] | None = None, photos: int | None = None
+                ) -> tuple[float, dict[str, Any]]:
     """The bridge weight with the best mean Recall@K on `split` (never the test split); ties go to
     the smaller weight. Returns (weight, the per-weight table)."""
     from .errors import UsageError
 
     if split == "test":
         raise UsageError("tune the bridge weight on dev (or train), never on test")
-    res = recall_with_bridge(model_path, features, split, weights, cfg, reps=0, on_progress=on_progress)
+    res = recall_with_bridge(model_path, features, split, weights, cfg, reps=0, on_progress=on_progress,
+                             photos=photos)
     best = max(sorted(res["rows"]), key=lambda w: (round(res["rows"][w]["mean_recall"], 6), -w))
     return best, res
+
+
+def store_weight(model_path: str | Path, weight: float, tuned_on: dict[str, Any] | None = None) -> None:
+    """Write the tuned bridge weight into the model file's metrics ("bridge_weight"), where search
+    and alignment read it (openvocab.bridge_weight). The weights, hence the model's fingerprint and
+    every index built with it, are unchanged."""
+    from . import checkpoint
+
+    ck = checkpoint.load(model_path, kind="align")
+    ck.metrics = {**ck.metrics, "bridge_weight": float(weight), **({"bridge_tuning": tuned_on} if tuned_on else {})}
+    checkpoint.save(ck, model_path)
