@@ -155,10 +155,16 @@ def main() -> None:
     ap.add_argument("--coco", type=Path, default=paths.shared_dir() / "data" / "coco128")
     ap.add_argument("--flickr-features", type=Path, default=None,
                     help="Flickr8k feature store (vsa features extract): test Recall@K, and dev for --tune")
+    ap.add_argument("--flickr-photos", type=int, default=None,
+                    help="only the first N photos of each Flickr8k split (default: all present)")
     ap.add_argument("--tune", action="store_true", help="re-tune the bridge weight on Flickr8k dev first")
     ap.add_argument("--weight", type=float, default=None, help="bridge weight (default: the model's / tuned)")
+    ap.add_argument("--write-weight", action="store_true",
+                    help="with --tune: store the tuned weight in the model file, where the product reads it")
     ap.add_argument("--beam", type=int, default=7)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--coco-features", type=Path, default=None,
+                    help="keep coco128's feature store here (outside the repo) and reuse it on the next run")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure and caption here")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -171,16 +177,21 @@ def main() -> None:
     if args.tune:
         if args.flickr_features is None:
             sys.exit("--tune needs --flickr-features")
-        weight, table = openvocab_eval.tune_weight(model.path, args.flickr_features, "dev")
+        weight, table = openvocab_eval.tune_weight(model.path, args.flickr_features, "dev",
+                                                   photos=args.flickr_photos)
         report["tuning"] = {str(w): round(r["mean_recall"], 2) for w, r in table["rows"].items()}
         print(f"bridge weight tuned on Flickr8k dev ({table['photos']} photos): {weight}")
         print("  mean Recall@K by weight: "
               + ", ".join(f"{w}: {r['mean_recall']:.2f}" for w, r in table["rows"].items()))
+        if args.write_weight:
+            openvocab_eval.store_weight(model.path, weight, {"split": "dev", "photos": table["photos"],
+                                                             "mean_recall": report["tuning"]})
+            print(f"  stored in {model.path} (metrics.bridge_weight)")
     report["weight"] = weight
 
     classes, photos, labels = load_coco(args.coco)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
-        store_path = Path(tmp) / "feats"
+        store_path = args.coco_features or Path(tmp) / "feats"
         extract_to_store(photos, store_path, model.region_config)
         with FeatureStore(store_path, readonly=True) as store:
             feats = {k: store.get(k) for k in photos}
@@ -218,7 +229,8 @@ def main() -> None:
                                    "constraints": g["constraints"]} for k, p, g in zip(keys, plain, guided)]
 
     if args.flickr_features is not None:
-        res = openvocab_eval.recall_with_bridge(model.path, args.flickr_features, "test", (0.0, weight))
+        res = openvocab_eval.recall_with_bridge(model.path, args.flickr_features, "test", (0.0, weight),
+                                                photos=args.flickr_photos)
         report["flickr8k_test"] = {"photos": res["photos"], "sentences": res["sentences"],
                                    "rows": {str(w): r["metrics"] for w, r in res["rows"].items()}}
     report["seconds"] = round(time.perf_counter() - t0, 1)
