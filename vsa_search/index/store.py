@@ -21,9 +21,11 @@ from ..core.device import one_thread
 from ..core.errors import SearchIndexError
 from ..core.kv import KV
 from ..models.alignment import LoadedAlign
+from ..vision.concepts import Concepts
 from .faiss_types import IVF_NPROBE, choose_type, make_faiss
 from .layout import (
     _BOX,
+    _CON,
     _IDMAP,
     _ITEM,
     _SKIP,
@@ -47,6 +49,7 @@ class Item:
     info: dict[str, Any]  # photos: size, mtime_ns, hash | sentences: text, words
     vectors: np.ndarray  # (n, h) float16
     boxes: np.ndarray | None = None  # (n, 4) int32 xyxy for photos
+    concepts: bytes | None = None  # region concepts (vision.concepts.Concepts.to_bytes), photos only
 
 
 class FragmentIndex:
@@ -179,6 +182,10 @@ class FragmentIndex:
         b = self.kv.get_bytes(f"{_BOX}{i:09d}")
         return np.zeros((0, 4), np.int32) if b is None else np.frombuffer(b, np.int32).reshape(-1, 4)
 
+    def concepts_bytes(self, items: Iterable[int]) -> list[bytes | None]:
+        """Each item's stored region concepts (None where the index predates them)."""
+        return self.kv.get_many_bytes([f"{_CON}{i:09d}" for i in items])  # type: ignore[return-value]
+
     def record(self, i: int) -> dict[str, Any]:
         return self.kv.get_json(f"{_ITEM}{i:09d}")
 
@@ -251,6 +258,8 @@ def write_generation(location: Location, kind: str, items: Iterable[Item], dim: 
                     b.put_bytes(f"{_VEC}{i:09d}", v.tobytes())
                     if it.boxes is not None:
                         b.put_bytes(f"{_BOX}{i:09d}", np.ascontiguousarray(it.boxes, np.int32).tobytes())
+                    if it.concepts is not None:
+                        b.put_bytes(f"{_CON}{i:09d}", it.concepts)
                     firsts.append(total)
                     counts.append(len(v))
                     chunks.append(v)
@@ -294,11 +303,12 @@ def model_info(model: LoadedAlign) -> dict[str, Any]:
 
 
 
-def find_photo(loaded: LoadedAlign, photo: str | Path,
-               name: str | Path | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+def find_photo(loaded: LoadedAlign, photo: str | Path, name: str | Path | None = None,
+               with_concepts: bool = False) -> tuple[Any, ...] | None:
     """(boxes (R, 4), region vectors (R, h)) of a photo from a photo index, or None when the index
     cannot vouch for them: no default index, built with another model, photo not in it, or the
-    file changed since (size or mtime). A named index that does not exist is an error."""
+    file changed since (size or mtime). A named index that does not exist is an error.
+    with_concepts=True appends the regions' stored concepts (None for an index built before them)."""
     try:
         st = Path(photo).stat()
     except OSError:
@@ -322,4 +332,8 @@ def find_photo(loaded: LoadedAlign, photo: str | Path,
         rec = ix.record(lo)
         if rec["key"] != key or rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
             return None
-        return ix.boxes(lo).copy(), ix.vectors([lo])[0].astype(np.float32)
+        found = ix.boxes(lo).copy(), ix.vectors([lo])[0].astype(np.float32)
+        if with_concepts:
+            blob = ix.concepts_bytes([lo])[0]
+            return (*found, Concepts.from_bytes(blob) if blob is not None else None)
+        return found
