@@ -83,7 +83,7 @@ def test_build_json_report(env: Path, models) -> None:
 
 
 def test_search_json_is_stable_and_complete(env: Path) -> None:
-    args = ["search", "a dog on the zeppelin grass", "-k", "3", "--json"]
+    args = ["search", "a dog on the zeppelin grass", "-k", "3", "--json", "--no-bridge"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.stderr
     assert runner.invoke(app, args).stdout == first.stdout  # same query, same bytes
@@ -97,12 +97,13 @@ def test_search_json_is_stable_and_complete(env: Path) -> None:
         assert [w["word"] for w in h["words"]] == out["words"]
         assert all(list(w) == ["word", "score", "region", "box"] and len(w["box"]) == 4 for w in h["words"])
     # --paths prints exactly the same photos, one per line.
-    paths_out = runner.invoke(app, ["search", "a dog on the zeppelin grass", "-k", "3", "--paths"]).stdout
+    paths_out = runner.invoke(app, ["search", "a dog on the zeppelin grass", "-k", "3", "--paths",
+                                    "--no-bridge"]).stdout
     assert paths_out.splitlines() == [h["path"] for h in out["hits"]]
 
 
 def test_search_human_output_and_sheet(env: Path, tmp_path: Path) -> None:
-    res = runner.invoke(app, ["search", "two dogs", "-k", "2", "--sheet", str(tmp_path / "s.png")])
+    res = runner.invoke(app, ["search", "two dogs", "-k", "2", "--sheet", str(tmp_path / "s.png"), "--no-bridge"])
     assert res.exit_code == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0] == "(not in the vocabulary, ignored: dogs)"
@@ -114,7 +115,7 @@ def test_search_human_output_and_sheet(env: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["search", ""], 2, "error: empty query: give some words to search for"),
-    (["search", "zeppelin xylophone"], 2, "error: no known words in the query 'zeppelin xylophone': the "
+    (["search", "zeppelin xylophone", "--no-bridge"], 2, "error: no known words in the query 'zeppelin xylophone': the "
                                           "model's vocabulary has none of zeppelin, xylophone"),
     (["search", "dog", "-k", "0"], 2, "error: -k must be at least 1 (got 0)"),
     (["search", "dog", "--json", "--paths"], 2, "error: --json and --paths exclude each other"),

@@ -13,8 +13,10 @@ from ..core.errors import QueryError, UsageError
 from ..data.text import tokenize
 from ..models.alignment import LoadedAlign
 from ..models.encode import MAX_QUERY_WORDS, region_vectors, unaries
+from ..vision.concepts import Concepts, from_features
 from ..vision.draw import draw_boxes
 from ..vision.regions import RegionEncoder, RegionFeatures
+from .bridge import align_unary
 from .mrf import DEFAULT_BETA, Fragment, align_words, check_beta, fragments
 
 
@@ -45,26 +47,32 @@ def sentence_tokens(sentence: str) -> list[str]:
 
 
 def align_vectors(loaded: LoadedAlign, boxes: np.ndarray, vectors: np.ndarray, sentence: str,
-                  beta: float = DEFAULT_BETA) -> Alignment:
-    """Align one sentence to region vectors v_i (R, h) already projected by the model (an index's)."""
+                  beta: float = DEFAULT_BETA, concepts: Concepts | None = None) -> Alignment:
+    """Align one sentence to region vectors v_i (R, h) already projected by the model (an index's).
+    With the regions' `concepts`, words also reach regions through the CNN's classes, and words
+    outside the model's vocabulary through them alone (bridge.align_unary)."""
     beta = check_beta(beta)
     tokens = sentence_tokens(sentence)
     if not any(loaded.vocab.known(tokens)):  # as `vsa search` refuses them: nothing would be aligned by meaning
         raise QueryError(f"no known words in the sentence {sentence.strip()!r}: the model's vocabulary has none "
                          f"of {', '.join(tokens)}")
     u = unaries(loaded, np.zeros((0, 0)), [tokens], vectors=vectors)[0]
+    if concepts is not None:
+        u = align_unary(loaded, tokens, u, concepts)[0]
     a = align_words(u, beta)
     return Alignment(sentence, tokens, a, u, boxes, fragments(tokens, a, boxes, u), beta)
 
 
 def align_features(loaded: LoadedAlign, regions: RegionFeatures, sentence: str,
-                   beta: float = DEFAULT_BETA) -> Alignment:
-    """Align one sentence to precomputed region features (CNN features, as the feature store holds)."""
-    return align_vectors(loaded, regions.boxes, region_vectors(loaded, regions.features), sentence, beta)
+                   beta: float = DEFAULT_BETA, bridge: bool = False) -> Alignment:
+    """Align one sentence to precomputed region features (CNN features, as the feature store holds);
+    bridge=True adds the concept bridge (the regions' classes come from the same features)."""
+    concepts = from_features(regions.features, backbone=loaded.region_config.backbone) if bridge else None
+    return align_vectors(loaded, regions.boxes, region_vectors(loaded, regions.features), sentence, beta, concepts)
 
 
 def align_photo(loaded: LoadedAlign, image_or_features: Image.Image | RegionFeatures, sentence: str,
-                beta: float = DEFAULT_BETA, encoder: RegionEncoder | None = None) -> Alignment:
+                beta: float = DEFAULT_BETA, encoder: RegionEncoder | None = None, bridge: bool = False) -> Alignment:
     """Align a sentence to a photo (its regions are proposed and encoded with the model's own
     region config) or to region features already computed for it."""
     check_beta(beta)
@@ -74,7 +82,7 @@ def align_photo(loaded: LoadedAlign, image_or_features: Image.Image | RegionFeat
     else:
         encoder = encoder or RegionEncoder(loaded.region_config)
         regions = encoder.encode_one(image_or_features)
-    return align_features(loaded, regions, sentence, beta)
+    return align_features(loaded, regions, sentence, beta, bridge)
 
 
 def draw_alignment(image: Image.Image, alignment: Alignment) -> Image.Image:

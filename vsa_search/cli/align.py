@@ -65,29 +65,49 @@ def photo_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the alignment as JSON.")] = False,
     index: IndexOpt = None,
     no_index: Annotated[bool, typer.Option("--no-index", help="Always compute the photo's regions afresh.")] = False,
+    bridge: Annotated[bool, typer.Option("--bridge/--no-bridge", help="Also place words through the CNN's "
+                                         "ImageNet classes (words outside the model's vocabulary too).")] = True,
 ) -> None:
     """Align SENTENCE to PHOTO and print its fragments with their boxes and scores."""
     sentence_tokens(sentence)  # an empty sentence fails before any model or photo loads
     loaded = _load_model(model)
-    found = None if no_index else find_photo(loaded, photo, index)
+    found = None if no_index else find_photo(loaded, photo, index, with_concepts=bridge)
+    if found is not None and bridge and found[2] is None:
+        found = None  # an index from before concepts: compute the photo's regions (and concepts) afresh
     image = images.load(photo) if found is None or out_png is not None else None
     if found is not None:
-        result = align_vectors(loaded, found[0], found[1], sentence, beta)
+        result = align_vectors(loaded, found[0], found[1], sentence, beta, found[2] if bridge else None)
         source = f"index {index or 'default'}"
     else:
-        result = align_photo(loaded, image, sentence, beta)  # type: ignore[arg-type]
+        result = align_photo(loaded, image, sentence, beta, bridge=bridge)  # type: ignore[arg-type]
         source = "photo"
+    words = _word_status(loaded, result.tokens, bridge)
     if out_png is not None:
         save_image(draw_alignment(image, result), out_png)  # type: ignore[arg-type]
     if json_out:
         print_json({"photo": str(photo), "model": str(loaded.path), "regions_from": source, **result.to_dict(),
-                    **({"picture": str(out_png)} if out_png else {})})
+                    **words, **({"picture": str(out_png)} if out_png else {})})
         return
+    for key, what in (("bridged", "outside the model's vocabulary, placed through the CNN's classes"),
+                      ("unknown", "unknown to the model and to GloVe")):
+        if words.get(key):
+            out.print(f"({what}: {', '.join(words[key])})", markup=False)
     for f in result.fragments:
         where = "full image" if f.region == 0 else f"region {f.region}"
         out.print(f"{f.text!r:40} {where:11} box {list(f.box)}  score {f.score:.3f}")
     if out_png is not None:
         err.print(f"wrote {out_png}")
+
+
+def _word_status(loaded: LoadedAlign, tokens: list[str], bridge: bool) -> dict[str, Any]:
+    """Which words the bridge placed alone, and which no one knows (they stay on the model's <unk>)."""
+    from ..data.vocab import UNK
+    from ..vision.concepts import in_glove
+
+    unk = [w for w, i in zip(tokens, loaded.vocab.encode(tokens)) if i == UNK]
+    if not bridge:
+        return {"unknown": unk}
+    return {"bridged": [w for w in unk if in_glove(w)], "unknown": [w for w in unk if not in_glove(w)]}
 
 
 @app.command("export")

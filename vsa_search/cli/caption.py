@@ -31,6 +31,8 @@ def caption_cmd(
     regions: Annotated[bool, typer.Option("--regions", help="Dense captions: one per region, with its box.")] = False,
     top: Annotated[int, typer.Option(min=0, help="With --regions: only the N surest regions (0: all).")] = 0,
     out_png: Annotated[Path | None, typer.Option("--out", help="With --regions: draw the boxes and captions.")] = None,
+    concepts: Annotated[bool, typer.Option("--concepts", help="Let the photo's confident ImageNet concepts into "
+                                           "the caption (constrained beam search).")] = False,
 ) -> None:
     """Describe each photo in one sentence, with its log-probability. A photo that cannot be read
     gets one error line on stderr; the others are still captioned; the exit code is then 1.
@@ -41,6 +43,24 @@ def caption_cmd(
     model = model or DEFAULT_MODEL
 
     loaded = load_caption(paths.find_model(model), device=pick_device(device))
+    if concepts or json_out:  # the photo's concepts listed (and, with --concepts, in the sentence)
+        from ..captioning.constrained import caption_photos as concept_captions
+
+        with progress("reading photos", len(photo_files(photos))) as advance:
+            rows = concept_captions(photos, loaded, beam, max_len, length_norm, constrain=concepts,
+                                    on_progress=advance)
+        for r in rows:
+            if r.get("error"):
+                err.print(f"[bold red]error:[/] {r['error']}", markup=True, highlight=False)
+        good = [r for r in rows if not r.get("error")]
+        if json_out:
+            print_json(good)
+        else:
+            for r in good:
+                out.print(f"{r['photo']}\t{r['caption']}\t({r['logprob']:.2f})", markup=False)
+        if len(good) < len(rows):
+            raise typer.Exit(1)
+        return
     with progress("reading photos", len(photo_files(photos))) as advance:
         results = caption_photos(photos, loaded, beam=beam, max_len=max_len, length_norm=length_norm,
                                  on_progress=advance)

@@ -35,6 +35,9 @@ def search_cmd(
                                                         "'.[ray]'); default: in this process.")] = False,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster for --ray "
                                                                           "(implies it).")] = None,
+    bridge: Annotated[bool, typer.Option("--bridge/--no-bridge", help="Also score words through the CNN's "
+                                         "ImageNet classes (words outside the model's vocabulary count too; "
+                                         "one index, not --shards).")] = True,
 ) -> None:
     """Search photos with words; each hit shows the box every word matched."""
     if (text is None) == (image is None):
@@ -59,7 +62,12 @@ def search_cmd(
         query_tokens_or_fail(text)
         with ix.open_index(index, "photos") as x:
             loaded = srch.model_for(x, model)
-            result = srch.search_text(x, loaded, text, k, per_word)
+            if bridge:  # open vocabulary: every query word counts (index/openvocab.py)
+                from ..index import openvocab
+
+                result = openvocab.search_text(x, loaded, text, k)
+            else:
+                result = srch.search_text(x, loaded, text, k, per_word)
     else:
         with ix.open_index(index, "sentences") as x:
             loaded = srch.model_for(x, model)
@@ -76,7 +84,16 @@ def search_cmd(
 
 
 def _print(result: srch.Result) -> None:
-    if result.ignored:
+    bridged = getattr(result, "bridged", None)
+    if bridged is not None:  # an open-vocabulary result: its ignored words are unknown to GloVe too
+        if result.ignored:
+            out.print(f"(unknown to the model and to GloVe, not scored: {', '.join(result.ignored)})", markup=False)
+        if bridged:
+            out.print(f"(outside the model's vocabulary, scored through the CNN's classes: {', '.join(bridged)})",
+                      markup=False)
+        if getattr(result, "concepts_missing", 0):
+            out.print(f"({result.concepts_missing} photos have no stored concepts: rebuild the index)", markup=False)
+    elif result.ignored:
         out.print(f"(not in the vocabulary, ignored: {', '.join(result.ignored)})", markup=False)
     if not result.hits:
         out.print("no results")

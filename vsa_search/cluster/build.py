@@ -79,7 +79,7 @@ class _ShardWorker:
     """A Ray Data actor: loads the models once, then builds each shard it is handed."""
 
     def __init__(self, job: dict[str, Any], tracker: Any):
-        from ..embedding import load_align
+        from ..models.alignment import load_align
 
         self.job, self.tracker = job, tracker
         self.model = load_align(job["model"], job["device"])
@@ -96,7 +96,7 @@ class _ShardWorker:
                 todo = b.plan()
                 self.tracker.planned.remote(i, todo)
                 if todo and self.encoder is None:
-                    from ..regions import RegionEncoder
+                    from ..vision.regions import RegionEncoder
 
                     self.encoder = RegionEncoder(self.model.region_config, job["device"])
                 b.encoder = self.encoder

@@ -27,6 +27,7 @@ SENTENCES_SUFFIX = ".sentences"
 _ITEM = "i/"  # i/000000042 -> JSON item record (key, info, first, count)
 _VEC = "v/"  # v/000000042 -> raw float16 (count, h)
 _BOX = "b/"  # b/000000042 -> raw int32 (count, 4), photos only
+_CON = "c/"  # c/000000042 -> region concepts (vision.concepts.Concepts bytes), photos only; absent in older indexes
 _SKIP = "s/"  # s/<path> -> reason (photos that could not be read)
 _IDMAP = "idmap"  # arrays: first (N,) int64, count (N,) int64
 _WORK_META = "meta"

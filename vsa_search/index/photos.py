@@ -22,6 +22,7 @@ from ..core.errors import DamagedError, SearchIndexError, UsageError
 from ..core.kv import KV
 from ..models.alignment import LoadedAlign
 from ..models.encode import encode_regions
+from ..vision.concepts import from_features
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS, is_photo
 from ..vision.regions import RegionEncoder, extract
 from .faiss_types import check_index_type, choose_for_memory
@@ -354,13 +355,13 @@ class PhotoBuild:
             return
         encoder = self.encoder or RegionEncoder(self.model.region_config, self.device)
         by_path = {path: h for h, path in todo.items()}
-        pending: list[tuple[str, np.ndarray, np.ndarray]] = []
+        pending: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
         failed: dict[str, str] = {}
 
         def commit() -> None:
             with self.work.batch() as b:
-                for digest, boxes, vecs in pending:
-                    b.put_arrays(_WORK_VEC + digest, boxes=boxes, vectors=vecs)
+                for digest, boxes, vecs, con in pending:
+                    b.put_arrays(_WORK_VEC + digest, boxes=boxes, vectors=vecs, concepts=con)
             n = len(pending)
             pending.clear()
             if on_progress:
@@ -376,7 +377,8 @@ class PhotoBuild:
                 continue
             vecs = encode_regions(self.model, result.features)  # (R', h)
             boxes = result.boxes[: len(vecs)]  # a global model keeps region 0 only
-            pending.append((digest, boxes.astype(np.int32), vecs.astype(np.float16)))
+            pending.append((digest, boxes.astype(np.int32), vecs.astype(np.float16),
+                            _concepts_of(result.features[: len(vecs)], self.model)))
             self.report.encoded += 1
             if len(pending) >= self.batch_size:
                 commit()
@@ -395,13 +397,15 @@ class PhotoBuild:
                 i = self.old_item_by_hash[p.hash]
                 vecs = self.old.vectors([i])[0]  # type: ignore[union-attr]
                 boxes = self.old.boxes(i)  # type: ignore[union-attr]
+                con = self.old.concepts_bytes([i])[0]  # type: ignore[union-attr]
             else:
                 a = self.work.get_arrays(_WORK_VEC + p.hash)
                 if a is None:  # pragma: no cover - the plan only names hashes it saw stored
                     raise SearchIndexError(f"{p.path}: vectors missing from the build's work area; build again")
                 vecs, boxes = a["vectors"], a["boxes"]
+                con = a["concepts"].tobytes() if "concepts" in a else None
             info = {"path": p.path, "size": p.size, "mtime_ns": p.mtime_ns, "hash": p.hash}
-            yield Item(p.path, info, vecs, boxes)
+            yield Item(p.path, info, vecs, boxes, con)
 
     def _write(self, chosen: str) -> None:
         r = self.report
@@ -420,6 +424,11 @@ class PhotoBuild:
 def _under(path: str, root: str | Path) -> bool:
     root = str(root)
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _concepts_of(features: np.ndarray, model: LoadedAlign) -> np.ndarray:
+    """Region concepts (the backbone's own ImageNet classes, top K) as a uint8 array for the work area."""
+    return np.frombuffer(from_features(features, backbone=model.region_config.backbone).to_bytes(), np.uint8)
 
 
 def _short(reason: str, path: str) -> str:

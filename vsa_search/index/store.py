@@ -23,9 +23,11 @@ from ..core.device import one_thread
 from ..core.errors import DamagedError, SearchIndexError
 from ..core.kv import KV
 from ..models.alignment import LoadedAlign
+from ..vision.concepts import Concepts
 from .faiss_types import IVF_NPROBE, choose_type, make_faiss
 from .layout import (
     _BOX,
+    _CON,
     _IDMAP,
     _ITEM,
     _SKIP,
@@ -51,6 +53,7 @@ class Item:
     info: dict[str, Any]  # photos: size, mtime_ns, hash | sentences: text, words
     vectors: np.ndarray  # (n, h) float16
     boxes: np.ndarray | None = None  # (n, 4) int32 xyxy for photos
+    concepts: bytes | None = None  # region concepts (vision.concepts.Concepts.to_bytes), photos only
 
 
 class FragmentIndex:
@@ -207,6 +210,10 @@ class FragmentIndex:
         b = self.kv.get_bytes(f"{_BOX}{i:09d}")
         return np.zeros((0, 4), np.int32) if b is None else np.frombuffer(b, np.int32).reshape(-1, 4)
 
+    def concepts_bytes(self, items: Iterable[int]) -> list[bytes | None]:
+        """Each item's stored region concepts (None where the index predates them)."""
+        return self.kv.get_many_bytes([f"{_CON}{i:09d}" for i in items])  # type: ignore[return-value]
+
     def record(self, i: int) -> dict[str, Any]:
         return self.kv.get_json(f"{_ITEM}{i:09d}")
 
@@ -314,6 +321,8 @@ def _write(location: Location, tmp: Path, gen: Path, kind: str, items: Iterable[
                     b.put_bytes(f"{_VEC}{i:09d}", v.tobytes())
                     if it.boxes is not None:
                         b.put_bytes(f"{_BOX}{i:09d}", np.ascontiguousarray(it.boxes, np.int32).tobytes())
+                    if it.concepts is not None:
+                        b.put_bytes(f"{_CON}{i:09d}", it.concepts)
                     firsts.append(total)
                     counts.append(len(v))
                     chunks.append(v)
@@ -358,17 +367,18 @@ def model_info(model: LoadedAlign) -> dict[str, Any]:
             "hidden": model.model.out_dim, "extractor": model.region_config.extractor_id()}
 
 
-def find_photo(loaded: LoadedAlign, photo: str | Path,
-               name: str | Path | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+def find_photo(loaded: LoadedAlign, photo: str | Path, name: str | Path | None = None,
+               with_concepts: bool = False) -> tuple[Any, ...] | None:
     """(boxes (R, 4), region vectors (R, h)) of a photo from a photo index, or None when the index
     cannot vouch for them: no default index, built with another model, photo not in it, or the
-    file changed since (size or mtime). A named index that does not exist is an error."""
+    file changed since (size or mtime). A named index that does not exist is an error.
+    with_concepts=True appends the regions' stored concepts (None for an index built before them)."""
     try:
         st = Path(photo).stat()
     except OSError:
         return None
     if name is not None:
-        return _find_in(name, loaded, photo, st)
+        return _find_in(name, loaded, photo, st, with_concepts)
     # No index named: the default one, then every other photo index (the demo's is "demo").
     others = sorted(p for p in paths.indexes_dir().glob("*") if p.is_symlink() and p.name != DEFAULT_NAME
                     and not p.name.endswith(SENTENCES_SUFFIX)) if paths.indexes_dir().is_dir() else []
@@ -376,7 +386,7 @@ def find_photo(loaded: LoadedAlign, photo: str | Path,
         try:
             if Location(link).current() is None:
                 continue
-            found = _find_in(link, loaded, photo, st)
+            found = _find_in(link, loaded, photo, st, with_concepts)
         except SearchIndexError:
             continue  # damaged or of another kind: computing the regions afresh is always right
         if found is not None:
@@ -384,8 +394,8 @@ def find_photo(loaded: LoadedAlign, photo: str | Path,
     return None
 
 
-def _find_in(name: str | Path, loaded: LoadedAlign, photo: str | Path,
-             st: os.stat_result) -> tuple[np.ndarray, np.ndarray] | None:
+def _find_in(name: str | Path, loaded: LoadedAlign, photo: str | Path, st: os.stat_result,
+             with_concepts: bool = False) -> tuple[Any, ...] | None:
     with open_index(name) as ix:
         if ix.manifest.get("model", {}).get("fingerprint") != loaded.fingerprint:
             return None
@@ -403,4 +413,8 @@ def _find_in(name: str | Path, loaded: LoadedAlign, photo: str | Path,
         rec = ix.record(lo)
         if rec["key"] != key or rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
             return None
-        return ix.boxes(lo).copy(), ix.vectors([lo])[0].astype(np.float32)
+        found = ix.boxes(lo).copy(), ix.vectors([lo])[0].astype(np.float32)
+        if with_concepts:
+            blob = ix.concepts_bytes([lo])[0]
+            return (*found, Concepts.from_bytes(blob) if blob is not None else None)
+        return found

@@ -14,12 +14,15 @@ from ..core import paths
 from ..core.config import RegionConfig, from_dict, to_dict
 from ..core.errors import StoreError
 from ..core.kv import KV
+from .concepts import Concepts
+from .concepts import from_features as concepts_from_features
 from .regions import RegionEncoder, RegionFeatures, extract
 
 FORMAT_VERSION = 1
 _META = "meta"
 _FEAT = "f/"
 _SKIP = "skip/"
+_CON = "c/"  # c/<id> -> region concepts (concepts.Concepts bytes); stores written before them derive them
 
 
 class FeatureStore:
@@ -75,6 +78,13 @@ class FeatureStore:
             raise StoreError(f"{self.path}: no features for {image_id}")
         return RegionFeatures(a["boxes"].astype(np.int32), a["features"].astype(np.float32))
 
+    def concepts(self, image_id: str) -> Concepts:
+        """The photo's region concepts: stored ones, or derived from its features (older stores)."""
+        b = self.kv.get_bytes(_CON + image_id)
+        if b is not None:
+            return Concepts.from_bytes(b)
+        return concepts_from_features(self.get(image_id).features, backbone=self.config.backbone)
+
     def get_many(self, image_ids: Iterable[str]) -> list[RegionFeatures]:
         return [self.get(i) for i in image_ids]
 
@@ -89,6 +99,8 @@ class FeatureStore:
                     # float16 halves the store; the ranking model is insensitive to it.
                     b.put_arrays(_FEAT + image_id, boxes=value.boxes.astype(np.int32),
                                  features=value.features.astype(np.float16))
+                    b.put_bytes(_CON + image_id, concepts_from_features(
+                        value.features, backbone=self.config.backbone).to_bytes())
 
 
 @dataclass

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .core.errors import UsageError, VSAError
-from .models.beam import generate_captions
-from .models.captioner import LoadedCaptioner, full_image
-from .vision.draw import draw_boxes, save_image
-from .vision.images import is_photo
-from .vision.images import load as load_image
-from .vision.regions import RegionEncoder, RegionFeatures
+from ..core.errors import UsageError, VSAError
+from ..models.beam import generate_captions
+from ..models.captioner import LoadedCaptioner, full_image
+from ..vision.draw import draw_boxes, save_image
+from ..vision.images import is_photo
+from ..vision.images import load as load_image
+from ..vision.regions import RegionEncoder, RegionFeatures
 
 
 @dataclass

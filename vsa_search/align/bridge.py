@@ -1,0 +1,38 @@
+"""The concept bridge in alignment: the MRF's unaries with every word able to reach a region
+through the CNN's ImageNet classes (the same bridge as open-vocabulary search, index/openvocab.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.vocab import UNK
+from ..models.alignment import LoadedAlign
+from ..vision.concepts import (
+    DEFAULT_BRIDGE,
+    BridgeConfig,
+    Concepts,
+    bridge_scores,
+    bridge_weight,
+    in_glove,
+    word_weights,
+)
+
+
+def align_unary(loaded: LoadedAlign, tokens: list[str], unary: np.ndarray, concepts: Concepts,
+                cfg: BridgeConfig | None = None) -> tuple[np.ndarray, list[str], list[str]]:
+    """The MRF's unaries with the bridge: known words get v_i · s_t + weight · bridge, words outside
+    the model's vocabulary that GloVe knows get weight · bridge alone (they find their region that
+    way). Returns (unary (N, R), words scored by the bridge alone, words known to neither)."""
+    import dataclasses
+
+    cfg = cfg or dataclasses.replace(DEFAULT_BRIDGE, weight=bridge_weight(loaded))
+    ids = loaded.vocab.encode(tokens)
+    known = np.array([i != UNK for i in ids])
+    glove_known = np.array([in_glove(w) for w in tokens])
+    b = bridge_scores(word_weights(tokens, cfg), concepts)[:, : unary.shape[1]]  # (N, R)
+    u = np.asarray(unary, np.float32).copy()
+    u[known] += cfg.weight * b[known]
+    only = ~known & glove_known
+    u[only] = cfg.weight * b[only]
+    return u, [w for w, o in zip(tokens, only) if o], [w for w, k, g in zip(tokens, known, glove_known)
+                                                        if not k and not g]

@@ -1,0 +1,219 @@
+"""Open-vocabulary search: every query word counts (alignment uses the same bridge: align/bridge.py).
+
+A word the alignment model knows scores a region as before (v_i · s_t) plus `weight` times its
+concept-bridge score (vision/concepts.py); a word outside the model's vocabulary but known to GloVe
+scores by the bridge alone, so its box is still shown; a word neither knows is reported, never
+dropped silently. Per word and region:
+
+    u_t(i) = [t known] v_i · s_t + weight · bridge(t, i) / T        (T: query words; the shipped
+                                                                     model averages over words)
+
+and a photo scores Σ_t max_i u_t(i), the paper's S_kl with the bridge inside the max."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.errors import QueryError, UsageError
+from ..data.vocab import UNK
+from ..models.alignment import LoadedAlign
+from ..models.encode import query_tokens_or_fail
+from ..vision.concepts import (
+    DEFAULT_BRIDGE,
+    BridgeConfig,
+    Concepts,
+    bridge_scores_many,
+    bridge_weight,
+    display_name,
+    in_glove,
+    word_weights,
+)
+from .query import PER_WORD_APPROX, Hit, Result, WordMatch, _top
+
+# --------------------------------------------------------------------------- the query
+
+
+@dataclass
+class Query:
+    tokens: list[str]
+    model_known: np.ndarray  # (T,) bool: in the alignment model's vocabulary
+    bridged: np.ndarray  # (T,) bool: scored through the concept bridge (GloVe knows it)
+    weights: np.ndarray  # (T, 1000) sharp(sim(w, c)); zero rows for words without a bridge
+    q: np.ndarray  # (T_known, h) the model's word vectors of the known words
+    scale: float  # weight / T (or weight for a model that sums over words)
+
+    @property
+    def scored(self) -> np.ndarray:
+        return self.model_known | self.bridged
+
+    @property
+    def unknown(self) -> list[str]:
+        """Known neither to the model nor to GloVe: not scored, and reported."""
+        return [w for w, s in zip(self.tokens, self.scored) if not s]
+
+    @property
+    def bridge_only(self) -> list[str]:
+        return [w for w, m, b in zip(self.tokens, self.model_known, self.bridged) if b and not m]
+
+
+def make_query(model: LoadedAlign, text: str, cfg: BridgeConfig = DEFAULT_BRIDGE, with_bridge: bool = True) -> Query:
+    tokens = query_tokens_or_fail(text)
+    ids = model.vocab.encode(tokens)
+    model_known = np.array([i != UNK for i in ids])
+    bridged = np.array([with_bridge and in_glove(w) for w in tokens])
+    if not (model_known | bridged).any():
+        raise QueryError(f"no word of {text.strip()!r} is known to the model's vocabulary or to GloVe "
+                         f"({', '.join(tokens)})")
+    weights = word_weights(tokens, cfg) if with_bridge else np.zeros((len(tokens), 1000), np.float32)
+    weights[~bridged] = 0.0
+    q = np.zeros((0, model.model.out_dim), np.float32)
+    if model_known.any():
+        with torch.inference_mode():
+            s = model.model.encode_words(torch.tensor([ids]), torch.tensor([len(ids)]))[0]
+        q = s[torch.from_numpy(np.flatnonzero(model_known))].float().cpu().numpy()
+    per_word = getattr(model.config, "pool", "sum") == "mean"
+    scale = cfg.weight / len(tokens) if per_word else cfg.weight
+    return Query(tokens, model_known, bridged, weights, q, scale if with_bridge else 0.0)
+
+
+# --------------------------------------------------------------------------- an index's concepts
+
+_CACHE: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def index_concepts(ix: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every region's concepts of a photo index: ids (N, K) int64, probs (N, K) float32, and which
+    items have none stored (an index built before concepts). Generations never change, so the
+    arrays are cached per generation directory."""
+    key = str(ix.dir)
+    if key in _CACHE:
+        return _CACHE[key]
+    n, k = ix.fragments, 1
+    blobs = ix.concepts_bytes(range(len(ix)))
+    parsed = [Concepts.from_bytes(b) if b is not None else None for b in blobs]
+    k = max([c.ids.shape[1] for c in parsed if c is not None] or [1])
+    ids = np.zeros((n, k), np.int64)
+    probs = np.zeros((n, k), np.float32)
+    missing = np.zeros(len(ix), bool)
+    for i, c in enumerate(parsed):
+        a, m = int(ix.first[i]), int(ix.count[i])
+        if c is None or len(c) < m:
+            missing[i] = True
+            continue
+        ids[a:a + m, : c.ids.shape[1]] = c.ids[:m]
+        probs[a:a + m, : c.ids.shape[1]] = c.probs[:m]
+    _CACHE.clear()  # one index at a time is enough for a command
+    _CACHE[key] = (ids, probs, missing)
+    return _CACHE[key]
+
+
+# --------------------------------------------------------------------------- search
+
+
+@dataclass
+class OpenWordMatch(WordMatch):
+    via: str = "model"  # model | bridge | model+bridge
+    bridge: float = 0.0  # the bridge score of the matched region
+    concept: str | None = None  # the class that carried the bridge there
+
+
+@dataclass
+class OpenResult(Result):
+    bridged: list[str] = field(default_factory=list)  # scored by the bridge alone
+    weight: float = 0.0
+    concepts_missing: int = 0  # photos of the index without stored concepts
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()  # "ignored": known neither to the model nor to GloVe, so not scored
+        d["bridged"] = self.bridged
+        d["bridge"] = {"weight": self.weight, "photos_without_concepts": self.concepts_missing}
+        for h, hd in zip(self.hits, d["hits"]):
+            for m, md in zip(h.words, hd["words"]):
+                if isinstance(m, OpenWordMatch):
+                    md.update(via=m.via, bridge=round(m.bridge, 4), concept=m.concept)
+        return d
+
+
+def _unary(qr: Query, dots: np.ndarray, bridge: np.ndarray) -> np.ndarray:
+    """u (T, R') from the known words' dots (T_known, R') and every word's bridge (T, R')."""
+    u = np.zeros((len(qr.tokens), dots.shape[1]), np.float32)
+    u[qr.model_known] = dots
+    u += qr.scale * bridge
+    u[~qr.scored] = 0.0
+    return u
+
+
+def search_text(ix: Any, model: LoadedAlign, text: str, k: int = 10, cfg: BridgeConfig | None = None,
+                with_bridge: bool = True) -> OpenResult:
+    """Photos for a sentence with every word counted (see the module docstring)."""
+    if k <= 0:
+        raise UsageError(f"-k must be at least 1 (got {k})")
+    import dataclasses
+
+    cfg = cfg or dataclasses.replace(DEFAULT_BRIDGE, weight=bridge_weight(model))
+    qr = make_query(model, text, cfg, with_bridge)
+    ids, probs, missing = index_concepts(ix) if with_bridge else (None, None, np.zeros(len(ix), bool))
+    if with_bridge and missing.all() and not qr.model_known.any():
+        raise QueryError(f"index {ix.location.name} has no region concepts (built before them): rebuild it "
+                         f"to search for {', '.join(qr.bridge_only)}")
+    if ix.exact or not len(ix):
+        cands = np.arange(len(ix))
+        dots = ix.all_dots(qr.q) if len(qr.q) and len(ix) else np.zeros((len(qr.q), ix.fragments), np.float32)
+    else:
+        cands = _candidates(ix, qr, ids, probs)
+        vecs = ix.vectors(cands)
+        dots = (qr.q @ np.concatenate(vecs).astype(np.float32).T) if vecs else np.zeros((len(qr.q), 0))
+    rows = np.concatenate([np.arange(ix.first[i], ix.first[i] + ix.count[i]) for i in cands]) \
+        if len(cands) else np.zeros(0, np.int64)
+    bridge = bridge_scores_many(qr.weights, ids[rows], probs[rows]) if with_bridge \
+        else np.zeros((len(qr.tokens), len(rows)), np.float32)
+    u = _unary(qr, dots, bridge)
+    starts = np.concatenate([[0], np.cumsum(ix.count[cands])[:-1]]).astype(np.int64)
+    scores = np.maximum.reduceat(u, starts, axis=1).sum(0) if len(cands) else np.zeros(0, np.float32)
+    top = _top(scores, cands, k)
+    hits = []
+    for j in top:
+        a, m = int(starts[j]), int(ix.count[cands[j]])
+        hits.append(Hit(ix.record(int(cands[j]))["key"], float(scores[j]),
+                        _matches(qr, u[:, a:a + m], bridge[:, a:a + m], ids[rows[a:a + m]] if with_bridge else None,
+                                 probs[rows[a:a + m]] if with_bridge else None, ix.boxes(int(cands[j])))))
+    words = [w for w, s in zip(qr.tokens, qr.scored) if s]
+    return OpenResult(text, words, qr.unknown, hits, len(cands), ix.fragments if ix.exact else PER_WORD_APPROX,
+                      ix.exact, bridged=qr.bridge_only, weight=cfg.weight if with_bridge else 0.0,
+                      concepts_missing=int(missing.sum()))
+
+
+def _candidates(ix: Any, qr: Query, ids: np.ndarray | None, probs: np.ndarray | None) -> np.ndarray:
+    """Approximate indexes: FAISS's top regions of the known words, plus the photos whose regions
+    score highest through the bridge alone (a linear pass over K concepts per region)."""
+    found = []
+    if len(qr.q):
+        _, got = ix.search(qr.q, PER_WORD_APPROX)
+        found.append(ix.items_of(got[got >= 0]))
+    if ids is not None and qr.bridged.any():
+        b = bridge_scores_many(qr.weights[qr.bridged], ids, probs).max(0)  # (N,)
+        n = min(PER_WORD_APPROX, len(b))
+        found.append(ix.items_of(np.argpartition(-b, n - 1)[:n]))
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+
+
+def _matches(qr: Query, u: np.ndarray, bridge: np.ndarray, ids: np.ndarray | None, probs: np.ndarray | None,
+             boxes: np.ndarray) -> list[WordMatch]:
+    out: list[WordMatch] = []
+    for t, w in enumerate(qr.tokens):
+        if not qr.scored[t]:
+            continue
+        r = int(u[t].argmax())
+        b = float(bridge[t, r])
+        via = "model+bridge" if qr.model_known[t] and b > 0 else ("model" if qr.model_known[t] else "bridge")
+        concept = None
+        if ids is not None and probs is not None and b > 0:
+            contrib = probs[r] * qr.weights[t, ids[r]]
+            concept = display_name(int(ids[r][int(contrib.argmax())]))
+        out.append(OpenWordMatch(w, float(u[t, r]), r, boxes[r].tolist() if len(boxes) else None,
+                                 via=via, bridge=b, concept=concept))
+    return out
