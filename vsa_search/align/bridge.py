@@ -36,3 +36,12 @@ def align_unary(loaded: LoadedAlign, tokens: list[str], unary: np.ndarray, conce
     u[only] = cfg.weight * b[only]
     return u, [w for w, o in zip(tokens, only) if o], [w for w, k, g in zip(tokens, known, glove_known)
                                                         if not k and not g]
+
+
+def word_status(loaded: LoadedAlign, tokens: list[str], bridge: bool) -> dict[str, list[str]]:
+    """Which words the bridge placed alone, and which no one knows (they stay on the model's <unk>):
+    the fields `vsa align --json` adds to an alignment."""
+    unk = [w for w, i in zip(tokens, loaded.vocab.encode(tokens)) if i == UNK]
+    if not bridge:
+        return {"unknown": unk}
+    return {"bridged": [w for w in unk if in_glove(w)], "unknown": [w for w in unk if not in_glove(w)]}

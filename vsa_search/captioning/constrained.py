@@ -208,7 +208,7 @@ def caption_with_concepts(loaded: Any, feat: torch.Tensor, concepts: Concepts, b
 
 def caption_photos(photos: list[Any], loaded: Any, beam: int = 7, max_len: int | None = None,
                    length_norm: float = 0.0, constrain: bool = False, top: int = 5,
-                   on_progress: Any = None) -> list[dict[str, Any]]:
+                   on_progress: Any = None, encoder: Any = None) -> list[dict[str, Any]]:
     """`vsa caption --json` / `--concepts`: each photo's caption (constrained on its confident
     concepts when `constrain`), its top concepts, or its error, in input order."""
     from ..core.errors import VSAError
@@ -219,7 +219,7 @@ def caption_photos(photos: list[Any], loaded: Any, beam: int = 7, max_len: int |
     from . import caption_photos as plain_captions
     from . import photo_files
 
-    encoder = RegionEncoder(loaded.region_config, next(loaded.model.parameters()).device)
+    encoder = encoder or RegionEncoder(loaded.region_config, next(loaded.model.parameters()).device)
     rows: list[dict[str, Any]] = []
     files = photo_files(photos)
     plain = {} if constrain else {str(r.photo): r for r in plain_captions(files, loaded, beam, max_len, length_norm,

@@ -9,6 +9,7 @@ import click
 import typer
 
 from ..align.aligner import align_photo, align_vectors, draw_alignment, sentence_tokens
+from ..align.bridge import word_status
 from ..align.mrf import DEFAULT_BETA
 from ..align.snippets import snippets, write_jsonl
 from ..core import paths
@@ -81,7 +82,7 @@ def photo_cmd(
     else:
         result = align_photo(loaded, image, sentence, beta, bridge=bridge)  # type: ignore[arg-type]
         source = "photo"
-    words = _word_status(loaded, result.tokens, bridge)
+    words = word_status(loaded, result.tokens, bridge)
     if out_png is not None:
         save_image(draw_alignment(image, result), out_png)  # type: ignore[arg-type]
     if json_out:
@@ -97,17 +98,6 @@ def photo_cmd(
         out.print(f"{f.text!r:40} {where:11} box {list(f.box)}  score {f.score:.3f}")
     if out_png is not None:
         err.print(f"wrote {out_png}")
-
-
-def _word_status(loaded: LoadedAlign, tokens: list[str], bridge: bool) -> dict[str, Any]:
-    """Which words the bridge placed alone, and which no one knows (they stay on the model's <unk>)."""
-    from ..data.vocab import UNK
-    from ..vision.concepts import in_glove
-
-    unk = [w for w, i in zip(tokens, loaded.vocab.encode(tokens)) if i == UNK]
-    if not bridge:
-        return {"unknown": unk}
-    return {"bridged": [w for w in unk if in_glove(w)], "unknown": [w for w in unk if not in_glove(w)]}
 
 
 @app.command("export")

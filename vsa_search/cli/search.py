@@ -62,12 +62,7 @@ def search_cmd(
         query_tokens_or_fail(text)
         with ix.open_index(index, "photos") as x:
             loaded = srch.model_for(x, model)
-            if bridge:  # open vocabulary: every query word counts (index/openvocab.py)
-                from ..index import openvocab
-
-                result = openvocab.search_text(x, loaded, text, k)
-            else:
-                result = srch.search_text(x, loaded, text, k, per_word)
+            result = ix.search_words(x, loaded, text, k, per_word, bridge=bridge)
     else:
         with ix.open_index(index, "sentences") as x:
             loaded = srch.model_for(x, model)

@@ -30,6 +30,7 @@ from typing import Any
 from ..core import paths
 from ..core.errors import SearchIndexError
 from ..models.alignment import LoadedAlign, load_align
+from . import openvocab
 from .faiss_types import INDEX_TYPES, choose_for_memory, choose_type, memory_bytes
 from .layout import DEFAULT_NAME, KINDS, Location, disk_size, resolve
 from .photos import BuildReport, PhotoBuild, build_photos
@@ -117,8 +118,18 @@ def build(roots: list[str | Path], name: str | Path | None = None, model: str | 
     return build_photos([Path(r) for r in roots], loaded, name, index_type, on_progress=on_progress, device=device)
 
 
-def search(text: str, name: str | Path | None = None, k: int = 10, model: str | Path | None = None) -> Result:
-    """Photos of index `name` for `text`, best first: a `query.Result` with `.hits` (path, score,
-    and the box each word matched)."""
+def search_words(ix: FragmentIndex, loaded: LoadedAlign, text: str, k: int = 10, per_word: int | None = None,
+                 bridge: bool = True) -> Any:
+    """`vsa search TEXT` on an open photo index: with the bridge (the default), every query word
+    counts, through the CNN's classes too (openvocab.search_text); without it, the model alone."""
+    if bridge:
+        return openvocab.search_text(ix, loaded, text, k)
+    return search_text(ix, loaded, text, k, per_word)
+
+
+def search(text: str, name: str | Path | None = None, k: int = 10, model: str | Path | None = None,
+           bridge: bool = True) -> Any:
+    """Photos of index `name` for `text`, best first: a result with `.hits` (path, score, and the
+    box each word matched), as `vsa search` finds them."""
     with open_index(name, "photos") as ix:
-        return search_text(ix, model_for(ix, model), text, k)
+        return search_words(ix, model_for(ix, model), text, k, bridge=bridge)

@@ -22,10 +22,13 @@ from typing import Any
 # The server's one door into the library (kept to this line so that moving modules means one edit).
 from .. import captioning, index
 from ..align import aligner, mrf
+from ..align.bridge import word_status
+from ..captioning import constrained
 from ..core import errors, paths
 from ..index import query as search
 from ..models import captioner, encode
 from ..vision import images, regions
+from ..vision.concepts import Concepts
 
 REGION_MODEL = "caption-regions"  # as `vsa caption --regions`
 THUMB_CACHE = 512  # thumbnails kept in memory (~30 KB each)
@@ -166,7 +169,7 @@ class Engine:
         """`vsa search TEXT --json`, each hit with its photo's index `id` and `size` added."""
         encode.query_tokens_or_fail(text)
         with self.snapshot() as snap:
-            result = search.search_text(snap.photos, snap.model, text, k, per_word).to_dict()
+            result = index.search_words(snap.photos, snap.model, text, k, per_word).to_dict()
             for hit in result["hits"]:
                 hit["id"] = snap.photo_id(hit["path"])
                 hit["size"] = snap.size(hit["id"])
@@ -189,12 +192,12 @@ class Engine:
     def caption(self, photo: Path, beam: int = 7, shown_as: str | None = None) -> list[dict[str, Any]]:
         """`vsa caption PHOTO --beam B --json` (a one-photo list, as the CLI prints)."""
         self._check_photo(photo)
-        with self._cnn:
-            res = captioning.caption_photos([photo], self.captioner, beam=beam,
-                                           encoder=self.encoder(self.captioner.region_config))
-        if res[0].error is not None:
-            raise errors.ImageCorruptError(res[0].error.replace(str(photo), shown_as or str(photo)))
-        d = res[0].to_dict()
+        with self._cnn:  # as the CLI's --json: the caption and the photo's top concepts
+            res = constrained.caption_photos([photo], self.captioner, beam=beam,
+                                             encoder=self.encoder(self.captioner.region_config))
+        if res[0].get("error"):
+            raise errors.ImageCorruptError(res[0]["error"].replace(str(photo), shown_as or str(photo)))
+        d = dict(res[0])
         d["photo"] = shown_as or d["photo"]
         return [d]
 
@@ -221,14 +224,16 @@ class Engine:
             photo = self.photo_path(i, snap)
             rec = snap.photos.record(i)
             st = photo.stat()
-            if rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+            blob = snap.photos.concepts_bytes([i])[0]
+            if rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns and blob is not None:
                 boxes, vecs = snap.photos.boxes(i).copy(), snap.photos.vectors([i])[0].astype("float32")
-                result = aligner.align_vectors(snap.model, boxes, vecs, sentence, beta)
+                result = aligner.align_vectors(snap.model, boxes, vecs, sentence, beta, Concepts.from_bytes(blob))
                 source = f"index {self.name}"
             else:
                 result = self._align_photo(snap.model, photo, sentence, beta)
                 source = "photo"
-            return {"photo": str(photo), "model": str(snap.model.path), "regions_from": source, **result.to_dict()}
+            return {"photo": str(photo), "model": str(snap.model.path), "regions_from": source, **result.to_dict(),
+                    **word_status(snap.model, result.tokens, True)}
 
     def align_upload(self, photo: Path, sentence: str, beta: float = mrf.DEFAULT_BETA,
                      shown_as: str | None = None) -> dict[str, Any]:
@@ -237,12 +242,13 @@ class Engine:
         with self.snapshot() as snap:
             result = self._align_photo(snap.model, photo, sentence, beta)
             return {"photo": shown_as or str(photo), "model": str(snap.model.path), "regions_from": "photo",
-                    **result.to_dict()}
+                    **result.to_dict(), **word_status(snap.model, result.tokens, True)}
 
     def _align_photo(self, model: Any, photo: Path, sentence: str, beta: float) -> Any:
         image = self._load(photo)
         with self._cnn:
-            return aligner.align_photo(model, image, sentence, beta, encoder=self.encoder(model.region_config))
+            return aligner.align_photo(model, image, sentence, beta, encoder=self.encoder(model.region_config),
+                                       bridge=True)
 
     def status(self) -> dict[str, Any]:
         """`vsa index status --json`."""
