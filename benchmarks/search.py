@@ -12,7 +12,7 @@ Synthetic data that behaves like region and word vectors: C "concepts" (unit dir
 every photo shows a few concepts, each of its 20 regions shows one of them (region 0, the full
 image, a blend) with a random strength, plus noise and a shared "background" direction that
 function words ("a", "the", "on") also point along. A query is the concepts of one photo
-(its "caption") plus function words, each word vector noisy. Goals (issue 7): recall@10 >= 0.99
+(its "caption") plus function words, each word vector noisy. Goals: recall@10 >= 0.99
 and p50 <= 50 ms at 1M regions on 2 cores.
 """
 
