@@ -81,7 +81,9 @@ def _contents(link: Path) -> tuple[dict, list[dict], list[np.ndarray], list[np.n
 def _assert_same_index(a: Path, b: Path) -> None:
     ma, ra, va, ba = _contents(a)
     mb, rb, vb, bb = _contents(b)
-    assert ma == mb  # counts, roots, model, type: nothing says "Ray"
+    # counts, roots, model, type: nothing says "Ray"; the file checksums cover vectors equal to float noise
+    assert {k: v for k, v in ma.items() if k != "checksums"} == {k: v for k, v in mb.items() if k != "checksums"}
+    assert ma["checksums"].keys() == mb["checksums"].keys()
     assert ra == rb  # photos, in the same order, with the same region id ranges
     for x, y in zip(va, vb):
         np.testing.assert_allclose(x.astype(np.float32), y.astype(np.float32), atol=2e-3)

@@ -80,8 +80,11 @@ RootOpt = Annotated[Path | None, typer.Option(help="Data set root: Flickr8k's fo
 CaptionsOpt = Annotated[Path | None, typer.Option(help="Captions JSON for coco/karpathy.")]
 
 
-def load_dataset_opts(dataset: str, root: Path | None, captions: Path | None) -> Dataset:
-    """The data set named by the --dataset/--root/--captions options."""
+def load_dataset_opts(dataset: str, root: Path | None, captions: Path | None) -> Dataset | None:
+    """The data set named by the --dataset/--root/--captions options; None for the defaults (the shared
+    Flickr8k), which the library loads itself once the other options are checked."""
+    if (dataset, root, captions) == ("flickr8k", None, None):
+        return None
     kw = {}
     if captions is not None:
         kw["captions_json" if dataset == "coco" else "dataset_json"] = captions

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..core import config
+from ..data.datasets import load_dataset
 from ..vision.features import FeatureStore, extract_to_store
 from .common import CaptionsOpt, DatasetOpt, RootOpt, err, load_dataset_opts, new_app, out, print_json, progress
 
@@ -29,7 +30,7 @@ def extract_cmd(
 ) -> None:
     """Extract boxes and features for every present photo; resumes an interrupted run."""
     cfg = config.preset(config.REGION_PRESETS, preset)
-    ds = load_dataset_opts(dataset, root, captions)
+    ds = load_dataset_opts(dataset, root, captions) or load_dataset("flickr8k")
     recs = ds.present(split)
     photos = {r.image_id: r.path for r in recs}
     missing = len(ds.missing(split))
