@@ -4,7 +4,6 @@ already holds, and write a new generation."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -38,15 +37,7 @@ from .layout import (
     resolve,
 )
 from .shards import check_shard, shard_of
-from .store import FragmentIndex, Item, model_info, read_manifest, write_generation
-
-
-def file_hash(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from .store import FragmentIndex, Item, file_digest, model_info, read_manifest, write_generation
 
 
 def scan(roots: list[Path]) -> list[tuple[str, int, int]]:
@@ -230,7 +221,7 @@ class PhotoBuild:
             else:
                 self.touched += old is not None
                 try:
-                    digest = file_hash(Path(path))
+                    digest = file_digest(Path(path))
                 except OSError as e:
                     digest = None
                     r.skipped[path] = f"{path}: cannot read ({e.strerror or e})"
