@@ -32,7 +32,7 @@ from vsa_search.captioning import constrained as conscap
 from vsa_search.core import paths
 from vsa_search.data.text import tokenize
 from vsa_search.evaluation import openvocab as openvocab_eval
-from vsa_search.index import openvocab
+from vsa_search.index import generation, openvocab
 from vsa_search.index import query as vsearch
 from vsa_search.index import store as vindex
 from vsa_search.index.layout import Location
@@ -206,10 +206,11 @@ def main() -> None:
         for k in sorted(photos, key=lambda k: str(photos[k].absolute())):
             with torch.inference_mode():
                 v = model.model.encode_regions(torch.from_numpy(feats[k].features)[None])[0].float().numpy()
-            items.append(vindex.Item(str(photos[k].absolute()), {"path": str(photos[k].absolute())},
+            items.append(generation.Item(str(photos[k].absolute()), {"path": str(photos[k].absolute())},
                                      v.astype(np.float16), feats[k].boxes[: len(v)], cons[k].to_bytes()))
         loc = Location(Path(tmp) / "index")
-        vindex.write_generation(loc, "photos", iter(items), model.model.out_dim, vindex.model_info(model), "flat")
+        generation.write_generation(loc, "photos", iter(items), model.model.out_dim, generation.model_info(model),
+                                    "flat")
         with vindex.FragmentIndex(loc) as ix:
             report["search"] = {"without bridge": search_rows(ix, model, classes, photos, labels, sizes, None),
                                 "with bridge": search_rows(ix, model, classes, photos, labels, sizes, weight)}

@@ -10,7 +10,6 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,10 @@ from ..core.kv import KV
 from ..models.alignment import LoadedAlign
 from ..models.encode import encode_regions
 from ..vision.concepts import from_features
-from ..vision.images import DEFAULT_MAX_MEGAPIXELS, is_photo
+from ..vision.images import DEFAULT_MAX_MEGAPIXELS
 from ..vision.regions import RegionEncoder, extract
 from .faiss_types import check_index_type, choose_for_memory
+from .generation import Item, file_digest, model_info, write_generation
 from .layout import (
     _WORK_META,
     _WORK_VEC,
@@ -36,71 +36,9 @@ from .layout import (
     generation_bytes,
     resolve,
 )
+from .plan import BuildReport, PlannedPhoto, is_under, scan
 from .shards import check_shard, shard_of
-from .store import FragmentIndex, Item, file_digest, model_info, read_manifest, write_generation
-
-
-def scan(roots: list[Path]) -> list[tuple[str, int, int]]:
-    """(absolute path, size, mtime_ns) of every photo under the roots, sorted by path."""
-    found: dict[str, tuple[int, int]] = {}
-    for root in roots:
-        if not root.exists():
-            raise UsageError(f"{root}: no such file or directory")
-        files = [root] if root.is_file() else (p for p in root.rglob("*"))
-        for p in files:
-            if not is_photo(p):
-                continue
-            try:
-                st = p.stat()
-            except OSError:
-                continue
-            if not p.is_file():
-                continue
-            found[os.path.abspath(p)] = (st.st_size, st.st_mtime_ns)  # normalised: no ./ or ../
-    return [(p, s, m) for p, (s, m) in sorted(found.items())]
-
-
-@dataclass
-class PlannedPhoto:
-    path: str
-    size: int
-    mtime_ns: int
-    hash: str
-    source: str  # where its vectors come from: old (the current index) | work (an interrupted build) | encode
-    status: str  # added | changed | moved | unchanged
-
-
-@dataclass
-class BuildReport:
-    index: str
-    photos: int = 0
-    regions: int = 0
-    added: int = 0
-    changed: int = 0
-    moved: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    encoded: int = 0  # photos that went through the CNN in this run
-    resumed: int = 0  # photos whose vectors an interrupted build had already stored
-    skipped: dict[str, str] = field(default_factory=dict)
-    index_type: str = ""
-    model: str = ""
-    up_to_date: bool = False
-    model_changed: bool = False
-    replaced: str | None = None  # why the previous index could not be reused at all
-    unreachable: dict[str, int] = field(default_factory=dict)  # root gone or empty -> its photos, kept
-    work_discarded: str | None = None  # why an interrupted build's vectors were not reused
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "photos": self.photos, "regions": self.regions, "added": self.added,
-                "changed": self.changed, "moved": self.moved, "removed": self.removed,
-                "unchanged": self.unchanged, "encoded": self.encoded, "resumed": self.resumed,
-                "skipped": [{"path": p, "reason": r} for p, r in sorted(self.skipped.items())],
-                "index_type": self.index_type, "model": self.model, "up_to_date": self.up_to_date,
-                "model_changed": self.model_changed, "replaced": self.replaced,
-                "unreachable": [{"root": p, "photos": n} for p, n in sorted(self.unreachable.items())],
-                "work_discarded": self.work_discarded}
+from .store import FragmentIndex, read_manifest
 
 
 class PhotoBuild:
@@ -183,11 +121,11 @@ class PhotoBuild:
         # A folder that is gone, or empty where it held photos (an unmounted drive), is unreachable:
         # its photos are kept as they were, not removed.
         reachable = [root for root in self.roots
-                     if root.exists() or not any(_under(p, root) for p in old_by_path)]
+                     if root.exists() or not any(is_under(p, root) for p in old_by_path)]
         entries = scan(reachable)
         for root in self.roots:
-            held = [p for p in old_by_path if _under(p, root)]
-            if held and (root not in reachable or not any(_under(e[0], root) for e in entries)):
+            held = [p for p in old_by_path if is_under(p, root)]
+            if held and (root not in reachable or not any(is_under(e[0], root) for e in entries)):
                 r.unreachable[str(root)] = len(held)
                 entries.extend((p, old_by_path[p]["size"], old_by_path[p]["mtime_ns"]) for p in held)
         entries.sort()
@@ -255,7 +193,7 @@ class PhotoBuild:
             raise UsageError(f"index {name} was built with model {old['model']['fingerprint']} "
                              f"({old['model']['path']}); building it with {self.model.fingerprint} ({self.model.path}) "
                              f"drops the vectors of its {n} photos and encodes them all again: add --replace")
-        left_out = [p for p in old["roots"] if not any(_under(p, str(root)) for root in self.roots or [])]
+        left_out = [p for p in old["roots"] if not any(is_under(p, str(root)) for root in self.roots or [])]
         if left_out:
             raise UsageError(f"index {name} also holds the photos under {', '.join(left_out)}, which the "
                              "folders given leave out: add --replace to drop them, or give no PATH to update "
@@ -410,11 +348,6 @@ class PhotoBuild:
         manifest = json.loads((gen / MANIFEST).read_text())
         r.photos, r.regions = manifest["counts"]["photos"], manifest["counts"]["regions"]
         r.index_type = manifest["index_type"]
-
-
-def _under(path: str, root: str | Path) -> bool:
-    root = str(root)
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _concepts_of(features: np.ndarray, model: LoadedAlign) -> np.ndarray:

@@ -15,8 +15,8 @@ import numpy as np
 from ..core.errors import UsageError
 from ..models.alignment import LoadedAlign
 from ..models.encode import encode_sentences
+from .generation import Item, model_info, write_generation
 from .layout import MANIFEST, Location, resolve
-from .store import Item, model_info, write_generation
 
 
 def read_sentences(files: list[Path]) -> list[tuple[str, str]]:

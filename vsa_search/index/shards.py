@@ -15,8 +15,9 @@ from typing import Any
 
 from ..core.errors import SearchIndexError, UsageError
 from .faiss_types import choose_for_memory, memory_bytes
+from .generation import Item, write_generation
 from .layout import MANIFEST, Location, resolve
-from .store import FragmentIndex, Item, write_generation
+from .store import FragmentIndex
 
 
 def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
