@@ -7,34 +7,24 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
+from tiny_align import tiny_model
 from typer.testing import CliRunner
 
 from vsa_search import index as ix
 from vsa_search.cli import app
 from vsa_search.core import paths
-from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
 from vsa_search.data.datasets import load_flickr8k
-from vsa_search.data.vocab import SPECIALS, Vocab
 from vsa_search.index import query
-from vsa_search.models.alignment import AlignModel, save_align
 
 runner = CliRunner()
-WORDS = ["a", "dog", "on", "the", "grass", "man", "in", "red", "girl", "water", "two", "is", "running"]
 SHIPPED = paths.shipped_models_dir() / "align.pt"
-
-
-def make_model(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    vocab = Vocab(list(SPECIALS) + WORDS)
-    return save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab, REGION_PRESETS["tiny"], path)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("models")
-    return make_model(d / "tiny.pt", 0), make_model(d / "other.pt", 1)
+    return tiny_model(d / "tiny.pt", 0), tiny_model(d / "other.pt", 1)
 
 
 @pytest.fixture(scope="module")

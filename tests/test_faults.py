@@ -19,28 +19,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_align import TINY, tiny_model
 from typer.testing import CliRunner
 
 from vsa_search import index as ix
 from vsa_search.cli import app
-from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
 from vsa_search.core.errors import QueryError, SearchIndexError, UsageError
-from vsa_search.data.vocab import SPECIALS, Vocab
 from vsa_search.index import layout, store
 from vsa_search.index import photos as photo_builds
 from vsa_search.models import encode
-from vsa_search.models.alignment import AlignModel, load_align, save_align
+from vsa_search.models.alignment import load_align
 from vsa_search.vision.regions import RegionEncoder
 
-TINY = REGION_PRESETS["tiny"]
-WORDS = ["a", "dog", "on", "the", "grass", "man", "in", "red", "girl", "water", "two", "is", "running"]
 runner = CliRunner()
-
-
-def tiny_model(path: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    vocab = Vocab(list(SPECIALS) + WORDS)
-    return save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab, TINY, path)
 
 
 @pytest.fixture(scope="module")

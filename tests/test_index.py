@@ -11,27 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from tiny_align import TINY, tiny_model
 
 from vsa_search import index as ix
-from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
 from vsa_search.core.errors import SearchIndexError, UsageError
 from vsa_search.core.kv import KV
-from vsa_search.data.vocab import SPECIALS, Vocab
 from vsa_search.index import layout, sentences, store
-from vsa_search.models.alignment import AlignModel, load_align, save_align
+from vsa_search.models.alignment import load_align
 from vsa_search.vision.concepts import Concepts
 from vsa_search.vision.regions import RegionEncoder
-
-TINY = REGION_PRESETS["tiny"]
-WORDS = ["a", "dog", "on", "the", "grass", "man", "in", "red", "girl", "water", "two", "is", "running"]
-
-
-def tiny_model(path: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    vocab = Vocab(list(SPECIALS) + WORDS)
-    return save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab, TINY, path)
 
 
 @pytest.fixture(scope="module")
