@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.config import EmbedConfig, RegionConfig, from_dict, to_dict
+from ..core.config import EmbedConfig, RegionConfig, from_dict
 from ..core.errors import ModelError, UsageError
 from ..data.vocab import Vocab
 from . import checkpoint
@@ -184,15 +184,9 @@ class LoadedAlign:
 
 def save_align(model: AlignModel | GlobalModel, vocab: Vocab, region_cfg: RegionConfig, path: str | Path,
                metrics: dict | None = None, train_state: dict | None = None,
-               state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write a kind="align" checkpoint. `state_dict` overrides the model's current weights (training
-    saves its best epoch's weights while the model has moved on)."""
-    sd = state_dict if state_dict is not None else model.state_dict()
-    ck = checkpoint.Checkpoint(kind="align", config=to_dict(model.cfg), vocab=vocab.to_dict(),
-                               region_config=to_dict(region_cfg),
-                               state_dict={k: v.detach().cpu() for k, v in sd.items()},
-                               metrics=metrics or {}, train_state=train_state or {})
-    return checkpoint.save(ck, path)
+               state_dict: dict[str, torch.Tensor] | None = None, half: bool = False) -> Path:
+    """Write a kind="align" checkpoint (see checkpoint.save_model: `state_dict`, `half`)."""
+    return checkpoint.save_model("align", model, vocab, region_cfg, path, metrics, train_state, state_dict, half)
 
 
 def load_align(path: str | Path, device: str | torch.device = "cpu") -> LoadedAlign:

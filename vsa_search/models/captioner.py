@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.config import CaptionConfig, RegionConfig, from_dict, to_dict
+from ..core.config import CaptionConfig, RegionConfig, from_dict
 from ..core.errors import ModelError
 from ..data.vocab import PAD, Vocab
 from . import checkpoint
@@ -117,17 +117,8 @@ class LoadedCaptioner:
 def save_caption(model: Captioner, vocab: Vocab, region_cfg: RegionConfig, path: str | Path,
                  metrics: dict | None = None, train_state: dict | None = None,
                  state_dict: dict[str, torch.Tensor] | None = None, half: bool = False) -> Path:
-    """Write a kind="caption" checkpoint. `state_dict` overrides the model's own weights (the
-    trainer saves the best epoch's weights while it keeps training the current ones). half=True
-    stores the weights as float16 (half the file; loading casts them back to float32)."""
-    sd = state_dict if state_dict is not None else model.state_dict()
-    if half:
-        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
-    ck = checkpoint.Checkpoint(kind="caption", config=to_dict(model.cfg), vocab=vocab.to_dict(),
-                               region_config=to_dict(region_cfg),
-                               state_dict={k: v.detach().cpu().clone() for k, v in sd.items()},
-                               metrics=metrics or {}, train_state=train_state or {})
-    return checkpoint.save(ck, path)
+    """Write a kind="caption" checkpoint (see checkpoint.save_model: `state_dict`, `half`)."""
+    return checkpoint.save_model("caption", model, vocab, region_cfg, path, metrics, train_state, state_dict, half)
 
 
 def load_caption(path: str | Path, device: str | torch.device = "cpu") -> LoadedCaptioner:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..core.atomic import atomic_path
+from ..core.config import to_dict
 from ..core.errors import ModelError
 
 FORMAT_VERSION = 1
@@ -45,6 +46,21 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
     return path
+
+
+def save_model(kind: str, model: torch.nn.Module, vocab: Any, region_cfg: Any, path: str | Path,
+               metrics: dict | None = None, train_state: dict | None = None,
+               state_dict: dict[str, torch.Tensor] | None = None, half: bool = False) -> Path:
+    """Write a model with its config (`model.cfg`), vocabulary and feature-extractor config.
+    `state_dict` overrides the model's own weights (a trainer saves its best epoch's weights while it
+    trains on); half=True stores floating weights as float16 (half the file; loading casts them back)."""
+    sd = state_dict if state_dict is not None else model.state_dict()
+    if half:
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    return save(Checkpoint(kind=kind, config=to_dict(model.cfg), vocab=vocab.to_dict(),
+                           region_config=to_dict(region_cfg),
+                           state_dict={k: v.detach().cpu().clone() for k, v in sd.items()},
+                           metrics=metrics or {}, train_state=train_state or {}), path)
 
 
 def load(path: str | Path, kind: str | None = None, map_location: str | torch.device = "cpu") -> Checkpoint:
