@@ -14,25 +14,37 @@ from PIL import Image
 from ..core.errors import UsageError, VSAError
 from ..models.beam import generate_captions
 from ..models.captioner import LoadedCaptioner, full_image
+from ..vision.concepts import from_features, photo_concepts
 from ..vision.draw import draw_boxes, save_image
 from ..vision.images import is_photo
 from ..vision.images import load as load_image
 from ..vision.regions import RegionEncoder, RegionFeatures
+from .constrained import caption_with_concepts
 
 
 @dataclass
 class PhotoCaption:
-    """One photo's caption, or why it has none (an unreadable photo does not stop the others)."""
+    """One photo's caption, or why it has none (an unreadable photo does not stop the others).
+    constraints: the concept words the caption was asked to name (with concepts=True); concepts: the
+    photo's top ImageNet concepts (with list_concepts > 0)."""
 
     photo: Path
     caption: str | None
     logprob: float | None
     error: str | None = None
+    constraints: list[dict[str, Any]] | None = None
+    concepts: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict:
-        d = {"photo": str(self.photo), "caption": self.caption,
-             "logprob": None if self.logprob is None else round(self.logprob, 4)}
-        return d if self.error is None else {**d, "error": self.error}
+        d: dict[str, Any] = {"photo": str(self.photo), "caption": self.caption,
+                             "logprob": None if self.logprob is None else round(self.logprob, 4)}
+        if self.error is not None:
+            return {**d, "error": self.error}
+        if self.constraints is not None:
+            d["constraints"] = self.constraints
+        if self.concepts is not None:
+            d["concepts"] = self.concepts
+        return d
 
 
 def photo_files(photos: list[Path]) -> list[Path]:
@@ -50,8 +62,11 @@ def photo_files(photos: list[Path]) -> list[Path]:
 
 
 def caption_photos(photos: list[Path], loaded: LoadedCaptioner, beam: int = 7, max_len: int | None = None,
-                   length_norm: float = 0.0, encoder=None, on_progress=None) -> list[PhotoCaption]:
-    """Beam-search a caption for each photo (folders expanded), in input order."""
+                   length_norm: float = 0.0, encoder=None, on_progress=None, concepts: bool = False,
+                   list_concepts: int = 0) -> list[PhotoCaption]:
+    """Beam-search a caption for each photo (folders expanded), in input order. concepts=True lets the
+    photo's confident ImageNet concepts into its caption (constrained beam search, `--concepts`);
+    list_concepts=N lists each photo's top N concepts beside its caption (`--json`)."""
     if beam < 1:
         raise UsageError(f"--beam must be at least 1 (got {beam})")
     device = next(loaded.model.parameters()).device
@@ -60,17 +75,28 @@ def caption_photos(photos: list[Path], loaded: LoadedCaptioner, beam: int = 7, m
     feats = []
     for p in photo_files(photos):
         try:
-            feats.append(full_image(encoder.encode_one(load_image(p))))
-            results.append(PhotoCaption(p, None, None))
+            regions = encoder.encode_one(load_image(p))
         except VSAError as e:
             results.append(PhotoCaption(p, None, None, str(e)))
         except Exception as e:  # a photo PIL opens but OpenCV/torch reject must not stop the others
             results.append(PhotoCaption(p, None, None, f"{p}: {type(e).__name__}: {str(e).splitlines()[0][:120]}"))
+        else:
+            r = PhotoCaption(p, None, None)
+            con = from_features(regions.features, backbone=loaded.region_config.backbone) \
+                if concepts or list_concepts else None
+            if list_concepts:
+                r.concepts = photo_concepts(con, regions.boxes, list_concepts)
+            if concepts:  # one constrained beam per photo: its constraints are its own
+                c = caption_with_concepts(loaded, full_image(regions), con, beam, max_len, length_norm)
+                r.caption, r.logprob, r.constraints = c["caption"], c["logprob"], c["constraints"]
+            else:
+                feats.append(full_image(regions))
+            results.append(r)
         if on_progress:
             on_progress(1)
     caps = generate_captions(loaded, torch.stack(feats), beam=beam, max_len=max_len,
                              length_norm=length_norm) if feats else []
-    for r, c in zip([r for r in results if r.error is None], caps, strict=True):
+    for r, c in zip([r for r in results if r.error is None and r.caption is None], caps, strict=True):
         r.caption = " ".join(loaded.vocab.decode(c.tokens))
         r.logprob = float(c.logprob)
     return results

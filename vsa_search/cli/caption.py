@@ -43,27 +43,10 @@ def caption_cmd(
     model = model or DEFAULT_MODEL
 
     loaded = load_caption(paths.find_model(model), device=pick_device(device))
-    if concepts or json_out:  # the photo's concepts listed (and, with --concepts, in the sentence)
-        from ..captioning.constrained import caption_photos as concept_captions
-
-        with progress("reading photos", len(photo_files(photos))) as advance:
-            rows = concept_captions(photos, loaded, beam, max_len, length_norm, constrain=concepts,
-                                    on_progress=advance)
-        for r in rows:
-            if r.get("error"):
-                err.print(f"[bold red]error:[/] {r['error']}", markup=True, highlight=False)
-        good = [r for r in rows if not r.get("error")]
-        if json_out:
-            print_json(good)
-        else:
-            for r in good:
-                out.print(f"{r['photo']}\t{r['caption']}\t({r['logprob']:.2f})", markup=False)
-        if len(good) < len(rows):
-            raise typer.Exit(1)
-        return
     with progress("reading photos", len(photo_files(photos))) as advance:
+        # --json lists each photo's top concepts too; --concepts lets the confident ones into the caption.
         results = caption_photos(photos, loaded, beam=beam, max_len=max_len, length_norm=length_norm,
-                                 on_progress=advance)
+                                 on_progress=advance, concepts=concepts, list_concepts=5 if json_out else 0)
     failed = [r for r in results if r.error is not None]
     for r in failed:
         err.print(f"[bold red]error:[/] {r.error}", markup=True, highlight=False)

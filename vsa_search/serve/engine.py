@@ -23,7 +23,6 @@ from typing import Any
 from .. import captioning, index
 from ..align import aligner, mrf
 from ..align.bridge import word_status
-from ..captioning import constrained
 from ..core import errors, paths
 from ..index import query as search
 from ..models import captioner, encode
@@ -193,11 +192,11 @@ class Engine:
         """`vsa caption PHOTO --beam B --json` (a one-photo list, as the CLI prints)."""
         self._check_photo(photo)
         with self._cnn:  # as the CLI's --json: the caption and the photo's top concepts
-            res = constrained.caption_photos([photo], self.captioner, beam=beam,
-                                             encoder=self.encoder(self.captioner.region_config))
-        if res[0].get("error"):
-            raise errors.ImageCorruptError(res[0]["error"].replace(str(photo), shown_as or str(photo)))
-        d = dict(res[0])
+            res = captioning.caption_photos([photo], self.captioner, beam=beam, list_concepts=5,
+                                            encoder=self.encoder(self.captioner.region_config))
+        if res[0].error is not None:
+            raise errors.ImageCorruptError(res[0].error.replace(str(photo), shown_as or str(photo)))
+        d = res[0].to_dict()
         d["photo"] = shown_as or d["photo"]
         return [d]
 
