@@ -92,3 +92,20 @@ def test_poisoned_test_split_changes_nothing_in_the_caption_model(roots, tmp_pat
         train_caption(store, tmp_path / f"{name}.pt", CAPTION_PRESETS["tiny"], device="cpu", root=root)
         weights[name] = _weights(tmp_path / f"{name}.pt")
     assert all(torch.equal(weights["clean"][k], weights["poisoned"][k]) for k in weights["clean"])
+
+
+def test_poisoned_test_split_changes_nothing_in_the_querybank(roots, tmp_path):
+    from vsa_search.models.alignment import AlignModel, save_align
+    from vsa_search.train.querybank import add_querybank
+
+    vocab = build_flickr8k_vocab(roots["clean"][0], min_count=1)
+    torch.manual_seed(0)
+    model = save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab, REGION_PRESETS["tiny"],
+                       tmp_path / "m.pt")
+    banks = {}
+    for name, (root, store) in roots.items():
+        rep = add_querybank(model, store, tmp_path / f"{name}.pt", sentences=10, photos=3, dataset=load_flickr8k(root))
+        assert rep["train_photos_available"] == 6
+        banks[name] = {k: v for k, v in _weights(tmp_path / f"{name}.pt").items() if k.startswith("querybank.")}
+    assert len(banks["clean"]) == 4
+    assert all(torch.equal(banks["clean"][k], banks["poisoned"][k]) for k in banks["clean"])

@@ -107,6 +107,12 @@ def test_chance_and_paper_figures():
     assert paper_recall()["image_annotation"]["R@1"] == 16.5
 
 
+def test_chance_when_k_covers_every_sentence():
+    c = chance_metrics(4, 2, (1, 5, 10))  # 8 sentences: R@10 ranks all of them
+    assert c["image_annotation"]["R@10"] == 100.0 and c["image_search"]["R@10"] == 100.0
+    assert c["image_annotation"]["R@1"] == pytest.approx(100 * 2 / 8)
+
+
 def test_nan_scores_rank_last():
     sent_image = torch.arange(4) // 2
     scores = torch.full((2, 4), float("nan"))

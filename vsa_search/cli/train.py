@@ -1,4 +1,4 @@
-"""`vsa train embed|caption`."""
+"""`vsa train embed|ensemble|querybank|caption`."""
 
 from __future__ import annotations
 
@@ -120,6 +120,30 @@ def ensemble_cmd(
         print_json(summary)
         return
     out.print(f"{out_path}: {base} + {len(members)} global members ({model.out_dim}-d vectors)")
+
+
+@app.command("querybank")
+def querybank_cmd(
+    model: Annotated[str, typer.Option(help="Alignment model file or name.")],
+    features: Annotated[Path, typer.Option(help="Feature store (vsa features extract) holding the training photos.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Model file to write (atomically).")],
+    sentences: Annotated[int, typer.Option(min=1, help="Training sentences in the bank.")] = 1000,
+    photos: Annotated[int, typer.Option(min=1, help="Training photos in the bank.")] = 200,
+    beta: Annotated[float, typer.Option(help="Softmax temperature β of the normalisation.")] = 5.0,
+    weight: Annotated[float, typer.Option(help="How much of each offset is subtracted (0: none).")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the draw from the training split.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Add querybank normalisation to a model: scores are lowered for photos (and sentences) that match
+    a bank of training sentences (photos) well, so that a few photos stop coming up for every query."""
+    from ..train.querybank import add_querybank
+
+    summary = add_querybank(model, features, out_path, sentences, photos, beta, weight, seed)
+    if json_out:
+        print_json(summary)
+        return
+    out.print(f"{out_path}: {summary['from']} with a querybank of {summary['sentences']} training sentences and "
+              f"{summary['photos']} training photos (β {beta}, weight {weight})")
 
 
 @app.command("caption")

@@ -110,8 +110,8 @@ def chance_metrics(n_images: int, sents_per_image: int, ks: tuple[int, ...]) -> 
     top K of N·s) = 1 - C(N·s - s, K) / C(N·s, K); medians of the same distributions."""
     m = n_images * sents_per_image
 
-    def p_ann(k: int) -> float:  # P(best true rank <= k)
-        return 1 - math.comb(m - sents_per_image, k) / math.comb(m, k)
+    def p_ann(k: int) -> float:  # P(best true rank <= k); certain once K covers every sentence
+        return 1.0 if k >= m else 1 - math.comb(m - sents_per_image, k) / math.comb(m, k)
 
     ann = {f"R@{k}": 100 * p_ann(k) for k in ks}
     ann["medr"] = float(next(k for k in range(1, m + 1) if p_ann(k) >= 0.5))

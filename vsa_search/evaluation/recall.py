@@ -16,6 +16,7 @@ from ..core.errors import DatasetError, UsageError
 from ..data.datasets import load_flickr8k
 from ..data.vocab import UNK, pad_ids
 from ..models.alignment import LoadedAlign, load_align, score
+from ..models.querybank import photo_offsets, sentence_offsets
 from ..vision.features import FeatureStore, extract_to_cache, require_extractor, same_extractor
 from .metrics import chance_metrics, paper_recall, retrieval_metrics
 
@@ -78,6 +79,43 @@ def score_all(model: torch.nn.Module, data: RetrievalData, device: torch.device 
 
 
 
+@torch.no_grad()
+def querybank_offsets(loaded: LoadedAlign, data: RetrievalData, device: torch.device | str = "cpu",
+                      chunk: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
+    """((N_img,), (N_sent,)) querybank offsets of the split's photos and sentences (zeros without a bank)."""
+    bank = loaded.querybank
+    if bank is None:
+        return torch.zeros(len(data.image_ids)), torch.zeros(len(data.sent_image))
+    model = loaded.model
+    was_training = model.training
+    model.eval()
+    try:
+        ids, lengths = data.ids.to(device), data.lengths.to(device)
+        word_mask = torch.arange(ids.shape[1], device=device)[None, :] < lengths[:, None]
+        s_off = sentence_offsets(model, bank, model.encode_words(ids, lengths), word_mask).cpu()
+        p_off = []
+        for a in range(0, len(data.image_ids), chunk):
+            v = model.encode_regions(data.feats[a : a + chunk].to(device))
+            p_off.append(photo_offsets(model, bank, v, data.region_mask[a : a + chunk, : v.shape[1]].to(device)).cpu())
+        return torch.cat(p_off), s_off
+    finally:
+        model.train(was_training)
+
+
+def _rows(name: str, loaded: LoadedAlign, data: RetrievalData, device: torch.device | str, ks: tuple[int, ...],
+          reps: int, seed: int) -> list[dict[str, Any]]:
+    """One table row for a model; two for a model with a querybank (the second without it)."""
+    raw = score_all(loaded.model, data, device)
+    row = {"name": name, "path": str(loaded.path)}
+    if loaded.querybank is None:
+        return [{**row, "metrics": retrieval_metrics(raw, data.sent_image, ks, reps, seed)}]
+    p_off, s_off = querybank_offsets(loaded, data, device)
+    return [{**row, "querybank": loaded.querybank.header(),
+             "metrics": retrieval_metrics(raw - p_off[:, None] - s_off[None, :], data.sent_image, ks, reps, seed)},
+            {**row, "name": f"{name}, without querybank normalisation",
+             "metrics": retrieval_metrics(raw, data.sent_image, ks, reps, seed)}]
+
+
 def _baseline(model: LoadedAlign, features: Path, baseline: str | None, dataset: Any,
               train_baseline: BaselineTrainer | None) -> tuple[LoadedAlign | None, str]:
     """The global baseline to compare against: an explicit file; else the shipped `align-global`
@@ -138,19 +176,14 @@ def evaluate_recall(model_path: str | Path, features: str | Path | None = None, 
         data = retrieval_data(records, store, model.vocab)
     base, base_from = _baseline(model, features, baseline, ds, train_baseline)
 
-    rows: list[dict[str, Any]] = [{"name": f"this model: {Path(model.path).name}", "path": str(model.path),
-                                   "metrics": retrieval_metrics(score_all(model.model, data, dev_),
-                                                                data.sent_image, ks, reps, seed)}]
+    rows = _rows(f"this model: {Path(model.path).name}", model, data, dev_, ks, reps, seed)
     for m in others:
         mdata = data if m.vocab.itos == model.vocab.itos else _data_for(features, records, m)
-        rows.append({"name": Path(m.path).name, "path": str(m.path),
-                     "metrics": retrieval_metrics(score_all(m.model, mdata, dev_), mdata.sent_image, ks, reps, seed)})
+        rows += _rows(Path(m.path).name, m, mdata, dev_, ks, reps, seed)
     if base is not None:
         base.model.to(dev_)
         bdata = data if base.vocab.itos == model.vocab.itos else _data_for(features, records, base)
-        rows.append({"name": "global baseline", "path": base_from,
-                     "metrics": retrieval_metrics(score_all(base.model, bdata, dev_), bdata.sent_image, ks,
-                                                  reps, seed)})
+        rows.append({**_rows("global baseline", base, bdata, dev_, ks, reps, seed)[0], "path": base_from})
     per_image = max(1, round(len(data.sent_image) / len(records)))
     rows.append({"name": "chance", "metrics": chance_metrics(len(records), per_image, ks)})
     paper = paper_recall("flickr8k")

@@ -44,6 +44,7 @@ class Item:
     vectors: np.ndarray  # (n, h) float16
     boxes: np.ndarray | None = None  # (n, 4) int32 xyxy for photos
     concepts: bytes | None = None  # region concepts (vision.concepts.Concepts.to_bytes), photos only
+    offset: float = 0.0  # querybank offset (models/querybank.py): subtracted from every score of the item
 
 
 def file_digest(path: Path) -> str:
@@ -82,6 +83,7 @@ def _write(location: Location, tmp: Path, gen: Path, kind: str, items: Iterable[
     tmp.mkdir(parents=True)
     firsts: list[int] = []
     counts: list[int] = []
+    offsets: list[float] = []
     chunks: list[np.ndarray] = []
     total = 0
     with KV(tmp / META) as kv:
@@ -103,6 +105,7 @@ def _write(location: Location, tmp: Path, gen: Path, kind: str, items: Iterable[
                         b.put_bytes(f"{_CON}{i:09d}", it.concepts)
                     firsts.append(total)
                     counts.append(len(v))
+                    offsets.append(float(it.offset))
                     chunks.append(v)
                     total += len(v)
             batch_items.clear()
@@ -117,7 +120,8 @@ def _write(location: Location, tmp: Path, gen: Path, kind: str, items: Iterable[
                 flush()
         flush()
         with kv.batch() as b:
-            b.put_arrays(_IDMAP, first=np.array(firsts, np.int64), count=np.array(counts, np.int64))
+            b.put_arrays(_IDMAP, first=np.array(firsts, np.int64), count=np.array(counts, np.int64),
+                         offset=np.array(offsets, np.float32))
             for key, why in sorted((skipped or {}).items()):
                 b.put_json(_SKIP + key, why)
     all_vectors = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float16)

@@ -173,7 +173,8 @@ def search_text(ix: Any, model: LoadedAlign, text: str, k: int = 10, cfg: Bridge
         else np.zeros((len(qr.tokens), len(rows)), np.float32)
     u = _unary(qr, dots, bridge)
     starts = np.concatenate([[0], np.cumsum(ix.count[cands])[:-1]]).astype(np.int64)
-    scores = np.maximum.reduceat(u, starts, axis=1).sum(0) if len(cands) else np.zeros(0, np.float32)
+    scores = np.maximum.reduceat(u, starts, axis=1).sum(0) - ix.offsets[cands] if len(cands) \
+        else np.zeros(0, np.float32)
     top = _top(scores, cands, k)
     hits = []
     for j in top:

@@ -19,7 +19,7 @@ import torch
 from ..core.errors import DamagedError, SearchIndexError, UsageError
 from ..core.kv import KV
 from ..models.alignment import LoadedAlign
-from ..models.encode import encode_regions
+from ..models.encode import encode_regions, photo_offset
 from ..vision.concepts import from_features
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS
 from ..vision.regions import RegionEncoder, extract
@@ -284,13 +284,14 @@ class PhotoBuild:
             return
         encoder = self.encoder or RegionEncoder(self.model.region_config, self.device)
         by_path = {path: h for h, path in todo.items()}
-        pending: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+        pending: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float]] = []
         failed: dict[str, str] = {}
 
         def commit() -> None:
             with self.work.batch() as b:
-                for digest, boxes, vecs, con in pending:
-                    b.put_arrays(_WORK_VEC + digest, boxes=boxes, vectors=vecs, concepts=con)
+                for digest, boxes, vecs, con, offset in pending:
+                    b.put_arrays(_WORK_VEC + digest, boxes=boxes, vectors=vecs, concepts=con,
+                                 offset=np.array([offset], np.float32))
             n = len(pending)
             pending.clear()
             if on_progress:
@@ -306,8 +307,9 @@ class PhotoBuild:
                 continue
             vecs = encode_regions(self.model, result.features)  # (R', h)
             boxes = result.boxes[: len(vecs)]  # a global model keeps region 0 only
-            pending.append((digest, boxes.astype(np.int32), vecs.astype(np.float16),
-                            _concepts_of(result.features[: len(vecs)], self.model)))
+            vecs = vecs.astype(np.float16)
+            pending.append((digest, boxes.astype(np.int32), vecs,
+                            _concepts_of(result.features[: len(vecs)], self.model), photo_offset(self.model, vecs)))
             self.report.encoded += 1
             if len(pending) >= self.batch_size:
                 commit()
@@ -327,14 +329,16 @@ class PhotoBuild:
                 vecs = self.old.vectors([i])[0]  # type: ignore[union-attr]
                 boxes = self.old.boxes(i)  # type: ignore[union-attr]
                 con = self.old.concepts_bytes([i])[0]  # type: ignore[union-attr]
+                offset = float(self.old.offsets[i])  # type: ignore[union-attr]
             else:
                 a = self.work.get_arrays(_WORK_VEC + p.hash)
                 if a is None:  # pragma: no cover - the plan only names hashes it saw stored
                     raise SearchIndexError(f"{p.path}: vectors missing from the build's work area; build again")
                 vecs, boxes = a["vectors"], a["boxes"]
                 con = a["concepts"].tobytes() if "concepts" in a else None
+                offset = float(a["offset"][0]) if "offset" in a else photo_offset(self.model, vecs)
             info = {"path": p.path, "size": p.size, "mtime_ns": p.mtime_ns, "hash": p.hash}
-            yield Item(p.path, info, vecs, boxes, con)
+            yield Item(p.path, info, vecs, boxes, con, offset)
 
     def _write(self, chosen: str) -> None:
         r = self.report

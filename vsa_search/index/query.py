@@ -1,7 +1,8 @@
 """Search an index with words (text -> photos) or with a photo (image -> sentences).
 
-The score is the paper's S_kl = Σ_t max_i v_i · s_t: a sum over words of a max over regions.
-A photo can only score high if its regions score high for the words, so search runs in two
+The score is the paper's S_kl = Σ_t max_i v_i · s_t: a sum over words of a max over regions,
+less the item's querybank offset when the model has a querybank (models/querybank.py). A photo
+can only score high if its regions score high for the words, so search runs in two
 stages: (a) each word vector retrieves its top-N regions from FAISS and their photos become the
 candidates; (b) the candidates are re-ranked by the exact S_kl over all of their regions.
 
@@ -117,6 +118,7 @@ def exhaustive(ix: FragmentIndex, q: np.ndarray, k: int, chunk: int = 4096) -> t
     for lo in range(0, len(ix), chunk):
         items = np.arange(lo, min(lo + chunk, len(ix)))
         scores, _ = exact_scores(q, ix.vectors(items))
+        scores = scores - ix.offsets[items]
         best_items = np.concatenate([best_items, items])
         best_scores = np.concatenate([best_scores, scores])
         order = _top(best_scores, best_items, k)
@@ -169,12 +171,13 @@ def two_stage(ix: FragmentIndex, q: np.ndarray, k: int, per_word: int | None = N
         # the top n overall); for a word it is not listed under, nth[t] bounds it from above.
         listed = np.full((len(cands), len(q)), -np.inf, np.float32)
         np.maximum.at(listed, (inv, np.nonzero(valid)[0]), dots[valid])
-        upper = np.where(listed > -np.inf, listed, nth[None, :]).sum(1)  # (C,)
+        upper = np.where(listed > -np.inf, listed, nth[None, :]).sum(1) - ix.offsets[cands]  # (C,)
         # The bounds hold for an exact index only; an approximate one may have missed a
         # candidate's best region, so there every candidate is scored (a few ms: LMDB + one matmul).
         items, scores = _rerank(ix, q, cands, upper if ix.exact else None, k)
         everything = ids.shape[1] >= total
-        proven = everything or (len(items) == k and bool(scores[-1] >= nth.sum()))
+        # A photo outside every list scores at most Σ_t nth[t] less its offset.
+        proven = everything or (len(items) == k and bool(scores[-1] >= nth.sum() - ix.offsets.min()))
         if proven or max_per_word is None or n >= max_per_word or not ix.exact:
             return Ranked(items, scores, len(cands), ids.shape[1], proven and ix.exact)
         n = min(n * 4, max_per_word)
@@ -186,7 +189,7 @@ def _score_all(ix: FragmentIndex, q: np.ndarray, k: int) -> Ranked:
     if not len(items):
         return Ranked(items, np.zeros(0, np.float32), 0, 0, True)
     dots = ix.all_dots(q)  # (T, ΣR)
-    scores = np.maximum.reduceat(dots, ix.first, axis=1).sum(0)  # (C,)
+    scores = np.maximum.reduceat(dots, ix.first, axis=1).sum(0) - ix.offsets  # (C,)
     top = _top(scores, items, k)
     return Ranked(items[top], scores[top], len(items), ix.fragments, True)
 
@@ -210,6 +213,7 @@ def _rerank(ix: FragmentIndex, q: np.ndarray, cands: np.ndarray, upper: np.ndarr
             break
         nxt = cands[order[done:done + batch]]
         s, _ = exact_scores(q, ix.vectors(nxt))
+        s = s - ix.offsets[nxt]
         got_items.append(nxt)
         got_scores.append(s)
         done += len(nxt)
@@ -267,7 +271,7 @@ def search_image(ix: FragmentIndex, model: LoadedAlign, photo: str | Path, k: in
     scores = np.zeros(0, np.float32)
     if vecs:
         best = (np.concatenate(vecs).astype(np.float32) @ v.T).max(1)  # (ΣT,): each word's best region
-        scores = np.add.reduceat(best, np.cumsum([0] + [len(s) for s in vecs[:-1]]))
+        scores = np.add.reduceat(best, np.cumsum([0] + [len(s) for s in vecs[:-1]])) - ix.offsets[cands]
     order = _top(scores, cands, k)
     hits = []
     for j in order:

@@ -77,12 +77,12 @@ def build_sentences(files: list[Path], model: LoadedAlign, name: str | Path | No
     if on_total:
         on_total(len(keys))
     items: list[Item] = []
-    for key, (words, vecs) in zip(keys, encode_sentences(model, [by_source[k] for k in keys],
+    for key, (words, vecs, offset) in zip(keys, encode_sentences(model, [by_source[k] for k in keys],
                                                          on_progress=on_progress)):
         if not words:
             report.skipped += 1
             continue
-        items.append(Item(key, {"text": by_source[key], "words": words}, vecs.astype(np.float16)))
+        items.append(Item(key, {"text": by_source[key], "words": words}, vecs.astype(np.float16), offset=offset))
     with location.lock():
         gen = write_generation(location, "sentences", items, model.model.out_dim, model_info(model), index_type,
                                extra={"files": [os.path.abspath(f) for f in files]})

@@ -106,7 +106,7 @@ def merge(parts: list[str | Path], name: str | Path | None = None, index_type: s
                 cons = x.concepts_bytes(range(a, a + len(chunk)))
                 for j, (rec, vecs) in enumerate(zip(chunk, x.vectors(range(a, a + len(chunk))))):
                     info = {k: v for k, v in rec.items() if k not in ("key", "first", "count")}
-                    yield Item(rec["key"], info, vecs, x.boxes(a + j), cons[j])
+                    yield Item(rec["key"], info, vecs, x.boxes(a + j), cons[j], float(x.offsets[a + j]))
                 if on_progress:
                     on_progress(len(chunk))
 

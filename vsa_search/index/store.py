@@ -97,6 +97,8 @@ class FragmentIndex:
         ids = self.kv.get_arrays(_IDMAP) or {"first": np.zeros(0, np.int64), "count": np.zeros(0, np.int64)}
         self.first: np.ndarray = ids["first"]
         self.count: np.ndarray = ids["count"]
+        # Querybank offsets per item (zeros for a model without a querybank)
+        self.offsets: np.ndarray = ids.get("offset", np.zeros(len(self.first), np.float32))
         self.dim: int = int(manifest["dim"])
         params = manifest.get("faiss", {})
         if isinstance(self.faiss, faiss.IndexIVF):

@@ -17,6 +17,7 @@ from ..core.errors import ModelError, UsageError
 from ..data.vocab import Vocab
 from . import checkpoint
 from .encoders import ImageEncoder, SentenceEncoder
+from .querybank import QueryBank, split_state
 
 
 class AlignModel(nn.Module):
@@ -180,12 +181,18 @@ class LoadedAlign:
     path: Path
     metrics: dict
     fingerprint: str  # identifies the weights: an index built with one model refuses another
+    querybank: QueryBank | None = None  # score normalisation (querybank.py), when the file has one
 
 
 def save_align(model: AlignModel | GlobalModel, vocab: Vocab, region_cfg: RegionConfig, path: str | Path,
                metrics: dict | None = None, train_state: dict | None = None,
-               state_dict: dict[str, torch.Tensor] | None = None, half: bool = False) -> Path:
-    """Write a kind="align" checkpoint (see checkpoint.save_model: `state_dict`, `half`)."""
+               state_dict: dict[str, torch.Tensor] | None = None, half: bool = False,
+               querybank: QueryBank | None = None) -> Path:
+    """Write a kind="align" checkpoint (see checkpoint.save_model: `state_dict`, `half`), with its
+    querybank when given."""
+    if querybank is not None:
+        state_dict = {**(state_dict if state_dict is not None else model.state_dict()), **querybank.to_state()}
+        metrics = {**(metrics or {}), "querybank": querybank.header()}
     return checkpoint.save_model("align", model, vocab, region_cfg, path, metrics, train_state, state_dict, half)
 
 
@@ -194,10 +201,17 @@ def load_align(path: str | Path, device: str | torch.device = "cpu") -> LoadedAl
     cfg = from_dict(EmbedConfig, ck.config)
     vocab = Vocab.from_dict(ck.vocab)
     model = build_model(cfg, len(vocab))
-    checkpoint.load_weights(model, ck, path)
+    weights, bank_state = split_state(ck.state_dict)
+    checkpoint.load_weights(model, dataclasses.replace(ck, state_dict=weights), path)
     model.to(device).eval()
+    bank = None
+    if bank_state:
+        try:
+            bank = QueryBank.from_state(bank_state, ck.metrics["querybank"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelError(f"{path}: its querybank is incomplete") from None
     return LoadedAlign(model, vocab, cfg, from_dict(RegionConfig, ck.region_config), Path(path),
-                       ck.metrics, weights_fingerprint(ck.state_dict))
+                       ck.metrics, weights_fingerprint(ck.state_dict), bank)
 
 
 def ensemble_align(base: LoadedAlign, members: list[LoadedAlign]) -> AlignModel:

@@ -13,6 +13,7 @@ from ..core.errors import ModelError, QueryError
 from ..data.text import tokenize
 from ..data.vocab import UNK, pad_ids
 from .alignment import LoadedAlign
+from .querybank import photo_offsets, sentence_offsets
 
 
 def _check_arch(loaded: LoadedAlign) -> int:
@@ -30,6 +31,17 @@ def encode_regions(loaded: LoadedAlign, features: np.ndarray) -> np.ndarray:
     device = next(loaded.model.parameters()).device
     feats = torch.from_numpy(np.asarray(features, np.float32)).to(device)[None]  # (1, R, D)
     return loaded.model.encode_regions(feats)[0].float().cpu().numpy()
+
+
+@torch.inference_mode()
+def photo_offset(loaded: LoadedAlign, vectors: np.ndarray) -> float:
+    """A photo's querybank offset from its stored region vectors (R', h'): 0 without a querybank."""
+    if loaded.querybank is None:
+        return 0.0
+    device = next(loaded.model.parameters()).device
+    v = torch.from_numpy(np.asarray(vectors, np.float32)).to(device)[None]
+    return float(photo_offsets(loaded.model, loaded.querybank, v, torch.ones(v.shape[:2], dtype=torch.bool,
+                                                                               device=device))[0])
 
 
 def region_vectors(loaded: LoadedAlign, features: np.ndarray) -> np.ndarray:
@@ -92,18 +104,23 @@ def query_vectors(model: LoadedAlign, text: str) -> tuple[list[str], list[str], 
 
 
 def encode_sentences(model: LoadedAlign, sentences: list[str], batch_size: int = 256,
-                     on_progress: Callable[[int], None] | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
-    """For each sentence: its known words and their vectors (n_known, h) float32. Unknown words
-    still feed the sentence encoder as <unk> (context) but are not fragments of their own."""
+                     on_progress: Callable[[int], None] | None = None
+                     ) -> Iterator[tuple[list[str], np.ndarray, float]]:
+    """For each sentence: its known words, their vectors (n_known, h) float32 and its querybank
+    offset (0 without a querybank). Unknown words still feed the sentence encoder as <unk>
+    (context) but are not fragments of their own."""
     for i in range(0, len(sentences), batch_size):
         chunk = sentences[i:i + batch_size]
         toks = [tokenize(s) for s in chunk]
         ids = [model.vocab.encode(t) for t in toks]
         batch, lengths = pad_ids(ids, min_length=1)
         with torch.inference_mode():
-            s = model.model.encode_words(batch, lengths).float().cpu().numpy()  # (B, T, h)
+            st = model.model.encode_words(batch, lengths)  # (B, T, h)
+            offsets = [0.0] * len(chunk) if model.querybank is None else sentence_offsets(
+                model.model, model.querybank, st, torch.arange(st.shape[1])[None, :] < lengths[:, None]).tolist()
+            s = st.float().cpu().numpy()
         for j, (t, x) in enumerate(zip(toks, ids)):
             keep = [k for k, w in enumerate(x) if w != UNK]
-            yield [t[k] for k in keep], s[j, keep]
+            yield [t[k] for k in keep], s[j, keep], float(offsets[j])
         if on_progress:
             on_progress(len(chunk))

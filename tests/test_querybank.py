@@ -1,0 +1,150 @@
+"""Querybank normalisation: offsets against a direct computation, the bank inside the model file, the
+index's scores (model score less the offset, kept across rebuilds and in the sentence index), and
+`vsa eval recall` reporting the model with and without it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_align import TINY, WORDS, tiny_model
+from typer.testing import CliRunner
+
+from vsa_search import index as ix
+from vsa_search.cli import app
+from vsa_search.data.vocab import pad_ids
+from vsa_search.index import query, sentences
+from vsa_search.models.alignment import load_align, save_align, score
+from vsa_search.models.encode import photo_offset
+from vsa_search.models.querybank import QueryBank, photo_offsets, sentence_offsets
+from vsa_search.vision.images import load
+
+BANK_SENTENCES = ["a dog on the grass", "two man in red", "a girl is running in the water", "the dog"]
+
+
+@pytest.fixture(scope="module")
+def banked(tmp_path_factory: pytest.TempPathFactory, sample_photos: list[Path], tiny_region_encoder) -> Path:
+    """The tiny model with a bank of 4 sentences and 3 real photos (β 5, weight 0.5)."""
+    d = tmp_path_factory.mktemp("qb")
+    plain = load_align(tiny_model(d / "plain.pt"))
+    ids, lengths = pad_ids([plain.vocab.encode_text(s) for s in BANK_SENTENCES])
+    feats = [tiny_region_encoder.encode_one(load(p)) for p in sample_photos[5:8]]
+    r = max(len(f.features) for f in feats)
+    pf = torch.zeros(len(feats), r, feats[0].features.shape[1])
+    pm = torch.zeros(len(feats), r, dtype=torch.bool)
+    for i, f in enumerate(feats):
+        pf[i, : len(f.features)] = torch.from_numpy(f.features)
+        pm[i, : len(f.features)] = True
+    bank = QueryBank(5.0, 0.5, ids, lengths, pf.half().float(), pm)
+    return save_align(plain.model, plain.vocab, TINY, d / "banked.pt", querybank=bank)
+
+
+@torch.no_grad()
+def test_offsets_match_a_direct_computation(banked: Path) -> None:
+    m = load_align(banked)
+    bank, model = m.querybank, m.model
+    assert bank is not None
+    g = torch.Generator().manual_seed(0)
+    v = model.encode_regions(torch.randn(3, TINY.max_regions, bank.photo_feats.shape[2], generator=g))
+    mask = torch.ones(v.shape[:2], dtype=torch.bool)
+    got = photo_offsets(model, bank, v, mask)
+    for i in range(3):
+        per = []
+        for k in range(len(bank.sent_ids)):
+            n = int(bank.sent_lengths[k])
+            s = model.encode_words(bank.sent_ids[k : k + 1, :n], bank.sent_lengths[k : k + 1])
+            per.append(float(score(v[i : i + 1], mask[i : i + 1], s, torch.ones(1, n, dtype=torch.bool))))
+        want = 0.5 / 5.0 * torch.logsumexp(5.0 * torch.tensor(per), 0)
+        assert float(got[i]) == pytest.approx(float(want), abs=1e-5)
+    ids, lengths = pad_ids([m.vocab.encode_text("a red dog running")])
+    s = model.encode_words(ids, lengths)
+    got_s = sentence_offsets(model, bank, s, torch.ones(1, ids.shape[1], dtype=torch.bool))
+    vb = model.encode_regions(bank.photo_feats)
+    per = [float(score(vb[j : j + 1], bank.photo_mask[j : j + 1, : vb.shape[1]], s,
+                       torch.ones(1, ids.shape[1], dtype=torch.bool))) for j in range(len(vb))]
+    assert float(got_s[0]) == pytest.approx(0.5 / 5.0 * float(torch.logsumexp(5.0 * torch.tensor(per), 0)), abs=1e-5)
+
+
+def test_a_model_file_carries_its_querybank(banked: Path, tmp_path: Path) -> None:
+    m = load_align(banked)
+    plain = load_align(banked.with_name("plain.pt"))
+    assert plain.querybank is None and m.querybank is not None
+    assert m.metrics["querybank"] == {"beta": 5.0, "weight": 0.5, "sentences": 4, "photos": 3}
+    assert torch.equal(m.querybank.sent_ids[:, :5], pad_ids([m.vocab.encode_text(s) for s in BANK_SENTENCES])[0][:, :5])
+    assert m.fingerprint != plain.fingerprint  # an index built with one refuses the other
+    sd_m, sd_p = m.model.state_dict(), plain.model.state_dict()
+    assert all(torch.equal(sd_m[k], sd_p[k]) for k in sd_p)
+    again = load_align(save_align(m.model, m.vocab, TINY, tmp_path / "again.pt", querybank=m.querybank))
+    assert again.fingerprint == m.fingerprint
+
+
+def _raw(index: ix.FragmentIndex, q, item: int) -> float:
+    return float(query.exact_scores(q, index.vectors([item]))[0][0])
+
+
+def test_index_scores_are_the_model_score_less_the_photo_offset(banked: Path, sample_photos: list[Path],
+                                                               tiny_region_encoder, tmp_path: Path) -> None:
+    m = load_align(banked)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sample_photos[:3]:
+        shutil.copy2(p, photos / p.name)
+    link = tmp_path / "idx" / "photos"
+    ix.build_photos([photos], m, link, encoder=tiny_region_encoder, batch_size=2)
+    with ix.open_index(link) as index:
+        offsets = index.offsets.copy()
+        assert len(offsets) == 3 and (offsets != 0).all()
+        for i in range(3):
+            assert offsets[i] == pytest.approx(photo_offset(m, index.vectors([i])[0]), abs=1e-5)
+        _, _, q = query.query_vectors(m, "a dog running on the grass")
+        res = query.search_text(index, m, "a dog running on the grass", k=3)
+        keys = [index.record(i)["key"] for i in range(3)]
+        for hit in res.hits:
+            i = keys.index(hit.key)
+            assert hit.score == pytest.approx(_raw(index, q, i) - offsets[i], abs=1e-4)
+        assert [h.score for h in res.hits] == sorted((h.score for h in res.hits), reverse=True)
+    shutil.copy2(sample_photos[3], photos / sample_photos[3].name)
+    r = ix.build_photos([photos], m, link, encoder=tiny_region_encoder, batch_size=2)
+    assert r.encoded == 1 and r.unchanged == 3
+    with ix.open_index(link) as index:
+        kept = {index.record(i)["key"]: float(index.offsets[i]) for i in range(len(index))}
+    assert all(kept[k] == pytest.approx(float(o)) for k, o in zip(keys, offsets))
+
+
+def test_sentence_index_scores_are_less_the_sentence_offset(banked: Path, sample_photos: list[Path],
+                                                            tiny_region_encoder, tmp_path: Path) -> None:
+    m = load_align(banked)
+    text = tmp_path / "s.txt"
+    text.write_text("a dog on the grass\na man in red is running\ntwo girl in the water\n")
+    link = tmp_path / "idx" / "sentences"
+    sentences.build_sentences([text], m, link)
+    with ix.open_index(link, kind="sentences") as index:
+        assert (index.offsets != 0).all()
+        res = query.search_image(index, m, sample_photos[0], k=3, encoder=tiny_region_encoder)
+        _, v = query.photo_regions(m, sample_photos[0], tiny_region_encoder)
+        for hit in res.hits:
+            i = next(j for j in range(len(index)) if index.record(j)["key"] == hit.key)
+            raw = float((index.vectors([i])[0].astype("float32") @ v.T).max(1).sum())
+            assert hit.score == pytest.approx(raw - float(index.offsets[i]), abs=1e-4)
+
+
+def test_eval_recall_shows_the_model_with_and_without_it(banked: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    photos = Path(__file__).resolve().parent.parent / "examples" / "photos"
+    names = sorted(p.name for p in photos.glob("*.jpg"))[:4]
+    doc = {"images": [{"id": i, "file_name": n} for i, n in enumerate(names)],
+           "annotations": [{"image_id": i, "caption": f"{WORDS[i]} {WORDS[i + 4]} {w}"}
+                           for i in range(len(names)) for w in ("water", "grass")]}
+    captions = tmp_path / "caps.json"
+    captions.write_text(json.dumps(doc))
+    monkeypatch.setenv("VSA_HOME", str(tmp_path / "home"))
+    r = CliRunner().invoke(app, ["eval", "recall", "--model", str(banked), "--dataset", "coco", "--root", str(photos),
+                                 "--captions", str(captions), "--split", "all", "--baseline", "none", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["rows"]
+    assert rows[0]["name"] == "this model: banked.pt" and rows[0]["querybank"]["photos"] == 3
+    assert rows[1]["name"] == "this model: banked.pt, without querybank normalisation"
+    assert "querybank" not in rows[1]

@@ -1,0 +1,94 @@
+"""Querybank normalisation of alignment scores (Bogolin et al., "Cross Modal Retrieval with Querybank
+Normalisation", CVPR 2022): a few photos come up for almost every sentence ("hubs"), and a few
+sentences for almost every photo. Each photo's score is lowered by how well it matches a bank of
+training sentences, each sentence's by how well it matches a bank of training photos:
+
+    S'(p, s) = S(p, s) - w/β · log Σ_b exp(β·S(p, b_sent)) - w/β · log Σ_b exp(β·S(b_photo, s))
+
+A photo's offset ranks photos for a sentence (text -> photo search) and a sentence's offset ranks
+sentences for a photo (image annotation); neither changes the other direction's order. The bank
+comes from the training split only and travels inside the model file, so an index computes each
+photo's offset once, when it stores the photo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+PREFIX = "querybank."  # its tensors sit in the model file's state dict under this prefix
+
+
+@dataclass
+class QueryBank:
+    """Training sentences (word ids) and training photos (CNN features) to normalise scores with.
+    sent_ids (K, T) long, sent_lengths (K,) long, photo_feats (P, R, D), photo_mask (P, R) bool."""
+
+    beta: float
+    weight: float
+    sent_ids: torch.Tensor
+    sent_lengths: torch.Tensor
+    photo_feats: torch.Tensor
+    photo_mask: torch.Tensor
+    _words: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
+    def words(self, model: torch.nn.Module, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bank sentences' word vectors and mask under `model`, computed once (an index build
+        scores every photo against them)."""
+        if self._words is None or self._words[0].device != torch.device(device):
+            s = model.encode_words(self.sent_ids.to(device), self.sent_lengths.to(device))
+            wm = torch.arange(s.shape[1], device=device)[None, :] < self.sent_lengths.to(device)[:, None]
+            self._words = (s, wm)
+        return self._words
+
+    def header(self) -> dict[str, Any]:
+        return {"beta": self.beta, "weight": self.weight, "sentences": int(len(self.sent_ids)),
+                "photos": int(len(self.photo_feats))}
+
+    def to_state(self) -> dict[str, torch.Tensor]:
+        # float16 features: the bank is most of the file's size otherwise
+        return {PREFIX + "sent_ids": self.sent_ids.to(torch.int32), PREFIX + "sent_lengths": self.sent_lengths,
+                PREFIX + "photo_feats": self.photo_feats.half(), PREFIX + "photo_mask": self.photo_mask}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], header: dict[str, Any]) -> QueryBank:
+        return cls(float(header["beta"]), float(header["weight"]), state[PREFIX + "sent_ids"].long(),
+                   state[PREFIX + "sent_lengths"].long(), state[PREFIX + "photo_feats"].float(),
+                   state[PREFIX + "photo_mask"].bool())
+
+
+def split_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A model file's state dict -> (the model's weights, the bank's tensors)."""
+    return ({k: v for k, v in state.items() if not k.startswith(PREFIX)},
+            {k: v for k, v in state.items() if k.startswith(PREFIX)})
+
+
+def _lse(scores: torch.Tensor, dim: int, bank: QueryBank) -> torch.Tensor:
+    return bank.weight * torch.logsumexp(bank.beta * scores, dim=dim) / bank.beta
+
+
+@torch.no_grad()
+def photo_offsets(model: torch.nn.Module, bank: QueryBank, v: torch.Tensor, region_mask: torch.Tensor,
+                  chunk: int = 64) -> torch.Tensor:
+    """(N,) offsets of photos given as region vectors v (N, R, h) with region_mask (N, R): what
+    S'(p, s) subtracts from every score of photo p."""
+    from .alignment import score  # alignment imports this module
+
+    device = v.device
+    s, wm = bank.words(model, device)
+    out = [_lse(score(v[a:a + chunk], region_mask[a:a + chunk], s, wm), 1, bank) for a in range(0, len(v), chunk)]
+    return torch.cat(out) if out else torch.zeros(0, device=device)
+
+
+@torch.no_grad()
+def sentence_offsets(model: torch.nn.Module, bank: QueryBank, s: torch.Tensor, word_mask: torch.Tensor,
+                     chunk: int = 512) -> torch.Tensor:
+    """(M,) offsets of sentences given as word vectors s (M, T, h) with word_mask (M, T)."""
+    from .alignment import score
+
+    device = s.device
+    vb = model.encode_regions(bank.photo_feats.to(device))
+    mask = bank.photo_mask.to(device)[:, : vb.shape[1]]
+    out = [_lse(score(vb, mask, s[a:a + chunk], word_mask[a:a + chunk]), 0, bank) for a in range(0, len(s), chunk)]
+    return torch.cat(out) if out else torch.zeros(0, device=device)

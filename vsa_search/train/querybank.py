@@ -1,0 +1,53 @@
+"""`vsa train querybank`: put a querybank (models/querybank.py) into an alignment model file. The
+bank is drawn from the training split only, with a fixed seed; β and the weight were chosen on the
+dev split (`vsa eval recall --split dev`)."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from ..core import paths
+from ..core.errors import UsageError
+from ..data.datasets import load_flickr8k
+from ..evaluation.recall import retrieval_data
+from ..models.alignment import load_align, save_align
+from ..models.querybank import QueryBank
+from ..vision.features import FeatureStore, require_extractor
+
+DEFAULT_SENTENCES = 1000
+DEFAULT_PHOTOS = 200
+DEFAULT_BETA = 5.0
+DEFAULT_WEIGHT = 0.5
+
+
+def add_querybank(model: str | Path, features: str | Path, out: str | Path, sentences: int = DEFAULT_SENTENCES,
+                  photos: int = DEFAULT_PHOTOS, beta: float = DEFAULT_BETA, weight: float = DEFAULT_WEIGHT,
+                  seed: int = 0, dataset: Any = None) -> dict[str, Any]:
+    """Write `model` with a querybank to `out`: `photos` training photos (their CNN features from the
+    store `features`) and `sentences` training sentences of other training photos, drawn with `seed`."""
+    if sentences < 1 or photos < 1:
+        raise UsageError("--sentences and --photos need at least 1")
+    if beta <= 0 or weight < 0:
+        raise UsageError("--beta must be positive and --weight at least 0")
+    t0 = time.perf_counter()
+    loaded = load_align(paths.find_model(str(model)))
+    ds = dataset if dataset is not None else load_flickr8k()
+    with FeatureStore(features, readonly=True) as store:
+        require_extractor(store.config, loaded.region_config, Path(features), loaded.path)
+        train = [r for r in ds.present("train") if r.image_id in store]
+        need = photos + -(-sentences // 5)
+        if len(train) < photos + 1:
+            raise UsageError(f"{features}: {len(train)} training photos; the bank needs more than --photos {photos}")
+        random.Random(seed).shuffle(train)
+        bank_photos = retrieval_data(train[:photos], store, loaded.vocab)
+        bank_sents = retrieval_data(train[photos:need], store, loaded.vocab)
+    k = min(sentences, len(bank_sents.ids))
+    bank = QueryBank(beta, weight, bank_sents.ids[:k], bank_sents.lengths[:k], bank_photos.feats,
+                     bank_photos.region_mask)
+    save_align(loaded.model, loaded.vocab, loaded.region_config, out, metrics=dict(loaded.metrics), half=True,
+               querybank=bank)
+    return {"model": str(out), "from": str(loaded.path), **bank.header(), "seed": seed,
+            "train_photos_available": len(train), "seconds": round(time.perf_counter() - t0, 1)}
