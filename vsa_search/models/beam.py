@@ -68,13 +68,20 @@ def greedy(model: Captioner, feats: torch.Tensor, max_len: int = 20) -> list[Cap
     return [Caption(o, lp, lp) for o, lp in zip(out, logprob)]
 
 
-@torch.inference_mode()
 def beam_search(model: Captioner, feats: torch.Tensor, beam: int = 7, max_len: int = 20,
                 length_norm: float = 0.0) -> list[Caption]:
     """feats (B, D) full-image features -> the best Caption per image.
 
     length_norm = alpha ranks finished sentences by logprob / (words + 1)^alpha (0: plain
     log-probability, as in the paper)."""
+    return [max(f, key=lambda c: c.score) for f in beam_candidates(model, feats, beam, max_len, length_norm)]
+
+
+@torch.inference_mode()
+def beam_candidates(model: Captioner, feats: torch.Tensor, beam: int = 7, max_len: int = 20,
+                    length_norm: float = 0.0) -> list[list[Caption]]:
+    """Every sentence the beam finished, per image, in the order they finished (beam_search keeps
+    the best; a re-ranker can weigh them otherwise)."""
     if beam < 1:
         raise UsageError(f"beam size must be >= 1, got {beam}")
     if max_len < 1:
@@ -114,7 +121,7 @@ def beam_search(model: Captioner, feats: torch.Tensor, beam: int = 7, max_len: i
             best_open = scores.max(dim=1).values.tolist()
             if all(f and max(c.score for c in f) >= bo for f, bo in zip(finished, best_open)):
                 break
-    return [max(f, key=lambda c: c.score) for f in finished]
+    return finished
 
 
 def generate_captions(loaded: Any, feats: torch.Tensor, beam: int = 7, max_len: int | None = None,
