@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from ..core.errors import UsageError, VSAError
-from ..models.beam import generate_captions
+from ..models.alignment import LoadedAlign
+from ..models.beam import generate_candidates, generate_captions
 from ..models.captioner import LoadedCaptioner, full_image
 from ..vision.concepts import from_features, photo_concepts
 from ..vision.draw import draw_boxes, save_image
@@ -20,6 +21,7 @@ from ..vision.images import is_photo
 from ..vision.images import load as load_image
 from ..vision.regions import RegionEncoder, RegionFeatures
 from .constrained import caption_with_concepts
+from .rerank import DEFAULT_WEIGHT, best_candidate, check_reranker
 
 
 @dataclass
@@ -63,16 +65,20 @@ def photo_files(photos: list[Path]) -> list[Path]:
 
 def caption_photos(photos: list[Path], loaded: LoadedCaptioner, beam: int = 7, max_len: int | None = None,
                    length_norm: float = 0.0, encoder=None, on_progress=None, concepts: bool = False,
-                   list_concepts: int = 0) -> list[PhotoCaption]:
+                   list_concepts: int = 0, rerank_with: LoadedAlign | None = None,
+                   rerank_weight: float = DEFAULT_WEIGHT) -> list[PhotoCaption]:
     """Beam-search a caption for each photo (folders expanded), in input order. concepts=True lets the
     photo's confident ImageNet concepts into its caption (constrained beam search, `--concepts`);
-    list_concepts=N lists each photo's top N concepts beside its caption (`--json`)."""
+    list_concepts=N lists each photo's top N concepts beside its caption (`--json`). rerank_with: an
+    alignment model that picks among the finished beams (captioning/rerank.py)."""
     if beam < 1:
         raise UsageError(f"--beam must be at least 1 (got {beam})")
+    if rerank_with is not None:
+        check_reranker(rerank_with, loaded)
     device = next(loaded.model.parameters()).device
     encoder = encoder or RegionEncoder(loaded.region_config, device)
     results: list[PhotoCaption] = []
-    feats = []
+    feats, region_feats = [], []
     for p in photo_files(photos):
         try:
             regions = encoder.encode_one(load_image(p))
@@ -91,11 +97,14 @@ def caption_photos(photos: list[Path], loaded: LoadedCaptioner, beam: int = 7, m
                 r.caption, r.logprob, r.constraints = c["caption"], c["logprob"], c["constraints"]
             else:
                 feats.append(full_image(regions))
+                region_feats.append(regions.features)
             results.append(r)
         if on_progress:
             on_progress(1)
-    caps = generate_captions(loaded, torch.stack(feats), beam=beam, max_len=max_len,
-                             length_norm=length_norm) if feats else []
+    cands = generate_candidates(loaded, torch.stack(feats), beam=beam, max_len=max_len,
+                                length_norm=length_norm) if feats else []
+    caps = [best_candidate(c, loaded.vocab, rerank_with, f, rerank_weight) if rerank_with is not None
+            else max(c, key=lambda x: x.score) for c, f in zip(cands, region_feats)]
     for r, c in zip([r for r in results if r.error is None and r.caption is None], caps, strict=True):
         r.caption = " ".join(loaded.vocab.decode(c.tokens))
         r.logprob = float(c.logprob)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..captioning import caption_photos, caption_regions_of, photo_files
+from ..captioning.rerank import DEFAULT_WEIGHT, load_reranker
 from ..core import paths
 from ..core.device import pick_device
 from ..core.errors import UsageError
@@ -17,6 +18,11 @@ from .common import err, out, print_json, progress
 
 DEFAULT_MODEL = "caption"  # models/caption.pt, shipped
 REGION_MODEL = "caption-regions"  # models/caption-regions.pt: trained with `vsa train caption --regions`
+RerankOpt = Annotated[str | None, typer.Option(help="Alignment model that picks among the finished beams "
+                                                    "(default: align, when it uses the same features; none: "
+                                                    "beam search alone).")]
+RerankWeightOpt = Annotated[float, typer.Option(min=0.0, help="Weight of the alignment score against the "
+                                                               "log-probability when re-ranking.")]
 
 
 def caption_cmd(
@@ -33,6 +39,8 @@ def caption_cmd(
     out_png: Annotated[Path | None, typer.Option("--out", help="With --regions: draw the boxes and captions.")] = None,
     concepts: Annotated[bool, typer.Option("--concepts", help="Let the photo's confident ImageNet concepts into "
                                            "the caption (constrained beam search).")] = False,
+    rerank: RerankOpt = None,
+    rerank_weight: RerankWeightOpt = DEFAULT_WEIGHT,
 ) -> None:
     """Describe each photo in one sentence, with its log-probability. A photo that cannot be read
     gets one error line on stderr; the others are still captioned; the exit code is then 1.
@@ -43,10 +51,12 @@ def caption_cmd(
     model = model or DEFAULT_MODEL
 
     loaded = load_caption(paths.find_model(model), device=pick_device(device))
+    align = None if concepts else load_reranker(rerank, loaded, pick_device(device))
     with progress("reading photos", len(photo_files(photos))) as advance:
         # --json lists each photo's top concepts too; --concepts lets the confident ones into the caption.
         results = caption_photos(photos, loaded, beam=beam, max_len=max_len, length_norm=length_norm,
-                                 on_progress=advance, concepts=concepts, list_concepts=5 if json_out else 0)
+                                 on_progress=advance, concepts=concepts, list_concepts=5 if json_out else 0,
+                                 rerank_with=align, rerank_weight=rerank_weight)
     failed = [r for r in results if r.error is not None]
     for r in failed:
         err.print(f"[bold red]error:[/] {r.error}", markup=True, highlight=False)

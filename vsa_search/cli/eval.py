@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..align.mrf import DEFAULT_BETA
+from ..captioning.rerank import DEFAULT_WEIGHT
 from ..core import paths
 from ..core.errors import UsageError
 from ..evaluation.captions import evaluate_captions
@@ -19,7 +20,7 @@ from ..evaluation.recall import evaluate_recall
 from ..evaluation.regions import evaluate_regions
 from ..train.baseline import train_global_baseline
 from .align import BetaOpt, ModelOpt
-from .caption import DEFAULT_MODEL, REGION_MODEL
+from .caption import DEFAULT_MODEL, REGION_MODEL, RerankOpt, RerankWeightOpt
 from .common import CaptionsOpt, DatasetOpt, RootOpt, err, load_dataset_opts, new_app, out, print_json, progress
 
 SplitOpt = Annotated[str, typer.Option(help="train | dev | test | all (a data set without splits, e.g. COCO: all)")]
@@ -105,6 +106,8 @@ def eval_caption_cmd(
     captions: CaptionsOpt = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
     show: Annotated[int, typer.Option(min=0, help="Print this many example captions.")] = 0,
+    rerank: RerankOpt = None,
+    rerank_weight: RerankWeightOpt = DEFAULT_WEIGHT,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """BLEU-1..4, METEOR and CIDEr (with its 95% interval) and the number of distinct captions on a
@@ -114,7 +117,8 @@ def eval_caption_cmd(
     with progress("features, then captions", None) as advance:
         res = evaluate_captions(paths.find_model(model), features, beam=beam, length_norm=length_norm,
                                 device=device, on_extract=advance, on_progress=advance, split=split,
-                                dataset=load_dataset_opts(dataset, root, captions))
+                                dataset=load_dataset_opts(dataset, root, captions), rerank_with=rerank,
+                                rerank_weight=rerank_weight)
     if json_out:
         print_json(res)
         return
@@ -125,8 +129,9 @@ def eval_caption_cmd(
 
 def caption_table(res: dict) -> str:
     cols = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "CIDEr"]
+    rr = res.get("rerank")
     lines = [f"{res['dataset']} captions, {res['test_photos']} {res['split']} photos, beam {res['beam']} "
-             f"({res['cell']} model)",
+             f"({res['cell']} model" + (f", re-ranked by {rr['model']}, weight {rr['weight']:g})" if rr else ")"),
              f"{'':30s}" + "".join(f"{c:>8s}" for c in cols) + f"{'CIDEr 95%':>14s}{'distinct':>10s}"]
     for name, row in res["rows"].items():
         cells = "".join(f"{row[c]:8.1f}" if row.get(c) is not None else f"{'-':>8s}" for c in cols)

@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 
+from ..captioning.rerank import DEFAULT_WEIGHT, best_candidate, load_reranker
 from ..core.device import pick_device
 from ..core.errors import DatasetError, StoreError
 from ..data.datasets import Dataset, load_flickr8k
-from ..models.beam import generate_captions
+from ..models.beam import generate_candidates
 from ..models.captioner import full_image, load_caption
 from ..vision.features import FeatureStore, extract_to_cache, require_extractor
 from .metrics import caption_metrics, nearest_neighbour, paper_results
@@ -22,7 +23,8 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
                       length_norm: float = 0.0, device: str | None = None, root: Path | None = None,
                       meteor: bool = True, on_extract: Callable[[int], None] | None = None,
                       on_progress: Callable[[int], None] | None = None, dataset: Dataset | None = None,
-                      split: str = "test") -> dict[str, Any]:
+                      split: str = "test", rerank_with: str | Path | None = None,
+                      rerank_weight: float = DEFAULT_WEIGHT) -> dict[str, Any]:
     """The paper's caption table for the `split` photos present of `dataset` (default: Flickr8k's
     test split; "all": every photo), in one run: this model, the nearest-neighbour baseline (the first
     reference sentence of the closest training-split photo of the same data set, cosine on full-image
@@ -30,8 +32,13 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
 
     Features come from the store `features` (it must be made with the model's region config) or,
     when None, are extracted once into the cache (extract_to_cache) (test photos and, for the baseline,
-    training photos)."""
+    training photos).
+
+    rerank_with: the alignment model that picks among the finished beams (captioning/rerank.py; None: the
+    shipped one when it fits, "none": beam search alone); the table then shows the captions with and
+    without it."""
     loaded = load_caption(model, device=pick_device(device))
+    align = load_reranker(None if rerank_with is None else str(rerank_with), loaded, pick_device(device))
     ds = dataset if dataset is not None else load_flickr8k(root)
     test = ds.present(split)
     test_ids = {r.image_id for r in test}
@@ -48,10 +55,15 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
         train = [r for r in train if r.image_id in store]
         if not test:
             raise StoreError(f"{features}: holds none of the {len(test_ids)} {split} photos")
-        test_feats = torch.stack([full_image(store.get(r.image_id)) for r in test])  # (M, D)
+        got = [store.get(r.image_id) for r in test]
+        test_feats = torch.stack([full_image(f) for f in got])  # (M, D)
+        region_feats = [f.features for f in got] if align is not None else []
         train_feats = torch.stack([full_image(store.get(r.image_id)) for r in train]) if train else None
 
-    caps = generate_captions(loaded, test_feats, beam=beam, length_norm=length_norm, on_progress=on_progress)
+    cands = generate_candidates(loaded, test_feats, beam=beam, length_norm=length_norm, on_progress=on_progress)
+    beam_caps = [max(c, key=lambda x: x.score) for c in cands]
+    caps = [best_candidate(c, loaded.vocab, align, f, rerank_weight) for c, f in zip(cands, region_feats)] \
+        if align is not None else beam_caps
     model_text = {r.image_id: " ".join(loaded.vocab.decode(c.tokens)) for r, c in zip(test, caps)}
     nn_text: dict[str, str] = {}
     if train_feats is not None:
@@ -62,6 +74,10 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
     paper = paper_results()["generation"]["flickr8k"]
     rows = {"this model": caption_metrics(refs, model_text, meteor=meteor)}
     rows["this model"]["distinct captions"] = len(set(model_text.values()))
+    if align is not None:
+        beam_text = {r.image_id: " ".join(loaded.vocab.decode(c.tokens)) for r, c in zip(test, beam_caps)}
+        rows["this model, beam only"] = caption_metrics(refs, beam_text, meteor=meteor)
+        rows["this model, beam only"]["distinct captions"] = len(set(beam_text.values()))
     if nn_text:
         rows["nearest neighbour"] = caption_metrics(refs, nn_text, meteor=meteor)
         rows["nearest neighbour"]["distinct captions"] = len(set(nn_text.values()))
@@ -69,6 +85,7 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
                                                                        "METEOR", "CIDEr")}
     return {
         "model": str(loaded.path), "cell": loaded.config.cell, "beam": beam, "length_norm": length_norm,
+        "rerank": {"model": str(align.path), "weight": rerank_weight} if align is not None else None,
         "features": str(features), "dataset": ds.name, "split": split, "test_photos": len(test),
         "train_photos_for_nn": len(train), "rows": rows,
         "note": (f"this model and the baseline: the {len(test):,} {split} photos of {ds.name} present here; "

@@ -128,12 +128,20 @@ def generate_captions(loaded: Any, feats: torch.Tensor, beam: int = 7, max_len: 
                       length_norm: float = 0.0, batch_size: int = 64,
                       on_progress: Callable[[int], None] | None = None) -> list[Caption]:
     """Beam-search captions for (N, D) features with a LoadedCaptioner, in batches."""
+    return [max(f, key=lambda c: c.score) for f in generate_candidates(loaded, feats, beam, max_len, length_norm,
+                                                                       batch_size, on_progress)]
+
+
+def generate_candidates(loaded: Any, feats: torch.Tensor, beam: int = 7, max_len: int | None = None,
+                        length_norm: float = 0.0, batch_size: int = 64,
+                        on_progress: Callable[[int], None] | None = None) -> list[list[Caption]]:
+    """Every sentence the beam finished for each of (N, D) features (see beam_candidates), in batches."""
     device = next(loaded.model.parameters()).device
-    out: list[Caption] = []
+    out: list[list[Caption]] = []
     for i in range(0, len(feats), batch_size):
         chunk = feats[i:i + batch_size].to(device)
-        out += beam_search(loaded.model, chunk, beam=beam, max_len=max_len or loaded.config.max_len,
-                           length_norm=length_norm)
+        out += beam_candidates(loaded.model, chunk, beam=beam, max_len=max_len or loaded.config.max_len,
+                               length_norm=length_norm)
         if on_progress:
             on_progress(len(chunk))
     return out

@@ -23,6 +23,7 @@ from typing import Any
 from .. import captioning, index
 from ..align import aligner, mrf
 from ..align.bridge import word_status
+from ..captioning import rerank
 from ..core import errors, paths
 from ..index import query as search
 from ..models import captioner, encode
@@ -107,6 +108,8 @@ class Engine:
         with self.snapshot():  # a missing index fails now, not at the first request
             pass
         self.captioner = captioner.load_caption(paths.find_model(caption_model), "cpu")
+        # As `vsa caption`: the shipped alignment model picks among the finished beams when it fits.
+        self.reranker = rerank.load_reranker(None, self.captioner)
         self.encoder(self.captioner.region_config)  # the CNN, loaded now rather than by the first photo
 
     # ------------------------------------------------------------------ generations
@@ -193,7 +196,8 @@ class Engine:
         self._check_photo(photo)
         with self._cnn:  # as the CLI's --json: the caption and the photo's top concepts
             res = captioning.caption_photos([photo], self.captioner, beam=beam, list_concepts=5,
-                                            encoder=self.encoder(self.captioner.region_config))
+                                            encoder=self.encoder(self.captioner.region_config),
+                                            rerank_with=self.reranker)
         if res[0].error is not None:
             raise errors.ImageCorruptError(res[0].error.replace(str(photo), shown_as or str(photo)))
         d = res[0].to_dict()

@@ -1,0 +1,98 @@
+"""Captions re-ranked by the alignment model: the pick maximises log P + w·S' over the finished beams,
+scores do not depend on which other candidates share the batch, the CLI's default and errors, and
+`vsa eval caption` showing the captions with and without the re-ranker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vsa_search.captioning import caption_photos
+from vsa_search.captioning.rerank import alignment_scores, best_candidate, load_reranker
+from vsa_search.core.config import CAPTION_PRESETS, EMBED_PRESETS, REGION_PRESETS
+from vsa_search.core.errors import UsageError
+from vsa_search.data.datasets import load_flickr8k
+from vsa_search.evaluation import metrics
+from vsa_search.evaluation.captions import evaluate_captions
+from vsa_search.models.alignment import AlignModel, load_align, save_align
+from vsa_search.models.beam import generate_candidates
+from vsa_search.models.captioner import Captioner, full_image, load_caption, save_caption
+from vsa_search.vision.features import FeatureStore, extract_to_store
+from vsa_search.vision.images import load
+
+TINY = REGION_PRESETS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, caption_vocab) -> tuple[Path, Path]:
+    """(tiny captioner, tiny alignment model) on the same tiny-preset features."""
+    d = tmp_path_factory.mktemp("rerank")
+    torch.manual_seed(0)
+    cap = save_caption(Captioner(CAPTION_PRESETS["tiny"], len(caption_vocab)), caption_vocab, TINY, d / "cap.pt")
+    align = save_align(AlignModel(EMBED_PRESETS["tiny"], len(caption_vocab)).eval(), caption_vocab, TINY,
+                       d / "align.pt")
+    return cap, align
+
+
+@pytest.fixture(scope="module")
+def photo(sample_photos: list[Path], tiny_region_encoder):
+    return sample_photos[0], tiny_region_encoder.encode_one(load(sample_photos[0]))
+
+
+def test_the_pick_maximises_logprob_plus_weighted_alignment(models, photo) -> None:
+    cap, align = load_caption(models[0]), load_align(models[1])
+    _, regions = photo
+    cands = generate_candidates(cap, full_image(regions)[None], beam=4)[0]
+    assert len(cands) >= 2
+    texts = [" ".join(cap.vocab.decode(c.tokens)) for c in cands]
+    together = alignment_scores(align, regions.features, texts)
+    alone = np.array([alignment_scores(align, regions.features, [t])[0] for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)  # padding in a batch changes nothing
+    for w in (0.0, 1.0, 1000.0):
+        want = cands[int(np.argmax([c.logprob + w * s for c, s in zip(cands, alone)]))]
+        assert best_candidate(cands, cap.vocab, align, regions.features, w) is want
+    assert best_candidate(cands, cap.vocab, align, regions.features, 0.0).logprob == max(c.logprob for c in cands)
+
+
+def test_caption_photos_uses_the_reranker(models, photo, tiny_region_encoder) -> None:
+    cap, align = load_caption(models[0]), load_align(models[1])
+    path, regions = photo
+    cands = generate_candidates(cap, full_image(regions)[None], beam=4)[0]
+    want = best_candidate(cands, cap.vocab, align, regions.features, 1000.0)
+    got = caption_photos([path], cap, beam=4, encoder=tiny_region_encoder, rerank_with=align, rerank_weight=1000.0)
+    assert got[0].caption == " ".join(cap.vocab.decode(want.tokens))
+    assert got[0].logprob == pytest.approx(want.logprob)
+
+
+def test_which_reranker(models) -> None:
+    cap = load_caption(models[0])
+    assert load_reranker("none", cap) is None
+    assert load_reranker(None, cap) is None  # the shipped align.pt uses other features than the tiny model
+    assert load_reranker(str(models[1]), cap).path == models[1]
+    with pytest.raises(UsageError, match="other features"):
+        load_reranker("align", cap)
+
+
+def test_eval_caption_shows_the_captions_with_and_without_it(models, flickr_root: Path, tmp_path: Path,
+                                                             tiny_region_encoder,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = load_flickr8k(flickr_root)
+    photos = ds.present("train")[:3] + ds.present("test")[:3]
+    store = tmp_path / "store"
+    extract_to_store({r.image_id: r.path for r in photos}, store, TINY, encoder=tiny_region_encoder)
+    monkeypatch.setattr(metrics, "_meteor", lambda gts, res: (None, "METEOR not run in tests"))
+    plain = evaluate_captions(models[0], store, beam=3, rerank_with="none")
+    res = evaluate_captions(models[0], store, beam=3, rerank_with=models[1], rerank_weight=1000.0)
+    assert plain["rerank"] is None and "this model, beam only" not in plain["rows"]
+    assert res["rerank"] == {"model": str(models[1]), "weight": 1000.0}
+    assert res["rows"]["this model, beam only"] == plain["rows"]["this model"]
+    cap, align = load_caption(models[0]), load_align(models[1])
+    with FeatureStore(store, readonly=True) as st:
+        for c in res["captions"]:
+            f = st.get(c["image"])
+            cands = generate_candidates(cap, full_image(f)[None], beam=3)[0]
+            want = best_candidate(cands, cap.vocab, align, f.features, 1000.0)
+            assert c["model"] == " ".join(cap.vocab.decode(want.tokens))

@@ -1,0 +1,72 @@
+"""Captions re-ranked by the alignment model: of the sentences beam search finished for a photo, keep
+the one with the best log P(sentence | photo) + w · S'(photo, sentence), where S' is the alignment
+model's score less the sentence's querybank offset (models/querybank.py). The generator alone favours
+the sentences it has seen most ("a brown dog is running through the grass"); the alignment score
+favours the one that fits this photo, and the offset lowers sentences that fit every photo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core import paths
+from ..core.errors import UsageError
+from ..data.vocab import UNK, pad_ids
+from ..models.alignment import LoadedAlign, load_align, score
+from ..models.beam import Caption
+from ..models.querybank import sentence_offsets
+from ..vision.features import same_extractor
+
+DEFAULT_WEIGHT = 20.0  # chosen on the dev split (README, Captions)
+
+
+def load_reranker(name: str | None, captioner: Any, device: Any = "cpu") -> LoadedAlign | None:
+    """The alignment model that re-ranks `captioner`'s beams: `name` (a file or model name; it must use
+    the captioner's features), "none" for none, or None for the default: the shipped `align` model
+    when it uses the captioner's features, else none."""
+    if name == "none":
+        return None
+    path = paths.find_model(name or "align")
+    if name is None and not path.exists():
+        return None
+    align = load_align(path, device)
+    if name is None and not same_extractor(align.region_config, captioner.region_config):
+        return None
+    check_reranker(align, captioner)
+    return align
+
+
+def check_reranker(align: LoadedAlign, captioner: Any) -> None:
+    """The re-ranker scores the captioner's own region features: both must use the same extractor."""
+    if not same_extractor(align.region_config, captioner.region_config):
+        raise UsageError(f"{align.path}: made for other features ({align.region_config.extractor_id()}) than "
+                         f"{captioner.path} ({captioner.region_config.extractor_id()}); re-rank with "
+                         "an alignment model of the same features, or --rerank none")
+
+
+@torch.no_grad()
+def alignment_scores(align: LoadedAlign, features: np.ndarray, texts: list[str]) -> np.ndarray:
+    """S'(photo, text) for one photo's (R, D) CNN features and each of `texts`."""
+    model = align.model
+    device = next(model.parameters()).device
+    ids, lengths = pad_ids([align.vocab.encode_text(t) or [UNK] for t in texts])
+    ids, lengths = ids.to(device), lengths.to(device)
+    s = model.encode_words(ids, lengths)
+    wm = torch.arange(ids.shape[1], device=device)[None, :] < lengths[:, None]
+    v = model.encode_regions(torch.from_numpy(np.asarray(features, np.float32)).to(device)[None])
+    got = score(v, torch.ones(v.shape[:2], dtype=torch.bool, device=device), s, wm)[0]
+    if align.querybank is not None:
+        got = got - sentence_offsets(model, align.querybank, s, wm)
+    return got.float().cpu().numpy()
+
+
+def best_candidate(candidates: list[Caption], vocab: Any, align: LoadedAlign, features: np.ndarray,
+           weight: float = DEFAULT_WEIGHT) -> Caption:
+    """The candidate with the best logprob + weight · S'(photo, sentence)."""
+    if not candidates:
+        raise ValueError("rerank: no candidates")
+    texts = [" ".join(vocab.decode(c.tokens)) for c in candidates]
+    s = alignment_scores(align, features, texts)
+    return candidates[int(np.argmax([c.logprob + weight * float(x) for c, x in zip(candidates, s)]))]
