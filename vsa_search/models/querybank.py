@@ -72,12 +72,19 @@ def _lse(scores: torch.Tensor, dim: int, bank: QueryBank) -> torch.Tensor:
 def photo_offsets(model: torch.nn.Module, bank: QueryBank, v: torch.Tensor, region_mask: torch.Tensor,
                   chunk: int = 64) -> torch.Tensor:
     """(N,) offsets of photos given as region vectors v (N, R, h) with region_mask (N, R): what
-    S'(p, s) subtracts from every score of photo p."""
-    from .alignment import score  # alignment imports this module
-
+    S'(p, s) subtracts from every score of photo p. S(p, b) = Σ_t max_i v_i·s_t is computed over the
+    bank's real words only (one matrix product, no padding), then summed per sentence."""
     device = v.device
     s, wm = bank.words(model, device)
-    out = [_lse(score(v[a:a + chunk], region_mask[a:a + chunk], s, wm), 1, bank) for a in range(0, len(v), chunk)]
+    flat = s[wm]  # (W, h): every real word of the bank
+    sent = torch.arange(len(s), device=device)[:, None].expand_as(wm)[wm]  # (W,) its sentence
+    out = []
+    for a in range(0, len(v), chunk):
+        vc, mc = v[a:a + chunk], region_mask[a:a + chunk]
+        dots = torch.einsum("nrh,wh->nrw", vc, flat).masked_fill(~mc[:, :, None], float("-inf"))
+        best = dots.max(dim=1).values  # (n, W): each word's best region
+        scores = torch.zeros(len(vc), len(s), device=device, dtype=best.dtype).index_add_(1, sent, best)
+        out.append(_lse(scores, 1, bank))
     return torch.cat(out) if out else torch.zeros(0, device=device)
 
 
