@@ -115,6 +115,18 @@ def test_init_must_fit(setup: dict, tmp_path: Path) -> None:
         train_caption(setup["store"], tmp_path / "x.pt", CAP, init=bad, device="cpu")
 
 
+def test_a_resumed_region_generator_keeps_its_snippets(setup: dict, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(CAP, epochs=1)
+    first = train_caption(setup["store"], tmp_path / "r.pt", cfg, regions=setup["dir"] / "train.jsonl", device="cpu")
+    again = train_caption(setup["store"], tmp_path / "r.pt", dataclasses.replace(cfg, epochs=2), resume=True,
+                          device="cpu")  # no --regions: the saved ones
+    assert again["train_sentences"] == first["train_sentences"] > 5 * len(setup["train"])
+    assert [h["epoch"] for h in again["history"]] == [1, 2]
+    with pytest.raises(UsageError, match="was trained with --regions"):
+        train_caption(setup["store"], tmp_path / "r.pt", dataclasses.replace(cfg, epochs=3), resume=True,
+                      regions=setup["dir"] / "test.jsonl", device="cpu")
+
+
 def test_region_evaluation_table(setup: dict, tmp_path: Path) -> None:
     torch.manual_seed(1)
     m = save_caption(Captioner(CAP, len(setup["vocab"])), setup["vocab"], TINY, tmp_path / "m.pt")

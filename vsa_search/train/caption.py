@@ -173,6 +173,12 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
             raise UsageError(f"--resume: {out} was trained with another config "
                              f"(preset/cell/optimizer differ); use another --out")
         vocab = Vocab.from_dict(ck.vocab)
+        # A resumed region generator keeps its snippets: without them it would go on as another model.
+        saved_regions = ck.metrics.get("regions")
+        if regions is None and saved_regions:
+            regions = saved_regions
+        elif regions is not None and Path(saved_regions or "").resolve() != Path(regions).resolve():
+            raise UsageError(f"--resume: {out} was trained with --regions {saved_regions or '(none)'}, not {regions}")
     vocab = vocab or build_flickr8k_vocab(root)
 
     with FeatureStore(features, readonly=True) as store:
