@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from vsa_search.captioning import constrained as conscap
+from vsa_search.captioning.rerank import best_candidate, load_reranker
 from vsa_search.core import paths
 from vsa_search.data.text import tokenize
 from vsa_search.evaluation import openvocab as openvocab_eval
@@ -37,8 +38,9 @@ from vsa_search.index import query as vsearch
 from vsa_search.index import store as vindex
 from vsa_search.index.layout import Location
 from vsa_search.models.alignment import load_align
-from vsa_search.models.beam import generate_captions
+from vsa_search.models.beam import generate_candidates
 from vsa_search.models.captioner import load_caption
+from vsa_search.models.encode import photo_offset
 from vsa_search.vision import concepts
 from vsa_search.vision.features import FeatureStore, extract_to_store
 
@@ -206,8 +208,9 @@ def main() -> None:
         for k in sorted(photos, key=lambda k: str(photos[k].absolute())):
             with torch.inference_mode():
                 v = model.model.encode_regions(torch.from_numpy(feats[k].features)[None])[0].float().numpy()
+            v16 = v.astype(np.float16)  # as an index build stores it, with its querybank offset
             items.append(generation.Item(str(photos[k].absolute()), {"path": str(photos[k].absolute())},
-                                     v.astype(np.float16), feats[k].boxes[: len(v)], cons[k].to_bytes()))
+                                         v16, feats[k].boxes[: len(v)], cons[k].to_bytes(), photo_offset(model, v16)))
         loc = Location(Path(tmp) / "index")
         generation.write_generation(loc, "photos", iter(items), model.model.out_dim, generation.model_info(model),
                                     "flat")
@@ -223,7 +226,12 @@ def main() -> None:
     # Captions, without and with the concepts.
     keys = sorted(photos)
     full = torch.stack([torch.from_numpy(feats[k].features[0]).float() for k in keys])
-    plain = [" ".join(capm.vocab.decode(c.tokens)) for c in generate_captions(capm, full, beam=args.beam)]
+    # Without the bridge: what `vsa caption` writes (the beams re-ranked by the alignment model when it fits).
+    reranker = load_reranker(None, capm)
+    cands = generate_candidates(capm, full, beam=args.beam)
+    plain = [" ".join(capm.vocab.decode((best_candidate(c, capm.vocab, reranker, feats[k].features)
+                                         if reranker is not None else max(c, key=lambda x: x.score)).tokens))
+             for c, k in zip(cands, keys)]
     guided = [conscap.caption_with_concepts(capm, full[i], cons[k], beam=args.beam) for i, k in enumerate(keys)]
     names = {k: sorted({classes[c] for c, _ in labels[k]}) for k in keys}
     hit_plain = [any(names_class(p, n) for n in names[k]) for k, p in zip(keys, plain)]

@@ -110,7 +110,7 @@ def recall_with_bridge(model_path: str | Path, features: str | Path, split: str 
     from ..models.alignment import load_align
     from ..vision.features import FeatureStore
     from .metrics import mean_recall, retrieval_metrics
-    from .recall import retrieval_data
+    from .recall import querybank_offsets, retrieval_data
 
     loaded = load_align(model_path)
     records = load_flickr8k().present(split)
@@ -119,6 +119,8 @@ def recall_with_bridge(model_path: str | Path, features: str | Path, split: str 
         data = retrieval_data(records, store, loaded.vocab)
     scores = scores_with_bridge(loaded.model, data, tuple(weights), cfg, loaded.region_config.backbone,
                                 on_progress=on_progress)
+    p_off, s_off = querybank_offsets(loaded, data)  # as search and eval recall score (zeros without a bank)
+    scores = {w: sc - p_off[:, None] - s_off[None, :] for w, sc in scores.items()}
     rows = {}
     for w, sc in scores.items():
         m = retrieval_metrics(sc, data.sent_image, (1, 5, 10), reps=reps)
