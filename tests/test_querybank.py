@@ -4,6 +4,7 @@ index's scores (model score less the offset, kept across rebuilds and in the sen
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -15,9 +16,10 @@ from typer.testing import CliRunner
 
 from vsa_search import index as ix
 from vsa_search.cli import app
+from vsa_search.core.config import EMBED_PRESETS
 from vsa_search.data.vocab import pad_ids
 from vsa_search.index import query, sentences
-from vsa_search.models.alignment import load_align, save_align, score
+from vsa_search.models.alignment import AlignModel, load_align, save_align, score
 from vsa_search.models.encode import photo_offset
 from vsa_search.models.querybank import QueryBank, photo_offsets, sentence_offsets
 from vsa_search.vision.images import load
@@ -25,31 +27,48 @@ from vsa_search.vision.images import load
 BANK_SENTENCES = ["a dog on the grass", "two man in red", "a girl is running in the water", "the dog"]
 
 
-@pytest.fixture(scope="module")
-def banked(tmp_path_factory: pytest.TempPathFactory, sample_photos: list[Path], tiny_region_encoder) -> Path:
-    """The tiny model with a bank of 4 sentences and 3 real photos (β 5, weight 0.5)."""
-    d = tmp_path_factory.mktemp("qb")
-    plain = load_align(tiny_model(d / "plain.pt"))
-    ids, lengths = pad_ids([plain.vocab.encode_text(s) for s in BANK_SENTENCES])
-    feats = [tiny_region_encoder.encode_one(load(p)) for p in sample_photos[5:8]]
+def _bank(vocab, sample_photos: list[Path], encoder) -> QueryBank:
+    ids, lengths = pad_ids([vocab.encode_text(s) for s in BANK_SENTENCES])
+    feats = [encoder.encode_one(load(p)) for p in sample_photos[5:8]]
     r = max(len(f.features) for f in feats)
     pf = torch.zeros(len(feats), r, feats[0].features.shape[1])
     pm = torch.zeros(len(feats), r, dtype=torch.bool)
     for i, f in enumerate(feats):
         pf[i, : len(f.features)] = torch.from_numpy(f.features)
         pm[i, : len(f.features)] = True
-    bank = QueryBank(5.0, 0.5, ids, lengths, pf.half().float(), pm)
-    return save_align(plain.model, plain.vocab, TINY, d / "banked.pt", querybank=bank)
+    return QueryBank(5.0, 0.5, ids, lengths, pf.half().float(), pm)
+
+
+@pytest.fixture(scope="module")
+def banked(tmp_path_factory: pytest.TempPathFactory, sample_photos: list[Path], tiny_region_encoder) -> Path:
+    """The tiny model with a bank of 4 sentences and 3 real photos (β 5, weight 0.5)."""
+    d = tmp_path_factory.mktemp("qb")
+    plain = load_align(tiny_model(d / "plain.pt"))
+    return save_align(plain.model, plain.vocab, TINY, d / "banked.pt",
+                      querybank=_bank(plain.vocab, sample_photos, tiny_region_encoder))
+
+
+@pytest.fixture(scope="module")
+def banked_hybrid(tmp_path_factory: pytest.TempPathFactory, sample_photos: list[Path], tiny_region_encoder) -> Path:
+    """The same with a hybrid model of two global members (a global term the same for every region)."""
+    d = tmp_path_factory.mktemp("qbh")
+    torch.manual_seed(1)
+    vocab = load_align(tiny_model(d / "plain.pt")).vocab
+    cfg = dataclasses.replace(EMBED_PRESETS["tiny"], arch="hybrid", global_members=2)
+    return save_align(AlignModel(cfg, len(vocab)).eval(), vocab, TINY, d / "hybrid.pt",
+                      querybank=_bank(vocab, sample_photos, tiny_region_encoder))
 
 
 @torch.no_grad()
-def test_offsets_match_a_direct_computation(banked: Path) -> None:
-    m = load_align(banked)
+@pytest.mark.parametrize("which", ["banked", "banked_hybrid"])
+def test_offsets_match_a_direct_computation(which: str, request: pytest.FixtureRequest) -> None:
+    m = load_align(request.getfixturevalue(which))
     bank, model = m.querybank, m.model
     assert bank is not None
     g = torch.Generator().manual_seed(0)
     v = model.encode_regions(torch.randn(3, TINY.max_regions, bank.photo_feats.shape[2], generator=g))
     mask = torch.ones(v.shape[:2], dtype=torch.bool)
+    mask[1, 3:] = False  # a photo with fewer regions than the others
     got = photo_offsets(model, bank, v, mask)
     for i in range(3):
         per = []

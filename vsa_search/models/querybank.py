@@ -32,6 +32,8 @@ class QueryBank:
     photo_feats: torch.Tensor
     photo_mask: torch.Tensor
     _words: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    _regions: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    _flat: tuple[torch.Tensor, torch.Tensor, int] | None = field(default=None, repr=False, compare=False)
 
     def words(self, model: torch.nn.Module, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """The bank sentences' word vectors and mask under `model`, computed once (an index build
@@ -41,6 +43,22 @@ class QueryBank:
             wm = torch.arange(s.shape[1], device=device)[None, :] < self.sent_lengths.to(device)[:, None]
             self._words = (s, wm)
         return self._words
+
+    def flat_words(self, model: torch.nn.Module, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(W, h) vectors of the bank's real words (no padding), (W,) the sentence of each, and the
+        number of sentences; computed once."""
+        if self._flat is None or self._flat[0].device != torch.device(device):
+            s, wm = self.words(model, device)
+            sent = torch.arange(len(s), device=device)[:, None].expand_as(wm)[wm]
+            self._flat = (s[wm].contiguous(), sent, len(s))
+        return self._flat
+
+    def regions(self, model: torch.nn.Module, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bank photos' region vectors and mask under `model`, computed once."""
+        if self._regions is None or self._regions[0].device != torch.device(device):
+            vb = model.encode_regions(self.photo_feats.to(device))
+            self._regions = (vb, self.photo_mask.to(device)[:, : vb.shape[1]])
+        return self._regions
 
     def header(self) -> dict[str, Any]:
         return {"beta": self.beta, "weight": self.weight, "sentences": int(len(self.sent_ids)),
@@ -68,22 +86,28 @@ def _lse(scores: torch.Tensor, dim: int, bank: QueryBank) -> torch.Tensor:
     return bank.weight * torch.logsumexp(bank.beta * scores, dim=dim) / bank.beta
 
 
+def _region_width(model: torch.nn.Module) -> int:
+    """How many leading dimensions of v_i differ between regions: a hybrid model's global term (the
+    rest) is the same for every region, so Σ_t max_i v_i·s_t = Σ_t max_i a_i·b_t + u·Σ_t g_t (see
+    AlignModel) and only the leading part needs the max over regions: a third of the work."""
+    return model.cfg.hidden if getattr(model, "glob", None) is not None else int(model.out_dim)
+
+
 @torch.no_grad()
 def photo_offsets(model: torch.nn.Module, bank: QueryBank, v: torch.Tensor, region_mask: torch.Tensor,
                   chunk: int = 64) -> torch.Tensor:
     """(N,) offsets of photos given as region vectors v (N, R, h) with region_mask (N, R): what
-    S'(p, s) subtracts from every score of photo p. S(p, b) = Σ_t max_i v_i·s_t is computed over the
-    bank's real words only (one matrix product, no padding), then summed per sentence."""
+    S'(p, s) subtracts from every score of photo p. S(p, b) is computed over the bank's real words
+    only (no padding) and summed per sentence."""
     device = v.device
-    s, wm = bank.words(model, device)
-    flat = s[wm]  # (W, h): every real word of the bank
-    sent = torch.arange(len(s), device=device)[:, None].expand_as(wm)[wm]  # (W,) its sentence
+    flat, sent, n_sent = bank.flat_words(model, device)
+    hd = _region_width(model)
     out = []
     for a in range(0, len(v), chunk):
         vc, mc = v[a:a + chunk], region_mask[a:a + chunk]
-        dots = torch.einsum("nrh,wh->nrw", vc, flat).masked_fill(~mc[:, :, None], float("-inf"))
-        best = dots.max(dim=1).values  # (n, W): each word's best region
-        scores = torch.zeros(len(vc), len(s), device=device, dtype=best.dtype).index_add_(1, sent, best)
+        dots = torch.einsum("nrh,wh->nrw", vc[..., :hd], flat[:, :hd]).masked_fill(~mc[:, :, None], float("-inf"))
+        best = dots.max(dim=1).values + vc[:, 0, hd:] @ flat[:, hd:].T  # (n, W): each word's best region
+        scores = torch.zeros(len(vc), n_sent, device=device, dtype=best.dtype).index_add_(1, sent, best)
         out.append(_lse(scores, 1, bank))
     return torch.cat(out) if out else torch.zeros(0, device=device)
 
@@ -92,10 +116,14 @@ def photo_offsets(model: torch.nn.Module, bank: QueryBank, v: torch.Tensor, regi
 def sentence_offsets(model: torch.nn.Module, bank: QueryBank, s: torch.Tensor, word_mask: torch.Tensor,
                      chunk: int = 512) -> torch.Tensor:
     """(M,) offsets of sentences given as word vectors s (M, T, h) with word_mask (M, T)."""
-    from .alignment import score
+    from .alignment import score  # alignment imports this module
 
-    device = s.device
-    vb = model.encode_regions(bank.photo_feats.to(device))
-    mask = bank.photo_mask.to(device)[:, : vb.shape[1]]
-    out = [_lse(score(vb, mask, s[a:a + chunk], word_mask[a:a + chunk]), 0, bank) for a in range(0, len(s), chunk)]
-    return torch.cat(out) if out else torch.zeros(0, device=device)
+    vb, mask = bank.regions(model, s.device)
+    hd = _region_width(model)
+    out = []
+    for a in range(0, len(s), chunk):
+        sc, wc = s[a:a + chunk], word_mask[a:a + chunk]
+        tail = (sc[..., hd:] * wc[..., None]).sum(1)  # (m, h - hd): Σ_t g_t
+        got = score(vb[..., :hd], mask, sc[..., :hd], wc) + vb[:, 0, hd:] @ tail.T  # (P, m)
+        out.append(_lse(got, 0, bank))
+    return torch.cat(out) if out else torch.zeros(0, device=s.device)
