@@ -51,7 +51,7 @@ class Models:
     device: Any
 
 
-def load(align: str | Path = "align", caption: str | Path = "caption", device: str | None = None) -> Models:
+def load(align: str | Path = "align", caption: str | Path = "caption-ensemble", device: str | None = None) -> Models:
     """Load the alignment and caption models (names under models/ or $VSA_HOME/models, or paths)."""
     from .core.device import pick_device
     from .models.alignment import load_align

@@ -21,7 +21,7 @@ from ..vision.images import is_photo
 from ..vision.images import load as load_image
 from ..vision.regions import RegionEncoder, RegionFeatures
 from .constrained import caption_with_concepts
-from .rerank import DEFAULT_WEIGHT, best_candidate, check_reranker
+from .rerank import best_candidate, check_reranker, default_weight
 
 
 @dataclass
@@ -66,15 +66,17 @@ def photo_files(photos: list[Path]) -> list[Path]:
 def caption_photos(photos: list[Path], loaded: LoadedCaptioner, beam: int = 7, max_len: int | None = None,
                    length_norm: float = 0.0, encoder=None, on_progress=None, concepts: bool = False,
                    list_concepts: int = 0, rerank_with: LoadedAlign | None = None,
-                   rerank_weight: float = DEFAULT_WEIGHT) -> list[PhotoCaption]:
+                   rerank_weight: float | None = None) -> list[PhotoCaption]:
     """Beam-search a caption for each photo (folders expanded), in input order. concepts=True lets the
     photo's confident ImageNet concepts into its caption (constrained beam search, `--concepts`);
     list_concepts=N lists each photo's top N concepts beside its caption (`--json`). rerank_with: an
-    alignment model that picks among the finished beams (captioning/rerank.py)."""
+    alignment model that picks among the finished beams (captioning/rerank.py), with `rerank_weight`
+    (None: the caption model's own, see rerank.default_weight)."""
     if beam < 1:
         raise UsageError(f"--beam must be at least 1 (got {beam})")
     if rerank_with is not None:
         check_reranker(rerank_with, loaded)
+    weight = default_weight(loaded) if rerank_weight is None else rerank_weight
     device = next(loaded.model.parameters()).device
     encoder = encoder or RegionEncoder(loaded.region_config, device)
     results: list[PhotoCaption] = []
@@ -103,7 +105,7 @@ def caption_photos(photos: list[Path], loaded: LoadedCaptioner, beam: int = 7, m
             on_progress(1)
     cands = generate_candidates(loaded, torch.stack(feats), beam=beam, max_len=max_len,
                                 length_norm=length_norm) if feats else []
-    caps = [best_candidate(c, loaded.vocab, rerank_with, f, rerank_weight) if rerank_with is not None
+    caps = [best_candidate(c, loaded.vocab, rerank_with, f, weight) if rerank_with is not None
             else max(c, key=lambda x: x.score) for c, f in zip(cands, region_feats)]
     for r, c in zip([r for r in results if r.error is None and r.caption is None], caps, strict=True):
         r.caption = " ".join(loaded.vocab.decode(c.tokens))

@@ -19,7 +19,13 @@ from ..models.beam import Caption
 from ..models.querybank import sentence_offsets
 from ..vision.features import same_extractor
 
-DEFAULT_WEIGHT = 20.0  # chosen on the dev split (README, Captions)
+DEFAULT_WEIGHT = 20.0  # chosen on the dev split for caption.pt (README, Captions)
+
+
+def default_weight(captioner: Any) -> float:
+    """The re-ranking weight a caption model file asks for (metrics "rerank_weight", chosen on dev for
+    it), else DEFAULT_WEIGHT."""
+    return float((captioner.metrics or {}).get("rerank_weight", DEFAULT_WEIGHT))
 
 
 def load_reranker(name: str | None, captioner: Any, device: Any = "cpu") -> LoadedAlign | None:
@@ -63,7 +69,7 @@ def alignment_scores(align: LoadedAlign, features: np.ndarray, texts: list[str])
 
 
 def best_candidate(candidates: list[Caption], vocab: Any, align: LoadedAlign, features: np.ndarray,
-           weight: float = DEFAULT_WEIGHT) -> Caption:
+                   weight: float = DEFAULT_WEIGHT) -> Caption:
     """The candidate with the best logprob + weight · S'(photo, sentence)."""
     if not candidates:
         raise ValueError("rerank: no candidates")

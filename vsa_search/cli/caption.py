@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..captioning import caption_photos, caption_regions_of, photo_files
-from ..captioning.rerank import DEFAULT_WEIGHT, load_reranker
+from ..captioning.rerank import load_reranker
 from ..core import paths
 from ..core.device import pick_device
 from ..core.errors import UsageError
@@ -16,19 +16,20 @@ from ..models.captioner import load_caption
 from ..vision.regions import RegionEncoder
 from .common import err, out, print_json, progress
 
-DEFAULT_MODEL = "caption"  # models/caption.pt, shipped
+DEFAULT_MODEL = "caption-ensemble"  # models/caption-ensemble.pt, shipped: caption.pt + caption-regions.pt
 REGION_MODEL = "caption-regions"  # models/caption-regions.pt: trained with `vsa train caption --regions`
 RerankOpt = Annotated[str | None, typer.Option(help="Alignment model that picks among the finished beams "
                                                     "(default: align, when it uses the same features; none: "
                                                     "beam search alone).")]
-RerankWeightOpt = Annotated[float, typer.Option(min=0.0, help="Weight of the alignment score against the "
-                                                               "log-probability when re-ranking.")]
+RerankWeightOpt = Annotated[float | None, typer.Option(min=0.0, help="Weight of the alignment score against "
+                                                                      "the log-probability when re-ranking "
+                                                                      "(default: the caption model's).")]
 
 
 def caption_cmd(
     photos: Annotated[list[Path], typer.Argument(help="Photos (or folders of photos) to describe.")],
     beam: Annotated[int, typer.Option(min=1, help="Beam size (1: greedy).")] = 7,
-    model: Annotated[str | None, typer.Option(help="Caption model file or name (default: caption; "
+    model: Annotated[str | None, typer.Option(help="Caption model file or name (default: caption-ensemble; "
                                                    "caption-regions with --regions).")] = None,
     max_len: Annotated[int | None, typer.Option(min=1, help="Most words per caption (default: the model's).")] = None,
     length_norm: Annotated[float, typer.Option(min=0.0, help="Rank by logprob / (words+1)^this.")] = 0.0,
@@ -40,7 +41,7 @@ def caption_cmd(
     concepts: Annotated[bool, typer.Option("--concepts", help="Let the photo's confident ImageNet concepts into "
                                            "the caption (constrained beam search).")] = False,
     rerank: RerankOpt = None,
-    rerank_weight: RerankWeightOpt = DEFAULT_WEIGHT,
+    rerank_weight: RerankWeightOpt = None,
 ) -> None:
     """Describe each photo in one sentence, with its log-probability. A photo that cannot be read
     gets one error line on stderr; the others are still captioned; the exit code is then 1.

@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.table import Table
 
 from ..align.mrf import DEFAULT_BETA
-from ..captioning.rerank import DEFAULT_WEIGHT
 from ..core import paths
 from ..core.errors import UsageError
 from ..evaluation.captions import evaluate_captions
@@ -107,7 +106,7 @@ def eval_caption_cmd(
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
     show: Annotated[int, typer.Option(min=0, help="Print this many example captions.")] = 0,
     rerank: RerankOpt = None,
-    rerank_weight: RerankWeightOpt = DEFAULT_WEIGHT,
+    rerank_weight: RerankWeightOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """BLEU-1..4, METEOR and CIDEr (with its 95% interval) and the number of distinct captions on a

@@ -35,7 +35,8 @@ def serve_cmd(
     max_upload: Annotated[str, typer.Option("--max-upload", help="Largest photo accepted for upload.")] = "20M",
     max_megapixels: Annotated[float, typer.Option("--max-megapixels", min=0.01,
                                                   help="Refuse larger photos before decoding them.")] = 64.0,
-    caption_model: Annotated[str, typer.Option("--caption-model", help="Caption model file or name.")] = "caption",
+    caption_model: Annotated[str, typer.Option("--caption-model",
+                                               help="Caption model file or name.")] = "caption-ensemble",
 ) -> None:
     """Serve an index in the browser: search with words (each word's box drawn on the photo),
     captions, region captions, alignments. Models and index are loaded once; a rebuilt index is

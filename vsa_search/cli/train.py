@@ -1,4 +1,4 @@
-"""`vsa train embed|ensemble|querybank|caption`."""
+"""`vsa train embed|ensemble|querybank|caption|caption-ensemble`."""
 
 from __future__ import annotations
 
@@ -144,6 +144,29 @@ def querybank_cmd(
         return
     out.print(f"{out_path}: {summary['from']} with a querybank of {summary['sentences']} training sentences and "
               f"{summary['photos']} training photos (β {beta}, weight {weight})")
+
+
+@app.command("caption-ensemble")
+def caption_ensemble_cmd(
+    member: Annotated[list[str], typer.Option(help="A trained caption model (repeat the option).")],
+    out_path: Annotated[Path, typer.Option("--out", help="Model file to write (atomically).")],
+    rerank_weight: Annotated[float | None, typer.Option(min=0.0, help="The re-ranking weight this model asks for "
+                                                                      "(choose it on dev).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """One caption model whose word distribution at each step is the mean of its members' (float16 file)."""
+    from ..models.captioner import ensemble_captioners, load_caption, save_caption
+
+    members = [load_caption(paths.find_model(m)) for m in member]
+    model = ensemble_captioners(members)
+    metrics = {"ensemble": [str(m.path) for m in members], "parts": {str(m.path): m.metrics for m in members},
+               **({"rerank_weight": rerank_weight} if rerank_weight is not None else {})}
+    save_caption(model, members[0].vocab, members[0].region_config, out_path, metrics=metrics, half=True)
+    summary = {"model": str(out_path), "members": len(members), "rerank_weight": rerank_weight}
+    if json_out:
+        print_json(summary)
+        return
+    out.print(f"{out_path}: an ensemble of {len(members)} caption models")
 
 
 @app.command("caption")

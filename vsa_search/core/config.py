@@ -149,6 +149,7 @@ class CaptionConfig:
     patience: int = 5
     select: str = "ppl"  # early stopping on dev perplexity (ppl) or dev CIDEr of beam-3 captions (cider)
     seed: int = 0
+    members: int = 1  # >1: an ensemble of that many generators of this shape (models.captioner.CaptionEnsemble)
 
 
 CAPTION_PRESETS: dict[str, CaptionConfig] = {

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..captioning.rerank import DEFAULT_WEIGHT, best_candidate, load_reranker
+from ..captioning.rerank import best_candidate, default_weight, load_reranker
 from ..core.device import pick_device
 from ..core.errors import DatasetError, StoreError
 from ..data.datasets import Dataset, load_flickr8k
@@ -24,7 +24,7 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
                       meteor: bool = True, on_extract: Callable[[int], None] | None = None,
                       on_progress: Callable[[int], None] | None = None, dataset: Dataset | None = None,
                       split: str = "test", rerank_with: str | Path | None = None,
-                      rerank_weight: float = DEFAULT_WEIGHT) -> dict[str, Any]:
+                      rerank_weight: float | None = None) -> dict[str, Any]:
     """The paper's caption table for the `split` photos present of `dataset` (default: Flickr8k's
     test split; "all": every photo), in one run: this model, the nearest-neighbour baseline (the first
     reference sentence of the closest training-split photo of the same data set, cosine on full-image
@@ -39,6 +39,7 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
     without it."""
     loaded = load_caption(model, device=pick_device(device))
     align = load_reranker(None if rerank_with is None else str(rerank_with), loaded, pick_device(device))
+    rerank_weight = default_weight(loaded) if rerank_weight is None else rerank_weight
     ds = dataset if dataset is not None else load_flickr8k(root)
     test = ds.present(split)
     test_ids = {r.image_id for r in test}

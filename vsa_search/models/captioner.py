@@ -10,6 +10,8 @@ gates at the first step only), so the two can be measured against each other."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.config import CaptionConfig, RegionConfig, from_dict
-from ..core.errors import ModelError
+from ..core.errors import ModelError, UsageError
 from ..data.vocab import PAD, Vocab
 from . import checkpoint
 
@@ -96,6 +98,60 @@ class Captioner(nn.Module):
         return F.cross_entropy(self.w_oh(self.drop(h)), targets[keep], reduction=reduction)
 
 
+class CaptionEnsemble(nn.Module):
+    """Generators of one shape and vocabulary decoding together: each step's word distribution is the
+    mean of the members' (log of the mean of their probabilities). It decodes (init_state, step) like a
+    Captioner, so beam search, constrained beams and re-ranking take it as they are; it is not trained
+    as one (`vsa train caption-ensemble` puts trained generators together)."""
+
+    def __init__(self, cfg: CaptionConfig, vocab_size: int):
+        super().__init__()
+        if cfg.members < 2:
+            raise ModelError(f"an ensemble needs at least 2 members (got {cfg.members})")
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        one = dataclasses.replace(cfg, members=1)
+        self.members = nn.ModuleList([Captioner(one, vocab_size) for _ in range(cfg.members)])
+
+    def init_state(self, feats: torch.Tensor) -> State:
+        # One flat tuple (beam search reorders it tensor by tensor); each member's part has the same length.
+        return tuple(x for m in self.members for x in m.init_state(feats))
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        n = len(state) // len(self.members)
+        logps, new = [], []
+        for j, m in enumerate(self.members):
+            logits, st = m.step(tokens, tuple(state[j * n:(j + 1) * n]))
+            logps.append(F.log_softmax(logits.float(), dim=-1))
+            new += list(st)
+        return torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps)), tuple(new)
+
+    def loss(self, *args, **kwargs) -> torch.Tensor:
+        raise ModelError("a caption ensemble is not trained as one: train its members, then "
+                         "`vsa train caption-ensemble`")
+
+
+def ensemble_captioners(members: list[LoadedCaptioner]) -> CaptionEnsemble:
+    """One ensemble of trained generators; all must share the shape, vocabulary and features."""
+    if len(members) < 2:
+        raise UsageError("an ensemble needs at least 2 caption models")
+    first = members[0]
+    shape = ("cell", "hidden", "word_dim", "feature_dim")
+    for m in members:
+        if isinstance(m.model, CaptionEnsemble):
+            raise UsageError(f"{m.path}: already an ensemble; give its members")
+        if m.vocab != first.vocab:
+            raise UsageError(f"{m.path}: its vocabulary differs from {first.path}'s")
+        if any(getattr(m.config, k) != getattr(first.config, k) for k in shape):
+            raise UsageError(f"{m.path}: a generator of another shape than {first.path}")
+        if m.region_config != first.region_config:
+            raise UsageError(f"{m.path}: made for other features than {first.path}")
+    ens = CaptionEnsemble(dataclasses.replace(first.config, members=len(members)), len(first.vocab))
+    for slot, m in zip(ens.members, members):
+        slot.load_state_dict(m.model.state_dict())
+    return ens.eval()
+
+
 def full_image(features) -> torch.Tensor:
     """The captioner's input: region 0 (the whole photo) of a RegionFeatures, as a (D,) tensor."""
     return torch.as_tensor(features.features[0], dtype=torch.float32)
@@ -125,7 +181,7 @@ def load_caption(path: str | Path, device: str | torch.device = "cpu") -> Loaded
     ck = checkpoint.load(path, kind="caption")
     cfg = from_dict(CaptionConfig, ck.config)
     vocab = Vocab.from_dict(ck.vocab)
-    model = Captioner(cfg, len(vocab))
+    model = CaptionEnsemble(cfg, len(vocab)) if cfg.members > 1 else Captioner(cfg, len(vocab))
     checkpoint.load_weights(model, ck, path)
     model.to(device).eval()
     return LoadedCaptioner(model, vocab, cfg, from_dict(RegionConfig, ck.region_config), Path(path), ck.metrics)

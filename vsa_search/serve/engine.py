@@ -92,7 +92,7 @@ class Snapshot:
 class Engine:
     """Models and index, loaded once; thread-safe (the CNN runs one photo at a time)."""
 
-    def __init__(self, name: str = index.DEFAULT_NAME, caption_model: str = "caption",
+    def __init__(self, name: str = index.DEFAULT_NAME, caption_model: str = "caption-ensemble",
                  region_model: str = REGION_MODEL, max_megapixels: float = images.DEFAULT_MAX_MEGAPIXELS):
         self.name = name
         self.max_megapixels = max_megapixels
