@@ -17,7 +17,7 @@ from .common import VSAGroup, out
 # and `vsa --help`, `vsa --version` or a usage error need none of them.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "features": ("features", "app", "Region boxes and CNN features of a data set's photos, stored in LMDB."),
-    "train": ("train", "app", "Train the alignment model (embed) or the caption generator (caption)."),
+    "train": ("train", "app", "Train, combine and normalise the alignment and caption models."),
     "eval": ("eval", "app", "Measure models the paper's way, beside baselines and the published figures."),
     "caption": ("caption", "caption_cmd", "Describe each photo in one sentence, with its log-probability."),
     "align": ("align", "app", 'Align a sentence\'s fragments to a photo\'s regions: vsa align PHOTO "SENTENCE".'),

@@ -14,7 +14,8 @@ from ..models.alignment import ensemble_align, load_align, save_align
 from ..train import distributed, train_caption, train_embed
 from .common import err, new_app, out, print_json, progress
 
-app = new_app("Train the alignment model (embed) or the caption generator (caption).")
+app = new_app("Train the alignment model (embed), combine and normalise alignment models (ensemble, querybank), "
+              "train the caption generator (caption) and combine generators (caption-ensemble).")
 
 
 @app.command("embed")
