@@ -31,34 +31,28 @@ class QueryBank:
     sent_lengths: torch.Tensor
     photo_feats: torch.Tensor
     photo_mask: torch.Tensor
-    _words: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)
-    _regions: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)
-    _flat: tuple[torch.Tensor, torch.Tensor, int] | None = field(default=None, repr=False, compare=False)
-
-    def words(self, model: torch.nn.Module, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The bank sentences' word vectors and mask under `model`, computed once (an index build
-        scores every photo against them)."""
-        if self._words is None or self._words[0].device != torch.device(device):
-            s = model.encode_words(self.sent_ids.to(device), self.sent_lengths.to(device))
-            wm = torch.arange(s.shape[1], device=device)[None, :] < self.sent_lengths.to(device)[:, None]
-            self._words = (s, wm)
-        return self._words
+    # Bank vectors under the model, per (what, device): computed once, as an index build scores every photo
+    # against them. Keyed by the device as given, so that "cuda" does not miss a tensor on "cuda:0".
+    _cache: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
 
     def flat_words(self, model: torch.nn.Module, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(W, h) vectors of the bank's real words (no padding), (W,) the sentence of each, and the
-        number of sentences; computed once."""
-        if self._flat is None or self._flat[0].device != torch.device(device):
-            s, wm = self.words(model, device)
+        number of sentences."""
+        key = ("words", str(device))
+        if key not in self._cache:
+            s = model.encode_words(self.sent_ids.to(device), self.sent_lengths.to(device))
+            wm = torch.arange(s.shape[1], device=device)[None, :] < self.sent_lengths.to(device)[:, None]
             sent = torch.arange(len(s), device=device)[:, None].expand_as(wm)[wm]
-            self._flat = (s[wm].contiguous(), sent, len(s))
-        return self._flat
+            self._cache[key] = (s[wm].contiguous(), sent, len(s))
+        return self._cache[key]
 
     def regions(self, model: torch.nn.Module, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The bank photos' region vectors and mask under `model`, computed once."""
-        if self._regions is None or self._regions[0].device != torch.device(device):
+        """The bank photos' region vectors and mask under `model`."""
+        key = ("regions", str(device))
+        if key not in self._cache:
             vb = model.encode_regions(self.photo_feats.to(device))
-            self._regions = (vb, self.photo_mask.to(device)[:, : vb.shape[1]])
-        return self._regions
+            self._cache[key] = (vb, self.photo_mask.to(device)[:, : vb.shape[1]])
+        return self._cache[key]
 
     def header(self) -> dict[str, Any]:
         return {"beta": self.beta, "weight": self.weight, "sentences": int(len(self.sent_ids)),
