@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from vsa_search.captioning import constrained as conscap
-from vsa_search.captioning.rerank import best_candidate, load_reranker
+from vsa_search.captioning.rerank import best_candidate, default_weight, load_reranker
 from vsa_search.core import paths
 from vsa_search.data.text import tokenize
 from vsa_search.evaluation import openvocab as openvocab_eval
@@ -229,9 +229,8 @@ def main() -> None:
     # Without the bridge: what `vsa caption` writes (the beams re-ranked by the alignment model when it fits).
     reranker = load_reranker(None, capm)
     cands = generate_candidates(capm, full, beam=args.beam)
-    plain = [" ".join(capm.vocab.decode((best_candidate(c, capm.vocab, reranker, feats[k].features)
-                                         if reranker is not None else max(c, key=lambda x: x.score)).tokens))
-             for c, k in zip(cands, keys)]
+    plain = [" ".join(capm.vocab.decode(best_candidate(c, capm.vocab, reranker, feats[k].features,
+                                                       default_weight(capm)).tokens)) for c, k in zip(cands, keys)]
     guided = [conscap.caption_with_concepts(capm, full[i], cons[k], beam=args.beam) for i, k in enumerate(keys)]
     names = {k: sorted({classes[c] for c, _ in labels[k]}) for k in keys}
     hit_plain = [any(names_class(p, n) for n in names[k]) for k, p in zip(keys, plain)]

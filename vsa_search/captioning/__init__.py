@@ -99,14 +99,14 @@ def caption_photos(photos: list[Path], loaded: LoadedCaptioner, beam: int = 7, m
                 r.caption, r.logprob, r.constraints = c["caption"], c["logprob"], c["constraints"]
             else:
                 feats.append(full_image(regions))
-                region_feats.append(regions.features)
+                # the re-ranker scores every region; without it only the full image is kept
+                region_feats.append(regions.features if rerank_with is not None else None)
             results.append(r)
         if on_progress:
             on_progress(1)
     cands = generate_candidates(loaded, torch.stack(feats), beam=beam, max_len=max_len,
                                 length_norm=length_norm) if feats else []
-    caps = [best_candidate(c, loaded.vocab, rerank_with, f, weight) if rerank_with is not None
-            else max(c, key=lambda x: x.score) for c, f in zip(cands, region_feats)]
+    caps = [best_candidate(c, loaded.vocab, rerank_with, f, weight) for c, f in zip(cands, region_feats, strict=True)]
     for r, c in zip([r for r in results if r.error is None and r.caption is None], caps, strict=True):
         r.caption = " ".join(loaded.vocab.decode(c.tokens))
         r.logprob = float(c.logprob)

@@ -15,7 +15,7 @@ from ..core import paths
 from ..core.errors import UsageError
 from ..data.vocab import UNK, pad_ids
 from ..models.alignment import LoadedAlign, load_align, score
-from ..models.beam import Caption
+from ..models.beam import Caption, best
 from ..models.querybank import sentence_offsets
 from ..vision.features import same_extractor
 
@@ -68,11 +68,14 @@ def alignment_scores(align: LoadedAlign, features: np.ndarray, texts: list[str])
     return got.float().cpu().numpy()
 
 
-def best_candidate(candidates: list[Caption], vocab: Any, align: LoadedAlign, features: np.ndarray,
+def best_candidate(candidates: list[Caption], vocab: Any, align: LoadedAlign | None, features: np.ndarray | None,
                    weight: float = DEFAULT_WEIGHT) -> Caption:
-    """The candidate with the best logprob + weight · S'(photo, sentence)."""
+    """The candidate with the best logprob + weight · S'(photo, sentence); without `align`, the one
+    beam search ranks first."""
     if not candidates:
         raise ValueError("rerank: no candidates")
+    if align is None:
+        return best(candidates)
     texts = [" ".join(vocab.decode(c.tokens)) for c in candidates]
     s = alignment_scores(align, features, texts)
     return candidates[int(np.argmax([c.logprob + weight * float(x) for c, x in zip(candidates, s)]))]

@@ -13,7 +13,7 @@ from ..captioning.rerank import best_candidate, default_weight, load_reranker
 from ..core.device import pick_device
 from ..core.errors import DatasetError, StoreError
 from ..data.datasets import Dataset, load_flickr8k
-from ..models.beam import generate_candidates
+from ..models.beam import best, generate_candidates
 from ..models.captioner import full_image, load_caption
 from ..vision.features import FeatureStore, extract_to_cache, require_extractor
 from .metrics import caption_metrics, nearest_neighbour, paper_results
@@ -62,7 +62,7 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
         train_feats = torch.stack([full_image(store.get(r.image_id)) for r in train]) if train else None
 
     cands = generate_candidates(loaded, test_feats, beam=beam, length_norm=length_norm, on_progress=on_progress)
-    beam_caps = [max(c, key=lambda x: x.score) for c in cands]
+    beam_caps = [best(c) for c in cands]
     caps = [best_candidate(c, loaded.vocab, align, f, rerank_weight) for c, f in zip(cands, region_feats)] \
         if align is not None else beam_caps
     model_text = {r.image_id: " ".join(loaded.vocab.decode(c.tokens)) for r, c in zip(test, caps)}

@@ -74,7 +74,12 @@ def beam_search(model: Captioner, feats: torch.Tensor, beam: int = 7, max_len: i
 
     length_norm = alpha ranks finished sentences by logprob / (words + 1)^alpha (0: plain
     log-probability, as in the paper)."""
-    return [max(f, key=lambda c: c.score) for f in beam_candidates(model, feats, beam, max_len, length_norm)]
+    return [best(f) for f in beam_candidates(model, feats, beam, max_len, length_norm)]
+
+
+def best(finished: list[Caption]) -> Caption:
+    """The finished sentence beam search ranks first (by its score)."""
+    return max(finished, key=lambda c: c.score)
 
 
 @torch.inference_mode()
@@ -128,8 +133,7 @@ def generate_captions(loaded: Any, feats: torch.Tensor, beam: int = 7, max_len: 
                       length_norm: float = 0.0, batch_size: int = 64,
                       on_progress: Callable[[int], None] | None = None) -> list[Caption]:
     """Beam-search captions for (N, D) features with a LoadedCaptioner, in batches."""
-    return [max(f, key=lambda c: c.score) for f in generate_candidates(loaded, feats, beam, max_len, length_norm,
-                                                                       batch_size, on_progress)]
+    return [best(f) for f in generate_candidates(loaded, feats, beam, max_len, length_norm, batch_size, on_progress)]
 
 
 def generate_candidates(loaded: Any, feats: torch.Tensor, beam: int = 7, max_len: int | None = None,
