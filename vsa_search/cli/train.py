@@ -10,7 +10,6 @@ import typer
 
 from ..core import config, paths
 from ..core.errors import UsageError
-from ..models.alignment import ensemble_align, load_align, save_align
 from ..train import distributed, train_caption, train_embed
 from .common import err, new_app, out, print_json, progress
 
@@ -109,18 +108,13 @@ def ensemble_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """One model scoring base + every member (S = S_base + Σ S_member), usable wherever a model is."""
-    loaded = load_align(paths.find_model(str(base)))
-    members = [load_align(paths.find_model(str(m))) for m in member]
-    model = ensemble_align(loaded, members)
-    # The parts' own dev figures do not describe the sum: keep them apart, under their file names.
-    metrics = {"ensemble": {"base": str(base), "members": [str(m) for m in member]},
-               "parts": {str(p.path): p.metrics for p in (loaded, *members)}}
-    save_align(model, loaded.vocab, loaded.region_config, out_path, metrics=metrics)
-    summary = {"model": str(out_path), "global_members": model.cfg.global_members, "out_dim": model.out_dim}
+    from ..train.ensemble import write_align_ensemble
+
+    summary = write_align_ensemble(base, member, out_path)
     if json_out:
         print_json(summary)
         return
-    out.print(f"{out_path}: {base} + {len(members)} global members ({model.out_dim}-d vectors)")
+    out.print(f"{out_path}: {base} + {len(member)} global members ({summary['out_dim']}-d vectors)")
 
 
 @app.command("querybank")
@@ -156,18 +150,13 @@ def caption_ensemble_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """One caption model whose word distribution at each step is the mean of its members' (float16 file)."""
-    from ..models.captioner import ensemble_captioners, load_caption, save_caption
+    from ..train.ensemble import write_caption_ensemble
 
-    members = [load_caption(paths.find_model(m)) for m in member]
-    model = ensemble_captioners(members)
-    metrics = {"ensemble": [str(m.path) for m in members], "parts": {str(m.path): m.metrics for m in members},
-               **({"rerank_weight": rerank_weight} if rerank_weight is not None else {})}
-    save_caption(model, members[0].vocab, members[0].region_config, out_path, metrics=metrics, half=True)
-    summary = {"model": str(out_path), "members": len(members), "rerank_weight": rerank_weight}
+    summary = write_caption_ensemble(member, out_path, rerank_weight)
     if json_out:
         print_json(summary)
         return
-    out.print(f"{out_path}: an ensemble of {len(members)} caption models")
+    out.print(f"{out_path}: an ensemble of {summary['members']} caption models")
 
 
 @app.command("caption")

@@ -1,5 +1,6 @@
 """Training: the alignment model (embed), the caption generator (caption), the global baseline
-(baseline) and multi-GPU helpers (distributed). The layer just below the CLI."""
+(baseline), models put together (ensemble) or given a querybank (querybank), and multi-GPU helpers
+(distributed). The layer just below the CLI."""
 
 from .caption import train_caption
 from .embed import train_embed

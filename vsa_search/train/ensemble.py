@@ -1,0 +1,38 @@
+"""`vsa train ensemble|caption-ensemble`: trained models put together into one model file. The parts'
+own dev figures do not describe the whole, so they are kept apart in its metrics, under their file names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core import paths
+from ..models.alignment import ensemble_align, load_align, save_align
+from ..models.captioner import ensemble_captioners, load_caption, save_caption
+
+
+def _parts(models: list[Any]) -> dict[str, Any]:
+    return {str(m.path): m.metrics for m in models}
+
+
+def write_align_ensemble(base: str | Path, members: list[str | Path], out: str | Path) -> dict[str, Any]:
+    """A hybrid alignment model plus global baselines scoring S = S_base + Σ S_member, written to `out`."""
+    loaded = load_align(paths.find_model(str(base)))
+    parts = [load_align(paths.find_model(str(m))) for m in members]
+    model = ensemble_align(loaded, parts)
+    metrics = {"ensemble": {"base": str(base), "members": [str(m) for m in members]},
+               "parts": _parts([loaded, *parts])}
+    save_align(model, loaded.vocab, loaded.region_config, out, metrics=metrics)
+    return {"model": str(out), "global_members": model.cfg.global_members, "out_dim": model.out_dim}
+
+
+def write_caption_ensemble(members: list[str | Path], out: str | Path,
+                           rerank_weight: float | None = None) -> dict[str, Any]:
+    """Caption generators decoding together (mean of their word distributions), written to `out` as
+    float16; `rerank_weight` is the re-ranking weight the file asks for (captioning/rerank.py)."""
+    parts = [load_caption(paths.find_model(str(m))) for m in members]
+    model = ensemble_captioners(parts)
+    metrics = {"ensemble": [str(m.path) for m in parts], "parts": _parts(parts),
+               **({"rerank_weight": rerank_weight} if rerank_weight is not None else {})}
+    save_caption(model, parts[0].vocab, parts[0].region_config, out, metrics=metrics, half=True)
+    return {"model": str(out), "members": len(parts), "rerank_weight": rerank_weight}
