@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_align import TINY, tiny_model
+from tiny_align import tiny_model
 from typer.testing import CliRunner
 
 from vsa_search import index as ix
@@ -40,8 +40,8 @@ def model(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def encoder() -> RegionEncoder:
-    return RegionEncoder(TINY, "cpu")
+def encoder(tiny_region_encoder) -> RegionEncoder:
+    return tiny_region_encoder  # the session's one CNN (conftest)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_align import TINY, tiny_model
+from tiny_align import tiny_model
 
 from vsa_search import index as ix
 from vsa_search.core.errors import SearchIndexError, UsageError
@@ -29,8 +29,8 @@ def model(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def encoder() -> RegionEncoder:
-    return RegionEncoder(TINY, "cpu")
+def encoder(tiny_region_encoder) -> RegionEncoder:
+    return tiny_region_encoder  # the session's one CNN (conftest)
 
 
 @pytest.fixture
