@@ -110,6 +110,9 @@ class Engine:
         self.captioner = captioner.load_caption(paths.find_model(caption_model), "cpu")
         # As `vsa caption`: the shipped alignment model picks among the finished beams when it fits.
         self.reranker = rerank.load_reranker(None, self.captioner)
+        if self.reranker is not None:  # the same weights as the index's model: keep one copy in memory
+            with self._lock:
+                self.reranker = self._models.setdefault(self.reranker.fingerprint, self.reranker)
         self.encoder(self.captioner.region_config)  # the CNN, loaded now rather than by the first photo
 
     # ------------------------------------------------------------------ generations
