@@ -11,7 +11,11 @@ import typer
 from ..core import config, paths
 from ..core.errors import UsageError
 from ..train import distributed, train_caption, train_embed
-from .common import err, new_app, out, print_json, progress
+from ..train.embed import embed_config
+from .common import CaptionsOpt, DatasetOpt, RootOpt, err, load_dataset_opts, new_app, out, print_json, progress
+
+MinCountOpt = Annotated[int, typer.Option(min=1, help="A training-split word enters the vocabulary when seen this "
+                                                      "often (the paper: 5; lower it for a small data set).")]
 
 app = new_app("Train the alignment model (embed), combine and normalise alignment models (ensemble, querybank), "
               "train the caption generator (caption) and combine generators (caption-ensemble).")
@@ -23,6 +27,13 @@ def embed_cmd(
     out_path: Annotated[Path, typer.Option("--out", help="Model file to write (atomically, every epoch).")],
     preset: Annotated[str, typer.Option(help="tiny | default | paper | global (the baseline) | global-text "
                                              "(baseline with text pretraining).")] = "default",
+    dataset: DatasetOpt = "flickr8k",
+    root: RootOpt = None,
+    captions: CaptionsOpt = None,
+    min_count: MinCountOpt = 5,
+    init: Annotated[str | None, typer.Option(
+        help="Start from this alignment model (file or name, e.g. align): its config replaces --preset, its "
+             "vocabulary grows by the new training words.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Total epochs (overrides the preset).")] = None,
@@ -59,11 +70,11 @@ def embed_cmd(
                                              help="bf16/fp16 autocast (default: on for CUDA, off on CPU).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Train the alignment model with the ranking loss; early stopping on dev Recall@K.
+    """Train the alignment model with the ranking loss on a data set's training split (default:
+    Flickr8k); early stopping on dev Recall@K.
     Several GPUs: torchrun --nproc-per-node N -m vsa_search train embed ... (batch is per GPU)."""
     if not distributed.is_main():  # under torchrun only rank 0 speaks
         out.quiet = err.quiet = True
-    cfg = config.preset(config.EMBED_PRESETS, preset)
     overrides = {"epochs": epochs, "optimizer": optimizer, "loss": loss, "lr": lr, "margin": margin,
                  "hidden": hidden, "word_dim": word_dim, "batch_size": batch_size, "normalize": normalize, "pool": pool,
                  "dropout": dropout, "patience": patience, "seed": seed, "arch": arch, "word_relu": word_relu,
@@ -73,7 +84,9 @@ def embed_cmd(
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if resume and set(overrides) - {"epochs"}:
         raise UsageError("--resume continues with the saved config; only --epochs may change")
-    cfg = dataclasses.replace(cfg, **overrides)
+    init_path = paths.find_model(init) if init else None
+    cfg = embed_config(preset, overrides, init_path)
+    ds = load_dataset_opts(dataset, root, captions)
     ticks = {"epoch": 0}
     with progress("training", None, unit="steps") as advance:
         def on_step(epoch: int, step: int, steps: int, loss_: float) -> None:
@@ -84,7 +97,8 @@ def embed_cmd(
             dev = f" dev R@1/5/10 mean {row['dev_mean_recall']:.1f}" if "dev_mean_recall" in row else ""
             err.print(f"epoch {row['epoch']}: loss {row['loss']:.3f}{dev} ({row['seconds']:.0f}s)")
 
-        result = train_embed(features, out_path, None if resume else cfg, device=device, resume=resume,
+        result = train_embed(features, out_path, None if resume else cfg, dataset=ds, init=init_path,
+                             min_count=min_count, device=device, resume=resume,
                              epochs=cfg.epochs if (epochs or not resume) else None, max_minutes=max_minutes,
                              amp=amp, on_step=on_step, on_epoch=on_epoch)
     if not distributed.is_main():
@@ -122,6 +136,9 @@ def querybank_cmd(
     model: Annotated[str, typer.Option(help="Alignment model file or name.")],
     features: Annotated[Path, typer.Option(help="Feature store (vsa features extract) holding the training photos.")],
     out_path: Annotated[Path, typer.Option("--out", help="Model file to write (atomically).")],
+    dataset: DatasetOpt = "flickr8k",
+    root: RootOpt = None,
+    captions: CaptionsOpt = None,
     sentences: Annotated[int, typer.Option(min=1, help="Training sentences in the bank.")] = 1000,
     photos: Annotated[int, typer.Option(min=1, help="Training photos in the bank.")] = 200,
     beta: Annotated[float, typer.Option(help="Softmax temperature β of the normalisation.")] = 5.0,
@@ -133,7 +150,8 @@ def querybank_cmd(
     a bank of training sentences (photos) well, so that a few photos stop coming up for every query."""
     from ..train.querybank import add_querybank
 
-    summary = add_querybank(model, features, out_path, sentences, photos, beta, weight, seed)
+    summary = add_querybank(model, features, out_path, sentences, photos, beta, weight, seed,
+                            dataset=load_dataset_opts(dataset, root, captions))
     if json_out:
         print_json(summary)
         return
@@ -161,9 +179,13 @@ def caption_ensemble_cmd(
 
 @app.command("caption")
 def train_caption_cmd(
-    features: Annotated[Path, typer.Option(help="Feature store (vsa features extract) of the Flickr8k photos.")],
+    features: Annotated[Path, typer.Option(help="Feature store (vsa features extract) of the data set's photos.")],
     out_path: Annotated[Path, typer.Option("--out", help="Model file to write (rewritten every epoch).")],
     preset: Annotated[str, typer.Option(help="Model preset: " + ", ".join(config.CAPTION_PRESETS))] = "default",
+    dataset: DatasetOpt = "flickr8k",
+    root: RootOpt = None,
+    captions: CaptionsOpt = None,
+    min_count: MinCountOpt = 5,
     cell: Annotated[str | None, typer.Option(help="rnn (the paper's) | lstm (default: the preset's).")] = None,
     optimizer: Annotated[str | None, typer.Option(help="rmsprop (the paper's) | adam.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: the preset's).")] = None,
@@ -176,10 +198,13 @@ def train_caption_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     regions: Annotated[Path | None, typer.Option(help="Snippets (vsa align export --split train) to train on "
                                                       "too: the region generator.")] = None,
-    init: Annotated[str | None, typer.Option(help="Start from this caption model (fine-tune).")] = None,
+    init: Annotated[str | None, typer.Option(help="Start from this caption model (file or name, e.g. caption; "
+                                                  "fine-tune): its vocabulary grows by the new training words.")
+                    ] = None,
 ) -> None:
-    """Train the caption generator on full-image features and the training sentences (early
-    stopping on dev perplexity); the best epoch's weights are saved in --out after every epoch.
+    """Train the caption generator on full-image features and the training sentences of a data set
+    (default: Flickr8k); early stopping on dev perplexity or CIDEr, as the preset says; the best epoch's
+    weights are saved in --out after every epoch.
     With --regions, region snippets (region feature, sentence fragment) are training pairs too."""
     cfg = config.preset(config.CAPTION_PRESETS, preset)
     changes = {k: v for k, v in {"cell": cell, "optimizer": optimizer, "lr": lr, "epochs": epochs}.items()
@@ -189,7 +214,8 @@ def train_caption_cmd(
     with progress("training", None, unit="batches") as advance:
         report = train_caption(features, out_path, cfg, resume=resume, device=device, keep_train_state=not slim,
                                amp=amp, on_batch=advance, on_epoch=lambda r: err.print(_epoch_line(r), highlight=False),
-                               regions=regions, init=paths.find_model(init) if init else None)
+                               regions=regions, init=paths.find_model(init) if init else None,
+                               dataset=load_dataset_opts(dataset, root, captions), min_count=min_count)
     if json_out:
         print_json(report)
         return

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..core.errors import ModelError
-from .datasets import load_flickr8k
+from .datasets import Dataset, load_flickr8k
 from .text import tokenize
 
 PAD, UNK, START, END = 0, 1, 2, 3
@@ -41,6 +41,13 @@ class Vocab:
         # Sorting on (-count, word) makes the ids independent of input order and hash seeds.
         words.sort(key=lambda w: (-counts[w], w))
         return cls(list(SPECIALS) + words, min_count=min_count)
+
+    def extend(self, token_lists: Iterable[list[str]], min_count: int | None = None) -> Vocab:
+        """This vocabulary plus the words of `token_lists` seen at least `min_count` times (default:
+        this vocabulary's) that it lacks, appended in build() order: every existing word keeps its id,
+        so a model trained on this vocabulary can grow its word tables (models.checkpoint.grow_rows)."""
+        new = Vocab.build(token_lists, self.min_count if min_count is None else min_count)
+        return Vocab(self.itos + [w for w in new.itos[len(SPECIALS):] if w not in self.stoi], self.min_count)
 
     def __len__(self) -> int:
         return len(self.itos)
@@ -102,11 +109,23 @@ class Vocab:
         return cls(itos, min_count=int(min_count))
 
 
-def build_flickr8k_vocab(root: Path | None = None, min_count: int = 5) -> Vocab:
-    """Vocabulary from the captions of all 6,000 training-split photos, on disk or not.
+def train_tokens(dataset: Dataset) -> Iterable[list[str]]:
+    """The tokenised captions of every training-split photo of `dataset`, on disk or not."""
+    return (tokenize(s) for r in dataset.split("train") for s in r.sentences)
+
+
+def build_vocab(dataset: Dataset, min_count: int = 5, base: Vocab | None = None) -> Vocab:
+    """Vocabulary from the captions of the training split of any data set (Flickr8k, COCO, Karpathy
+    JSON); with `base`, that vocabulary extended by the training words it lacks (Vocab.extend).
     Dev/test captions are never read, so no evaluation word leaks into the model."""
-    ds = load_flickr8k(root)
-    return Vocab.build((tokenize(s) for r in ds.split("train") for s in r.sentences), min_count=min_count)
+    if base is not None:
+        return base.extend(train_tokens(dataset), min_count)
+    return Vocab.build(train_tokens(dataset), min_count=min_count)
+
+
+def build_flickr8k_vocab(root: Path | None = None, min_count: int = 5) -> Vocab:
+    """Vocabulary from the captions of all 6,000 Flickr8k training-split photos (build_vocab)."""
+    return build_vocab(load_flickr8k(root), min_count)
 
 
 def pad_ids(seqs: list[list[int]], min_length: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

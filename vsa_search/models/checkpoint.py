@@ -100,3 +100,23 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint, path: str | Path) -> 
         model.load_state_dict(ckpt.state_dict)
     except RuntimeError as e:
         raise ModelError(f"{path}: weights do not fit the saved config ({str(e).splitlines()[0][:120]})") from None
+
+
+def load_grown(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], rows: int, path: str | Path) -> None:
+    """Start `model` from the weights of a model whose vocabulary was its first `rows` words: tensors
+    indexed by word (embeddings, the output layer) keep the model's own initialisation in the rows of
+    the words added since (Vocab.extend); every other tensor must match in shape."""
+    own = model.state_dict()
+    merged = {}
+    for k, mine in own.items():
+        src = state_dict.get(k)
+        if src is None:
+            raise ModelError(f"{path}: has no {k}; it is another kind of model than the one trained here")
+        src = src.to(mine.dtype)
+        if src.shape == mine.shape:
+            merged[k] = src
+        elif src.shape[0] == rows and src.shape[1:] == mine.shape[1:] and mine.shape[0] > rows:
+            merged[k] = torch.cat([src, mine[rows:].detach().cpu()])
+        else:
+            raise ModelError(f"{path}: {k} is {tuple(src.shape)}, the model trained here needs {tuple(mine.shape)}")
+    model.load_state_dict(merged)

@@ -17,7 +17,7 @@ from ..core.device import pick_device
 from ..core.errors import ModelError, StoreError, UsageError
 from ..data.datasets import load_flickr8k
 from ..data.text import tokenize
-from ..data.vocab import END, PAD, START, Vocab, build_flickr8k_vocab
+from ..data.vocab import END, PAD, START, Vocab, build_vocab
 from ..evaluation.metrics import caption_metrics
 from ..models import checkpoint
 from ..models.beam import beam_search
@@ -39,12 +39,13 @@ def caption_sentences(ids: list[list[int]], max_len: int) -> tuple[torch.Tensor,
     return inputs, targets
 
 
-def caption_split(store, split: str, vocab, max_len: int, root=None) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                torch.Tensor, torch.Tensor]:
-    """The photos of one Flickr8k split that the feature store holds, and their sentences:
-    feats (P, D) full-image features, photo (S,) index of each sentence's photo, inputs, targets (S, T)."""
+def caption_split(store, split: str, vocab, max_len: int, dataset: Any = None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                          torch.Tensor, torch.Tensor]:
+    """The photos of one split of `dataset` (default: Flickr8k) that the feature store holds, and their
+    sentences: feats (P, D) full-image features, photo (S,) index of each sentence's photo, inputs,
+    targets (S, T)."""
     have = set(store.ids())
-    recs = [r for r in load_flickr8k(root).split(split) if r.image_id in have]
+    recs = [r for r in (dataset if dataset is not None else load_flickr8k()).split(split) if r.image_id in have]
     if not recs:
         return torch.zeros(0, store.config.feature_dim), torch.zeros(0, dtype=torch.long), \
             torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long)
@@ -102,14 +103,14 @@ def _caption_optimizer(model, cfg):
 
 
 def add_snippets(train: tuple[torch.Tensor, ...], store: Any, snippets_path: str | Path, vocab: Any, max_len: int,
-                 root: Path | None = None, min_words: int = MIN_SNIPPET_WORDS) -> tuple[torch.Tensor, ...]:
+                 dataset: Any = None, min_words: int = MIN_SNIPPET_WORDS) -> tuple[torch.Tensor, ...]:
     """Training data for the region generator: the full-image pairs `train` (feats (P, D), photo (S,),
     inputs, targets, as caption_split returns them) plus one pair per snippet of a training
     photo (its region's feature, its fragment). Snippets of any other split are refused: they would
     leak evaluation text into training."""
     feats, photo, inputs, targets = train
     groups = snippet_groups(read_snippets(snippets_path), min_words)
-    split = {r.image_id: r.split for r in load_flickr8k(root).records}
+    split = {r.image_id: r.split for r in (dataset if dataset is not None else load_flickr8k()).records}
     if bad := sorted({i for i, _ in groups if split.get(i) != "train"}):
         raise UsageError(f"{snippets_path}: snippets of {len(bad)} photos outside the training split "
                          f"(e.g. {bad[0]}); export them with --split train")
@@ -142,7 +143,7 @@ def add_snippets(train: tuple[torch.Tensor, ...], store: Any, snippets_path: str
 
 def train_caption(features, out, cfg, resume: bool = False, device: str | None = None, root=None,
                   keep_train_state: bool = True, on_batch=None, on_epoch=None, amp: bool | None = None,
-                  regions=None, init=None) -> dict:
+                  regions=None, init=None, dataset: Any = None, min_count: int = 5) -> dict:
     """Train the caption generator on the full-image features of the training-split photos in the
     feature store `features`; early stopping on dev perplexity (patience cfg.patience).
 
@@ -152,7 +153,10 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
     on_batch(n) and on_epoch(record) report progress. Returns the report (history, best, seconds).
     amp: mixed precision (None: on for CUDA, see MixedPrecision).
     regions: a snippets file (`vsa align export`) whose training-photo snippets (region feature, fragment)
-    join the full-image pairs: the region generator. init: a caption model file to start from."""
+    join the full-image pairs: the region generator. init: a caption model file to start from (its
+    vocabulary extended by the new training words, whose rows start fresh).
+    dataset: the splits and captions (default: Flickr8k at `root`); the vocabulary is its training
+    split's words seen `min_count` times."""
     if cfg.cell not in ("rnn", "lstm"):
         raise UsageError(f"unknown caption cell {cfg.cell!r}; choose rnn or lstm")
     out = Path(out)
@@ -179,32 +183,38 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
             regions = saved_regions
         elif regions is not None and Path(saved_regions or "").resolve() != Path(regions).resolve():
             raise UsageError(f"--resume: {out} was trained with --regions {saved_regions or '(none)'}, not {regions}")
-    vocab = vocab or build_flickr8k_vocab(root)
+    ds = dataset if dataset is not None else load_flickr8k(root)
+    init_model = load_caption(init) if init is not None and not resume else None
+    if init_model is not None and init_model.config.members > 1:
+        raise UsageError(f"--init {init}: an ensemble; start from one of its members")
+    vocab = vocab or build_vocab(ds, min_count, base=init_model.vocab if init_model is not None else None)
 
     with FeatureStore(features, readonly=True) as store:
         region_cfg = store.config
         if resume and not same_extractor(region_cfg, from_dict(RegionConfig, ck.region_config)):
             raise UsageError(f"--resume: {features} holds other features than {out} was trained on")
-        train = caption_split(store, "train", vocab, cfg.max_len, root)
+        if init_model is not None and not same_extractor(region_cfg, init_model.region_config):
+            raise UsageError(f"--init {init}: trained on other features than {features} holds")
+        train = caption_split(store, "train", vocab, cfg.max_len, ds)
         if regions is not None:
-            train = add_snippets(train, store, regions, vocab, cfg.max_len, root)
-        dev_data = caption_split(store, "dev", vocab, cfg.max_len, root)
+            train = add_snippets(train, store, regions, vocab, cfg.max_len, ds)
+        dev_data = caption_split(store, "dev", vocab, cfg.max_len, ds)
         # The same photos, in the same order, as dev_data's features: references for dev CIDEr.
-        dev_refs = [r.sentences for r in load_flickr8k(root).split("dev") if r.image_id in store]
+        dev_refs = [r.sentences for r in ds.split("dev") if r.image_id in store]
     if len(train[1]) == 0:
-        raise UsageError(f"{features}: holds no training-split photos")
+        raise UsageError(f"{features}: holds none of the {ds.name} training-split photos "
+                         f"(extract them with vsa features extract and the same --dataset options)")
     if cfg.select not in ("ppl", "cider"):
         raise UsageError(f"unknown selection {cfg.select!r}; choose ppl or cider")
 
     seed_everything(cfg.seed)
     model = Captioner(cfg, len(vocab)).to(dev)
-    if init is not None and not resume:
-        init_model = load_caption(init)
-        if init_model.vocab != vocab:
-            raise UsageError(f"--init {init}: its vocabulary differs from this training run's")
+    if init_model is not None:
+        if vocab.itos[: len(init_model.vocab)] != init_model.vocab.itos:
+            raise UsageError(f"--init {init}: the vocabulary given does not extend the model's")
         try:
-            model.load_state_dict(init_model.model.state_dict())
-        except RuntimeError:
+            checkpoint.load_grown(model, init_model.model.state_dict(), len(init_model.vocab), init)
+        except ModelError:
             raise UsageError(f"--init {init}: a {init_model.config.cell} model of another shape than --preset/--cell "
                              f"ask for") from None
     opt = _caption_optimizer(model, cfg)
@@ -259,7 +269,7 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
         metrics = {"dev_ppl": best["dev_ppl"], "dev_cider": best.get("dev_cider"), "best_epoch": best["epoch"],
                    "train_photos": int(len(train[0])),
                    "train_sentences": int(len(train[1])), "dev_photos": int(len(dev_data[0])),
-                   "seconds": round(blob["seconds"], 1),
+                   "seconds": round(blob["seconds"], 1), "dataset": ds.name,
                    **({"regions": str(regions)} if regions else {}), **({"init": str(init)} if init else {})}
         slim = final and not keep_train_state
         save_caption(model, vocab, region_cfg, out, metrics=metrics, train_state=blob, state_dict=state.best_weights,

@@ -3,6 +3,7 @@ sentences, optional text-only pretraining, early stopping on dev Recall@K, resum
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,11 +17,11 @@ from ..core.config import EMBED_PRESETS, RegionConfig, from_dict
 from ..core.device import pick_device
 from ..core.errors import DatasetError, ModelError, UsageError
 from ..data.datasets import load_flickr8k
-from ..data.vocab import Vocab, build_flickr8k_vocab, pad_ids
+from ..data.vocab import Vocab, build_vocab, pad_ids
 from ..evaluation.metrics import mean_recall, retrieval_metrics
 from ..evaluation.recall import retrieval_data, score_all
 from ..models import checkpoint
-from ..models.alignment import build_model, ranking_loss, save_align
+from ..models.alignment import build_model, load_align, ranking_loss, save_align
 from ..vision.features import FeatureStore, same_extractor
 from . import distributed
 from .common import MixedPrecision, TrainState, clip_elementwise, cpu_copy, make_optimizer, run_epochs, seed_everything
@@ -90,13 +91,28 @@ def pretrain_text(model: Any, groups: list[list[list[int]]], cfg: Any, device: t
     return losses
 
 
+def embed_config(preset: str, changes: dict[str, Any], init: str | Path | None = None) -> Any:
+    """The config a run starts with: the preset's, or with `init` the config saved in that model file
+    (its shape must stay: the weights start from it), with `changes` (training options) applied."""
+    from ..core.config import preset as pick
+
+    base = load_align(init).config if init is not None else pick(EMBED_PRESETS, preset)
+    return dataclasses.replace(base, **changes)
+
+
 def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab: Any = None,
-                dataset: Any = None, device: str | None = None, resume: bool = False,
+                dataset: Any = None, init: str | Path | None = None, min_count: int = 5,
+                device: str | None = None, resume: bool = False,
                 epochs: int | None = None, max_minutes: float | None = None, amp: bool | None = None,
                 on_step: Callable[[int, int, int, float], None] | None = None,
                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> EmbedResult:
     """Train the alignment model (or the global baseline, cfg.arch == "global") on the train-split
     photos present in the feature store `features`; early stopping on dev Recall@K.
+
+    `dataset` (default: Flickr8k) names the photos' splits and captions; the vocabulary (unless given)
+    is its training split's words seen `min_count` times. `init`: an alignment model file to start
+    from (its vocabulary extended by the new training words, whose rows start fresh; cfg must keep
+    its shape, see embed_config); its querybank is not carried over (vsa train querybank adds one).
 
     Each step is a batch of cfg.batch_size distinct photos with one of their sentences each; an
     epoch shows every sentence once (5 rounds over the photos). Loss: ranking_loss / batch size.
@@ -121,6 +137,8 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
     start_state: dict[str, torch.Tensor] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     if resume:
+        if init is not None:
+            raise UsageError("--resume continues the run saved in --out; --init starts a new one")
         if not out.exists():
             raise UsageError(f"--resume: {out} does not exist yet")
         ck = checkpoint.load(out, kind="align")
@@ -129,7 +147,8 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
         train_state = ck.train_state
         best_state = ck.state_dict
         start_state = train_state.get("last_state_dict") or ck.state_dict
-    cfg = cfg or EMBED_PRESETS["default"]
+    init_model = load_align(init) if init is not None and not resume else None
+    cfg = cfg or (init_model.config if init_model is not None else EMBED_PRESETS["default"])
     total_epochs = epochs if epochs is not None else cfg.epochs
     if cfg.loss not in ("sum", "max"):
         raise UsageError(f"unknown loss {cfg.loss!r}; choose sum or max")
@@ -142,8 +161,15 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
         train_recs = [r for r in ds.present("train") if r.image_id in store]
         dev_recs = [r for r in ds.present("dev") if r.image_id in store]
         if not train_recs:
-            raise DatasetError(f"{features}: holds none of the train-split photos")
-        vocab = vocab if vocab is not None else build_flickr8k_vocab()
+            raise DatasetError(f"{features}: holds none of the {ds.name} train-split photos "
+                               f"(extract them with vsa features extract and the same --dataset options)")
+        if init_model is not None and not same_extractor(init_model.region_config, region_cfg):
+            raise UsageError(f"--init {init}: trained on other features than {features} holds "
+                             f"(extract them with its region preset)")
+        if vocab is None:
+            vocab = build_vocab(ds, min_count, base=init_model.vocab if init_model is not None else None)
+        elif init_model is not None and vocab.itos[: len(init_model.vocab)] != init_model.vocab.itos:
+            raise UsageError(f"--init {init}: the vocabulary given does not extend the model's")
         train = retrieval_data(train_recs, store, vocab)
         dev = retrieval_data(dev_recs, store, vocab) if dev_recs else None
     if train.feats.shape[-1] != cfg.feature_dim:
@@ -154,9 +180,11 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
     if start_state is not None:
         model.load_state_dict(start_state)
     else:
-        if cfg.glove:
+        if cfg.glove:  # with --init: the new words' rows (the others come from the model next)
             model.init_glove(vocab)
-        if cfg.text_pretrain > 0:  # captions of every training-split photo, on disk or not (no dev/test text)
+        if init_model is not None:
+            checkpoint.load_grown(model, init_model.model.state_dict(), len(init_model.vocab), init)
+        elif cfg.text_pretrain > 0:  # captions of every training-split photo, on disk or not (no dev/test text)
             deadline = t_start + max_minutes * 60 / 2 if max_minutes is not None else None
             pretrain_losses = pretrain_text(model, text_pairs(ds.split("train"), vocab), cfg, dev_,
                                             deadline=deadline)
@@ -189,7 +217,8 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
     def metrics_blob() -> dict[str, Any]:
         return {"dev": state.best_info, "dev_mean_recall": state.best_score, "best_epoch": state.best_epoch,
                 "train_photos": n_img, "dev_photos": len(dev_recs), "features": region_cfg.extractor_id(),
-                "train_seconds": round(sum(h["seconds"] for h in state.history), 1),
+                "train_seconds": round(sum(h["seconds"] for h in state.history), 1), "dataset": ds.name,
+                **({"init": str(init)} if init is not None else {}),
                 **({"text_pretrain_loss": [round(x, 4) for x in pretrain_losses]} if pretrain_losses else {})}
 
     def file_state() -> dict[str, Any]:
