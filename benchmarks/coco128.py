@@ -14,6 +14,13 @@ without it.
   synonym list `SYNONYMS` below (the class name, its plural, and a few everyday words for it);
 - Flickr8k (with --flickr-features): test-split Recall@K with 95% intervals, without and with the
   bridge; with --tune the weight is first re-tuned on the dev split (never test) and used here.
+
+coco128 only measures: no choice is made on it. The shipped bridge weight comes from Flickr8k dev alone:
+
+    PYTHONPATH=. .venv/bin/python benchmarks/coco128.py --tune-only --flickr-features FEATS --flickr-photos 200
+
+prints the dev curve, the weight of the shipped rule (the largest within --tolerance 1.5 points of the best
+dev mean Recall@K) and the best one, and stops before coco128 or any test photo is read.
 """
 
 from __future__ import annotations
@@ -165,6 +172,11 @@ def main() -> None:
     ap.add_argument("--flickr-photos", type=int, default=None,
                     help="only the first N photos of each Flickr8k split (default: all present)")
     ap.add_argument("--tune", action="store_true", help="re-tune the bridge weight on Flickr8k dev first")
+    ap.add_argument("--tune-only", action="store_true",
+                    help="tune on Flickr8k dev, print the curve and the weight, and stop (no coco128, no test)")
+    ap.add_argument("--tolerance", type=float, default=openvocab_eval.SHIPPED_TOLERANCE,
+                    help="--tune: the largest weight within this many mean Recall@K points of the best "
+                         "(the shipped rule: %(default)s; 0: the best)")
     ap.add_argument("--weight", type=float, default=None, help="bridge weight (default: the model's / tuned)")
     ap.add_argument("--write-weight", action="store_true",
                     help="with --tune: store the tuned weight in the model file, where the product reads it")
@@ -181,19 +193,23 @@ def main() -> None:
     report: dict = {"model": str(model.path), "caption_model": str(capm.path)}
 
     weight = args.weight if args.weight is not None else concepts.bridge_weight(model)
-    if args.tune:
+    if args.tune or args.tune_only:
         if args.flickr_features is None:
             sys.exit("--tune needs --flickr-features")
         weight, table = openvocab_eval.tune_weight(model.path, args.flickr_features, "dev",
-                                                   photos=args.flickr_photos)
+                                                   photos=args.flickr_photos, tolerance=args.tolerance)
         report["tuning"] = {str(w): round(r["mean_recall"], 2) for w, r in table["rows"].items()}
-        print(f"bridge weight tuned on Flickr8k dev ({table['photos']} photos): {weight}")
+        print(f"bridge weight tuned on Flickr8k dev ({table['photos']} photos, {table['sentences']} sentences): "
+              f"{weight} ({table['rule']}; the best: {table['best']}); the model file says "
+              f"{concepts.bridge_weight(model)}")
         print("  mean Recall@K by weight: "
               + ", ".join(f"{w}: {r['mean_recall']:.2f}" for w, r in table["rows"].items()))
         if args.write_weight:
             openvocab_eval.store_weight(model.path, weight, {"split": "dev", "photos": table["photos"],
-                                                             "mean_recall": report["tuning"]})
+                                                             "mean_recall": report["tuning"], "rule": table["rule"]})
             print(f"  stored in {model.path} (metrics.bridge_weight)")
+        if args.tune_only:
+            return
     report["weight"] = weight
 
     classes, photos, labels = load_coco(args.coco)

@@ -4,6 +4,7 @@ vocabulary and the trained weights come out bit-identical."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from vsa_search.core.config import CAPTION_PRESETS, EMBED_PRESETS, REGION_PRESETS
 from vsa_search.data.datasets import FLICKR8K_SPLIT_FILES, FLICKR8K_TOKENS, load_flickr8k
 from vsa_search.data.vocab import build_flickr8k_vocab
+from vsa_search.models.alignment import load_align
 from vsa_search.train import train_caption, train_embed
 from vsa_search.vision.features import extract_to_store
 
@@ -109,3 +111,59 @@ def test_poisoned_test_split_changes_nothing_in_the_querybank(roots, tmp_path):
         banks[name] = {k: v for k, v in _weights(tmp_path / f"{name}.pt").items() if k.startswith("querybank.")}
     assert len(banks["clean"]) == 4
     assert all(torch.equal(banks["clean"][k], banks["poisoned"][k]) for k in banks["clean"])
+
+
+# The shipped presets' own selection paths (not only the tiny ones): the hybrid model with dev-recall early
+# stopping, the global baseline's text-only pretraining, and the caption generator kept on dev CIDEr. Only the
+# epoch budget shrinks; the vocabulary is built inside the trainer (from the data set given).
+@pytest.mark.parametrize("preset", ["default", "global-text"])
+def test_poisoned_test_split_changes_nothing_in_the_shipped_embed_presets(roots, tmp_path, preset):
+    cfg = dataclasses.replace(EMBED_PRESETS[preset], epochs=2)
+    runs = {}
+    for name, (root, store) in roots.items():
+        res = train_embed(store, tmp_path / f"{name}.pt", cfg, dataset=load_flickr8k(root), min_count=1,
+                          device="cpu")
+        runs[name] = (res, load_align(tmp_path / f"{name}.pt"), _weights(tmp_path / f"{name}.pt"))
+    (clean, m_clean, w_clean), (poisoned, m_poisoned, w_poisoned) = runs["clean"], runs["poisoned"]
+    assert m_clean.vocab == m_poisoned.vocab and "zebra" not in m_clean.vocab
+    assert clean.history == [dict(h, seconds=c["seconds"]) for h, c in zip(poisoned.history, clean.history)]
+    assert clean.best_epoch == poisoned.best_epoch and clean.dev == poisoned.dev
+    if cfg.text_pretrain:
+        assert m_clean.metrics["text_pretrain_loss"] == m_poisoned.metrics["text_pretrain_loss"]
+        assert len(m_clean.metrics["text_pretrain_loss"]) == cfg.text_pretrain
+    assert all(torch.equal(w_clean[k], w_poisoned[k]) for k in w_clean)
+
+
+def test_poisoned_test_split_changes_nothing_in_the_shipped_caption_preset(roots, tmp_path):
+    cfg = dataclasses.replace(CAPTION_PRESETS["default"], epochs=2)
+    assert cfg.select == "cider"  # the epoch kept is the one of the best dev CIDEr
+    reports, weights = {}, {}
+    for name, (root, store) in roots.items():
+        reports[name] = train_caption(store, tmp_path / f"{name}.pt", cfg, device="cpu", root=root)
+        weights[name] = _weights(tmp_path / f"{name}.pt")
+    clean, poisoned = reports["clean"], reports["poisoned"]
+    assert all("dev_cider" in h for h in clean["history"])
+    assert [(h["dev_cider"], h["dev_ppl"]) for h in clean["history"]] == \
+        [(h["dev_cider"], h["dev_ppl"]) for h in poisoned["history"]]
+    assert clean["best"] == poisoned["best"]
+    assert all(torch.equal(weights["clean"][k], weights["poisoned"][k]) for k in weights["clean"])
+
+
+def test_poisoned_test_split_changes_nothing_in_the_bridge_weight(roots, tmp_path):
+    from vsa_search.core.errors import UsageError
+    from vsa_search.evaluation.openvocab import SHIPPED_TOLERANCE, tune_weight
+    from vsa_search.models.alignment import AlignModel, save_align
+
+    vocab = build_flickr8k_vocab(roots["clean"][0], min_count=1)
+    torch.manual_seed(0)
+    model = save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab, REGION_PRESETS["tiny"],
+                       tmp_path / "m.pt")
+    tuned = {}
+    for name, (root, store) in roots.items():
+        weight, table = tune_weight(model, store, "dev", dataset=load_flickr8k(root), tolerance=SHIPPED_TOLERANCE)
+        assert table["photos"] == 3 and table["sentences"] == 15
+        tuned[name] = (weight, table["best"], {w: r["metrics"] for w, r in table["rows"].items()})
+    assert tuned["clean"] == tuned["poisoned"]
+    with pytest.raises(UsageError, match="never on test"):
+        tune_weight(model, roots["clean"][1], "test", dataset=load_flickr8k(roots["clean"][0]))
+

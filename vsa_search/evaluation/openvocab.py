@@ -3,8 +3,8 @@
     S_kl(weight) = Σ_t max_i ( v_i · s_t + weight · bridge(t, i) / T )
 
 over every photo x sentence of a split, for several weights in one pass (the model's dots are
-computed once per chunk of photos). `tune_weight` picks the weight with the best mean Recall@K on
-a split that is not the test split (Flickr8k dev)."""
+computed once per chunk of photos). `tune_weight` picks the weight on a split that is not the test
+split (Flickr8k dev): the largest one whose mean Recall@K is within a tolerance of the best."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ from ..data.text import tokenize
 from ..vision.concepts import DEFAULT_BRIDGE, BridgeConfig, bridge_scores_many, region_probs, topk, word_weights
 
 WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
+# The shipped rule: the largest weight within 1.5 points of the best dev mean Recall@K. Recall is flat
+# over small weights, and a larger weight lets words outside the vocabulary reach their objects.
+SHIPPED_TOLERANCE = 1.5
 
 
 def _word_bridge(data: Any, cfg: BridgeConfig, backbone: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,10 +105,10 @@ def scores_with_bridge(model: Any, data: Any, weights: tuple[float, ...], cfg: B
 def recall_with_bridge(model_path: str | Path, features: str | Path, split: str = "dev",
                        weights: tuple[float, ...] = WEIGHT_GRID, cfg: BridgeConfig = DEFAULT_BRIDGE,
                        reps: int = 1000, on_progress: Callable[[int], None] | None = None,
-                       photos: int | None = None) -> dict[str, Any]:
+                       photos: int | None = None, dataset: Any = None) -> dict[str, Any]:
     """Recall@1/5/10 in both directions, with 95% intervals, of the model with each bridge weight on
-    the `split` photos of the Flickr8k feature store (the first `photos` of them in the split's
-    order, when given: the candidate pool is then that many photos)."""
+    the `split` photos of `dataset` (default: Flickr8k) in the feature store (the first `photos` of
+    them in the split's order, when given: the candidate pool is then that many photos)."""
     from ..data.datasets import load_flickr8k
     from ..models.alignment import load_align
     from ..vision.features import FeatureStore
@@ -113,7 +116,7 @@ def recall_with_bridge(model_path: str | Path, features: str | Path, split: str 
     from .recall import querybank_offsets, retrieval_data
 
     loaded = load_align(model_path)
-    records = load_flickr8k().present(split)
+    records = (dataset if dataset is not None else load_flickr8k()).present(split)
     with FeatureStore(features, readonly=True) as store:
         records = [r for r in records if r.image_id in store][:photos]
         data = retrieval_data(records, store, loaded.vocab)
@@ -130,18 +133,31 @@ def recall_with_bridge(model_path: str | Path, features: str | Path, split: str 
 
 def tune_weight(model_path: str | Path, features: str | Path, split: str = "dev",
                 weights: tuple[float, ...] = WEIGHT_GRID, cfg: BridgeConfig = DEFAULT_BRIDGE,
-                on_progress: Callable[[int], None] | None = None, photos: int | None = None
-                ) -> tuple[float, dict[str, Any]]:
-    """The bridge weight with the best mean Recall@K on `split` (never the test split); ties go to
-    the smaller weight. Returns (weight, the per-weight table)."""
+                on_progress: Callable[[int], None] | None = None, photos: int | None = None,
+                tolerance: float = SHIPPED_TOLERANCE, dataset: Any = None) -> tuple[float, dict[str, Any]]:
+    """The bridge weight chosen on `split` (never the test split): the largest weight whose mean
+    Recall@K is within `tolerance` points of the best (0: the best, ties to the smaller weight).
+    Returns (weight, the per-weight table, with "best" (the argmax) and "rule" added)."""
     from ..core.errors import UsageError
 
     if split == "test":
         raise UsageError("tune the bridge weight on dev (or train), never on test")
+    if tolerance < 0:
+        raise UsageError(f"the tolerance is in Recall@K points, at least 0 (got {tolerance})")
     res = recall_with_bridge(model_path, features, split, weights, cfg, reps=0, on_progress=on_progress,
-                             photos=photos)
-    best = max(sorted(res["rows"]), key=lambda w: (round(res["rows"][w]["mean_recall"], 6), -w))
-    return best, res
+                             photos=photos, dataset=dataset)
+    return pick_weight({w: r["mean_recall"] for w, r in res["rows"].items()}, tolerance), res | {
+        "best": pick_weight({w: r["mean_recall"] for w, r in res["rows"].items()}, 0.0),
+        "rule": f"the largest weight whose {split} mean Recall@K is within {tolerance:g} of the best"}
+
+
+def pick_weight(mean_recall: dict[float, float], tolerance: float) -> float:
+    """The largest weight whose mean Recall@K is within `tolerance` of the best (tolerance 0: the
+    best; ties to the smaller weight). Rounded to 6 decimals so that float noise cannot decide."""
+    top = max(round(m, 6) for m in mean_recall.values())
+    if tolerance == 0:
+        return min(w for w, m in mean_recall.items() if round(m, 6) == top)
+    return max(w for w, m in mean_recall.items() if round(m, 6) >= top - tolerance)
 
 
 def store_weight(model_path: str | Path, weight: float, tuned_on: dict[str, Any] | None = None) -> None:
