@@ -167,3 +167,36 @@ def test_poisoned_test_split_changes_nothing_in_the_bridge_weight(roots, tmp_pat
     with pytest.raises(UsageError, match="never on test"):
         tune_weight(model, roots["clean"][1], "test", dataset=load_flickr8k(roots["clean"][0]))
 
+
+def test_poisoned_test_split_changes_nothing_in_the_rerank_weight(roots, tmp_path):
+    from vsa_search.core.errors import UsageError
+    from vsa_search.evaluation.captions import tune_rerank_weight
+    from vsa_search.models.alignment import AlignModel, save_align
+    from vsa_search.models.captioner import Captioner, save_caption
+
+    vocab = build_flickr8k_vocab(roots["clean"][0], min_count=1)
+    torch.manual_seed(0)
+    align = save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab, REGION_PRESETS["tiny"],
+                       tmp_path / "align.pt")
+    cap = save_caption(Captioner(CAPTION_PRESETS["tiny"], len(vocab)).eval(), vocab, REGION_PRESETS["tiny"],
+                       tmp_path / "cap.pt")
+    tuned = {}
+    for name, (root, store) in roots.items():
+        weight, table = tune_rerank_weight(cap, store, "dev", (0.0, 1.0, 100.0), beam=3, device="cpu",
+                                           dataset=load_flickr8k(root), rerank_with=align)
+        assert table["photos"] == 3 and set(table["rows"]) == {0.0, 1.0, 100.0}
+        tuned[name] = (weight, table["rows"])
+    assert tuned["clean"] == tuned["poisoned"]
+    with pytest.raises(UsageError, match="never on test"):
+        tune_rerank_weight(cap, roots["clean"][1], "test", dataset=load_flickr8k(roots["clean"][0]),
+                           rerank_with=align)
+
+
+def test_the_rerank_weight_command_refuses_the_test_split(tmp_path):
+    from typer.testing import CliRunner
+
+    from vsa_search.cli import app
+
+    res = CliRunner().invoke(app, ["eval", "rerank-weight", "--features", str(tmp_path), "--split", "test"])
+    assert res.exit_code != 0 and res.stdout == ""
+    assert res.stderr.strip().splitlines() == ["error: choose the re-ranking weight on dev (or train), never on test"]

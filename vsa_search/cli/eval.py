@@ -1,4 +1,4 @@
-"""`vsa eval recall|caption|regions`."""
+"""`vsa eval recall|caption|rerank-weight|regions`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from rich.table import Table
 from ..align.mrf import DEFAULT_BETA
 from ..core import paths
 from ..core.errors import UsageError
-from ..evaluation.captions import evaluate_captions
+from ..evaluation.captions import RERANK_GRID, evaluate_captions, tune_rerank_weight
 from ..evaluation.recall import evaluate_recall
 from ..evaluation.regions import evaluate_regions
 from ..train.baseline import train_global_baseline
@@ -124,6 +124,43 @@ def eval_caption_cmd(
     out.print(caption_table(res), markup=False)
     for c in res["captions"][:show]:
         out.print(f"{c['image']}\t{c['model']}\t(nn: {c['nearest_neighbour']})", markup=False)
+
+
+@app.command("rerank-weight")
+def rerank_weight_cmd(
+    features: Annotated[Path, typer.Option(help="Feature store holding the split's photos (vsa features extract).")],
+    model: Annotated[str, typer.Option(help="Caption model file or name.")] = DEFAULT_MODEL,
+    weights: Annotated[str, typer.Option(help="Comma-separated weights to try.")] =
+        ",".join(f"{w:g}" for w in RERANK_GRID),
+    split: Annotated[str, typer.Option(help="dev (never test).")] = "dev",
+    beam: Annotated[int, typer.Option(min=1, help="Beam size.")] = 7,
+    dataset: DatasetOpt = "flickr8k",
+    root: RootOpt = None,
+    captions: CaptionsOpt = None,
+    rerank: RerankOpt = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Choose the re-ranking weight on dev: BLEU-4, CIDEr and distinct captions of each weight on the same
+    finished beams, and the weight with the best BLEU-4 (what `vsa train caption-ensemble --rerank-weight`
+    takes)."""
+    try:
+        grid = tuple(float(x) for x in weights.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--weights {weights!r}: expected comma-separated numbers, e.g. 0,10,20") from None
+    with progress(f"captioning {split} photos", None) as advance:
+        weight, res = tune_rerank_weight(paths.find_model(model), features, split, grid, beam=beam, device=device,
+                                         dataset=load_dataset_opts(dataset, root, captions), rerank_with=rerank,
+                                         on_progress=advance)
+    if json_out:
+        print_json({**res, "rows": {f"{w:g}": r for w, r in res["rows"].items()}, "weight": weight})
+        return
+    out.print(f"{res['model']} re-ranked by {res['rerank']}: {res['photos']} {res['split']} photos of "
+              f"{res['dataset']}, beam {res['beam']}", markup=False)
+    out.print(f"{'weight':>8s}{'BLEU-4':>8s}{'CIDEr':>8s}{'distinct':>10s}")
+    for w, r in res["rows"].items():
+        out.print(f"{w:8g}{r['BLEU-4']:8.1f}{r['CIDEr']:8.1f}{r['distinct captions']:10d}")
+    out.print(f"weight {weight:g} ({res['rule']})")
 
 
 def caption_table(res: dict) -> str:

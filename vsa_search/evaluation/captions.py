@@ -7,11 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from ..captioning.rerank import best_candidate, default_weight, load_reranker
+from ..captioning.rerank import alignment_scores, best_candidate, default_weight, load_reranker
 from ..core.device import pick_device
-from ..core.errors import DatasetError, StoreError
+from ..core.errors import DatasetError, StoreError, UsageError
 from ..data.datasets import Dataset, load_flickr8k
 from ..models.beam import best, generate_candidates
 from ..models.captioner import full_image, load_caption
@@ -95,3 +96,44 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
         "captions": [{"image": r.image_id, "model": model_text[r.image_id], "logprob": round(c.logprob, 3),
                       "nearest_neighbour": nn_text.get(r.image_id)} for r, c in zip(test, caps)],
     }
+
+
+RERANK_GRID = (0.0, 2.0, 5.0, 10.0, 20.0, 40.0)
+
+
+def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "dev",
+                       weights: tuple[float, ...] = RERANK_GRID, beam: int = 7, device: str | None = None,
+                       dataset: Dataset | None = None, rerank_with: str | Path | None = None,
+                       on_progress: Callable[[int], None] | None = None) -> tuple[float, dict[str, Any]]:
+    """The re-ranking weight (captioning/rerank.py) with the best BLEU-4 on the `split` photos of `dataset`
+    (default: Flickr8k dev; never test) in the store `features`; ties go to the smaller weight. One beam
+    search: every weight re-ranks the same finished beams. Returns (weight, {"rows": {weight: BLEU-4, CIDEr,
+    distinct captions}, ...})."""
+    if split == "test":
+        raise UsageError("choose the re-ranking weight on dev (or train), never on test")
+    loaded = load_caption(model, device=pick_device(device))
+    align = load_reranker(None if rerank_with is None else str(rerank_with), loaded, pick_device(device))
+    if align is None:
+        raise UsageError(f"{loaded.path}: no alignment model of its features to re-rank with (give --rerank)")
+    ds = dataset if dataset is not None else load_flickr8k()
+    with FeatureStore(features, readonly=True) as store:
+        require_extractor(store.config, loaded.region_config, features, loaded.path)
+        recs = [r for r in ds.present(split) if r.image_id in store]
+        if not recs:
+            raise StoreError(f"{features}: holds none of the {split} photos of {ds.name}")
+        stored = [store.get(r.image_id) for r in recs]
+    got = [f.features for f in stored]
+    cands = generate_candidates(loaded, torch.stack([full_image(f) for f in stored]), beam=beam,
+                                on_progress=on_progress)
+    texts = [[" ".join(loaded.vocab.decode(c.tokens)) for c in cs] for cs in cands]
+    fit = [alignment_scores(align, f, t) for f, t in zip(got, texts)]  # S' once per photo and candidate
+    refs = {r.image_id: list(r.sentences) for r in recs}
+    rows = {}
+    for w in weights:
+        pick = {r.image_id: t[int(np.argmax([c.logprob + w * float(s) for c, s in zip(cs, f)]))]
+                for r, cs, t, f in zip(recs, cands, texts, fit)}
+        m = caption_metrics(refs, pick, meteor=False, reps=0)
+        rows[w] = {"BLEU-4": m["BLEU-4"], "CIDEr": m["CIDEr"], "distinct captions": len(set(pick.values()))}
+    best_w = max(sorted(rows), key=lambda w: (round(rows[w]["BLEU-4"], 6), -w))
+    return best_w, {"model": str(loaded.path), "rerank": str(align.path), "dataset": ds.name, "split": split,
+                    "photos": len(recs), "beam": beam, "rows": rows, "rule": f"the best {split} BLEU-4"}
