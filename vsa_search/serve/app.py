@@ -101,7 +101,9 @@ def _text(request: Request, name: str) -> str:
 
 def _photo_id(request: Request) -> int:
     raw = request.path_params["photo_id"]
-    if not raw.isdigit() or len(raw) > 12:
+    # ASCII digits only: str.isdigit() and int() also take "²" (which int() then refuses) and other
+    # scripts' digits ("١" would be photo 1).
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
         raise ApiError(404, f"photos are addressed by their index id (a number), not {raw!r}")
     return int(raw)
 
