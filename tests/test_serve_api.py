@@ -88,7 +88,8 @@ def test_status_equals_cli(client: TestClient, link: Path) -> None:
     assert got == vsa_json("index", "status", "--index", str(link), "--json")
     assert got["photos"]["photos"] == 12 and got["photos"]["skipped"] == 1 and got["sentences"]["sentences"] == 8
     skipped = client.get("/api/skipped").json()["skipped"]
-    assert [Path(p).name for p in skipped] == ["not-a-photo.jpg"]
+    assert [Path(s["path"]).name for s in skipped] == ["not-a-photo.jpg"]
+    assert skipped[0]["reason"].endswith("not-a-photo.jpg: not an image file")
 
 
 def test_caption_equals_cli(client: TestClient) -> None:

@@ -24,7 +24,7 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .engine import Engine, errors
+from .engine import Engine, errors, names
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_UPLOAD = 20 * 1024 * 1024  # bytes; a photo larger than this is refused before it is decoded
@@ -57,8 +57,16 @@ def status_of(e: errors.VSAError) -> int:
     return 400 if not isinstance(e, errors.ModelError) else 500
 
 
+class Json(JSONResponse):
+    """JSON as the CLI's --json writes it: a file name that is not UTF-8 comes as text with its exact
+    bytes beside it (core/names.py); starlette's encoder would fail on it."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(names.json_ready(content))
+
+
 def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": names.display(message)}, status_code=status)
 
 
 # --------------------------------------------------------------------------- parameters
@@ -177,8 +185,8 @@ def create_app(engine: Engine, token: str | None = None, max_upload: int = MAX_U
                 out.headers.update(timing)
                 return out
             if isinstance(out, tuple):  # (body, generation)
-                return JSONResponse(out[0], headers={GENERATION_HEADER: out[1], **timing})
-            return JSONResponse(out, headers=timing)
+                return Json(out[0], headers={GENERATION_HEADER: out[1], **timing})
+            return Json(out, headers=timing)
 
         return endpoint
 

@@ -24,7 +24,7 @@ from .. import captioning, index
 from ..align import aligner, mrf
 from ..align.bridge import word_status
 from ..captioning import rerank
-from ..core import errors, paths
+from ..core import errors, names, paths  # noqa: F401 (names: for app.py, through this one door)
 from ..index import query as search
 from ..models import captioner, encode
 from ..vision import images, regions
@@ -277,9 +277,10 @@ class Engine:
             return {"id": i, "path": str(path), "size": snap.size(i), "boxes": snap.photos.boxes(i).tolist(),
                     "generation": snap.generation}
 
-    def skipped(self) -> dict[str, str]:
+    def skipped(self) -> list[dict[str, str]]:
+        """The files the build could not read, as `vsa index build --json` lists them."""
         with self.snapshot() as snap:
-            return snap.photos.skipped()
+            return [{"path": p, "reason": why} for p, why in sorted(snap.photos.skipped().items())]
 
     def photo_path(self, i: int, snap: Snapshot | None = None) -> Path:
         """The file of photo `i`: only ever a key of the index, and only inside the index's roots."""

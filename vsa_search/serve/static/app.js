@@ -338,11 +338,11 @@ async function showIndex() {
     offset += next.photos.length;
     more.hidden = offset >= next.total;
   }});
-  const skippedItems = Object.entries(skipped.skipped);
+  const skippedItems = skipped.skipped;
   main.replaceChildren(
     el("div", {class: "panel"}, el("h2", {text: "Index"}), table),
     el("div", {class: "panel"}, el("h2", {text: `Skipped files (${skippedItems.length})`}),
-      skippedItems.length ? el("ul", {class: "skipped", id: "skipped"}, skippedItems.map(([path, why]) => el("li", {text: why || path})))
+      skippedItems.length ? el("ul", {class: "skipped", id: "skipped"}, skippedItems.map(s => el("li", {text: s.reason || s.path})))
         : el("p", {class: "summary", text: "none: every file was read"})),
     el("div", {class: "panel"}, el("h2", {text: `Photos (${photos.total})`}), thumbs, more));
 }
