@@ -27,6 +27,8 @@ from typer.testing import CliRunner  # noqa: E402
 from vsa_search import index  # noqa: E402
 from vsa_search.cli import app as cli  # noqa: E402
 from vsa_search.core import paths  # noqa: E402
+from vsa_search.core.errors import ImageMissingError  # noqa: E402
+from vsa_search.index.files import IndexedFiles  # noqa: E402
 from vsa_search.models.alignment import load_align  # noqa: E402
 from vsa_search.serve import Engine, create_app  # noqa: E402
 
@@ -174,7 +176,80 @@ def test_any_file_name_survives(lib: Library, name: bytes) -> None:
     res = lib.cli("search", "a dog", "--paths", "-0")
     assert res.exit_code == 0 and res.stdout_bytes == want + b"\0", res.stderr
     [row] = api(lib, "/api/photos")["photos"]
-    assert path_bytes(row) == want
+    assert path_bytes(row) == want and row.get("changed") is False
     assert [path_bytes(h) for h in api(lib, "/api/search", q="a dog")["hits"]] == [want]
     full = lib.client.get(f"/api/photos/{row['id']}/image", params={"full": 1})
     assert full.status_code == 200 and full.content == COFFEE.read_bytes()
+
+
+# --------------------------------------------------------------------------- only the indexed file is served
+
+
+def not_found(r: Any, secret: bytes = b"") -> None:
+    assert r.status_code == 404, (r.status_code, r.text)
+    assert set(r.json()) == {"error"}
+    assert not secret or secret not in r.content
+
+
+def test_only_the_file_that_was_indexed_is_served(lib: Library, tmp_path: Path) -> None:
+    lib.fill({b"a.jpg": COFFEE, b"b.jpg": CAT})
+    rows = {path_bytes(r): r for r in api(lib, "/api/photos")["photos"]}
+    a, b = rows[lib.file(b"a.jpg")]["id"], rows[lib.file(b"b.jpg")]["id"]
+    assert not any(r["changed"] for r in rows.values())
+    assert lib.client.get(f"/api/photos/{a}/image", params={"full": 1}).content == COFFEE.read_bytes()
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    outside = tmp_path / "coffee.jpg"
+    shutil.copy2(COFFEE, outside)  # same bytes, size and mtime as the indexed photo, but outside the folder
+    photo = lib.file(b"a.jpg")
+    for target in (str(secret), "/etc/passwd", str(outside), os.fsdecode(lib.file(b"b.jpg")), str(tmp_path)):
+        os.unlink(photo)
+        os.symlink(target, photo)
+        for url, params in ((f"/api/photos/{a}/image", {"full": 1}), (f"/api/photos/{a}/image", {}),
+                            (f"/api/photos/{a}", {}), (f"/api/photos/{a}/caption", {}),
+                            (f"/api/photos/{a}/align", {"sentence": "a dog"})):
+            not_found(lib.client.get(url, params=params), b"root:")
+        listed = {r["id"]: r["changed"] for r in api(lib, "/api/photos")["photos"]}
+        assert listed == {a: True, b: False}, target
+    assert lib.client.get(f"/api/photos/{b}/image", params={"full": 1}).content == CAT.read_bytes()
+    # A regular file again, but not the one indexed: another size, then the same bytes with a new mtime.
+    os.unlink(photo)
+    shutil.copy2(CAT, photo)
+    not_found(lib.client.get(f"/api/photos/{a}/image", params={"full": 1}))
+    os.unlink(photo)
+    shutil.copy(COFFEE, photo)
+    os.utime(photo, ns=(0, COFFEE.stat().st_mtime_ns + 10**9))
+    not_found(lib.client.get(f"/api/photos/{a}/image"))
+    assert api(lib, "/api/photos")["photos"][a]["changed"] is True
+    os.utime(photo, ns=(0, COFFEE.stat().st_mtime_ns))  # as indexed again: served again
+    assert lib.client.get(f"/api/photos/{a}/image", params={"full": 1}).content == COFFEE.read_bytes()
+    os.unlink(photo)  # gone
+    not_found(lib.client.get(f"/api/photos/{a}/image", params={"full": 1}))
+    assert api(lib, "/api/photos")["photos"][a]["changed"] is True
+
+
+def test_a_swap_between_check_and_open_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path is resolved, then (a race) something else takes the photo's place before it is opened:
+    the checks made on the opened file refuse it."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = folder / "a.jpg"
+    shutil.copy2(COFFEE, photo)
+    st = photo.stat()
+    rec = {"key": str(photo), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    files = IndexedFiles([str(folder)])
+    with files.open(rec) as f:
+        assert f.read() == COFFEE.read_bytes()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy2(COFFEE, outside / "a.jpg")  # the same size and mtime as the photo indexed
+    monkeypatch.setattr(os.path, "realpath", lambda p: p)  # resolved before the swap
+    photo.unlink()
+    photo.symlink_to(outside / "a.jpg")  # the photo itself
+    with pytest.raises(ImageMissingError, match="not the file that was indexed"):
+        files.open(rec)
+    photo.unlink()
+    folder.rename(tmp_path / "was-photos")
+    folder.symlink_to(outside)  # a folder above it
+    with pytest.raises(ImageMissingError, match="not the file that was indexed"):
+        files.open(rec)

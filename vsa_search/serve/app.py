@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import hmac
 import logging
+import mimetypes
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -20,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -144,6 +145,13 @@ async def _upload(request: Request, limit: int) -> tuple[Path, str]:
     return Path(tmp), name
 
 
+def _chunks(f: BinaryIO, size: int = 1 << 16) -> Iterator[bytes]:
+    """An open photo's bytes (the file checked when it was opened), then it is closed."""
+    with f:
+        while chunk := f.read(size):
+            yield chunk
+
+
 def _hostname(host: str) -> str:
     """"127.0.0.1:8000" -> "127.0.0.1", "[::1]:8000" -> "[::1]"."""
     if host.startswith("["):
@@ -226,7 +234,10 @@ def create_app(engine: Engine, token: str | None = None, max_upload: int = MAX_U
                 if want != snap.generation:
                     raise ApiError(410, "the index was rebuilt since this page asked for it: search again")
         if _flag(request, "full"):
-            return FileResponse(engine.photo_path(i), headers={"Cache-Control": "private, max-age=60"})
+            path, f = engine.open_photo(i)
+            return StreamingResponse(_chunks(f), media_type=mimetypes.guess_type(path.name)[0],
+                                     headers={"Cache-Control": "private, max-age=60",
+                                              "Content-Length": str(os.fstat(f.fileno()).st_size)})
         size = _int(request, "size", 400, 32, 2048)
         return Response(engine.thumbnail(i, size), media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=60"})
