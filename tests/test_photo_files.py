@@ -138,6 +138,26 @@ def test_cli_json_is_valid_utf8_with_the_exact_bytes(lib: Library) -> None:
     assert res.exit_code == 0 and "latin\ufffd\ufffd.jpg" in res.stdout, res.stderr
 
 
+def test_build_report_and_align_json_keep_the_bytes(lib: Library) -> None:
+    lib.fill({name: COFFEE for name in NAMES})
+    broken = lib.file(b"broken\xff.jpg")
+    with open(broken, "wb") as f:
+        f.write(b"not a jpeg")
+    try:
+        res = lib.cli("index", "build", "--model", str(lib.root / "tiny.pt"), "--json")
+        assert res.exit_code == 0, res.stderr
+        [skipped] = strict_json(res.stdout_bytes)["skipped"]
+        assert path_bytes(skipped) == broken and path_bytes(skipped, "reason").startswith(broken + b": ")
+    finally:
+        os.unlink(broken)
+    photo = os.fsdecode(lib.file(b"latin\xff\xfe.jpg"))
+    res = runner.invoke(cli, ["align", photo, "a dog on the grass", "--model", str(lib.root / "tiny.pt"),
+                              "--index", str(lib.link), "--json"], prog_name="vsa")
+    assert res.exit_code == 0, res.stderr
+    out = strict_json(res.stdout_bytes)
+    assert path_bytes(out, "photo") == os.fsencode(photo) and out["regions_from"] == f"index {lib.link}"
+
+
 def test_cli_paths_null_gives_raw_bytes(lib: Library) -> None:
     lib.fill({name: COFFEE for name in NAMES})
     for flag in ("--null", "-0"):
