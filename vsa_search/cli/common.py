@@ -37,11 +37,17 @@ class _Readable:
     def __init__(self, stream: str):
         self._stream = stream
 
+    def _file(self) -> Any:
+        f = getattr(sys, self._stream)
+        return getattr(f, "rich_proxied_file", f)  # what rich does with a stream its progress bar redirects
+
     def write(self, text: str) -> int:
-        return getattr(sys, self._stream).write(display(text))
+        return self._file().write(display(text))
 
     def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding...
-        return getattr(getattr(sys, self._stream), name)
+        if name == "rich_proxied_file":  # rich would unwrap it past the display above
+            raise AttributeError(name)
+        return getattr(self._file(), name)
 
 
 out = Console(file=_Readable("stdout"), highlight=False, soft_wrap=True)  # type: ignore[arg-type]
