@@ -11,6 +11,8 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("starlette", reason="vsa serve needs starlette (pip install -e '.[serve]')")
 pytest.importorskip("httpx", reason="starlette's TestClient needs httpx (pip install -e '.[dev]')")
@@ -86,7 +88,8 @@ def test_status_equals_cli(client: TestClient, link: Path) -> None:
     assert got == vsa_json("index", "status", "--index", str(link), "--json")
     assert got["photos"]["photos"] == 12 and got["photos"]["skipped"] == 1 and got["sentences"]["sentences"] == 8
     skipped = client.get("/api/skipped").json()["skipped"]
-    assert [Path(p).name for p in skipped] == ["not-a-photo.jpg"]
+    assert [Path(s["path"]).name for s in skipped] == ["not-a-photo.jpg"]
+    assert skipped[0]["reason"].endswith("not-a-photo.jpg: not an image file")
 
 
 def test_caption_equals_cli(client: TestClient) -> None:
@@ -145,6 +148,30 @@ def test_photos_served_by_id_only(client: TestClient, engine: Engine) -> None:
     gen = client.get("/api/photos").json()["generation"]
     assert client.get(f"/api/photos/{i}/image", params={"g": gen}).status_code == 200
     json_error(client.get(f"/api/photos/{i}/image", params={"g": ".demo.g000000"}), 410, "rebuilt")
+
+
+@pytest.mark.parametrize("raw", ["%C2%B2", "%D9%A1", "%EF%BC%91", "%E0%A5%A7", "1%0A", "%201", "+1", "0x1", "1_0",
+                                 "0" * 13])
+def test_ids_are_ascii_digits(client: TestClient, raw: str) -> None:
+    """A superscript two, an Arabic-Indic or full-width one: not photo ids (no 500, no photo 1)."""
+    for url in (f"/api/photos/{raw}", f"/api/photos/{raw}/image", f"/api/photos/{raw}/caption",
+                f"/api/photos/{raw}/align?sentence=a+cat"):
+        json_error(client.get(url), 404, "addressed by their index id")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.text(min_size=1, max_size=16) | st.from_regex(r"[0-9]{1,14}", fullmatch=True)
+       | st.text(st.characters(categories=("Nd", "No")), min_size=1, max_size=3))  # any script's digits
+def test_any_id_is_a_photo_or_404(client: TestClient, raw: str) -> None:
+    assume("/" not in raw)  # a slash is a path separator, not part of an id
+    # Every byte percent-encoded: the server sees the string itself, not what a URL parser makes of it.
+    quoted = "".join(f"%{b:02X}" for b in raw.encode("utf-8"))
+    for url in (f"/api/photos/{quoted}", f"/api/photos/{quoted}/image"):
+        r = client.get(url)
+        photo = raw.isascii() and raw.isdigit() and len(raw) <= 12 and int(raw) < 12
+        assert r.status_code == (200 if photo else 404), (raw, r.status_code, r.text)
+        if photo and url.endswith(quoted):
+            assert r.json()["id"] == int(raw)
 
 
 def test_page_and_assets_are_local(client: TestClient) -> None:

@@ -25,11 +25,33 @@ from rich.progress import (
 from typer._click import exceptions as click_exc
 from typer.core import TyperGroup
 
-from ..core.errors import VSAError
+from ..core.errors import UsageError, VSAError
+from ..core.names import display, fs_bytes, json_ready
 from ..data.datasets import Dataset, load_dataset
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class _Readable:
+    """sys.stdout or sys.stderr as they are now (tests swap them), with every file name shown readably:
+    a strict UTF-8 stream refuses a name that is not UTF-8 (core/names.py)."""
+
+    def __init__(self, stream: str):
+        self._stream = stream
+
+    def _file(self) -> Any:
+        f = getattr(sys, self._stream)
+        return getattr(f, "rich_proxied_file", f)  # what rich does with a stream its progress bar redirects
+
+    def write(self, text: str) -> int:
+        return self._file().write(display(text))
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding...
+        if name == "rich_proxied_file":  # rich would unwrap it past the display above
+            raise AttributeError(name)
+        return getattr(self._file(), name)
+
+
+out = Console(file=_Readable("stdout"), highlight=False, soft_wrap=True)  # type: ignore[arg-type]
+err = Console(file=_Readable("stderr"), stderr=True, highlight=False, soft_wrap=True)  # type: ignore[arg-type]
 
 
 class VSAGroup(TyperGroup):
@@ -98,7 +120,22 @@ def new_app(help: str) -> typer.Typer:
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """JSON on stdout; a file name that is not UTF-8 as text plus its exact bytes (core/names.py)."""
+    sys.stdout.write(json.dumps(json_ready(obj), indent=2, sort_keys=False) + "\n")
+
+
+def print_paths(paths: list[str], null: bool = False) -> None:
+    """File names as raw bytes on stdout, one per line or NUL-terminated (`null`, for xargs -0)."""
+    end = b"\0" if null else b"\n"
+    names = [fs_bytes(p) for p in paths]
+    if not null:
+        for p in paths:
+            if "\n" in p:
+                raise UsageError(f"{display(p)!r} holds a newline, so one name per line cannot show it: "
+                                 "use --paths --null (-0) for NUL-separated names")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(b"".join(n + end for n in names))
+    sys.stdout.buffer.flush()
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from ..core.errors import UsageError
 from ..index import query as srch
 from ..index.sheet import contact_sheet
 from ..models.encode import query_tokens_or_fail
-from .common import out, print_json
+from .common import out, print_json, print_paths
 
 
 def search_cmd(
@@ -23,7 +23,10 @@ def search_cmd(
                                                                "(needs `vsa index text`).")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Alignment model (default: the index's).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
-    paths_out: Annotated[bool, typer.Option("--paths", help="Print only the paths, one per line.")] = False,
+    paths_out: Annotated[bool, typer.Option("--paths", help="Print only the paths (their bytes as on disk), "
+                                                            "one per line.")] = False,
+    null: Annotated[bool, typer.Option("--null", "-0", help="With --paths: end each path with a NUL byte "
+                                       "instead of a newline (for xargs -0; any name survives).")] = False,
     sheet: Annotated[Path | None, typer.Option("--sheet", help="Write a PNG contact sheet with the matched "
                                                                "boxes labelled by their words.")] = None,
     per_word: Annotated[int | None, typer.Option("--per-word", help="First-stage regions per word "
@@ -42,6 +45,7 @@ def search_cmd(
     """Search photos with words; each hit shows the box every word matched."""
     if (text is None) == (image is None):
         raise UsageError("give either a query TEXT or --image PHOTO")
+    paths_out = paths_out or null
     if json_out and paths_out:
         raise UsageError("--json and --paths exclude each other")
     if k <= 0:
@@ -72,8 +76,7 @@ def search_cmd(
     if json_out:
         print_json(result.to_dict())
     elif paths_out:
-        for h in result.hits:
-            out.print(h.key, markup=False)
+        print_paths([h.key for h in result.hits], null)
     else:
         _print(result)
 

@@ -21,6 +21,16 @@ from .errors import DamagedError
 DEFAULT_MAP_SIZE = 1 << 40
 
 
+def _key(key: str) -> bytes:
+    """A key's bytes. A key may hold a file name that is not UTF-8 (read from the disk with its bytes as
+    surrogates): those bytes, as they are."""
+    return key.encode("utf-8", "surrogateescape")
+
+
+def _str(key: bytes) -> str:
+    return bytes(key).decode("utf-8", "surrogateescape")
+
+
 def encode_arrays(**arrays: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -110,7 +120,7 @@ class KV:
     # --- reads
     def get_bytes(self, key: str) -> bytes | None:
         with self.env.begin() as txn:
-            v = txn.get(key.encode())
+            v = txn.get(_key(key))
             return bytes(v) if v is not None else None
 
     def get_json(self, key: str) -> Any:
@@ -123,10 +133,10 @@ class KV:
 
     def __contains__(self, key: str) -> bool:
         with self.env.begin() as txn:
-            return txn.get(key.encode()) is not None
+            return txn.get(_key(key)) is not None
 
     def keys(self, prefix: str = "") -> Iterator[str]:
-        p = prefix.encode()
+        p = _key(prefix)
         with self.env.begin() as txn:
             cur = txn.cursor()
             if not cur.set_range(p):
@@ -134,7 +144,7 @@ class KV:
             for k in cur.iternext(keys=True, values=False):
                 if not k.startswith(p):
                     break
-                yield k.decode()
+                yield _str(k)
 
     def items_json(self, prefix: str) -> Iterator[tuple[str, Any]]:
         for k, v in self.items_bytes(prefix):
@@ -148,12 +158,12 @@ class KV:
         with self.env.begin() as txn:
             out = []
             for k in keys:
-                v = txn.get(k.encode())
+                v = txn.get(_key(k))
                 out.append(bytes(v) if v is not None else None)
             return out
 
     def items_bytes(self, prefix: str) -> Iterator[tuple[str, bytes]]:
-        p = prefix.encode()
+        p = _key(prefix)
         with self.env.begin() as txn:
             cur = txn.cursor()
             if not cur.set_range(p):
@@ -161,7 +171,7 @@ class KV:
             for k, v in cur:
                 if not k.startswith(p):
                     break
-                yield k.decode(), bytes(v)
+                yield _str(k), bytes(v)
 
     # --- writes
     def batch(self) -> Batch:
@@ -179,16 +189,16 @@ class Batch:
         self.txn = txn
 
     def put_bytes(self, key: str, value: bytes) -> None:
-        self.txn.put(key.encode(), value)
+        self.txn.put(_key(key), value)
 
     def put_json(self, key: str, value: Any) -> None:
-        self.txn.put(key.encode(), json.dumps(value, sort_keys=True).encode())
+        self.txn.put(_key(key), json.dumps(value, sort_keys=True).encode())
 
     def put_arrays(self, key: str, **arrays: np.ndarray) -> None:
-        self.txn.put(key.encode(), encode_arrays(**arrays))
+        self.txn.put(_key(key), encode_arrays(**arrays))
 
     def delete(self, key: str) -> None:
-        self.txn.delete(key.encode())
+        self.txn.delete(_key(key))
 
     def __enter__(self) -> Batch:
         return self

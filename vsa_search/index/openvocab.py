@@ -12,6 +12,7 @@ and a photo scores Σ_t max_i u_t(i), the paper's S_kl with the bridge inside th
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,9 @@ def make_query(model: LoadedAlign, text: str, cfg: BridgeConfig = DEFAULT_BRIDGE
 # --------------------------------------------------------------------------- an index's concepts
 
 _CACHE: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+# The server's worker threads share the cache: one of them may empty it for a new generation while
+# another is between finding its entry and reading it.
+_CACHE_LOCK = threading.Lock()
 
 
 def index_concepts(ix: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -90,8 +94,10 @@ def index_concepts(ix: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     items have none stored (an index built before concepts). Generations never change, so the
     arrays are cached per generation directory."""
     key = str(ix.dir)
-    if key in _CACHE:
-        return _CACHE[key]
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+    if cached is not None:
+        return cached
     n, k = ix.fragments, 1
     blobs = ix.concepts_bytes(range(len(ix)))
     parsed = [Concepts.from_bytes(b) if b is not None else None for b in blobs]
@@ -106,9 +112,11 @@ def index_concepts(ix: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             continue
         ids[a:a + m, : c.ids.shape[1]] = c.ids[:m]
         probs[a:a + m, : c.ids.shape[1]] = c.probs[:m]
-    _CACHE.clear()  # one index at a time is enough for a command
-    _CACHE[key] = (ids, probs, missing)
-    return _CACHE[key]
+    entry = (ids, probs, missing)
+    with _CACHE_LOCK:
+        _CACHE.clear()  # one index at a time is enough for a command
+        _CACHE[key] = entry
+    return entry
 
 
 # --------------------------------------------------------------------------- search

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import hmac
 import logging
+import mimetypes
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -20,11 +21,11 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .engine import Engine, errors
+from .engine import Engine, errors, names
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_UPLOAD = 20 * 1024 * 1024  # bytes; a photo larger than this is refused before it is decoded
@@ -57,8 +58,16 @@ def status_of(e: errors.VSAError) -> int:
     return 400 if not isinstance(e, errors.ModelError) else 500
 
 
+class Json(JSONResponse):
+    """JSON as the CLI's --json writes it: a file name that is not UTF-8 comes as text with its exact
+    bytes beside it (core/names.py); starlette's encoder would fail on it."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(names.json_ready(content))
+
+
 def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": names.display(message)}, status_code=status)
 
 
 # --------------------------------------------------------------------------- parameters
@@ -101,7 +110,9 @@ def _text(request: Request, name: str) -> str:
 
 def _photo_id(request: Request) -> int:
     raw = request.path_params["photo_id"]
-    if not raw.isdigit() or len(raw) > 12:
+    # ASCII digits only: str.isdigit() and int() also take "²" (which int() then refuses) and other
+    # scripts' digits ("١" would be photo 1).
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
         raise ApiError(404, f"photos are addressed by their index id (a number), not {raw!r}")
     return int(raw)
 
@@ -132,6 +143,13 @@ async def _upload(request: Request, limit: int) -> tuple[Path, str]:
         os.unlink(tmp)
         raise
     return Path(tmp), name
+
+
+def _chunks(f: BinaryIO, size: int = 1 << 16) -> Iterator[bytes]:
+    """An open photo's bytes (the file checked when it was opened), then it is closed."""
+    with f:
+        while chunk := f.read(size):
+            yield chunk
 
 
 def _hostname(host: str) -> str:
@@ -175,8 +193,8 @@ def create_app(engine: Engine, token: str | None = None, max_upload: int = MAX_U
                 out.headers.update(timing)
                 return out
             if isinstance(out, tuple):  # (body, generation)
-                return JSONResponse(out[0], headers={GENERATION_HEADER: out[1], **timing})
-            return JSONResponse(out, headers=timing)
+                return Json(out[0], headers={GENERATION_HEADER: out[1], **timing})
+            return Json(out, headers=timing)
 
         return endpoint
 
@@ -216,7 +234,10 @@ def create_app(engine: Engine, token: str | None = None, max_upload: int = MAX_U
                 if want != snap.generation:
                     raise ApiError(410, "the index was rebuilt since this page asked for it: search again")
         if _flag(request, "full"):
-            return FileResponse(engine.photo_path(i), headers={"Cache-Control": "private, max-age=60"})
+            path, f = engine.open_photo(i)
+            return StreamingResponse(_chunks(f), media_type=mimetypes.guess_type(path.name)[0],
+                                     headers={"Cache-Control": "private, max-age=60",
+                                              "Content-Length": str(os.fstat(f.fileno()).st_size)})
         size = _int(request, "size", 400, 32, 2048)
         return Response(engine.thumbnail(i, size), media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=60"})

@@ -10,22 +10,22 @@ closed once the requests still using it have finished."""
 from __future__ import annotations
 
 import io
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 # The server's one door into the library (kept to this line so that moving modules means one edit).
 from .. import captioning, index
 from ..align import aligner, mrf
 from ..align.bridge import word_status
 from ..captioning import rerank
-from ..core import errors, paths
+from ..core import errors, names, paths  # noqa: F401 (names: for app.py, through this one door)
 from ..index import query as search
+from ..index.files import OK, IndexedFiles
 from ..models import captioner, encode
 from ..vision import images, regions
 from ..vision.concepts import Concepts
@@ -49,6 +49,7 @@ class Snapshot:
     retired: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     ids: dict[str, int] = field(default_factory=dict)  # photo key -> id, as found
+    files: Any = None  # index.files.IndexedFiles: whether a photo's file is still the one indexed
 
     @property
     def generation(self) -> str:
@@ -142,6 +143,7 @@ class Engine:
             raise
         # The generation opened may be newer than the key read (a swap in between): key by what is open.
         snap.key = (str(photos.dir), str(sentences.dir) if sentences is not None else None)
+        snap.files = IndexedFiles(photos.manifest.get("roots", []))
         return snap
 
     @contextmanager
@@ -224,14 +226,12 @@ class Engine:
 
     def align_id(self, i: int, sentence: str, beta: float = mrf.DEFAULT_BETA) -> dict[str, Any]:
         """`vsa align PHOTO SENTENCE --index NAME --json` for photo `i` of the index: its stored
-        regions when the file is unchanged since it was indexed (as `vsa align` decides)."""
+        regions (photo_path vouches that the file is the one indexed, as `vsa align` checks)."""
         aligner.sentence_tokens(sentence)
         with self.snapshot() as snap:
             photo = self.photo_path(i, snap)
-            rec = snap.photos.record(i)
-            st = photo.stat()
             blob = snap.photos.concepts_bytes([i])[0]
-            if rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns and blob is not None:
+            if blob is not None:
                 boxes, vecs = snap.photos.boxes(i).copy(), snap.photos.vectors([i])[0].astype("float32")
                 result = aligner.align_vectors(snap.model, boxes, vecs, sentence, beta, Concepts.from_bytes(blob))
                 source = f"index {self.name}"
@@ -265,9 +265,12 @@ class Engine:
     def photos(self, offset: int = 0, limit: int = 100) -> dict[str, Any]:
         with self.snapshot() as snap:
             n = len(snap.photos)
-            ids = range(max(0, offset), min(n, max(0, offset) + max(0, limit)))
-            rows = [{"id": i, "path": snap.photos.record(i)["key"], "size": snap.size(i),
-                     "regions": int(snap.photos.count[i])} for i in ids]
+            rows = []
+            for i in range(max(0, offset), min(n, max(0, offset) + max(0, limit))):
+                rec = snap.photos.record(i)
+                # changed: not the file indexed any more (edited, replaced, gone): not served until a rebuild
+                rows.append({"id": i, "path": rec["key"], "size": snap.size(i), "regions": int(snap.photos.count[i]),
+                             "changed": snap.files.state(rec) != OK})
             return {"generation": snap.generation, "total": n, "offset": offset, "photos": rows}
 
     def photo(self, i: int) -> dict[str, Any]:
@@ -277,37 +280,44 @@ class Engine:
             return {"id": i, "path": str(path), "size": snap.size(i), "boxes": snap.photos.boxes(i).tolist(),
                     "generation": snap.generation}
 
-    def skipped(self) -> dict[str, str]:
+    def skipped(self) -> list[dict[str, str]]:
+        """The files the build could not read, as `vsa index build --json` lists them."""
         with self.snapshot() as snap:
-            return snap.photos.skipped()
+            return [{"path": p, "reason": why} for p, why in sorted(snap.photos.skipped().items())]
+
+    def _record(self, i: int, snap: Snapshot) -> dict[str, Any]:
+        if not 0 <= i < len(snap.photos):
+            raise errors.SearchIndexError(f"no photo {i} in index {self.name} ({len(snap.photos)} photos)")
+        return snap.photos.record(i)
 
     def photo_path(self, i: int, snap: Snapshot | None = None) -> Path:
-        """The file of photo `i`: only ever a key of the index, and only inside the index's roots."""
+        """The file of photo `i`: only ever a key of the index, and only while it is the regular file
+        indexed, inside the index's folders (index/files.py)."""
         if snap is None:
             with self.snapshot() as s:
                 return self.photo_path(i, s)
-        if not 0 <= i < len(snap.photos):
-            raise errors.SearchIndexError(f"no photo {i} in index {self.name} ({len(snap.photos)} photos)")
-        key = os.path.normpath(snap.photos.record(i)["key"])
-        roots = [os.path.normpath(r) for r in snap.photos.manifest.get("roots", [])]
-        if not any(key == r or key.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
-            raise errors.SearchIndexError(f"photo {i} is outside the index's folders")
-        path = Path(key)
-        if not path.is_file():
-            raise errors.ImageMissingError(f"photo {i}: {path.name} is no longer on disk (rebuild the index)")
-        return path
+        return snap.files.check(self._record(i, snap), f"photo {i}")
+
+    def open_photo(self, i: int) -> tuple[Path, BinaryIO]:
+        """Photo `i`'s path and its file, open, on the same terms as photo_path: the checks hold for the
+        file that is read, whatever the path points at afterwards."""
+        with self.snapshot() as snap:
+            rec = self._record(i, snap)
+            return Path(rec["key"]), snap.files.open(rec, f"photo {i}")
 
     def thumbnail(self, i: int, size: int = 400) -> bytes:
         """A JPEG of photo `i` at most `size` px on its long side, upright (the guarded loader's EXIF
         handling, so that boxes in its pixels line up), kept in a small LRU cache."""
         with self.snapshot() as snap:
-            path = self.photo_path(i, snap)
+            rec = self._record(i, snap)
+            path = snap.files.check(rec, f"photo {i}")  # before the cache too: a changed file is not shown
             key = (snap.generation, i, size)
-        with self._lock:
-            if key in self._thumbs:
-                self._thumbs.move_to_end(key)
-                return self._thumbs[key]
-        im = self._load(path)
+            with self._lock:
+                if key in self._thumbs:
+                    self._thumbs.move_to_end(key)
+                    return self._thumbs[key]
+            with snap.files.open(rec, f"photo {i}") as f:
+                im = images.load(path, self.max_megapixels, file=f)
         im.thumbnail((size, size))
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=85)

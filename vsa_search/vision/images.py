@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -21,19 +22,20 @@ def is_photo(path: Path) -> bool:
     return path.suffix.lower() in PHOTO_SUFFIXES
 
 
-def load(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Image.Image:
-    """Open a photo fully decoded, upright (EXIF) and RGB; the first frame of an animation."""
+def load(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, file: BinaryIO | None = None) -> Image.Image:
+    """Open a photo fully decoded, upright (EXIF) and RGB; the first frame of an animation. `file`: the
+    photo already open (checked by its opener; `path` then only names it in messages)."""
     path = Path(path)
-    if not path.exists():
+    if file is None and not path.exists():
         raise ImageMissingError(f"{path}: no such file")
-    if not path.is_file():
+    if file is None and not path.is_file():
         raise ImageMissingError(f"{path}: not a file")
     limit = int(max_megapixels * 1_000_000)
     try:
         with warnings.catch_warnings():
             # PIL warns (not raises) between 1x and 2x its own bomb limit; our own cap decides.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(file if file is not None else path) as im:
                 w, h = im.size
                 if w * h > limit:
                     raise ImageTooLargeError(

@@ -328,8 +328,12 @@ async function showIndex() {
   else rows.push(["sentence index", "none (vsa index text FILE adds one: dropped photos then get their nearest sentences)"]);
   const table = el("table", {class: "status", id: "status"}, rows.map(([k, v]) => el("tr", {}, el("th", {text: k}), el("td", {text: String(v ?? "")}))));
   const thumbs = el("div", {class: "thumbs", id: "thumbs"});
-  const addThumbs = list => list.forEach(ph => thumbs.append(el("a", {href: `#/photo/${ph.id}`, title: ph.path},
-    el("img", {src: imageUrl(ph.id, 240), alt: baseName(ph.path), loading: "lazy"}))));
+  // A changed photo (edited, replaced or gone since the build) is not served: its name says so instead.
+  const addThumbs = list => list.forEach(ph => thumbs.append(ph.changed
+    ? el("span", {class: "changed", title: `${ph.path}: changed since it was indexed (rebuild the index)`},
+      el("span", {text: `changed: ${baseName(ph.path)}`}))
+    : el("a", {href: `#/photo/${ph.id}`, title: ph.path},
+      el("img", {src: imageUrl(ph.id, 240), alt: baseName(ph.path), loading: "lazy"}))));
   addThumbs(photos.photos);
   let offset = photos.photos.length;
   const more = el("button", {type: "button", text: "more photos", hidden: offset >= photos.total, onclick: async () => {
@@ -338,11 +342,11 @@ async function showIndex() {
     offset += next.photos.length;
     more.hidden = offset >= next.total;
   }});
-  const skippedItems = Object.entries(skipped.skipped);
+  const skippedItems = skipped.skipped;
   main.replaceChildren(
     el("div", {class: "panel"}, el("h2", {text: "Index"}), table),
     el("div", {class: "panel"}, el("h2", {text: `Skipped files (${skippedItems.length})`}),
-      skippedItems.length ? el("ul", {class: "skipped", id: "skipped"}, skippedItems.map(([path, why]) => el("li", {text: why || path})))
+      skippedItems.length ? el("ul", {class: "skipped", id: "skipped"}, skippedItems.map(s => el("li", {text: s.reason || s.path})))
         : el("p", {class: "summary", text: "none: every file was read"})),
     el("div", {class: "panel"}, el("h2", {text: `Photos (${photos.total})`}), thumbs, more));
 }
