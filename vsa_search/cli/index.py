@@ -95,7 +95,8 @@ def build_cmd(
         with progress("encoding", None) as advance:
             report = ray_build.build(roots or None, model, index, index_type, workers=workers, shards=shards,
                                      merge=merge, address=ray_address, device=device, batch_size=batch_size,
-                                     max_memory=budget, on_total=lambda n: advance(0, total=n), on_progress=advance)
+                                     max_memory=budget, max_megapixels=max_megapixels, replace=replace,
+                                     on_total=lambda n: advance(0, total=n), on_progress=advance)
     else:
         if workers is not None or shards is not None or not merge:
             raise UsageError("--workers, --shards and --no-merge are options of a --ray build")

@@ -92,7 +92,7 @@ class _ShardWorker:
             with ix.PhotoBuild([Path(r) for r in job["roots"]], self.model, Path(job["links"][i]), job["index_type"],
                                device=job["device"], batch_size=job["batch_size"],
                                max_megapixels=job["max_megapixels"], max_memory=job["max_memory"],
-                               shard=(i, len(job["links"]))) as b:
+                               shard=(i, len(job["links"])), replace=job["replace"]) as b:
                 todo = b.plan()
                 self.tracker.planned.remote(i, todo)
                 if todo and self.encoder is None:
@@ -108,12 +108,13 @@ class _ShardWorker:
 def build(roots: list[str | Path] | None, model: str | Path = "align", name: str | Path | None = None,
           index_type: str = "auto", *, workers: int | None = None, shards: int | None = None, merge: bool = True,
           address: str | None = None, device: str | None = None, batch_size: int = 8,
-          max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, max_memory: int | None = None,
+          max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, max_memory: int | None = None, replace: bool = False,
           on_total: Callable[[int], None] | None = None, on_progress: Callable[[int], None] | None = None,
           on_shard_start: Callable[[int, int], None] | None = None) -> RayBuildReport:
     """Build (or update) the photo index `name` on Ray: `workers` actors (default: one per GPU of
     the cluster, else one per CPU) encode `shards` shards (default: the existing split, else
-    SHARDS_PER_WORKER per worker), merged into `name` unless merge=False. on_total(photos to
+    SHARDS_PER_WORKER per worker), merged into `name` unless merge=False. `max_megapixels` and
+    `replace` mean what they mean to index.PhotoBuild (each shard's build gets them). on_total(photos to
     encode) comes once every shard has planned; on_progress(n) counts encoded photos;
     on_shard_start(shard, worker pid) reports each run of a shard (retries included)."""
     from . import connected, task_error
@@ -144,7 +145,7 @@ def build(roots: list[str | Path] | None, model: str | Path = "align", name: str
         job = {"model": str(model_path.resolve()), "roots": [str(r) for r in root_paths],
                "links": [str(p) for p in links], "index_type": index_type,
                "device": device or ("cuda" if gpus else "cpu"), "batch_size": batch_size,
-               "max_megapixels": max_megapixels, "max_memory": max_memory}
+               "max_megapixels": max_megapixels, "max_memory": max_memory, "replace": replace}
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours is on stderr already
         ctx.print_on_execution_start = False
