@@ -235,3 +235,17 @@ def test_ray_shard_builds_apply_max_megapixels_and_replace(ray_session, home: Pa
     assert r.photos == 1 and r.removed == 0 and not r.skipped
     with ix.open_index(link) as x:
         assert [Path(rec["key"]).name for rec in x.records()] == ["tiny.jpg"]
+
+
+def test_a_ray_build_without_folders_resumes_a_killed_first_build(tmp_path: Path) -> None:
+    """Before any shard wrote an index, the folders come from a shard's work area (no Ray needed)."""
+    from vsa_search.cluster import build as ray_build
+    from vsa_search.core.kv import KV
+    from vsa_search.index.layout import _WORK_META
+
+    link = tmp_path / "photos"
+    with pytest.raises(UsageError, match="give the folders to index"):
+        ray_build._roots(None, link)
+    with KV(ix.Location(shard_set.shard_link(link, 1, 2)).work) as kv:  # what a killed shard build leaves
+        kv.put_json(_WORK_META, {"model": "m", "format_version": 1, "roots": [str(PHOTOS)]})
+    assert ray_build._roots(None, link) == [PHOTOS]

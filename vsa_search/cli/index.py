@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from pathlib import Path
 from typing import Annotated
@@ -187,7 +188,24 @@ def status_cmd(index: IndexOpt = ix.DEFAULT_NAME,
         if e.get("verified"):
             out.print("    verified: every file matches its checksum")
         if e.get("interrupted_build"):
-            out.print(f"  {items}: an interrupted build is pending: run `vsa index build` to finish it")
+            if e.get("interrupted_roots") and e["interrupted_roots"] != e.get("roots"):
+                out.print(f"    interrupted build of: {', '.join(e['interrupted_roots'])}", markup=False)
+            out.print(f"  {items}: an interrupted build is pending: run `{_resume_command(index, s['index'], e)}` "
+                      "to finish it", markup=False)
+
+
+def _resume_command(index: str, link: str, entry: dict) -> str:
+    """The command that finishes an interrupted build: the folders come from its work area or the
+    index's manifest (a work area from before it recorded them needs them named), and --model
+    when it was not the default (another model would encode everything again)."""
+    shown = index if ix.resolve(index) == paths.indexes_dir() / index else link  # a path: absolute, from anywhere
+    cmd = "vsa index build" if entry.get("interrupted_roots") or entry.get("roots") else "vsa index build PATH..."
+    if index != ix.DEFAULT_NAME:
+        cmd += f" --index {shlex.quote(shown)}"
+    used = entry.get("interrupted_model_path")
+    if used and Path(used) != paths.find_model("align").resolve():
+        cmd += f" --model {shlex.quote(used)}"
+    return cmd
 
 
 @app.command("remove")

@@ -19,6 +19,7 @@ folder at the same paths (a shared file system).
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from .. import index as ix
 from ..core import paths
 from ..core.errors import ModelError, UsageError
 from ..index.layout import MANIFEST
+from ..index.photos import work_roots
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS
 from .shards import existing_split, shard_link, splits
 
@@ -182,6 +184,10 @@ def _roots(roots: list[str | Path] | None, link: Path) -> list[Path]:
         gen = ix.Location(cand).current()
         if gen is not None and (gen / MANIFEST).is_file():
             return [Path(p) for p in json.loads((gen / MANIFEST).read_text()).get("roots", [])]
+    for work in sorted(link.parent.glob(f".{glob.escape(link.name)}.shard-*-of-*.work")):
+        named = work_roots(ix.Location(link.with_name(work.name[1:-len(".work")])))  # a killed first build
+        if named:
+            return [Path(p) for p in named]
     raise UsageError("give the folders to index: vsa index build PATH... --ray")
 
 

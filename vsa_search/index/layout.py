@@ -8,6 +8,7 @@ import fcntl
 import os
 import re
 import shutil
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,28 +106,43 @@ class Location:
 
 
 class _Lock:
-    """One build (or remove) of an index at a time; a second one fails at once, clearly."""
+    """One build (or remove) of an index at a time; a second one fails at once, clearly. The lock
+    file exists only while it is held, so that no `.NAME.lock` stays beside the index (or beside a
+    user's own folder that --index points into)."""
 
     def __init__(self, path: Path, name: str):
         self.path, self.name, self.fd = path, name, -1
 
     def __enter__(self) -> _Lock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:  # a read-only file system or folder: nothing can be built or removed there
-            raise SearchIndexError(f"{self.path.parent}: cannot write there ({e.strerror}); index {self.name} "
-                                   "cannot be built or changed: use a writable folder (--index PATH or "
-                                   "$VSA_HOME)") from None
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:  # a read-only file system or folder: nothing can be built or removed there
+                raise SearchIndexError(f"{self.path.parent}: cannot write there ({e.strerror}); index {self.name} "
+                                       "cannot be built or changed: use a writable folder (--index PATH or "
+                                       "$VSA_HOME)") from None
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self.fd)
+                raise SearchIndexError(f"index {self.name} is being built by another process; "
+                                       "try again when it ends") from None
+            # The holder before us may have removed the file as it let go: a lock on a removed file
+            # guards nothing, so take it again on the file now at the path.
+            try:
+                st, held = os.stat(self.path), os.fstat(self.fd)
+            except FileNotFoundError:
+                st = held = None
+            if st is not None and held is not None and (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino):
+                return self
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
-            raise SearchIndexError(f"index {self.name} is being built by another process; "
-                                   "try again when it ends") from None
-        return self
 
     def __exit__(self, *exc: object) -> None:
+        # Removed while still held: whoever opens the path next creates a new file and locks that.
+        with suppress(OSError):
+            self.path.unlink()
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
 

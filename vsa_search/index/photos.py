@@ -73,6 +73,8 @@ class PhotoBuild:
 
     def __exit__(self, *exc: object) -> None:
         self._close()
+        if exc[0] is not None:  # a failed build keeps the vectors it encoded for the next one, nothing else
+            _drop_empty_work(self.location)
         if self._lock is not None:
             self._lock.__exit__(*exc)
             self._lock = None
@@ -100,8 +102,9 @@ class PhotoBuild:
                 r.replaced = str(e)
         old_manifest = self.old.manifest if self.old else None
         if self.roots is None:
-            # A damaged index still names its folders in its manifest: rebuild from them.
-            named = (old_manifest or read_manifest(loc) or {}).get("roots")
+            # An interrupted build's folders first (it is what was asked last), then the index's: a
+            # damaged index still names its folders in its manifest, so it is rebuilt from them.
+            named = work_roots(loc) or (old_manifest or read_manifest(loc) or {}).get("roots")
             if not named:
                 raise UsageError(f"give the folders to index: vsa index build PATH... ({r.replaced})" if r.replaced
                                  else "give the folders to index: vsa index build PATH...")
@@ -214,14 +217,21 @@ class PhotoBuild:
             except DamagedError as e:  # cut short (a kill, a full disk): its vectors cannot be trusted
                 self.report.work_discarded = str(e)
             else:
-                meta = kv.get_json(_WORK_META)
-                if meta == {"model": self.model.fingerprint, "format_version": FORMAT_VERSION}:
+                meta = kv.get_json(_WORK_META) or {}
+                if (meta.get("model"), meta.get("format_version")) == (self.model.fingerprint, FORMAT_VERSION):
+                    kv.put_json(_WORK_META, self._work_meta())
                     return kv
                 kv.close()
             shutil.rmtree(w)
         kv = KV(w)
-        kv.put_json(_WORK_META, {"model": self.model.fingerprint, "format_version": FORMAT_VERSION})
+        kv.put_json(_WORK_META, self._work_meta())
         return kv
+
+    def _work_meta(self) -> dict[str, Any]:
+        # The folders and the model file go in too: a first build killed before it wrote an index
+        # resumes without PATH, and `vsa index status` can say with which --model.
+        return {"model": self.model.fingerprint, "format_version": FORMAT_VERSION,
+                "roots": [str(p) for p in self.roots or []], "model_path": str(Path(self.model.path).resolve())}
 
     # -- encoding and writing
     def run(self, on_progress: Callable[[int], None] | None = None) -> BuildReport:
@@ -352,6 +362,37 @@ class PhotoBuild:
         manifest = json.loads((gen / MANIFEST).read_text())
         r.photos, r.regions = manifest["counts"]["photos"], manifest["counts"]["regions"]
         r.index_type = manifest["index_type"]
+
+
+def work_meta(location: Location) -> dict[str, Any]:
+    """What an interrupted build recorded in its work area: model, and (since they are recorded)
+    `roots` and `model_path`; {} when there is none or it cannot be read."""
+    if not location.work.is_dir():
+        return {}
+    try:
+        with KV(location.work, readonly=True) as kv:
+            meta = kv.get_json(_WORK_META)
+    except Exception:  # damaged or unreadable (lmdb raises its own types): it says nothing
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def work_roots(location: Location) -> list[str] | None:
+    """The folders an interrupted build was indexing (None if its work area names none)."""
+    return work_meta(location).get("roots") or None
+
+
+def _drop_empty_work(location: Location) -> None:
+    """Remove a work area that holds no encoded vectors (a build that failed before encoding any)."""
+    if not location.work.is_dir():
+        return
+    try:
+        with KV(location.work, readonly=True) as kv:
+            empty = kv.count(_WORK_VEC) == 0
+    except Exception:  # damaged: the next build discards it and says so
+        return
+    if empty:
+        shutil.rmtree(location.work, ignore_errors=True)
 
 
 def _concepts_of(features: np.ndarray, model: LoadedAlign) -> np.ndarray:
