@@ -151,6 +151,9 @@ def build(roots: list[str | Path] | None, model: str | Path = "align", name: str
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours is on stderr already
         ctx.print_on_execution_start = False
+        # A shard build's own error (e.g. "add --replace") must reach the user as it was raised: Ray Data
+        # otherwise wraps it in a UserCodeException whose cause is lost on the way to this process.
+        ctx.raise_original_map_exception = True
         tracker = ray.remote(num_cpus=0)(_Tracker).remote()
         per_actor = {"num_gpus": 1} if gpus else {"num_cpus": 1}
         ds = ray.data.from_items([{"shard": i} for i in range(n)], override_num_blocks=n).map_batches(
