@@ -27,5 +27,5 @@ def test_search_benchmark_prints_the_readme_table(tmp_path: Path, capsys: pytest
     assert all(0.0 <= r["recall"] <= 1.0 for r in rows)
     table = capsys.readouterr().out.split("| regions |", 1)[1].splitlines()[2:]
     assert [line.split(" | ")[1] for line in table] == ["exhaustive (baseline)", "flat (auto)", "ivf", "hnsw"]
-    assert all(line.startswith("| 1k | ") and line.count("|") == 9 for line in table)
+    assert all(line.startswith("| 1k | ") and line.count("|") == 10 for line in table)
     assert list(tmp_path.iterdir()) == []  # its indexes were removed
