@@ -214,6 +214,7 @@ def test_verify_finds_a_changed_byte(photos: Path, model, encoder, tmp_path: Pat
     assert "checksum" in ix.status(link, verify=True)["photos"]["damaged"]
     line = one_error_line(runner.invoke(app, ["index", "status", "--verify", "--index", str(link)]))
     assert "regions.faiss: checksum" in line
+    assert line.endswith(f"`vsa index remove --index {link}`, then `vsa index build PATH --index {link}`")
 
 
 def test_a_truncated_resume_area_is_discarded(photos: Path, model, encoder, tmp_path: Path, monkeypatch) -> None:

@@ -172,8 +172,8 @@ def status_cmd(index: IndexOpt = ix.DEFAULT_NAME,
     if damaged:
         # A file that opens but fails its checksum would be reused by an incremental build: start afresh.
         raise SearchIndexError(damaged[0] if "vsa index build" in damaged[0] else
-                               f"{damaged[0]}; rebuild it: `vsa index remove --index {index}`, then "
-                               "`vsa index build PATH`")
+                               f"{damaged[0]}; rebuild it: `vsa index remove --index {shlex.quote(index)}`, then "
+                               f"`vsa index build PATH --index {shlex.quote(index)}`")
     out.print(f"index: {s['index']}", markup=False)
     for kind, (items, frags) in ix.KINDS.items():
         e = s.get(kind)
