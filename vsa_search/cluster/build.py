@@ -35,8 +35,7 @@ import numpy as np
 from .. import index as ix
 from ..core import paths
 from ..core.errors import ModelError, UsageError
-from ..index.layout import MANIFEST
-from ..index.photos import work_roots
+from ..index.layout import MANIFEST, work_roots
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS
 from .shards import existing_split, shard_link, splits
 

@@ -33,8 +33,8 @@ from ..models.alignment import LoadedAlign, load_align
 from . import openvocab
 from .faiss_types import INDEX_TYPES, choose_for_memory, choose_type, memory_bytes
 from .generation import Item, write_generation
-from .layout import DEFAULT_NAME, KINDS, Location, disk_size, resolve
-from .photos import PhotoBuild, build_photos, work_meta
+from .layout import DEFAULT_NAME, KINDS, Location, disk_size, resolve, work_meta
+from .photos import PhotoBuild, build_photos
 from .plan import BuildReport
 from .query import Result, model_for, search_text
 from .sentences import TextReport, build_sentences

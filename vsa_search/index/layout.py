@@ -11,10 +11,11 @@ import shutil
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..core import paths
 from ..core.errors import SearchIndexError, UsageError
-from ..core.kv import as_os_error
+from ..core.kv import KV, as_os_error
 
 FORMAT_VERSION = 1
 KINDS = {"photos": ("photos", "regions"), "sentences": ("sentences", "words")}
@@ -145,6 +146,37 @@ class _Lock:
             self.path.unlink()
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
+
+
+def work_meta(location: Location) -> dict[str, Any]:
+    """What an interrupted build recorded in its work area: model, and (since they are recorded)
+    `roots` and `model_path`; {} when there is none or it cannot be read."""
+    if not location.work.is_dir():
+        return {}
+    try:
+        with KV(location.work, readonly=True) as kv:
+            meta = kv.get_json(_WORK_META)
+    except Exception:  # damaged or unreadable (lmdb raises its own types): it says nothing
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def work_roots(location: Location) -> list[str] | None:
+    """The folders an interrupted build was indexing (None if its work area names none)."""
+    return work_meta(location).get("roots") or None
+
+
+def drop_empty_work(location: Location) -> None:
+    """Remove a work area that holds no encoded vectors (a build that failed before encoding any)."""
+    if not location.work.is_dir():
+        return
+    try:
+        with KV(location.work, readonly=True) as kv:
+            empty = kv.count(_WORK_VEC) == 0
+    except Exception:  # damaged: the next build discards it and says so
+        return
+    if empty:
+        shutil.rmtree(location.work, ignore_errors=True)
 
 
 def _fsync_dir(d: Path) -> None:

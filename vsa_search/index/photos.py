@@ -33,8 +33,10 @@ from .layout import (
     Location,
     _Lock,
     disk_error,
+    drop_empty_work,
     generation_bytes,
     resolve,
+    work_roots,
 )
 from .plan import BuildReport, PlannedPhoto, is_under, scan
 from .shards import check_shard, shard_of
@@ -74,7 +76,7 @@ class PhotoBuild:
     def __exit__(self, *exc: object) -> None:
         self._close()
         if exc[0] is not None:  # a failed build keeps the vectors it encoded for the next one, nothing else
-            _drop_empty_work(self.location)
+            drop_empty_work(self.location)
         if self._lock is not None:
             self._lock.__exit__(*exc)
             self._lock = None
@@ -362,37 +364,6 @@ class PhotoBuild:
         manifest = json.loads((gen / MANIFEST).read_text())
         r.photos, r.regions = manifest["counts"]["photos"], manifest["counts"]["regions"]
         r.index_type = manifest["index_type"]
-
-
-def work_meta(location: Location) -> dict[str, Any]:
-    """What an interrupted build recorded in its work area: model, and (since they are recorded)
-    `roots` and `model_path`; {} when there is none or it cannot be read."""
-    if not location.work.is_dir():
-        return {}
-    try:
-        with KV(location.work, readonly=True) as kv:
-            meta = kv.get_json(_WORK_META)
-    except Exception:  # damaged or unreadable (lmdb raises its own types): it says nothing
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
-def work_roots(location: Location) -> list[str] | None:
-    """The folders an interrupted build was indexing (None if its work area names none)."""
-    return work_meta(location).get("roots") or None
-
-
-def _drop_empty_work(location: Location) -> None:
-    """Remove a work area that holds no encoded vectors (a build that failed before encoding any)."""
-    if not location.work.is_dir():
-        return
-    try:
-        with KV(location.work, readonly=True) as kv:
-            empty = kv.count(_WORK_VEC) == 0
-    except Exception:  # damaged: the next build discards it and says so
-        return
-    if empty:
-        shutil.rmtree(location.work, ignore_errors=True)
 
 
 def _concepts_of(features: np.ndarray, model: LoadedAlign) -> np.ndarray:
