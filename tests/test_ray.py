@@ -229,8 +229,9 @@ def test_ray_shard_builds_apply_max_megapixels_and_replace(ray_session, home: Pa
     link = home / "indexes" / "mp"
     r = ray_build.build([big, small], "align", link, workers=1, shards=1, max_megapixels=0.02)
     assert r.photos == 1 and list(r.skipped) == [str(big / "astronaut.jpg")]
-    with pytest.raises(UsageError, match="--replace"):
+    with pytest.raises(UsageError, match="--replace") as refused:
         ray_build.build([small], "align", link, workers=1, shards=1)
+    assert "\n" not in str(refused.value)  # the shard build's own one line, as raised
     r = ray_build.build([small], "align", link, workers=1, shards=1, replace=True)
     assert r.photos == 1 and r.removed == 0 and not r.skipped
     with ix.open_index(link) as x:

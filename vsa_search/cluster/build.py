@@ -134,7 +134,9 @@ def build(roots: list[str | Path] | None, model: str | Path = "align", name: str
     with connected(address) as ray:
         import ray.data
 
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # no per-run INFO lines on stderr
+        # No per-run INFO lines on stderr, nor Ray Data's log of a failed shard (with its traceback):
+        # the failure arrives here as an exception and the CLI says it in one line.
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
         slots, kind = (gpus, "GPUs") if gpus else (int(resources.get("CPU", 1)), "CPUs")
