@@ -8,6 +8,8 @@ core would give, while p50/p95 are wall-clock (what the shared machine gave).
     .venv/bin/python benchmarks/search.py            # 10k, 100k and 1M regions (~15 min, ~7 GB RAM)
     .venv/bin/python benchmarks/search.py --quick    # 10k and 100k only
 
+It ends with the table of the README's Speed section (Markdown), one row per setting.
+
 Synthetic data that behaves like region and word vectors: C "concepts" (unit directions);
 every photo shows a few concepts, each of its 20 regions shows one of them (region 0, the full
 image, a blend) with a random strength, plus noise and a shared "background" direction that
@@ -132,7 +134,7 @@ def bench(n_regions: int, types: list[str], dim: int, n_queries: int, k: int, pe
                         cpu.append(time.process_time() - c)
                         recalls.append(len(set(r.items.tolist()) & set(want.tolist())) / k)
                         proven.append(r.exact)
-                        cands.append(r.reranked)
+                        cands.append(r.candidates)
                     setting = f"N={per_word}" if per_word else "N=default"
                     rows.append({"regions": n_regions, "type": kind, "build_s": build, "bytes": size / n_regions,
                                  "p50": float(np.median(times)), "p95": float(np.percentile(times, 95)),
@@ -147,7 +149,7 @@ def bench(n_regions: int, types: list[str], dim: int, n_queries: int, k: int, pe
 
 
 HEADER = (f"{'regions':>9} {'index':>10} {'first stage':>22} {'build s':>8} {'B/region':>9} {'p50 ms':>8} "
-          f"{'p95 ms':>8} {'cpu50 ms':>8} {'x faster':>9} {'recall@10':>9} {'proven':>7} {'reranked':>8}")
+          f"{'p95 ms':>8} {'cpu50 ms':>8} {'x faster':>9} {'recall@10':>9} {'proven':>7} {'cands':>8}")
 
 
 def _print_row(r: dict, base_p50: float) -> None:
@@ -156,7 +158,40 @@ def _print_row(r: dict, base_p50: float) -> None:
           f"{r['recall']:>9.3f} {r['proven']:>7.2f} {r['cands']:>8.0f}", flush=True)
 
 
-def main() -> None:
+def markdown(rows: list[dict]) -> str:
+    """The README's search table: one row per setting, "(auto)" where `--index-type auto` would
+    choose that type at that size, "x faster" relative to the exhaustive row of the same size
+    (wall-clock p50; cpu50 is the CPU time, what an idle core would give on a busy machine)."""
+    base = {r["regions"]: r["p50"] for r in rows if r["type"] == "exhaustive"}
+    lines = ["| regions | index | build s | bytes/region | p50 ms | p95 ms | cpu50 ms | × faster than exhaustive "
+             "| recall@10 |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        n = r["regions"]
+        if r["type"] == "exhaustive":
+            name, build = "exhaustive (baseline)", "–"
+        else:
+            auto = " (auto)" if faiss_types.choose_type("auto", n) == r["type"] else ""
+            name, build = f"{r['type']}{auto}", f"{r['build_s']:.1f}"
+            if r["setting"] not in ("N=default", f"N=default nprobe={faiss_types.IVF_NPROBE}"):
+                name += f", {r['setting']}"  # a setting other than the product's: say which
+        lines.append(f"| {_count(n)} | {name} | {build} | {r['bytes']:.0f} | {_ms(r['p50'])} | {_ms(r['p95'])} "
+                     f"| {_ms(r['cpu50'])} | {base[n] / r['p50']:.1f} | {r['recall']:.3f} |")
+    return "\n".join(lines)
+
+
+def _count(n: int) -> str:
+    for div, unit in ((1_000_000, "M"), (1_000, "k")):
+        if n >= div and n % div == 0:
+            return f"{n // div}{unit}"
+    return f"{n:,}"
+
+
+def _ms(s: float) -> str:
+    return f"{1000 * s:.1f}" if s < 1 else f"{1000 * s:.0f}"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the benchmark (argv as on the command line); prints the tables, returns the rows."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="10k and 100k regions only")
     ap.add_argument("--sizes", type=int, nargs="*", help="region counts (default 10k 100k 1M)")
@@ -169,7 +204,7 @@ def main() -> None:
                     help="fixed first-stage depths to compare (0: the product's default)")
     ap.add_argument("--nprobe", type=int, nargs="*", default=[faiss_types.IVF_NPROBE], help="IVF lists probed")
     ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     sizes = a.sizes or ([10_000, 100_000] if a.quick else [10_000, 100_000, 1_000_000])
     workdir = Path(tempfile.mkdtemp(prefix="vsa-bench-", dir=a.workdir))
     import faiss
@@ -190,6 +225,8 @@ def main() -> None:
     base = {r["regions"]: r["p50"] for r in rows if r["type"] == "exhaustive"}
     for r in rows:
         _print_row(r, base[r["regions"]])
+    print("\n" + markdown(rows))
+    return rows
 
 
 if __name__ == "__main__":

@@ -103,6 +103,23 @@ def test_search_human_output_and_sheet(env: Path, tmp_path: Path) -> None:
         assert im.format == "PNG" and im.width > 300
 
 
+def test_sheet_into_a_folder_names_the_file_written(env: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["search", "a dog", "-k", "2", "--sheet", str(tmp_path), "--no-bridge"])
+    assert res.exit_code == 0, res.stderr
+    written = tmp_path / "sheet-a-dog.png"
+    assert res.stderr.strip() == f"wrote {written}"
+    assert [p.name for p in tmp_path.iterdir()] == [written.name]  # no temporary file left beside it
+    with Image.open(written) as im:
+        assert im.format == "PNG"
+
+
+def test_sheet_in_a_missing_folder_is_an_error_before_the_search(env: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "s.png"
+    line = one_error_line(runner.invoke(app, ["search", "a dog", "--sheet", str(missing), "--no-bridge"]), 2)
+    assert line == f"error: {missing}: no folder {missing.parent} to write the sheet into"
+    assert not (tmp_path / "no").exists()
+
+
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["search", ""], 2, "error: empty query: give some words to search for"),
     (["search", "zeppelin xylophone", "--no-bridge"], 2, "error: no known words in the query 'zeppelin xylophone': the "

@@ -8,7 +8,10 @@ of the same index is refused while one runs."""
 from __future__ import annotations
 
 import errno
+import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -211,6 +214,7 @@ def test_verify_finds_a_changed_byte(photos: Path, model, encoder, tmp_path: Pat
     assert "checksum" in ix.status(link, verify=True)["photos"]["damaged"]
     line = one_error_line(runner.invoke(app, ["index", "status", "--verify", "--index", str(link)]))
     assert "regions.faiss: checksum" in line
+    assert line.endswith(f"`vsa index remove --index {link}`, then `vsa index build PATH --index {link}`")
 
 
 def test_a_truncated_resume_area_is_discarded(photos: Path, model, encoder, tmp_path: Path, monkeypatch) -> None:
@@ -294,3 +298,68 @@ def test_an_unreachable_folder_keeps_its_photos(photos: Path, model, encoder, tm
     assert r.unreachable == {str(drive): 2} and (r.photos, r.removed) == (6, 0)
     res = runner.invoke(app, ["index", "build", "--index", str(link), "--model", str(model.path)])
     assert res.exit_code == 0 and f"{drive}: unreachable" in res.stderr, res.stderr
+
+
+# --------------------------------------------------------------------------- what a failed build leaves
+
+
+def _fail_at_the_third_encode(monkeypatch) -> None:
+    """Encoding fails at the third photo, as a crash would, after the first batch of two was saved."""
+    calls = []
+    real = photo_builds.encode_regions
+
+    def dies(loaded, feats):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("stopped")
+        return real(loaded, feats)
+
+    monkeypatch.setattr(photo_builds, "encode_regions", dies)
+
+
+def test_status_of_an_interrupted_first_build_prints_a_command_that_resumes_it(photos: Path, model, encoder,
+                                                                               tmp_path: Path, monkeypatch) -> None:
+    link = tmp_path / "idx"
+    with monkeypatch.context() as m:
+        _fail_at_the_third_encode(m)
+        with pytest.raises(RuntimeError, match="stopped"):
+            build([photos], model, link, encoder)
+    loc = ix.Location(link)
+    assert loc.current() is None and loc.work.is_dir()  # no index yet, two photos' vectors kept
+    res = runner.invoke(app, ["index", "status", "--index", str(link)])
+    assert res.exit_code == 0, res.stderr
+    cmd = re.search(r"run `(vsa index build[^`]*)` to finish it", res.stdout)
+    assert cmd, res.stdout
+    args = shlex.split(cmd.group(1))[1:]
+    assert args == ["index", "build", "--index", str(link), "--model", str(Path(model.path).resolve())]
+    res = runner.invoke(app, args + ["--json"])  # no PATH: the folders come from the interrupted build
+    assert res.exit_code == 0, res.stderr
+    r = json.loads(res.stdout)
+    assert (r["photos"], r["resumed"], r["encoded"]) == (4, 2, 2)
+    assert ix.status(link)["photos"]["roots"] == [str(photos)] and not loc.work.exists()
+
+
+def test_a_failed_build_leaves_no_lock_and_no_empty_work_area(photos: Path, model, encoder, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    mine = tmp_path / "mine"  # a user's own folder that --index points into
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    link = mine / "idx"
+    with monkeypatch.context() as m:  # fails after planning, before encoding anything
+        m.setattr(photo_builds.shutil, "disk_usage", lambda p: SimpleNamespace(free=1000))
+        with pytest.raises(SearchIndexError, match="not enough space"):
+            build([photos], model, link, encoder)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(app, ["index", "build", str(empty), "--index", str(link), "--model", str(model.path)])
+    assert "no photos" in one_error_line(res, 2)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    with monkeypatch.context() as m:  # fails with vectors saved: they stay for the next build, the lock goes
+        _fail_at_the_third_encode(m)
+        with pytest.raises(RuntimeError, match="stopped"):
+            build([photos], model, link, encoder)
+    assert sorted(p.name for p in mine.iterdir()) == [".idx.work", "notes.txt"]
+    r = build(None, model, link, encoder)
+    assert (r.photos, r.resumed, r.encoded) == (4, 2, 2)
+    assert sorted(p.name for p in mine.iterdir()) == [".idx.g000001", "idx", "notes.txt"]

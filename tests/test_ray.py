@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -192,3 +193,60 @@ def test_without_ray_the_options_say_how_to_install(monkeypatch: pytest.MonkeyPa
     r = runner.invoke(app, ["index", "build", str(PHOTOS), "--workers", "2"])
     assert r.exit_code == 2 and "--ray build" in r.stderr
     assert not (tmp_path / "indexes").exists()  # nothing was built
+
+
+def test_ray_build_is_given_max_megapixels_and_replace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`vsa index build --ray` hands --max-megapixels and --replace to the Ray build (no Ray needed)."""
+    from vsa_search.cluster import build as ray_build
+
+    got: dict = {}
+
+    def fake_build(roots, model, name, index_type, **kw):
+        got.update(kw)
+        return ray_build.RayBuildReport(index=str(name), model="m")
+
+    monkeypatch.setattr(ray_build, "build", fake_build)
+    monkeypatch.setenv("VSA_HOME", str(tmp_path))
+    r = CliRunner().invoke(app, ["index", "build", str(PHOTOS), "--ray", "--max-megapixels", "0.02", "--replace"])
+    assert r.exit_code == 0, r.output
+    assert (got["max_megapixels"], got["replace"]) == (0.02, True)
+    r = CliRunner().invoke(app, ["index", "build", str(PHOTOS), "--ray"])
+    assert r.exit_code == 0 and got["replace"] is False, r.output
+
+
+def test_ray_shard_builds_apply_max_megapixels_and_replace(ray_session, home: Path) -> None:
+    """Each shard's build skips photos past --max-megapixels and drops photos only with --replace."""
+    from PIL import Image
+
+    from vsa_search.cluster import build as ray_build
+
+    big, small = home / "mp" / "big", home / "mp" / "small"
+    big.mkdir(parents=True)
+    small.mkdir()
+    shutil.copy2(PHOTOS / "astronaut.jpg", big / "astronaut.jpg")
+    with Image.open(PHOTOS / "astronaut.jpg") as im:
+        im.convert("RGB").resize((100, 100)).save(small / "tiny.jpg")
+    link = home / "indexes" / "mp"
+    r = ray_build.build([big, small], "align", link, workers=1, shards=1, max_megapixels=0.02)
+    assert r.photos == 1 and list(r.skipped) == [str(big / "astronaut.jpg")]
+    with pytest.raises(UsageError, match="--replace") as refused:
+        ray_build.build([small], "align", link, workers=1, shards=1)
+    assert "\n" not in str(refused.value)  # the shard build's own one line, as raised
+    r = ray_build.build([small], "align", link, workers=1, shards=1, replace=True)
+    assert r.photos == 1 and r.removed == 0 and not r.skipped
+    with ix.open_index(link) as x:
+        assert [Path(rec["key"]).name for rec in x.records()] == ["tiny.jpg"]
+
+
+def test_a_ray_build_without_folders_resumes_a_killed_first_build(tmp_path: Path) -> None:
+    """Before any shard wrote an index, the folders come from a shard's work area (no Ray needed)."""
+    from vsa_search.cluster import build as ray_build
+    from vsa_search.core.kv import KV
+    from vsa_search.index.layout import _WORK_META
+
+    link = tmp_path / "photos"
+    with pytest.raises(UsageError, match="give the folders to index"):
+        ray_build._roots(None, link)
+    with KV(ix.Location(shard_set.shard_link(link, 1, 2)).work) as kv:  # what a killed shard build leaves
+        kv.put_json(_WORK_META, {"model": "m", "format_version": 1, "roots": [str(PHOTOS)]})
+    assert ray_build._roots(None, link) == [PHOTOS]

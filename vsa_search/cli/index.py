@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from pathlib import Path
 from typing import Annotated
@@ -95,7 +96,8 @@ def build_cmd(
         with progress("encoding", None) as advance:
             report = ray_build.build(roots or None, model, index, index_type, workers=workers, shards=shards,
                                      merge=merge, address=ray_address, device=device, batch_size=batch_size,
-                                     max_memory=budget, on_total=lambda n: advance(0, total=n), on_progress=advance)
+                                     max_memory=budget, max_megapixels=max_megapixels, replace=replace,
+                                     on_total=lambda n: advance(0, total=n), on_progress=advance)
     else:
         if workers is not None or shards is not None or not merge:
             raise UsageError("--workers, --shards and --no-merge are options of a --ray build")
@@ -170,8 +172,8 @@ def status_cmd(index: IndexOpt = ix.DEFAULT_NAME,
     if damaged:
         # A file that opens but fails its checksum would be reused by an incremental build: start afresh.
         raise SearchIndexError(damaged[0] if "vsa index build" in damaged[0] else
-                               f"{damaged[0]}; rebuild it: `vsa index remove --index {index}`, then "
-                               "`vsa index build PATH`")
+                               f"{damaged[0]}; rebuild it: `vsa index remove --index {shlex.quote(index)}`, then "
+                               f"`vsa index build PATH --index {shlex.quote(index)}`")
     out.print(f"index: {s['index']}", markup=False)
     for kind, (items, frags) in ix.KINDS.items():
         e = s.get(kind)
@@ -186,7 +188,24 @@ def status_cmd(index: IndexOpt = ix.DEFAULT_NAME,
         if e.get("verified"):
             out.print("    verified: every file matches its checksum")
         if e.get("interrupted_build"):
-            out.print(f"  {items}: an interrupted build is pending: run `vsa index build` to finish it")
+            if e.get("interrupted_roots") and e["interrupted_roots"] != e.get("roots"):
+                out.print(f"    interrupted build of: {', '.join(e['interrupted_roots'])}", markup=False)
+            out.print(f"  {items}: an interrupted build is pending: run `{_resume_command(index, s['index'], e)}` "
+                      "to finish it", markup=False)
+
+
+def _resume_command(index: str, link: str, entry: dict) -> str:
+    """The command that finishes an interrupted build: the folders come from its work area or the
+    index's manifest (a work area from before it recorded them needs them named), and --model
+    when it was not the default (another model would encode everything again)."""
+    shown = index if ix.resolve(index) == paths.indexes_dir() / index else link  # a path: absolute, from anywhere
+    cmd = "vsa index build" if entry.get("interrupted_roots") or entry.get("roots") else "vsa index build PATH..."
+    if index != ix.DEFAULT_NAME:
+        cmd += f" --index {shlex.quote(shown)}"
+    used = entry.get("interrupted_model_path")
+    if used and Path(used) != paths.find_model("align").resolve():
+        cmd += f" --model {shlex.quote(used)}"
+    return cmd
 
 
 @app.command("remove")

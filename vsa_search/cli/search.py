@@ -10,9 +10,9 @@ import typer
 from .. import index as ix
 from ..core.errors import UsageError
 from ..index import query as srch
-from ..index.sheet import contact_sheet
+from ..index.sheet import contact_sheet, sheet_path
 from ..models.encode import query_tokens_or_fail
-from .common import out, print_json, print_paths
+from .common import err, out, print_json, print_paths
 
 
 def search_cmd(
@@ -28,7 +28,9 @@ def search_cmd(
     null: Annotated[bool, typer.Option("--null", "-0", help="With --paths: end each path with a NUL byte "
                                        "instead of a newline (for xargs -0; any name survives).")] = False,
     sheet: Annotated[Path | None, typer.Option("--sheet", help="Write a PNG contact sheet with the matched "
-                                                               "boxes labelled by their words.")] = None,
+                                                               "boxes labelled by their words (given a folder: "
+                                                               "FOLDER/sheet-QUERY.png); its folder must "
+                                                               "exist.")] = None,
     per_word: Annotated[int | None, typer.Option("--per-word", help="First-stage regions per word "
                                                                     "(default: grows until proven).")] = None,
     shards: Annotated[str | None, typer.Option("--shards", help="Search a shard set instead of --index: "
@@ -52,6 +54,8 @@ def search_cmd(
         raise UsageError(f"-k must be at least 1 (got {k})")
     if per_word is not None and per_word <= 0:
         raise UsageError(f"--per-word must be at least 1 (got {per_word})")
+    if sheet is not None:  # before the search: a path that cannot be written is known now
+        sheet = sheet_path(sheet, text, image)
     if shards is not None:
         if text is None:
             raise UsageError("--shards searches photos with words; --image needs a sentence index")
@@ -72,7 +76,7 @@ def search_cmd(
             loaded = srch.model_for(x, model)
             result = srch.search_image(x, loaded, image, k)  # type: ignore[arg-type]
     if sheet is not None:
-        contact_sheet(result, sheet, photo=image)
+        err.print(f"wrote {contact_sheet(result, sheet, photo=image)}", markup=False, highlight=False)
     if json_out:
         print_json(result.to_dict())
     elif paths_out:

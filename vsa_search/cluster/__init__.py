@@ -105,6 +105,8 @@ def task_error(e: BaseException) -> Exception:
     or any other failure as one SearchIndexError line."""
     root = root_cause(e)
     if isinstance(root, VSAError):
+        if root.args and isinstance(root.args[0], str):  # Ray Data appends lines of retry advice to it
+            root.args = (root.args[0].splitlines()[0],) + root.args[1:]
         return root
     text = str(root).strip()
     return SearchIndexError(f"a Ray worker failed: {type(root).__name__}: {text.splitlines()[0] if text else ''}")

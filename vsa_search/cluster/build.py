@@ -19,6 +19,7 @@ folder at the same paths (a shared file system).
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ import numpy as np
 from .. import index as ix
 from ..core import paths
 from ..core.errors import ModelError, UsageError
-from ..index.layout import MANIFEST
+from ..index.layout import MANIFEST, work_roots
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS
 from .shards import existing_split, shard_link, splits
 
@@ -92,7 +93,7 @@ class _ShardWorker:
             with ix.PhotoBuild([Path(r) for r in job["roots"]], self.model, Path(job["links"][i]), job["index_type"],
                                device=job["device"], batch_size=job["batch_size"],
                                max_megapixels=job["max_megapixels"], max_memory=job["max_memory"],
-                               shard=(i, len(job["links"]))) as b:
+                               shard=(i, len(job["links"])), replace=job["replace"]) as b:
                 todo = b.plan()
                 self.tracker.planned.remote(i, todo)
                 if todo and self.encoder is None:
@@ -108,12 +109,13 @@ class _ShardWorker:
 def build(roots: list[str | Path] | None, model: str | Path = "align", name: str | Path | None = None,
           index_type: str = "auto", *, workers: int | None = None, shards: int | None = None, merge: bool = True,
           address: str | None = None, device: str | None = None, batch_size: int = 8,
-          max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, max_memory: int | None = None,
+          max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, max_memory: int | None = None, replace: bool = False,
           on_total: Callable[[int], None] | None = None, on_progress: Callable[[int], None] | None = None,
           on_shard_start: Callable[[int, int], None] | None = None) -> RayBuildReport:
     """Build (or update) the photo index `name` on Ray: `workers` actors (default: one per GPU of
     the cluster, else one per CPU) encode `shards` shards (default: the existing split, else
-    SHARDS_PER_WORKER per worker), merged into `name` unless merge=False. on_total(photos to
+    SHARDS_PER_WORKER per worker), merged into `name` unless merge=False. `max_megapixels` and
+    `replace` mean what they mean to index.PhotoBuild (each shard's build gets them). on_total(photos to
     encode) comes once every shard has planned; on_progress(n) counts encoded photos;
     on_shard_start(shard, worker pid) reports each run of a shard (retries included)."""
     from . import connected, task_error
@@ -132,7 +134,9 @@ def build(roots: list[str | Path] | None, model: str | Path = "align", name: str
     with connected(address) as ray:
         import ray.data
 
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # no per-run INFO lines on stderr
+        # No per-run INFO lines on stderr, nor Ray Data's log of a failed shard (with its traceback):
+        # the failure arrives here as an exception and the CLI says it in one line.
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
         slots, kind = (gpus, "GPUs") if gpus else (int(resources.get("CPU", 1)), "CPUs")
@@ -144,10 +148,13 @@ def build(roots: list[str | Path] | None, model: str | Path = "align", name: str
         job = {"model": str(model_path.resolve()), "roots": [str(r) for r in root_paths],
                "links": [str(p) for p in links], "index_type": index_type,
                "device": device or ("cuda" if gpus else "cpu"), "batch_size": batch_size,
-               "max_megapixels": max_megapixels, "max_memory": max_memory}
+               "max_megapixels": max_megapixels, "max_memory": max_memory, "replace": replace}
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours is on stderr already
         ctx.print_on_execution_start = False
+        # A shard build's own error (e.g. "add --replace") must reach the user as it was raised: Ray Data
+        # otherwise wraps it in a UserCodeException whose cause is lost on the way to this process.
+        ctx.raise_original_map_exception = True
         tracker = ray.remote(num_cpus=0)(_Tracker).remote()
         per_actor = {"num_gpus": 1} if gpus else {"num_cpus": 1}
         ds = ray.data.from_items([{"shard": i} for i in range(n)], override_num_blocks=n).map_batches(
@@ -181,6 +188,10 @@ def _roots(roots: list[str | Path] | None, link: Path) -> list[Path]:
         gen = ix.Location(cand).current()
         if gen is not None and (gen / MANIFEST).is_file():
             return [Path(p) for p in json.loads((gen / MANIFEST).read_text()).get("roots", [])]
+    for work in sorted(link.parent.glob(f".{glob.escape(link.name)}.shard-*-of-*.work")):
+        named = work_roots(ix.Location(link.with_name(work.name[1:-len(".work")])))  # a killed first build
+        if named:
+            return [Path(p) for p in named]
     raise UsageError("give the folders to index: vsa index build PATH... --ray")
 
 

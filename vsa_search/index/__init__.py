@@ -33,7 +33,7 @@ from ..models.alignment import LoadedAlign, load_align
 from . import openvocab
 from .faiss_types import INDEX_TYPES, choose_for_memory, choose_type, memory_bytes
 from .generation import Item, write_generation
-from .layout import DEFAULT_NAME, KINDS, Location, disk_size, resolve
+from .layout import DEFAULT_NAME, KINDS, Location, disk_size, resolve, work_meta
 from .photos import PhotoBuild, build_photos
 from .plan import BuildReport
 from .query import Result, model_for, search_text
@@ -82,6 +82,10 @@ def status(name: str | Path | None = None, verify: bool = False) -> dict[str, An
                         entry["verified"] = not problems
         if work:
             entry["interrupted_build"] = True
+            pending = work_meta(loc) if kind == "photos" else {}
+            if pending.get("roots"):  # what `vsa index build --index NAME` continues with
+                entry["interrupted_roots"] = pending["roots"]
+                entry["interrupted_model_path"] = pending.get("model_path")
         out[kind] = entry
     if not found:
         raise SearchIndexError(f"no index {resolve(name).name!r} at {resolve(name)} "
@@ -102,7 +106,6 @@ def remove(name: str | Path | None = None) -> list[str]:
             for g in loc.generations():
                 shutil.rmtree(g, ignore_errors=True)
             shutil.rmtree(loc.work, ignore_errors=True)
-        loc.lockfile.unlink(missing_ok=True)
         removed.append(str(loc.link))
     if not removed:
         raise SearchIndexError(f"no index {resolve(name).name!r} at {resolve(name)}")

@@ -8,12 +8,14 @@ import fcntl
 import os
 import re
 import shutil
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..core import paths
 from ..core.errors import SearchIndexError, UsageError
-from ..core.kv import as_os_error
+from ..core.kv import KV, as_os_error
 
 FORMAT_VERSION = 1
 KINDS = {"photos": ("photos", "regions"), "sentences": ("sentences", "words")}
@@ -105,30 +107,76 @@ class Location:
 
 
 class _Lock:
-    """One build (or remove) of an index at a time; a second one fails at once, clearly."""
+    """One build (or remove) of an index at a time; a second one fails at once, clearly. The lock
+    file exists only while it is held, so that no `.NAME.lock` stays beside the index (or beside a
+    user's own folder that --index points into)."""
 
     def __init__(self, path: Path, name: str):
         self.path, self.name, self.fd = path, name, -1
 
     def __enter__(self) -> _Lock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:  # a read-only file system or folder: nothing can be built or removed there
-            raise SearchIndexError(f"{self.path.parent}: cannot write there ({e.strerror}); index {self.name} "
-                                   "cannot be built or changed: use a writable folder (--index PATH or "
-                                   "$VSA_HOME)") from None
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:  # a read-only file system or folder: nothing can be built or removed there
+                raise SearchIndexError(f"{self.path.parent}: cannot write there ({e.strerror}); index {self.name} "
+                                       "cannot be built or changed: use a writable folder (--index PATH or "
+                                       "$VSA_HOME)") from None
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self.fd)
+                raise SearchIndexError(f"index {self.name} is being built by another process; "
+                                       "try again when it ends") from None
+            # The holder before us may have removed the file as it let go: a lock on a removed file
+            # guards nothing, so take it again on the file now at the path.
+            try:
+                st, held = os.stat(self.path), os.fstat(self.fd)
+            except FileNotFoundError:
+                st = held = None
+            if st is not None and held is not None and (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino):
+                return self
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
-            raise SearchIndexError(f"index {self.name} is being built by another process; "
-                                   "try again when it ends") from None
-        return self
 
     def __exit__(self, *exc: object) -> None:
+        # Removed while still held: whoever opens the path next creates a new file and locks that.
+        with suppress(OSError):
+            self.path.unlink()
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
+
+
+def work_meta(location: Location) -> dict[str, Any]:
+    """What an interrupted build recorded in its work area: model, and (since they are recorded)
+    `roots` and `model_path`; {} when there is none or it cannot be read."""
+    if not location.work.is_dir():
+        return {}
+    try:
+        with KV(location.work, readonly=True) as kv:
+            meta = kv.get_json(_WORK_META)
+    except Exception:  # damaged or unreadable (lmdb raises its own types): it says nothing
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def work_roots(location: Location) -> list[str] | None:
+    """The folders an interrupted build was indexing (None if its work area names none)."""
+    return work_meta(location).get("roots") or None
+
+
+def drop_empty_work(location: Location) -> None:
+    """Remove a work area that holds no encoded vectors (a build that failed before encoding any)."""
+    if not location.work.is_dir():
+        return
+    try:
+        with KV(location.work, readonly=True) as kv:
+            empty = kv.count(_WORK_VEC) == 0
+    except Exception:  # damaged: the next build discards it and says so
+        return
+    if empty:
+        shutil.rmtree(location.work, ignore_errors=True)
 
 
 def _fsync_dir(d: Path) -> None:

@@ -33,8 +33,10 @@ from .layout import (
     Location,
     _Lock,
     disk_error,
+    drop_empty_work,
     generation_bytes,
     resolve,
+    work_roots,
 )
 from .plan import BuildReport, PlannedPhoto, is_under, scan
 from .shards import check_shard, shard_of
@@ -73,6 +75,8 @@ class PhotoBuild:
 
     def __exit__(self, *exc: object) -> None:
         self._close()
+        if exc[0] is not None:  # a failed build keeps the vectors it encoded for the next one, nothing else
+            drop_empty_work(self.location)
         if self._lock is not None:
             self._lock.__exit__(*exc)
             self._lock = None
@@ -100,8 +104,9 @@ class PhotoBuild:
                 r.replaced = str(e)
         old_manifest = self.old.manifest if self.old else None
         if self.roots is None:
-            # A damaged index still names its folders in its manifest: rebuild from them.
-            named = (old_manifest or read_manifest(loc) or {}).get("roots")
+            # An interrupted build's folders first (it is what was asked last), then the index's: a
+            # damaged index still names its folders in its manifest, so it is rebuilt from them.
+            named = work_roots(loc) or (old_manifest or read_manifest(loc) or {}).get("roots")
             if not named:
                 raise UsageError(f"give the folders to index: vsa index build PATH... ({r.replaced})" if r.replaced
                                  else "give the folders to index: vsa index build PATH...")
@@ -214,14 +219,21 @@ class PhotoBuild:
             except DamagedError as e:  # cut short (a kill, a full disk): its vectors cannot be trusted
                 self.report.work_discarded = str(e)
             else:
-                meta = kv.get_json(_WORK_META)
-                if meta == {"model": self.model.fingerprint, "format_version": FORMAT_VERSION}:
+                meta = kv.get_json(_WORK_META) or {}
+                if (meta.get("model"), meta.get("format_version")) == (self.model.fingerprint, FORMAT_VERSION):
+                    kv.put_json(_WORK_META, self._work_meta())
                     return kv
                 kv.close()
             shutil.rmtree(w)
         kv = KV(w)
-        kv.put_json(_WORK_META, {"model": self.model.fingerprint, "format_version": FORMAT_VERSION})
+        kv.put_json(_WORK_META, self._work_meta())
         return kv
+
+    def _work_meta(self) -> dict[str, Any]:
+        # The folders and the model file go in too: a first build killed before it wrote an index
+        # resumes without PATH, and `vsa index status` can say with which --model.
+        return {"model": self.model.fingerprint, "format_version": FORMAT_VERSION,
+                "roots": [str(p) for p in self.roots or []], "model_path": str(Path(self.model.path).resolve())}
 
     # -- encoding and writing
     def run(self, on_progress: Callable[[int], None] | None = None) -> BuildReport:

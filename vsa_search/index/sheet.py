@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
 from ..core.atomic import atomic_path
-from ..core.errors import ImageError
+from ..core.errors import ImageError, UsageError
 from ..vision.draw import PALETTE, label_colour
 from ..vision.images import load
 from .query import Result
 
 
+def sheet_path(out: str | Path, query: str | None, photo: str | Path | None = None) -> Path:
+    """Where the sheet of a query (words, or a photo) goes: `out` itself, or `out`/sheet-NAME.png
+    when `out` is a folder. The folder it goes into must exist (a mistyped path is an error, not
+    new folders)."""
+    out = Path(out).expanduser()
+    if out.is_dir():
+        slug = re.sub(r"[^\w-]+", "-", Path(photo).stem if photo is not None else query or "").strip("-")[:60]
+        out = out / f"sheet-{slug or 'query'}.png"
+    if not out.parent.is_dir():
+        raise UsageError(f"{out}: no folder {out.parent} to write the sheet into")
+    return out
+
+
 def contact_sheet(result: Result, out: str | Path, photo: str | Path | None = None, thumb: int = 320,
                   columns: int = 4) -> Path:
     """A PNG of the hits, each photo with the box every word matched, labelled by the word.
-    For an image query (`photo` given) each tile is that photo with one sentence's boxes."""
+    For an image query (`photo` given) each tile is that photo with one sentence's boxes.
+    Returns the file written (see sheet_path: `out` may be a folder)."""
+    out = sheet_path(out, result.query, photo)
     font = ImageFont.load_default(size=13)
     small = ImageFont.load_default(size=12)
     colour_of: dict[str, tuple[int, int, int]] = {}
@@ -67,7 +83,6 @@ def contact_sheet(result: Result, out: str | Path, photo: str | Path | None = No
     d.text((8, 6), _fit(d, title, font, sheet.width - 16), fill="black", font=font)
     for j, tile in enumerate(tiles):
         sheet.paste(tile, (8 + (j % columns) * (thumb + 8), head + (j // columns) * (thumb + cap_h + 8)))
-    out = Path(out)
     with atomic_path(out) as tmp:
         sheet.save(tmp, format="PNG")
     return out
