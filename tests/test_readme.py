@@ -116,3 +116,15 @@ def test_readme_examples_run_as_shown(tmp_path: Path, monkeypatch: pytest.Monkey
     assert not wrong, "the README shows other output than these examples print now:\n" + "\n".join(wrong)
     for made in ("hits.png", "dense.png", "fig.png"):
         assert (tmp_path / made).stat().st_size > 0
+
+
+def test_skipped_browser_tests_say_how_to_get_chromium(tmp_path: Path) -> None:
+    """`make test` (pytest -q, which hides skip reasons) names what the browser tests need when
+    Chromium is missing, instead of a bare "1 skipped"."""
+    env = {k: v for k, v in os.environ.items() if k != "VSA_CHROMIUM"}
+    env.update(PATH=str(tmp_path), PYTHONPATH=str(ROOT))  # a PATH without chromium
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/test_serve_browser.py"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 5, proc.stdout + proc.stderr  # pytest's "no tests collected": all skipped
+    assert "1 skipped" in proc.stdout
+    assert "apt-get install chromium" in proc.stdout, proc.stdout
