@@ -14,7 +14,8 @@ INDEX_TYPES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 # Past this many fragments "auto" leaves exact search for IVF, whose query time grows far slower
 # (benchmarks/search.py: synthetic 512-d regions, recall@10 1.0 at 100k and 1M). Real region
 # vectors of the shipped model share a large global part and IVF finds fewer of the exact top 10
-# on them (README, Speed), so search stays exact for as long as a flat scan is fast enough.
+# on them (benchmarks/index_recall.py: 0.89 on 1,000 dev photos), so search stays exact for as long
+# as a flat scan is fast enough.
 FLAT_MAX = 50_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 64
