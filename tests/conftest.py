@@ -18,10 +18,17 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    skipped = [r for r in terminalreporter.stats.get("skipped", []) if NO_FLICKR in str(r.longrepr)]
-    if skipped:
-        terminalreporter.write_line(f"{len(skipped)} tests skipped: the Flickr8k data is not at {FLICKR}; set "
+    skipped = terminalreporter.stats.get("skipped", [])
+    flickr = [r for r in skipped if NO_FLICKR in str(r.longrepr)]
+    if flickr:
+        terminalreporter.write_line(f"{len(flickr)} tests skipped: the Flickr8k data is not at {FLICKR}; set "
                                     "VSA_SHARED to the folder that holds data/flickr8k to run them")
+    # -q (pyproject's addopts) hides skip reasons; the browser tests skip as a whole module when
+    # Chromium or Playwright is missing, and the reason says how to get them.
+    for r in skipped:
+        if r.nodeid.startswith("tests/test_serve_browser.py"):
+            reason = (r.longrepr[2] if isinstance(r.longrepr, tuple) else str(r.longrepr)).removeprefix("Skipped: ")
+            terminalreporter.write_line(f"browser tests (tests/test_serve_browser.py) {reason}")
 
 
 @pytest.fixture(scope="session")

@@ -105,6 +105,11 @@ def test_export(model_path: Path, sample_photos: list[Path], tmp_path: Path, tin
     assert summary["sentences"] == 5 * len(photos)
     assert {r["image_id"] for r in rows} == set(photos)
     assert all(r["fragment"] for r in rows)
+    # The figures the README quotes for the default beta come from these two fields.
+    assert summary["fragments_per_sentence"] == round(len(rows) / summary["sentences"], 2)
+    words = sum(r["span"][1] - r["span"][0] for r in rows)
+    assert summary["words_per_fragment"] == round(words / len(rows), 2)
+    assert words == sum(len(r["fragment"].split()) for r in rows)
 
 
 def test_export_refuses_missing_store(model_path: Path, tmp_path: Path, flickr_root: Path) -> None:

@@ -27,8 +27,8 @@ try:
 except ImportError:
     sync_playwright = None  # type: ignore[assignment]
 if CHROMIUM is None or sync_playwright is None:
-    pytest.skip("browser tests need Chromium (apt-get install chromium) and the dev extra (playwright, starlette, "
-                "uvicorn)", allow_module_level=True)
+    pytest.skip("skipped: they need Chromium (`apt-get install chromium`, or VSA_CHROMIUM=/path/to/chromium) and "
+                "the dev extra (`pip install -e '.[dev]'`: playwright, starlette, uvicorn)", allow_module_level=True)
 
 from serve_demo import EXAMPLES, demo_index  # noqa: E402
 

@@ -122,13 +122,23 @@ def export_cmd(
     with FeatureStore(features, readonly=True) as store:
         require_extractor(store.config, loaded.region_config, features, loaded.path)
         have = [r for r in records if r.image_id in store]
+        words = [0]
+
+        def counted(rows: Any) -> Any:
+            for row in rows:
+                words[0] += row["span"][1] - row["span"][0]
+                yield row
+
         with progress("aligning", len(have)) as advance:
-            n = write_jsonl(snippets(loaded, store, have, beta, on_progress=advance), out_path)
+            n = write_jsonl(counted(snippets(loaded, store, have, beta, on_progress=advance)), out_path)
+    sentences = sum(len(r.sentences) for r in have)
     summary = {"out": str(out_path), "split": split, "photos": len(have), "photos_not_in_store":
-               len(records) - len(have), "sentences": sum(len(r.sentences) for r in have), "fragments": n,
-               "beta": beta, "model": str(loaded.path)}
+               len(records) - len(have), "sentences": sentences, "fragments": n,
+               "fragments_per_sentence": round(n / max(sentences, 1), 2),
+               "words_per_fragment": round(words[0] / max(n, 1), 2), "beta": beta, "model": str(loaded.path)}
     if json_out:
         print_json(summary)
     else:
-        out.print(f"{out_path}: {n} fragments from {summary['sentences']} sentences of {len(have)} {split} photos "
-                  f"({summary['photos_not_in_store']} not in the feature store)")
+        out.print(f"{out_path}: {n} fragments from {sentences} sentences of {len(have)} {split} photos "
+                  f"({summary['photos_not_in_store']} not in the feature store): {summary['fragments_per_sentence']} "
+                  f"fragments of {summary['words_per_fragment']} words per sentence")

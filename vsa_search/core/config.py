@@ -57,7 +57,8 @@ REGION_PRESETS: dict[str, RegionConfig] = {
     "paper": RegionConfig(),
     "crop": RegionConfig(pooling="crop"),
     "grid": RegionConfig(proposals="grid"),
-    # EfficientNet-Lite2 (ImageNet top-1 80.5 vs Lite0's 75.1), same boxes, same 1280-d features.
+    # EfficientNet-Lite2 (ImageNet top-1 77.6 vs Lite0's 75.1, the TensorFlow release's figures), same boxes,
+    # same 1280-d features.
     "lite2": RegionConfig(backbone="tf_efficientnet_lite2"),
     # The full frame alone (no proposals): enough for global models, and quick to extract.
     "full": RegionConfig(proposals="none", max_regions=1),
@@ -114,8 +115,9 @@ class EmbedConfig:
 
 EMBED_PRESETS: dict[str, EmbedConfig] = {
     "tiny": EmbedConfig(hidden=32, epochs=2, batch_size=16, glove=False, word_dim=16),
-    # What ships as models/align.pt (see models/align.md for the variants measured): the paper's
-    # region-word score plus a global term, cosine, mean over words, VSE-style margin 0.2, Adam.
+    # The region model of the shipped models/align.pt (models/align.md: this preset with 300-d words and
+    # lr 1e-3, summed with a global member): the paper's region-word score plus a global term, cosine,
+    # mean over words, VSE-style margin 0.2, Adam.
     # The paper's own recipe (dot products, SGD) diverged or stalled on these features.
     "default": EmbedConfig(arch="hybrid", normalize=True, pool="mean", word_relu=False, margin=0.2,
                            optimizer="adam", lr=5e-4, batch_size=32, epochs=30, patience=4),
@@ -123,8 +125,8 @@ EMBED_PRESETS: dict[str, EmbedConfig] = {
     # The global baseline (evaluation/recall.py compares every model with it), trained the same way.
     "global": EmbedConfig(arch="global", normalize=True, pool="mean", margin=0.2, optimizer="adam", lr=5e-4,
                           batch_size=32, epochs=30, patience=4),
-    # The global members of the shipped ensemble (models/align.md): the baseline after 8 epochs of
-    # text-only pretraining on the captions of all 6,000 training-split photos.
+    # A variant measured for the ensemble and not shipped (models/align.md): the baseline after 8 epochs
+    # of text-only pretraining on the captions of all 6,000 training-split photos.
     "global-text": EmbedConfig(arch="global", normalize=True, pool="mean", margin=0.2, optimizer="adam", lr=5e-4,
                                batch_size=32, epochs=30, patience=4, text_pretrain=8, text_pretrain_lr=3e-3),
 }

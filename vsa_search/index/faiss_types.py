@@ -11,14 +11,16 @@ import numpy as np
 from ..core.errors import UsageError
 
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
-# Past this many fragments "auto" leaves exact search for IVF: one thread scans a flat index
-# of 100k x 512 in ~45 ms per query, an IVF one in ~10 ms at recall@10 >= 0.99
-# (benchmarks/search.py, 2 shared cores).
+# Past this many fragments "auto" leaves exact search for IVF, whose query time grows far slower
+# (benchmarks/search.py: synthetic 512-d regions, recall@10 1.0 at 100k and 1M). Real region
+# vectors of the shipped model share a large global part and IVF finds fewer of the exact top 10
+# on them (benchmarks/index_recall.py: 0.89 on 1,000 dev photos), so search stays exact for as long
+# as a flat scan is fast enough.
 FLAT_MAX = 50_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 64
 IVF_TRAIN_PER_LIST = 40  # k-means sample size per list (FAISS asks for >= 39)
-IVF_NPROBE = 8  # lists probed per query vector (benchmarks/search.py: recall@10 1.0 at 100k and 1M)
+IVF_NPROBE = 8  # lists probed per query vector (benchmarks/search.py: recall@10 1.0 on synthetic regions)
 # ivfpq: one byte of PQ code per 16 dimensions (512-d: 32 bytes, 64x less than float32). On clustered
 # 512-d vectors 32-byte codes ranked as well as 64-byte ones (0.99 recall@10 after the exact re-ranking
 # either way) and FAISS encodes them faster (sub-vectors of >= 16 dims use BLAS).
@@ -67,9 +69,10 @@ def memory_bytes(index_type: str, n: int, dim: int) -> int:
 
 
 def choose_for_memory(index_type: str, n: int, dim: int, max_memory: int | None) -> str:
-    """choose_type, and past the memory budget (bytes) IVF-PQ: 8 bytes of code per 8 dims plus
-    an id, instead of float vectors. The exact re-ranking in query.py reads LMDB, so PQ only
-    lowers first-stage recall (benchmarks/scale.py measures it). An explicit type is kept."""
+    """choose_type, and past the memory budget (bytes) IVF-PQ: one byte of code per
+    PQ_BYTES_PER_DIMS dims plus an 8-byte id, instead of float vectors. The exact re-ranking in
+    query.py reads LMDB, so PQ only lowers first-stage recall (benchmarks/scale.py measures it).
+    An explicit type is kept."""
     chosen = choose_type(index_type, n)
     if (index_type == "auto" and max_memory is not None and n >= PQ_MIN_TRAIN
             and memory_bytes(chosen, n, dim) > max_memory):

@@ -38,10 +38,12 @@ class ImageEncoder(nn.Module):
 
 
 class SentenceEncoder(nn.Module):
-    """Bidirectional ReLU RNN over word vectors, one vector per word:
+    """Bidirectional RNN over word vectors, one vector per word; with cell "relu" (the paper's):
         e_t = ReLU(W_e x_t + b_e)
-        h^f_t = ReLU(e_t + W_f h^f_{t-1} + b_f),  h^b_t = ReLU(e_t + W_b h^b_{t+1} + b_b)
-        s_t = ReLU(W_d (h^f_t + h^b_t) + b_d)"""
+        h^f_t = ReLU(U_f e_t + W_f h^f_{t-1} + b_f),  h^b_t = ReLU(U_b e_t + W_b h^b_{t+1} + b_b)
+        s_t = ReLU(W_d (h^f_t + h^b_t) + b_d)   (final_relu=False: no ReLU on s_t)
+    The paper adds e_t as it is; torch's RNN cell projects it (U_f, U_b), which can learn that.
+    Cell "gru" runs a bidirectional GRU in place of the ReLU recurrence."""
 
     def __init__(self, vocab_size: int, word_dim: int, hidden: int, dropout: float, final_relu: bool = True,
                  cell: str = "relu"):

@@ -145,7 +145,7 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
                   keep_train_state: bool = True, on_batch=None, on_epoch=None, amp: bool | None = None,
                   regions=None, init=None, dataset: Any = None, min_count: int = 5) -> dict:
     """Train the caption generator on the full-image features of the training-split photos in the
-    feature store `features`; early stopping on dev perplexity (patience cfg.patience).
+    feature store `features`; early stopping on dev perplexity or dev CIDEr (cfg.select, patience cfg.patience).
 
     `out` is rewritten after every epoch: its weights are the best epoch's; its train_state holds
     the current weights, optimizer and counters so that `resume=True` continues where it stopped

@@ -199,7 +199,8 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
         opt.load_state_dict(train_state["optimizer"])
     encoders = distributed.wrap(model, dev_) if world > 1 else None
 
-    # The whole training set lives on the device: ~750 photos x 20 regions is ~80 MB.
+    # The whole training set lives on the device: Flickr8k's 6,000 training photos x 20 regions x
+    # 1,280 float32 features are ~610 MB.
     feats, region_mask = train.feats.to(dev_), train.region_mask.to(dev_)
     ids, lengths = train.ids.to(dev_), train.lengths.to(dev_)
     n_img = len(train.image_ids)
