@@ -111,3 +111,15 @@ def test_corrupt_heic_is_one_clean_skip_line(tmp_path: Path, sample_photos: list
 def test_heic_support_is_registered() -> None:
     assert images.is_photo(Path("x.HEIC")) and images.is_photo(Path("x.avif"))
     assert "HEIF" in Image.registered_extensions().values() and pillow_heif.__version__
+
+
+def test_reduced_decode_of_a_palette_png_is_upright_and_faithful(tmp_path: Path, sample_photos: list[Path]) -> None:
+    src = Image.open(sample_photos[1]).convert("RGB").resize((1200, 900))
+    exif = Image.Exif()
+    exif[0x0112] = 8  # "rotate 90 CCW to view"
+    src.quantize(64).save(tmp_path / "pal.png", exif=exif)
+    full, small = images.decode(tmp_path / "pal.png"), images.decode(tmp_path / "pal.png", min_side=224)
+    assert full.size == small.size == (900, 1200) and small.image.size == (225, 300)  # reduced by 4, upright
+    # Pixels averaged, not palette indices: the reduced copy looks like the full photo scaled down.
+    diff = np.abs(np.asarray(full.image.resize(small.image.size), np.float32) - np.asarray(small.image, np.float32))
+    assert diff.mean() < 4

@@ -73,8 +73,8 @@ def decode(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
                 im.load()
                 if min_side:
                     factor = min(im.size[0] // min_side, im.size[1] // min_side)
-                    if factor >= 2:
-                        im = im.reduce(factor)
+                    if factor >= 2:  # RGB first: reducing averages pixels, which a palette's indices are not
+                        im = im.convert("RGB").reduce(factor)
                 turned = im.getexif().get(0x0112, 1) in _TRANSPOSED
                 im = ImageOps.exif_transpose(im)
                 return Decoded(im.convert("RGB"), (h, w) if turned else (w, h))
