@@ -5,11 +5,11 @@ large photos at a reduced scale when only a small copy is needed (the CNN sees 2
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..core.errors import ImageCorruptError, ImageMissingError, ImageTooLargeError
@@ -21,9 +21,16 @@ _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 # Our own cap (checked on the header, before decoding) replaces PIL's global one, so that a
 # user-raised --max-megapixels is not overruled by PIL's fixed 89 MP bomb limit.
 Image.MAX_IMAGE_PIXELS = None
-# HEIC/HEIF (most phones' default). pillow-heif applies the file's rotation itself and reports
-# orientation 1, so exif_transpose below never turns such a photo twice. AVIF is Pillow's own.
-pillow_heif.register_heif_opener()
+
+
+@functools.cache
+def _read_heif() -> None:
+    """HEIC/HEIF (most phones' default), registered on the first photo opened, not on import (a
+    tenth of a second that `vsa search` need not pay). pillow-heif applies the file's rotation itself
+    and reports orientation 1, so exif_transpose below never turns such a photo twice. AVIF is Pillow's own."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ def decode(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     """Open a photo upright and RGB. With `min_side`, at the smallest integer reduction whose
     width and height both stay >= min_side: a JPEG is decoded at 1/2, 1/4 or 1/8 scale by libjpeg
     itself (never holding the full pixels), other formats are reduced right after decoding."""
+    _read_heif()
     path = Path(path)
     if not path.exists():
         raise ImageMissingError(f"{path}: no such file")
