@@ -1,12 +1,14 @@
 """Photo index build speed and memory on phone-sized photos: 640 px, 4032x3024 JPEG and HEIC, this
 checkout against a baseline checkout (e.g. the main branch) in one run.
 
-    nice python benchmarks/build.py --baseline /work/main [--photos 40] [--heic-photos 12]
+    nice python benchmarks/build.py --baseline /work/main [--photos 40] [--heic-photos 12] [--repeat 3]
 
 The photos are the first N of the shared coco128 set, resized to 640 px on the long side, then
 upscaled to 4032x3024 (3024x4032 for portrait) as JPEG (quality 90) and as HEIC, in a temporary
 folder (--workdir keeps them for the next run). Each (code, photo set) runs in its own process
-with PYTHONPATH set to that checkout, the same model file (--model) and `batch_size` 8:
+with PYTHONPATH set to that checkout, the same model file (--model) and `batch_size` 8; with
+--repeat N the runs are interleaved N times and each (code, photo set) keeps its fastest run (on a
+shared machine, the one other load disturbed least):
 
 - build: `PhotoBuild` plan + run into an empty index, with the model and CNN already loaded (as in
   a long build; `load s` is that loading, once per process). photos/s is wall-clock; CPU ms/photo
@@ -218,6 +220,7 @@ def main() -> None:
     ap.add_argument("--heic-photos", type=int, default=12, help="HEIC encoding is slow: fewer of them")
     ap.add_argument("--model", type=Path, default=REPO / "models" / "align.pt")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=1, help="interleaved runs; the fastest of each is kept")
     ap.add_argument("--workdir", type=Path, help="keep the generated photos here (default: a temporary folder)")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -232,10 +235,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dirs = make_photos(src, args.workdir or Path(tmp), args.photos, args.heic_photos)
         results: dict[tuple[str, str], dict[str, Any]] = {}
-        for s in SETS:
-            for name, code in codes.items():
-                results[(name, s)] = run_child(code, dirs[s], args)
-                print(f"{name} {s}: {json.dumps(results[(name, s)])}", file=sys.stderr)
+        for _ in range(args.repeat):
+            for s in SETS:
+                for name, code in codes.items():
+                    r = run_child(code, dirs[s], args)
+                    print(f"{name} {s}: {json.dumps(r)}", file=sys.stderr)
+                    if r.get("rate", 0) >= results.get((name, s), {}).get("rate", -1):
+                        results[(name, s)] = r
     print(tables(results, list(codes)))
 
 
