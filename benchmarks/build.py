@@ -243,6 +243,8 @@ def main() -> None:
                     if r.get("rate", 0) >= results.get((name, s), {}).get("rate", -1):
                         results[(name, s)] = r
     print(tables(results, list(codes)))
+    if hasattr(os, "getloadavg"):  # other work on the machine slows the wall-clock figures, not the CPU ones
+        print(f"\nload average at the end (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
