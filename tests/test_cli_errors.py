@@ -35,7 +35,7 @@ def test_index_build_of_a_folder_without_photos(tmp_path: Path, monkeypatch: pyt
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no photos here")
     r = run("index", "build", str(tmp_path / "empty"), "--index", "x")
-    one_line(r, 2, "no photos (jpg, jpeg, png, webp, bmp, gif) under")
+    one_line(r, 2, "no photos (jpg, jpeg, png, webp, bmp, gif, heic, heif, avif) under")
     assert not (tmp_path / "indexes" / "x").exists()
 
 
@@ -45,7 +45,8 @@ def test_index_build_of_a_missing_path(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_caption_of_a_folder_without_photos(tmp_path: Path) -> None:
-    one_line(run("caption", str(tmp_path)), 2, "no photos (jpg, jpeg, png, webp, bmp, gif) in this folder")
+    one_line(run("caption", str(tmp_path)), 2,
+             "no photos (jpg, jpeg, png, webp, bmp, gif, heic, heif, avif) in this folder")
 
 
 def test_caption_negative_beam_is_one_line(sample_photos: list[Path]) -> None:

@@ -17,7 +17,7 @@ from ..models.beam import generate_candidates, generate_captions
 from ..models.captioner import LoadedCaptioner, full_image
 from ..vision.concepts import from_features, photo_concepts
 from ..vision.draw import draw_boxes, save_image
-from ..vision.images import is_photo
+from ..vision.images import PHOTO_KINDS, is_photo
 from ..vision.images import load as load_image
 from ..vision.regions import RegionEncoder, RegionFeatures
 from .constrained import caption_with_concepts
@@ -56,7 +56,7 @@ def photo_files(photos: list[Path]) -> list[Path]:
         if p.is_dir():
             inside = sorted(q for q in p.iterdir() if is_photo(q))
             if not inside:
-                raise UsageError(f"{p}: no photos (jpg, jpeg, png, webp, bmp, gif) in this folder")
+                raise UsageError(f"{p}: no photos ({', '.join(PHOTO_KINDS)}) in this folder")
             files += inside
         else:
             files.append(p)  # a missing or unreadable file is reported per photo, later

@@ -12,6 +12,7 @@ import typer
 
 from .. import index as ix
 from ..core import paths
+from ..core.device import pick_device
 from ..core.errors import SearchIndexError, UsageError
 from ..models.alignment import load_align
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS
@@ -101,8 +102,9 @@ def build_cmd(
     else:
         if workers is not None or shards is not None or not merge:
             raise UsageError("--workers, --shards and --no-merge are options of a --ray build")
-        loaded = load_align(paths.find_model(model), device or "cpu")
-        with ix.PhotoBuild(roots or None, loaded, index, index_type, device=device, batch_size=batch_size,
+        dev = pick_device(device)  # one choice for the CNN and the alignment model alike
+        loaded = load_align(paths.find_model(model), dev)
+        with ix.PhotoBuild(roots or None, loaded, index, index_type, device=dev, batch_size=batch_size,
                            max_memory=budget, shard=part, max_megapixels=max_megapixels, replace=replace) as b:
             todo = b.plan()
             with progress("encoding", todo) as advance:

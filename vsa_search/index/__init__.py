@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import paths
+from ..core.device import pick_device
 from ..core.errors import SearchIndexError
 from ..models.alignment import LoadedAlign, load_align
 from . import openvocab
@@ -119,8 +120,13 @@ def build(roots: list[str | Path], name: str | Path | None = None, model: str | 
           index_type: str = "auto", device: str | None = None,
           on_progress: Callable[[int], None] | None = None) -> BuildReport:
     """Index (or update) the photos under `roots` into index `name` with an alignment model."""
-    loaded = model if isinstance(model, LoadedAlign) else load_align(paths.find_model(str(model)), device or "cpu")
-    return build_photos([Path(r) for r in roots], loaded, name, index_type, on_progress=on_progress, device=device)
+    # One device for the CNN and the alignment model alike: a model given loaded keeps its own.
+    if isinstance(model, LoadedAlign):
+        loaded, dev = model, pick_device(device or next(model.model.parameters()).device)
+    else:
+        dev = pick_device(device)
+        loaded = load_align(paths.find_model(str(model)), dev)
+    return build_photos([Path(r) for r in roots], loaded, name, index_type, on_progress=on_progress, device=dev)
 
 
 def search_words(ix: FragmentIndex, loaded: LoadedAlign, text: str, k: int = 10, per_word: int | None = None,

@@ -21,7 +21,7 @@ from ..core.kv import KV
 from ..models.alignment import LoadedAlign
 from ..models.encode import encode_regions, photo_offset
 from ..vision.concepts import from_features
-from ..vision.images import DEFAULT_MAX_MEGAPIXELS
+from ..vision.images import DEFAULT_MAX_MEGAPIXELS, PHOTO_KINDS
 from ..vision.regions import RegionEncoder, extract
 from .faiss_types import check_index_type, choose_for_memory
 from .generation import Item, file_digest, model_info, write_generation
@@ -139,7 +139,7 @@ class PhotoBuild:
             # (A folder emptied of its photos keeps them as unreachable, above: an unmounted drive looks
             # the same; `--replace` with the other folders drops them.)
             where = ", ".join(str(r) for r in self.roots)
-            raise UsageError(f"no photos (jpg, jpeg, png, webp, bmp, gif) under {where}")
+            raise UsageError(f"no photos ({', '.join(PHOTO_KINDS)}) under {where}")
         try:
             self.work = self._open_work()
         except Exception as e:

@@ -8,9 +8,9 @@ module that knows the CNN."""
 from __future__ import annotations
 
 import importlib
-import os
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 
 from ..core.config import RegionConfig
-from ..core.device import pick_device
+from ..core.device import pick_device, pipeline_threads, torch_threads
 from ..core.errors import ImageError, ModelError
-from .images import DEFAULT_MAX_MEGAPIXELS, load
+from .images import DEFAULT_MAX_MEGAPIXELS, decode
 
 # --------------------------------------------------------------------------- proposals
 
@@ -56,8 +56,10 @@ def grid_boxes(width: int, height: int) -> np.ndarray:
     return np.round(f * np.array([width, height, width, height])).astype(np.int32)
 
 
-def _selective_search(image: Image.Image, cfg: RegionConfig) -> np.ndarray:
-    w, h = image.size
+def _selective_search(image: Image.Image, cfg: RegionConfig, size: tuple[int, int]) -> np.ndarray:
+    # Scaled from the photo's own size, not the (maybe reduced) decoded copy's: the same search
+    # image, and boxes in the photo's coordinates, at whatever scale the photo was decoded.
+    w, h = size
     s = min(1.0, cfg.ss_max_side / max(w, h))
     small = image.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
     bgr = np.ascontiguousarray(np.asarray(small)[:, :, ::-1])
@@ -98,12 +100,13 @@ def _keep_distinct(cands: np.ndarray, kept: list[np.ndarray], limit: int, cfg: R
         kept.append(box)
 
 
-def propose(image: Image.Image, cfg: RegionConfig) -> np.ndarray:
-    """(R, 4) int32 xyxy boxes in pixel coordinates, R <= cfg.max_regions, full image first."""
-    w, h = image.size
+def propose(image: Image.Image, cfg: RegionConfig, size: tuple[int, int] | None = None) -> np.ndarray:
+    """(R, 4) int32 xyxy boxes in pixel coordinates, R <= cfg.max_regions, full image first.
+    `size`: the photo's own size when `image` is a reduced copy (images.decode); the boxes are in it."""
+    w, h = size or image.size
     kept = [np.array([0, 0, w, h], np.int32)]
     if cfg.proposals == "selective":
-        _keep_distinct(_selective_search(image, cfg), kept, cfg.max_regions, cfg, w, h)
+        _keep_distinct(_selective_search(image, cfg, (w, h)), kept, cfg.max_regions, cfg, w, h)
     elif cfg.proposals not in ("grid", "none"):
         raise ValueError(f"unknown proposal method {cfg.proposals!r}")
     if cfg.proposals != "none":
@@ -167,12 +170,15 @@ class RegionEncoder:
                 memory_format=torch.channels_last))[:1]
         return self.model.forward_features(x)  # (B, D, S/32, S/32)
 
-    def encode(self, images: list[Image.Image], boxes: list[np.ndarray]) -> list[np.ndarray]:
-        """(R_i, D) float32 features for each image's boxes."""
+    def encode(self, images: list[Image.Image], boxes: list[np.ndarray],
+               sizes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
+        """(R_i, D) float32 features for each image's boxes; `sizes`: each photo's own size, which
+        its boxes are in, when the images are reduced copies (default: the images' sizes)."""
         if not images:
             return []
+        sizes = sizes or [im.size for im in images]
         if self.cfg.pooling == "crop":
-            return self._encode_crops(images, boxes)
+            return self._encode_crops(images, boxes, sizes)
         if self.cfg.pooling != "roi":
             raise ValueError(f"unknown pooling {self.cfg.pooling!r}")
         from torchvision.ops import roi_align  # lazily: ~3 s of imports on its own, needed by RoI pooling only
@@ -180,8 +186,7 @@ class RegionEncoder:
         s = self.cfg.input_size
         fmap = self._cnn(torch.stack([self._tensor(im, s) for im in images]))
         rois = []
-        for i, (im, bx) in enumerate(zip(images, boxes)):
-            w, h = im.size
+        for i, (bx, (w, h)) in enumerate(zip(boxes, sizes)):
             scaled = bx.astype(np.float32) * np.array([s / w, s / h, s / w, s / h], np.float32)
             rois.append(np.concatenate([np.full((len(bx), 1), i, np.float32), scaled], 1))
         r = torch.from_numpy(np.concatenate(rois)).to(fmap.device)
@@ -192,9 +197,13 @@ class RegionEncoder:
             feats = pooled.mean(dim=(2, 3)).cpu().numpy()
         return np.split(feats, np.cumsum([len(b) for b in boxes])[:-1])
 
-    def _encode_crops(self, images: list[Image.Image], boxes: list[np.ndarray]) -> list[np.ndarray]:
+    def _encode_crops(self, images: list[Image.Image], boxes: list[np.ndarray],
+                      sizes: list[tuple[int, int]]) -> list[np.ndarray]:
         s = self.cfg.crop_size
-        crops = [self._tensor(im.crop(tuple(int(v) for v in b)), s) for im, bx in zip(images, boxes) for b in bx]
+        crops = []
+        for im, bx, (w, h) in zip(images, boxes, sizes):
+            k = np.array([im.width / w, im.height / h, im.width / w, im.height / h])
+            crops += [self._tensor(im.crop(tuple(int(round(v)) for v in b * k)), s) for b in bx]
         out = []
         for i in range(0, len(crops), 64):
             out.append(self._cnn(torch.stack(crops[i:i + 64])).mean(dim=(2, 3)).float().cpu())
@@ -206,45 +215,70 @@ class RegionEncoder:
         return RegionFeatures(boxes, self.encode([image], [boxes])[0])
 
 
+def decode_side(cfg: RegionConfig) -> int | None:
+    """The smallest width and height a photo needs to be decoded at for this extractor: RoI pooling
+    warps the whole photo to input_size and selective search runs at ss_max_side, so a 12 MP phone
+    photo is decoded at 1/8 scale. Per-crop pooling upsamples small boxes: those photos are decoded whole."""
+    return max(cfg.input_size, cfg.ss_max_side) if cfg.pooling == "roi" else None
+
+
 @dataclass
 class Prepared:
     path: Path
     image: Image.Image | None
     boxes: np.ndarray | None
     error: str | None = None
+    size: tuple[int, int] = (0, 0)  # the photo's own size (boxes are in it); image may be smaller
 
 
 def prepare(path: Path, cfg: RegionConfig, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Prepared:
-    """Load and propose: the CPU-side half of extraction, run in worker threads."""
+    """Decode (at the scale the extractor needs) and propose: the CPU-side half of extraction."""
     try:
-        im = load(path, max_megapixels)
+        d = decode(path, max_megapixels, min_side=decode_side(cfg))
     except ImageError as e:
         return Prepared(path, None, None, str(e))
-    return Prepared(path, im, propose(im, cfg))
+    return Prepared(path, d.image, propose(d.image, cfg, d.size), size=d.size)
 
 
 def extract(paths: Iterable[Path], encoder: RegionEncoder, batch_size: int = 16,
             workers: int | None = None,
             max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Iterator[tuple[Path, RegionFeatures | str]]:
-    """Yield (path, features) or (path, error message) in input order. Loading and proposals
-    run in threads (PIL and OpenCV release the GIL) while the CNN works on the previous batch."""
-    workers = workers or max(1, (os.cpu_count() or 2))
-    paths = list(paths)
-    with ThreadPoolExecutor(workers) as pool:
-        prepared = pool.map(lambda p: prepare(p, encoder.cfg, max_megapixels), paths)
-        batch: list[Prepared] = []
-        for item in prepared:
-            batch.append(item)
-            if len(batch) == batch_size:
+    """Yield (path, features) or (path, error message) in input order. Decoding and proposals run
+    in threads (PIL, libheif and OpenCV release the GIL) while the CNN works on the previous batch;
+    at most two batches are decoded ahead, so memory stays flat however many photos there are."""
+    threads, default_workers = pipeline_threads(encoder.device)
+    workers = workers or default_workers
+    ahead = 2 * batch_size + workers
+    todo = iter(paths)
+    with torch_threads(threads), ThreadPoolExecutor(workers) as pool:
+        window: deque[Future[Prepared]] = deque()
+
+        def fill() -> None:
+            while len(window) < ahead:
+                p = next(todo, None)
+                if p is None:
+                    return
+                window.append(pool.submit(prepare, p, encoder.cfg, max_megapixels))
+
+        try:
+            fill()
+            batch: list[Prepared] = []
+            while window:
+                batch.append(window.popleft().result())
+                fill()
+                if len(batch) == batch_size:
+                    yield from _run_batch(batch, encoder)
+                    batch = []
+            if batch:
                 yield from _run_batch(batch, encoder)
-                batch = []
-        if batch:
-            yield from _run_batch(batch, encoder)
+        finally:  # a consumer that stops early (an error, a kill) leaves no decoding behind
+            for f in window:
+                f.cancel()
 
 
 def _run_batch(batch: list[Prepared], encoder: RegionEncoder) -> Iterator[tuple[Path, RegionFeatures | str]]:
     ok = [p for p in batch if p.error is None]
-    feats = encoder.encode([p.image for p in ok], [p.boxes for p in ok])  # type: ignore[misc]
+    feats = encoder.encode([p.image for p in ok], [p.boxes for p in ok], [p.size for p in ok])  # type: ignore[misc]
     by_path = {id(p): RegionFeatures(p.boxes, f) for p, f in zip(ok, feats)}  # type: ignore[arg-type]
     for p in batch:
         yield p.path, (p.error if p.error is not None else by_path[id(p)])  # type: ignore[misc]
