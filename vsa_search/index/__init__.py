@@ -31,7 +31,10 @@ from ..core import paths
 from ..core.errors import SearchIndexError
 from ..models.alignment import LoadedAlign, load_align
 from . import openvocab
+from .dupes import DupesResult
+from .dupes import find as find_dupes
 from .faiss_types import INDEX_TYPES, choose_for_memory, choose_type, memory_bytes
+from .filters import FilterReport, MetaFilter, search_filtered
 from .generation import Item, write_generation
 from .layout import DEFAULT_NAME, KINDS, Location, disk_size, resolve
 from .photos import PhotoBuild, build_photos
@@ -41,10 +44,11 @@ from .sentences import TextReport, build_sentences
 from .shards import MergeReport, check_shard, merge, shard_of
 from .store import FragmentIndex, find_photo, open_index
 
-__all__ = ["DEFAULT_NAME", "INDEX_TYPES", "KINDS", "BuildReport", "FragmentIndex", "Item", "Location", "MergeReport",
-           "PhotoBuild", "Result", "TextReport", "build", "build_photos", "build_sentences", "check_shard",
-           "choose_for_memory", "choose_type", "find_photo", "memory_bytes", "merge", "open_index", "remove",
-           "resolve", "search", "shard_of", "status", "write_generation"]
+__all__ = ["DEFAULT_NAME", "INDEX_TYPES", "KINDS", "BuildReport", "DupesResult", "FilterReport", "FragmentIndex",
+           "Item", "Location", "MergeReport", "MetaFilter", "PhotoBuild", "Result", "TextReport", "build",
+           "build_photos", "build_sentences", "check_shard", "choose_for_memory", "choose_type", "find_dupes",
+           "find_photo", "memory_bytes", "merge", "open_index", "remove", "resolve", "search", "search_filtered",
+           "shard_of", "status", "write_generation"]
 
 # --------------------------------------------------------------------------- status and remove
 
@@ -130,8 +134,14 @@ def search_words(ix: FragmentIndex, loaded: LoadedAlign, text: str, k: int = 10,
 
 
 def search(text: str, name: str | Path | None = None, k: int = 10, model: str | Path | None = None,
-           bridge: bool = True) -> Any:
+           bridge: bool = True, where: MetaFilter | None = None) -> Any:
     """Photos of index `name` for `text`, best first: a result with `.hits` (path, score, and the
-    box each word matched), as `vsa search` finds them."""
+    box each word matched), as `vsa search` finds them. `where` (a MetaFilter) keeps only the photos
+    it passes; the result then carries `.filter`, a FilterReport (how many photos had no date...)."""
     with open_index(name, "photos") as ix:
-        return search_words(ix, model_for(ix, model), text, k, bridge=bridge)
+        loaded = model_for(ix, model)
+        if where is None or not where.active:
+            return search_words(ix, loaded, text, k, bridge=bridge)
+        result, report = search_filtered(ix, where, k, lambda n: search_words(ix, loaded, text, n, bridge=bridge))
+        result.filter = report
+        return result

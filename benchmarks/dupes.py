@@ -1,0 +1,140 @@
+"""Near-duplicate finding (`vsa dupes`) measured on a built set: Flickr8k dev and train photos (never
+test), each with five transformed copies (JPEG quality 40, half size, a 10% crop, a 90-degree turn,
+brighter or darker), among distinct photos that have no copy. The set is indexed with the shipped
+model and grouped; the table gives pairwise precision and recall per transformation.
+
+    .venv/bin/python benchmarks/dupes.py [--photos 200] [--distinct 100] [--keep DIR] [--sweep]
+
+--keep DIR keeps (and on a second run reuses) the set and its index; --sweep prints the table for a
+range of thresholds (how the default, vsa_search.index.dupes.DEFAULT_THRESHOLD, was chosen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+from PIL import Image, ImageEnhance
+
+from vsa_search.core import paths
+from vsa_search.index import build, dupes
+
+TRANSFORMS = ("jpeg40", "half", "crop10", "rot90", "bright")
+# The one pair of identical files in Flickr8k (its README): never two "distinct" photos.
+SAME_FILE = {"2851198725_37b6027625.jpg", "3050606344_af711c726c.jpg"}
+
+
+def transform(im: Image.Image, name: str, rng: random.Random) -> tuple[Image.Image, int]:
+    """The copy and the JPEG quality to save it at."""
+    w, h = im.size
+    if name == "jpeg40":
+        return im, 40
+    if name == "half":
+        return im.resize((w // 2, h // 2), Image.Resampling.LANCZOS), 90
+    if name == "crop10":  # 10% of each side's length cut away, split at random between its two ends
+        left, top = rng.uniform(0, 0.1) * w, rng.uniform(0, 0.1) * h
+        return im.crop((round(left), round(top), round(left + 0.9 * w), round(top + 0.9 * h))), 90
+    if name == "rot90":
+        return im.transpose(rng.choice([Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270])), 90
+    if name == "bright":
+        return ImageEnhance.Brightness(im).enhance(rng.choice([0.7, 1.3])), 90
+    raise ValueError(name)
+
+
+def make_set(folder: Path, n_photos: int, n_distinct: int, seed: int = 0) -> dict[str, str]:
+    """Write the photos; returns file name -> the original it was made from."""
+    root = paths.flickr8k_root()
+    names = sorted({line.strip() for split in ("train", "dev")
+                    for line in (root / "splits" / f"Flickr_8k.{split}Images.txt").read_text().split()}
+                   - SAME_FILE)
+    rng = random.Random(seed)
+    chosen = rng.sample(names, n_photos + n_distinct)
+    source: dict[str, str] = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(chosen):
+        im = Image.open(root / "images" / name).convert("RGB")
+        stem = Path(name).stem
+        (folder / name).write_bytes((root / "images" / name).read_bytes())
+        source[name] = stem
+        if i >= n_photos:
+            continue
+        for t in TRANSFORMS:
+            copy, quality = transform(im, t, rng)
+            copy.save(folder / f"{stem}__{t}.jpg", quality=quality)
+            source[f"{stem}__{t}.jpg"] = stem
+    return source
+
+
+def kind_of(name: str) -> str:
+    return name.rsplit("__", 1)[1].removesuffix(".jpg") if "__" in name else "original"
+
+
+def table(groups: list[dupes.Group], source: dict[str, str]) -> list[tuple[str, int, int, int, float, float]]:
+    """(transformation, true pairs, found pairs, correct found, precision, recall) rows: a pair
+    counts for a transformation when one of its photos is such a copy; "all" counts every pair."""
+    group_of = {os.path.basename(p.path): gi for gi, g in enumerate(groups) for p in g.photos}
+    names = sorted(source)
+    true_n: dict[str, int] = defaultdict(int)
+    found_n: dict[str, int] = defaultdict(int)
+    right_n: dict[str, int] = defaultdict(int)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            same = source[a] == source[b]
+            found = a in group_of and group_of.get(b) == group_of[a]
+            if not (same or found):
+                continue
+            rows = {"all"} | {kind_of(x) for x in (a, b)} - {"original"}
+            for r in rows:
+                true_n[r] += same
+                found_n[r] += found
+                right_n[r] += same and found
+    out = []
+    for r in (*TRANSFORMS, "all"):
+        p = right_n[r] / found_n[r] if found_n[r] else 1.0
+        rec = right_n[r] / true_n[r] if true_n[r] else 1.0
+        out.append((r, true_n[r], found_n[r], right_n[r], p, rec))
+    return out
+
+
+def print_table(rows: list[tuple[str, int, int, int, float, float]], threshold: float) -> None:
+    print(f"\nthreshold {threshold:g}")
+    print("| copy | true pairs | pairs found | correct | precision | recall |\n|---|---:|---:|---:|---:|---:|")
+    for r, t, f, c, p, rec in rows:
+        print(f"| {r} | {t} | {f} | {c} | {p:.3f} | {rec:.3f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--photos", type=int, default=200, help="photos with copies")
+    ap.add_argument("--distinct", type=int, default=100, help="photos without copies")
+    ap.add_argument("--keep", type=Path, help="keep the set and its index here (reused when present)")
+    ap.add_argument("--threshold", type=float, default=dupes.DEFAULT_THRESHOLD)
+    ap.add_argument("--sweep", action="store_true", help="the table for a range of thresholds")
+    args = ap.parse_args()
+    if not (paths.flickr8k_root() / "images").is_dir():
+        sys.exit(f"needs Flickr8k at {paths.flickr8k_root()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.keep or Path(tmp)
+        photos, index = work / "photos", work / "index"
+        if not photos.is_dir():
+            make_set(photos, args.photos, args.distinct)
+        source = _source_of(photos)
+        report = build([photos], name=index)
+        print(f"{report.photos} photos indexed ({args.photos} with {len(TRANSFORMS)} copies each, "
+              f"{args.distinct} without), {report.encoded} encoded", file=sys.stderr)
+        thresholds = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95] if args.sweep else [args.threshold]
+        for th in thresholds:
+            print_table(table(dupes.find(index, threshold=th).groups, source), th)
+
+
+def _source_of(folder: Path) -> dict[str, str]:
+    return {p.name: p.name.split("__")[0].removesuffix(".jpg") for p in folder.glob("*.jpg")}
+
+
+if __name__ == "__main__":
+    main()
