@@ -127,9 +127,12 @@ def main() -> None:
         report = build([photos], name=index)
         print(f"{report.photos} photos indexed ({args.photos} with {len(TRANSFORMS)} copies each, "
               f"{args.distinct} without), {report.encoded} encoded", file=sys.stderr)
-        thresholds = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95] if args.sweep else [args.threshold]
+        thresholds = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95] if args.sweep else [args.threshold]
         for th in thresholds:
-            print_table(table(dupes.find(index, threshold=th).groups, source), th)
+            groups = dupes.find(index, threshold=th).groups
+            print_table(table(groups, source), th)
+            kept = sum("__" not in os.path.basename(g.keep) for g in groups)
+            print(f"\nthe photo suggested to keep is the original in {kept} of {len(groups)} groups")
 
 
 def _source_of(folder: Path) -> dict[str, str]:

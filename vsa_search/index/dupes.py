@@ -30,8 +30,8 @@ from .store import FragmentIndex, open_index
 
 DEFAULT_THRESHOLD = 0.75
 HASH_SCALE = 32.0  # pHash distance of unrelated photos (half of the 63 bits that vary)
-CONFIRM_COSINE = 0.90  # full-frame cosine above which the vectors vouch for a pair...
-CONFIRM_BONUS = 0.35  # ...whose hash similarity is up to this much below the threshold
+CONFIRM_COSINE = 0.90  # full-frame cosine from which the vectors vouch for a pair...
+CONFIRM_BONUS = 0.50  # ...whose hash similarity is up to this much below the threshold
 SHARP_TIE = 0.25  # sharpness within 25% of the sharpest counts as as sharp (a re-exposed or
 # re-encoded copy measures up to about 20% apart from its original: examples/photos copies)
 
