@@ -115,6 +115,10 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="keep the set and its index here (reused when present)")
     ap.add_argument("--threshold", type=float, default=dupes.DEFAULT_THRESHOLD)
     ap.add_argument("--sweep", action="store_true", help="the table for a range of thresholds")
+    ap.add_argument("--grid", action="store_true", help="precision/recall over all pairs for a grid of the "
+                                                         "cosine floor and bonus (how they were chosen)")
+    ap.add_argument("--stats", action="store_true", help="how far each kind of copy is from its original, "
+                                                          "in pHash bits and full-frame cosine, beside distinct pairs")
     args = ap.parse_args()
     if not (paths.flickr8k_root() / "images").is_dir():
         sys.exit(f"needs Flickr8k at {paths.flickr8k_root()}")
@@ -127,12 +131,63 @@ def main() -> None:
         report = build([photos], name=index)
         print(f"{report.photos} photos indexed ({args.photos} with {len(TRANSFORMS)} copies each, "
               f"{args.distinct} without), {report.encoded} encoded", file=sys.stderr)
+        if args.stats:
+            stats(index)
+        if args.grid:
+            grid(index, source, args.threshold)
         thresholds = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95] if args.sweep else [args.threshold]
         for th in thresholds:
             groups = dupes.find(index, threshold=th).groups
             print_table(table(groups, source), th)
             kept = sum("__" not in os.path.basename(g.keep) for g in groups)
             print(f"\nthe photo suggested to keep is the original in {kept} of {len(groups)} groups")
+
+
+def grid(index: Path, source: dict[str, str], threshold: float) -> None:
+    default = dupes.CONFIRM_COSINE, dupes.CONFIRM_BONUS
+    print(f"\nthreshold {threshold:g}: precision / recall over all pairs\n| cosine floor | bonus 0.4 | bonus 0.5 | "
+          "bonus 0.6 |\n|---|---|---|---|")
+    try:
+        for floor in (0.86, 0.88, 0.90):
+            cells = []
+            for bonus in (0.4, 0.5, 0.6):
+                dupes.CONFIRM_COSINE, dupes.CONFIRM_BONUS = floor, bonus
+                row = table(dupes.find(index, threshold=threshold).groups, source)[-1]
+                cells.append(f"{row[4]:.3f} / {row[5]:.3f}")
+            print(f"| {floor} | " + " | ".join(cells) + " |")
+    finally:
+        dupes.CONFIRM_COSINE, dupes.CONFIRM_BONUS = default
+
+
+def stats(index: Path) -> None:
+    """pHash distance (over the four turns) and full-frame cosine of each copy to its original, and
+    the same over every pair of photos from different originals."""
+    import numpy as np
+
+    from vsa_search.index import open_index
+    from vsa_search.index.filters import index_meta
+
+    with open_index(index) as ix:
+        keys = [r["key"] for r in ix.records()]
+        metas = index_meta(ix)
+        sim = dupes.Similarity(np.array([int(metas[k]["phash"], 16) for k in keys], np.uint64),
+                               dupes.full_frame(ix, list(range(len(keys)))))
+    names = [os.path.basename(k) for k in keys]
+    src = np.array([n.split("__")[0].removesuffix(".jpg") for n in names])
+    dist = np.min([np.bitwise_count(sim.turns[:, t][:, None] ^ sim.turns[:, 0][None, :]) for t in range(4)], 0)
+    cos = sim.vecs @ sim.vecs.T
+    orig = {s: i for i, (s, n) in enumerate(zip(src, names, strict=True)) if "__" not in n}
+    print("\n| copy | pHash bits to its original: median, max | cosine: min, median |\n|---|---|---|")
+    for t in TRANSFORMS:
+        idx = [i for i, n in enumerate(names) if kind_of(n) == t]
+        d = np.array([dist[i, orig[src[i]]] for i in idx])
+        c = np.array([cos[i, orig[src[i]]] for i in idx])
+        print(f"| {t} | {np.median(d):.0f}, {d.max()} | {c.min():.3f}, {np.median(c):.3f} |")
+    iu = np.triu_indices(len(names), 1)
+    other = src[iu[0]] != src[iu[1]]
+    d, c = dist[iu][other], cos[iu][other]
+    print(f"| distinct ({len(d)} pairs) | 0.1st percentile {np.percentile(d, 0.1):.0f}, min {d.min()} | "
+          f"max {c.max():.3f}, pairs above 0.9: {(c >= 0.9).sum()} |")
 
 
 def _source_of(folder: Path) -> dict[str, str]:

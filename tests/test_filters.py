@@ -179,3 +179,15 @@ def test_old_index_gets_meta_on_rebuild(env: Path, tmp_path: Path, monkeypatch: 
     assert res.exit_code == 0 and json.loads(res.stdout)["encoded"] == 0
     assert names(runner.invoke(app, ["search", "a dog", "--index", "old", "--json", "--after", "2000-01-01"])) \
         == ["paris.jpg"]
+
+
+def test_python_api(env: Path) -> None:
+    import vsa_search
+    from vsa_search import index
+
+    where = vsa_search.MetaFilter.parse(after="2021-01-01", camera="canon")
+    result = index.search("a dog on the grass", name="default", k=10, where=where)
+    assert [Path(h.key).name for h in result.hits] == ["versailles.jpg"]
+    assert (result.filter.no_date, result.filter.photos) == (2, 6)
+    found = vsa_search.dupes(name="default")
+    assert (found.photos, found.groups) == (6, [])
