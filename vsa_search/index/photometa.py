@@ -1,5 +1,5 @@
 """What a photo build stores beside each photo's vectors for duplicate finding and metadata filters:
-the record field "meta" = {"v", "phash", "dhash", "sharp", "width", "height"} plus "taken", "camera"
+the record field "meta" = {"v", "phash", "sharp", "width", "height"} plus "taken", "camera"
 and "gps" when the photo's EXIF has them. Indexes built before it lack the field; the next
 `vsa index build` adds it (from the photos, without the CNN)."""
 

@@ -1,5 +1,5 @@
-"""Perceptual fingerprints of a decoded photo, for near-duplicate finding: a DCT hash (pHash), a
-difference hash (dHash), 8 bytes each, and a sharpness score (variance of the Laplacian).
+"""Perceptual fingerprints of a decoded photo, for near-duplicate finding: a DCT hash (pHash, 8 bytes)
+and a sharpness score (variance of the Laplacian).
 
 The pHash keeps the sign of the 8x8 lowest DCT frequencies of the 32x32 grey photo (the DC term's bit
 is always 0). Signs, not the usual comparison with the median, because a 90-degree turn of the photo
@@ -43,12 +43,6 @@ def phash_bits(image: Image.Image) -> np.ndarray:
     return bits
 
 
-def dhash_bits(image: Image.Image) -> np.ndarray:
-    """(8, 8) bool: is each pixel of a 9x8 grey thumbnail brighter than its right neighbour."""
-    g = _grey(image, (9, 8))
-    return g[:, :-1] > g[:, 1:]
-
-
 def sharpness(image: Image.Image) -> float:
     """Variance of the Laplacian of the grey photo at SHARP_SIDE over the variance of the grey
     levels: higher is sharper. The ratio keeps a brighter or more contrasted copy from looking sharper."""
@@ -78,10 +72,10 @@ def rotations(phash: int) -> list[int]:
 
 
 def fingerprint(image: Image.Image) -> dict[str, Any]:
-    """What the index stores per photo for duplicate finding: hashes as 16 hex digits, sharpness,
-    and the decoded size."""
-    return {"phash": f"{to_int(phash_bits(image)):016x}", "dhash": f"{to_int(dhash_bits(image)):016x}",
-            "sharp": round(sharpness(image), 4), "width": image.width, "height": image.height}
+    """What the index stores per photo for duplicate finding: the pHash as 16 hex digits, the
+    sharpness and the decoded size."""
+    return {"phash": f"{to_int(phash_bits(image)):016x}", "sharp": round(sharpness(image), 4),
+            "width": image.width, "height": image.height}
 
 
 def hamming(a: int, b: int) -> int:
