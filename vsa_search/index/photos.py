@@ -88,7 +88,8 @@ class PhotoBuild:
 
     # -- planning
     def plan(self) -> int:
-        """Compare the photos on disk with the current index; returns how many need the CNN."""
+        """Compare the photos on disk with the current index; returns how many photos need work: the
+        CNN, or (for an index from before photometa) reading their hashes and EXIF."""
         loc, r = self.location, self.report
         for root in self.roots or []:  # a folder named on the command line must be there (one from the
             if not root.exists():       # index's manifest may be unreachable: its photos are kept)
@@ -186,7 +187,13 @@ class PhotoBuild:
         self.to_encode = len(seen_encode)
         self._tally()
         r.removed = missing - r.moved
-        return self.to_encode
+        # Photos whose vectors are reused from an index built before photometa: their hashes and EXIF
+        # are read from the files (no CNN) in run(), counted in the progress with the photos to encode.
+        self.meta_todo = {p.hash: p.path for p in self.planned if p.source == "old"
+                          and photometa.current(self.old.record(self.old_item_by_hash[p.hash])) is None} \
+            if self.meta_missing else {}
+        self.described: dict[str, dict[str, Any]] = {}
+        return self.to_encode + len(self.meta_todo)
 
     def _refuse_drops(self, old: dict[str, Any]) -> None:
         """Another model, or folders that leave some of the index's out, drop photos the index
@@ -233,6 +240,7 @@ class PhotoBuild:
         try:
             self._check_space()
             self._encode(on_progress)
+            self._describe_old(on_progress)
             chosen = choose_for_memory(self.index_type, self._fragment_estimate(), self.model.model.out_dim,
                                        self.max_memory)
             prev_skipped = self.old.skipped() if self.old else {}
@@ -327,6 +335,12 @@ class PhotoBuild:
             self.planned = [p for p in self.planned if p.hash not in failed]
             self._tally()
 
+    def _describe_old(self, on_progress: Callable[[int], None] | None) -> None:
+        for digest, path in self.meta_todo.items():
+            self.described[digest] = photometa.describe(path, self.max_megapixels)
+            if on_progress:
+                on_progress(1)
+
     def _items(self) -> Iterator[Item]:
         for p in self.planned:
             if p.source == "old":
@@ -335,7 +349,7 @@ class PhotoBuild:
                 boxes = self.old.boxes(i)  # type: ignore[union-attr]
                 con = self.old.concepts_bytes([i])[0]  # type: ignore[union-attr]
                 offset = float(self.old.offsets[i])  # type: ignore[union-attr]
-                meta = photometa.current(self.old.record(i))  # type: ignore[union-attr]
+                meta = self.described.get(p.hash) or photometa.current(self.old.record(i))  # type: ignore[union-attr]
             else:
                 a = self.work.get_arrays(_WORK_VEC + p.hash)
                 if a is None:  # pragma: no cover - the plan only names hashes it saw stored
