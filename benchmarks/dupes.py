@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -137,8 +138,11 @@ def main() -> None:
             grid(index, source, args.threshold)
         thresholds = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95] if args.sweep else [args.threshold]
         for th in thresholds:
+            t0 = time.perf_counter()
             groups = dupes.find(index, threshold=th).groups
+            seconds = time.perf_counter() - t0
             print_table(table(groups, source), th)
+            print(f"\ngrouping took {seconds:.2f} s")
             kept = sum("__" not in os.path.basename(g.keep) for g in groups)
             print(f"\nthe photo suggested to keep is the original in {kept} of {len(groups)} groups")
 

@@ -158,10 +158,11 @@ class Similarity:
         return combine(h, c), turn * 90
 
     def pairs(self, threshold: float) -> dict[tuple[int, int], tuple[float, int]]:
-        """(a, b) with a < b -> (similarity, turn) for every pair at or above `threshold`: candidates
-        from a radius search over the hashes of all four turns, and from the cosines."""
+        """(a, b) with a < b -> (similarity, turn) for every pair at or above `threshold`. A pair gets
+        there by its hashes alone (a radius search over the hashes of all four turns) or with a cosine
+        of at least CONFIRM_COSINE (the cosines above it are few): those are the only candidates."""
         n = len(self.turns)
-        radius = int(np.ceil((1 - threshold + CONFIRM_BONUS) * HASH_SCALE))
+        radius = int(np.floor((1 - threshold) * HASH_SCALE + 1e-9))  # h >= threshold
         base = faiss.IndexBinaryFlat(64)
         base.add(_codes(self.turns[:, 0]))
         cands: set[tuple[int, int]] = set()
