@@ -1,8 +1,9 @@
 """The photo index (and its image->text twin, the sentence index): fragment vectors in a FAISS
 inner-product index, per-item metadata in LMDB, and a manifest. The only package that knows FAISS.
 Modules: layout (where an index lives, the lock), faiss_types, store (reader and writer of a
-generation), photos (incremental photo builds), sentences, shards (split builds, merge), query
-(search) and sheet (contact sheets); this face adds build(), search(), status() and remove().
+generation), photos (incremental photo builds), photometa (hashes and EXIF stored per photo), sentences,
+shards (split builds, merge), query (search), filters (metadata filters over any result list), dupes
+(near-duplicate groups) and sheet (contact sheets); this face adds build(), search(), status() and remove().
 
 On disk, `indexes/NAME` is a symlink to a hidden generation directory beside it:
 
