@@ -11,6 +11,10 @@ The library API, in the spirit of openai/CLIP:
         print(hit.key, hit.score, [(m.word, m.box) for m in hit.words])
     for c in vsa_search.caption(["examples/photos/coffee.jpg"], beam=3, models=models):
         print(c.photo, c.caption, c.logprob)
+    where = vsa_search.MetaFilter.parse(after="2021-01-01", camera="canon")  # EXIF date, camera, --near
+    index.search("a dog", name="demo", where=where).filter.no_date   # photos the date filter could not judge
+    for g in vsa_search.dupes(name="demo").groups:   # near-duplicates; nothing is deleted
+        print(g.keep, [p.path for p in g.photos])
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ __version__ = "0.1.0"
 # this package, and `vsa --help` should not wait seconds for torch.
 _LAZY = {"PhotoCaption": "captioning", "caption_photos": "captioning", "LoadedAlign": "models.alignment",
          "load_align": "models.alignment", "LoadedCaptioner": "models.captioner", "load_caption": "models.captioner",
-         "pick_device": "core.device"}
+         "pick_device": "core.device", "MetaFilter": "index.filters", "DupesResult": "index.dupes"}
 
 
 def __getattr__(name: str) -> Any:
@@ -60,6 +64,14 @@ def load(align: str | Path = "align", caption: str | Path = "caption-ensemble", 
     dev = pick_device(device)
     return Models(load_align(paths.find_model(str(align)), dev), load_caption(paths.find_model(str(caption)), dev),
                   dev)
+
+
+def dupes(name: str | Path | None = None, threshold: float | None = None, where: Any = None) -> Any:
+    """Near-duplicate groups of photo index `name` (a DupesResult: `.groups`, each with `.keep` and
+    `.photos`), as `vsa dupes` finds them; `where`: a MetaFilter limiting the photos compared."""
+    from .index import dupes as dp
+
+    return dp.find(name, dp.DEFAULT_THRESHOLD if threshold is None else threshold, where)
 
 
 def caption(photos: list[str | Path], beam: int = 7, models: Models | None = None) -> list[PhotoCaption]:

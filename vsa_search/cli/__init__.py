@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "align": ("align", "app", 'Align a sentence\'s fragments to a photo\'s regions: vsa align PHOTO "SENTENCE".'),
     "index": ("index", "app", "Index folders of photos for search (and sentences for photo -> text)."),
     "search": ("search", "search_cmd", "Search photos with words; each hit shows the box every word matched."),
+    "dupes": ("dupes", "dupes_cmd", "Groups of near-duplicate photos, each with the one to keep; never deletes."),
     "info": ("info", "info_cmd", "The version, where things live, the shipped models, CUDA and faiss-gpu."),
     "serve": ("serve", "serve_cmd", "Search, caption and align in a browser: models and an index loaded once."),
 }

@@ -153,3 +153,21 @@ def progress(description: str, total: int | None, unit: str = "photos") -> Itera
                 bar.update(task, rate=f"{t.completed / t.elapsed:.1f} {unit}/s")
 
         yield advance
+
+
+# The metadata filters of `vsa search` and `vsa dupes` (index/filters.py), declared once.
+AfterOpt = Annotated[str | None, typer.Option("--after", help="Only photos taken on this day (EXIF, "
+                                              "YYYY-MM-DD) or later.")]
+BeforeOpt = Annotated[str | None, typer.Option("--before", help="Only photos taken on this day (YYYY-MM-DD) "
+                                               "or earlier.")]
+CameraOpt = Annotated[str | None, typer.Option("--camera", help="Only photos whose camera (EXIF make and "
+                                               "model) contains this text, in any case.")]
+NearOpt = Annotated[str | None, typer.Option("--near", help="Only photos taken near LAT,LON (EXIF GPS, "
+                                             "degrees), within --km.")]
+KmOpt = Annotated[float | None, typer.Option("--km", help="With --near: the radius in km (default 10).")]
+
+
+def filter_notes(notes: list[str]) -> None:
+    """What a metadata filter could not judge, one line each on stderr (stdout stays clean)."""
+    for line in notes:
+        err.print(f"({line})", markup=False)

@@ -10,9 +10,10 @@ import typer
 from .. import index as ix
 from ..core.errors import UsageError
 from ..index import query as srch
+from ..index.filters import MetaFilter, search_filtered
 from ..index.sheet import contact_sheet, sheet_path
 from ..models.encode import query_tokens_or_fail
-from .common import err, out, print_json, print_paths
+from .common import AfterOpt, BeforeOpt, CameraOpt, KmOpt, NearOpt, err, filter_notes, out, print_json, print_paths
 
 
 def search_cmd(
@@ -43,6 +44,8 @@ def search_cmd(
     bridge: Annotated[bool, typer.Option("--bridge/--no-bridge", help="Also score words through the CNN's "
                                          "ImageNet classes (words outside the model's vocabulary count too; "
                                          "one index, not --shards).")] = True,
+    after: AfterOpt = None, before: BeforeOpt = None, camera: CameraOpt = None, near: NearOpt = None,
+    km: KmOpt = None,
 ) -> None:
     """Search photos with words; each hit shows the box every word matched."""
     if (text is None) == (image is None):
@@ -54,6 +57,11 @@ def search_cmd(
         raise UsageError(f"-k must be at least 1 (got {k})")
     if per_word is not None and per_word <= 0:
         raise UsageError(f"--per-word must be at least 1 (got {per_word})")
+    where = MetaFilter.parse(after, before, camera, near, km)
+    if where.active and (shards is not None or image is not None):
+        raise UsageError("--after, --before, --camera and --near filter the photos of one index: not with "
+                         + ("--shards" if shards is not None else "--image"))
+    filtered = None
     if sheet is not None:  # before the search: a path that cannot be written is known now
         sheet = sheet_path(sheet, text, image)
     if shards is not None:
@@ -70,15 +78,23 @@ def search_cmd(
         query_tokens_or_fail(text)
         with ix.open_index(index, "photos") as x:
             loaded = srch.model_for(x, model)
-            result = ix.search_words(x, loaded, text, k, per_word, bridge=bridge)
+            result, filtered = search_filtered(x, where, k, lambda n: ix.search_words(x, loaded, text, n, per_word,
+                                                                                      bridge=bridge))
     else:
         with ix.open_index(index, "sentences") as x:
             loaded = srch.model_for(x, model)
             result = srch.search_image(x, loaded, image, k)  # type: ignore[arg-type]
     if sheet is not None:
         err.print(f"wrote {contact_sheet(result, sheet, photo=image)}", markup=False, highlight=False)
+    if filtered is not None and where.active:
+        filter_notes(filtered.notes())
     if json_out:
-        print_json(result.to_dict())
+        d = result.to_dict()
+        if filtered is not None and where.active:
+            d["filter"] = filtered.to_dict()
+            for h in d["hits"]:
+                h.update(filtered.exif_of(h["path"]))
+        print_json(d)
     elif paths_out:
         print_paths([h.key for h in result.hits], null)
     else:

@@ -1,8 +1,9 @@
 """The photo index (and its image->text twin, the sentence index): fragment vectors in a FAISS
 inner-product index, per-item metadata in LMDB, and a manifest. The only package that knows FAISS.
 Modules: layout (where an index lives, the lock), faiss_types, store (reader and writer of a
-generation), photos (incremental photo builds), sentences, shards (split builds, merge), query
-(search) and sheet (contact sheets); this face adds build(), search(), status() and remove().
+generation), photos (incremental photo builds), photometa (hashes and EXIF stored per photo), sentences,
+shards (split builds, merge), query (search), filters (metadata filters over any result list), dupes
+(near-duplicate groups) and sheet (contact sheets); this face adds build(), search(), status() and remove().
 
 On disk, `indexes/NAME` is a symlink to a hidden generation directory beside it:
 
@@ -32,7 +33,10 @@ from ..core.device import pick_device
 from ..core.errors import SearchIndexError
 from ..models.alignment import LoadedAlign, load_align
 from . import openvocab
+from .dupes import DupesResult
+from .dupes import find as find_dupes
 from .faiss_types import INDEX_TYPES, choose_for_memory, choose_type, memory_bytes
+from .filters import FilterReport, MetaFilter, search_filtered
 from .generation import Item, write_generation
 from .layout import DEFAULT_NAME, KINDS, Location, disk_size, resolve, work_meta
 from .photos import PhotoBuild, build_photos
@@ -42,10 +46,11 @@ from .sentences import TextReport, build_sentences
 from .shards import MergeReport, check_shard, merge, shard_of
 from .store import FragmentIndex, find_photo, open_index
 
-__all__ = ["DEFAULT_NAME", "INDEX_TYPES", "KINDS", "BuildReport", "FragmentIndex", "Item", "Location", "MergeReport",
-           "PhotoBuild", "Result", "TextReport", "build", "build_photos", "build_sentences", "check_shard",
-           "choose_for_memory", "choose_type", "find_photo", "memory_bytes", "merge", "open_index", "remove",
-           "resolve", "search", "shard_of", "status", "write_generation"]
+__all__ = ["DEFAULT_NAME", "INDEX_TYPES", "KINDS", "BuildReport", "DupesResult", "FilterReport", "FragmentIndex",
+           "Item", "Location", "MergeReport", "MetaFilter", "PhotoBuild", "Result", "TextReport", "build",
+           "build_photos", "build_sentences", "check_shard", "choose_for_memory", "choose_type", "find_dupes",
+           "find_photo", "memory_bytes", "merge", "open_index", "remove", "resolve", "search", "search_filtered",
+           "shard_of", "status", "write_generation"]
 
 # --------------------------------------------------------------------------- status and remove
 
@@ -139,8 +144,14 @@ def search_words(ix: FragmentIndex, loaded: LoadedAlign, text: str, k: int = 10,
 
 
 def search(text: str, name: str | Path | None = None, k: int = 10, model: str | Path | None = None,
-           bridge: bool = True) -> Any:
+           bridge: bool = True, where: MetaFilter | None = None) -> Any:
     """Photos of index `name` for `text`, best first: a result with `.hits` (path, score, and the
-    box each word matched), as `vsa search` finds them."""
+    box each word matched), as `vsa search` finds them. `where` (a MetaFilter) keeps only the photos
+    it passes; the result then carries `.filter`, a FilterReport (how many photos had no date...)."""
     with open_index(name, "photos") as ix:
-        return search_words(ix, model_for(ix, model), text, k, bridge=bridge)
+        loaded = model_for(ix, model)
+        if where is None or not where.active:
+            return search_words(ix, loaded, text, k, bridge=bridge)
+        result, report = search_filtered(ix, where, k, lambda n: search_words(ix, loaded, text, n, bridge=bridge))
+        result.filter = report
+        return result

@@ -23,6 +23,7 @@ from ..models.encode import encode_regions, photo_offset
 from ..vision.concepts import from_features
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS, PHOTO_KINDS
 from ..vision.regions import RegionEncoder, extract
+from . import photometa
 from .faiss_types import check_index_type, choose_for_memory
 from .generation import Item, file_digest, model_info, write_generation
 from .layout import (
@@ -91,7 +92,8 @@ class PhotoBuild:
 
     # -- planning
     def plan(self) -> int:
-        """Compare the photos on disk with the current index; returns how many need the CNN."""
+        """Compare the photos on disk with the current index; returns how many photos need work: the
+        CNN, or (for an index from before photometa) reading their hashes and EXIF."""
         loc, r = self.location, self.report
         for root in self.roots or []:  # a folder named on the command line must be there (one from the
             if not root.exists():       # index's manifest may be unreachable: its photos are kept)
@@ -119,10 +121,12 @@ class PhotoBuild:
             self.old = None  # its vectors belong to another model: encode everything again
         old_by_path: dict[str, dict[str, Any]] = {}
         self.old_item_by_hash: dict[str, int] = {}
+        self.meta_missing = 0  # records of an older build without photometa: the next write adds it
         if self.old is not None:
             for i, rec in enumerate(self.old.records()):
                 old_by_path[rec["key"]] = rec
                 self.old_item_by_hash.setdefault(rec["hash"], i)
+                self.meta_missing += photometa.current(rec) is None
         # A folder that is gone, or empty where it held photos (an unmounted drive), is unreachable:
         # its photos are kept as they were, not removed.
         reachable = [root for root in self.roots
@@ -188,7 +192,13 @@ class PhotoBuild:
         self.to_encode = len(seen_encode)
         self._tally()
         r.removed = missing - r.moved
-        return self.to_encode
+        # Photos whose vectors are reused from an index built before photometa: their hashes and EXIF
+        # are read from the files (no CNN) in run(), counted in the progress with the photos to encode.
+        self.meta_todo = {p.hash: p.path for p in self.planned if p.source == "old"
+                          and photometa.current(self.old.record(self.old_item_by_hash[p.hash])) is None} \
+            if self.meta_missing else {}
+        self.described: dict[str, dict[str, Any]] = {}
+        return self.to_encode + len(self.meta_todo)
 
     def _refuse_drops(self, old: dict[str, Any]) -> None:
         """Another model, or folders that leave some of the index's out, drop photos the index
@@ -242,11 +252,13 @@ class PhotoBuild:
         try:
             self._check_space()
             self._encode(on_progress)
+            self._describe_old(on_progress)
             chosen = choose_for_memory(self.index_type, self._fragment_estimate(), self.model.model.out_dim,
                                        self.max_memory)
             prev_skipped = self.old.skipped() if self.old else {}
             nothing_new = (self.old is not None and not (r.added or r.changed or r.moved or r.removed)
                            and r.encoded == 0 and self.touched == 0 and r.skipped == prev_skipped
+                           and self.meta_missing == 0
                            and self.old.manifest["roots"] == [str(p) for p in self.roots or []]
                            and self.old.manifest["index_type"] == chosen)
             if nothing_new:
@@ -296,14 +308,14 @@ class PhotoBuild:
             return
         encoder = self.encoder or RegionEncoder(self.model.region_config, self.device)
         by_path = {path: h for h, path in todo.items()}
-        pending: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float]] = []
+        pending: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]] = []
         failed: dict[str, str] = {}
 
         def commit() -> None:
             with self.work.batch() as b:
-                for digest, boxes, vecs, con, offset in pending:
+                for digest, boxes, vecs, con, offset, meta in pending:
                     b.put_arrays(_WORK_VEC + digest, boxes=boxes, vectors=vecs, concepts=con,
-                                 offset=np.array([offset], np.float32))
+                                 offset=np.array([offset], np.float32), meta=meta)
             n = len(pending)
             pending.clear()
             if on_progress:
@@ -321,7 +333,8 @@ class PhotoBuild:
             boxes = result.boxes[: len(vecs)]  # a global model keeps region 0 only
             vecs = vecs.astype(np.float16)
             pending.append((digest, boxes.astype(np.int32), vecs,
-                            _concepts_of(result.features[: len(vecs)], self.model), photo_offset(self.model, vecs)))
+                            _concepts_of(result.features[: len(vecs)], self.model), photo_offset(self.model, vecs),
+                            photometa.to_array(photometa.describe(path, self.max_megapixels))))
             self.report.encoded += 1
             if len(pending) >= self.batch_size:
                 commit()
@@ -334,6 +347,12 @@ class PhotoBuild:
             self.planned = [p for p in self.planned if p.hash not in failed]
             self._tally()
 
+    def _describe_old(self, on_progress: Callable[[int], None] | None) -> None:
+        for digest, path in self.meta_todo.items():
+            self.described[digest] = photometa.describe(path, self.max_megapixels)
+            if on_progress:
+                on_progress(1)
+
     def _items(self) -> Iterator[Item]:
         for p in self.planned:
             if p.source == "old":
@@ -342,6 +361,7 @@ class PhotoBuild:
                 boxes = self.old.boxes(i)  # type: ignore[union-attr]
                 con = self.old.concepts_bytes([i])[0]  # type: ignore[union-attr]
                 offset = float(self.old.offsets[i])  # type: ignore[union-attr]
+                meta = self.described.get(p.hash) or photometa.current(self.old.record(i))  # type: ignore[union-attr]
             else:
                 a = self.work.get_arrays(_WORK_VEC + p.hash)
                 if a is None:  # pragma: no cover - the plan only names hashes it saw stored
@@ -349,7 +369,11 @@ class PhotoBuild:
                 vecs, boxes = a["vectors"], a["boxes"]
                 con = a["concepts"].tobytes() if "concepts" in a else None
                 offset = float(a["offset"][0]) if "offset" in a else photo_offset(self.model, vecs)
-            info = {"path": p.path, "size": p.size, "mtime_ns": p.mtime_ns, "hash": p.hash}
+                meta = photometa.from_array(a["meta"]) if "meta" in a else None
+            if meta is None or meta.get("v") != photometa.META_VERSION:  # an index or work area from before
+                # this photometa version: read it from the photo now (no CNN)
+                meta = photometa.describe(p.path, self.max_megapixels)
+            info = {"path": p.path, "size": p.size, "mtime_ns": p.mtime_ns, "hash": p.hash, "meta": meta}
             yield Item(p.path, info, vecs, boxes, con, offset)
 
     def _write(self, chosen: str) -> None:

@@ -25,7 +25,7 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .engine import Engine, errors, names
+from .engine import DUPES_THRESHOLD, Engine, MetaFilter, errors, names
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_UPLOAD = 20 * 1024 * 1024  # bytes; a photo larger than this is refused before it is decoded
@@ -106,6 +106,14 @@ def _text(request: Request, name: str) -> str:
     if len(v) > 2000:
         raise ApiError(400, f"{name} is too long ({len(v)} characters, at most 2000)")
     return v
+
+
+def _where(request: Request) -> MetaFilter:
+    """The metadata filters of `vsa search` from ?after=&before=&camera=&near=LAT,LON&km= (empty: none)."""
+    q = request.query_params
+    km = _float(request, "km", 0.0) or None
+    return MetaFilter.parse(q.get("after") or None, q.get("before") or None, q.get("camera") or None,
+                            q.get("near") or None, km if q.get("near") else None)
 
 
 def _photo_id(request: Request) -> int:
@@ -200,7 +208,10 @@ def create_app(engine: Engine, token: str | None = None, max_upload: int = MAX_U
 
     def search_text(request: Request) -> Any:
         return engine.search_text(_text(request, "q"), _int(request, "k", 10, 1, MAX_K),
-                                  _int(request, "per_word", 0, 0, 1 << 20) or None)
+                                  _int(request, "per_word", 0, 0, 1 << 20) or None, _where(request))
+
+    def dupes(request: Request) -> Any:
+        return engine.dupes(_float(request, "threshold", DUPES_THRESHOLD), _where(request))
 
     def search_image(request: Request, photo: Path, name: str) -> Any:
         return engine.search_image(photo, _int(request, "k", 10, 1, MAX_K), shown_as=name)
@@ -269,6 +280,7 @@ def create_app(engine: Engine, token: str | None = None, max_upload: int = MAX_U
         Route("/api/search/image", api(search_image), methods=["POST"]),
         Route("/api/caption", api(caption_any), methods=["POST"]),
         Route("/api/align", api(align_upload), methods=["POST"]),
+        Route("/api/dupes", api(dupes)),
         Route("/api/status", api(lambda request: engine.status())),
         Route("/api/skipped", api(lambda request: {"skipped": engine.skipped()})),
         Route("/api/photos", api(photos)),

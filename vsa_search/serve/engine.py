@@ -30,6 +30,8 @@ from ..models import captioner, encode
 from ..vision import images, regions
 from ..vision.concepts import Concepts
 
+MetaFilter = index.MetaFilter  # for app.py, through this one door
+DUPES_THRESHOLD = index.dupes.DEFAULT_THRESHOLD
 REGION_MODEL = "caption-regions"  # as `vsa caption --regions`
 THUMB_CACHE = 512  # thumbnails kept in memory (~30 KB each)
 THUMB_CACHE_MAX_SIZE = 640  # larger ones (the photo page's) are made afresh: they would crowd the cache
@@ -172,14 +174,35 @@ class Engine:
 
     # ------------------------------------------------------------------ queries (the CLI's --json)
 
-    def search_text(self, text: str, k: int = 10, per_word: int | None = None) -> tuple[dict[str, Any], str]:
-        """`vsa search TEXT --json`, each hit with its photo's index `id` and `size` added."""
+    def search_text(self, text: str, k: int = 10, per_word: int | None = None,
+                    where: index.MetaFilter | None = None) -> tuple[dict[str, Any], str]:
+        """`vsa search TEXT --json` (with its metadata filters), each hit with its photo's index `id`
+        and `size` added."""
         encode.query_tokens_or_fail(text)
+        where = where or index.MetaFilter()
         with self.snapshot() as snap:
-            result = index.search_words(snap.photos, snap.model, text, k, per_word).to_dict()
+            found, report = index.search_filtered(snap.photos, where, k, lambda n: index.search_words(
+                snap.photos, snap.model, text, n, per_word))
+            result = found.to_dict()
+            if where.active:
+                result["filter"] = {**report.to_dict(), "notes": report.notes()}
             for hit in result["hits"]:
                 hit["id"] = snap.photo_id(hit["path"])
                 hit["size"] = snap.size(hit["id"])
+                if where.active:
+                    hit.update(report.exif_of(hit["path"]))
+            return result, snap.generation
+
+    def dupes(self, threshold: float, where: index.MetaFilter | None = None) -> tuple[dict[str, Any], str]:
+        """`vsa dupes --json`, each photo with its index `id` added."""
+        with self.snapshot() as snap:
+            found = index.find_dupes(snap.photos, threshold, where)
+            result = {**found.to_dict(), "notes": found.notes}
+            if found.filter is not None:
+                result["filter"] = found.filter.to_dict()
+            for g in result["groups"]:
+                for p in g["photos"]:
+                    p["id"] = snap.photo_id(p["path"])
             return result, snap.generation
 
     def search_image(self, photo: Path, k: int = 10, shown_as: str | None = None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 // The page of `vsa serve`: plain DOM, no framework, no network beyond this server.
-// Routes (in the URL's hash): #/search?q=..  #/photo/ID  #/index  #/dropped
+// Routes (in the URL's hash): #/search?q=..  #/photo/ID  #/index  #/dropped  #/dupes
+// (search and dupes also carry the metadata filters: &after=&before=&camera=&near=&km=)
 "use strict";
 
 const COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#0aa7c4", "#f032e6", "#7a9a16",
@@ -114,19 +115,57 @@ function wordChips(words, colourOf, photo) {
 
 function setActiveNav(route) {
   document.getElementById("nav-index").classList.toggle("active", route === "index");
+  document.getElementById("nav-dupes").classList.toggle("active", route === "dupes");
+}
+
+// ------------------------------------------------------------------ metadata filters
+
+const FILTERS = ["after", "before", "camera", "near", "km"];
+
+// The filters as query parameters ("" when none), from the filter bar.
+function filterParams() {
+  const p = new URLSearchParams();
+  for (const f of FILTERS) {
+    const v = document.getElementById(`f-${f}`).value.trim();
+    if (v) p.set(f, v);
+  }
+  if (!p.has("near")) p.delete("km");
+  return p;
+}
+
+// Fill the filter bar from a route's parameters (so a link or the back button restores them).
+function setFilters(params) {
+  for (const f of FILTERS) document.getElementById(`f-${f}`).value = params.get(f) || "";
+}
+
+// A route with its own parameters and the filters (encodeURIComponent: a space stays %20, as links had it).
+function withFilters(base, extra) {
+  const parts = Object.entries(extra || {});
+  for (const [k, v] of filterParams()) parts.push([k, v]);
+  return parts.length ? `${base}?${parts.map(([k, v]) => `${k}=${encodeURIComponent(v)}`).join("&")}` : base;
+}
+
+// What a filter could not judge (photos without a date, ...), as the CLI prints it on stderr.
+function filterNote(res) {
+  const notes = (res.filter && res.filter.notes) || res.notes || [];
+  return notes.length ? el("p", {class: "filter-note", id: "filter-note", text: notes.join(" · ")}) : null;
 }
 
 // ------------------------------------------------------------------ search
 
-async function showSearch(q) {
+async function showSearch(q, params) {
   qInput.value = q;
+  setFilters(params || new URLSearchParams());
   if (!q.trim()) return showHome();
   document.title = `${q} · vsa`;
   main.replaceChildren(el("p", {class: "spinner", text: "searching…"}));
   const t0 = performance.now();
   let res;
   try {
-    res = await api(`/api/search?q=${encodeURIComponent(q)}&k=24`);
+    const p = new URLSearchParams(params || {});
+    p.set("q", q);
+    p.set("k", "24");
+    res = await api(`/api/search?${p}`);
   } catch (e) {
     main.replaceChildren(el("p", {class: "error", id: "search-error", text: e.message}));
     return;
@@ -147,10 +186,13 @@ async function showSearch(q) {
       el("div", {class: "title"}, el("span", {class: "rank", text: `#${hit.rank}`}),
         el("span", {class: "score", text: `S = ${hit.score.toFixed(3)}`})),
       el("div", {class: "name", title: hit.path, text: baseName(hit.path)}),
+      hit.taken !== undefined ? el("div", {class: "name exif", text: [hit.taken ? hit.taken.slice(0, 10) : "no date",
+        hit.camera || "", hit.gps ? hit.gps.map(x => x.toFixed(3)).join(", ") : ""].filter(Boolean).join(" · ")}) : null,
       wordChips(hit.words, colourOf, () => photo)));
     grid.append(card);
   });
-  main.replaceChildren(summary, res.hits.length ? grid : el("p", {class: "empty", text: "no results"}));
+  if (res.filter) summary.append(el("span", {class: "filtered", text: ` · filtered: ${res.filter.kept} kept`}));
+  main.replaceChildren(summary, filterNote(res) || "", res.hits.length ? grid : el("p", {class: "empty", text: "no results"}));
   const first = grid.querySelector(".card");
   if (first && document.activeElement !== qInput) first.focus();
 }
@@ -351,13 +393,53 @@ async function showIndex() {
     el("div", {class: "panel"}, el("h2", {text: `Photos (${photos.total})`}), thumbs, more));
 }
 
+// ------------------------------------------------------------------ near-duplicates
+
+async function showDupes(params) {
+  document.title = "duplicates · vsa";
+  setFilters(params);
+  const threshold = params.get("threshold") || "";
+  const input = el("input", {id: "threshold", type: "number", step: "any", value: threshold,
+    placeholder: "default"});
+  const form = el("form", {class: "dupes-form", id: "dupes-form", onsubmit: e => {
+    e.preventDefault();
+    location.hash = withFilters("#/dupes", input.value ? {threshold: input.value} : {});
+  }}, el("label", {}, "similarity threshold ", input), el("button", {type: "submit", text: "Find"}));
+  main.replaceChildren(form, el("p", {class: "spinner", text: "comparing the photos…"}));
+  let res;
+  try {
+    const p = new URLSearchParams(params);
+    res = await api(`/api/dupes?${p}`);
+  } catch (e) {
+    main.replaceChildren(form, el("p", {class: "error", id: "dupes-error", text: e.message}));
+    return;
+  }
+  if (!threshold) input.placeholder = String(res.threshold);
+  const summary = el("p", {class: "summary", id: "summary", text: res.groups.length
+    ? `${res.groups.length} group${res.groups.length === 1 ? "" : "s"} of near-duplicates among ${res.photos} photos (threshold ${res.threshold}); nothing is deleted`
+    : `no near-duplicates among ${res.photos} photos (threshold ${res.threshold})`});
+  const groups = el("div", {id: "groups"}, res.groups.map((g, n) => el("section", {class: "panel group", "data-keep": g.keep},
+    el("h2", {text: `group ${n + 1} · ${g.photos.length} photos · keep ${baseName(g.keep)}: ${g.why}`}),
+    el("div", {class: "row"}, g.photos.map(ph => el("figure", {class: ph.path === g.keep ? "keep" : "", "data-path": ph.path},
+      el("a", {href: `#/photo/${ph.id}`, title: ph.path}, el("img", {src: imageUrl(ph.id, 240), alt: baseName(ph.path), loading: "lazy"})),
+      el("figcaption", {title: ph.path}, ph.path === g.keep ? el("span", {class: "badge", text: "keep"}) : null, baseName(ph.path)),
+      el("figcaption", {text: `${ph.width}×${ph.height} · ${ph.similarity.toFixed(3)}` + (ph.rotation ? ` · turned ${ph.rotation}°` : "")})))))));
+  main.replaceChildren(form, summary, filterNote(res) || "", groups);
+}
+
 // ------------------------------------------------------------------ routing and keys
 
 function route() {
   const h = location.hash || "#/";
   let m;
-  setActiveNav(h.startsWith("#/index") ? "index" : "");
-  if ((m = h.match(/^#\/search\?q=(.*)$/))) return showSearch(decodeURIComponent(m[1]));
+  setActiveNav(h.startsWith("#/index") ? "index" : h.startsWith("#/dupes") ? "dupes" : "");
+  if ((m = h.match(/^#\/search\?(.*)$/))) {
+    const p = new URLSearchParams(m[1]);
+    const q = p.get("q") || "";
+    p.delete("q");
+    return showSearch(q, p);
+  }
+  if ((m = h.match(/^#\/dupes(?:\?(.*))?$/))) return showDupes(new URLSearchParams(m[1] || ""));
   if ((m = h.match(/^#\/photo\/(\d+)$/))) return showPhoto(Number(m[1]));
   if (h === "#/index") return showIndex();
   if (h === "#/dropped") return showDropped();
@@ -368,7 +450,7 @@ document.getElementById("search-form").addEventListener("submit", e => {
   e.preventDefault();
   const q = qInput.value.trim();
   if (!q) return;
-  const target = `#/search?q=${encodeURIComponent(q)}`;
+  const target = withFilters("#/search", {q});
   qInput.blur();
   if (location.hash === target) route(); else location.hash = target;
 });
@@ -411,6 +493,19 @@ window.addEventListener("drop", e => {
   uploadPhoto(e.dataTransfer.files[0]);
 });
 document.getElementById("file").addEventListener("change", e => uploadPhoto(e.target.files[0]));
+
+// Apply or clear the filters: the page shown again with them (a search, or the duplicates).
+function refilter() {
+  const h = location.hash;
+  if (h.startsWith("#/dupes")) {
+    const t = new URLSearchParams(h.split("?")[1] || "").get("threshold");
+    location.hash = withFilters("#/dupes", t ? {threshold: t} : {});
+  } else if (qInput.value.trim()) {
+    location.hash = withFilters("#/search", {q: qInput.value.trim()});
+  }
+}
+document.getElementById("filters").addEventListener("submit", e => { e.preventDefault(); refilter(); });
+document.getElementById("f-clear").addEventListener("click", () => { setFilters(new URLSearchParams()); refilter(); });
 
 window.addEventListener("hashchange", route);
 api("/api/status").then(s => {
