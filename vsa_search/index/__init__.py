@@ -28,23 +28,26 @@ from pathlib import Path
 from typing import Any
 
 from ..core import paths
-from ..core.errors import SearchIndexError
+from ..core.errors import SearchIndexError, UsageError
 from ..models.alignment import LoadedAlign, load_align
 from . import openvocab
 from .faiss_types import INDEX_TYPES, choose_for_memory, choose_type, memory_bytes
 from .generation import Item, write_generation
 from .layout import DEFAULT_NAME, KINDS, Location, disk_size, resolve
+from .like import LikeResult, search_like
+from .minus import MinusResult, search_minus
 from .photos import PhotoBuild, build_photos
 from .plan import BuildReport
-from .query import Result, model_for, search_text
+from .query import Result, model_for, search_image, search_text
 from .sentences import TextReport, build_sentences
 from .shards import MergeReport, check_shard, merge, shard_of
 from .store import FragmentIndex, find_photo, open_index
 
-__all__ = ["DEFAULT_NAME", "INDEX_TYPES", "KINDS", "BuildReport", "FragmentIndex", "Item", "Location", "MergeReport",
+__all__ = ["DEFAULT_NAME", "INDEX_TYPES", "KINDS", "BuildReport", "FragmentIndex", "Item", "LikeResult", "Location",
+           "MergeReport", "MinusResult",
            "PhotoBuild", "Result", "TextReport", "build", "build_photos", "build_sentences", "check_shard",
-           "choose_for_memory", "choose_type", "find_photo", "memory_bytes", "merge", "open_index", "remove",
-           "resolve", "search", "shard_of", "status", "write_generation"]
+           "choose_for_memory", "choose_type", "like", "find_photo", "memory_bytes", "merge", "open_index", "remove",
+           "resolve", "search", "search_minus", "search_photo", "shard_of", "status", "write_generation"]
 
 # --------------------------------------------------------------------------- status and remove
 
@@ -127,6 +130,27 @@ def search_words(ix: FragmentIndex, loaded: LoadedAlign, text: str, k: int = 10,
     if bridge:
         return openvocab.search_text(ix, loaded, text, k)
     return search_text(ix, loaded, text, k, per_word)
+
+
+def search_photo(ix: FragmentIndex, loaded: LoadedAlign, photo: str | Path | int, k: int = 10,
+                 text: str | None = None, encoder: Any = None, device: str | None = None) -> Any:
+    """Search by photo, one entry for both kinds of index: a photo index gives the photos like it
+    (like.search_like: its regions against theirs, optionally steered by `text`), a sentence index
+    the sentences that describe it (query.search_image). Both score with the photo's region vectors
+    under the same max-over-regions rule."""
+    if ix.kind == "sentences":
+        if text is not None or isinstance(photo, int):
+            raise UsageError("a sentence index is searched with a photo file alone")
+        return search_image(ix, loaded, photo, k, encoder=encoder, device=device)
+    return search_like(ix, loaded, photo, text, k, encoder=encoder, device=device)
+
+
+def like(photo: str | Path | int, text: str | None = None, name: str | Path | None = None, k: int = 10,
+         model: str | Path | None = None) -> LikeResult:
+    """Photos of index `name` like `photo` (an indexed photo's id or path, or any photo file),
+    optionally steered by `text`, as `vsa search --like` finds them: each hit with its region pairs."""
+    with open_index(name, "photos") as ix:
+        return search_like(ix, model_for(ix, model), photo, text, k)
 
 
 def search(text: str, name: str | Path | None = None, k: int = 10, model: str | Path | None = None,
