@@ -56,8 +56,10 @@ class LikeResult(Result):
         for h, hd in zip(self.hits, d["hits"]):
             if isinstance(h, LikeHit):
                 hd["id"] = h.id
+                drawn = {id(m) for m in shown_pairs(h.regions)}  # the pairs the sheet and the page draw
                 hd["regions"] = [{"query_region": m.query_region, "query_box": m.query_box, "region": m.region,
-                                  "box": m.box, "score": round(m.score, 4)} for m in h.regions]
+                                  "box": m.box, "score": round(m.score, 4), "shown": id(m) in drawn}
+                                 for m in h.regions]
         return d
 
 
