@@ -118,7 +118,7 @@ def _emit(result: srch.Result, json_out: bool, paths_out: bool, null: bool, shee
     if sheet is not None:
         contact_sheet(result, sheet, photo=image)
     if json_out:
-        print_json(floored.to_dict(result) if floored is not None else result.to_dict())
+        print_json(floored.to_dict() if floored is not None else result.to_dict())
     elif paths_out:
         print_paths([h.key for h in result.hits], null)
     else:

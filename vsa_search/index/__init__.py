@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,11 @@ from ..core.errors import SearchIndexError, UsageError
 from ..models.alignment import LoadedAlign, load_align
 from . import openvocab
 from .faiss_types import INDEX_TYPES, choose_for_memory, choose_type, memory_bytes
+from .floor import Floored, apply_floor, load_calibration
 from .generation import Item, write_generation
 from .layout import DEFAULT_NAME, KINDS, Location, disk_size, resolve
 from .like import LikeResult, search_like
-from .minus import MinusResult, search_minus
+from .minus import MINUS_WEIGHT, MinusResult, search_minus
 from .photos import PhotoBuild, build_photos
 from .plan import BuildReport
 from .query import Result, model_for, search_image, search_text
@@ -43,11 +45,11 @@ from .sentences import TextReport, build_sentences
 from .shards import MergeReport, check_shard, merge, shard_of
 from .store import FragmentIndex, find_photo, open_index
 
-__all__ = ["DEFAULT_NAME", "INDEX_TYPES", "KINDS", "BuildReport", "FragmentIndex", "Item", "LikeResult", "Location",
-           "MergeReport", "MinusResult",
-           "PhotoBuild", "Result", "TextReport", "build", "build_photos", "build_sentences", "check_shard",
-           "choose_for_memory", "choose_type", "like", "find_photo", "memory_bytes", "merge", "open_index", "remove",
-           "resolve", "search", "search_minus", "search_photo", "shard_of", "status", "write_generation"]
+__all__ = ["DEFAULT_NAME", "INDEX_TYPES", "KINDS", "BuildReport", "Floored", "FragmentIndex", "Item", "LikeResult",
+           "Location", "MergeReport", "MinusResult", "PhotoBuild", "Result", "TextReport", "build", "build_photos",
+           "build_sentences", "check_shard", "choose_for_memory", "choose_type", "find_photo", "like", "memory_bytes",
+           "merge", "open_index", "remove", "resolve", "search", "search_floored", "search_minus", "search_photo",
+           "shard_of", "status", "write_generation"]
 
 # --------------------------------------------------------------------------- status and remove
 
@@ -154,8 +156,24 @@ def like(photo: str | Path | int, text: str | None = None, name: str | Path | No
 
 
 def search(text: str, name: str | Path | None = None, k: int = 10, model: str | Path | None = None,
-           bridge: bool = True) -> Any:
+           bridge: bool = True, minus: list[str] | None = None, minus_weight: float = MINUS_WEIGHT) -> Any:
     """Photos of index `name` for `text`, best first: a result with `.hits` (path, score, and the
-    box each word matched), as `vsa search` finds them."""
+    box each word matched), as `vsa search` finds them. `minus`: terms whose photos fall
+    (score = S(text) - minus_weight x S(term)); their words' boxes are in each hit's words too."""
     with open_index(name, "photos") as ix:
-        return search_words(ix, model_for(ix, model), text, k, bridge=bridge)
+        loaded = model_for(ix, model)
+        if minus:
+            return search_minus(ix, loaded, text, minus, k, partial(search_words, bridge=bridge), minus_weight)
+        return search_words(ix, loaded, text, k, bridge=bridge)
+
+
+def search_floored(text: str, name: str | Path | None = None, k: int = 10, model: str | Path | None = None,
+                   min_score: float | None = None, bridge: bool = True, minus: list[str] | None = None) -> Floored:
+    """`search`, then the relevance floor (`vsa search` without --min-score): `.hits` the hits whose
+    calibrated probability of being right reaches `min_score` (default: the calibration's floor),
+    `.below` the best few of the others, `.probability[id(hit)]`, `.to_dict()` as `--json`."""
+    with open_index(name, "photos") as ix:
+        loaded = model_for(ix, model)
+        res = search_minus(ix, loaded, text, minus, k, partial(search_words, bridge=bridge)) if minus \
+            else search_words(ix, loaded, text, k, bridge=bridge)
+        return apply_floor(res, load_calibration(loaded), min_score)

@@ -54,12 +54,18 @@ def load_calibration(model: Any) -> Calibration | None:
 class Floored:
     """Where the floor split a result: its hits now are the ones that passed."""
 
+    result: Result
     floor: float | None  # None: no calibration for this model, nothing held back
     probability: dict[int, float] = field(default_factory=dict)  # id(hit) -> P(right)
     below: list[Hit] = field(default_factory=list)  # the best few of those held back
 
-    def to_dict(self, result: Result) -> dict[str, Any]:
+    @property
+    def hits(self) -> list[Hit]:
+        return self.result.hits
+
+    def to_dict(self) -> dict[str, Any]:
         """The result's JSON with each hit's probability, the floor and "below_floor"."""
+        result = self.result
         d = result.to_dict()
         for h, hd in zip(result.hits, d["hits"]):
             if id(h) in self.probability:
@@ -81,12 +87,12 @@ def apply_floor(result: Result, cal: Calibration | None, min_score: float | None
     if cal is None:
         if min_score:
             raise UsageError("--min-score needs a calibration for this model: run `vsa eval calibrate`")
-        return Floored(None)
+        return Floored(result, None)
     floor = cal.floor if min_score is None else float(min_score)
     # A --minus hit is judged on its query's own score: the calibration knows no minus terms.
     probs = cal.probability(np.array([getattr(h, "positive", h.score) for h in result.hits])) \
         if result.hits else np.zeros(0)
-    out = Floored(floor, {id(h): float(p) for h, p in zip(result.hits, probs)})
+    out = Floored(result, floor, {id(h): float(p) for h, p in zip(result.hits, probs)})
     keep = [h for h, p in zip(result.hits, probs) if p >= floor]
     out.below = [h for h, p in zip(result.hits, probs) if p < floor][:SHOWN_BELOW]
     result.hits = keep

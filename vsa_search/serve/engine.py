@@ -184,7 +184,7 @@ class Engine:
                 res = index.search_minus(snap.photos, snap.model, text, minus, k, index.search_words)
             else:
                 res = index.search_words(snap.photos, snap.model, text, k, per_word)
-            result = floor.apply_floor(res, self._calibration(snap.model), min_score).to_dict(res)
+            result = floor.apply_floor(res, self._calibration(snap.model), min_score).to_dict()
             for hit in [*result["hits"], *result["below_floor"]]:
                 hit["id"] = snap.photo_id(hit["path"])
                 hit["size"] = snap.size(hit["id"])
