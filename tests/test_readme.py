@@ -52,5 +52,5 @@ def test_readme_examples_run_as_shown(tmp_path: Path, monkeypatch: pytest.Monkey
         assert res.exit_code == 0, (args, res.stdout, res.stderr)
         if "--paths" in args:
             assert len(res.stdout.splitlines()) == 3
-    for made in ("hits.png", "dense.png", "fig.png"):
+    for made in ("hits.png", "like.png", "dense.png", "fig.png"):
         assert (tmp_path / made).stat().st_size > 0

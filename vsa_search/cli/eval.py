@@ -234,7 +234,8 @@ def calibrate_cmd(
                                                        "evaluation cache for the model's extractor).")] = None,
     model: Annotated[str, typer.Option(help="Alignment model file or name.")] = "align",
     split: Annotated[str, typer.Option(help="dev (never test).")] = "dev",
-    per_photo: Annotated[int, typer.Option(min=1, max=5, help="Sentences per photo that search.")] = 5,
+    per_photo: Annotated[int, typer.Option(min=1, max=5, help="Sentences per photo that search (the first N "
+                                                            "of each photo).")] = 1,
     out_path: Annotated[Path | None, typer.Option("--out", help="Where to write it (default: beside the model, "
                                                                "models/NAME.calibration.json).")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also draw the reliability plot to this PNG "

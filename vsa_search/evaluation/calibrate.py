@@ -90,10 +90,10 @@ class SplitIndex:
         return {"key": self.keys[i]}
 
 
-def labelled_hits(model: LoadedAlign, features: str | Path, split: str = "dev", per_photo: int = 5,
+def labelled_hits(model: LoadedAlign, features: str | Path, split: str = "dev", per_photo: int = 1,
                   k: int = TOP_K, dataset: Any = None,
-                  on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-    """(scores (n,), right (n,) bool, sentences) of every sentence's top-k hits over the split's photos."""
+                  on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(scores (n,), right (n,) bool, sentences, photos) of every sentence's top-k hits over the split's photos."""
     if split == "test":
         raise UsageError("calibration is fitted on dev (or train), never on the test split")
     ds = dataset if dataset is not None else load_flickr8k()
@@ -116,7 +116,7 @@ def labelled_hits(model: LoadedAlign, features: str | Path, split: str = "dev", 
             right += [h.key == r.image_id for h in res.hits]
         if on_progress:
             on_progress(1)
-    return np.array(scores, np.float64), np.array(right, bool), n
+    return np.array(scores, np.float64), np.array(right, bool), n, len(records)
 
 
 def fit_platt(scores: np.ndarray, right: np.ndarray, iters: int = 100) -> tuple[float, float]:
@@ -149,30 +149,28 @@ def reliability(prob: np.ndarray, right: np.ndarray, bins: int = BINS) -> list[d
     return out
 
 
-def calibrate(model: LoadedAlign, features: str | Path, split: str = "dev", per_photo: int = 5,
+def calibrate(model: LoadedAlign, features: str | Path, split: str = "dev", per_photo: int = 1,
               out: str | Path | None = None, plot: str | Path | None = None, dataset: Any = None,
               on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Fit, write the calibration beside the model (or to `out`) and, with `plot`, draw its reliability
     plot. Returns what was written, plus the reliability table and where it went."""
-    scores, right, n = labelled_hits(model, features, split, per_photo, TOP_K, dataset, on_progress)
+    scores, right, n, photos = labelled_hits(model, features, split, per_photo, TOP_K, dataset, on_progress)
     a, b = fit_platt(scores, right)
     cal = Calibration(a, b, 0.0, model.fingerprint)
     prob = cal.probability(scores)
     floor_score = float(scores.min())
     floor = float(cal.probability(np.array([floor_score]))[0])
-    top1 = scores.reshape(-1, TOP_K)[:, 0] if len(scores) == n * TOP_K else scores[:0]
     table = reliability(prob, right)
-    doc = {"format_version": CALIBRATION_VERSION, "model": model.fingerprint, "model_path": str(model.path),
+    doc = {"format_version": CALIBRATION_VERSION, "model": model.fingerprint, "model_file": Path(model.path).name,
            "method": "platt", "a": a, "b": b, "floor": round(floor, 4), "floor_score": round(floor_score, 4),
            "floor_rule": f"the lowest score of any {split} sentence's top-{TOP_K} hit",
-           "fitted_on": {"split": split, "photos": int(len(scores) and n // max(1, per_photo)), "sentences": n,
+           "fitted_on": {"split": split, "photos": photos, "sentences": n,
                          "hits": int(len(scores)), "right": int(right.sum()), "top_k": TOP_K},
            "metrics": {"brier": round(float(((prob - right) ** 2).mean()), 5),
                        "ece": round(float(sum(r["hits"] * abs(r["predicted"] - r["observed"]) for r in table)
                                           / len(scores)), 5),
-                       "right_above_floor": round(float((scores[right] >= floor_score).mean()), 4),
-                       "wrong_above_floor": round(float((scores[~right] >= floor_score).mean()), 4),
-                       "top1_right_above_floor": _share(top1, right, n, floor_score)},
+                       "share_right": round(float(right.mean()), 4),
+                       "max_probability": round(float(prob.max()), 4)},
            "reliability": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in table]}
     path = Path(out) if out is not None else calibration_path(model.path)
     with atomic_path(path) as tmp:
@@ -181,14 +179,6 @@ def calibrate(model: LoadedAlign, features: str | Path, split: str = "dev", per_
     if plot is not None:
         result["plot"] = str(reliability_plot(doc, scores, right, plot))
     return result
-
-
-def _share(top1: np.ndarray, right: np.ndarray, n: int, floor_score: float) -> float | None:
-    """Share of sentences whose first hit is right and clears the floor (None when ragged)."""
-    if not len(top1):
-        return None
-    first_right = right.reshape(-1, TOP_K)[:, 0]
-    return round(float((first_right & (top1 >= floor_score)).sum() / max(1, first_right.sum())), 4)
 
 
 def reliability_plot(doc: dict[str, Any], scores: np.ndarray, right: np.ndarray, out: str | Path) -> Path:

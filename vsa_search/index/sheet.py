@@ -46,6 +46,8 @@ def contact_sheet(result: Result, out: str | Path, photo: str | Path | None = No
     sheet = Image.new("RGB", (columns * (thumb + 8) + 8, head + rows * (thumb + cap_h + 8) + 8), "#f4f4f4")
     d = ImageDraw.Draw(sheet)
     title = f"{result.query}" + (f"   (ignored: {', '.join(result.ignored)})" if result.ignored else "")
+    if isinstance(result, LikeResult):
+        title = f"like {Path(result.photo).name}" + (f", steered by: {title}" if result.text else "")
     d.text((8, 6), _fit(d, title, font, sheet.width - 16), fill="black", font=font)
     for j, tile in enumerate(tiles):
         sheet.paste(tile, (8 + (j % columns) * (thumb + 8), head + (j // columns) * (thumb + cap_h + 8)))
