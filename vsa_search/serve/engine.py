@@ -208,8 +208,8 @@ class Engine:
             else:
                 self._check_photo(photo)
             with self._cnn:
-                res = index.search_like(snap.photos, snap.model, photo, text, k,
-                                        encoder=self.encoder(snap.model.region_config))
+                res = index.search_photo(snap.photos, snap.model, photo, k, text,
+                                         encoder=self.encoder(snap.model.region_config))
             result = res.to_dict()
             for hit in result["hits"]:
                 hit["size"] = snap.size(hit["id"])
@@ -229,8 +229,8 @@ class Engine:
                                          f"`vsa index text FILE --index {self.name}`)")
             self._check_photo(photo)
             with self._cnn:
-                result = search.search_image(snap.sentences, snap.sentence_model, photo, k,
-                                             encoder=self.encoder(snap.sentence_model.region_config))
+                result = index.search_photo(snap.sentences, snap.sentence_model, photo, k,
+                                            encoder=self.encoder(snap.sentence_model.region_config))
         d = result.to_dict()
         d["query"] = shown_as or d["query"]
         return d
