@@ -5,8 +5,8 @@ every region of the query photo finds its best region in the candidate,
 
 the same shape as S_kl with the query photo's regions in the place of the query's words (the mean,
 not the sum, so a photo with many proposals does not outscore one with few). Optional words steer
-it: their S_kl (Σ_t max_j v_j · s_t, less the photo's querybank offset, as `vsa search TEXT`) is
-added. The query photo is an indexed one (by id, or by path while the file is the one indexed:
+it: their S_kl (Σ_t max_j v_j · s_t, less the photo's querybank offset, as `vsa search TEXT
+--no-bridge` scores them: words outside the model's vocabulary are ignored) is added. The query photo is an indexed one (by id, or by path while the file is the one indexed:
 its stored vectors, and it is left out of its own results) or any photo file (encoded afresh).
 
 The scoring functions take the query's region vectors and word vectors, whoever made them."""
