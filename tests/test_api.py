@@ -32,6 +32,15 @@ def test_readme_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models:
     hits = index.search("a cup of coffee", name="demo", k=3).hits
     assert Path(hits[0].key).name == "coffee.jpg"
     assert [m.word for m in hits[0].words] == ["a", "cup", "of", "coffee"]
+    found = index.search_floored("a cat", name="demo")
+    assert Path(found.hits[0].key).name == "chelsea-cat.jpg"
+    if found.floor is not None:  # calibrated: every hit kept clears the floor
+        assert all(found.probability[id(h)] >= found.floor for h in found.hits)
+    without = index.search("a photo", name="demo", minus=["a cat"])
+    assert Path(without.hits[-1].key).name == "chelsea-cat.jpg" and without.minus == ["a cat"]
+    like = index.like(photos / "coffee.jpg", name="demo", k=3)
+    assert like.photo_id is not None and len(like.hits) == 2  # itself left out
+    assert all(len(h.regions) == len(like.boxes) for h in like.hits)
 
     (photos / "broken.jpg").write_bytes(b"not a jpeg")
     caps = vsa_search.caption([photos / "coffee.jpg", photos / "broken.jpg"], beam=3, models=models)

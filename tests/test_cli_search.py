@@ -78,7 +78,8 @@ def test_search_json_is_stable_and_complete(env: Path) -> None:
     assert first.exit_code == 0, first.stderr
     assert runner.invoke(app, args).stdout == first.stdout  # same query, same bytes
     out = json.loads(first.stdout)
-    assert list(out) == ["query", "words", "ignored", "hits"]
+    assert list(out) == ["query", "words", "ignored", "hits", "floor", "below_floor"]
+    assert out["floor"] is None and out["below_floor"] == []  # no calibration for this model: no floor
     assert out["words"] == ["a", "dog", "on", "the", "grass"] and out["ignored"] == ["zeppelin"]
     assert [h["rank"] for h in out["hits"]] == [1, 2, 3]
     for h in out["hits"]:
@@ -126,7 +127,7 @@ def test_sheet_in_a_missing_folder_is_an_error_before_the_search(env: Path, tmp_
                                           "model's vocabulary has none of zeppelin, xylophone"),
     (["search", "dog", "-k", "0"], 2, "error: -k must be at least 1 (got 0)"),
     (["search", "dog", "--json", "--paths"], 2, "error: --json and --paths exclude each other"),
-    (["search"], 2, "error: give either a query TEXT or --image PHOTO"),
+    (["search"], 2, "error: give either a query TEXT, --like PHOTO or --image PHOTO"),
 ])
 def test_query_errors_are_one_line(env: Path, args: list[str], code: int, message: str) -> None:
     assert one_error_line(runner.invoke(app, args), code) == message
@@ -201,7 +202,7 @@ def test_shipped_model_finds_the_photo_of_a_caption(tmp_path: Path, monkeypatch:
         shutil.copy2(r.path, photos / r.path.name)
     res = runner.invoke(app, ["index", "build", str(photos), "--json"])  # the default model
     assert res.exit_code == 0, res.stderr
-    res = runner.invoke(app, ["search", records[0].sentences[0], "-k", "6", "--paths"])
+    res = runner.invoke(app, ["search", records[0].sentences[0], "-k", "6", "--paths", "--min-score", "0"])  # all 6
     assert res.exit_code == 0, res.stderr
     assert sorted(res.stdout.splitlines()) == sorted(str(photos / r.path.name) for r in records)
     with ix.open_index() as x:

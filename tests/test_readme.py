@@ -112,9 +112,11 @@ def test_readme_examples_run_as_shown(tmp_path: Path, monkeypatch: pytest.Monkey
         assert res.exit_code == 0, (args, res.stdout, res.stderr)
         if shown:
             wrong.append(stale(args, shown, res.output))
+        if "--paths" in args:
+            assert len(res.stdout.splitlines()) == 3
     wrong = [w for w in wrong if w]
     assert not wrong, "the README shows other output than these examples print now:\n" + "\n".join(wrong)
-    for made in ("hits.png", "dense.png", "fig.png"):
+    for made in ("hits.png", "like.png", "dense.png", "fig.png"):
         assert (tmp_path / made).stat().st_size > 0
 
 

@@ -72,7 +72,7 @@ def test_search_equals_cli(client: TestClient, link: Path, query: str) -> None:
     r = client.get("/api/search", params={"q": query, "k": 5})
     assert r.status_code == 200 and r.headers["X-VSA-Generation"].startswith(".demo.g")
     got = r.json()
-    for hit in got["hits"]:
+    for hit in [*got["hits"], *got["below_floor"]]:  # hits under the relevance floor carry ids too
         photo = client.get(f"/api/photos/{hit.pop('id')}").json()
         assert photo["path"] == hit["path"] and hit.pop("size") == photo["size"] == photo["boxes"][0][2:]
     assert got == vsa_json("search", query, "--index", str(link), "-k", "5", "--json")
@@ -81,6 +81,28 @@ def test_search_equals_cli(client: TestClient, link: Path, query: str) -> None:
         assert [m["word"] for m in got["hits"][0]["words"]] == ["a", "cup", "of", "coffee"]
     if "xyzzy" in query:  # outside the model's vocabulary, but GloVe knows it: scored through the bridge
         assert got["bridged"] == ["xyzzy"] and got["ignored"] == []
+
+
+def test_like_and_minus_equal_cli(client: TestClient, link: Path) -> None:
+    horse = photo_id(client, "horse.jpg")
+    got = client.get(f"/api/photos/{horse}/like", params={"k": 4, "q": "a horse"}).json()
+    assert got["like"].pop("size") == client.get(f"/api/photos/{horse}").json()["size"]
+    for hit in got["hits"]:
+        assert hit.pop("size") == client.get(f"/api/photos/{hit['id']}").json()["size"]
+    assert got == vsa_json("search", "a horse", "--like", str(horse), "--index", str(link), "-k", "4", "--json")
+    assert horse not in [h["id"] for h in got["hits"]]
+    up = client.post("/api/like", params={"k": 3, "name": "mine.jpg"}, content=COFFEE.read_bytes()).json()
+    assert up["like"]["photo"] == "mine.jpg" and up["like"]["id"] is None
+    assert Path(up["hits"][0]["path"]).name == "coffee.jpg"
+    json_error(client.post("/api/like", params={"name": "notes.jpg"}, content=b"plain text"), 422,
+               "notes.jpg: not an image file")
+    json_error(client.get("/api/photos/999/like"), 404, "no photo 999")
+    r = client.get("/api/search", params=[("q", "a photo"), ("minus", "a cat"), ("k", "5"), ("min_score", "0")])
+    got = r.json()
+    for hit in got["hits"]:
+        del hit["id"], hit["size"]
+    assert got == vsa_json("search", "a photo", "--minus", "a cat", "--min-score", "0", "--index", str(link),
+                           "-k", "5", "--json")
 
 
 def test_status_equals_cli(client: TestClient, link: Path) -> None:

@@ -184,6 +184,12 @@ def test_drop_a_photo(page: Any, server: tuple[str, Engine]) -> None:
     page.wait_for_selector("#caption .logprob")
     assert page.inner_text("#caption").startswith(server[1].caption(photo, 7)[0]["caption"])
     assert page.is_hidden("#drop")
+    # Photos like the dropped file (not the indexed one: its bytes came over HTTP): its indexed twin first.
+    page.wait_for_selector("#like-thumbs a")
+    like = server[1].like(photo, k=8)[0]["hits"]
+    assert page.eval_on_selector_all("#like-thumbs a", "as => as.map(a => Number(a.dataset.id))") == \
+        [h["id"] for h in like]
+    assert Path(like[0]["path"]).name == "coffee.jpg"
     page.hover("#sentences li[data-source]:first-child")  # that sentence's words on the dropped photo
     assert len(boxes(page, "#detail-photo")) == len({tuple(m["box"]) for m in want[0]["words"]})
     shot(page, "serve-drop.png")
@@ -198,3 +204,75 @@ def test_index_page(page: Any, server: tuple[str, Engine]) -> None:
     assert "not-a-photo.jpg" in page.inner_text("#skipped")
     page.wait_for_function("() => [...document.querySelectorAll('#thumbs img')].every(i => i.complete)")
     shot(page, "serve-index.png", full=True)
+
+
+def card_paths(pg: Any) -> list[str]:
+    return pg.eval_on_selector_all("#results .card", "cs => cs.map(c => c.dataset.path)")
+
+
+def test_more_like_this(page: Any, server: tuple[str, Engine]) -> None:
+    engine = server[1]
+    search(page, "a cup of coffee")
+    first = int(page.get_attribute("#results .card:first-child", "data-id"))
+    page.click("#results .card:first-child .more-like")
+    page.wait_for_url(f"**/#/like/{first}")
+    page.wait_for_selector("#results .card")
+    api, _ = engine.like(first, k=24)
+    assert card_paths(page) == [h["path"] for h in api["hits"]] and len(api["hits"]) == 11  # all but itself
+    # Box n on a hit is the region that region n of the query photo matched best, drawn on both photos.
+    for rank, hit in ((1, api["hits"][0]), (2, api["hits"][1])):
+        page.hover(f"#results .card:nth-child({rank}) .name")
+        pairs = [p for p in hit["regions"] if p["shown"]]
+        assert pairs, "no region pair to draw"
+        drawn = boxes(page, f"#results .card:nth-child({rank})")
+        assert [b["label"] for b in drawn] == [str(i + 1) for i in range(len(pairs))]
+        for b, p in zip(drawn, pairs):
+            assert b["left"] == pytest.approx(100 * p["box"][0] / hit["size"][0], abs=0.01)
+        query = boxes(page, "#like-query")
+        assert [b["label"] for b in query] == [str(i + 1) for i in range(len(pairs))]
+        for b, p in zip(query, pairs):
+            assert b["left"] == pytest.approx(100 * p["query_box"][0] / api["like"]["size"][0], abs=0.01)
+            assert b["width"] == pytest.approx(100 * (p["query_box"][2] - p["query_box"][0]) / api["like"]["size"][0],
+                                               abs=0.01)
+    page.hover("#results .card:first-child .name")
+    shot(page, "serve-like.png")
+    # The photo page has the same button.
+    page.goto(f"{server[0]}/#/photo/{api['hits'][0]['id']}")
+    page.click("#more-like")
+    page.wait_for_url(f"**/#/like/{api['hits'][0]['id']}")
+    page.wait_for_selector("#results .card")
+    assert card_paths(page) == [h["path"] for h in engine.like(api["hits"][0]["id"], k=24)[0]["hits"]]
+
+
+def test_minus_field(page: Any, server: tuple[str, Engine]) -> None:
+    page.fill("#q", "a photo")
+    page.fill("#minus", "a cat")
+    page.press("#q", "Enter")
+    page.wait_for_url("**/#/search?q=a%20photo&minus=a%20cat")
+    page.wait_for_selector("#results .card")
+    api, _ = server[1].search_text("a photo", 24, minus=["a cat"])
+    shown = api["hits"] or api["below_floor"]
+    assert card_paths(page) == [h["path"] for h in shown]
+    # The photo "a cat" matches best falls (every hit ranked: no floor).
+    ranked = [[h["path"] for h in server[1].search_text("a photo", 24, minus=m, min_score=0)[0]["hits"]]
+              for m in (None, ["a cat"])]
+    cat = next(p for p in ranked[0] if p.endswith("chelsea-cat.jpg"))
+    assert ranked[1].index(cat) > ranked[0].index(cat)
+    chips = page.eval_on_selector_all("#results .card:first-child .chip", "cs => cs.map(c => [c.textContent, "
+                                      "c.dataset.negative === '1'])")
+    assert chips == [["a", False], ["photo", False], ["−a", True], ["−cat", True]]
+    neg = {tuple(w["box"]) for w in shown[0]["words"] if w["negative"]}
+    assert page.eval_on_selector_all("#results .card:first-child .box.neg", "bs => bs.length") == len(neg)
+    shot(page, "serve-minus.png")
+
+
+def test_relevance_floor(page: Any, server: tuple[str, Engine]) -> None:
+    api, _ = server[1].search_text("qwerty zxcv", 24)
+    if api["floor"] is None:
+        pytest.skip("no calibration for the shipped model (vsa eval calibrate)")
+    assert api["hits"] == [] and api["below_floor"]
+    search(page, "qwerty zxcv")
+    assert page.inner_text("#floor-note").startswith("no photo matches “qwerty zxcv” well")
+    assert card_paths(page) == [h["path"] for h in api["below_floor"]]
+    assert page.eval_on_selector_all("#results .card", "cs => cs.every(c => c.classList.contains('below'))")
+    shot(page, "serve-floor.png")

@@ -9,6 +9,11 @@ The library API, in the spirit of openai/CLIP:
     index.build(["examples/photos"], name="demo")    # incremental: re-running encodes nothing new
     for hit in index.search("a cup of coffee", name="demo", k=3).hits:
         print(hit.key, hit.score, [(m.word, m.box) for m in hit.words])
+    found = index.search_floored("a cat", name="demo")      # the relevance floor: P(right) per hit
+    print([(h.key, found.probability[id(h)]) for h in found.hits], "held back:", len(found.below))
+    index.search("a photo", name="demo", minus=["a cat"])   # photos "a cat" matches fall
+    for hit in index.like("examples/photos/horse.jpg", name="demo", k=3).hits:   # photos like a photo
+        print(hit.key, hit.score, [(m.query_box, m.box) for m in hit.regions[:3]])
     for c in vsa_search.caption(["examples/photos/coffee.jpg"], beam=3, models=models):
         print(c.photo, c.caption, c.logprob)
     where = vsa_search.MetaFilter.parse(after="2021-01-01", camera="canon")  # EXIF date, camera, --near

@@ -226,3 +226,39 @@ def region_table(res: dict) -> str:
                      f"{paper['full_frame_model']} ({res['paper']['note']})")
     lines.append(f"snippets: {res['snippets']}")
     return "\n".join(lines)
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    features: Annotated[Path | None, typer.Option(help="Feature store holding the split's photos (default: the "
+                                                       "evaluation cache for the model's extractor).")] = None,
+    model: Annotated[str, typer.Option(help="Alignment model file or name.")] = "align",
+    split: Annotated[str, typer.Option(help="dev (never test).")] = "dev",
+    per_photo: Annotated[int, typer.Option(min=1, max=5, help="Sentences per photo that search (the first N "
+                                                            "of each photo).")] = 1,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Where to write it (default: beside the model, "
+                                                               "models/NAME.calibration.json).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also draw the reliability plot to this PNG "
+                                                   "(needs matplotlib: the dev extra).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Calibrate `vsa search` scores on dev: the probability that a hit is right (a Platt fit on every dev
+    sentence's top 10 hits), and the default relevance floor; written beside the model."""
+    from ..evaluation.calibrate import calibrate
+    from ..models.alignment import load_align
+
+    loaded = load_align(paths.find_model(model))
+    store = features or paths.cache_dir() / "features" / loaded.region_config.extractor_id()
+    if not store.exists():
+        raise UsageError(f"{store}: no feature store (extract the {split} photos with `vsa features extract`)")
+    with progress(f"encoding, then searching {split} photos", None) as advance:
+        res = calibrate(loaded, store, split, per_photo, out_path, plot, on_progress=advance)
+    if json_out:
+        print_json(res)
+        return
+    f, m = res["fitted_on"], res["metrics"]
+    out.print(f"{f['sentences']:,} {f['split']} sentences, top {f['top_k']} hits each ({f['hits']:,} hits, "
+              f"{f['right']:,} right): P(right) = 1/(1+exp(-({res['a']:.3f}·score + {res['b']:.3f})))", markup=False)
+    out.print(f"Brier {m['brier']:.4f}, ECE {m['ece']:.4f}; default floor P >= {res['floor']:.3f} "
+              f"(score {res['floor_score']:.3f}: {res['floor_rule']})", markup=False)
+    out.print(f"wrote {res['written']}" + (f" and {res['plot']}" if "plot" in res else ""), markup=False)

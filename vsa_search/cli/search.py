@@ -1,7 +1,9 @@
-"""`vsa search "TEXT"` (photos for words) and `vsa search --image PHOTO` (sentences for a photo)."""
+"""`vsa search "TEXT"` (photos for words), `vsa search --like PHOTO [TEXT]` (photos like a photo) and
+`vsa search --image PHOTO` (sentences for a photo)."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +12,10 @@ import typer
 from .. import index as ix
 from ..core.errors import UsageError
 from ..index import query as srch
-from ..index.filters import MetaFilter, search_filtered
+from ..index.filters import FilterReport, MetaFilter, search_filtered
+from ..index.floor import Floored, apply_floor, load_calibration
+from ..index.like import shown_pairs
+from ..index.minus import MINUS_WEIGHT
 from ..index.sheet import contact_sheet, sheet_path
 from ..models.encode import query_tokens_or_fail
 from .common import AfterOpt, BeforeOpt, CameraOpt, KmOpt, NearOpt, err, filter_notes, out, print_json, print_paths
@@ -41,15 +46,25 @@ def search_cmd(
                                                         "'.[ray]'); default: in this process.")] = False,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster for --ray "
                                                                           "(implies it).")] = None,
+    like: Annotated[str | None, typer.Option("--like", help="Find photos like this one: a photo of the index "
+                                             "(its path or id) or any photo file; TEXT, if given, steers "
+                                             "it.")] = None,
+    minus: Annotated[list[str] | None, typer.Option("--minus", help="Photos matching these words fall: score = "
+                                                    "S(TEXT) - weight x S(MINUS) (repeatable).")] = None,
+    minus_weight: Annotated[float, typer.Option("--minus-weight", help="How much a --minus term "
+                                                "counts.")] = MINUS_WEIGHT,
+    min_score: Annotated[float | None, typer.Option("--min-score", help="Relevance floor: the least probability "
+                                                    "(calibrated on Flickr8k dev) that a hit is right; 0 shows "
+                                                    "every hit (default: the calibration's floor).")] = None,
     bridge: Annotated[bool, typer.Option("--bridge/--no-bridge", help="Also score words through the CNN's "
                                          "ImageNet classes (words outside the model's vocabulary count too; "
                                          "one index, not --shards).")] = True,
     after: AfterOpt = None, before: BeforeOpt = None, camera: CameraOpt = None, near: NearOpt = None,
     km: KmOpt = None,
 ) -> None:
-    """Search photos with words; each hit shows the box every word matched."""
-    if (text is None) == (image is None):
-        raise UsageError("give either a query TEXT or --image PHOTO")
+    """Search photos with words (each hit shows the box every word matched), or photos like a photo
+    (--like), or sentences for a photo (--image). Hits a query hardly matches fall under the relevance
+    floor (--min-score)."""
     paths_out = paths_out or null
     if json_out and paths_out:
         raise UsageError("--json and --paths exclude each other")
@@ -61,9 +76,22 @@ def search_cmd(
     if where.active and (shards is not None or image is not None):
         raise UsageError("--after, --before, --camera and --near filter the photos of one index: not with "
                          + ("--shards" if shards is not None else "--image"))
-    filtered = None
+    if like is not None and (image is not None or shards is not None or minus):
+        raise UsageError("--like searches one photo index: not with --image, --shards or --minus")
+    if like is None and (text is None) == (image is None):
+        raise UsageError("give either a query TEXT, --like PHOTO or --image PHOTO")
+    if minus and (text is None or shards is not None):
+        raise UsageError("--minus takes a query TEXT on one index")
     if sheet is not None:  # before the search: a path that cannot be written is known now
         sheet = sheet_path(sheet, text, image)
+    if like is not None:
+        target = _like_target(like)
+        with ix.open_index(index, "photos") as x:
+            loaded = srch.model_for(x, model)
+            result, filtered = search_filtered(x, where, k, lambda n: ix.search_photo(x, loaded, target, n, text))
+        _emit(result, json_out, paths_out, null, sheet, None, filtered=filtered)
+        return
+    floored = filtered = None
     if shards is not None:
         if text is None:
             raise UsageError("--shards searches photos with words; --image needs a sentence index")
@@ -78,30 +106,49 @@ def search_cmd(
         query_tokens_or_fail(text)
         with ix.open_index(index, "photos") as x:
             loaded = srch.model_for(x, model)
-            result, filtered = search_filtered(x, where, k, lambda n: ix.search_words(x, loaded, text, n, per_word,
-                                                                                      bridge=bridge))
+
+            def run(n: int) -> srch.Result:
+                if minus:
+                    return ix.search_minus(x, loaded, text, minus, n, partial(ix.search_words, bridge=bridge),
+                                           minus_weight)
+                return ix.search_words(x, loaded, text, n, per_word, bridge=bridge)
+
+            result, filtered = search_filtered(x, where, k, run)
+            floored = apply_floor(result, load_calibration(loaded), min_score)
     else:
         with ix.open_index(index, "sentences") as x:
             loaded = srch.model_for(x, model)
-            result = srch.search_image(x, loaded, image, k)  # type: ignore[arg-type]
+            result = ix.search_photo(x, loaded, image, k)  # type: ignore[arg-type]
+    _emit(result, json_out, paths_out, null, sheet, image, floored, filtered)
+
+
+def _like_target(like: str) -> str | int:
+    """--like 12 is photo 12 of the index unless a file of that name is here."""
+    if like.isascii() and like.isdigit() and not Path(like).exists():
+        return int(like)
+    return like
+
+
+def _emit(result: srch.Result, json_out: bool, paths_out: bool, null: bool, sheet: Path | None,
+          image: Path | None, floored: Floored | None = None, filtered: FilterReport | None = None) -> None:
     if sheet is not None:
         err.print(f"wrote {contact_sheet(result, sheet, photo=image)}", markup=False, highlight=False)
-    if filtered is not None and where.active:
+    if filtered is not None and filtered.filter.active:
         filter_notes(filtered.notes())
     if json_out:
-        d = result.to_dict()
-        if filtered is not None and where.active:
+        d = floored.to_dict() if floored is not None else result.to_dict()
+        if filtered is not None and filtered.filter.active:
             d["filter"] = filtered.to_dict()
-            for h in d["hits"]:
+            for h in [*d["hits"], *d.get("below_floor", [])]:
                 h.update(filtered.exif_of(h["path"]))
         print_json(d)
     elif paths_out:
         print_paths([h.key for h in result.hits], null)
     else:
-        _print(result)
+        _print(result, floored)
 
 
-def _print(result: srch.Result) -> None:
+def _print(result: srch.Result, floored: Floored | None = None) -> None:
     bridged = getattr(result, "bridged", None)
     if bridged is not None:  # an open-vocabulary result: its ignored words are unknown to GloVe too
         if result.ignored:
@@ -113,9 +160,29 @@ def _print(result: srch.Result) -> None:
             out.print(f"({result.concepts_missing} photos have no stored concepts: rebuild the index)", markup=False)
     elif result.ignored:
         out.print(f"(not in the vocabulary, ignored: {', '.join(result.ignored)})", markup=False)
+    if isinstance(result, ix.LikeResult):
+        out.print(f"like {result.photo}" + (f" (photo {result.photo_id})" if result.photo_id is not None else "")
+                  + (f", steered by {result.text!r}" if result.text else ""), markup=False)
+    if floored is not None and not result.hits and floored.below:
+        out.print(f"no photo matches {result.query.strip()!r} well (P(right) < {floored.floor:.3f}, the floor; "
+                  "--min-score 0 shows every hit); the best few anyway:", markup=False)
+        _print_hits(floored.below, floored, "  -")
+        return
     if not result.hits:
         out.print("no results")
-    for rank, h in enumerate(result.hits, 1):
-        out.print(f"{rank:>3}  {h.score:8.4f}  {h.text if h.text is not None else h.key}", markup=False)
-        parts = [f"{m.word} {m.box}" if m.box is not None else m.word for m in h.words]
-        out.print("            " + "  ".join(parts), markup=False)
+    _print_hits(result.hits, floored)
+
+
+def _print_hits(hits: list[srch.Hit], floored: Floored | None, rank_mark: str | None = None) -> None:
+    """One line per hit (rank, score, P(right) when calibrated, photo), then its boxes: each word's
+    (a --minus word with a leading -), and a --like hit's best region pairs (query box -> its box)."""
+    for rank, h in enumerate(hits, 1):
+        p = floored.probability.get(id(h)) if floored is not None else None
+        shown = f"{rank:>3}" if rank_mark is None else rank_mark
+        out.print(f"{shown}  {h.score:8.4f}" + (f"  P={p:.2f}" if p is not None else "")
+                  + f"  {h.text if h.text is not None else h.key}", markup=False)
+        parts = [("-" if getattr(m, "negative", False) else "") + (f"{m.word} {m.box}" if m.box is not None
+                                                                  else m.word) for m in h.words]
+        parts += [f"{m.query_box}->{m.box}" for m in shown_pairs(getattr(h, "regions", []))]
+        if parts:
+            out.print("            " + "  ".join(parts), markup=False)

@@ -25,32 +25,37 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..core import paths
 from ..core.device import pick_device
-from ..core.errors import SearchIndexError
+from ..core.errors import SearchIndexError, UsageError
 from ..models.alignment import LoadedAlign, load_align
 from . import openvocab
 from .dupes import DupesResult
 from .dupes import find as find_dupes
 from .faiss_types import INDEX_TYPES, choose_for_memory, choose_type, memory_bytes
 from .filters import FilterReport, MetaFilter, search_filtered
+from .floor import Floored, apply_floor, load_calibration
 from .generation import Item, write_generation
 from .layout import DEFAULT_NAME, KINDS, Location, disk_size, resolve, work_meta
+from .like import LikeResult, search_like
+from .minus import MINUS_WEIGHT, MinusResult, search_minus
 from .photos import PhotoBuild, build_photos
 from .plan import BuildReport
-from .query import Result, model_for, search_text
+from .query import Result, model_for, search_image, search_text
 from .sentences import TextReport, build_sentences
 from .shards import MergeReport, check_shard, merge, shard_of
 from .store import FragmentIndex, find_photo, open_index
 
-__all__ = ["DEFAULT_NAME", "INDEX_TYPES", "KINDS", "BuildReport", "DupesResult", "FilterReport", "FragmentIndex",
-           "Item", "Location", "MergeReport", "MetaFilter", "PhotoBuild", "Result", "TextReport", "build",
-           "build_photos", "build_sentences", "check_shard", "choose_for_memory", "choose_type", "find_dupes",
-           "find_photo", "memory_bytes", "merge", "open_index", "remove", "resolve", "search", "search_filtered",
-           "shard_of", "status", "write_generation"]
+__all__ = ["BuildReport", "DEFAULT_NAME", "DupesResult", "FilterReport", "Floored", "FragmentIndex", "INDEX_TYPES",
+           "Item", "KINDS", "LikeResult", "Location", "MergeReport", "MetaFilter", "MinusResult", "PhotoBuild",
+           "Result", "TextReport", "build", "build_photos", "build_sentences", "check_shard", "choose_for_memory",
+           "choose_type", "find_dupes", "find_photo", "like", "memory_bytes", "merge", "open_index", "remove",
+           "resolve", "search", "search_filtered", "search_floored", "search_minus", "search_photo", "shard_of",
+           "status", "write_generation"]
 
 # --------------------------------------------------------------------------- status and remove
 
@@ -143,15 +148,57 @@ def search_words(ix: FragmentIndex, loaded: LoadedAlign, text: str, k: int = 10,
     return search_text(ix, loaded, text, k, per_word)
 
 
+def search_photo(ix: FragmentIndex, loaded: LoadedAlign, photo: str | Path | int, k: int = 10,
+                 text: str | None = None, encoder: Any = None, device: str | None = None) -> Any:
+    """Search by photo, one entry for both kinds of index: a photo index gives the photos like it
+    (like.search_like: its regions against theirs, optionally steered by `text`), a sentence index
+    the sentences that describe it (query.search_image). Both score with the photo's region vectors
+    under the same max-over-regions rule."""
+    if ix.kind == "sentences":
+        if text is not None or isinstance(photo, int):
+            raise UsageError("a sentence index is searched with a photo file alone")
+        return search_image(ix, loaded, photo, k, encoder=encoder, device=device)
+    return search_like(ix, loaded, photo, text, k, encoder=encoder, device=device)
+
+
+def like(photo: str | Path | int, text: str | None = None, name: str | Path | None = None, k: int = 10,
+         model: str | Path | None = None) -> LikeResult:
+    """Photos of index `name` like `photo` (an indexed photo's id or path, or any photo file),
+    optionally steered by `text`, as `vsa search --like` finds them: each hit with its region pairs."""
+    with open_index(name, "photos") as ix:
+        return search_like(ix, model_for(ix, model), photo, text, k)
+
+
 def search(text: str, name: str | Path | None = None, k: int = 10, model: str | Path | None = None,
-           bridge: bool = True, where: MetaFilter | None = None) -> Any:
+           bridge: bool = True, where: MetaFilter | None = None, minus: list[str] | None = None,
+           minus_weight: float = MINUS_WEIGHT) -> Any:
     """Photos of index `name` for `text`, best first: a result with `.hits` (path, score, and the
     box each word matched), as `vsa search` finds them. `where` (a MetaFilter) keeps only the photos
-    it passes; the result then carries `.filter`, a FilterReport (how many photos had no date...)."""
+    it passes; the result then carries `.filter`, a FilterReport (how many photos had no date...).
+    `minus`: terms whose photos fall (score = S(text) - minus_weight x S(term)); their words' boxes
+    are in each hit's words too."""
     with open_index(name, "photos") as ix:
         loaded = model_for(ix, model)
+
+        def run(n: int) -> Any:
+            if minus:
+                return search_minus(ix, loaded, text, minus, n, partial(search_words, bridge=bridge), minus_weight)
+            return search_words(ix, loaded, text, n, bridge=bridge)
+
         if where is None or not where.active:
-            return search_words(ix, loaded, text, k, bridge=bridge)
-        result, report = search_filtered(ix, where, k, lambda n: search_words(ix, loaded, text, n, bridge=bridge))
+            return run(k)
+        result, report = search_filtered(ix, where, k, run)
         result.filter = report
         return result
+
+
+def search_floored(text: str, name: str | Path | None = None, k: int = 10, model: str | Path | None = None,
+                   min_score: float | None = None, bridge: bool = True, minus: list[str] | None = None) -> Floored:
+    """`search`, then the relevance floor (`vsa search` without --min-score): `.hits` the hits whose
+    calibrated probability of being right reaches `min_score` (default: the calibration's floor),
+    `.below` the best few of the others, `.probability[id(hit)]`, `.to_dict()` as `--json`."""
+    with open_index(name, "photos") as ix:
+        loaded = model_for(ix, model)
+        res = search_minus(ix, loaded, text, minus, k, partial(search_words, bridge=bridge)) if minus \
+            else search_words(ix, loaded, text, k, bridge=bridge)
+        return apply_floor(res, load_calibration(loaded), min_score)

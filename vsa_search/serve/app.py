@@ -207,11 +207,24 @@ def create_app(engine: Engine, token: str | None = None, max_upload: int = MAX_U
         return endpoint
 
     def search_text(request: Request) -> Any:
+        minus = [m for m in request.query_params.getlist("minus") if m.strip()]
+        min_score = request.query_params.get("min_score")
         return engine.search_text(_text(request, "q"), _int(request, "k", 10, 1, MAX_K),
-                                  _int(request, "per_word", 0, 0, 1 << 20) or None, _where(request))
+                                  _int(request, "per_word", 0, 0, 1 << 20) or None, _where(request), minus or None,
+                                  _float(request, "min_score", 0.0) if min_score not in (None, "") else None)
 
     def dupes(request: Request) -> Any:
         return engine.dupes(_float(request, "threshold", DUPES_THRESHOLD), _where(request))
+
+    def steer(request: Request) -> str | None:
+        q = request.query_params.get("q", "")
+        return q if q.strip() else None
+
+    def like_id(request: Request) -> Any:
+        return engine.like(_photo_id(request), steer(request), _int(request, "k", 10, 1, MAX_K))
+
+    def like_upload(request: Request, photo: Path, name: str) -> Any:
+        return engine.like(photo, steer(request), _int(request, "k", 10, 1, MAX_K), shown_as=name)
 
     def search_image(request: Request, photo: Path, name: str) -> Any:
         return engine.search_image(photo, _int(request, "k", 10, 1, MAX_K), shown_as=name)
@@ -279,6 +292,7 @@ def create_app(engine: Engine, token: str | None = None, max_upload: int = MAX_U
         Route("/api/search", api(search_text)),
         Route("/api/search/image", api(search_image), methods=["POST"]),
         Route("/api/caption", api(caption_any), methods=["POST"]),
+        Route("/api/like", api(like_upload), methods=["POST"]),
         Route("/api/align", api(align_upload), methods=["POST"]),
         Route("/api/dupes", api(dupes)),
         Route("/api/status", api(lambda request: engine.status())),
@@ -288,6 +302,7 @@ def create_app(engine: Engine, token: str | None = None, max_upload: int = MAX_U
         Route("/api/photos/{photo_id}/image", api(image)),
         Route("/api/photos/{photo_id}/caption", api(caption_id)),
         Route("/api/photos/{photo_id}/align", api(align_id)),
+        Route("/api/photos/{photo_id}/like", api(like_id)),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
 

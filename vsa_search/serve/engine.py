@@ -24,6 +24,7 @@ from ..align import aligner, mrf
 from ..align.bridge import word_status
 from ..captioning import rerank
 from ..core import errors, names, paths  # noqa: F401 (names: for app.py, through this one door)
+from ..index import floor
 from ..index import query as search
 from ..index.files import OK, IndexedFiles
 from ..models import captioner, encode
@@ -103,6 +104,7 @@ class Engine:
         self._region_model_name = region_model
         self._region_captioner: Any = None
         self._models: dict[str, Any] = {}  # fingerprint -> LoadedAlign
+        self._calibrations: dict[str, Any] = {}  # fingerprint -> index.floor.Calibration or None
         self._encoders: dict[Any, Any] = {}  # region config -> RegionEncoder
         self._thumbs: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self._lock = threading.Lock()  # guards the current snapshot and the caches
@@ -175,18 +177,24 @@ class Engine:
     # ------------------------------------------------------------------ queries (the CLI's --json)
 
     def search_text(self, text: str, k: int = 10, per_word: int | None = None,
-                    where: index.MetaFilter | None = None) -> tuple[dict[str, Any], str]:
-        """`vsa search TEXT --json` (with its metadata filters), each hit with its photo's index `id`
-        and `size` added."""
+                    where: index.MetaFilter | None = None, minus: list[str] | None = None,
+                    min_score: float | None = None) -> tuple[dict[str, Any], str]:
+        """`vsa search TEXT [--minus M] [--min-score P] --json` (with its metadata filters), each hit (and
+        each one below the floor) with its photo's index `id` and `size` added."""
         encode.query_tokens_or_fail(text)
         where = where or index.MetaFilter()
         with self.snapshot() as snap:
-            found, report = index.search_filtered(snap.photos, where, k, lambda n: index.search_words(
-                snap.photos, snap.model, text, n, per_word))
-            result = found.to_dict()
+
+            def run(n: int) -> Any:
+                if minus:
+                    return index.search_minus(snap.photos, snap.model, text, minus, n, index.search_words)
+                return index.search_words(snap.photos, snap.model, text, n, per_word)
+
+            found, report = index.search_filtered(snap.photos, where, k, run)
+            result = floor.apply_floor(found, self._calibration(snap.model), min_score).to_dict()
             if where.active:
                 result["filter"] = {**report.to_dict(), "notes": report.notes()}
-            for hit in result["hits"]:
+            for hit in [*result["hits"], *result["below_floor"]]:
                 hit["id"] = snap.photo_id(hit["path"])
                 hit["size"] = snap.size(hit["id"])
                 if where.active:
@@ -205,6 +213,37 @@ class Engine:
                     p["id"] = snap.photo_id(p["path"])
             return result, snap.generation
 
+    def _calibration(self, model: Any) -> Any:
+        with self._lock:
+            if model.fingerprint not in self._calibrations:
+                self._calibrations[model.fingerprint] = floor.load_calibration(model)
+            return self._calibrations[model.fingerprint]
+
+    def like(self, photo: int | Path, text: str | None = None, k: int = 10,
+             shown_as: str | None = None) -> tuple[dict[str, Any], str]:
+        """`vsa search --like PHOTO [TEXT] --json`: photo `i` of the index (an int) or an uploaded file;
+        each hit, and the query photo when it is indexed, with its `id` and `size`."""
+        if text is not None:
+            encode.query_tokens_or_fail(text)
+        with self.snapshot() as snap:
+            if isinstance(photo, int):
+                self._record(photo, snap)  # the same 404 as every photo id
+            else:
+                self._check_photo(photo)
+            with self._cnn:
+                res = index.search_photo(snap.photos, snap.model, photo, k, text,
+                                         encoder=self.encoder(snap.model.region_config))
+            result = res.to_dict()
+            for hit in result["hits"]:
+                hit["size"] = snap.size(hit["id"])
+            like = result["like"]
+            if like["id"] is not None:
+                like["size"] = snap.size(like["id"])
+            else:
+                like["photo"] = shown_as or like["photo"]
+                like["size"] = [int(like["boxes"][0][2]), int(like["boxes"][0][3])] if like["boxes"] else [0, 0]
+            return result, snap.generation
+
     def search_image(self, photo: Path, k: int = 10, shown_as: str | None = None) -> dict[str, Any]:
         """`vsa search --image PHOTO --json`: the nearest sentences of the sentence index."""
         with self.snapshot() as snap:
@@ -213,8 +252,8 @@ class Engine:
                                          f"`vsa index text FILE --index {self.name}`)")
             self._check_photo(photo)
             with self._cnn:
-                result = search.search_image(snap.sentences, snap.sentence_model, photo, k,
-                                             encoder=self.encoder(snap.sentence_model.region_config))
+                result = index.search_photo(snap.sentences, snap.sentence_model, photo, k,
+                                            encoder=self.encoder(snap.sentence_model.region_config))
         d = result.to_dict()
         d["query"] = shown_as or d["query"]
         return d

@@ -1,5 +1,5 @@
 // The page of `vsa serve`: plain DOM, no framework, no network beyond this server.
-// Routes (in the URL's hash): #/search?q=..  #/photo/ID  #/index  #/dropped  #/dupes
+// Routes (in the URL's hash): #/search?q=..[&minus=..]  #/photo/ID  #/like/ID  #/index  #/dropped  #/dupes
 // (search and dupes also carry the metadata filters: &after=&before=&camera=&near=&km=)
 "use strict";
 
@@ -7,6 +7,8 @@ const COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#0aa7c4
   "#d4677f", "#469990", "#8a63c9", "#9a6324", "#800000", "#2e8b57", "#808000", "#000075"];
 const main = document.getElementById("main");
 const qInput = document.getElementById("q");
+const minusInput = document.getElementById("minus");
+const NEGATIVE = "#111"; // boxes and chips of a "without" word: one colour, dashed
 let generation = "";
 let dropped = null; // {blob, url, name} of the last photo dropped on the page
 
@@ -59,7 +61,8 @@ function photoWithBoxes(src, size, boxes, alt) {
   const [w, h] = size;
   for (const b of boxes) {
     const [x0, y0, x1, y1] = b.box;
-    const d = el("div", {class: "box", colour: b.colour, "data-keys": b.keys.join(" "), title: b.label},
+    const d = el("div", {class: b.negative ? "box neg" : "box", colour: b.colour, "data-keys": b.keys.join(" "),
+      title: b.label},
       b.label ? el("span", {class: "label", text: b.label}) : null);
     d.style.left = `${(100 * x0) / w}%`;
     d.style.top = `${(100 * y0) / h}%`;
@@ -87,13 +90,13 @@ function wordBoxes(words, colourOf) {
   const byBox = new Map();
   words.forEach((m, i) => {
     if (!m.box) return;
-    const k = m.box.join(",");
-    if (!byBox.has(k)) byBox.set(k, {box: m.box, words: [], keys: []});
-    byBox.get(k).words.push(m.word);
+    const k = m.box.join(",") + (m.negative ? "-" : "");  // a minus word never shares a query word's box
+    if (!byBox.has(k)) byBox.set(k, {box: m.box, words: [], keys: [], negative: !!m.negative});
+    byBox.get(k).words.push(m.negative ? `−${m.word}` : m.word);
     byBox.get(k).keys.push(i);
   });
   return [...byBox.values()].map(b => ({box: b.box, keys: b.keys, label: [...new Set(b.words)].join(" "),
-    colour: colourOf(b.words[0])}));
+    colour: b.negative ? NEGATIVE : colourOf(b.words[0]), negative: b.negative}));
 }
 
 function colours() {
@@ -106,9 +109,11 @@ function colours() {
 
 function wordChips(words, colourOf, photo) {
   return el("div", {class: "chips"}, words.map((m, i) => el("span", {
-    class: "chip", colour: colourOf(m.word), "data-word": m.word, "data-key": i,
-    title: `${m.word}: ${m.score.toFixed(3)}` + (m.region === 0 ? " (full image)" : ` (region ${m.region})`),
-    text: m.word,
+    class: m.negative ? "chip neg" : "chip", colour: m.negative ? NEGATIVE : colourOf(m.word), "data-word": m.word,
+    "data-key": i, "data-negative": m.negative ? "1" : null,
+    title: `${m.negative ? "without " : ""}${m.word}: ${m.score.toFixed(3)}` +
+      (m.region === 0 ? " (full image)" : ` (region ${m.region})`),
+    text: m.negative ? `−${m.word}` : m.word,
     onmouseenter: () => highlight(photo(), i), onmouseleave: () => highlight(photo(), null),
   })));
 }
@@ -154,15 +159,17 @@ function filterNote(res) {
 // ------------------------------------------------------------------ search
 
 async function showSearch(q, params) {
+  params = params || new URLSearchParams();
   qInput.value = q;
-  setFilters(params || new URLSearchParams());
+  minusInput.value = params.get("minus") || "";
+  setFilters(params);
   if (!q.trim()) return showHome();
   document.title = `${q} · vsa`;
   main.replaceChildren(el("p", {class: "spinner", text: "searching…"}));
   const t0 = performance.now();
   let res;
   try {
-    const p = new URLSearchParams(params || {});
+    const p = new URLSearchParams(params);
     p.set("q", q);
     p.set("k", "24");
     res = await api(`/api/search?${p}`);
@@ -171,30 +178,82 @@ async function showSearch(q, params) {
     return;
   }
   const ms = Math.round(performance.now() - t0);
+  const without = (res.minus || []).map(m => m.text).join(", ");
   const summary = el("p", {class: "summary", id: "summary"},
-    `${res.hits.length} photo${res.hits.length === 1 ? "" : "s"} for “${res.words.join(" ")}” · ${ms} ms`,
+    `${res.hits.length} photo${res.hits.length === 1 ? "" : "s"} for “${res.words.join(" ")}”` +
+      (without ? ` without “${without}”` : "") + ` · ${ms} ms`,
     res.ignored.length ? el("span", {class: "ignored", text: ` · not in the vocabulary: ${res.ignored.join(", ")}`}) : null);
   const colourOf = colours();
   res.words.forEach(colourOf);
+  const below = !res.hits.length && (res.below_floor || []).length;
+  const shown = below ? res.below_floor : res.hits;
   const grid = el("div", {class: "grid", id: "results"});
-  res.hits.forEach(hit => {
-    const photo = photoWithBoxes(imageUrl(hit.id, 400), hit.size, wordBoxes(hit.words, colourOf), baseName(hit.path));
-    const card = el("article", {class: "card", tabindex: "0", "data-id": hit.id, "data-path": hit.path,
-      "data-rank": hit.rank, onclick: () => openPhoto(hit.id), onkeydown: e => { if (e.key === "Enter") openPhoto(hit.id); }},
-    photo,
-    el("div", {class: "meta"},
-      el("div", {class: "title"}, el("span", {class: "rank", text: `#${hit.rank}`}),
-        el("span", {class: "score", text: `S = ${hit.score.toFixed(3)}`})),
-      el("div", {class: "name", title: hit.path, text: baseName(hit.path)}),
-      hit.taken !== undefined ? el("div", {class: "name exif", text: [hit.taken ? hit.taken.slice(0, 10) : "no date",
-        hit.camera || "", hit.gps ? hit.gps.map(x => x.toFixed(3)).join(", ") : ""].filter(Boolean).join(" · ")}) : null,
-      wordChips(hit.words, colourOf, () => photo)));
-    grid.append(card);
-  });
+  shown.forEach((hit, i) => grid.append(resultCard(hit, i + 1, wordBoxes(hit.words, colourOf),
+    photo => wordChips(hit.words, colourOf, () => photo), below)));
   if (res.filter) summary.append(el("span", {class: "filtered", text: ` · filtered: ${res.filter.kept} kept`}));
-  main.replaceChildren(summary, filterNote(res) || "", res.hits.length ? grid : el("p", {class: "empty", text: "no results"}));
+  const note = below ? el("p", {class: "floor-note", id: "floor-note",
+    text: `no photo matches “${q.trim()}” well (every hit is below the relevance floor, P(right) < ${res.floor.toFixed(3)}); the best few anyway:`}) : null;
+  main.replaceChildren(summary, filterNote(res) || "", note || "", shown.length ? grid : el("p", {class: "empty", text: "no results"}));
   const first = grid.querySelector(".card");
   if (first && document.activeElement !== qInput) first.focus();
+}
+
+// One result: the photo with its boxes, rank, score (and P(right) when calibrated), and "more like this".
+function resultCard(hit, rank, boxes, chips, below) {
+  const photo = photoWithBoxes(imageUrl(hit.id, 400), hit.size, boxes, baseName(hit.path));
+  const more = el("button", {type: "button", class: "more-like", text: "more like this", title: "photos like this one",
+    onclick: e => { e.stopPropagation(); location.hash = `#/like/${hit.id}`; }});
+  return el("article", {class: below ? "card below" : "card", tabindex: "0", "data-id": hit.id, "data-path": hit.path,
+    "data-rank": rank, onclick: () => openPhoto(hit.id), onkeydown: e => { if (e.key === "Enter") openPhoto(hit.id); }},
+  photo,
+  el("div", {class: "meta"},
+    el("div", {class: "title"}, el("span", {class: "rank", text: below ? "below floor" : `#${rank}`}),
+      el("span", {class: "score"}, `S = ${hit.score.toFixed(3)}`,
+        hit.probability !== undefined ? el("span", {class: "prob", text: `P ${hit.probability.toFixed(2)}`}) : null)),
+    el("div", {class: "name", title: hit.path, text: baseName(hit.path)}),
+    hit.taken !== undefined ? el("div", {class: "name exif", text: [hit.taken ? hit.taken.slice(0, 10) : "no date",
+      hit.camera || "", hit.gps ? hit.gps.map(x => x.toFixed(3)).join(", ") : ""].filter(Boolean).join(" · ")}) : null,
+    chips(photo), more));
+}
+
+// ------------------------------------------------------------------ more like this
+
+// The region pairs a hit shows: box n on the hit is the best match of box n on the query photo.
+function pairBoxes(hit, side) {
+  return hit.regions.filter(p => p.shown).map((p, i) => ({box: side === "query" ? p.query_box : p.box, keys: [i],
+    label: `${i + 1}`, colour: COLOURS[i % COLOURS.length]}));
+}
+
+async function showLike(id) {
+  document.title = `like photo ${id} · vsa`;
+  main.replaceChildren(el("p", {class: "spinner", text: "finding photos like it…"}));
+  let res;
+  try {
+    res = await api(`/api/photos/${id}/like?k=24`);
+  } catch (e) {
+    main.replaceChildren(el("p", {class: "error", id: "search-error", text: e.message}));
+    return;
+  }
+  const q = res.like;
+  const holder = el("div", {id: "like-query"});
+  const showPairs = hit => holder.replaceChildren(photoWithBoxes(imageUrl(q.id, 640), q.size,
+    hit ? pairBoxes(hit, "query") : [], baseName(q.photo)));
+  const grid = el("div", {class: "grid", id: "results"});
+  const colourOf = colours();
+  res.hits.forEach((hit, i) => {
+    const card = resultCard(hit, i + 1, [...wordBoxes(hit.words, colourOf), ...pairBoxes(hit, "hit")],
+      photo => wordChips(hit.words, colourOf, () => photo));
+    card.addEventListener("mouseenter", () => showPairs(hit));
+    card.addEventListener("focus", () => showPairs(hit));
+    grid.append(card);
+  });
+  showPairs(res.hits[0]);
+  const head = el("div", {class: "like-head"}, holder, el("div", {},
+    el("h2", {text: `Photos like ${baseName(q.photo)}`}),
+    el("p", {class: "summary", id: "summary", text: `${res.hits.length} photos, by each region of this photo ` +
+      "against its best region in theirs: box n on a photo is the best match of box n here (hover a photo to see its pairs)"}),
+    el("a", {class: "back", href: `#/photo/${q.id}`, text: "open this photo"})));
+  main.replaceChildren(head, res.hits.length ? grid : el("p", {class: "empty", text: "no other photos"}));
 }
 
 function openPhoto(id) { location.hash = `#/photo/${id}`; }
@@ -223,6 +282,8 @@ async function showPhoto(id) {
     regions: () => api(`/api/photos/${id}/caption?regions=1&top=6&beam=3`),
     align: s => api(`/api/photos/${id}/align?sentence=${encodeURIComponent(s)}`),
   });
+  view.querySelector(".side").prepend(el("a", {class: "upload", id: "more-like", href: `#/like/${id}`,
+    text: "More like this"}));
   main.replaceChildren(view);
 }
 
@@ -317,7 +378,9 @@ async function showDropped() {
   const size = [img.naturalWidth, img.naturalHeight];
   const n = encodeURIComponent(d.name);
   const list = el("ul", {class: "sentences", id: "sentences"}, el("li", {class: "spinner", text: "finding the nearest sentences…"}));
-  const panel = el("div", {class: "panel"}, el("h2", {text: "Nearest sentences"}), list);
+  const likeThumbs = el("div", {class: "thumbs", id: "like-thumbs"}, el("span", {class: "spinner", text: "finding photos like it…"}));
+  const panel = el("div", {}, el("div", {class: "panel"}, el("h2", {text: "Photos like this"}), likeThumbs),
+    el("div", {class: "panel"}, el("h2", {text: "Nearest sentences"}), list));
   let view;
   const calls = {
     caption: () => post(`/api/caption?beam=7&name=${n}`, d.blob),
@@ -327,6 +390,10 @@ async function showDropped() {
   view = photoView(d.url, size, d.name, d.name, calls, panel);
   main.replaceChildren(view);
   document.title = `${d.name} · vsa`;
+  post(`/api/like?k=8&name=${n}`, d.blob).then(r => likeThumbs.replaceChildren(...r.hits.map(h =>
+    el("a", {href: `#/photo/${h.id}`, title: `${h.path} · S = ${h.score.toFixed(3)}`, "data-id": h.id},
+      el("img", {src: imageUrl(h.id, 240), alt: baseName(h.path), loading: "lazy"})))))
+    .catch(e => likeThumbs.replaceChildren(el("span", {class: "error", text: e.message})));
   try {
     const r = await post(`/api/search/image?k=8&name=${n}`, d.blob);
     const colourOf = colours();
@@ -440,6 +507,7 @@ function route() {
     return showSearch(q, p);
   }
   if ((m = h.match(/^#\/dupes(?:\?(.*))?$/))) return showDupes(new URLSearchParams(m[1] || ""));
+  if ((m = h.match(/^#\/like\/(\d+)$/))) return showLike(Number(m[1]));
   if ((m = h.match(/^#\/photo\/(\d+)$/))) return showPhoto(Number(m[1]));
   if (h === "#/index") return showIndex();
   if (h === "#/dropped") return showDropped();
@@ -450,7 +518,8 @@ document.getElementById("search-form").addEventListener("submit", e => {
   e.preventDefault();
   const q = qInput.value.trim();
   if (!q) return;
-  const target = withFilters("#/search", {q});
+  const minus = minusInput.value.trim();
+  const target = withFilters("#/search", minus ? {q, minus} : {q});
   qInput.blur();
   if (location.hash === target) route(); else location.hash = target;
 });
@@ -472,7 +541,9 @@ document.addEventListener("keydown", e => {
   if (e.key === "/" && !typing) { e.preventDefault(); qInput.focus(); qInput.select(); return; }
   if (e.key === "Escape") {
     if (typing) { document.activeElement.blur(); return; }
-    if (location.hash.startsWith("#/photo/") || location.hash === "#/dropped") history.back();
+    if (location.hash.startsWith("#/photo/") || location.hash.startsWith("#/like/") || location.hash === "#/dropped") {
+      history.back();
+    }
     return;
   }
   if (typing) return;
