@@ -151,3 +151,21 @@ def test_indexed_photo_reuses_stored_regions(model_path: Path, sample_photos: li
     assert json.loads(runner.invoke(app, args).stdout)["regions_from"] == "photo"
     # Naming an index that does not exist is an error, not a silent fallback.
     assert "no photo index" in one_error_line(runner.invoke(app, [*args, "--index", "nope"]))
+
+
+def test_regions_from_names_the_index_that_held_them(model_path: Path, sample_photos: list[Path],
+                                                     tmp_path: Path, tiny_region_encoder) -> None:
+    """No default index: the photo's regions come from another index, and --json says which."""
+    import shutil
+
+    from vsa_search import index
+    from vsa_search.models.alignment import load_align
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy2(sample_photos[0], photos / sample_photos[0].name)
+    index.build_photos([photos], load_align(model_path), "holiday", encoder=tiny_region_encoder)
+    args = ["align", str(photos / sample_photos[0].name), "a dog runs", "--model", str(model_path), "--json"]
+    assert json.loads(runner.invoke(app, args).stdout)["regions_from"] == "index holiday"
+    named = json.loads(runner.invoke(app, [*args, "--index", "holiday"]).stdout)
+    assert named["regions_from"] == "index holiday"

@@ -104,8 +104,8 @@ def caption_photos(photos: list[Path], loaded: LoadedCaptioner, beam: int = 7, m
             results.append(r)
         if on_progress:
             on_progress(1)
-    cands = generate_candidates(loaded, torch.stack(feats), beam=beam, max_len=max_len,
-                                length_norm=length_norm) if feats else []
+    cands = generate_candidates(loaded, torch.stack(feats), beam=beam, max_len=max_len, length_norm=length_norm,
+                                stop_at_best=rerank_with is None) if feats else []
     caps = [best_candidate(c, loaded.vocab, rerank_with, f, weight) for c, f in zip(cands, region_feats, strict=True)]
     for r, c in zip([r for r in results if r.error is None and r.caption is None], caps, strict=True):
         r.caption = " ".join(loaded.vocab.decode(c.tokens))

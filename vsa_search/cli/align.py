@@ -73,12 +73,12 @@ def photo_cmd(
     sentence_tokens(sentence)  # an empty sentence fails before any model or photo loads
     loaded = _load_model(model)
     found = None if no_index else find_photo(loaded, photo, index, with_concepts=bridge)
-    if found is not None and bridge and found[2] is None:
+    if found is not None and bridge and found.concepts is None:
         found = None  # an index from before concepts: compute the photo's regions (and concepts) afresh
     image = images.load(photo) if found is None or out_png is not None else None
     if found is not None:
-        result = align_vectors(loaded, found[0], found[1], sentence, beta, found[2] if bridge else None)
-        source = f"index {index or 'default'}"
+        result = align_vectors(loaded, found.boxes, found.vectors, sentence, beta, found.concepts)
+        source = f"index {found.index}"
     else:
         result = align_photo(loaded, image, sentence, beta, bridge=bridge)  # type: ignore[arg-type]
         source = "photo"

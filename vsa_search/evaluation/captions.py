@@ -62,7 +62,8 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
         region_feats = [f.features for f in got] if align is not None else []
         train_feats = torch.stack([full_image(store.get(r.image_id)) for r in train]) if train else None
 
-    cands = generate_candidates(loaded, test_feats, beam=beam, length_norm=length_norm, on_progress=on_progress)
+    cands = generate_candidates(loaded, test_feats, beam=beam, length_norm=length_norm, on_progress=on_progress,
+                                stop_at_best=align is None)
     beam_caps = [best(c) for c in cands]
     caps = [best_candidate(c, loaded.vocab, align, f, rerank_weight) for c, f in zip(cands, region_feats)] \
         if align is not None else beam_caps

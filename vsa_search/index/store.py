@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -255,18 +256,29 @@ def read_manifest(location: Location) -> dict[str, Any] | None:
         return None
 
 
+@dataclass(frozen=True)
+class StoredRegions:
+    """A photo's regions as a photo index stored them, and the index they came from (its name as
+    `--index` takes it)."""
+
+    index: str
+    boxes: np.ndarray  # (R, 4)
+    vectors: np.ndarray  # (R, h) float32
+    concepts: Concepts | None = None  # None: not asked for, or an index built before concepts
+
+
 def find_photo(loaded: LoadedAlign, photo: str | Path, name: str | Path | None = None,
-               with_concepts: bool = False) -> tuple[Any, ...] | None:
-    """(boxes (R, 4), region vectors (R, h)) of a photo from a photo index, or None when the index
-    cannot vouch for them: no default index, built with another model, photo not in it, or the
-    file changed since (size or mtime). A named index that does not exist is an error.
-    with_concepts=True appends the regions' stored concepts (None for an index built before them)."""
+               with_concepts: bool = False) -> StoredRegions | None:
+    """A photo's stored regions from a photo index, or None when no index can vouch for them: none
+    built with this model holds the photo, or the file changed since (size or mtime). `name`: that
+    index only (one that does not exist is an error); None: the default index, then every other.
+    with_concepts=True reads the regions' stored concepts too."""
     try:
         st = Path(photo).stat()
     except OSError:
         return None
     if name is not None:
-        return _find_in(name, loaded, photo, st, with_concepts)
+        return _find_in(name, str(name), loaded, photo, st, with_concepts)
     # No index named: the default one, then every other photo index (the demo's is "demo").
     others = sorted(p for p in paths.indexes_dir().glob("*") if p.is_symlink() and p.name != DEFAULT_NAME
                     and not p.name.endswith(SENTENCES_SUFFIX)) if paths.indexes_dir().is_dir() else []
@@ -274,7 +286,7 @@ def find_photo(loaded: LoadedAlign, photo: str | Path, name: str | Path | None =
         try:
             if Location(link).current() is None:
                 continue
-            found = _find_in(link, loaded, photo, st, with_concepts)
+            found = _find_in(link, link.name, loaded, photo, st, with_concepts)
         except SearchIndexError:
             continue  # damaged or of another kind: computing the regions afresh is always right
         if found is not None:
@@ -282,9 +294,9 @@ def find_photo(loaded: LoadedAlign, photo: str | Path, name: str | Path | None =
     return None
 
 
-def _find_in(name: str | Path, loaded: LoadedAlign, photo: str | Path, st: os.stat_result,
-             with_concepts: bool = False) -> tuple[Any, ...] | None:
-    with open_index(name) as ix:
+def _find_in(where: str | Path, name: str, loaded: LoadedAlign, photo: str | Path, st: os.stat_result,
+             with_concepts: bool = False) -> StoredRegions | None:
+    with open_index(where) as ix:
         if ix.manifest.get("model", {}).get("fingerprint") != loaded.fingerprint:
             return None
         # Items are stored sorted by key (the absolute path), so binary search finds the photo.
@@ -301,8 +313,6 @@ def _find_in(name: str | Path, loaded: LoadedAlign, photo: str | Path, st: os.st
         rec = ix.record(lo)
         if rec["key"] != key or rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
             return None
-        found = ix.boxes(lo).copy(), ix.vectors([lo])[0].astype(np.float32)
-        if with_concepts:
-            blob = ix.concepts_bytes([lo])[0]
-            return (*found, Concepts.from_bytes(blob) if blob is not None else None)
-        return found
+        blob = ix.concepts_bytes([lo])[0] if with_concepts else None
+        return StoredRegions(name, ix.boxes(lo).copy(), ix.vectors([lo])[0].astype(np.float32),
+                             Concepts.from_bytes(blob) if blob is not None else None)

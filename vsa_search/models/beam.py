@@ -74,7 +74,7 @@ def beam_search(model: Captioner, feats: torch.Tensor, beam: int = 7, max_len: i
 
     length_norm = alpha ranks finished sentences by logprob / (words + 1)^alpha (0: plain
     log-probability, as in the paper)."""
-    return [best(f) for f in beam_candidates(model, feats, beam, max_len, length_norm)]
+    return [best(f) for f in beam_candidates(model, feats, beam, max_len, length_norm, stop_at_best=True)]
 
 
 def best(finished: list[Caption]) -> Caption:
@@ -84,9 +84,13 @@ def best(finished: list[Caption]) -> Caption:
 
 @torch.inference_mode()
 def beam_candidates(model: Captioner, feats: torch.Tensor, beam: int = 7, max_len: int = 20,
-                    length_norm: float = 0.0) -> list[list[Caption]]:
+                    length_norm: float = 0.0, stop_at_best: bool = False) -> list[list[Caption]]:
     """Every sentence the beam finished, per image, in the order they finished (beam_search keeps
-    the best; a re-ranker can weigh them otherwise)."""
+    the best; a re-ranker can weigh them otherwise). Each image's search runs until it has no open
+    sentence or max_len words; stop_at_best=True (with length_norm 0) stops an image once its best
+    finished sentence beats all of its open ones: nothing better can come, so the best is the same
+    and the later, worse sentences are left out. Either way an image's sentences depend on its own
+    search only, never on which images share the batch."""
     if beam < 1:
         raise UsageError(f"beam size must be >= 1, got {beam}")
     if max_len < 1:
@@ -118,14 +122,15 @@ def beam_candidates(model: Captioner, feats: torch.Tensor, beam: int = 7, max_le
         flat = (parent + torch.arange(B, device=dev)[:, None] * K).view(-1)  # (B*K,) rows to keep
         state = tuple(s.index_select(0, flat) for s in state)
         tokens = word.view(-1)
+        if stop_at_best and length_norm == 0.0:
+            # Log-probabilities only fall as sentences grow: an image whose best finished sentence
+            # beats all of its open ones is done, and its open ones are dropped (that image alone's).
+            best_open = scores.max(dim=1).values.tolist()
+            for b, (f, bo) in enumerate(zip(finished, best_open)):
+                if f and max(c.score for c in f) >= bo:
+                    scores[b] = float("-inf")
         if not torch.isfinite(scores).any():
             break
-        if length_norm == 0.0:
-            # Log-probabilities only fall as sentences grow: an image whose best finished
-            # sentence beats all of its open ones is done.
-            best_open = scores.max(dim=1).values.tolist()
-            if all(f and max(c.score for c in f) >= bo for f, bo in zip(finished, best_open)):
-                break
     return finished
 
 
@@ -133,19 +138,22 @@ def generate_captions(loaded: Any, feats: torch.Tensor, beam: int = 7, max_len: 
                       length_norm: float = 0.0, batch_size: int = 64,
                       on_progress: Callable[[int], None] | None = None) -> list[Caption]:
     """Beam-search captions for (N, D) features with a LoadedCaptioner, in batches."""
-    return [best(f) for f in generate_candidates(loaded, feats, beam, max_len, length_norm, batch_size, on_progress)]
+    return [best(f) for f in generate_candidates(loaded, feats, beam, max_len, length_norm, batch_size, on_progress,
+                                                 stop_at_best=True)]
 
 
 def generate_candidates(loaded: Any, feats: torch.Tensor, beam: int = 7, max_len: int | None = None,
                         length_norm: float = 0.0, batch_size: int = 64,
-                        on_progress: Callable[[int], None] | None = None) -> list[list[Caption]]:
-    """Every sentence the beam finished for each of (N, D) features (see beam_candidates), in batches."""
+                        on_progress: Callable[[int], None] | None = None,
+                        stop_at_best: bool = False) -> list[list[Caption]]:
+    """Every sentence the beam finished for each of (N, D) features (see beam_candidates), in batches;
+    stop_at_best=True when only the best of each will be used."""
     device = next(loaded.model.parameters()).device
     out: list[list[Caption]] = []
     for i in range(0, len(feats), batch_size):
         chunk = feats[i:i + batch_size].to(device)
         out += beam_candidates(loaded.model, chunk, beam=beam, max_len=max_len or loaded.config.max_len,
-                               length_norm=length_norm)
+                               length_norm=length_norm, stop_at_best=stop_at_best)
         if on_progress:
             on_progress(len(chunk))
     return out
