@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,6 +73,47 @@ class VSAGroup(TyperGroup):
             where = f"{e.filename}: " if e.filename else ""
             err.print("[bold red]error:[/] " + escape(f"{where}{e.strerror or e}"), markup=True, highlight=False)
             raise typer.Exit(1) from None
+
+
+# typer checks every option through a pydantic TypeAdapter, and importing pydantic plus building the
+# adapters costs more than the rest of a cold `vsa search` together (benchmarks/cold.py). The common
+# cases (no value, a string for a str, digits for an int) need no validation library; anything else
+# (a path, a bad number, a constrained option) goes to typer's own adapter, so its messages stay.
+_DIGITS = re.compile(r"[+-]?[0-9]+")
+
+
+def _fast_coercion() -> None:
+    """Give every typer parameter the fast coercion above, before typer builds its own on first use."""
+    try:
+        from typer._coercion import RuntimeParam, build_runtime_param
+        from typer.core import _TyperParameter
+    except ImportError:  # another typer: keep its own coercion
+        return
+
+    class Plain(RuntimeParam):
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            info = self.parameter_info
+            plain = info.parser is None and info.min is None and info.max is None
+            if plain and self.annotation is str and isinstance(value, str):
+                return value
+            if plain and self.annotation is int and isinstance(value, str) and _DIGITS.fullmatch(value):
+                return int(value)
+            if plain and self.annotation in (int, bool) and type(value) is self.annotation:
+                return value
+            return build_runtime_param(param.type_descriptor)._coerce_value(value, param=param, ctx=ctx)
+
+    typers_own = _TyperParameter.get_runtime_param
+
+    def get_runtime_param(self: Any) -> Any:
+        d = self.type_descriptor
+        if self._runtime_param is None and not (d.is_file or d.is_choice or d.is_list or d.is_tuple):
+            self._runtime_param = Plain(d.parameter_info, d.annotation)
+        return typers_own(self)
+
+    _TyperParameter.get_runtime_param = get_runtime_param
+
+
+_fast_coercion()
 
 
 DatasetOpt = Annotated[str, typer.Option(help="flickr8k | coco | karpathy")]
