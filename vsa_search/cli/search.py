@@ -10,9 +10,8 @@ import typer
 from .. import index as ix
 from ..core.errors import UsageError
 from ..index import query as srch
-from ..index.sheet import contact_sheet
-from ..models.encode import query_tokens_or_fail
-from .common import out, print_json
+from ..models.querytext import printable, query_tokens_or_fail
+from .common import err, out, print_json
 
 
 def search_cmd(
@@ -61,13 +60,16 @@ def search_cmd(
     elif text is not None:
         query_tokens_or_fail(text)
         with ix.open_index(index, "photos") as x:
-            loaded = srch.model_for(x, model)
-            result = ix.search_words(x, loaded, text, k, per_word, bridge=bridge)
+            result = ix.search_words(x, srch.text_model_for(x, model), text, k, per_word, bridge=bridge)
     else:
         with ix.open_index(index, "sentences") as x:
             loaded = srch.model_for(x, model)
             result = srch.search_image(x, loaded, image, k)  # type: ignore[arg-type]
+    if getattr(result, "dropped", None):
+        err.print(f"(not words, dropped: {' '.join(printable(d) for d in result.dropped[:20])})", markup=False)
     if sheet is not None:
+        from ..index.sheet import contact_sheet  # PIL: only for a sheet
+
         contact_sheet(result, sheet, photo=image)
     if json_out:
         print_json(result.to_dict())
@@ -90,6 +92,9 @@ def _print(result: srch.Result) -> None:
             out.print(f"({result.concepts_missing} photos have no stored concepts: rebuild the index)", markup=False)
     elif result.ignored:
         out.print(f"(not in the vocabulary, ignored: {', '.join(result.ignored)})", markup=False)
+    if getattr(result, "stand_ins", None):
+        out.print("(inflected forms scored as their base word: "
+                  f"{', '.join(f'{w} as {b}' for w, b in result.stand_ins.items())})", markup=False)
     if not result.hits:
         out.print("no results")
     for rank, h in enumerate(result.hits, 1):

@@ -25,26 +25,40 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core import paths
 from ..core.errors import SearchIndexError
-from ..models.alignment import LoadedAlign, load_align
 from . import openvocab
 from .faiss_types import INDEX_TYPES, choose_for_memory, choose_type, memory_bytes
 from .generation import Item, write_generation
 from .layout import DEFAULT_NAME, KINDS, Location, disk_size, resolve
-from .photos import PhotoBuild, build_photos
-from .plan import BuildReport
-from .query import Result, model_for, search_text
-from .sentences import TextReport, build_sentences
+from .query import Result, model_for, search_text, text_model_for
 from .shards import MergeReport, check_shard, merge, shard_of
 from .store import FragmentIndex, find_photo, open_index
 
+if TYPE_CHECKING:
+    from ..models.alignment import LoadedAlign
+    from .photos import PhotoBuild, build_photos
+    from .plan import BuildReport
+    from .sentences import TextReport, build_sentences
+
+# The builders pull in torch and the CNN (seconds); a search needs neither, so they load on first use.
+_LAZY = {"PhotoBuild": "photos", "build_photos": "photos", "BuildReport": "plan", "TextReport": "sentences",
+         "build_sentences": "sentences"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = ["DEFAULT_NAME", "INDEX_TYPES", "KINDS", "BuildReport", "FragmentIndex", "Item", "Location", "MergeReport",
            "PhotoBuild", "Result", "TextReport", "build", "build_photos", "build_sentences", "check_shard",
-           "choose_for_memory", "choose_type", "find_photo", "memory_bytes", "merge", "open_index", "remove",
-           "resolve", "search", "shard_of", "status", "write_generation"]
+           "choose_for_memory", "choose_type", "find_photo", "memory_bytes", "merge", "model_for", "open_index",
+           "remove", "resolve", "search", "search_words", "shard_of", "status", "text_model_for", "write_generation"]
 
 # --------------------------------------------------------------------------- status and remove
 
@@ -116,16 +130,21 @@ def build(roots: list[str | Path], name: str | Path | None = None, model: str | 
           index_type: str = "auto", device: str | None = None,
           on_progress: Callable[[int], None] | None = None) -> BuildReport:
     """Index (or update) the photos under `roots` into index `name` with an alignment model."""
+    from ..models.alignment import LoadedAlign, load_align
+    from .photos import build_photos
+
     loaded = model if isinstance(model, LoadedAlign) else load_align(paths.find_model(str(model)), device or "cpu")
     return build_photos([Path(r) for r in roots], loaded, name, index_type, on_progress=on_progress, device=device)
 
 
-def search_words(ix: FragmentIndex, loaded: LoadedAlign, text: str, k: int = 10, per_word: int | None = None,
+def search_words(ix: FragmentIndex, loaded: Any, text: str, k: int = 10, per_word: int | None = None,
                  bridge: bool = True) -> Any:
     """`vsa search TEXT` on an open photo index: with the bridge (the default), every query word
-    counts, through the CNN's classes too (openvocab.search_text); without it, the model alone."""
+    counts, through the CNN's classes too (openvocab.search_text); without it, the model alone.
+    `loaded`: a LoadedAlign or its text encoder (query.text_model_for); `per_word` sets the first
+    stage's depth on either path."""
     if bridge:
-        return openvocab.search_text(ix, loaded, text, k)
+        return openvocab.search_text(ix, loaded, text, k, per_word=per_word)
     return search_text(ix, loaded, text, k, per_word)
 
 
@@ -134,4 +153,4 @@ def search(text: str, name: str | Path | None = None, k: int = 10, model: str | 
     """Photos of index `name` for `text`, best first: a result with `.hits` (path, score, and the
     box each word matched), as `vsa search` finds them."""
     with open_index(name, "photos") as ix:
-        return search_words(ix, model_for(ix, model), text, k, bridge=bridge)
+        return search_words(ix, text_model_for(ix, model), text, k, bridge=bridge)
