@@ -159,3 +159,20 @@ def test_a_search_imports_neither_torch_nor_timm(home: Path, tmp_path: Path) -> 
                                 text=True, timeout=300)
         assert "HEAVY [] 0" in second.stderr, (args, first.stderr, second.stderr)
         assert second.stdout == first.stdout
+
+
+def test_one_thread_holds_numpys_blas_to_one_thread_and_restores_it() -> None:
+    from vsa_search.core import device
+
+    blas = device._blas_threads()
+    if blas is None:
+        pytest.skip("numpy is not linked with an OpenBLAS this process can find")
+    get, set_ = blas
+    before = get()
+    set_(2)
+    try:
+        with device.one_thread():
+            assert get() == 1
+        assert get() == 2
+    finally:
+        set_(before)

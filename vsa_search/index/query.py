@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core import paths
+from ..core.device import one_thread
 from ..core.errors import UsageError
 from ..models import textenc
 from ..models.querytext import encode_query, known_words
@@ -122,7 +123,8 @@ def exact_scores(q: np.ndarray, vectors: list[np.ndarray]) -> tuple[np.ndarray, 
         return np.zeros(0, np.float32), np.zeros((len(q), 0), np.float32)
     starts = np.cumsum([0] + [len(v) for v in vectors[:-1]])
     v = np.concatenate(vectors).astype(np.float32)  # (ΣR, h)
-    dots = np.ascontiguousarray(q, np.float32) @ v.T  # (T, ΣR)
+    with one_thread():
+        dots = np.ascontiguousarray(q, np.float32) @ v.T  # (T, ΣR)
     best = np.maximum.reduceat(dots, starts, axis=1)  # (T, C)
     return best.sum(0), best
 

@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 
 from ..core import paths
+from ..core.device import one_thread
 from ..core.errors import DamagedError, SearchIndexError
 from ..core.kv import KV
 from ..vision.concepts import Concepts
@@ -183,7 +184,8 @@ class FragmentIndex:
         if not isinstance(self.faiss, faiss.IndexFlat):
             raise SearchIndexError(f"{self.location.link}: all_dots needs a flat index, not {self.index_type}")
         xb = faiss.rev_swig_ptr(self.faiss.get_xb(), self.fragments * self.faiss.d).reshape(self.fragments, -1)
-        return np.ascontiguousarray(q, np.float32) @ xb.T
+        with one_thread():
+            return np.ascontiguousarray(q, np.float32) @ xb.T
 
     def items_of(self, ids: np.ndarray) -> np.ndarray:
         """Fragment ids -> the items that own them."""
