@@ -13,14 +13,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 # typer vendors its own click; its exceptions are not the `click` package's.
 from typer._click import exceptions as click_exc
@@ -146,6 +138,15 @@ def print_json(obj: Any) -> None:
 @contextmanager
 def progress(description: str, total: int | None, unit: str = "photos") -> Iterator[Any]:
     """A rich progress bar on stderr (stdout stays clean for --json and pipes); yields advance(n)."""
+    from rich.progress import (  # only commands that run long import it
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*cols, console=err, transient=False, disable=not err.is_terminal) as bar:
