@@ -1,9 +1,10 @@
 """Open-vocabulary search: every query word counts (alignment uses the same bridge: align/bridge.py).
 
 A word the alignment model knows scores a region as before (v_i · s_t) plus `weight` times its
-concept-bridge score (vision/concepts.py); a word outside the model's vocabulary but known to GloVe
-scores by the bridge alone, so its box is still shown; a word neither knows is reported, never
-dropped silently. Per word and region:
+concept-bridge score (vision/concepts.py); an inflected form of such a word is scored as that word
+("elephants" as "elephant", data/lemma.py); a word outside the model's vocabulary but known to GloVe
+scores by the bridge alone (as a class name's base form when it is an inflection of one), so its box
+is still shown; a word neither knows is reported, never dropped silently. Per word and region:
 
     u_t(i) = [t known] v_i · s_t + weight · bridge(t, i) / T        (T: query words; the shipped
                                                                      model averages over words)

@@ -195,8 +195,9 @@ def from_loaded(loaded: Any) -> TextEncoder:
         # The word side only: the image encoders (image.*, glob.image.*) stay behind.
         weights = {k: v.detach().float().cpu().numpy() for k, v in sd.items()
                    if not (k.startswith("image.") or ".image." in k)}
-        enc = TextEncoder(loaded.config, loaded.vocab, weights, loaded.fingerprint, Path(loaded.path),
-                          dict(loaded.metrics or {}))
+        # An absolute path: a later search, from any folder, compares it with the file it would load.
+        enc = TextEncoder(loaded.config, loaded.vocab, weights, loaded.fingerprint,
+                          Path(os.path.abspath(loaded.path)), dict(loaded.metrics or {}))
         try:
             object.__setattr__(loaded, "_text_encoder", enc)
         except AttributeError:
