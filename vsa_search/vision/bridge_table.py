@@ -17,6 +17,7 @@ vectors stay in the GloVe package's .npy, memory-mapped too."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import importlib.util
@@ -148,8 +149,14 @@ def ensure() -> Path:
     d = table_dir()
     if (d / "classes.json").is_file():
         return d
-    d.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=d.name + ".", dir=d.parent))
+    try:
+        d.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=d.name + ".", dir=d.parent))
+    except OSError:  # a cache folder we may not write to: a private table for this process
+        tmp = Path(tempfile.mkdtemp(prefix="vsa-bridge-"))
+        atexit.register(shutil.rmtree, tmp, True)
+        _build(tmp, _sources())
+        return tmp
     try:
         _build(tmp, _sources())
         os.chmod(tmp, 0o755)
