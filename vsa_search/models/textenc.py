@@ -122,12 +122,14 @@ class TextEncoder:
     # ----------------------------------------------------------------------- files
 
     def save(self, path: str | Path) -> Path:
-        """One file: MAGIC, a JSON header, then the weights (float16 where that loses nothing), each
-        at a 64-byte aligned offset so that load() can memory-map it."""
+        """One file: MAGIC, a JSON header, then the weights, each at a 64-byte aligned offset so that
+        load() can memory-map it. Word tables are stored as float16 where that loses nothing (a query
+        reads a few rows of them); the matrices every query multiplies by stay float32."""
         arrays, layout, offset = [], {}, 0
         for k, v in self.weights.items():
             h = v.astype(np.float16)
-            a = np.ascontiguousarray(h if np.array_equal(h.astype(np.float32), v) else v)
+            small = k.endswith("embed.weight") and np.array_equal(h.astype(np.float32), v)
+            a = np.ascontiguousarray(h if small else v, np.float16 if small else np.float32)
             layout[k] = [a.dtype.str, list(a.shape), offset]
             arrays.append(a)
             offset += -(-a.nbytes // 64) * 64
