@@ -78,7 +78,7 @@ def test_search_json_is_stable_and_complete(env: Path) -> None:
     assert first.exit_code == 0, first.stderr
     assert runner.invoke(app, args).stdout == first.stdout  # same query, same bytes
     out = json.loads(first.stdout)
-    assert list(out) == ["query", "words", "ignored", "hits", "floor", "below_floor"]
+    assert list(out) == ["query", "words", "ignored", "dropped", "stand_ins", "hits", "floor", "below_floor"]
     assert out["floor"] is None and out["below_floor"] == []  # no calibration for this model: no floor
     assert out["words"] == ["a", "dog", "on", "the", "grass"] and out["ignored"] == ["zeppelin"]
     assert [h["rank"] for h in out["hits"]] == [1, 2, 3]
@@ -94,10 +94,11 @@ def test_search_json_is_stable_and_complete(env: Path) -> None:
 
 
 def test_search_human_output_and_sheet(env: Path, tmp_path: Path) -> None:
-    res = runner.invoke(app, ["search", "two dogs", "-k", "2", "--sheet", str(tmp_path / "s.png"), "--no-bridge"])
+    res = runner.invoke(app, ["search", "two zeppelins", "-k", "2", "--sheet", str(tmp_path / "s.png"),
+                              "--no-bridge"])
     assert res.exit_code == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert lines[0] == "(not in the vocabulary, ignored: dogs)"
+    assert lines[0] == "(not in the vocabulary, ignored: zeppelins)"
     assert lines[1].startswith("  1  ") and lines[3].startswith("  2  ")
     assert lines[2].split()[0] == "two" and len(lines) == 5
     with Image.open(tmp_path / "s.png") as im:

@@ -20,7 +20,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from tiny_align import tiny_model
 from typer.testing import CliRunner
@@ -91,10 +90,12 @@ def test_a_long_query_is_refused_with_its_limit(tmp_path: Path) -> None:
 
 
 def test_query_vectors_that_overflow_are_an_error_not_an_empty_answer(model, monkeypatch) -> None:
-    def overflow(ids, lengths):
-        return torch.full((1, ids.shape[1], model.model.out_dim), float("nan"))
+    from vsa_search.models.textenc import TextEncoder
 
-    monkeypatch.setattr(model.model, "encode_words", overflow)
+    def overflow(self, ids):
+        return np.full((len(ids), model.model.out_dim), np.nan, np.float32)
+
+    monkeypatch.setattr(TextEncoder, "encode_ids", overflow)
     with pytest.raises(QueryError, match="overflow"):
         encode.query_vectors(model, "a dog on the grass")
 

@@ -67,7 +67,8 @@ def test_json_lists_bridged_and_unknown_words_and_how_each_word_matched(env: Pat
     res = runner.invoke(app, ["search", "a dog near the teddy qqzxv", "-k", "2", "--json"])
     assert res.exit_code == 0, res.stderr
     out = json.loads(res.stdout)
-    assert list(out) == ["query", "words", "ignored", "hits", "bridged", "bridge", "floor", "below_floor"]
+    assert list(out) == ["query", "words", "ignored", "dropped", "stand_ins", "hits", "bridged", "bridge", "floor",
+                         "below_floor"]
     assert out["words"] == ["a", "dog", "near", "the", "teddy"]  # every word anyone knows counts
     assert out["ignored"] == ["qqzxv"]  # unknown to the model and to GloVe: reported, not dropped silently
     assert out["bridged"] == ["near", "teddy"]  # outside the model's vocabulary: the bridge alone

@@ -20,7 +20,7 @@ from vsa_search.core.config import EMBED_PRESETS
 from vsa_search.data.vocab import pad_ids
 from vsa_search.index import query, sentences
 from vsa_search.models.alignment import AlignModel, load_align, save_align, score
-from vsa_search.models.encode import photo_offset
+from vsa_search.models.encode import photo_offset, query_vectors
 from vsa_search.models.querybank import QueryBank, photo_offsets, sentence_offsets
 from vsa_search.vision.images import load
 
@@ -118,7 +118,7 @@ def test_index_scores_are_the_model_score_less_the_photo_offset(banked: Path, sa
         assert len(offsets) == 3 and (offsets != 0).all()
         for i in range(3):
             assert offsets[i] == pytest.approx(photo_offset(m, index.vectors([i])[0]), abs=1e-5)
-        _, _, q = query.query_vectors(m, "a dog running on the grass")
+        _, _, q = query_vectors(m, "a dog running on the grass")
         res = query.search_text(index, m, "a dog running on the grass", k=3)
         keys = [index.record(i)["key"] for i in range(3)]
         for hit in res.hits:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,14 +13,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 # typer vendors its own click; its exceptions are not the `click` package's.
 from typer._click import exceptions as click_exc
@@ -96,6 +89,53 @@ class VSAGroup(TyperGroup):
             raise typer.Exit(1) from None
 
 
+# typer checks every option through a pydantic TypeAdapter, and importing pydantic plus building the
+# adapters costs more than the rest of a cold `vsa search` together (benchmarks/cold.py). The common
+# cases (no value, a string for a str, digits for an int) need no validation library; anything else
+# (a path, a bad number, a constrained option) goes to typer's own adapter, so its messages stay.
+_DIGITS = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)")
+
+
+def _fast_coercion() -> None:
+    """Give every typer parameter the fast coercion above, before typer builds its own on first use."""
+    try:
+        from typer._coercion import RuntimeParam, build_runtime_param
+        from typer.core import _TyperParameter
+    except ImportError:  # another typer: keep its own coercion
+        return
+
+    class Plain(RuntimeParam):
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            info = self.parameter_info
+            plain = info.parser is None and info.min is None and info.max is None
+            if plain and self.annotation is str and isinstance(value, str):
+                return value
+            if plain and self.annotation is int and isinstance(value, str) and _DIGITS.fullmatch(value):
+                return int(value)
+            if plain and self.annotation is float and isinstance(value, str) and _DECIMAL.fullmatch(value):
+                return float(value)
+            if plain and self.annotation in (int, bool, float) and type(value) is self.annotation:
+                return value
+            if plain and self.annotation == list[str] and (value is None or (
+                    isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))):
+                return None if value is None else list(value)
+            return build_runtime_param(param.type_descriptor)._coerce_value(value, param=param, ctx=ctx)
+
+    typers_own = _TyperParameter.get_runtime_param
+
+    def get_runtime_param(self: Any) -> Any:
+        d = self.type_descriptor
+        if self._runtime_param is None and not (d.is_file or d.is_choice or d.is_tuple):
+            self._runtime_param = Plain(d.parameter_info, d.annotation)
+        return typers_own(self)
+
+    _TyperParameter.get_runtime_param = get_runtime_param
+
+
+_fast_coercion()
+
+
 DatasetOpt = Annotated[str, typer.Option(help="flickr8k | coco | karpathy")]
 RootOpt = Annotated[Path | None, typer.Option(help="Data set root: Flickr8k's folder (default: the shared copy), "
                                                    "or the images folder for coco/karpathy.")]
@@ -141,6 +181,15 @@ def print_paths(paths: list[str], null: bool = False) -> None:
 @contextmanager
 def progress(description: str, total: int | None, unit: str = "photos") -> Iterator[Any]:
     """A rich progress bar on stderr (stdout stays clean for --json and pipes); yields advance(n)."""
+    from rich.progress import (  # only commands that run long import it
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*cols, console=err, transient=False, disable=not err.is_terminal) as bar:

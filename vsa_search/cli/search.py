@@ -14,10 +14,9 @@ from ..core.errors import UsageError
 from ..index import query as srch
 from ..index.filters import FilterReport, MetaFilter, search_filtered
 from ..index.floor import Floored, apply_floor, load_calibration
-from ..index.like import shown_pairs
+from ..index.likeness import shown_pairs
 from ..index.minus import MINUS_WEIGHT
-from ..index.sheet import contact_sheet, sheet_path
-from ..models.encode import query_tokens_or_fail
+from ..models.querytext import printable, query_tokens_or_fail
 from .common import AfterOpt, BeforeOpt, CameraOpt, KmOpt, NearOpt, err, filter_notes, out, print_json, print_paths
 
 
@@ -83,6 +82,8 @@ def search_cmd(
     if minus and (text is None or shards is not None):
         raise UsageError("--minus takes a query TEXT on one index")
     if sheet is not None:  # before the search: a path that cannot be written is known now
+        from ..index.sheet import sheet_path
+
         sheet = sheet_path(sheet, text, image)
     if like is not None:
         target = _like_target(like)
@@ -105,7 +106,7 @@ def search_cmd(
     elif text is not None:
         query_tokens_or_fail(text)
         with ix.open_index(index, "photos") as x:
-            loaded = srch.model_for(x, model)
+            loaded = srch.text_model_for(x, model)
 
             def run(n: int) -> srch.Result:
                 if minus:
@@ -131,7 +132,11 @@ def _like_target(like: str) -> str | int:
 
 def _emit(result: srch.Result, json_out: bool, paths_out: bool, null: bool, sheet: Path | None,
           image: Path | None, floored: Floored | None = None, filtered: FilterReport | None = None) -> None:
+    if getattr(result, "dropped", None):
+        err.print(f"(not words, dropped: {' '.join(printable(d) for d in result.dropped[:20])})", markup=False)
     if sheet is not None:
+        from ..index.sheet import contact_sheet  # PIL: only for a sheet
+
         err.print(f"wrote {contact_sheet(result, sheet, photo=image)}", markup=False, highlight=False)
     if filtered is not None and filtered.filter.active:
         filter_notes(filtered.notes())
@@ -160,6 +165,9 @@ def _print(result: srch.Result, floored: Floored | None = None) -> None:
             out.print(f"({result.concepts_missing} photos have no stored concepts: rebuild the index)", markup=False)
     elif result.ignored:
         out.print(f"(not in the vocabulary, ignored: {', '.join(result.ignored)})", markup=False)
+    if getattr(result, "stand_ins", None):
+        out.print("(inflected forms scored as their base word: "
+                  f"{', '.join(f'{w} as {b}' for w, b in result.stand_ins.items())})", markup=False)
     if isinstance(result, ix.LikeResult):
         out.print(f"like {result.photo}" + (f" (photo {result.photo_id})" if result.photo_id is not None else "")
                   + (f", steered by {result.text!r}" if result.text else ""), markup=False)

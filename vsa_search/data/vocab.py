@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ModelError
 from .datasets import Dataset, load_flickr8k
 from .text import tokenize
+
+if TYPE_CHECKING:  # torch only for pad_ids: search encodes its words without it
+    import torch
 
 PAD, UNK, START, END = 0, 1, 2, 3
 SPECIALS: tuple[str, ...] = ("<pad>", "<unk>", "<start>", "<end>")
@@ -131,6 +132,8 @@ def build_flickr8k_vocab(root: Path | None = None, min_count: int = 5) -> Vocab:
 def pad_ids(seqs: list[list[int]], min_length: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Word-id lists as one batch: ids (B, T) long, PAD-filled, T the longest length; lengths (B,)
     long, each at least `min_length` (an empty sentence then reads as that many PADs)."""
+    import torch
+
     lengths = torch.tensor([max(min_length, len(s)) for s in seqs], dtype=torch.long)
     ids = torch.full((len(seqs), int(lengths.max())), PAD, dtype=torch.long)
     for j, s in enumerate(seqs):

@@ -27,35 +27,52 @@ import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core import paths
-from ..core.device import pick_device
 from ..core.errors import SearchIndexError, UsageError
-from ..models.alignment import LoadedAlign, load_align
 from . import openvocab
-from .dupes import DupesResult
-from .dupes import find as find_dupes
 from .faiss_types import INDEX_TYPES, choose_for_memory, choose_type, memory_bytes
 from .filters import FilterReport, MetaFilter, search_filtered
 from .floor import Floored, apply_floor, load_calibration
 from .generation import Item, write_generation
 from .layout import DEFAULT_NAME, KINDS, Location, disk_size, resolve, work_meta
-from .like import LikeResult, search_like
 from .minus import MINUS_WEIGHT, MinusResult, search_minus
-from .photos import PhotoBuild, build_photos
-from .plan import BuildReport
-from .query import Result, model_for, search_image, search_text
-from .sentences import TextReport, build_sentences
+from .query import Result, model_for, search_image, search_text, text_model_for
 from .shards import MergeReport, check_shard, merge, shard_of
 from .store import FragmentIndex, find_photo, open_index
+
+if TYPE_CHECKING:
+    from ..models.alignment import LoadedAlign
+    from .dupes import DupesResult
+    from .dupes import find as find_dupes
+    from .likeness import LikeResult, search_like
+    from .photos import PhotoBuild, build_photos
+    from .plan import BuildReport
+    from .sentences import TextReport, build_sentences
+
+# The builders pull in torch and the CNN (seconds), search by photo too; a text search needs neither,
+# so they load on first use.
+_LAZY = {"PhotoBuild": "photos", "build_photos": "photos", "BuildReport": "plan", "TextReport": "sentences",
+         "build_sentences": "sentences", "LikeResult": "likeness", "search_like": "likeness", "DupesResult": "dupes",
+         "find_dupes": "dupes"}
+_RENAMED = {"find_dupes": "find"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), _RENAMED.get(name, name))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["BuildReport", "DEFAULT_NAME", "DupesResult", "FilterReport", "Floored", "FragmentIndex", "INDEX_TYPES",
            "Item", "KINDS", "LikeResult", "Location", "MergeReport", "MetaFilter", "MinusResult", "PhotoBuild",
            "Result", "TextReport", "build", "build_photos", "build_sentences", "check_shard", "choose_for_memory",
-           "choose_type", "find_dupes", "find_photo", "like", "memory_bytes", "merge", "open_index", "remove",
-           "resolve", "search", "search_filtered", "search_floored", "search_minus", "search_photo", "shard_of",
-           "status", "write_generation"]
+           "choose_type", "find_dupes", "find_photo", "like", "memory_bytes", "merge", "model_for", "open_index",
+           "remove", "resolve", "search", "search_filtered", "search_floored", "search_like", "search_minus",
+           "search_photo", "search_words", "shard_of", "status", "text_model_for", "write_generation"]
 
 # --------------------------------------------------------------------------- status and remove
 
@@ -130,6 +147,10 @@ def build(roots: list[str | Path], name: str | Path | None = None, model: str | 
           index_type: str = "auto", device: str | None = None,
           on_progress: Callable[[int], None] | None = None) -> BuildReport:
     """Index (or update) the photos under `roots` into index `name` with an alignment model."""
+    from ..core.device import pick_device
+    from ..models.alignment import LoadedAlign, load_align
+    from .photos import build_photos
+
     # One device for the CNN and the alignment model alike: a model given loaded keeps its own.
     if isinstance(model, LoadedAlign):
         loaded, dev = model, pick_device(device or next(model.model.parameters()).device)
@@ -139,12 +160,14 @@ def build(roots: list[str | Path], name: str | Path | None = None, model: str | 
     return build_photos([Path(r) for r in roots], loaded, name, index_type, on_progress=on_progress, device=dev)
 
 
-def search_words(ix: FragmentIndex, loaded: LoadedAlign, text: str, k: int = 10, per_word: int | None = None,
+def search_words(ix: FragmentIndex, loaded: Any, text: str, k: int = 10, per_word: int | None = None,
                  bridge: bool = True) -> Any:
     """`vsa search TEXT` on an open photo index: with the bridge (the default), every query word
-    counts, through the CNN's classes too (openvocab.search_text); without it, the model alone."""
+    counts, through the CNN's classes too (openvocab.search_text); without it, the model alone.
+    `loaded`: a LoadedAlign or its text encoder (query.text_model_for); `per_word` sets the first
+    stage's depth on either path."""
     if bridge:
-        return openvocab.search_text(ix, loaded, text, k)
+        return openvocab.search_text(ix, loaded, text, k, per_word=per_word)
     return search_text(ix, loaded, text, k, per_word)
 
 
@@ -158,6 +181,8 @@ def search_photo(ix: FragmentIndex, loaded: LoadedAlign, photo: str | Path | int
         if text is not None or isinstance(photo, int):
             raise UsageError("a sentence index is searched with a photo file alone")
         return search_image(ix, loaded, photo, k, encoder=encoder, device=device)
+    from .likeness import search_like
+
     return search_like(ix, loaded, photo, text, k, encoder=encoder, device=device)
 
 
@@ -166,6 +191,8 @@ def like(photo: str | Path | int, text: str | None = None, name: str | Path | No
     """Photos of index `name` like `photo` (an indexed photo's id or path, or any photo file),
     optionally steered by `text`, as `vsa search --like` finds them: each hit with its region pairs."""
     with open_index(name, "photos") as ix:
+        from .likeness import search_like
+
         return search_like(ix, model_for(ix, model), photo, text, k)
 
 
@@ -178,7 +205,7 @@ def search(text: str, name: str | Path | None = None, k: int = 10, model: str | 
     `minus`: terms whose photos fall (score = S(text) - minus_weight x S(term)); their words' boxes
     are in each hit's words too."""
     with open_index(name, "photos") as ix:
-        loaded = model_for(ix, model)
+        loaded = text_model_for(ix, model)
 
         def run(n: int) -> Any:
             if minus:
@@ -198,7 +225,7 @@ def search_floored(text: str, name: str | Path | None = None, k: int = 10, model
     calibrated probability of being right reaches `min_score` (default: the calibration's floor),
     `.below` the best few of the others, `.probability[id(hit)]`, `.to_dict()` as `--json`."""
     with open_index(name, "photos") as ix:
-        loaded = model_for(ix, model)
+        loaded = text_model_for(ix, model)
         res = search_minus(ix, loaded, text, minus, k, partial(search_words, bridge=bridge)) if minus \
             else search_words(ix, loaded, text, k, bridge=bridge)
         return apply_floor(res, load_calibration(loaded), min_score)

@@ -10,14 +10,13 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
 
 from ..core.errors import SearchIndexError
 from ..core.kv import KV
-from ..models.alignment import LoadedAlign
 from .faiss_types import choose_type, make_faiss
 from .layout import (
     _BOX,
@@ -34,6 +33,9 @@ from .layout import (
     Location,
     disk_error,
 )
+
+if TYPE_CHECKING:  # torch stays out of a search's imports (cold start)
+    from ..models.alignment import LoadedAlign
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """Open-vocabulary search: every query word counts (alignment uses the same bridge: align/bridge.py).
 
 A word the alignment model knows scores a region as before (v_i · s_t) plus `weight` times its
-concept-bridge score (vision/concepts.py); a word outside the model's vocabulary but known to GloVe
-scores by the bridge alone, so its box is still shown; a word neither knows is reported, never
-dropped silently. Per word and region:
+concept-bridge score (vision/concepts.py); an inflected form of such a word is scored as that word
+("elephants" as "elephant", data/lemma.py); a word outside the model's vocabulary but known to GloVe
+scores by the bridge alone (as a class name's base form when it is an inflection of one), so its box
+is still shown; a word neither knows is reported, never dropped silently. Per word and region:
 
     u_t(i) = [t known] v_i · s_t + weight · bridge(t, i) / T        (T: query words; the shipped
                                                                      model averages over words)
@@ -17,18 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..core.errors import QueryError, UsageError
-from ..data.vocab import UNK
-from ..models.alignment import LoadedAlign
-from ..models.encode import query_tokens_or_fail
+from ..models.querytext import encode_query, short
+from ..models.textenc import query_encoder
 from ..vision.concepts import (
     DEFAULT_BRIDGE,
     BridgeConfig,
     Concepts,
     bridge_scores_many,
     bridge_weight,
+    class_word,
     display_name,
     in_glove,
     word_weights,
@@ -41,11 +41,13 @@ from .query import PER_WORD_APPROX, Hit, Result, WordMatch, _top
 @dataclass
 class Query:
     tokens: list[str]
-    model_known: np.ndarray  # (T,) bool: in the alignment model's vocabulary
+    model_known: np.ndarray  # (T,) bool: in the alignment model's vocabulary (itself or its stand-in)
     bridged: np.ndarray  # (T,) bool: scored through the concept bridge (GloVe knows it)
     weights: np.ndarray  # (T, 1000) sharp(sim(w, c)); zero rows for words without a bridge
     q: np.ndarray  # (T_known, h) the model's word vectors of the known words
     scale: float  # weight / T (or weight for a model that sums over words)
+    dropped: list[str] = field(default_factory=list)  # characters that make no word (querytext.dropped)
+    stand_ins: dict[str, str] = field(default_factory=dict)  # "elephants" -> "elephant" (data/lemma.py)
 
     @property
     def scored(self) -> np.ndarray:
@@ -61,24 +63,31 @@ class Query:
         return [w for w, m, b in zip(self.tokens, self.model_known, self.bridged) if b and not m]
 
 
-def make_query(model: LoadedAlign, text: str, cfg: BridgeConfig = DEFAULT_BRIDGE, with_bridge: bool = True) -> Query:
-    tokens = query_tokens_or_fail(text)
-    ids = model.vocab.encode(tokens)
-    model_known = np.array([i != UNK for i in ids])
-    bridged = np.array([with_bridge and in_glove(w) for w in tokens])
+def make_query(model: Any, text: str, cfg: BridgeConfig = DEFAULT_BRIDGE, with_bridge: bool = True) -> Query:
+    """`model`: a loaded alignment model or its text encoder (models/textenc.py). A word outside the
+    model's vocabulary whose base form is in it ("elephants") is scored as that form, by the model
+    and by the bridge alike; only a word with no such form falls to the bridge alone."""
+    eq = encode_query(model, text)
+    tokens = eq.tokens
+    model_known = eq.known
+    stand_ins = dict(eq.stand_ins)
+    if with_bridge:  # a word the model lacks even in its base form may still be a class name's ("zebras")
+        for t in tokens:
+            if t not in stand_ins and not model_known[tokens.index(t)]:
+                base = class_word(t)
+                if base is not None and base != t:
+                    stand_ins[t] = base
+    words = [stand_ins.get(t, t) for t in tokens]  # what the model and the bridge score
+    bridged = np.array([with_bridge and in_glove(w) for w in words])
     if not (model_known | bridged).any():
-        raise QueryError(f"no word of {text.strip()!r} is known to the model's vocabulary or to GloVe "
-                         f"({', '.join(tokens)})")
-    weights = word_weights(tokens, cfg) if with_bridge else np.zeros((len(tokens), 1000), np.float32)
+        shown = ", ".join(w[:30] for w in tokens[:10]) + (" ..." if len(tokens) > 10 else "")
+        raise QueryError(f"no word of {short(text)} is known to the model's vocabulary or to GloVe ({shown})")
+    weights = word_weights(words, cfg) if with_bridge else np.zeros((len(tokens), 1000), np.float32)
     weights[~bridged] = 0.0
-    q = np.zeros((0, model.model.out_dim), np.float32)
-    if model_known.any():
-        with torch.inference_mode():
-            s = model.model.encode_words(torch.tensor([ids]), torch.tensor([len(ids)]))[0]
-        q = s[torch.from_numpy(np.flatnonzero(model_known))].float().cpu().numpy()
-    per_word = getattr(model.config, "pool", "sum") == "mean"
+    q = eq.vectors[model_known].astype(np.float32)
+    per_word = getattr(query_encoder(model).config, "pool", "sum") == "mean"
     scale = cfg.weight / len(tokens) if per_word else cfg.weight
-    return Query(tokens, model_known, bridged, weights, q, scale if with_bridge else 0.0)
+    return Query(tokens, model_known, bridged, weights, q, scale if with_bridge else 0.0, eq.dropped, stand_ins)
 
 
 # --------------------------------------------------------------------------- an index's concepts
@@ -155,9 +164,12 @@ def _unary(qr: Query, dots: np.ndarray, bridge: np.ndarray) -> np.ndarray:
     return u
 
 
-def search_text(ix: Any, model: LoadedAlign, text: str, k: int = 10, cfg: BridgeConfig | None = None,
-                with_bridge: bool = True) -> OpenResult:
-    """Photos for a sentence with every word counted (see the module docstring)."""
+def search_text(ix: Any, model: Any, text: str, k: int = 10, cfg: BridgeConfig | None = None,
+                with_bridge: bool = True, per_word: int | None = None) -> OpenResult:
+    """Photos for a sentence with every word counted (see the module docstring). On a flat index
+    every photo is scored; `per_word` (or an approximate index) scores only the candidates of a
+    first stage instead: each known word's top `per_word` regions from FAISS, and each bridged
+    word's top `per_word` regions by their concept score."""
     if k <= 0:
         raise UsageError(f"-k must be at least 1 (got {k})")
     import dataclasses
@@ -168,11 +180,15 @@ def search_text(ix: Any, model: LoadedAlign, text: str, k: int = 10, cfg: Bridge
     if with_bridge and missing.all() and not qr.model_known.any():
         raise QueryError(f"index {ix.location.name} has no region concepts (built before them): rebuild it "
                          f"to search for {', '.join(qr.bridge_only)}")
-    if ix.exact or not len(ix):
+    if per_word is not None and per_word <= 0:
+        raise UsageError(f"--per-word must be at least 1 (got {per_word})")
+    score_all = (ix.exact and per_word is None) or not len(ix)
+    depth = ix.fragments if score_all else (per_word or PER_WORD_APPROX)
+    if score_all:
         cands = np.arange(len(ix))
         dots = ix.all_dots(qr.q) if len(qr.q) and len(ix) else np.zeros((len(qr.q), ix.fragments), np.float32)
     else:
-        cands = _candidates(ix, qr, ids, probs)
+        cands = _candidates(ix, qr, ids, probs, depth)
         vecs = ix.vectors(cands)
         dots = (qr.q @ np.concatenate(vecs).astype(np.float32).T) if vecs else np.zeros((len(qr.q), 0))
     rows = np.concatenate([np.arange(ix.first[i], ix.first[i] + ix.count[i]) for i in cands]) \
@@ -191,21 +207,21 @@ def search_text(ix: Any, model: LoadedAlign, text: str, k: int = 10, cfg: Bridge
                         _matches(qr, u[:, a:a + m], bridge[:, a:a + m], ids[rows[a:a + m]] if with_bridge else None,
                                  probs[rows[a:a + m]] if with_bridge else None, ix.boxes(int(cands[j])))))
     words = [w for w, s in zip(qr.tokens, qr.scored) if s]
-    return OpenResult(text, words, qr.unknown, hits, len(cands), ix.fragments if ix.exact else PER_WORD_APPROX,
-                      ix.exact, bridged=qr.bridge_only, weight=cfg.weight if with_bridge else 0.0,
-                      concepts_missing=int(missing.sum()))
+    return OpenResult(text, words, qr.unknown, hits, len(cands), depth, score_all and ix.exact,
+                      dropped=qr.dropped, stand_ins=qr.stand_ins, bridged=qr.bridge_only,
+                      weight=cfg.weight if with_bridge else 0.0, concepts_missing=int(missing.sum()))
 
 
-def _candidates(ix: Any, qr: Query, ids: np.ndarray | None, probs: np.ndarray | None) -> np.ndarray:
-    """Approximate indexes: FAISS's top regions of the known words, plus the photos whose regions
-    score highest through the bridge alone (a linear pass over K concepts per region)."""
+def _candidates(ix: Any, qr: Query, ids: np.ndarray | None, probs: np.ndarray | None, depth: int) -> np.ndarray:
+    """The first stage: FAISS's top `depth` regions of each known word, plus the photos of the
+    `depth` regions that score highest through the bridge alone (a linear pass over K concepts per region)."""
     found = []
     if len(qr.q):
-        _, got = ix.search(qr.q, PER_WORD_APPROX)
+        _, got = ix.search(qr.q, depth)
         found.append(ix.items_of(got[got >= 0]))
     if ids is not None and qr.bridged.any():
         b = bridge_scores_many(qr.weights[qr.bridged], ids, probs).max(0)  # (N,)
-        n = min(PER_WORD_APPROX, len(b))
+        n = min(depth, len(b))
         found.append(ix.items_of(np.argpartition(-b, n - 1)[:n]))
     return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 

@@ -18,6 +18,7 @@ import torch
 
 from ..core.errors import DamagedError, SearchIndexError, UsageError
 from ..core.kv import KV
+from ..models import textenc
 from ..models.alignment import LoadedAlign
 from ..models.encode import encode_regions, photo_offset
 from ..vision.concepts import from_features
@@ -275,6 +276,7 @@ class PhotoBuild:
         finally:
             self._close()
         shutil.rmtree(self.location.work, ignore_errors=True)
+        textenc.export(self.model)  # the model is loaded now: the first search after the build needs no torch
         r.seconds = time.perf_counter() - t0
         return r
 

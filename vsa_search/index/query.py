@@ -16,19 +16,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..core import paths
 from ..core.device import one_thread
 from ..core.errors import UsageError
-from ..models.alignment import LoadedAlign, load_align
-from ..models.encode import encode_regions, query_vectors
-from ..vision.images import load
-from ..vision.regions import RegionEncoder
+from ..models import textenc
+from ..models.querytext import encode_query, known_words
 from .store import FragmentIndex
+
+if TYPE_CHECKING:  # torch loads only for a photo query or a model without a text export
+    from ..models.alignment import LoadedAlign
 
 PER_WORD = 256  # exact (flat) index: first-stage regions per word before any growth
 MAX_PER_WORD = 1024  # growth cap: bounds the worst-case query time
@@ -76,25 +76,44 @@ class Result:
     per_word: int  # first-stage depth finally used
     exact: bool  # proven equal to the exhaustive top k
     boxes: list[list[int]] = field(default_factory=list)  # image query: the photo's regions
+    dropped: list[str] = field(default_factory=list)  # characters of the query that make no word (emoji...)
+    stand_ins: dict[str, str] = field(default_factory=dict)  # "elephants" -> "elephant": scored as that word
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "words": self.words, "ignored": self.ignored,
-                "hits": [h.to_dict(i + 1) for i, h in enumerate(self.hits)]}
+        return {"query": self.query, "words": self.words, "ignored": self.ignored, "dropped": self.dropped,
+                "stand_ins": self.stand_ins, "hits": [h.to_dict(i + 1) for i, h in enumerate(self.hits)]}
 
 
 # --------------------------------------------------------------------------- model and index
+
+
+def _model_path(ix: FragmentIndex, model: str | Path | None) -> Path:
+    if model is None:
+        built = Path(ix.manifest["model"]["path"])
+        model = built if built.is_file() else paths.find_model("align")
+    return paths.find_model(str(model))
 
 
 def model_for(ix: FragmentIndex, model: str | Path | None = None, device: str | None = None) -> LoadedAlign:
     """The model to search `ix` with: `model` if given, else the one the index was built with
     (when its file is still there), else the default `align` model. A model other than the
     index's is refused with one line (`check_model`)."""
-    if model is None:
-        built = Path(ix.manifest["model"]["path"])
-        model = built if built.is_file() else paths.find_model("align")
-    loaded = load_align(paths.find_model(str(model)), device or "cpu")
+    from ..models.alignment import load_align
+
+    loaded = load_align(_model_path(ix, model), device or "cpu")
     ix.check_model(loaded)
     return loaded
+
+
+def text_model_for(ix: FragmentIndex, model: str | Path | None = None) -> textenc.TextEncoder:
+    """What a text search needs of the model `model_for` would choose: its numpy text encoder, from
+    the export cached for the index's model fingerprint when that came from the same, unchanged
+    file (no torch at all), else loaded once with torch and exported for next time."""
+    path = _model_path(ix, model)
+    enc = textenc.cached(path, ix.manifest["model"]["fingerprint"])
+    if enc is not None:
+        return enc
+    return textenc.export(model_for(ix, path))
 
 
 # --------------------------------------------------------------------------- the two stages
@@ -106,9 +125,9 @@ def exact_scores(q: np.ndarray, vectors: list[np.ndarray]) -> tuple[np.ndarray, 
     if not vectors:
         return np.zeros(0, np.float32), np.zeros((len(q), 0), np.float32)
     starts = np.cumsum([0] + [len(v) for v in vectors[:-1]])
+    v = np.concatenate(vectors).astype(np.float32)  # (ΣR, h)
     with one_thread():
-        v = torch.from_numpy(np.concatenate(vectors)).float()  # (ΣR, h)
-        dots = (torch.from_numpy(np.ascontiguousarray(q, np.float32)) @ v.T).numpy()  # (T, ΣR)
+        dots = np.ascontiguousarray(q, np.float32) @ v.T  # (T, ΣR)
     best = np.maximum.reduceat(dots, starts, axis=1)  # (T, C)
     return best.sum(0), best
 
@@ -234,17 +253,20 @@ def _matches(q: np.ndarray, words: list[str], vecs: np.ndarray, boxes: np.ndarra
             for t, (w, r) in enumerate(zip(words, best))]
 
 
-def search_text(ix: FragmentIndex, model: LoadedAlign, text: str, k: int = 10,
+def search_text(ix: FragmentIndex, model: LoadedAlign | textenc.TextEncoder, text: str, k: int = 10,
                 per_word: int | None = None) -> Result:
-    """Photos for a sentence, best first, each with the box every word matched."""
+    """Photos for a sentence, best first, each with the box every word matched. `model` is a loaded
+    alignment model or its text encoder (text_model_for); either way the words go through numpy."""
     if k <= 0:
         raise UsageError(f"-k must be at least 1 (got {k})")
-    words, ignored, q = query_vectors(model, text)
+    eq = encode_query(model, text)
+    words, ignored, q = known_words(eq, text)
     r = two_stage(ix, q, k, per_word)
     hits = []
     for item, score, vecs in zip(r.items, r.scores, ix.vectors(r.items)):
         hits.append(Hit(ix.record(int(item))["key"], float(score), _matches(q, words, vecs, ix.boxes(int(item)))))
-    return Result(text, words, ignored, hits, r.candidates, r.per_word, r.exact)
+    return Result(text, words, ignored, hits, r.candidates, r.per_word, r.exact, dropped=eq.dropped,
+                  stand_ins=eq.stand_ins)
 
 
 # --------------------------------------------------------------------------- image -> text
@@ -253,6 +275,10 @@ def search_text(ix: FragmentIndex, model: LoadedAlign, text: str, k: int = 10,
 def photo_regions(model: LoadedAlign, photo: str | Path, encoder: Any = None,
                   device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(boxes (R, 4) int32, region vectors (R, h) float32) of one photo."""
+    from ..models.encode import encode_regions
+    from ..vision.images import load
+    from ..vision.regions import RegionEncoder
+
     encoder = encoder or RegionEncoder(model.region_config, device)
     feats = encoder.encode_one(load(photo))
     v = encode_regions(model, feats.features)

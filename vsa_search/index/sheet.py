@@ -12,7 +12,7 @@ from ..core.atomic import atomic_path
 from ..core.errors import ImageError, UsageError
 from ..vision.draw import PALETTE, label_colour
 from ..vision.images import load
-from .like import LikeResult, shown_pairs
+from .likeness import LikeResult, shown_pairs
 from .query import Result
 
 NEGATIVE = (0, 0, 0)  # boxes of --minus words: black, a colour the palette never gives a word

@@ -11,17 +11,15 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
-import torch
 
 from ..core import paths
 from ..core.device import one_thread
 from ..core.errors import DamagedError, SearchIndexError
 from ..core.kv import KV
-from ..models.alignment import LoadedAlign
 from ..vision.concepts import Concepts
 from .faiss_types import IVF_NPROBE
 from .generation import file_digest
@@ -41,6 +39,9 @@ from .layout import (
     Location,
     resolve,
 )
+
+if TYPE_CHECKING:  # torch stays out of a search's imports (cold start)
+    from ..models.alignment import LoadedAlign
 
 # --------------------------------------------------------------------------- a finished index (reader)
 
@@ -185,7 +186,7 @@ class FragmentIndex:
             raise SearchIndexError(f"{self.location.link}: all_dots needs a flat index, not {self.index_type}")
         xb = faiss.rev_swig_ptr(self.faiss.get_xb(), self.fragments * self.faiss.d).reshape(self.fragments, -1)
         with one_thread():
-            return (torch.from_numpy(np.ascontiguousarray(q, np.float32)) @ torch.from_numpy(xb).T).numpy()
+            return np.ascontiguousarray(q, np.float32) @ xb.T
 
     def items_of(self, ids: np.ndarray) -> np.ndarray:
         """Fragment ids -> the items that own them."""

@@ -9,11 +9,15 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from ..core.errors import ModelError, QueryError
+from ..core.errors import ModelError
 from ..data.text import tokenize
 from ..data.vocab import UNK, pad_ids
 from .alignment import LoadedAlign
 from .querybank import photo_offsets, sentence_offsets
+from .querytext import MAX_QUERY_WORDS, query_tokens_or_fail, query_vectors
+
+__all__ = ["MAX_QUERY_WORDS", "encode_regions", "encode_sentences", "photo_offset", "query_tokens_or_fail",
+           "query_vectors", "region_vectors", "unaries", "word_vectors"]
 
 
 def _check_arch(loaded: LoadedAlign) -> int:
@@ -71,37 +75,6 @@ def unaries(loaded: LoadedAlign, features: np.ndarray, token_lists: list[list[st
     v = region_vectors(loaded, features) if vectors is None else np.asarray(vectors, np.float32)
     v = v[:, : _check_arch(loaded)]  # stored vectors of a hybrid model carry the global term too
     return [s @ v.T for s in word_vectors(loaded, token_lists)]
-
-# The recurrent sentence encoder's state overflows past ~1,400 words (NaN vectors, and every
-# score with them), so a query is held well below that rather than answered with nothing.
-MAX_QUERY_WORDS = 1000
-
-
-def query_tokens_or_fail(text: str) -> list[str]:
-    tokens = tokenize(text)
-    if not tokens:
-        raise QueryError("empty query: give some words to search for")
-    if len(tokens) > MAX_QUERY_WORDS:
-        raise QueryError(f"the query has {len(tokens)} words; at most {MAX_QUERY_WORDS} are scored: shorten it")
-    return tokens
-
-
-def query_vectors(model: LoadedAlign, text: str) -> tuple[list[str], list[str], np.ndarray]:
-    """(scored words, ignored words, s (T, h) float32). Unknown words still reach the sentence
-    encoder as <unk> (they are context for their neighbours) but get no vector of their own."""
-    tokens = query_tokens_or_fail(text)
-    ids = model.vocab.encode(tokens)
-    known = [i for i, w in enumerate(ids) if w != UNK]
-    if not known:
-        raise QueryError(f"no known words in the query {text.strip()!r}: the model's vocabulary has none of "
-                         f"{', '.join(tokens)}")
-    with torch.inference_mode():
-        s = model.model.encode_words(torch.tensor([ids]), torch.tensor([len(ids)]))[0]  # (T, h)
-    if not bool(torch.isfinite(s[known]).all()):
-        raise QueryError(f"the query's {len(tokens)} words overflow the sentence encoder: shorten it")
-    return [tokens[i] for i in known], [tokens[i] for i in range(len(tokens)) if ids[i] == UNK], \
-        s[known].float().cpu().numpy()
-
 
 def encode_sentences(model: LoadedAlign, sentences: list[str], batch_size: int = 256,
                      on_progress: Callable[[int], None] | None = None

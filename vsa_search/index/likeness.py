@@ -17,13 +17,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..core.errors import SearchIndexError, UsageError
-from ..models.alignment import LoadedAlign
 from .query import Hit, Result, WordMatch, _top, photo_regions
+
+if TYPE_CHECKING:
+    from ..models.alignment import LoadedAlign
 
 PER_REGION = 256  # approximate indexes: first-stage neighbours per query region
 SHOWN_PAIRS = 3  # region pairs drawn on the contact sheet and the page (all are in the JSON)
