@@ -101,6 +101,8 @@ def search_cmd(
         query_tokens_or_fail(text)
         result = shard_set.search_set(shards, text, k, model, per_word, use_ray or ray_address is not None,
                                       ray_address)
+        with ix.open_index(shard_set.resolve_set(shards)[0], "photos") as x:  # the set's model: its calibration
+            floored = apply_floor(result, load_calibration(srch.text_model_for(x, model)), min_score)
     elif use_ray or ray_address:
         raise UsageError("--ray searches a shard set: give --shards NAME")
     elif text is not None:
