@@ -26,7 +26,6 @@ from ..core.device import one_thread
 from ..core.errors import UsageError
 from ..models.alignment import LoadedAlign, load_align
 from ..models.encode import encode_regions, query_vectors
-from ..vision.images import load
 from ..vision.regions import RegionEncoder
 from .store import FragmentIndex
 
@@ -254,7 +253,7 @@ def photo_regions(model: LoadedAlign, photo: str | Path, encoder: Any = None,
                   device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(boxes (R, 4) int32, region vectors (R, h) float32) of one photo."""
     encoder = encoder or RegionEncoder(model.region_config, device)
-    feats = encoder.encode_one(load(photo))
+    feats = encoder.encode_photo(photo)  # decoded as a build decodes it: an indexed copy's regions
     v = encode_regions(model, feats.features)
     return feats.boxes[: len(v)], v
 
