@@ -167,7 +167,8 @@ def test_old_index_gets_meta_on_rebuild(env: Path, tmp_path: Path, monkeypatch: 
     (tmp_path / "p").mkdir()
     shutil.copy2(env / "photos" / "paris.jpg", tmp_path / "p" / "paris.jpg")
     model = env / "tiny.pt"
-    monkeypatch.setattr(photo_build.photometa, "describe", lambda path, mp=0: {"v": 0})
+    monkeypatch.setattr(photo_build.photometa, "of_prepared", lambda photo: {"v": 0})
+    monkeypatch.setattr(photo_build.photometa, "describe", lambda path, mp=0, min_side=None: {"v": 0})
     assert runner.invoke(app, ["index", "build", str(tmp_path / "p"), "--index", "old", "--model", str(model)]
                          ).exit_code == 0
     monkeypatch.undo()

@@ -86,7 +86,7 @@ def test_train_region_generator_and_dense_captions(setup: dict, sample_photos: l
     assert loaded.metrics["regions"].endswith("train.jsonl") and loaded.metrics["init"] == str(full)
 
     im = images.load(sample_photos[0])
-    rf = tiny_region_encoder.encode_one(im)
+    rf = tiny_region_encoder.encode_photo(sample_photos[0])  # the regions `vsa caption --regions` computes
     caps = captioning.region_captions(loaded, rf, beam=2)
     assert [c.region for c in caps] == list(range(len(rf.boxes)))
     assert all(c.box == tuple(int(v) for v in rf.boxes[c.region]) for c in caps)

@@ -21,7 +21,6 @@ from vsa_search.models.alignment import AlignModel, load_align, save_align
 from vsa_search.models.beam import generate_candidates
 from vsa_search.models.captioner import Captioner, full_image, load_caption, save_caption
 from vsa_search.vision.features import FeatureStore, extract_to_store
-from vsa_search.vision.images import load
 
 TINY = REGION_PRESETS["tiny"]
 
@@ -39,7 +38,7 @@ def models(tmp_path_factory: pytest.TempPathFactory, caption_vocab) -> tuple[Pat
 
 @pytest.fixture(scope="module")
 def photo(sample_photos: list[Path], tiny_region_encoder):
-    return sample_photos[0], tiny_region_encoder.encode_one(load(sample_photos[0]))
+    return sample_photos[0], tiny_region_encoder.encode_photo(sample_photos[0])  # as `vsa caption` computes them
 
 
 def test_the_pick_maximises_logprob_plus_weighted_alignment(models, photo) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,17 +72,17 @@ def align_features(loaded: LoadedAlign, regions: RegionFeatures, sentence: str,
     return align_vectors(loaded, regions.boxes, region_vectors(loaded, regions.features), sentence, beta, concepts)
 
 
-def align_photo(loaded: LoadedAlign, image_or_features: Image.Image | RegionFeatures, sentence: str,
+def align_photo(loaded: LoadedAlign, photo: str | Path | Image.Image | RegionFeatures, sentence: str,
                 beta: float = DEFAULT_BETA, encoder: RegionEncoder | None = None, bridge: bool = False) -> Alignment:
-    """Align a sentence to a photo (its regions are proposed and encoded with the model's own
-    region config) or to region features already computed for it."""
+    """Align a sentence to a photo file (its regions proposed and encoded with the model's own
+    region config, as an index build does), an image in memory, or region features already computed."""
     check_beta(beta)
     sentence_tokens(sentence)  # fail on an empty sentence before running the CNN
-    if isinstance(image_or_features, RegionFeatures):
-        regions = image_or_features
+    if isinstance(photo, RegionFeatures):
+        regions = photo
     else:
         encoder = encoder or RegionEncoder(loaded.region_config)
-        regions = encoder.encode_one(image_or_features)
+        regions = encoder.encode_one(photo) if isinstance(photo, Image.Image) else encoder.encode_photo(photo)
     return align_features(loaded, regions, sentence, beta, bridge)
 
 

@@ -83,7 +83,7 @@ def caption_photos(photos: list[Path], loaded: LoadedCaptioner, beam: int = 7, m
     feats, region_feats = [], []
     for p in photo_files(photos):
         try:
-            regions = encoder.encode_one(load_image(p))
+            regions = encoder.encode_photo(p)
         except VSAError as e:
             results.append(PhotoCaption(p, None, None, str(e)))
         except Exception as e:  # a photo PIL opens but OpenCV/torch reject must not stop the others
@@ -160,9 +160,8 @@ def caption_regions_of(photos: list[Path], loaded: LoadedCaptioner, encoder: Reg
         raise UsageError(f"--out draws one photo; {len(photos)} were given")
     results = []
     for p in photos:
-        image = load_image(p)
-        caps = region_captions(loaded, encoder.encode_one(image), beam=beam, max_len=max_len, top=top)
+        caps = region_captions(loaded, encoder.encode_photo(p), beam=beam, max_len=max_len, top=top)
         results.append({"photo": str(p), "regions": [c.to_dict() for c in caps]})
-        if out_png is not None:
-            save_image(draw_region_captions(image, caps), out_png)
+        if out_png is not None:  # the full photo for the picture only; the boxes are in its coordinates
+            save_image(draw_region_captions(load_image(p), caps), out_png)
     return results

@@ -75,16 +75,15 @@ def photo_cmd(
     found = None if no_index else find_photo(loaded, photo, index, with_concepts=bridge)
     if found is not None and bridge and found.concepts is None:
         found = None  # an index from before concepts: compute the photo's regions (and concepts) afresh
-    image = images.load(photo) if found is None or out_png is not None else None
     if found is not None:
         result = align_vectors(loaded, found.boxes, found.vectors, sentence, beta, found.concepts)
         source = f"index {found.index}"
-    else:
-        result = align_photo(loaded, image, sentence, beta, bridge=bridge)  # type: ignore[arg-type]
+    else:  # decoded as an index build decodes it: the same regions as the index would hold
+        result = align_photo(loaded, photo, sentence, beta, bridge=bridge)
         source = "photo"
     words = word_status(loaded, result.tokens, bridge)
-    if out_png is not None:
-        save_image(draw_alignment(image, result), out_png)  # type: ignore[arg-type]
+    if out_png is not None:  # the full photo for the picture only; the boxes are in its coordinates
+        save_image(draw_alignment(images.load(photo), result), out_png)
     if json_out:
         print_json({"photo": str(photo), "model": str(loaded.path), "regions_from": source, **result.to_dict(),
                     **words, **({"picture": str(out_png)} if out_png else {})})

@@ -23,7 +23,7 @@ from ..models.alignment import LoadedAlign
 from ..models.encode import encode_regions, photo_offset
 from ..vision.concepts import from_features
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS, PHOTO_KINDS
-from ..vision.regions import RegionEncoder, extract
+from ..vision.regions import RegionEncoder, decode_side, extract
 from . import photometa
 from .faiss_types import check_index_type, choose_for_memory
 from .generation import Item, file_digest, model_info, write_generation
@@ -336,7 +336,7 @@ class PhotoBuild:
             vecs = vecs.astype(np.float16)
             pending.append((digest, boxes.astype(np.int32), vecs,
                             _concepts_of(result.features[: len(vecs)], self.model), photo_offset(self.model, vecs),
-                            photometa.to_array(photometa.describe(path, self.max_megapixels))))
+                            photometa.to_array(photometa.of_prepared(result.photo))))  # type: ignore[arg-type]
             self.report.encoded += 1
             if len(pending) >= self.batch_size:
                 commit()
@@ -351,7 +351,8 @@ class PhotoBuild:
 
     def _describe_old(self, on_progress: Callable[[int], None] | None) -> None:
         for digest, path in self.meta_todo.items():
-            self.described[digest] = photometa.describe(path, self.max_megapixels)
+            self.described[digest] = photometa.describe(path, self.max_megapixels,
+                                                        decode_side(self.model.region_config))
             if on_progress:
                 on_progress(1)
 
@@ -374,7 +375,7 @@ class PhotoBuild:
                 meta = photometa.from_array(a["meta"]) if "meta" in a else None
             if meta is None or meta.get("v") != photometa.META_VERSION:  # an index or work area from before
                 # this photometa version: read it from the photo now (no CNN)
-                meta = photometa.describe(p.path, self.max_megapixels)
+                meta = photometa.describe(p.path, self.max_megapixels, decode_side(self.model.region_config))
             info = {"path": p.path, "size": p.size, "mtime_ns": p.mtime_ns, "hash": p.hash, "meta": meta}
             yield Item(p.path, info, vecs, boxes, con, offset)
 

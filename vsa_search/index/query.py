@@ -276,11 +276,10 @@ def photo_regions(model: LoadedAlign, photo: str | Path, encoder: Any = None,
                   device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(boxes (R, 4) int32, region vectors (R, h) float32) of one photo."""
     from ..models.encode import encode_regions
-    from ..vision.images import load
     from ..vision.regions import RegionEncoder
 
     encoder = encoder or RegionEncoder(model.region_config, device)
-    feats = encoder.encode_one(load(photo))
+    feats = encoder.encode_photo(photo)  # decoded as a build decodes it: an indexed copy's regions
     v = encode_regions(model, feats.features)
     return feats.boxes[: len(v)], v
 

@@ -275,13 +275,13 @@ class Engine:
         """`vsa caption PHOTO --regions [--top N] --json`: a caption per region, with its box."""
         if beam < 1:
             raise errors.UsageError(f"--beam must be at least 1 (got {beam})")
-        image = self._load(photo)
+        self._check_photo(photo)
         with self._lock:
             if self._region_captioner is None:
                 self._region_captioner = captioner.load_caption(paths.find_model(self._region_model_name), "cpu")
         loaded = self._region_captioner
         with self._cnn:
-            feats = self.encoder(loaded.region_config).encode_one(image)
+            feats = self.encoder(loaded.region_config).encode_photo(photo, self.max_megapixels)
         caps = captioning.region_captions(loaded, feats, beam=beam, top=top or None)
         return {"model": str(loaded.path), "beam": beam,
                 "photos": [{"photo": shown_as or str(photo), "regions": [c.to_dict() for c in caps]}]}
@@ -291,14 +291,16 @@ class Engine:
         regions (photo_path vouches that the file is the one indexed, as `vsa align` checks)."""
         aligner.sentence_tokens(sentence)
         with self.snapshot() as snap:
-            photo = self.photo_path(i, snap)
+            rec = self._record(i, snap)
+            photo = snap.files.check(rec, f"photo {i}")
             blob = snap.photos.concepts_bytes([i])[0]
             if blob is not None:
                 boxes, vecs = snap.photos.boxes(i).copy(), snap.photos.vectors([i])[0].astype("float32")
                 result = aligner.align_vectors(snap.model, boxes, vecs, sentence, beta, Concepts.from_bytes(blob))
                 source = f"index {self.name}"
             else:
-                result = self._align_photo(snap.model, photo, sentence, beta)
+                with snap.files.open(rec, f"photo {i}") as f:
+                    result = self._align_photo(snap.model, photo, sentence, beta, file=f)
                 source = "photo"
             return {"photo": str(photo), "model": str(snap.model.path), "regions_from": source, **result.to_dict(),
                     **word_status(snap.model, result.tokens, True)}
@@ -312,11 +314,11 @@ class Engine:
             return {"photo": shown_as or str(photo), "model": str(snap.model.path), "regions_from": "photo",
                     **result.to_dict(), **word_status(snap.model, result.tokens, True)}
 
-    def _align_photo(self, model: Any, photo: Path, sentence: str, beta: float) -> Any:
-        image = self._load(photo)
+    def _align_photo(self, model: Any, photo: Path, sentence: str, beta: float, file: BinaryIO | None = None) -> Any:
+        """`file`: the checked photo already open (its regions come from the file that was checked)."""
         with self._cnn:
-            return aligner.align_photo(model, image, sentence, beta, encoder=self.encoder(model.region_config),
-                                       bridge=True)
+            regions = self.encoder(model.region_config).encode_photo(photo, self.max_megapixels, file)
+            return aligner.align_photo(model, regions, sentence, beta, bridge=True)
 
     def status(self) -> dict[str, Any]:
         """`vsa index status --json`."""

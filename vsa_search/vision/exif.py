@@ -72,13 +72,20 @@ def gps_of(gps: dict[int, Any]) -> list[float] | None:
 def read_exif(path: str | Path, file: BinaryIO | None = None) -> dict[str, Any]:
     """{"taken": ISO date and time, "camera": "Make Model", "gps": [lat, lon]}, each only when the
     photo's EXIF has it. Reads the header only, no pixels."""
-    out: dict[str, Any] = {}
     try:
         with Image.open(file if file is not None else path) as im:
-            exif = im.getexif()
-            sub = exif.get_ifd(_EXIF_IFD)
-            gps = exif.get_ifd(_GPS_IFD)
+            return exif_fields(im.getexif())
     except Exception:  # EXIF is a best effort: a photo that decodes is indexed whatever its header says
+        return {}
+
+
+def exif_fields(exif: Image.Exif) -> dict[str, Any]:
+    """read_exif's fields from EXIF already read (images.decode keeps the decoded photo's)."""
+    out: dict[str, Any] = {}
+    try:
+        sub = exif.get_ifd(_EXIF_IFD)
+        gps = exif.get_ifd(_GPS_IFD)
+    except Exception:  # a damaged IFD: the fields are a best effort, as above
         return out
     taken = next((d for d in (parse_exif_date(sub.get(_DATE_ORIGINAL)), parse_exif_date(sub.get(_DATE_DIGITIZED)),
                               parse_exif_date(exif.get(_DATE_TIME))) if d), None)

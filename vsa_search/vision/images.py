@@ -41,6 +41,7 @@ class Decoded:
 
     image: Image.Image
     size: tuple[int, int]
+    exif: Image.Exif | None = None  # the photo's EXIF, read from the same open file (none: no header)
 
 
 def is_photo(path: Path) -> bool:
@@ -82,13 +83,14 @@ def decode(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
                 if min_side:
                     im.draft("RGB", (min_side, min_side))  # JPEG only; a no-op for other formats
                 im.load()
+                exif = im.getexif()  # before any reduction: the photo's own header (PNG's eXIf follows the pixels)
                 if min_side:
                     factor = min(im.size[0] // min_side, im.size[1] // min_side)
                     if factor >= 2:  # RGB first: reducing averages pixels, which a palette's indices are not
                         im = im.convert("RGB").reduce(factor)
-                turned = im.getexif().get(0x0112, 1) in _TRANSPOSED
+                turned = exif.get(0x0112, 1) in _TRANSPOSED
                 im = ImageOps.exif_transpose(im)
-                return Decoded(im.convert("RGB"), (h, w) if turned else (w, h))
+                return Decoded(im.convert("RGB"), (h, w) if turned else (w, h), exif)
     except ImageTooLargeError:
         raise
     except Image.DecompressionBombError as e:

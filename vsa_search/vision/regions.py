@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -142,6 +143,9 @@ def load_backbone(name: str) -> torch.nn.Module:
 class RegionFeatures:
     boxes: np.ndarray  # (R, 4) int32 xyxy, row 0 = full image
     features: np.ndarray  # (R, D) float32
+    # The decode the features came from (extract, encode_photo): what else is measured of the photo
+    # (hashes, EXIF) comes from the same pixels, without opening the file again.
+    photo: Prepared | None = None
 
 
 class RegionEncoder:
@@ -211,8 +215,20 @@ class RegionEncoder:
         return np.split(feats, np.cumsum([len(b) for b in boxes])[:-1])
 
     def encode_one(self, image: Image.Image) -> RegionFeatures:
+        """An image already in memory, as it is. A photo file goes through encode_photo, which
+        decodes it as an index build does."""
         boxes = propose(image, self.cfg)
         return RegionFeatures(boxes, self.encode([image], [boxes])[0])
+
+    def encode_photo(self, path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+                     file: BinaryIO | None = None) -> RegionFeatures:
+        """A photo file's boxes (in its own coordinates) and features, exactly as `extract` (an index
+        build) computes them: every command and the server take this one path from a file to its
+        regions, so a photo's regions never depend on which of them computed it. `file`: the photo
+        already open (checked by its opener). Raises the loader's ImageError."""
+        p = prepare_photo(path, self.cfg, max_megapixels, file)
+        feats = self.encode([p.image], [p.boxes], [p.size])[0]  # type: ignore[list-item]
+        return RegionFeatures(p.boxes, feats, p)  # type: ignore[arg-type]
 
 
 def decode_side(cfg: RegionConfig) -> int | None:
@@ -229,15 +245,23 @@ class Prepared:
     boxes: np.ndarray | None
     error: str | None = None
     size: tuple[int, int] = (0, 0)  # the photo's own size (boxes are in it); image may be smaller
+    exif: Image.Exif | None = None  # read from the same open file as the pixels
+
+
+def prepare_photo(path: str | Path, cfg: RegionConfig, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+                  file: BinaryIO | None = None) -> Prepared:
+    """Decode (at the scale the extractor needs) and propose: the CPU-side half of extraction.
+    Raises the loader's ImageError."""
+    d = decode(path, max_megapixels, min_side=decode_side(cfg), file=file)
+    return Prepared(Path(path), d.image, propose(d.image, cfg, d.size), size=d.size, exif=d.exif)
 
 
 def prepare(path: Path, cfg: RegionConfig, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Prepared:
-    """Decode (at the scale the extractor needs) and propose: the CPU-side half of extraction."""
+    """prepare_photo with a photo that cannot be read as an error message (a build goes on)."""
     try:
-        d = decode(path, max_megapixels, min_side=decode_side(cfg))
+        return prepare_photo(path, cfg, max_megapixels)
     except ImageError as e:
         return Prepared(path, None, None, str(e))
-    return Prepared(path, d.image, propose(d.image, cfg, d.size), size=d.size)
 
 
 def extract(paths: Iterable[Path], encoder: RegionEncoder, batch_size: int = 16,
@@ -279,6 +303,6 @@ def extract(paths: Iterable[Path], encoder: RegionEncoder, batch_size: int = 16,
 def _run_batch(batch: list[Prepared], encoder: RegionEncoder) -> Iterator[tuple[Path, RegionFeatures | str]]:
     ok = [p for p in batch if p.error is None]
     feats = encoder.encode([p.image for p in ok], [p.boxes for p in ok], [p.size for p in ok])  # type: ignore[misc]
-    by_path = {id(p): RegionFeatures(p.boxes, f) for p, f in zip(ok, feats)}  # type: ignore[arg-type]
+    by_path = {id(p): RegionFeatures(p.boxes, f, p) for p, f in zip(ok, feats)}  # type: ignore[arg-type]
     for p in batch:
         yield p.path, (p.error if p.error is not None else by_path[id(p)])  # type: ignore[misc]
