@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,7 +16,9 @@ from ..core.errors import ImageError
 from ..vision.exif import exif_fields, read_exif
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS, decode
 from ..vision.phash import fingerprint
-from ..vision.regions import Prepared
+
+if TYPE_CHECKING:  # regions loads torch and the CNN: a search reads this module without them
+    from ..vision.regions import Prepared
 
 META_VERSION = 2  # 2: sharpness relative to the photo's contrast
 REBUILD_HINT = "run `vsa index build` to add them"
