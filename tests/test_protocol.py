@@ -5,6 +5,7 @@ vocabulary and the trained weights come out bit-identical."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -230,6 +231,19 @@ def test_poisoned_test_split_changes_nothing_in_the_querybank_choice(roots, tmp_
     assert capped["mean_recall"] == max(r["mean_recall"] for r in rows if r["file_bytes"] == small)
     with pytest.raises(UsageError, match="never on test"):
         tune_querybank(model, roots["clean"][1], "test", dataset=load_flickr8k(roots["clean"][0]))
+    # the command prints the same table and pick
+    from typer.testing import CliRunner
+
+    from vsa_search.cli import app
+
+    args = ["eval", "querybank-tune", "--model", str(model), "--features", str(roots["clean"][1]), "--root",
+            str(roots["clean"][0]), "--sizes", "10/3,5/2", "--betas", "1,5", "--weights", "0.5,1", "--device", "cpu"]
+    res = CliRunner().invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["pick"] == json.loads(json.dumps(tuned["clean"][0]))
+    text = CliRunner().invoke(app, args).stdout
+    assert f"pick: {got['pick']['sentences']} sentences, {got['pick']['photos']} photos" in text
 
 
 def test_the_querybank_tune_command_refuses_the_test_split(tmp_path):
