@@ -1,6 +1,6 @@
 """`vsa train querybank`: put a querybank (models/querybank.py) into an alignment model file. The
-bank is drawn from the training split only, with a fixed seed; β and the weight were chosen on the
-dev split (`vsa eval recall --split dev`)."""
+bank is drawn from the training split only, with a fixed seed; bank sizes, β and the weight are chosen on
+the dev split by `vsa eval querybank-tune` (querybank_tune.py)."""
 
 from __future__ import annotations
 
