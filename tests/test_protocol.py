@@ -5,6 +5,7 @@ vocabulary and the trained weights come out bit-identical."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,56 @@ def test_the_rerank_weight_command_refuses_the_test_split(tmp_path):
     res = CliRunner().invoke(app, ["eval", "rerank-weight", "--features", str(tmp_path), "--split", "test"])
     assert res.exit_code != 0 and res.stdout == ""
     assert res.stderr.strip().splitlines() == ["error: choose the re-ranking weight on dev (or train), never on test"]
+
+
+def test_poisoned_test_split_changes_nothing_in_the_querybank_choice(roots, tmp_path):
+    from vsa_search.core.errors import UsageError
+    from vsa_search.models.alignment import AlignModel, save_align
+    from vsa_search.train.querybank_tune import tune_querybank
+
+    vocab = build_flickr8k_vocab(roots["clean"][0], min_count=1)
+    torch.manual_seed(0)
+    model = save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab, REGION_PRESETS["tiny"],
+                       tmp_path / "m.pt")
+    sizes = ((10, 3), (5, 2))
+    tuned = {}
+    for name, (root, store) in roots.items():
+        pick, table = tune_querybank(model, store, "dev", sizes, (1.0, 5.0), (0.5, 1.0), device="cpu",
+                                     dataset=load_flickr8k(root))
+        assert table["photos"] == 3 and table["sentences"] == 15 and table["train_photos_available"] == 6
+        assert len(table["rows"]) == 8 and pick in table["rows"]
+        tuned[name] = (pick, table["rows"], table["without_querybank"])
+    assert tuned["clean"] == tuned["poisoned"]
+    # the cap decides: below the larger bank's file, the pick is among the smaller banks only
+    rows = tuned["clean"][1]
+    small = min(r["file_bytes"] for r in rows)
+    assert small < max(r["file_bytes"] for r in rows)
+    capped, _ = tune_querybank(model, roots["clean"][1], "dev", sizes, (1.0, 5.0), (0.5, 1.0), device="cpu",
+                               max_bytes=small, dataset=load_flickr8k(roots["clean"][0]))
+    assert capped["file_bytes"] == small
+    assert capped["mean_recall"] == max(r["mean_recall"] for r in rows if r["file_bytes"] == small)
+    with pytest.raises(UsageError, match="never on test"):
+        tune_querybank(model, roots["clean"][1], "test", dataset=load_flickr8k(roots["clean"][0]))
+    # the command prints the same table and pick
+    from typer.testing import CliRunner
+
+    from vsa_search.cli import app
+
+    args = ["eval", "querybank-tune", "--model", str(model), "--features", str(roots["clean"][1]), "--root",
+            str(roots["clean"][0]), "--sizes", "10/3,5/2", "--betas", "1,5", "--weights", "0.5,1", "--device", "cpu"]
+    res = CliRunner().invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["pick"] == json.loads(json.dumps(tuned["clean"][0]))
+    text = CliRunner().invoke(app, args).stdout
+    assert f"pick: {got['pick']['sentences']} sentences, {got['pick']['photos']} photos" in text
+
+
+def test_the_querybank_tune_command_refuses_the_test_split(tmp_path):
+    from typer.testing import CliRunner
+
+    from vsa_search.cli import app
+
+    res = CliRunner().invoke(app, ["eval", "querybank-tune", "--features", str(tmp_path), "--split", "test"])
+    assert res.exit_code != 0 and res.stdout == ""
+    assert res.stderr.strip().splitlines() == ["error: choose the querybank on dev, never on test"]

@@ -1,4 +1,4 @@
-"""`vsa eval recall|caption|rerank-weight|regions`."""
+"""`vsa eval recall|caption|rerank-weight|querybank-tune|regions|calibrate`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ from ..evaluation.captions import RERANK_GRID, evaluate_captions, tune_rerank_we
 from ..evaluation.recall import evaluate_recall
 from ..evaluation.regions import evaluate_regions
 from ..train.baseline import train_global_baseline
+from ..train.querybank_tune import BETAS as QB_BETAS
+from ..train.querybank_tune import MAX_MODEL_BYTES as QB_MAX_BYTES
+from ..train.querybank_tune import SIZES as QB_SIZES
+from ..train.querybank_tune import WEIGHTS as QB_WEIGHTS
+from ..train.querybank_tune import tune_querybank
 from .align import BetaOpt, ModelOpt
 from .caption import DEFAULT_MODEL, REGION_MODEL, RerankOpt, RerankWeightOpt
 from .common import CaptionsOpt, DatasetOpt, RootOpt, err, load_dataset_opts, new_app, out, print_json, progress
@@ -161,6 +166,69 @@ def rerank_weight_cmd(
     for w, r in res["rows"].items():
         out.print(f"{w:8g}{r['BLEU-4']:8.1f}{r['CIDEr']:8.1f}{r['distinct captions']:10d}")
     out.print(f"weight {weight:g} ({res['rule']})")
+
+
+def _numbers(text: str, opt: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"{opt} {text!r}: expected comma-separated numbers, e.g. 0.5,1") from None
+
+
+def _sizes(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        return tuple((int(a), int(b)) for a, b in (x.split("/") for x in text.split(",") if x.strip()))
+    except ValueError:
+        raise UsageError(f"--sizes {text!r}: expected SENTENCES/PHOTOS pairs, e.g. 1000/200,5000/1000") from None
+
+
+@app.command("querybank-tune")
+def querybank_tune_cmd(
+    features: Annotated[Path, typer.Option(help="Feature store holding the training and dev photos.")],
+    model: Annotated[str, typer.Option(help="Alignment model file or name (its own bank is left aside).")] = "align",
+    sizes: Annotated[str, typer.Option(help="Bank sizes to try, SENTENCES/PHOTOS, comma-separated.")] =
+        ",".join(f"{s}/{p}" for s, p in QB_SIZES),
+    betas: Annotated[str, typer.Option(help="β values to try.")] = ",".join(f"{b:g}" for b in QB_BETAS),
+    weights: Annotated[str, typer.Option(help="Weights to try.")] = ",".join(f"{w:g}" for w in QB_WEIGHTS),
+    max_mb: Annotated[float, typer.Option(help="Size cap of the model file, MB (10^6 bytes).")] =
+        QB_MAX_BYTES / 1e6,
+    seed: Annotated[int, typer.Option(help="Seed of the training photos drawn (as vsa train querybank).")] = 0,
+    split: Annotated[str, typer.Option(help="dev (never test).")] = "dev",
+    dataset: DatasetOpt = "flickr8k",
+    root: RootOpt = None,
+    captions: CaptionsOpt = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Choose the querybank on dev: every bank size x β x weight, drawn from the training split as `vsa train
+    querybank` draws it, scored on the dev photos (mean Recall@{1,5,10}, both directions), and the best bank
+    that keeps the model file within the size cap (what `vsa train querybank` takes)."""
+    if split == "test":
+        raise UsageError("choose the querybank on dev, never on test")
+    grid = _sizes(sizes), _numbers(betas, "--betas"), _numbers(weights, "--weights")
+    n = len(grid[0]) * len(grid[1]) * len(grid[2])
+    with progress(f"scoring {split} photos with each bank", n, unit="banks") as advance:
+        pick, res = tune_querybank(paths.find_model(model), features, split, *grid, seed=seed,
+                                   max_bytes=int(max_mb * 1e6), dataset=load_dataset_opts(dataset, root, captions),
+                                   device=device, on_progress=advance)
+    if json_out:
+        print_json({**res, "pick": pick})
+        return
+    out.print(f"{res['model']}: {res['photos']} {res['split']} photos, {res['sentences']} sentences of "
+              f"{res['dataset']}; banks from {res['train_photos_available']} training photos, seed {res['seed']}",
+              markup=False)
+    out.print(f"{'sentences':>10s}{'photos':>8s}{'beta':>6s}{'weight':>8s}{'file MB':>9s}{'search':>8s}"
+              f"{'annot.':>8s}{'mean R@K':>10s}", markup=False)
+    out.print(f"{'(none)':>10s}{'':8s}{'':6s}{0:8g}{'':9s}{'':8s}{'':8s}"
+              f"{res['without_querybank']['mean_recall']:10.2f}", markup=False)
+    for r in res["rows"]:
+        over = " (over the cap)" if r["file_bytes"] > res["max_bytes"] else ""
+        out.print(f"{r['sentences']:10d}{r['photos']:8d}{r['beta']:6g}{r['weight']:8g}{r['file_bytes'] / 1e6:9.1f}"
+                  f"{r['search_mean']:8.2f}{r['annotation_mean']:8.2f}{r['mean_recall']:10.2f}{over}", markup=False)
+    if pick is None:
+        raise UsageError(f"no bank keeps the model file within {res['max_bytes']:,} bytes")
+    out.print(f"pick: {pick['sentences']} sentences, {pick['photos']} photos, β {pick['beta']:g}, weight "
+              f"{pick['weight']:g} ({res['rule']})", markup=False)
 
 
 def caption_table(res: dict) -> str:

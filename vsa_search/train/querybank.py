@@ -1,6 +1,6 @@
 """`vsa train querybank`: put a querybank (models/querybank.py) into an alignment model file. The
-bank is drawn from the training split only, with a fixed seed; β and the weight were chosen on the
-dev split (`vsa eval recall --split dev`)."""
+bank is drawn from the training split only, with a fixed seed; bank sizes, β and the weight are chosen on
+the dev split by `vsa eval querybank-tune` (querybank_tune.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ..core import paths
 from ..core.errors import UsageError
 from ..data.datasets import load_flickr8k
 from ..evaluation.recall import retrieval_data
-from ..models.alignment import load_align, save_align
+from ..models.alignment import LoadedAlign, load_align, save_align
 from ..models.querybank import QueryBank
 from ..vision.features import FeatureStore, require_extractor
 
@@ -37,17 +37,24 @@ def add_querybank(model: str | Path, features: str | Path, out: str | Path, sent
     ds = dataset if dataset is not None else load_flickr8k()
     with FeatureStore(features, readonly=True) as store:
         require_extractor(store.config, loaded.region_config, Path(features), loaded.path)
-        train = [r for r in ds.present("train") if r.image_id in store]
-        need = photos + -(-sentences // 5)
-        if len(train) < photos + 1:
-            raise UsageError(f"{features}: {len(train)} training photos; the bank needs more than --photos {photos}")
-        random.Random(seed).shuffle(train)
-        bank_photos = retrieval_data(train[:photos], store, loaded.vocab)
-        bank_sents = retrieval_data(train[photos:need], store, loaded.vocab)
-    k = min(sentences, len(bank_sents.ids))
-    bank = QueryBank(beta, weight, bank_sents.ids[:k], bank_sents.lengths[:k], bank_photos.feats,
-                     bank_photos.region_mask)
+        bank, available = draw_bank(loaded, ds, store, sentences, photos, beta, weight, seed, features)
     save_align(loaded.model, loaded.vocab, loaded.region_config, out, metrics=dict(loaded.metrics), half=True,
                querybank=bank)
     return {"model": str(out), "from": str(loaded.path), **bank.header(), "seed": seed,
-            "train_photos_available": len(train), "seconds": round(time.perf_counter() - t0, 1)}
+            "train_photos_available": available, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def draw_bank(loaded: LoadedAlign, ds: Any, store: FeatureStore, sentences: int, photos: int, beta: float,
+              weight: float, seed: int = 0, name: str | Path = "features") -> tuple[QueryBank, int]:
+    """(the bank, how many training photos it was drawn from): `photos` training photos of `ds` in `store` and
+    `sentences` sentences of other training photos, shuffled with `seed`. No other split is read."""
+    train = [r for r in ds.present("train") if r.image_id in store]
+    need = photos + -(-sentences // 5)
+    if len(train) < photos + 1:
+        raise UsageError(f"{name}: {len(train)} training photos; the bank needs more than --photos {photos}")
+    random.Random(seed).shuffle(train)
+    bank_photos = retrieval_data(train[:photos], store, loaded.vocab)
+    bank_sents = retrieval_data(train[photos:need], store, loaded.vocab)
+    k = min(sentences, len(bank_sents.ids))
+    return (QueryBank(beta, weight, bank_sents.ids[:k], bank_sents.lengths[:k], bank_photos.feats,
+                      bank_photos.region_mask), len(train))
