@@ -80,6 +80,25 @@ def test_exact_scores_match_embedding_score() -> None:
     assert best.shape == (6, 4)
 
 
+@pytest.mark.parametrize("shared", [0, 3])
+def test_score_words_is_the_padded_score(shared: int) -> None:
+    """The flat-words score (eval, querybank offsets) equals score() on padded sentences, with a
+    trailing part shared by an image's regions (a hybrid model's global term) or none."""
+    g = torch.Generator().manual_seed(shared)
+    v = torch.randn(3, 5, 8, generator=g)
+    if shared:
+        v[:, :, -shared:] = v[:, :1, -shared:]  # the same for every region of an image
+    region_mask = torch.rand(3, 5, generator=g) > 0.3
+    region_mask[:, 0] = True
+    s = torch.randn(4, 6, 8, generator=g)
+    lengths = torch.tensor([6, 1, 3, 4])
+    word_mask = torch.arange(6)[None, :] < lengths[:, None]
+    words, sent = alignment.flat_words(s, word_mask)
+    got = alignment.score_words(v, region_mask, words, sent, 4, shared)
+    np.testing.assert_allclose(got.numpy(), alignment.score(v, region_mask, s, word_mask).numpy(), rtol=1e-5,
+                               atol=1e-5)
+
+
 def test_flat_two_stage_is_the_exhaustive_top_k(tmp_path: Path) -> None:
     items, rng = synthetic(300, 8, 24, seed=1)
     with write(tmp_path, items, "flat") as x:

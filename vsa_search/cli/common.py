@@ -116,3 +116,25 @@ def progress(description: str, total: int | None, unit: str = "photos") -> Itera
                 bar.update(task, rate=f"{t.completed / t.elapsed:.1f} {unit}/s")
 
         yield advance
+
+
+@contextmanager
+def stages() -> Iterator[Any]:
+    """Progress of a command that runs in stages, on stderr: yields on_stage(description, total,
+    unit) -> advance(n). On a terminal each stage gets its own bar with its real total; otherwise
+    (a pipe, a log file) one line per stage as it starts, with the time since the command began."""
+    import time
+
+    t0 = time.perf_counter()
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*cols, console=err, transient=False, disable=not err.is_terminal) as bar:
+
+        def on_stage(description: str, total: int, unit: str = "") -> Any:
+            if not err.is_terminal:
+                err.print(f"[{time.perf_counter() - t0:6.1f} s] {description} ({total:,} {unit})".rstrip(),
+                          markup=False, highlight=False)
+            task = bar.add_task(description, total=total, unit=unit)
+            return lambda n=1: bar.update(task, advance=n)
+
+        yield on_stage
