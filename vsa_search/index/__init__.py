@@ -34,12 +34,13 @@ from . import openvocab
 from .faiss_types import INDEX_TYPES, choose_for_memory, choose_type, memory_bytes
 from .generation import Item, write_generation
 from .layout import DEFAULT_NAME, KINDS, Location, disk_size, resolve
+from .lookup import find_photo
 from .photos import PhotoBuild, build_photos
 from .plan import BuildReport
 from .query import Result, model_for, search_text
 from .sentences import TextReport, build_sentences
 from .shards import MergeReport, check_shard, merge, shard_of
-from .store import FragmentIndex, find_photo, open_index
+from .store import FragmentIndex, open_index
 
 __all__ = ["DEFAULT_NAME", "INDEX_TYPES", "KINDS", "BuildReport", "FragmentIndex", "Item", "Location", "MergeReport",
            "PhotoBuild", "Result", "TextReport", "build", "build_photos", "build_sentences", "check_shard",

@@ -25,14 +25,13 @@ from ..models.encode import query_tokens_or_fail
 from ..vision.concepts import (
     DEFAULT_BRIDGE,
     BridgeConfig,
-    Concepts,
     bridge_scores_many,
     bridge_weight,
     display_name,
     in_glove,
     word_weights,
 )
-from .query import PER_WORD_APPROX, Hit, Result, WordMatch, _top
+from .query import PER_ITEM_APPROX, PER_WORD_APPROX, Hit, Result, WordMatch, _top, candidates
 
 # --------------------------------------------------------------------------- the query
 
@@ -82,33 +81,14 @@ def make_query(model: LoadedAlign, text: str, cfg: BridgeConfig = DEFAULT_BRIDGE
 
 # --------------------------------------------------------------------------- an index's concepts
 
-_CACHE: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-
-
 def index_concepts(ix: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every region's concepts of a photo index: ids (N, K) int64, probs (N, K) float32, and which
-    items have none stored (an index built before concepts). Generations never change, so the
-    arrays are cached per generation directory."""
-    key = str(ix.dir)
-    if key in _CACHE:
-        return _CACHE[key]
-    n, k = ix.fragments, 1
-    blobs = ix.concepts_bytes(range(len(ix)))
-    parsed = [Concepts.from_bytes(b) if b is not None else None for b in blobs]
-    k = max([c.ids.shape[1] for c in parsed if c is not None] or [1])
-    ids = np.zeros((n, k), np.int64)
-    probs = np.zeros((n, k), np.float32)
-    missing = np.zeros(len(ix), bool)
-    for i, c in enumerate(parsed):
-        a, m = int(ix.first[i]), int(ix.count[i])
-        if c is None or len(c) < m:
-            missing[i] = True
-            continue
-        ids[a:a + m, : c.ids.shape[1]] = c.ids[:m]
-        probs[a:a + m, : c.ids.shape[1]] = c.probs[:m]
-    _CACHE.clear()  # one index at a time is enough for a command
-    _CACHE[key] = (ids, probs, missing)
-    return _CACHE[key]
+    """Every region's concepts of a photo index: ids (N, K) uint16, probs (N, K) float16 (both
+    memory-mapped from the index) and which items have none stored."""
+    got = ix.concept_arrays()
+    if got is None:
+        return np.zeros((ix.fragments, 1), np.uint16), np.zeros((ix.fragments, 1), np.float16), \
+            np.ones(len(ix), bool)
+    return got
 
 
 # --------------------------------------------------------------------------- search
@@ -165,8 +145,7 @@ def search_text(ix: Any, model: LoadedAlign, text: str, k: int = 10, cfg: Bridge
         dots = ix.all_dots(qr.q) if len(qr.q) and len(ix) else np.zeros((len(qr.q), ix.fragments), np.float32)
     else:
         cands = _candidates(ix, qr, ids, probs)
-        vecs = ix.vectors(cands)
-        dots = (qr.q @ np.concatenate(vecs).astype(np.float32).T) if vecs else np.zeros((len(qr.q), 0))
+        dots = _dots(ix, qr.q, cands)
     rows = np.concatenate([np.arange(ix.first[i], ix.first[i] + ix.count[i]) for i in cands]) \
         if len(cands) else np.zeros(0, np.int64)
     bridge = bridge_scores_many(qr.weights, ids[rows], probs[rows]) if with_bridge \
@@ -188,13 +167,23 @@ def search_text(ix: Any, model: LoadedAlign, text: str, k: int = 10, cfg: Bridge
                       concepts_missing=int(missing.sum()))
 
 
+def _dots(ix: Any, q: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    """(T_known, ΣR) dots of the known words with the candidates' regions, from the stored vectors
+    (a shared part added to each of its item's regions)."""
+    rows = ix.rows_of(cands)
+    dots = q[:, :ix.part_dim] @ ix.part_vectors(rows).T
+    if ix.shared_dim and len(cands):
+        dots += np.repeat(ix.shared_vectors(cands) @ q[:, ix.part_dim:].T, ix.count[cands], axis=0).T
+    return dots.astype(np.float32)
+
+
 def _candidates(ix: Any, qr: Query, ids: np.ndarray | None, probs: np.ndarray | None) -> np.ndarray:
-    """Approximate indexes: FAISS's top regions of the known words, plus the photos whose regions
-    score highest through the bridge alone (a linear pass over K concepts per region)."""
+    """Approximate indexes: the first stage's candidates for the known words (query.candidates),
+    plus the photos whose regions score highest through the bridge alone (a linear pass over K
+    concepts per region)."""
     found = []
     if len(qr.q):
-        _, got = ix.search(qr.q, PER_WORD_APPROX)
-        found.append(ix.items_of(got[got >= 0]))
+        found.append(candidates(ix, qr.q, PER_WORD_APPROX, PER_ITEM_APPROX).items)
     if ids is not None and qr.bridged.any():
         b = bridge_scores_many(qr.weights[qr.bridged], ids, probs).max(0)  # (N,)
         n = min(PER_WORD_APPROX, len(b))
