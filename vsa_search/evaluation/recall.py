@@ -15,7 +15,7 @@ from ..core.device import pick_device
 from ..core.errors import DatasetError, UsageError
 from ..data.datasets import load_flickr8k
 from ..data.vocab import UNK, pad_ids
-from ..models.alignment import LoadedAlign, flat_words, load_align, score_words, shared_width
+from ..models.alignment import LoadedAlign, flat_words, load_align, score_words, shared_width, split_words
 from ..models.querybank import photo_offsets, sentence_offsets
 from ..vision.features import FeatureStore, extract_to_cache, require_extractor, same_extractor
 from .metrics import chance_metrics, paper_recall, retrieval_metrics
@@ -83,11 +83,12 @@ def score_all(model: torch.nn.Module, data: RetrievalData, device: torch.device 
                      < data.lengths.to(device)[:, None])
         words, sent = flat_words(s, word_mask)
         shared = shared_width(model)
+        part, globs = split_words(words, sent, len(s), shared)  # once, not per chunk of photos
         rows = []
         for a in range(0, len(data.image_ids), chunk):
             v = model.encode_regions(data.feats[a : a + chunk].to(device))  # (c, R', h)
             mask = data.region_mask[a : a + chunk, : v.shape[1]].to(device)
-            rows.append(score_words(v, mask, words, sent, len(s), shared).cpu())
+            rows.append(score_words(v, mask, part, sent, len(s), shared, globs).cpu())
             if on_progress:
                 on_progress(len(v))
         return torch.cat(rows)

@@ -46,6 +46,19 @@ class QueryBank:
             self._cache[key] = (s[wm].contiguous(), sent, len(s))
         return self._cache[key]
 
+    def split_words(self, model: torch.nn.Module, device: torch.device | str,
+                    shared: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+        """flat_words with each word's own part made contiguous and each sentence's global part
+        summed (alignment.split_words), once: an index build scores every photo against them."""
+        key = ("split", str(device))
+        if key not in self._cache:
+            from .alignment import split_words  # alignment imports this module
+
+            flat, sent, n = self.flat_words(model, device)
+            part, globs = split_words(flat, sent, n, shared)
+            self._cache[key] = (part, sent, n, globs)
+        return self._cache[key]
+
     def regions(self, model: torch.nn.Module, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """The bank photos' region vectors and mask under `model`."""
         key = ("regions", str(device))
@@ -88,9 +101,9 @@ def photo_offsets(model: torch.nn.Module, bank: QueryBank, v: torch.Tensor, regi
     only (no padding)."""
     from .alignment import score_words, shared_width  # alignment imports this module
 
-    flat, sent, n_sent = bank.flat_words(model, v.device)
-    out = [_lse(score_words(v[a:a + chunk], region_mask[a:a + chunk], flat, sent, n_sent, shared_width(model)), 1, bank)
-           for a in range(0, len(v), chunk)]
+    part, sent, n_sent, globs = bank.split_words(model, v.device, shared_width(model))
+    out = [_lse(score_words(v[a:a + chunk], region_mask[a:a + chunk], part, sent, n_sent, shared_width(model), globs),
+                1, bank) for a in range(0, len(v), chunk)]
     return torch.cat(out) if out else torch.zeros(0, device=v.device)
 
 
