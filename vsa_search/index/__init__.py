@@ -1,12 +1,16 @@
-"""The photo index (and its image->text twin, the sentence index): fragment vectors in a FAISS
-inner-product index, per-item metadata in LMDB, and a manifest. The only package that knows FAISS.
-Modules: layout (where an index lives, the lock), faiss_types, store (reader and writer of a
-generation), photos (incremental photo builds), sentences, shards (split builds, merge), query
-(search) and sheet (contact sheets); this face adds build(), search(), status() and remove().
+"""The photo index (and its image->text twin, the sentence index): fragment vectors stored once
+(int8, memory-mapped), a FAISS first stage of compact codes, per-item records in LMDB, and a
+manifest. The only package that knows FAISS. Modules: layout (where an index lives, the lock, the
+file names), arrays (int8 codes, .npy row files), faiss_types, store (reader of a generation),
+generation (writer of one), lookup (one photo's regions), photos (incremental photo builds),
+sentences, shards (split builds, merge), query (search) and sheet (contact sheets); this face adds
+build(), search(), status() and remove().
 
 On disk, `indexes/NAME` is a symlink to a hidden generation directory beside it:
 
-    indexes/NAME -> .NAME.g000003/      manifest.json, regions.faiss, meta.lmdb/
+    indexes/NAME -> .NAME.g000003/      manifest.json, meta.lmdb/, vectors.npy, scales.npy,
+                                        shared.npy, items.npy, boxes.npy, concept_*.npy,
+                                        regions.faiss and shared.faiss (not for "flat")
     indexes/.NAME.work/                 vectors encoded by a build in progress (LMDB, by content hash)
     indexes/.NAME.lock                  held by a running build
 
