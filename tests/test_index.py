@@ -261,7 +261,7 @@ def test_old_format_and_wrong_kind_are_clear_errors(photos: Path, model, encoder
     m["format_version"] = 0
     mf.write_text(json.dumps(m))
     with pytest.raises(SearchIndexError, match=f"index format 0, this version reads {layout.FORMAT_VERSION}; "
-                       "rebuild it with `vsa index build --index NAME"):
+                       f"rebuild it with `vsa index build --index {link}`"):
         ix.open_index(link)
     r = build([photos], model, link, encoder)  # a build replaces what it cannot read
     assert r.replaced and "index format 0" in r.replaced and r.encoded == 5

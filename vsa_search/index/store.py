@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 import torch
 
+from ..core import paths
 from ..core.device import one_thread
 from ..core.errors import DamagedError, SearchIndexError
 from ..core.kv import KV
@@ -79,8 +80,9 @@ class FragmentIndex:
             raise SearchIndexError(f"{gen / MANIFEST}: unreadable manifest; build the index again") from None
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
-            cmd = "vsa index build --index NAME (no PATH: it reads the photos again)" if self.kind == "photos" \
-                else "vsa index text FILE"
+            name = self.location.link.name.removesuffix(SENTENCES_SUFFIX) if self.location.link.parent == \
+                paths.indexes_dir() else str(self.location.link).removesuffix(SENTENCES_SUFFIX)
+            cmd = f"vsa index build --index {name}" if self.kind == "photos" else f"vsa index text FILE --index {name}"
             raise SearchIndexError(f"{self.location.link}: index format {version}, this version reads "
                                    f"{FORMAT_VERSION}; rebuild it with `{cmd}`")
         if manifest.get("kind") != self.kind:
