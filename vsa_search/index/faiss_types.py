@@ -17,7 +17,10 @@ INDEX_TYPES = ("auto", "flat", "pq", "ivfpq", "ivf", "hnsw")
 # PQ codes), PQ codes scanned exhaustively up to PQ_FLAT_MAX fragments, IVF-PQ beyond.
 FLAT_MAX = 9_984
 PQ_FLAT_MAX = 400_000
-PQ_FLAT_BYTES_PER_DIMS = 8  # "pq": one byte of code per 8 dims (512-d region part: 64 bytes)
+# "pq": FAISS's fast-scan PQ, 4-bit codes of 4 dims each (512-d region part: 64 bytes). Against 8-bit
+# PQ of the same size on 160k real region parts: 2.6 vs 25.5 ms of CPU a 10-word query, 1.7 vs 99 s
+# to train, and 0.94 vs 0.97 of each word's top 32 regions within its top 256 (the rescoring depth).
+PQ_FS_DIMS = 4
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 64
 IVF_TRAIN_PER_LIST = 40  # k-means sample size per list (FAISS asks for >= 39)
@@ -60,7 +63,7 @@ def memory_bytes(index_type: str, n: int, dim: int) -> int:
     if index_type == "flat":
         return 0  # no first-stage index: the search scans the memory-mapped int8 vectors
     if index_type == "pq":
-        return n * pq_layout(dim, PQ_FLAT_BYTES_PER_DIMS)[0] + 256 * dim * 4
+        return n * pq_layout(dim, PQ_FS_DIMS)[0] // 2 + 16 * dim * 4
     nlist = ivf_lists(n)
     if index_type == "ivf":
         return n * ((dim + 1) * 4 + 8) + nlist * (dim + 1) * 4
@@ -103,13 +106,13 @@ def make_faiss(vectors: Any, index_type: str, chunk: int = 65536) -> tuple[faiss
     if index_type == "flat":
         return None, "flat", params
     if index_type == "pq":
-        # Flat PQ codes, scanned whole per query word: no lists to miss, 64 bytes a 512-d region.
-        m, _ = pq_layout(h, PQ_FLAT_BYTES_PER_DIMS)
-        index = faiss.IndexPQ(h, m, 8, faiss.METRIC_INNER_PRODUCT)
+        # Flat fast-scan PQ codes, scanned whole per query word (SIMD): no lists to miss.
+        m, _ = pq_layout(h, PQ_FS_DIMS)
+        index = faiss.index_factory(h, f"PQ{m}x4fs", faiss.METRIC_INNER_PRODUCT)
         rows = _train_rows(n, -(-PQ_MIN_TRAIN // IVF_TRAIN_PER_LIST))
         index.pq.cp.seed = 1234
         index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
-        params.update(pq_m=m)
+        params.update(pq_m=m, pq_bits=4)
     elif index_type == "hnsw":
         # HNSW's graph needs a metric and inner product is not one (recall 0.57 on real region
         # vectors), so it runs on the L2 reduction (see _augment).
