@@ -19,7 +19,8 @@ def test_library_benchmark_smoke_table(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith("| measure")]
     names = [r.split("|")[1].strip() for r in rows]
-    assert names == ["photos", "disk", "build", "build peak memory", "search resident memory", "warm query p50 / p95",
+    assert names == ["photos", "disk", "build", "build peak memory", "search memory, private",
+                     "search memory, mapped pages read", "warm query p50 / p95",
                      "cold query p50 / p95", "recall@10 vs exact", "recall@10 vs exhaustive", "rclip, for reference"]
     assert "120 (x 20 regions, 1,536-d" in rows[0]
     # Flat (too few photos for PQ codes): the two stages are the exhaustive scan itself.
