@@ -117,6 +117,9 @@ def run(n: int, dim: int, types: list[str], queries: int, workdir: Path, threads
         faiss.omp_set_num_threads(threads)
         t = time.perf_counter()
         index, chosen, params = faiss_types.make_faiss(vecs, kind)
+        if index is None:  # "flat" has no first stage (search scans the stored vectors): FAISS's flat scan stands in
+            index = faiss.IndexFlatIP(dim)
+            index.add(np.ascontiguousarray(vecs, dtype=np.float32))
         build_s = time.perf_counter() - t
         f = workdir / f"{chosen}.faiss"
         faiss.write_index(index, str(f))

@@ -61,6 +61,14 @@ def test_eval_recall_on_a_coco_file(coco, monkeypatch: pytest.MonkeyPatch) -> No
     # The photos went into the one evaluation cache, and only once.
     with FeatureStore(rep["features"], readonly=True) as store:
         assert sorted(store.ids()) == sorted(CAPTIONS)
+    # stderr is no terminal here: one line per stage, each with its real total.
+    stages = [line.split("] ", 1)[1] for line in r.stderr.splitlines() if line.startswith("[")]
+    assert stages[:3] == ["extracting all photos (6 photos)", "reading features (6 photos)",
+                          f"scoring this model: {Path(model_path(rep)).name} (6 photos)"], r.stderr
+
+
+def model_path(rep: dict) -> str:
+    return next(row["path"] for row in rep["rows"] if row["name"].startswith("this model"))
 
 
 def test_eval_caption_on_a_coco_file(coco, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from vsa_search import index as ix
 from vsa_search.cli import app
 from vsa_search.core.errors import QueryError, SearchIndexError, UsageError
-from vsa_search.index import layout, store
+from vsa_search.index import arrays, layout
 from vsa_search.index import photos as photo_builds
 from vsa_search.models import encode
 from vsa_search.models.alignment import load_align
@@ -114,11 +114,11 @@ def test_a_failed_write_removes_the_partial_generation_and_keeps_the_old(photos:
     before = snapshot(link)
     shutil.copy2(sample_photos[5], photos / "new.jpg")
 
-    def fail(index, path: str) -> None:
+    def fail(path: Path, a) -> None:
         Path(path).write_bytes(b"\0" * 4096)  # part of the file made it to disk
-        raise OSError(code, os.strerror(code), path)
+        raise OSError(code, os.strerror(code), str(path))
 
-    monkeypatch.setattr(store.faiss, "write_index", fail)
+    monkeypatch.setattr(arrays, "save", fail)
     with pytest.raises(SearchIndexError, match=message):
         build(None, model, link, encoder)
     assert leftovers(link) == [] and snapshot(link) == before
@@ -214,7 +214,7 @@ def test_verify_finds_a_changed_byte(photos: Path, model, encoder, tmp_path: Pat
     f.write_bytes(bytes(data))
     assert "checksum" in ix.status(link, verify=True)["photos"]["damaged"]
     line = one_error_line(runner.invoke(app, ["index", "status", "--verify", "--index", str(link)]))
-    assert "regions.faiss: checksum" in line
+    assert f"{layout.VECTORS}: checksum" in line
     assert line.endswith(f"`vsa index remove --index {link}`, then `vsa index build PATH --index {link}`")
 
 

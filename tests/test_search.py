@@ -12,7 +12,7 @@ from PIL import Image
 
 from vsa_search import index as ix
 from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
-from vsa_search.core.errors import QueryError, UsageError
+from vsa_search.core.errors import QueryError, SearchIndexError, UsageError
 from vsa_search.data.vocab import SPECIALS, Vocab
 from vsa_search.index import query, sheet
 from vsa_search.models import alignment, encode
@@ -78,6 +78,25 @@ def test_exact_scores_match_embedding_score() -> None:
     want = alignment.score(v, mask, torch.from_numpy(q)[None], torch.ones(1, 6, dtype=torch.bool))[:, 0]
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
     assert best.shape == (6, 4)
+
+
+@pytest.mark.parametrize("shared", [0, 3])
+def test_score_words_is_the_padded_score(shared: int) -> None:
+    """The flat-words score (eval, querybank offsets) equals score() on padded sentences, with a
+    trailing part shared by an image's regions (a hybrid model's global term) or none."""
+    g = torch.Generator().manual_seed(shared)
+    v = torch.randn(3, 5, 8, generator=g)
+    if shared:
+        v[:, :, -shared:] = v[:, :1, -shared:]  # the same for every region of an image
+    region_mask = torch.rand(3, 5, generator=g) > 0.3
+    region_mask[:, 0] = True
+    s = torch.randn(4, 6, 8, generator=g)
+    lengths = torch.tensor([6, 1, 3, 4])
+    word_mask = torch.arange(6)[None, :] < lengths[:, None]
+    words, sent = alignment.flat_words(s, word_mask)
+    got = alignment.score_words(v, region_mask, words, sent, 4, shared)
+    np.testing.assert_allclose(got.numpy(), alignment.score(v, region_mask, s, word_mask).numpy(), rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_flat_two_stage_is_the_exhaustive_top_k(tmp_path: Path) -> None:
@@ -179,3 +198,47 @@ def test_contact_sheet(photo_index: Path, model, tmp_path: Path) -> None:
         # The first word's box and label are drawn in the first colour of the palette.
         px = np.asarray(im.convert("RGB")).reshape(-1, 3)
         assert (px == (230, 25, 75)).all(1).sum() > 100
+
+
+def shared_items(n_items: int, regions: int, part: int, shared: int, seed: int) -> list[np.ndarray]:
+    """Items whose last `shared` dims are the same in all their regions (a hybrid model's global term)."""
+    items, rng = synthetic(n_items, regions, part, seed)
+    return [np.hstack([v.astype(np.float32), np.repeat(rng.normal(0, 1, (1, shared)), regions, 0)]).astype(np.float32)
+            for v in items]
+
+
+@pytest.mark.parametrize("kind", ["flat", "pq"])
+def test_shared_part_is_stored_once_and_scored_exactly(tmp_path: Path, kind: str) -> None:
+    items = shared_items(1100 if kind == "pq" else 200, 10, 24, 16, seed=3)
+    loc = ix.Location(tmp_path / kind)
+    gen = ix.write_generation(loc, "photos", (ix.Item(f"p{i:05d}", {}, v) for i, v in enumerate(items)), 40,
+                              {"fingerprint": "syn", "path": "-"}, kind, shared_dim=16)
+    # One int8 row per region for its own 24 dims, one per photo for the 16 it shares with its other regions.
+    assert np.load(gen / "vectors.npy", mmap_mode="r").shape == (10 * len(items), 24)
+    assert np.load(gen / "shared.npy", mmap_mode="r").shape == (len(items), 16)
+    rng = np.random.default_rng(4)
+    with ix.FragmentIndex(loc) as x:
+        assert x.index_type == kind and (x.faiss is None) == (kind == "flat")
+        got = np.concatenate(x.vectors(range(len(x))))
+        want = np.concatenate(items)
+        np.testing.assert_allclose(got, want, rtol=0, atol=np.abs(want).max() / 127)
+        recalls = []
+        for _ in range(10):
+            own = items[rng.integers(len(items))]
+            q = own[rng.choice(10, 3, replace=False)] + rng.normal(0, 0.3, (3, 40)).astype(np.float32)
+            r = query.two_stage(x, q, 10)
+            want_items, want_scores = query.exhaustive(x, q, 10)
+            # The exhaustive scores are S_kl of the stored vectors: Σ_t max_i v_i·s_t, global part included.
+            stored = x.vectors(want_items)
+            np.testing.assert_allclose(want_scores, [(q @ v.T).max(1).sum() for v in stored], rtol=1e-4, atol=1e-4)
+            recalls.append(len(set(r.items.tolist()) & set(want_items.tolist())) / 10)
+            assert r.exact == (kind == "flat")
+        assert np.mean(recalls) >= (1.0 if kind == "flat" else 0.95)
+
+
+def test_a_shared_part_that_differs_between_regions_is_refused(tmp_path: Path) -> None:
+    v = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)  # no two rows share their tail
+    with pytest.raises(SearchIndexError, match="differ between its fragments"):
+        ix.write_generation(ix.Location(tmp_path / "x"), "photos", [ix.Item("a", {}, v)], 8,
+                            {"fingerprint": "syn", "path": "-"}, "flat", shared_dim=3)
+    assert ix.Location(tmp_path / "x").generations() == []

@@ -131,10 +131,10 @@ def test_cli_build_shard_and_merge(setup: dict, monkeypatch: pytest.MonkeyPatch)
 
 def test_memory_budget_picks_ivfpq_and_pq_searches() -> None:
     n, dim = 12_000, 64
-    assert ix.choose_for_memory("auto", n, dim, None) == "flat"
-    assert ix.choose_for_memory("auto", n, dim, 10 * n * dim) == "flat"  # within budget
-    assert ix.choose_for_memory("auto", n, dim, n * dim) == "ivfpq"  # flat needs 4 bytes per dim
-    assert ix.choose_for_memory("flat", n, dim, n * dim) == "flat"  # an explicit type is kept
+    assert ix.choose_for_memory("auto", n, dim, None) == "pq"  # enough fragments to train PQ codes
+    assert ix.choose_for_memory("auto", n, dim, n * dim) == "pq"  # within budget: 8 bytes a fragment
+    assert ix.choose_for_memory("auto", n, dim, n * 4) == "ivfpq"  # PQ codes of 4 bytes instead
+    assert ix.choose_for_memory("flat", n, dim, 1) == "flat"  # an explicit type is kept
     assert ix.choose_for_memory("auto", 1000, dim, 1) == "flat"  # too few to train PQ: no PQ
     assert ix.memory_bytes("ivfpq", n, dim) < ix.memory_bytes("ivf", n, dim) / 8
     rng = np.random.default_rng(0)

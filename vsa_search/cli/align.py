@@ -14,7 +14,7 @@ from ..align.mrf import DEFAULT_BETA
 from ..align.snippets import snippets, write_jsonl
 from ..core import paths
 from ..data import datasets
-from ..index.store import find_photo
+from ..index.lookup import find_photo
 from ..models.alignment import LoadedAlign, load_align
 from ..vision import images
 from ..vision.draw import save_image

@@ -220,3 +220,34 @@ def filter_notes(notes: list[str]) -> None:
     """What a metadata filter could not judge, one line each on stderr (stdout stays clean)."""
     for line in notes:
         err.print(f"({line})", markup=False)
+
+
+@contextmanager
+def stages() -> Iterator[Any]:
+    """Progress of a command that runs in stages, on stderr: yields on_stage(description, total,
+    unit) -> advance(n). On a terminal each stage gets its own bar with its real total; otherwise
+    (a pipe, a log file) one line per stage as it starts, with the time since the command began."""
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    t0 = time.perf_counter()
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*cols, console=err, transient=False, disable=not err.is_terminal) as bar:
+
+        def on_stage(description: str, total: int, unit: str = "") -> Any:
+            if not err.is_terminal:
+                err.print(f"[{time.perf_counter() - t0:6.1f} s] {description} ({total:,} {unit})".rstrip(),
+                          markup=False, highlight=False)
+            task = bar.add_task(description, total=total, unit=unit)
+            return lambda n=1: bar.update(task, advance=n)
+
+        yield on_stage

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Annotated
@@ -25,7 +24,7 @@ from ..train.querybank_tune import WEIGHTS as QB_WEIGHTS
 from ..train.querybank_tune import tune_querybank
 from .align import BetaOpt, ModelOpt
 from .caption import DEFAULT_MODEL, REGION_MODEL, RerankOpt, RerankWeightOpt
-from .common import CaptionsOpt, DatasetOpt, RootOpt, err, load_dataset_opts, new_app, out, print_json, progress
+from .common import CaptionsOpt, DatasetOpt, RootOpt, err, load_dataset_opts, new_app, out, print_json, progress, stages
 
 SplitOpt = Annotated[str, typer.Option(help="train | dev | test | all (a data set without splits, e.g. COCO: all)")]
 
@@ -80,13 +79,11 @@ def recall_cmd(
         ks = tuple(int(x) for x in k.split(",") if x.strip())
     except ValueError:
         raise UsageError(f"--k {k!r}: expected comma-separated integers, e.g. 1,5,10") from None
-    # Only a run without --features extracts photos (into the cache), so only it shows a bar.
-    bar = progress(f"extracting {split} photos", None) if features is None else nullcontext(None)
-    with bar as advance:
+    with stages() as on_stage:
         trainer = partial(train_global_baseline, device=device, on_baseline=lambda msg: err.print(msg))
         report = evaluate_recall(model, features, split, ks, baseline=baseline, device=device,
-                                 dataset=load_dataset_opts(dataset, root, captions), on_extract=advance,
-                                 train_baseline=trainer, also=also)
+                                 dataset=load_dataset_opts(dataset, root, captions),
+                                 train_baseline=trainer, also=also, on_stage=on_stage)
     if json_out:
         print_json(report)
         return

@@ -24,7 +24,8 @@ IndexOpt = Annotated[str, typer.Option("--index", help="Index name (in the folde
 ModelOpt = Annotated[str, typer.Option("--model", help="Alignment model file or name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
 TypeOpt = Annotated[str, typer.Option("--index-type",
-                                      help="auto | flat | ivf | hnsw | ivfpq (auto: exact flat while small).")]
+                                      help="auto | flat | pq | ivfpq | ivf | hnsw (auto: exact flat while small, "
+                                           "then PQ codes, rescored exactly).")]
 MemOpt = Annotated[str | None, typer.Option("--max-memory", help="FAISS memory budget (e.g. 4G): past it, auto "
                                                                  "builds IVF-PQ codes (see benchmarks/scale.py).")]
 

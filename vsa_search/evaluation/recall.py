@@ -15,13 +15,20 @@ from ..core.device import pick_device
 from ..core.errors import DatasetError, UsageError
 from ..data.datasets import load_flickr8k
 from ..data.vocab import UNK, pad_ids
-from ..models.alignment import LoadedAlign, load_align, score
+from ..models.alignment import LoadedAlign, flat_words, load_align, score_words, shared_width, split_words
 from ..models.querybank import photo_offsets, sentence_offsets
 from ..vision.features import FeatureStore, extract_to_cache, require_extractor, same_extractor
 from .metrics import chance_metrics, paper_recall, retrieval_metrics
 
 # Trains a global baseline when none fits: (model, features, dataset) -> (LoadedAlign or None, where it came from).
 BaselineTrainer = Callable[[LoadedAlign, Path, Any], tuple[LoadedAlign | None, str]]
+# Progress by stage: on_stage(description, total, unit) starts a stage and returns its advance(n).
+Advance = Callable[[int], None]
+StageFn = Callable[[str, int, str], Advance]
+
+
+def _no_stage(description: str, total: int, unit: str) -> Advance:
+    return lambda n: None
 
 
 @dataclass
@@ -39,12 +46,16 @@ class RetrievalData:
     sentences: list[str]
 
 
-def retrieval_data(records: list[Any], store: Any, vocab: Any) -> RetrievalData:
+def retrieval_data(records: list[Any], store: Any, vocab: Any, on_progress: Advance | None = None) -> RetrievalData:
     """Features of `records`' photos from `store` (a FeatureStore) and their sentences encoded with
     `vocab`. Sentences that tokenize to nothing keep one UNK so that every sentence has a score."""
     if not records:
         raise DatasetError("no photos to evaluate")
-    rf = store.get_many([r.image_id for r in records])
+    rf = []
+    for a in range(0, len(records), 100):
+        rf += store.get_many([r.image_id for r in records[a:a + 100]])
+        if on_progress:
+            on_progress(len(records[a:a + 100]))
     n, r_max, dim = len(rf), max(f.features.shape[0] for f in rf), rf[0].features.shape[1]
     feats = torch.zeros(n, r_max, dim)
     region_mask = torch.zeros(n, r_max, dtype=torch.bool)
@@ -60,28 +71,34 @@ def retrieval_data(records: list[Any], store: Any, vocab: Any) -> RetrievalData:
 
 @torch.no_grad()
 def score_all(model: torch.nn.Module, data: RetrievalData, device: torch.device | str = "cpu",
-              chunk: int = 25) -> torch.Tensor:
-    """(N_img, N_sent) scores of every photo against every sentence, in batched tensor ops
-    (photos in chunks so that the (chunk, M, T, R) dot tensor stays small)."""
+              chunk: int = 25, on_progress: Advance | None = None) -> torch.Tensor:
+    """(N_img, N_sent) scores of every photo against every sentence: every sentence's real words
+    in one (W, h) matrix, photos in chunks (alignment.score_words; a hybrid model's global part
+    scored once per photo, not per region)."""
     was_training = model.training
     model.eval()
     try:
         s = model.encode_words(data.ids.to(device), data.lengths.to(device))  # (M, T, h)
         word_mask = (torch.arange(data.ids.shape[1], device=device)[None, :]
                      < data.lengths.to(device)[:, None])
+        words, sent = flat_words(s, word_mask)
+        shared = shared_width(model)
+        part, globs = split_words(words, sent, len(s), shared)  # once, not per chunk of photos
         rows = []
         for a in range(0, len(data.image_ids), chunk):
             v = model.encode_regions(data.feats[a : a + chunk].to(device))  # (c, R', h)
-            rows.append(score(v, data.region_mask[a : a + chunk, : v.shape[1]].to(device), s, word_mask).cpu())
+            mask = data.region_mask[a : a + chunk, : v.shape[1]].to(device)
+            rows.append(score_words(v, mask, part, sent, len(s), shared, globs).cpu())
+            if on_progress:
+                on_progress(len(v))
         return torch.cat(rows)
     finally:
         model.train(was_training)
 
 
-
 @torch.no_grad()
 def querybank_offsets(loaded: LoadedAlign, data: RetrievalData, device: torch.device | str = "cpu",
-                      chunk: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
+                      chunk: int = 25, on_progress: Advance | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """((N_img,), (N_sent,)) querybank offsets of the split's photos and sentences (zeros without a bank)."""
     bank = loaded.querybank
     if bank is None:
@@ -97,19 +114,23 @@ def querybank_offsets(loaded: LoadedAlign, data: RetrievalData, device: torch.de
         for a in range(0, len(data.image_ids), chunk):
             v = model.encode_regions(data.feats[a : a + chunk].to(device))
             p_off.append(photo_offsets(model, bank, v, data.region_mask[a : a + chunk, : v.shape[1]].to(device)).cpu())
+            if on_progress:
+                on_progress(len(v))
         return torch.cat(p_off), s_off
     finally:
         model.train(was_training)
 
 
 def _rows(name: str, loaded: LoadedAlign, data: RetrievalData, device: torch.device | str, ks: tuple[int, ...],
-          reps: int, seed: int) -> list[dict[str, Any]]:
+          reps: int, seed: int, on_stage: StageFn = _no_stage) -> list[dict[str, Any]]:
     """One table row for a model; two for a model with a querybank (the second without it)."""
-    raw = score_all(loaded.model, data, device)
+    raw = score_all(loaded.model, data, device,
+                    on_progress=on_stage(f"scoring {name}", len(data.image_ids), "photos"))
     row = {"name": name, "path": str(loaded.path)}
     if loaded.querybank is None:
         return [{**row, "metrics": retrieval_metrics(raw, data.sent_image, ks, reps, seed)}]
-    p_off, s_off = querybank_offsets(loaded, data, device)
+    p_off, s_off = querybank_offsets(loaded, data, device,
+                                     on_progress=on_stage(f"querybank offsets, {name}", len(data.image_ids), "photos"))
     return [{**row, "querybank": loaded.querybank.header(),
              "metrics": retrieval_metrics(raw - p_off[:, None] - s_off[None, :], data.sent_image, ks, reps, seed)},
             {**row, "name": f"{name}, without querybank normalisation",
@@ -146,13 +167,15 @@ def evaluate_recall(model_path: str | Path, features: str | Path | None = None, 
                     device: str | None = None, reps: int = 1000, seed: int = 0,
                     on_extract: Callable[[int], None] | None = None,
                     train_baseline: BaselineTrainer | None = None,
-                    also: list[str | Path] | None = None) -> dict[str, Any]:
+                    also: list[str | Path] | None = None, on_stage: StageFn | None = None) -> dict[str, Any]:
     """The paper's retrieval evaluation on the `split` photos present ("all": every photo of
     `dataset`, default Flickr8k): this model, the models in `also` (an ablation in one table), the
     global baseline, chance and the paper's figures, side by side; 95% bootstrap intervals over
     photos (the same resamples for every row). Without `features`, the split's photos are extracted
-    into the cache with the model's region config (on_extract(n) reports progress).
-    train_baseline: see `_baseline`."""
+    into the cache with the model's region config (on_extract(n) reports progress, or on_stage).
+    train_baseline: see `_baseline`. on_stage(description, total, unit) -> advance(n): progress by
+    stage, with real totals (extracting, reading features, scoring each model)."""
+    stage = on_stage or _no_stage
     if not ks or any(k < 1 for k in ks):
         raise UsageError("--k needs positive integers, e.g. 1,5,10")
     ks = tuple(sorted(set(ks)))
@@ -165,7 +188,8 @@ def evaluate_recall(model_path: str | Path, features: str | Path | None = None, 
         raise DatasetError(f"no {split} photos of the {ds.name} data set present on disk{hint}")
     others = [load_align(paths.find_model(str(p)), dev_) for p in also or []]
     if features is None:
-        features = extract_to_cache({r.image_id: r.path for r in records}, model.region_config, device, on_extract)
+        extract = on_extract or stage(f"extracting {split} photos", len(records), "photos")
+        features = extract_to_cache({r.image_id: r.path for r in records}, model.region_config, device, extract)
     features = Path(features)
     with FeatureStore(features, readonly=True) as store:
         for m in (model, *others):
@@ -173,17 +197,17 @@ def evaluate_recall(model_path: str | Path, features: str | Path | None = None, 
         records = [r for r in records if r.image_id in store]
         if not records:
             raise DatasetError(f"{features}: holds none of the {split} photos")
-        data = retrieval_data(records, store, model.vocab)
+        data = retrieval_data(records, store, model.vocab, stage("reading features", len(records), "photos"))
     base, base_from = _baseline(model, features, baseline, ds, train_baseline)
 
-    rows = _rows(f"this model: {Path(model.path).name}", model, data, dev_, ks, reps, seed)
+    rows = _rows(f"this model: {Path(model.path).name}", model, data, dev_, ks, reps, seed, stage)
     for m in others:
         mdata = data if m.vocab.itos == model.vocab.itos else _data_for(features, records, m)
-        rows += _rows(Path(m.path).name, m, mdata, dev_, ks, reps, seed)
+        rows += _rows(Path(m.path).name, m, mdata, dev_, ks, reps, seed, stage)
     if base is not None:
         base.model.to(dev_)
         bdata = data if base.vocab.itos == model.vocab.itos else _data_for(features, records, base)
-        rows.append({**_rows("global baseline", base, bdata, dev_, ks, reps, seed)[0], "path": base_from})
+        rows.append({**_rows("global baseline", base, bdata, dev_, ks, reps, seed, stage)[0], "path": base_from})
     per_image = max(1, round(len(data.sent_image) / len(records)))
     rows.append({"name": "chance", "metrics": chance_metrics(len(records), per_image, ks)})
     paper = paper_recall("flickr8k")

@@ -1,13 +1,19 @@
-"""The photo index (and its image->text twin, the sentence index): fragment vectors in a FAISS
-inner-product index, per-item metadata in LMDB, and a manifest. The only package that knows FAISS.
-Modules: layout (where an index lives, the lock), faiss_types, store (reader and writer of a
-generation), photos (incremental photo builds), photometa (hashes and EXIF stored per photo), sentences,
-shards (split builds, merge), query (search), filters (metadata filters over any result list), dupes
-(near-duplicate groups) and sheet (contact sheets); this face adds build(), search(), status() and remove().
+"""The photo index (and its image->text twin, the sentence index): fragment vectors stored once
+(int8, memory-mapped), a FAISS first stage of compact codes, per-item records in LMDB, and a
+manifest. The only package that knows FAISS. Modules: layout (where an index lives, the lock, the
+file names), arrays (int8 codes, .npy row files), faiss_types, store (reader of a generation),
+generation (writer of one), lookup (one photo's regions), photos (incremental photo builds),
+photometa (hashes and EXIF stored per photo), sentences, shards (split builds, merge), query
+(search), openvocab (search with the concept bridge), likeness (photos like a photo), minus,
+floor (the relevance floor), filters (metadata filters over any result list), dupes
+(near-duplicate groups) and sheet (contact sheets); this face adds build(), search(), status()
+and remove().
 
 On disk, `indexes/NAME` is a symlink to a hidden generation directory beside it:
 
-    indexes/NAME -> .NAME.g000003/      manifest.json, regions.faiss, meta.lmdb/
+    indexes/NAME -> .NAME.g000003/      manifest.json, meta.lmdb/, vectors.npy, scales.npy,
+                                        shared.npy, items.npy, boxes.npy, concept_*.npy,
+                                        regions.faiss and shared.faiss (not for "flat")
     indexes/.NAME.work/                 vectors encoded by a build in progress (LMDB, by content hash)
     indexes/.NAME.lock                  held by a running build
 
@@ -37,10 +43,11 @@ from .filters import FilterReport, MetaFilter, search_filtered
 from .floor import Floored, apply_floor, load_calibration
 from .generation import Item, write_generation
 from .layout import DEFAULT_NAME, KINDS, Location, disk_size, resolve, work_meta
+from .lookup import find_photo
 from .minus import MINUS_WEIGHT, MinusResult, search_minus
 from .query import Result, model_for, search_image, search_text, text_model_for
 from .shards import MergeReport, check_shard, merge, shard_of
-from .store import FragmentIndex, find_photo, open_index
+from .store import FragmentIndex, open_index
 
 if TYPE_CHECKING:
     from ..models.alignment import LoadedAlign

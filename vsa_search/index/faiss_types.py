@@ -1,5 +1,7 @@
-"""The FAISS index types (flat, ivf, hnsw, ivfpq): choosing one for a size and a memory budget,
-and building it over fragment vectors. Inner-product search throughout."""
+"""The FAISS index types of the first search stage (pq, ivfpq, ivf, hnsw; "flat" has none: it
+scans the stored int8 vectors): choosing one for a size and a memory budget, and building it over
+fragment vectors. Inner-product search throughout. The first stage only proposes candidates; the
+stored vectors (arrays.py) rescore them, so compact codes cost recall, not precision."""
 
 from __future__ import annotations
 
@@ -10,13 +12,15 @@ import numpy as np
 
 from ..core.errors import UsageError
 
-INDEX_TYPES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
-# Past this many fragments "auto" leaves exact search for IVF, whose query time grows far slower
-# (benchmarks/search.py: synthetic 512-d regions, recall@10 1.0 at 100k and 1M). Real region
-# vectors of the shipped model share a large global part and IVF finds fewer of the exact top 10
-# on them (benchmarks/index_recall.py: 0.89 on 1,000 dev photos), so search stays exact for as long
-# as a flat scan is fast enough.
-FLAT_MAX = 50_000
+INDEX_TYPES = ("auto", "flat", "pq", "ivfpq", "ivf", "hnsw")
+# "auto": exact (flat) while the int8 vectors are small enough to scan whole (and too few to train
+# PQ codes), PQ codes scanned exhaustively up to PQ_FLAT_MAX fragments, IVF-PQ beyond.
+FLAT_MAX = 9_984
+PQ_FLAT_MAX = 400_000
+# "pq": FAISS's fast-scan PQ, 4-bit codes of 4 dims each (512-d region part: 64 bytes). Against 8-bit
+# PQ of the same size on 160k real region parts: 2.6 vs 25.5 ms of CPU a 10-word query, 1.7 vs 99 s
+# to train, and 0.94 vs 0.97 of each word's top 32 regions within its top 256 (the rescoring depth).
+PQ_FS_DIMS = 4
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 64
 IVF_TRAIN_PER_LIST = 40  # k-means sample size per list (FAISS asks for >= 39)
@@ -39,13 +43,15 @@ def choose_type(index_type: str, n: int) -> str:
     check_index_type(index_type)
     if index_type != "auto":
         return index_type
-    return "flat" if n <= FLAT_MAX else "ivf"
+    if n < FLAT_MAX:
+        return "flat"
+    return "pq" if n <= PQ_FLAT_MAX else "ivfpq"
 
 
-def pq_layout(dim: int) -> tuple[int, int]:
-    """(sub-quantizers m, width) of an ivfpq index over dim-d vectors: m is the largest divisor
-    of dim up to dim / PQ_BYTES_PER_DIMS (PQ splits the vector evenly)."""
-    m = max(1, dim // PQ_BYTES_PER_DIMS)
+def pq_layout(dim: int, per: int = PQ_BYTES_PER_DIMS) -> tuple[int, int]:
+    """(sub-quantizers m, width) of a PQ code over dim-d vectors: m is the largest divisor
+    of dim up to dim / per (PQ splits the vector evenly)."""
+    m = max(1, dim // per)
     while dim % m:
         m -= 1
     return m, dim
@@ -55,7 +61,9 @@ def memory_bytes(index_type: str, n: int, dim: int) -> int:
     """RAM a FAISS index of n fragments of dim takes while searching (estimate, from FAISS's layout:
     float32 vectors, int64 ids in inverted lists, HNSW links, IVF centroids, PQ codes)."""
     if index_type == "flat":
-        return n * dim * 4
+        return 0  # no first-stage index: the search scans the memory-mapped int8 vectors
+    if index_type == "pq":
+        return n * pq_layout(dim, PQ_FS_DIMS)[0] // 2 + 16 * dim * 4
     nlist = ivf_lists(n)
     if index_type == "ivf":
         return n * ((dim + 1) * 4 + 8) + nlist * (dim + 1) * 4
@@ -69,10 +77,9 @@ def memory_bytes(index_type: str, n: int, dim: int) -> int:
 
 
 def choose_for_memory(index_type: str, n: int, dim: int, max_memory: int | None) -> str:
-    """choose_type, and past the memory budget (bytes) IVF-PQ: one byte of code per
-    PQ_BYTES_PER_DIMS dims plus an 8-byte id, instead of float vectors. The exact re-ranking in
-    query.py reads LMDB, so PQ only lowers first-stage recall (benchmarks/scale.py measures it).
-    An explicit type is kept."""
+    """choose_type, and past the memory budget (bytes) IVF-PQ: one byte of code per 16 dims plus
+    an id. The rescoring in query.py reads the stored vectors, so PQ only lowers first-stage
+    recall (benchmarks/scale.py measures it). An explicit type is kept."""
     chosen = choose_type(index_type, n)
     if (index_type == "auto" and max_memory is not None and n >= PQ_MIN_TRAIN
             and memory_bytes(chosen, n, dim) > max_memory):
@@ -86,17 +93,26 @@ def ivf_lists(n: int) -> int:
     return max(1, min(want, n // 39))
 
 
-def make_faiss(vectors: np.ndarray, index_type: str, chunk: int = 65536) -> tuple[faiss.Index, str, dict[str, Any]]:
-    """An inner-product index over `vectors` (N, h) (any float dtype), and its parameters.
-    Deterministic: the k-means sample is a fixed function of N."""
+def make_faiss(vectors: Any, index_type: str, chunk: int = 65536) -> tuple[faiss.Index | None, str, dict[str, Any]]:
+    """An inner-product index over `vectors` (N, h) (any float dtype, or arrays.Dequantized), and
+    its parameters; None for "flat" (the search scans the stored vectors). Deterministic: the
+    k-means and PQ training samples are fixed functions of N."""
     n, h = vectors.shape
     params: dict[str, Any] = {}
     if n == 0:
-        index_type = "flat"  # nothing to train IVF on; an empty index searches the same
-    if index_type == "ivfpq" and n < PQ_MIN_TRAIN:
-        index_type = "ivf"  # too few fragments to train PQ codes (and too few to need them)
+        index_type = "flat"  # nothing to train on; an empty index searches the same
+    if index_type in ("pq", "ivfpq") and n < PQ_MIN_TRAIN:
+        index_type = "flat" if index_type == "pq" else "ivf"  # too few fragments to train PQ codes
     if index_type == "flat":
-        index = faiss.IndexFlatIP(h)
+        return None, "flat", params
+    if index_type == "pq":
+        # Flat fast-scan PQ codes, scanned whole per query word (SIMD): no lists to miss.
+        m, _ = pq_layout(h, PQ_FS_DIMS)
+        index = faiss.index_factory(h, f"PQ{m}x4fs", faiss.METRIC_INNER_PRODUCT)
+        rows = _train_rows(n, -(-PQ_MIN_TRAIN // IVF_TRAIN_PER_LIST))
+        index.pq.cp.seed = 1234
+        index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
+        params.update(pq_m=m, pq_bits=4)
     elif index_type == "hnsw":
         # HNSW's graph needs a metric and inner product is not one (recall 0.57 on real region
         # vectors), so it runs on the L2 reduction (see _augment).
@@ -137,13 +153,34 @@ def make_faiss(vectors: np.ndarray, index_type: str, chunk: int = 65536) -> tupl
         params.update(nlist=nlist, nprobe=IVF_NPROBE, center=center.tolist(), pq_m=m)
     else:
         check_index_type(index_type, INDEX_TYPES[1:])  # raises: "auto" is chosen before this point
-    for i in range(0, n, chunk):
+    _add(index, vectors, params, chunk)
+    return index, index_type, params
+
+
+def _add(index: faiss.Index, vectors: Any, params: dict[str, Any], chunk: int) -> None:
+    for i in range(0, len(vectors), chunk):
         part = vectors[i:i + chunk]
         if "center" in params:
             part = part.astype(np.float32) - np.asarray(params["center"], np.float32)
         index.add(_augment(part, params["max_norm"]) if "max_norm" in params else
                   np.ascontiguousarray(part, dtype=np.float32))
-    return index, index_type, params
+
+
+def make_item_faiss(vectors: Any) -> faiss.Index:
+    """The first stage of the per-photo shared part (a hybrid model's global term, one vector a
+    photo): PQ codes, one byte per 16 dims, scanned whole (one query vector); 4-bit scalar codes
+    when there are too few photos to train PQ."""
+    n, h = vectors.shape
+    if n >= PQ_MIN_TRAIN:
+        index = faiss.IndexPQ(h, pq_layout(h)[0], 8, faiss.METRIC_INNER_PRODUCT)
+        index.pq.cp.seed = 1234
+        index.train(np.ascontiguousarray(vectors[_train_rows(n, -(-PQ_MIN_TRAIN // IVF_TRAIN_PER_LIST))],
+                                         dtype=np.float32))
+    else:
+        index = faiss.IndexScalarQuantizer(h, faiss.ScalarQuantizer.QT_4bit, faiss.METRIC_INNER_PRODUCT)
+        index.train(np.ascontiguousarray(vectors[:], dtype=np.float32))
+    _add(index, vectors, {}, 65536)
+    return index
 
 
 def _gpu_kmeans(index: faiss.IndexIVF, params: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -17,21 +18,31 @@ from ..core import paths
 from ..core.errors import SearchIndexError, UsageError
 from ..core.kv import KV, as_os_error
 
-FORMAT_VERSION = 1
+# 2: one int8 copy of the vectors (memory-mapped .npy, a photo's shared global part stored once),
+# a FAISS first stage of compact codes; 1 kept float32 vectors in FAISS and float16 ones in LMDB.
+FORMAT_VERSION = 2
 KINDS = {"photos": ("photos", "regions"), "sentences": ("sentences", "words")}
 
 MANIFEST = "manifest.json"
-VECTORS = "regions.faiss"
-META = "meta.lmdb"
+META = "meta.lmdb"  # item records (key, info, first, count) and skipped photos
+# Fragment rows (one per region or word; an item's rows are contiguous, items sorted by key):
+VECTORS = "vectors.npy"  # int8 (F, dim - shared_dim): each fragment's own part
+SCALES = "scales.npy"  # float32 (F,): vector = codes * scale
+BOXES = "boxes.npy"  # int32 (F, 4) xyxy, photos only
+CONCEPT_IDS = "concept_ids.npy"  # uint16 (F, K): each region's top ImageNet classes, photos only
+CONCEPT_PROBS = "concept_probs.npy"  # float16 (F, K)
+# Item rows:
+ITEMS = "items.npy"  # structured (N,): first, count, querybank offset, has_concepts
+SHARED = "shared.npy"  # int8 (N, shared_dim): the part every fragment of an item shares (hybrid global term)
+SHARED_SCALES = "shared_scales.npy"  # float32 (N,)
+# First stage (absent for "flat"):
+FIRST_STAGE = "regions.faiss"  # codes of the fragments' own parts
+SHARED_STAGE = "shared.faiss"  # codes of the items' shared parts
 DEFAULT_NAME = "default"
 SENTENCES_SUFFIX = ".sentences"
 
 _ITEM = "i/"  # i/000000042 -> JSON item record (key, info, first, count)
-_VEC = "v/"  # v/000000042 -> raw float16 (count, h)
-_BOX = "b/"  # b/000000042 -> raw int32 (count, 4), photos only
-_CON = "c/"  # c/000000042 -> region concepts (vision.concepts.Concepts bytes), photos only; absent in older indexes
 _SKIP = "s/"  # s/<path> -> reason (photos that could not be read)
-_IDMAP = "idmap"  # arrays: first (N,) int64, count (N,) int64
 _WORK_META = "meta"
 _WORK_VEC = "w/"  # w/<content hash> -> arrays boxes, vectors (a build in progress)
 
@@ -187,6 +198,16 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+def read_manifest(location: Location) -> dict[str, Any] | None:
+    """The current generation's manifest when it is readable, whatever state its other files are in
+    (a rebuild of a damaged index takes its folders from it)."""
+    gen = location.current()
+    try:
+        return json.loads((gen / MANIFEST).read_text()) if gen is not None else None
+    except (OSError, ValueError):
+        return None
+
+
 def disk_size(p: Path) -> int:
     if p.is_file():
         return p.stat().st_size
@@ -223,6 +244,6 @@ def _mb(n: int) -> str:
 
 
 def generation_bytes(items: int, fragments: int, dim: int) -> int:
-    """About what a generation takes on disk: float16 vectors and records in LMDB (with its page
-    overhead), float32 vectors in a flat FAISS index."""
-    return int(fragments * dim * (2 * 1.3 + 4) + items * 4096)
+    """About what a generation takes at most on disk: int8 vectors and their scales, boxes,
+    concepts and PQ codes per fragment; a record (LMDB, with its page overhead) per item."""
+    return int(fragments * (dim + 4 + 16 + 40 + dim // 8) + items * 1024)

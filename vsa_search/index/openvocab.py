@@ -13,7 +13,6 @@ and a photo scores Σ_t max_i u_t(i), the paper's S_kl with the bridge inside th
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +24,6 @@ from ..models.textenc import query_encoder
 from ..vision.concepts import (
     DEFAULT_BRIDGE,
     BridgeConfig,
-    Concepts,
     bridge_scores_many,
     bridge_weight,
     class_word,
@@ -33,7 +31,7 @@ from ..vision.concepts import (
     in_glove,
     word_weights,
 )
-from .query import PER_WORD_APPROX, Hit, Result, WordMatch, _top
+from .query import PER_ITEM_APPROX, PER_WORD_APPROX, Hit, Result, WordMatch, _top, candidates
 
 # --------------------------------------------------------------------------- the query
 
@@ -92,40 +90,14 @@ def make_query(model: Any, text: str, cfg: BridgeConfig = DEFAULT_BRIDGE, with_b
 
 # --------------------------------------------------------------------------- an index's concepts
 
-_CACHE: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-# The server's worker threads share the cache: one of them may empty it for a new generation while
-# another is between finding its entry and reading it.
-_CACHE_LOCK = threading.Lock()
-
-
 def index_concepts(ix: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every region's concepts of a photo index: ids (N, K) int64, probs (N, K) float32, and which
-    items have none stored (an index built before concepts). Generations never change, so the
-    arrays are cached per generation directory."""
-    key = str(ix.dir)
-    with _CACHE_LOCK:
-        cached = _CACHE.get(key)
-    if cached is not None:
-        return cached
-    n, k = ix.fragments, 1
-    blobs = ix.concepts_bytes(range(len(ix)))
-    parsed = [Concepts.from_bytes(b) if b is not None else None for b in blobs]
-    k = max([c.ids.shape[1] for c in parsed if c is not None] or [1])
-    ids = np.zeros((n, k), np.int64)
-    probs = np.zeros((n, k), np.float32)
-    missing = np.zeros(len(ix), bool)
-    for i, c in enumerate(parsed):
-        a, m = int(ix.first[i]), int(ix.count[i])
-        if c is None or len(c) < m:
-            missing[i] = True
-            continue
-        ids[a:a + m, : c.ids.shape[1]] = c.ids[:m]
-        probs[a:a + m, : c.ids.shape[1]] = c.probs[:m]
-    entry = (ids, probs, missing)
-    with _CACHE_LOCK:
-        _CACHE.clear()  # one index at a time is enough for a command
-        _CACHE[key] = entry
-    return entry
+    """Every region's concepts of a photo index: ids (N, K) uint16, probs (N, K) float16 (both
+    memory-mapped from the index) and which items have none stored."""
+    got = ix.concept_arrays()
+    if got is None:
+        return np.zeros((ix.fragments, 1), np.uint16), np.zeros((ix.fragments, 1), np.float16), \
+            np.ones(len(ix), bool)
+    return got
 
 
 # --------------------------------------------------------------------------- search
@@ -189,8 +161,7 @@ def search_text(ix: Any, model: Any, text: str, k: int = 10, cfg: BridgeConfig |
         dots = ix.all_dots(qr.q) if len(qr.q) and len(ix) else np.zeros((len(qr.q), ix.fragments), np.float32)
     else:
         cands = _candidates(ix, qr, ids, probs, depth)
-        vecs = ix.vectors(cands)
-        dots = (qr.q @ np.concatenate(vecs).astype(np.float32).T) if vecs else np.zeros((len(qr.q), 0))
+        dots = _dots(ix, qr.q, cands)
     rows = np.concatenate([np.arange(ix.first[i], ix.first[i] + ix.count[i]) for i in cands]) \
         if len(cands) else np.zeros(0, np.int64)
     bridge = bridge_scores_many(qr.weights, ids[rows], probs[rows]) if with_bridge \
@@ -212,13 +183,23 @@ def search_text(ix: Any, model: Any, text: str, k: int = 10, cfg: BridgeConfig |
                       weight=cfg.weight if with_bridge else 0.0, concepts_missing=int(missing.sum()))
 
 
+def _dots(ix: Any, q: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    """(T_known, ΣR) dots of the known words with the candidates' regions, from the stored vectors
+    (a shared part added to each of its item's regions)."""
+    rows = ix.rows_of(cands)
+    dots = q[:, :ix.part_dim] @ ix.part_vectors(rows).T
+    if ix.shared_dim and len(cands):
+        dots += np.repeat(ix.shared_vectors(cands) @ q[:, ix.part_dim:].T, ix.count[cands], axis=0).T
+    return dots.astype(np.float32)
+
+
 def _candidates(ix: Any, qr: Query, ids: np.ndarray | None, probs: np.ndarray | None, depth: int) -> np.ndarray:
-    """The first stage: FAISS's top `depth` regions of each known word, plus the photos of the
-    `depth` regions that score highest through the bridge alone (a linear pass over K concepts per region)."""
+    """The first stage: the candidates of the known words (query.candidates: each word's top `depth`
+    regions, and the photos best by the shared part), plus the photos of the `depth` regions that
+    score highest through the bridge alone (a linear pass over K concepts per region)."""
     found = []
     if len(qr.q):
-        _, got = ix.search(qr.q, depth)
-        found.append(ix.items_of(got[got >= 0]))
+        found.append(candidates(ix, qr.q, depth, PER_ITEM_APPROX).items)
     if ids is not None and qr.bridged.any():
         b = bridge_scores_many(qr.weights[qr.bridged], ids, probs).max(0)  # (N,)
         n = min(depth, len(b))

@@ -26,7 +26,7 @@ from ..vision.images import DEFAULT_MAX_MEGAPIXELS, PHOTO_KINDS
 from ..vision.regions import RegionEncoder, decode_side, extract
 from . import photometa
 from .faiss_types import check_index_type, choose_for_memory
-from .generation import Item, file_digest, model_info, write_generation
+from .generation import Item, as_stored, file_digest, model_info, shared_width, write_generation
 from .layout import (
     _WORK_META,
     _WORK_VEC,
@@ -37,12 +37,13 @@ from .layout import (
     disk_error,
     drop_empty_work,
     generation_bytes,
+    read_manifest,
     resolve,
     work_roots,
 )
 from .plan import BuildReport, PlannedPhoto, is_under, scan
 from .shards import check_shard, shard_of
-from .store import FragmentIndex, read_manifest
+from .store import FragmentIndex
 
 
 class PhotoBuild:
@@ -335,7 +336,7 @@ class PhotoBuild:
             boxes = result.boxes[: len(vecs)]  # a global model keeps region 0 only
             vecs = vecs.astype(np.float16)
             pending.append((digest, boxes.astype(np.int32), vecs,
-                            _concepts_of(result.features[: len(vecs)], self.model), photo_offset(self.model, vecs),
+                            _concepts_of(result.features[: len(vecs)], self.model), self._offset(vecs),
                             photometa.to_array(photometa.of_prepared(result.photo))))  # type: ignore[arg-type]
             self.report.encoded += 1
             if len(pending) >= self.batch_size:
@@ -358,9 +359,11 @@ class PhotoBuild:
 
     def _items(self) -> Iterator[Item]:
         for p in self.planned:
+            stored = None
             if p.source == "old":
                 i = self.old_item_by_hash[p.hash]
-                vecs = self.old.vectors([i])[0]  # type: ignore[union-attr]
+                vecs = None
+                stored = self.old.stored(i)  # type: ignore[union-attr]
                 boxes = self.old.boxes(i)  # type: ignore[union-attr]
                 con = self.old.concepts_bytes([i])[0]  # type: ignore[union-attr]
                 offset = float(self.old.offsets[i])  # type: ignore[union-attr]
@@ -371,13 +374,18 @@ class PhotoBuild:
                     raise SearchIndexError(f"{p.path}: vectors missing from the build's work area; build again")
                 vecs, boxes = a["vectors"], a["boxes"]
                 con = a["concepts"].tobytes() if "concepts" in a else None
-                offset = float(a["offset"][0]) if "offset" in a else photo_offset(self.model, vecs)
+                offset = float(a["offset"][0]) if "offset" in a else self._offset(vecs)
                 meta = photometa.from_array(a["meta"]) if "meta" in a else None
             if meta is None or meta.get("v") != photometa.META_VERSION:  # an index or work area from before
                 # this photometa version: read it from the photo now (no CNN)
                 meta = photometa.describe(p.path, self.max_megapixels, decode_side(self.model.region_config))
             info = {"path": p.path, "size": p.size, "mtime_ns": p.mtime_ns, "hash": p.hash, "meta": meta}
-            yield Item(p.path, info, vecs, boxes, con, offset)
+            yield Item(p.path, info, vecs, boxes, con, offset, stored)
+
+    def _offset(self, vecs: np.ndarray) -> float:
+        """The querybank offset of the vectors as the index will store them, so that a stored
+        photo's scores and its offset come from the same numbers."""
+        return photo_offset(self.model, as_stored(vecs, shared_width(self.model)))
 
     def _write(self, chosen: str) -> None:
         r = self.report
@@ -387,7 +395,7 @@ class PhotoBuild:
             extra.update(shard=list(self.shard), max_regions=self.model.region_config.max_regions)
         gen = write_generation(self.location, "photos", self._items(), self.model.model.out_dim,
                                model_info(self.model), chosen, extra=extra, skipped=skipped,
-                               need_bytes=self._need_bytes()[1])
+                               need_bytes=self._need_bytes()[1], shared_dim=shared_width(self.model))
         manifest = json.loads((gen / MANIFEST).read_text())
         r.photos, r.regions = manifest["counts"]["photos"], manifest["counts"]["regions"]
         r.index_type = manifest["index_type"]

@@ -1,15 +1,19 @@
 """Search an index with words (text -> photos) or with a photo (image -> sentences).
 
 The score is the paper's S_kl = Σ_t max_i v_i · s_t: a sum over words of a max over regions,
-less the item's querybank offset when the model has a querybank (models/querybank.py). A photo
-can only score high if its regions score high for the words, so search runs in two
-stages: (a) each word vector retrieves its top-N regions from FAISS and their photos become the
-candidates; (b) the candidates are re-ranked by the exact S_kl over all of their regions.
+less the item's querybank offset when the model has a querybank (models/querybank.py). With a
+hybrid model every region of a photo shares its global part u (v_i = [a_i ; u], s_t = [b_t ; g_t]),
+so S_kl = Σ_t max_i a_i·b_t + u·Σ_t g_t, and the index stores u once per photo. Search runs in
+two stages: (a) each word's own part b_t retrieves its top-N regions by a_i·b_t from the first
+stage and, with a shared part, Σ_t g_t its top-M photos by u·Σ_t g_t: their photos are the
+candidates; (b) the candidates are re-ranked by the exact S_kl over all of their regions, read
+from the stored vectors.
 
-For an exact (flat) index the first stage also gives a bound: a photo none of whose regions is
-in word t's top N scores at most Σ_t (N-th best dot of word t). When the k-th re-ranked score
-already beats that bound, the result is provably the exhaustive top k; otherwise N grows (x4)
-up to a cap. The same test guides approximate indexes, where the bound is itself approximate.
+For an exact (flat) index the first stage also gives a bound: a photo in no list scores at most
+Σ_t (N-th best dot of word t) + (M-th best global dot). When the k-th re-ranked score already
+beats that bound, the result is provably the exhaustive top k; otherwise N and M grow (x4) up
+to a cap. Approximate first stages (PQ codes) use fixed depths, measured to keep recall@10
+against exhaustive scoring at 0.99 or more.
 """
 
 from __future__ import annotations
@@ -32,11 +36,10 @@ if TYPE_CHECKING:  # torch loads only for a photo query or a model without a tex
 
 PER_WORD = 256  # exact (flat) index: first-stage regions per word before any growth
 MAX_PER_WORD = 1024  # growth cap: bounds the worst-case query time
-PER_WORD_APPROX = 256  # IVF / HNSW: a fixed depth, as the bound is itself approximate there
-# Recall@10 against the exhaustive top 10: 1.0 on synthetic regions (benchmarks/search.py), but on a real
-# index (1,000 Flickr8k dev photos, the shipped model, 200 dev captions: benchmarks/index_recall.py) 0.89
-# for IVF and 0.91 for HNSW at these defaults, 0.995 and 0.999 at 1,024 per word (IVF with nprobe 16).
-# Hence "auto" keeps small indexes flat, where search is exact.
+PER_WORD_APPROX = 256  # PQ / IVF / HNSW: a fixed depth, as the bound is itself approximate there
+PER_ITEM_APPROX = 128  # photos by the shared (global) part, approximate first stages
+# (real queries on 2,000 Flickr8k photos, PQ codes: 340 candidates a query, recall@10 0.998
+# against exhaustive scoring, the same as scoring every photo from the int8 vectors)
 
 
 @dataclass
@@ -133,13 +136,13 @@ def exact_scores(q: np.ndarray, vectors: list[np.ndarray]) -> tuple[np.ndarray, 
 
 
 def exhaustive(ix: FragmentIndex, q: np.ndarray, k: int, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """The exact top k over every item (no FAISS): the reference the two stages are measured
-    against. Returns (items (k,), scores (k,))."""
+    """The exact top k over every item (no first stage): the reference the two stages are
+    measured against. Returns (items (k,), scores (k,))."""
     best_items = np.zeros(0, np.int64)
     best_scores = np.zeros(0, np.float32)
     for lo in range(0, len(ix), chunk):
         items = np.arange(lo, min(lo + chunk, len(ix)))
-        scores, _ = exact_scores(q, ix.vectors(items))
+        scores, _ = ix.scores(q, items)
         scores = scores - ix.offsets[items]
         best_items = np.concatenate([best_items, items])
         best_scores = np.concatenate([best_scores, scores])
@@ -171,41 +174,66 @@ class Ranked:
 
 def two_stage(ix: FragmentIndex, q: np.ndarray, k: int, per_word: int | None = None,
               max_per_word: int | None = MAX_PER_WORD) -> Ranked:
-    """Top k items for query words q (T, h): FAISS candidates, then the exact S_kl.
-    On a flat index with no `per_word` every region is a candidate: the flat scan computes
-    every dot anyway, so scoring all photos from them costs no more and is exact.
-    `max_per_word=None` turns growth off."""
+    """Top k items for query words q (T, h): first-stage candidates, then the exact S_kl.
+    On a flat index with no `per_word` every photo is scored: the scan computes every dot
+    anyway, so scoring all photos from them costs no more and is exact. `max_per_word=None`
+    turns growth off."""
     if k <= 0:
         raise UsageError(f"-k must be at least 1 (got {k})")
     if ix.exact and per_word is None:
         return _score_all(ix, q, k)
     n = per_word or (PER_WORD if ix.exact else PER_WORD_APPROX)
-    total = ix.fragments
+    m = n if ix.exact else PER_ITEM_APPROX
     while True:
-        dots, ids = ix.search(q, n)  # (T, n')
-        valid = ids >= 0
-        # Each word's n-th best dot (its last valid one when the index returned fewer): no
-        # region outside word t's list beats it.
-        nth = np.where(valid, dots, np.inf).min(axis=1)  # (T,)
-        cands, inv = np.unique(ix.items_of(ids[valid]), return_inverse=True)
-        # A candidate's best listed dot per word is its exact max for that word (the list is
-        # the top n overall); for a word it is not listed under, nth[t] bounds it from above.
-        listed = np.full((len(cands), len(q)), -np.inf, np.float32)
-        np.maximum.at(listed, (inv, np.nonzero(valid)[0]), dots[valid])
-        upper = np.where(listed > -np.inf, listed, nth[None, :]).sum(1) - ix.offsets[cands]  # (C,)
+        c = candidates(ix, q, n, m)
         # The bounds hold for an exact index only; an approximate one may have missed a
-        # candidate's best region, so there every candidate is scored (a few ms: LMDB + one matmul).
-        items, scores = _rerank(ix, q, cands, upper if ix.exact else None, k)
-        everything = ids.shape[1] >= total
-        # A photo outside every list scores at most Σ_t nth[t] less its offset.
-        proven = everything or (len(items) == k and bool(scores[-1] >= nth.sum() - ix.offsets.min()))
+        # candidate's best region, so there every candidate is scored (the stored int8 rows of a
+        # few hundred photos and one product).
+        items, scores = _rerank(ix, q, c.items, c.upper if ix.exact else None, k)
+        proven = c.everything or (len(items) == k and bool(scores[-1] >= c.outside))
         if proven or max_per_word is None or n >= max_per_word or not ix.exact:
-            return Ranked(items, scores, len(cands), ids.shape[1], proven and ix.exact)
-        n = min(n * 4, max_per_word)
+            return Ranked(items, scores, len(c.items), c.depth, proven and ix.exact)
+        n, m = min(n * 4, max_per_word), min(m * 4, max_per_word)
+
+
+@dataclass
+class Candidates:
+    items: np.ndarray  # (C,) item ids
+    upper: np.ndarray  # (C,) an upper bound of each one's score, offsets subtracted (exact first stages)
+    outside: float  # a bound of the score of every item not among them
+    depth: int  # regions per word that were read
+    everything: bool  # every item is a candidate
+
+
+def candidates(ix: FragmentIndex, q: np.ndarray, n: int, m: int) -> Candidates:
+    """The photos whose regions are among each word's top n by a_i·b_t, and (with a shared
+    part) the top m by u·Σ_t g_t. A candidate's best listed dot per word is its max for that
+    word (the list is the top n overall); where it is not listed, the word's n-th dot bounds it."""
+    part = ix.part_dim
+    dots, ids = ix.search(q, n)  # (T, n'): own parts only
+    valid = ids >= 0
+    nth = np.where(valid, dots, np.inf).min(axis=1)  # (T,) each word's last listed dot
+    found = [ix.items_of(ids[valid])]
+    g_dots, g_items = ix.search_shared(q[:, part:].sum(0), m) if ix.shared_dim else (np.zeros(0), np.zeros(0, int))
+    found.append(g_items)
+    cands, inv = np.unique(np.concatenate(found).astype(np.int64), return_inverse=True)
+    listed = np.full((len(cands), len(q)), -np.inf, np.float32)
+    np.maximum.at(listed, (inv[: int(valid.sum())], np.nonzero(valid)[0]), dots[valid])
+    upper = np.where(listed > -np.inf, listed, nth[None, :]).sum(1)  # (C,)
+    g_nth = 0.0
+    if ix.shared_dim and len(g_dots):
+        g_nth = float(g_dots[-1])  # the m-th global dot: no photo outside the list has more
+        glob = np.full(len(cands), g_nth, np.float32)
+        glob[np.searchsorted(cands, g_items)] = g_dots
+        upper = upper + glob
+    upper = upper - ix.offsets[cands]
+    everything = ids.shape[1] >= ix.fragments or len(cands) == len(ix)
+    outside = float(nth.sum() + g_nth - (ix.offsets.min() if len(ix) else 0.0))
+    return Candidates(cands, upper, outside, ids.shape[1], everything)
 
 
 def _score_all(ix: FragmentIndex, q: np.ndarray, k: int) -> Ranked:
-    """Exact S_kl of every item from the flat index's own vectors (no LMDB reads)."""
+    """Exact S_kl of every item from the stored vectors (one scan)."""
     items = np.arange(len(ix))
     if not len(items):
         return Ranked(items, np.zeros(0, np.float32), 0, 0, True)
@@ -218,7 +246,7 @@ def _score_all(ix: FragmentIndex, q: np.ndarray, k: int) -> Ranked:
 def _rerank(ix: FragmentIndex, q: np.ndarray, cands: np.ndarray, upper: np.ndarray | None, k: int,
             batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Exact scores of candidates in order of their upper bound, stopping once the k-th best
-    exact score beats every remaining bound: most candidates never leave LMDB. Without bounds
+    exact score beats every remaining bound: most candidates are never read. Without bounds
     (upper=None) every candidate is scored."""
     if upper is None:
         upper = np.full(len(cands), np.inf, np.float32)
@@ -229,11 +257,11 @@ def _rerank(ix: FragmentIndex, q: np.ndarray, cands: np.ndarray, upper: np.ndarr
     kth = -np.inf
     done = 0
     while done < len(order):
-        # Slack for float rounding between FAISS's sums and ours.
+        # Slack for float rounding between the first stage's sums and ours.
         if done >= k and kth > upper[order[done]] + 1e-5 * (1 + abs(upper[order[done]])):
             break
         nxt = cands[order[done:done + batch]]
-        s, _ = exact_scores(q, ix.vectors(nxt))
+        s, _ = ix.scores(q, nxt)
         s = s - ix.offsets[nxt]
         got_items.append(nxt)
         got_scores.append(s)
@@ -247,7 +275,7 @@ def _rerank(ix: FragmentIndex, q: np.ndarray, cands: np.ndarray, upper: np.ndarr
 
 
 def _matches(q: np.ndarray, words: list[str], vecs: np.ndarray, boxes: np.ndarray | None) -> list[WordMatch]:
-    dots = q @ vecs.astype(np.float32).T  # (T, R)
+    dots = q @ np.asarray(vecs, np.float32).T  # (T, R)
     best = dots.argmax(1)
     return [WordMatch(w, float(dots[t, r]), int(r), boxes[r].tolist() if boxes is not None else None)
             for t, (w, r) in enumerate(zip(words, best))]
@@ -263,7 +291,7 @@ def search_text(ix: FragmentIndex, model: LoadedAlign | textenc.TextEncoder, tex
     words, ignored, q = known_words(eq, text)
     r = two_stage(ix, q, k, per_word)
     hits = []
-    for item, score, vecs in zip(r.items, r.scores, ix.vectors(r.items)):
+    for item, score, vecs in zip(r.items, r.scores, ix.vectors(np.asarray(r.items, np.int64))):
         hits.append(Hit(ix.record(int(item))["key"], float(score), _matches(q, words, vecs, ix.boxes(int(item)))))
     return Result(text, words, ignored, hits, r.candidates, r.per_word, r.exact, dropped=eq.dropped,
                   stand_ins=eq.stand_ins)

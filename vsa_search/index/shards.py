@@ -82,7 +82,8 @@ def merge(parts: list[str | Path], name: str | Path | None = None, index_type: s
             report.parts.append(str(loc.link))
         first = opened[0].manifest
         for x in opened[1:]:
-            if x.manifest["model"]["fingerprint"] != first["model"]["fingerprint"] or x.dim != opened[0].dim:
+            if (x.manifest["model"]["fingerprint"] != first["model"]["fingerprint"] or x.dim != opened[0].dim
+                    or x.shared_dim != opened[0].shared_dim):
                 raise SearchIndexError(f"{x.location.link} was built with model {x.manifest['model']['fingerprint']}, "
                                   f"{opened[0].location.link} with {first['model']['fingerprint']}: "
                                   "build every shard with the same --model")
@@ -104,9 +105,10 @@ def merge(parts: list[str | Path], name: str | Path | None = None, index_type: s
             for a in range(0, len(recs), 512):
                 chunk = recs[a:a + 512]
                 cons = x.concepts_bytes(range(a, a + len(chunk)))
-                for j, (rec, vecs) in enumerate(zip(chunk, x.vectors(range(a, a + len(chunk))))):
+                for j, rec in enumerate(chunk):
                     info = {k: v for k, v in rec.items() if k not in ("key", "first", "count")}
-                    yield Item(rec["key"], info, vecs, x.boxes(a + j), cons[j], float(x.offsets[a + j]))
+                    yield Item(rec["key"], info, None, x.boxes(a + j), cons[j], float(x.offsets[a + j]),
+                               x.stored(a + j))
                 if on_progress:
                     on_progress(len(chunk))
 
@@ -122,7 +124,7 @@ def merge(parts: list[str | Path], name: str | Path | None = None, index_type: s
         merged = unique(heapq.merge(*(items(x) for x in opened), key=lambda it: it.key))
         with location.lock():
             gen = write_generation(location, "photos", merged, opened[0].dim, first["model"], chosen,
-                                   extra={"roots": roots}, skipped=skipped)
+                                   extra={"roots": roots}, skipped=skipped, shared_dim=opened[0].shared_dim)
     finally:
         for x in opened:
             x.close()

@@ -1,15 +1,13 @@
-"""A finished index generation (reader: FragmentIndex): fragment vectors in FAISS, item records,
-vectors and boxes in LMDB; finding one photo's regions in an index (find_photo). The writer is
-generation.py."""
+"""A finished index generation (reader: FragmentIndex): the memory-mapped int8 vectors and the
+FAISS first stage, exact scores of items against query words, item records in LMDB; finding one
+photo's regions in an index (find_photo). The writer is generation.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,20 +19,25 @@ from ..core.device import one_thread
 from ..core.errors import DamagedError, SearchIndexError
 from ..core.kv import KV
 from ..vision.concepts import Concepts
+from . import arrays
 from .faiss_types import IVF_NPROBE
-from .generation import file_digest
+from .generation import Stored, file_digest
 from .layout import (
-    _BOX,
-    _CON,
-    _IDMAP,
     _ITEM,
     _SKIP,
-    _VEC,
-    DEFAULT_NAME,
+    BOXES,
+    CONCEPT_IDS,
+    CONCEPT_PROBS,
+    FIRST_STAGE,
     FORMAT_VERSION,
+    ITEMS,
     MANIFEST,
     META,
+    SCALES,
     SENTENCES_SUFFIX,
+    SHARED,
+    SHARED_SCALES,
+    SHARED_STAGE,
     VECTORS,
     Location,
     resolve,
@@ -42,6 +45,8 @@ from .layout import (
 
 if TYPE_CHECKING:  # torch stays out of a search's imports (cold start)
     from ..models.alignment import LoadedAlign
+
+_CHUNK = 65536  # fragment rows decoded at a time by scans (a few MB of float32)
 
 # --------------------------------------------------------------------------- a finished index (reader)
 
@@ -76,32 +81,50 @@ class FragmentIndex:
             raise SearchIndexError(f"{gen / MANIFEST}: unreadable manifest; build the index again") from None
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
+            name = self.location.link.name.removesuffix(SENTENCES_SUFFIX) if self.location.link.parent == \
+                paths.indexes_dir() else str(self.location.link).removesuffix(SENTENCES_SUFFIX)
+            cmd = f"vsa index build --index {name}" if self.kind == "photos" else f"vsa index text FILE --index {name}"
             raise SearchIndexError(f"{self.location.link}: index format {version}, this version reads "
-                              f"{FORMAT_VERSION}; remove it (`vsa index remove`) and build it again")
+                                   f"{FORMAT_VERSION}; rebuild it with `{cmd}`")
         if manifest.get("kind") != self.kind:
             raise SearchIndexError(f"{self.location.link}: is a {manifest.get('kind')} index, not a {self.kind} index")
         self.manifest: dict[str, Any] = manifest
-        if not (gen / VECTORS).is_file() or not (gen / META / "data.mdb").is_file():
+        files = manifest.get("checksums", {})
+        if not all((gen / name).is_file() for name in files):
             raise FileNotFoundError(gen)
-        # Sizes first (a stat each): FAISS and LMDB would read a truncated file as garbage or die of SIGBUS.
-        for name, want in manifest.get("checksums", {}).items():
+        # Sizes first (a stat each): numpy, FAISS and LMDB would read a truncated file as garbage or die of SIGBUS.
+        for name, want in files.items():
             size = (gen / name).stat().st_size
             if size != want["size"]:
                 raise self._damaged(f"{name} is {size} bytes, it was written with {want['size']}")
+        self.dim: int = int(manifest["dim"])
+        self.shared_dim: int = int(manifest.get("shared_dim", 0))
         try:
-            self.faiss = faiss.read_index(str(gen / VECTORS))
-        except RuntimeError:
-            raise self._damaged(f"{VECTORS} cannot be read") from None
+            self.codes = arrays.load(gen / VECTORS)  # (F, part) int8, memory-mapped
+            self.scales = arrays.load(gen / SCALES)
+            self.shared_codes = arrays.load(gen / SHARED) if SHARED in files else None
+            self.shared_scales = arrays.load(gen / SHARED_SCALES) if SHARED in files else None
+            items = np.load(gen / ITEMS)  # small: read whole
+            self.faiss = faiss.read_index(str(gen / FIRST_STAGE)) if FIRST_STAGE in files else None
+            self.faiss_shared = faiss.read_index(str(gen / SHARED_STAGE)) if SHARED_STAGE in files else None
+        except (ValueError, OSError, RuntimeError) as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise self._damaged(f"cannot be read ({e})") from None
+        if self.codes.shape[1] != self.dim - self.shared_dim:
+            raise self._damaged(f"{VECTORS} holds {self.codes.shape[1]}-d vectors, the manifest says "
+                                f"{self.dim - self.shared_dim}")
         try:
             self.kv = _open_shared(gen / META)
         except DamagedError as e:
             raise self._damaged(str(e)) from None
-        ids = self.kv.get_arrays(_IDMAP) or {"first": np.zeros(0, np.int64), "count": np.zeros(0, np.int64)}
-        self.first: np.ndarray = ids["first"]
-        self.count: np.ndarray = ids["count"]
+        self.first: np.ndarray = items["first"].astype(np.int64)
+        self.count: np.ndarray = items["count"].astype(np.int64)
         # Querybank offsets per item (zeros for a model without a querybank)
-        self.offsets: np.ndarray = ids.get("offset", np.zeros(len(self.first), np.float32))
-        self.dim: int = int(manifest["dim"])
+        self.offsets: np.ndarray = items["offset"].astype(np.float32)
+        self.has_concepts: np.ndarray = items["has_concepts"].astype(bool)
+        self._files = set(files)
+        self._maps: dict[str, np.ndarray] = {}
         params = manifest.get("faiss", {})
         if isinstance(self.faiss, faiss.IndexIVF):
             self.faiss.nprobe = int(params.get("nprobe", IVF_NPROBE))
@@ -141,7 +164,12 @@ class FragmentIndex:
 
     @property
     def fragments(self) -> int:
-        return int(self.faiss.ntotal)
+        return int(len(self.codes))
+
+    @property
+    def part_dim(self) -> int:
+        """Width of each fragment's own part; the last `shared_dim` dims are the item's shared part."""
+        return self.dim - self.shared_dim
 
     def check_model(self, model: LoadedAlign) -> None:
         built = self.manifest["model"]
@@ -151,12 +179,104 @@ class FragmentIndex:
                 f"not {model.fingerprint} ({model.path}); search with --model {built['path']} "
                 f"or rebuild the index with this model")
 
+    # -- the stored vectors
+
+    def rows_of(self, items: Iterable[int]) -> np.ndarray:
+        """The fragment rows of `items`, in order (an item's rows are contiguous)."""
+        items = np.asarray(list(items) if not isinstance(items, np.ndarray) else items, np.int64)
+        if not len(items):
+            return np.zeros(0, np.int64)
+        counts = self.count[items]
+        starts = np.repeat(self.first[items] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+        return starts + np.arange(int(counts.sum()))
+
+    def part_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), part_dim) float32: the fragments' own parts, decoded."""
+        rows = np.asarray(rows, np.int64)
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+            sl = slice(int(rows[0]), int(rows[-1]) + 1)  # one contiguous read of the map
+            return arrays.dequantize(self.codes[sl], self.scales[sl])
+        return arrays.dequantize(self.codes[rows], self.scales[rows])
+
+    def shared_vectors(self, items: Iterable[int]) -> np.ndarray:
+        """(len(items), shared_dim) float32: the items' shared parts (width 0 when there are none)."""
+        items = np.asarray(list(items) if not isinstance(items, np.ndarray) else items, np.int64)
+        if self.shared_codes is None or self.shared_scales is None:
+            return np.zeros((len(items), 0), np.float32)
+        return arrays.dequantize(self.shared_codes[items], self.shared_scales[items])
+
+    def stored(self, i: int) -> Stored:
+        """Item i's vectors as stored (int8 codes and scales), for a writer to copy unchanged."""
+        a, n = int(self.first[i]), int(self.count[i])
+        if self.shared_codes is None or self.shared_scales is None:
+            sc, ss = np.zeros(0, np.int8), 0.0
+        else:
+            sc, ss = np.array(self.shared_codes[i]), float(self.shared_scales[i])
+        return Stored(np.array(self.codes[a:a + n]), np.array(self.scales[a:a + n]), sc, ss)
+
+    def vectors(self, items: Iterable[int]) -> list[np.ndarray]:
+        """(count_i, dim) float32 full vectors of each item (its shared part repeated per fragment)."""
+        items = np.asarray(list(items) if not isinstance(items, np.ndarray) else items, np.int64)
+        part = self.part_vectors(self.rows_of(items))
+        shared = self.shared_vectors(items)
+        out, a = [], 0
+        for j, n in enumerate(self.count[items]):
+            v = part[a:a + n]
+            if self.shared_dim:
+                v = np.hstack([v, np.broadcast_to(shared[j], (n, self.shared_dim))])
+            out.append(np.ascontiguousarray(v, np.float32))
+            a += n
+        return out
+
+    def scores(self, q: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact S = Σ_t max_i v_i·s_t of `items` against query words q (T, dim), from the stored
+        vectors, before querybank offsets: scores (C,), each word's best dot per item (T, C). With a
+        shared part only the fragments' own parts need the max: Σ_t max_i a_i·b_t + u·Σ_t g_t."""
+        items = np.asarray(items, np.int64)
+        q = np.ascontiguousarray(q, np.float32)
+        if not len(items):
+            return np.zeros(0, np.float32), np.zeros((len(q), 0), np.float32)
+        part = self.part_dim
+        with one_thread():
+            dots = np.ascontiguousarray(q[:, :part]) @ self.part_vectors(self.rows_of(items)).T  # (T, ΣR)
+        starts = np.concatenate([[0], np.cumsum(self.count[items])[:-1]])
+        best = np.maximum.reduceat(dots, starts, axis=1)  # (T, C)
+        if self.shared_dim:
+            shared = self.shared_vectors(items) @ q[:, part:].T  # (C, T): u·g_t
+            best = best + shared.T
+        return best.sum(0), best
+
+    def all_dots(self, q: np.ndarray) -> np.ndarray:
+        """(Q, fragments) inner products of q (Q, dim) with every stored vector, decoded chunk by
+        chunk from the map (one thread, as `search`)."""
+        q = np.ascontiguousarray(q, np.float32)
+        out = self.all_part_dots(q[:, :self.part_dim])
+        if self.shared_dim and len(self):
+            out += np.repeat(self.shared_vectors(np.arange(len(self))) @ q[:, self.part_dim:].T, self.count, axis=0).T
+        return out
+
+    def all_part_dots(self, q: np.ndarray) -> np.ndarray:
+        """(Q, fragments) inner products of q (Q, part_dim) with the fragments' own parts."""
+        out = np.empty((len(q), self.fragments), np.float32)
+        q = np.ascontiguousarray(q, np.float32)
+        with one_thread():
+            for a in range(0, self.fragments, _CHUNK):
+                v = self.part_vectors(np.arange(a, min(a + _CHUNK, self.fragments)))
+                out[:, a:a + len(v)] = q @ v.T
+        return out
+
+    # -- the first stage
+
     def search(self, queries: np.ndarray, n: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Top-n fragments by inner product for each query vector: dots (Q, n), ids (Q, n);
-        id -1 (dot -inf) where fewer were found. One thread by default: a query is a few
-        vectors, and on a shared machine an OpenMP team mostly waits (see core.device.one_thread)."""
-        q = np.ascontiguousarray(queries, dtype=np.float32)
+        """Top-n fragments by the inner product of their own part with each query's first
+        part_dim dims (the whole vector where nothing is shared): dots (Q, n), ids (Q, n); id -1
+        (dot -inf) where fewer were found. Exact for "flat" (a scan of the stored vectors), the
+        FAISS first stage otherwise. One thread by default: a query is a few vectors, and on a
+        shared machine an OpenMP team mostly waits (see core.device.one_thread)."""
+        q = np.ascontiguousarray(np.asarray(queries, np.float32)[:, :self.part_dim])
         n = max(1, min(n, self.fragments)) if self.fragments else 1
+        if self.faiss is None:
+            return arrays.top_n(self.all_part_dots(q), n)
         prev = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(threads)
         try:
@@ -164,7 +284,23 @@ class FragmentIndex:
         finally:
             faiss.omp_set_num_threads(prev)
 
+    def search_shared(self, g: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-m items by u·g, u the items' shared parts and g (shared_dim,) (for a query, Σ_t g_t):
+        dots (m',), items (m',), best first. Exact for "flat", the FAISS codes otherwise."""
+        g = np.ascontiguousarray(np.asarray(g, np.float32).reshape(1, -1))
+        m = max(1, min(m, len(self)))
+        if not self.shared_dim or not len(self):
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        if self.faiss_shared is None:
+            d, i = arrays.top_n(self.shared_vectors(np.arange(len(self))).dot(g[0])[None, :], m)
+        else:
+            with one_thread():
+                d, i = self.faiss_shared.search(g, m)
+        keep = i[0] >= 0
+        return d[0][keep].astype(np.float32), i[0][keep].astype(np.int64)
+
     def _search(self, q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self.faiss is not None
         params = self.manifest.get("faiss", {})
         if isinstance(self.faiss, faiss.IndexHNSW):
             self.faiss.hnsw.efSearch = max(n, 64)
@@ -179,32 +315,46 @@ class FragmentIndex:
             dots = dots + (q @ np.asarray(params["center"], np.float32))[:, None]
         return np.where(ids >= 0, dots, -np.inf).astype(np.float32), ids
 
-    def all_dots(self, q: np.ndarray) -> np.ndarray:
-        """(Q, fragments) inner products of q with every vector of a flat index, read in place
-        from FAISS's storage (one thread, as `search`)."""
-        if not isinstance(self.faiss, faiss.IndexFlat):
-            raise SearchIndexError(f"{self.location.link}: all_dots needs a flat index, not {self.index_type}")
-        xb = faiss.rev_swig_ptr(self.faiss.get_xb(), self.fragments * self.faiss.d).reshape(self.fragments, -1)
-        with one_thread():
-            return np.ascontiguousarray(q, np.float32) @ xb.T
-
     def items_of(self, ids: np.ndarray) -> np.ndarray:
         """Fragment ids -> the items that own them."""
         return np.searchsorted(self.first, ids, side="right") - 1
 
-    def vectors(self, items: Iterable[int]) -> list[np.ndarray]:
-        """(count_i, h) float16 vectors of each item, in one read transaction."""
-        items = list(items)
-        blobs = self.kv.get_many_bytes([f"{_VEC}{i:09d}" for i in items])
-        return [np.frombuffer(b, np.float16).reshape(-1, self.dim) for b in blobs]  # type: ignore[arg-type]
+    # -- per fragment: boxes and concepts
 
     def boxes(self, i: int) -> np.ndarray:
-        b = self.kv.get_bytes(f"{_BOX}{i:09d}")
-        return np.zeros((0, 4), np.int32) if b is None else np.frombuffer(b, np.int32).reshape(-1, 4)
+        boxes = self._map(BOXES)
+        if boxes is None:
+            return np.zeros((0, 4), np.int32)
+        a, n = int(self.first[i]), int(self.count[i])
+        return np.asarray(boxes[a:a + n], np.int32)
+
+    def _map(self, name: str) -> np.ndarray | None:
+        """A row file of the generation, memory-mapped once (None when the generation has none)."""
+        if name not in self._files:
+            return None
+        if name not in self._maps:
+            self._maps[name] = arrays.load(self.dir / name)
+        return self._maps[name]
+
+    def concept_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Every fragment's concepts, memory-mapped: ids (F, K) uint16, probs (F, K) float16, and
+        which items have none (an index built from items without them); None when none has any."""
+        ids, probs = self._map(CONCEPT_IDS), self._map(CONCEPT_PROBS)
+        if ids is None or probs is None:
+            return None
+        return ids, probs, ~self.has_concepts
 
     def concepts_bytes(self, items: Iterable[int]) -> list[bytes | None]:
-        """Each item's stored region concepts (None where the index predates them)."""
-        return self.kv.get_many_bytes([f"{_CON}{i:09d}" for i in items])  # type: ignore[return-value]
+        """Each item's stored region concepts (None where it has none)."""
+        got = self.concept_arrays()
+        out: list[bytes | None] = []
+        for i in items:
+            if got is None or not self.has_concepts[i]:
+                out.append(None)
+                continue
+            a, n = int(self.first[i]), int(self.count[i])
+            out.append(Concepts(np.asarray(got[0][a:a + n]), np.asarray(got[1][a:a + n])).to_bytes())
+        return out
 
     def record(self, i: int) -> dict[str, Any]:
         return self.kv.get_json(f"{_ITEM}{i:09d}")
@@ -245,75 +395,3 @@ def _close_shared(kv: KV) -> None:
 
 def open_index(name: str | Path | None = None, kind: str = "photos") -> FragmentIndex:
     return FragmentIndex(Location(resolve(name, kind)), kind)
-
-
-def read_manifest(location: Location) -> dict[str, Any] | None:
-    """The current generation's manifest when it is readable, whatever state its other files are in
-    (a rebuild of a damaged index takes its folders from it)."""
-    gen = location.current()
-    try:
-        return json.loads((gen / MANIFEST).read_text()) if gen is not None else None
-    except (OSError, ValueError):
-        return None
-
-
-@dataclass(frozen=True)
-class StoredRegions:
-    """A photo's regions as a photo index stored them, and the index they came from (its name as
-    `--index` takes it)."""
-
-    index: str
-    boxes: np.ndarray  # (R, 4)
-    vectors: np.ndarray  # (R, h) float32
-    concepts: Concepts | None = None  # None: not asked for, or an index built before concepts
-
-
-def find_photo(loaded: LoadedAlign, photo: str | Path, name: str | Path | None = None,
-               with_concepts: bool = False) -> StoredRegions | None:
-    """A photo's stored regions from a photo index, or None when no index can vouch for them: none
-    built with this model holds the photo, or the file changed since (size or mtime). `name`: that
-    index only (one that does not exist is an error); None: the default index, then every other.
-    with_concepts=True reads the regions' stored concepts too."""
-    try:
-        st = Path(photo).stat()
-    except OSError:
-        return None
-    if name is not None:
-        return _find_in(name, str(name), loaded, photo, st, with_concepts)
-    # No index named: the default one, then every other photo index (the demo's is "demo").
-    others = sorted(p for p in paths.indexes_dir().glob("*") if p.is_symlink() and p.name != DEFAULT_NAME
-                    and not p.name.endswith(SENTENCES_SUFFIX)) if paths.indexes_dir().is_dir() else []
-    for link in [resolve(None), *others]:
-        try:
-            if Location(link).current() is None:
-                continue
-            found = _find_in(link, link.name, loaded, photo, st, with_concepts)
-        except SearchIndexError:
-            continue  # damaged or of another kind: computing the regions afresh is always right
-        if found is not None:
-            return found
-    return None
-
-
-def _find_in(where: str | Path, name: str, loaded: LoadedAlign, photo: str | Path, st: os.stat_result,
-             with_concepts: bool = False) -> StoredRegions | None:
-    with open_index(where) as ix:
-        if ix.manifest.get("model", {}).get("fingerprint") != loaded.fingerprint:
-            return None
-        # Items are stored sorted by key (the absolute path), so binary search finds the photo.
-        key = str(Path(photo).absolute())
-        lo, hi = 0, len(ix)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if ix.record(mid)["key"] < key:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo == len(ix):
-            return None
-        rec = ix.record(lo)
-        if rec["key"] != key or rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
-            return None
-        blob = ix.concepts_bytes([lo])[0] if with_concepts else None
-        return StoredRegions(name, ix.boxes(lo).copy(), ix.vectors([lo])[0].astype(np.float32),
-                             Concepts.from_bytes(blob) if blob is not None else None)

@@ -145,6 +145,51 @@ def score(v: torch.Tensor, region_mask: torch.Tensor, s: torch.Tensor, word_mask
     return (best * word_mask[None, :, :]).sum(-1)
 
 
+def score_words(v: torch.Tensor, region_mask: torch.Tensor, words: torch.Tensor, word_sentence: torch.Tensor,
+                n_sentences: int, shared: int = 0, sentence_globals: torch.Tensor | None = None) -> torch.Tensor:
+    """score() over sentences given as their real words only (no padding): the same S_kl.
+    v (K, R, h), region_mask (K, R) bool, words (W, h) every sentence's word vectors one after
+    another, word_sentence (W,) long the sentence of each -> (K, n_sentences). `shared`: how many
+    trailing dims of v are the same for every region of an image (a hybrid model's global term,
+    shared_width()): Σ_t max_i v_i·s_t = Σ_t max_i a_i·b_t + u·Σ_t g_t, so only the leading part
+    needs the max over regions. Callers that score the same sentences many times pass them
+    split once (split_words): words (W, h - shared) and sentence_globals (n_sentences, shared)."""
+    k, r, h = v.shape
+    hd = h - shared
+    if sentence_globals is None:
+        words, sentence_globals = split_words(words, word_sentence, n_sentences, shared)
+    # One (K·R, hd) x (hd, W) product, laid out (K, R, W) so that the max runs over a middle axis
+    # with no transposed copy of the (K, R, W) tensor.
+    dots = (v[..., :hd].reshape(k * r, hd) @ words.T).view(k, r, -1)
+    best = dots.masked_fill_(~region_mask[:, :, None], float("-inf")).amax(dim=1)  # (K, W)
+    out = torch.zeros(k, n_sentences, dtype=best.dtype, device=v.device).index_add_(1, word_sentence, best)
+    if shared:
+        out = out + v[:, 0, hd:] @ sentence_globals.T
+    return out
+
+
+def split_words(words: torch.Tensor, word_sentence: torch.Tensor, n_sentences: int,
+                shared: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the words' own parts (W, h - shared), contiguous; each sentence's Σ_t g_t (n_sentences, shared))."""
+    hd = words.shape[1] - shared
+    g = torch.zeros(n_sentences, shared, dtype=words.dtype, device=words.device).index_add_(
+        0, word_sentence, words[:, hd:])
+    return words[:, :hd].contiguous(), g
+
+
+def flat_words(s: torch.Tensor, word_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded word vectors s (L, T, h) and word_mask (L, T) -> (the real words (W, h), the
+    sentence of each (W,)), the form score_words takes."""
+    sent = torch.arange(len(s), device=s.device)[:, None].expand_as(word_mask)[word_mask]
+    return s[word_mask], sent
+
+
+def shared_width(model: nn.Module) -> int:
+    """Trailing dims of the model's region vectors that are the same for every region of an
+    image: a hybrid model's global term; 0 for other models."""
+    return int(model.out_dim - model.cfg.hidden) if getattr(model, "glob", None) is not None else 0
+
+
 def ranking_loss(scores: torch.Tensor, margin: float = 1.0, hardest: bool = False) -> torch.Tensor:
     """Bidirectional max-margin ranking loss over a batch whose diagonal holds the true pairs
     (paper Eq. 3):  Σ_k [ Σ_l max(0, S_kl - S_kk + m) + Σ_l max(0, S_lk - S_kk + m) ].

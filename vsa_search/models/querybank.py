@@ -46,6 +46,19 @@ class QueryBank:
             self._cache[key] = (s[wm].contiguous(), sent, len(s))
         return self._cache[key]
 
+    def split_words(self, model: torch.nn.Module, device: torch.device | str,
+                    shared: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+        """flat_words with each word's own part made contiguous and each sentence's global part
+        summed (alignment.split_words), once: an index build scores every photo against them."""
+        key = ("split", str(device))
+        if key not in self._cache:
+            from .alignment import split_words  # alignment imports this module
+
+            flat, sent, n = self.flat_words(model, device)
+            part, globs = split_words(flat, sent, n, shared)
+            self._cache[key] = (part, sent, n, globs)
+        return self._cache[key]
+
     def regions(self, model: torch.nn.Module, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """The bank photos' region vectors and mask under `model`."""
         key = ("regions", str(device))
@@ -80,44 +93,30 @@ def _lse(scores: torch.Tensor, dim: int, bank: QueryBank) -> torch.Tensor:
     return bank.weight * torch.logsumexp(bank.beta * scores, dim=dim) / bank.beta
 
 
-def _region_width(model: torch.nn.Module) -> int:
-    """How many leading dimensions of v_i differ between regions: a hybrid model's global term (the
-    rest) is the same for every region, so Σ_t max_i v_i·s_t = Σ_t max_i a_i·b_t + u·Σ_t g_t (see
-    AlignModel) and only the leading part needs the max over regions: a third of the work."""
-    return model.cfg.hidden if getattr(model, "glob", None) is not None else int(model.out_dim)
-
-
 @torch.no_grad()
 def photo_offsets(model: torch.nn.Module, bank: QueryBank, v: torch.Tensor, region_mask: torch.Tensor,
                   chunk: int = 64) -> torch.Tensor:
     """(N,) offsets of photos given as region vectors v (N, R, h) with region_mask (N, R): what
     S'(p, s) subtracts from every score of photo p. S(p, b) is computed over the bank's real words
-    only (no padding) and summed per sentence."""
-    device = v.device
-    flat, sent, n_sent = bank.flat_words(model, device)
-    hd = _region_width(model)
-    out = []
-    for a in range(0, len(v), chunk):
-        vc, mc = v[a:a + chunk], region_mask[a:a + chunk]
-        dots = torch.einsum("nrh,wh->nrw", vc[..., :hd], flat[:, :hd]).masked_fill(~mc[:, :, None], float("-inf"))
-        best = dots.max(dim=1).values + vc[:, 0, hd:] @ flat[:, hd:].T  # (n, W): each word's best region
-        scores = torch.zeros(len(vc), n_sent, device=device, dtype=best.dtype).index_add_(1, sent, best)
-        out.append(_lse(scores, 1, bank))
-    return torch.cat(out) if out else torch.zeros(0, device=device)
+    only (no padding)."""
+    from .alignment import score_words, shared_width  # alignment imports this module
+
+    part, sent, n_sent, globs = bank.split_words(model, v.device, shared_width(model))
+    out = [_lse(score_words(v[a:a + chunk], region_mask[a:a + chunk], part, sent, n_sent, shared_width(model), globs),
+                1, bank) for a in range(0, len(v), chunk)]
+    return torch.cat(out) if out else torch.zeros(0, device=v.device)
 
 
 @torch.no_grad()
 def sentence_offsets(model: torch.nn.Module, bank: QueryBank, s: torch.Tensor, word_mask: torch.Tensor,
                      chunk: int = 512) -> torch.Tensor:
     """(M,) offsets of sentences given as word vectors s (M, T, h) with word_mask (M, T)."""
-    from .alignment import score  # alignment imports this module
+    from .alignment import flat_words, score_words, shared_width  # alignment imports this module
 
     vb, mask = bank.regions(model, s.device)
-    hd = _region_width(model)
     out = []
     for a in range(0, len(s), chunk):
-        sc, wc = s[a:a + chunk], word_mask[a:a + chunk]
-        tail = (sc[..., hd:] * wc[..., None]).sum(1)  # (m, h - hd): Σ_t g_t
-        got = score(vb[..., :hd], mask, sc[..., :hd], wc) + vb[:, 0, hd:] @ tail.T  # (P, m)
+        words, sent = flat_words(s[a:a + chunk], word_mask[a:a + chunk])
+        got = score_words(vb, mask, words, sent, len(s[a:a + chunk]), shared_width(model))  # (P, m)
         out.append(_lse(got, 0, bank))
     return torch.cat(out) if out else torch.zeros(0, device=s.device)
