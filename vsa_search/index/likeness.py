@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.errors import SearchIndexError, UsageError
+from .lookup import find_item
 from .query import Hit, Result, WordMatch, _top, photo_regions
 
 if TYPE_CHECKING:
@@ -110,18 +111,6 @@ def shown_pairs(regions: list[RegionMatch], n: int = SHOWN_PAIRS) -> list[Region
 
 
 # --------------------------------------------------------------------------- the query photo
-
-
-def find_item(ix: Any, key: str) -> int | None:
-    """The item id of `key` (items are stored sorted by key: binary search), or None."""
-    lo, hi = 0, len(ix)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if ix.record(mid)["key"] < key:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo if lo < len(ix) and ix.record(lo)["key"] == key else None
 
 
 def query_photo(ix: Any, model: LoadedAlign, photo: str | Path | int, encoder: Any = None,

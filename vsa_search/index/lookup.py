@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,18 @@ class StoredRegions:
     boxes: np.ndarray  # (R, 4)
     vectors: np.ndarray  # (R, h) float32
     concepts: Concepts | None = None  # None: not asked for, or an index built before concepts
+
+
+def find_item(ix: Any, key: str) -> int | None:
+    """The item id of `key` (items are stored sorted by key, the absolute path: binary search), or None."""
+    lo, hi = 0, len(ix)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ix.record(mid)["key"] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo if lo < len(ix) and ix.record(lo)["key"] == key else None
 
 
 def find_photo(loaded: LoadedAlign, photo: str | Path, name: str | Path | None = None,
@@ -63,19 +75,11 @@ def _find_in(where: str | Path, name: str, loaded: LoadedAlign, photo: str | Pat
     with open_index(where) as ix:
         if ix.manifest.get("model", {}).get("fingerprint") != loaded.fingerprint:
             return None
-        # Items are stored sorted by key (the absolute path), so binary search finds the photo.
-        key = str(Path(photo).absolute())
-        lo, hi = 0, len(ix)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if ix.record(mid)["key"] < key:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo == len(ix):
+        lo = find_item(ix, str(Path(photo).absolute()))
+        if lo is None:
             return None
         rec = ix.record(lo)
-        if rec["key"] != key or rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
+        if rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
             return None
         blob = ix.concepts_bytes([lo])[0] if with_concepts else None
         return StoredRegions(name, ix.boxes(lo).copy(), ix.vectors([lo])[0].astype(np.float32),
