@@ -35,7 +35,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch, tiny_region_encoder) -> dict[str, 
         return tiny_region_encoder
 
     monkeypatch.setattr(cli_index, "load_align", load_align)
-    monkeypatch.setattr(ix, "load_align", load_align)
+    monkeypatch.setattr(alignment, "load_align", load_align)  # index.build imports it when called
     monkeypatch.setattr(photos_mod, "RegionEncoder", region_encoder)
     return seen
 
