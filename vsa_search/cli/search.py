@@ -65,22 +65,8 @@ def search_cmd(
     (--like), or sentences for a photo (--image). Hits a query hardly matches fall under the relevance
     floor (--min-score)."""
     paths_out = paths_out or null
-    if json_out and paths_out:
-        raise UsageError("--json and --paths exclude each other")
-    if k <= 0:
-        raise UsageError(f"-k must be at least 1 (got {k})")
-    if per_word is not None and per_word <= 0:
-        raise UsageError(f"--per-word must be at least 1 (got {per_word})")
     where = MetaFilter.parse(after, before, camera, near, km)
-    if where.active and (shards is not None or image is not None):
-        raise UsageError("--after, --before, --camera and --near filter the photos of one index: not with "
-                         + ("--shards" if shards is not None else "--image"))
-    if like is not None and (image is not None or shards is not None or minus):
-        raise UsageError("--like searches one photo index: not with --image, --shards or --minus")
-    if like is None and (text is None) == (image is None):
-        raise UsageError("give either a query TEXT, --like PHOTO or --image PHOTO")
-    if minus and (text is None or shards is not None):
-        raise UsageError("--minus takes a query TEXT on one index")
+    _check_options(text, k, json_out, paths_out, per_word, where, shards, image, like, minus)
     if sheet is not None:  # before the search: a path that cannot be written is known now
         from ..index.sheet import sheet_path
 
@@ -123,6 +109,27 @@ def search_cmd(
             loaded = srch.model_for(x, model)
             result = ix.search_photo(x, loaded, image, k)  # type: ignore[arg-type]
     _emit(result, json_out, paths_out, null, sheet, image, floored, filtered)
+
+
+def _check_options(text: str | None, k: int, json_out: bool, paths_out: bool, per_word: int | None,
+                   where: MetaFilter, shards: str | None, image: Path | None, like: str | None,
+                   minus: list[str] | None) -> None:
+    """The combinations of options that make no search, each refused in one line before any work."""
+    if json_out and paths_out:
+        raise UsageError("--json and --paths exclude each other")
+    if k <= 0:
+        raise UsageError(f"-k must be at least 1 (got {k})")
+    if per_word is not None and per_word <= 0:
+        raise UsageError(f"--per-word must be at least 1 (got {per_word})")
+    if where.active and (shards is not None or image is not None):
+        raise UsageError("--after, --before, --camera and --near filter the photos of one index: not with "
+                         + ("--shards" if shards is not None else "--image"))
+    if like is not None and (image is not None or shards is not None or minus):
+        raise UsageError("--like searches one photo index: not with --image, --shards or --minus")
+    if like is None and (text is None) == (image is None):
+        raise UsageError("give either a query TEXT, --like PHOTO or --image PHOTO")
+    if minus and (text is None or shards is not None):
+        raise UsageError("--minus takes a query TEXT on one index")
 
 
 def _like_target(like: str) -> str | int:
