@@ -178,9 +178,9 @@ def print_paths(paths: list[str], null: bool = False) -> None:
     sys.stdout.buffer.flush()
 
 
-@contextmanager
-def progress(description: str, total: int | None, unit: str = "photos") -> Iterator[Any]:
-    """A rich progress bar on stderr (stdout stays clean for --json and pipes); yields advance(n)."""
+def _bar(field: str) -> Any:
+    """A rich Progress on stderr (off when stderr is no terminal) with the columns every bar here has;
+    `field` names the task field shown after the count."""
     from rich.progress import (  # only commands that run long import it
         BarColumn,
         MofNCompleteColumn,
@@ -191,8 +191,14 @@ def progress(description: str, total: int | None, unit: str = "photos") -> Itera
     )
 
     cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*cols, console=err, transient=False, disable=not err.is_terminal) as bar:
+            TextColumn(f"{{task.fields[{field}]}}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    return Progress(*cols, console=err, transient=False, disable=not err.is_terminal)
+
+
+@contextmanager
+def progress(description: str, total: int | None, unit: str = "photos") -> Iterator[Any]:
+    """A rich progress bar on stderr (stdout stays clean for --json and pipes); yields advance(n)."""
+    with _bar("rate") as bar:
         task = bar.add_task(description, total=total, rate="")
 
         def advance(n: int = 1, **fields: Any) -> None:
@@ -229,19 +235,8 @@ def stages() -> Iterator[Any]:
     (a pipe, a log file) one line per stage as it starts, with the time since the command began."""
     import time
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     t0 = time.perf_counter()
-    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*cols, console=err, transient=False, disable=not err.is_terminal) as bar:
+    with _bar("unit") as bar:
 
         def on_stage(description: str, total: int, unit: str = "") -> Any:
             if not err.is_terminal:
