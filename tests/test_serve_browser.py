@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,9 @@ from vsa_search.serve import Engine, create_app  # noqa: E402
 SHOTS = os.environ.get("VSA_SCREENSHOTS")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Engine]]:
-    engine = Engine(str(demo_index(tmp_path_factory)))
+@contextmanager
+def running(engine: Engine) -> Iterator[str]:
+    """`engine`'s app served on a free local port while the block runs; yields its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     app = create_app(engine, allowed_hosts=("127.0.0.1",))
@@ -50,10 +51,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Engi
     while not srv.started:
         assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", engine
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Engine]]:
+    engine = Engine(str(demo_index(tmp_path_factory)))
+    with running(engine) as url:
+        yield url, engine
 
 
 @pytest.fixture(scope="module")

@@ -4,27 +4,23 @@ the near-duplicates page, against an index of photos with EXIF written by the te
 from __future__ import annotations
 
 import random
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_serve_browser import CHROMIUM, sync_playwright  # noqa: F401  (skips the module without a browser)
+from test_serve_browser import CHROMIUM, running, sync_playwright  # noqa: F401  (skips the module without a browser)
 
 if CHROMIUM is None or sync_playwright is None:
     pytest.skip("browser tests need Chromium and the dev extra", allow_module_level=True)
 
-import uvicorn  # noqa: E402
 from PIL import Image  # noqa: E402
 from test_dupes import TRANSFORMS, transform  # noqa: E402
 from test_filters import exif_bytes  # noqa: E402
 from tiny_align import tiny_model  # noqa: E402
 
 from vsa_search import index  # noqa: E402
-from vsa_search.serve import Engine, create_app  # noqa: E402
+from vsa_search.serve import Engine  # noqa: E402
 
 EXIF = {"paris.jpg": ("horse", ("2019:07:14 10:00:00", "Canon", "Canon EOS 80D", (48.8584, 2.2945))),
         "london.jpg": ("rocket", ("2021:03:01 18:30:05", "NIKON", "NIKON D750", (51.5007, -0.1246))),
@@ -49,19 +45,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, sample_photos: list[Path]) 
     link = root / "indexes" / "f"
     index.build([photos], name=link, model=tiny_model(root / "tiny.pt"))
     engine = Engine(str(link))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(create_app(engine, allowed_hosts=("127.0.0.1",)), log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", engine
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    with running(engine) as url:
+        yield url, engine
 
 
 @pytest.fixture(scope="module")
