@@ -157,13 +157,12 @@ def search_text(ix: Any, model: Any, text: str, k: int = 10, cfg: BridgeConfig |
     score_all = (ix.exact and per_word is None) or not len(ix)
     depth = ix.fragments if score_all else (per_word or PER_WORD_APPROX)
     if score_all:
-        cands = np.arange(len(ix))
+        cands, rows = np.arange(len(ix)), np.arange(ix.fragments)
         dots = ix.all_dots(qr.q) if len(qr.q) and len(ix) else np.zeros((len(qr.q), ix.fragments), np.float32)
     else:
         cands = _candidates(ix, qr, ids, probs, depth)
-        dots = _dots(ix, qr.q, cands)
-    rows = np.concatenate([np.arange(ix.first[i], ix.first[i] + ix.count[i]) for i in cands]) \
-        if len(cands) else np.zeros(0, np.int64)
+        rows = ix.rows_of(cands)
+        dots = _dots(ix, qr.q, cands, rows)
     bridge = bridge_scores_many(qr.weights, ids[rows], probs[rows]) if with_bridge \
         else np.zeros((len(qr.tokens), len(rows)), np.float32)
     u = _unary(qr, dots, bridge)
@@ -183,10 +182,9 @@ def search_text(ix: Any, model: Any, text: str, k: int = 10, cfg: BridgeConfig |
                       weight=cfg.weight if with_bridge else 0.0, concepts_missing=int(missing.sum()))
 
 
-def _dots(ix: Any, q: np.ndarray, cands: np.ndarray) -> np.ndarray:
-    """(T_known, ΣR) dots of the known words with the candidates' regions, from the stored vectors
-    (a shared part added to each of its item's regions)."""
-    rows = ix.rows_of(cands)
+def _dots(ix: Any, q: np.ndarray, cands: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(T_known, ΣR) dots of the known words with the candidates' regions (`rows`, ix.rows_of(cands)),
+    from the stored vectors (a shared part added to each of its item's regions)."""
     dots = q[:, :ix.part_dim] @ ix.part_vectors(rows).T
     if ix.shared_dim and len(cands):
         dots += np.repeat(ix.shared_vectors(cands) @ q[:, ix.part_dim:].T, ix.count[cands], axis=0).T
