@@ -6,7 +6,7 @@ import re
 import shlex
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -114,7 +114,11 @@ def build_cmd(
     if json_out:
         print_json(report.to_dict())
         return
-    rate = f" ({report.encoded / dt:.1f} photos/s)" if report.encoded and dt > 0 else ""
+    _print_build(report, f" ({report.encoded / dt:.1f} photos/s)" if report.encoded and dt > 0 else "", merge)
+
+
+def _print_build(report: Any, rate: str, merge: bool) -> None:
+    """A build's report: counts on stdout, what the user should know about on stderr."""
     state = "up to date" if report.up_to_date else "built"
     out.print(f"{report.index}: {state}, {report.photos} photos, {report.regions} regions ({report.index_type})")
     out.print(f"  {report.added} added, {report.changed} changed, {report.moved} moved, {report.removed} removed, "

@@ -80,35 +80,49 @@ def search_cmd(
         return
     floored = filtered = None
     if shards is not None:
-        if text is None:
-            raise UsageError("--shards searches photos with words; --image needs a sentence index")
-        from ..cluster import shards as shard_set
-
-        query_tokens_or_fail(text)
-        result = shard_set.search_set(shards, text, k, model, per_word, use_ray or ray_address is not None,
-                                      ray_address)
-        with ix.open_index(shard_set.resolve_set(shards)[0], "photos") as x:  # the set's model: its calibration
-            floored = apply_floor(result, load_calibration(srch.text_model_for(x, model)), min_score)
+        result, floored = _search_shards(shards, text, k, model, per_word, use_ray or ray_address is not None,
+                                         ray_address, min_score)
     elif use_ray or ray_address:
         raise UsageError("--ray searches a shard set: give --shards NAME")
     elif text is not None:
-        query_tokens_or_fail(text)
-        with ix.open_index(index, "photos") as x:
-            loaded = srch.text_model_for(x, model)
-
-            def run(n: int) -> srch.Result:
-                if minus:
-                    return ix.search_minus(x, loaded, text, minus, n, partial(ix.search_words, bridge=bridge),
-                                           minus_weight)
-                return ix.search_words(x, loaded, text, n, per_word, bridge=bridge)
-
-            result, filtered = search_filtered(x, where, k, run)
-            floored = apply_floor(result, load_calibration(loaded), min_score)
+        result, floored, filtered = _search_words(index, model, text, k, per_word, where, minus, minus_weight,
+                                                  bridge, min_score)
     else:
         with ix.open_index(index, "sentences") as x:
-            loaded = srch.model_for(x, model)
-            result = ix.search_photo(x, loaded, image, k)  # type: ignore[arg-type]
+            result = ix.search_photo(x, srch.model_for(x, model), image, k)  # type: ignore[arg-type]
     _emit(result, json_out, paths_out, null, sheet, image, floored, filtered)
+
+
+def _search_words(index: str, model: str | None, text: str, k: int, per_word: int | None, where: MetaFilter,
+                  minus: list[str] | None, minus_weight: float, bridge: bool,
+                  min_score: float | None) -> tuple[srch.Result, Floored, FilterReport]:
+    """Photos for words on one index: with --minus terms, the metadata filters and the relevance floor."""
+    query_tokens_or_fail(text)
+    with ix.open_index(index, "photos") as x:
+        loaded = srch.text_model_for(x, model)
+
+        def run(n: int) -> srch.Result:
+            if minus:
+                return ix.search_minus(x, loaded, text, minus, n, partial(ix.search_words, bridge=bridge),
+                                       minus_weight)
+            return ix.search_words(x, loaded, text, n, per_word, bridge=bridge)
+
+        result, filtered = search_filtered(x, where, k, run)
+        return result, apply_floor(result, load_calibration(loaded), min_score), filtered
+
+
+def _search_shards(shards: str, text: str | None, k: int, model: str | None, per_word: int | None, use_ray: bool,
+                   ray_address: str | None, min_score: float | None) -> tuple[srch.Result, Floored]:
+    """Photos for words on a shard set (in this process, or one Ray actor per shard), floored with
+    the set's calibration."""
+    if text is None:
+        raise UsageError("--shards searches photos with words; --image needs a sentence index")
+    from ..cluster import shards as shard_set
+
+    query_tokens_or_fail(text)
+    result = shard_set.search_set(shards, text, k, model, per_word, use_ray, ray_address)
+    with ix.open_index(shard_set.resolve_set(shards)[0], "photos") as x:  # the set's model: its calibration
+        return result, apply_floor(result, load_calibration(srch.text_model_for(x, model)), min_score)
 
 
 def _check_options(text: str | None, k: int, json_out: bool, paths_out: bool, per_word: int | None,

@@ -17,6 +17,9 @@ from .common import CaptionsOpt, DatasetOpt, RootOpt, err, load_dataset_opts, ne
 MinCountOpt = Annotated[int, typer.Option(min=1, help="A training-split word enters the vocabulary when seen this "
                                                       "often (the paper: 5; lower it for a small data set).")]
 
+SlimOpt = Annotated[bool, typer.Option(help="Leave the training state (optimizer, last weights) out of the final "
+                                            "file, to ship it: smaller, no longer resumable.")]
+
 app = new_app("Train the alignment model (embed), combine and normalise alignment models (ensemble, querybank), "
               "train the caption generator (caption) and combine generators (caption-ensemble).")
 
@@ -68,39 +71,29 @@ def embed_cmd(
     max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch that passes this.")] = None,
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp",
                                              help="bf16/fp16 autocast (default: on for CUDA, off on CPU).")] = None,
+    slim: SlimOpt = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train the alignment model with the ranking loss on a data set's training split (default:
     Flickr8k); early stopping on dev Recall@K.
     Several GPUs: torchrun --nproc-per-node N -m vsa_search train embed ... (batch is per GPU)."""
+    # The config options are the parameters named after EmbedConfig fields; locals() is read first.
+    given = {k: v for k, v in locals().items() if v is not None}
+    overrides = {f.name: given[f.name] for f in dataclasses.fields(config.EmbedConfig) if f.name in given}
     if not distributed.is_main():  # under torchrun only rank 0 speaks
         out.quiet = err.quiet = True
-    overrides = {"epochs": epochs, "optimizer": optimizer, "loss": loss, "lr": lr, "margin": margin,
-                 "hidden": hidden, "word_dim": word_dim, "batch_size": batch_size, "normalize": normalize, "pool": pool,
-                 "dropout": dropout, "patience": patience, "seed": seed, "arch": arch, "word_relu": word_relu,
-                 "feat_norm": feat_norm, "image_mlp": image_mlp, "text_pretrain": text_pretrain,
-                 "regions": regions, "rnn": rnn, "warmup_sum": warmup_sum, "lr_decay_epoch": lr_decay_epoch,
-                 "text_pretrain_lr": text_pretrain_lr}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
     if resume and set(overrides) - {"epochs"}:
         raise UsageError("--resume continues with the saved config; only --epochs may change")
     init_path = paths.find_model(init) if init else None
     cfg = embed_config(preset, overrides, init_path)
     ds = load_dataset_opts(dataset, root, captions)
-    ticks = {"epoch": 0}
     with progress("training", None, unit="steps") as advance:
-        def on_step(epoch: int, step: int, steps: int, loss_: float) -> None:
-            ticks["epoch"] = epoch
-            advance(1, description=f"epoch {epoch} step {step}/{steps} loss {loss_:.3f}")
-
-        def on_epoch(row: dict) -> None:
-            dev = f" dev R@1/5/10 mean {row['dev_mean_recall']:.1f}" if "dev_mean_recall" in row else ""
-            err.print(f"epoch {row['epoch']}: loss {row['loss']:.3f}{dev} ({row['seconds']:.0f}s)")
-
         result = train_embed(features, out_path, None if resume else cfg, dataset=ds, init=init_path,
                              min_count=min_count, device=device, resume=resume,
                              epochs=cfg.epochs if (epochs or not resume) else None, max_minutes=max_minutes,
-                             amp=amp, on_step=on_step, on_epoch=on_epoch)
+                             amp=amp, keep_train_state=not slim, on_epoch=_embed_epoch_line,
+                             on_step=lambda epoch, step, steps, loss_: advance(
+                                 1, description=f"epoch {epoch} step {step}/{steps} loss {loss_:.3f}"))
     if not distributed.is_main():
         return
     summary = {"model": str(result.path), "epochs": result.epoch, "best_epoch": result.best_epoch,
@@ -112,6 +105,11 @@ def embed_cmd(
     out.print(f"{result.path}: best epoch {result.best_epoch} of {result.epoch} "
               f"(dev mean R@1/5/10 {result.best_metric:.1f}), stopped: {result.stopped}, "
               f"{result.seconds:.0f}s")
+
+
+def _embed_epoch_line(row: dict) -> None:
+    dev = f" dev R@1/5/10 mean {row['dev_mean_recall']:.1f}" if "dev_mean_recall" in row else ""
+    err.print(f"epoch {row['epoch']}: loss {row['loss']:.3f}{dev} ({row['seconds']:.0f}s)")
 
 
 @app.command("ensemble")
@@ -191,7 +189,7 @@ def train_caption_cmd(
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: the preset's).")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (early stopping may end sooner).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run saved in --out.")] = False,
-    slim: Annotated[bool, typer.Option(help="Drop the optimizer state from the final file (to ship it).")] = False,
+    slim: SlimOpt = False,
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp",
                                              help="bf16/fp16 autocast (default: on for CUDA, off on CPU).")] = None,

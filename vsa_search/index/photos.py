@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from ..vision.images import DEFAULT_MAX_MEGAPIXELS, PHOTO_KINDS
 from ..vision.regions import RegionEncoder, decode_side, extract
 from . import photometa
 from .faiss_types import check_index_type, choose_for_memory
-from .generation import Item, as_stored, file_digest, model_info, shared_width, write_generation
+from .generation import Item, as_stored, model_info, shared_width, write_generation
 from .layout import (
     _WORK_META,
     _WORK_VEC,
@@ -41,7 +40,7 @@ from .layout import (
     resolve,
     work_roots,
 )
-from .plan import BuildReport, PlannedPhoto, is_under, scan
+from .plan import BuildReport, PlannedPhoto, is_under, plan_photos, scan_reachable
 from .shards import check_shard, shard_of
 from .store import FragmentIndex
 
@@ -96,6 +95,48 @@ class PhotoBuild:
     def plan(self) -> int:
         """Compare the photos on disk with the current index; returns how many photos need work: the
         CNN, or (for an index from before photometa) reading their hashes and EXIF."""
+        r = self.report
+        old_manifest = self._open_old()
+        old_by_path: dict[str, dict[str, Any]] = {}
+        self.old_item_by_hash: dict[str, int] = {}
+        self.meta_missing = 0  # records of an older build without photometa: the next write adds it
+        if self.old is not None:
+            for i, rec in enumerate(self.old.records()):
+                old_by_path[rec["key"]] = rec
+                self.old_item_by_hash.setdefault(rec["hash"], i)
+                self.meta_missing += photometa.current(rec) is None
+        entries = scan_reachable(self.roots or [], old_by_path, r.unreachable)
+        if not entries and not (old_manifest and old_manifest["counts"].get("photos")):
+            # Nothing to index and nothing indexed before: almost certainly the wrong folder.
+            # (A folder emptied of its photos keeps them as unreachable, above: an unmounted drive looks
+            # the same; `--replace` with the other folders drops them.)
+            where = ", ".join(str(r) for r in self.roots or [])
+            raise UsageError(f"no photos ({', '.join(PHOTO_KINDS)}) under {where}")
+        try:
+            self.work = self._open_work()
+        except Exception as e:
+            why = disk_error(e, self.location.link.parent)
+            if why is None:
+                raise
+            raise why from None
+        in_work = {k[len(_WORK_VEC):] for k in self.work.keys(_WORK_VEC)}
+        if self.shard is not None:
+            entries = [e for e in entries if shard_of(e[0], self.roots, self.shard[1]) == self.shard[0]]
+        self.planned, self.to_encode, self.touched, missing = plan_photos(
+            entries, old_by_path, self.old_item_by_hash, in_work, r.skipped)
+        self._tally()
+        r.removed = missing - r.moved
+        # Photos whose vectors are reused from an index built before photometa: their hashes and EXIF
+        # are read from the files (no CNN) in run(), counted in the progress with the photos to encode.
+        self.meta_todo = {p.hash: p.path for p in self.planned if p.source == "old"
+                          and photometa.current(self.old.record(self.old_item_by_hash[p.hash])) is None} \
+            if self.meta_missing else {}
+        self.described: dict[str, dict[str, Any]] = {}
+        return self.to_encode + len(self.meta_todo)
+
+    def _open_old(self) -> dict[str, Any] | None:
+        """Open the current index (kept in self.old while its vectors can be reused) and settle the
+        folders to index; returns the index's manifest (None without one)."""
         loc, r = self.location, self.report
         for root in self.roots or []:  # a folder named on the command line must be there (one from the
             if not root.exists():       # index's manifest may be unreachable: its photos are kept)
@@ -121,86 +162,7 @@ class PhotoBuild:
             r.model_changed = True
             self.old.close()  # type: ignore[union-attr]
             self.old = None  # its vectors belong to another model: encode everything again
-        old_by_path: dict[str, dict[str, Any]] = {}
-        self.old_item_by_hash: dict[str, int] = {}
-        self.meta_missing = 0  # records of an older build without photometa: the next write adds it
-        if self.old is not None:
-            for i, rec in enumerate(self.old.records()):
-                old_by_path[rec["key"]] = rec
-                self.old_item_by_hash.setdefault(rec["hash"], i)
-                self.meta_missing += photometa.current(rec) is None
-        # A folder that is gone, or empty where it held photos (an unmounted drive), is unreachable:
-        # its photos are kept as they were, not removed.
-        reachable = [root for root in self.roots
-                     if root.exists() or not any(is_under(p, root) for p in old_by_path)]
-        entries = scan(reachable)
-        for root in self.roots:
-            held = [p for p in old_by_path if is_under(p, root)]
-            if held and (root not in reachable or not any(is_under(e[0], root) for e in entries)):
-                r.unreachable[str(root)] = len(held)
-                entries.extend((p, old_by_path[p]["size"], old_by_path[p]["mtime_ns"]) for p in held)
-        entries.sort()
-        if not entries and not (old_manifest and old_manifest["counts"].get("photos")):
-            # Nothing to index and nothing indexed before: almost certainly the wrong folder.
-            # (A folder emptied of its photos keeps them as unreachable, above: an unmounted drive looks
-            # the same; `--replace` with the other folders drops them.)
-            where = ", ".join(str(r) for r in self.roots)
-            raise UsageError(f"no photos ({', '.join(PHOTO_KINDS)}) under {where}")
-        try:
-            self.work = self._open_work()
-        except Exception as e:
-            why = disk_error(e, self.location.link.parent)
-            if why is None:
-                raise
-            raise why from None
-        in_work = {k[len(_WORK_VEC):] for k in self.work.keys(_WORK_VEC)}
-
-        if self.shard is not None:
-            entries = [e for e in entries if shard_of(e[0], self.roots, self.shard[1]) == self.shard[0]]
-        present = {p for p, _, _ in entries}
-        # A photo gone from its old path and present under a new one was moved, not removed.
-        gone = Counter(rec["hash"] for p, rec in old_by_path.items() if p not in present)
-        missing = sum(gone.values())
-        seen_encode: set[str] = set()
-        self.touched = 0  # same content, new size/mtime: only the record needs rewriting
-        for path, size, mtime in entries:
-            old = old_by_path.get(path)
-            if old is not None and old["size"] == size and old["mtime_ns"] == mtime:
-                digest: str | None = old["hash"]
-            else:
-                self.touched += old is not None
-                try:
-                    digest = file_digest(Path(path))
-                except OSError as e:
-                    digest = None
-                    r.skipped[path] = f"{path}: cannot read ({e.strerror or e})"
-            if digest is None:
-                continue
-            if old is not None:
-                status = "unchanged" if digest == old["hash"] else "changed"
-            elif gone[digest] > 0:
-                gone[digest] -= 1
-                status = "moved"
-            else:
-                status = "added"
-            if digest in self.old_item_by_hash:
-                source = "old"
-            elif digest in in_work:
-                source = "work"
-            else:
-                source = "encode"
-                seen_encode.add(digest)
-            self.planned.append(PlannedPhoto(path, size, mtime, digest, source, status))
-        self.to_encode = len(seen_encode)
-        self._tally()
-        r.removed = missing - r.moved
-        # Photos whose vectors are reused from an index built before photometa: their hashes and EXIF
-        # are read from the files (no CNN) in run(), counted in the progress with the photos to encode.
-        self.meta_todo = {p.hash: p.path for p in self.planned if p.source == "old"
-                          and photometa.current(self.old.record(self.old_item_by_hash[p.hash])) is None} \
-            if self.meta_missing else {}
-        self.described: dict[str, dict[str, Any]] = {}
-        return self.to_encode + len(self.meta_todo)
+        return old_manifest
 
     def _refuse_drops(self, old: dict[str, Any]) -> None:
         """Another model, or folders that leave some of the index's out, drop photos the index

@@ -177,34 +177,65 @@ def create_app(engine: Engine, token: str | None = None, max_upload: int = MAX_U
     page on another site from reaching a loopback server through DNS rebinding."""
 
     def api(fn: Callable[..., Any]) -> Callable[[Request], Awaitable[Response]]:
-        """An endpoint: the work runs in a worker thread; its result becomes JSON, its errors JSON 4xx."""
+        return _endpoint(fn, max_upload)
 
-        async def endpoint(request: Request) -> Response:
-            upload: Path | None = None
-            name = ""
-            try:
-                if request.method == "POST":
-                    upload, name = await _upload(request, max_upload)
-                t0 = time.perf_counter()
-                out = await run_in_threadpool(fn, *((request, upload, name) if upload else (request,)))
-                # The time spent in the library, apart from HTTP (browsers' dev tools show it).
-                timing = {"Server-Timing": f"app;dur={(time.perf_counter() - t0) * 1000:.1f}"}
-            except ApiError as e:
-                return error(e.status, str(e))
-            except errors.VSAError as e:
-                # Never show the temporary file's path: the client knows its photo by its name.
-                return error(status_of(e), str(e).replace(str(upload), name) if upload else str(e))
-            finally:
-                if upload is not None:
-                    upload.unlink(missing_ok=True)
-            if isinstance(out, Response):
-                out.headers.update(timing)
-                return out
-            if isinstance(out, tuple):  # (body, generation)
-                return Json(out[0], headers={GENERATION_HEADER: out[1], **timing})
-            return Json(out, headers=timing)
+    routes = [Route("/", _page(token)), *_query_routes(engine, api), *_photo_routes(engine, api),
+              Mount("/static", app=StaticFiles(directory=STATIC), name="static")]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _not_found, Exception: _server_fault},
+                    middleware=[Middleware(BaseHTTPMiddleware, dispatch=_guard(token, allowed_hosts))])
+    app.state.engine = engine
+    return app
 
-        return endpoint
+
+Api = Callable[[Callable[..., Any]], Callable[[Request], Awaitable[Response]]]
+
+
+def _endpoint(fn: Callable[..., Any], max_upload: int) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint: the work runs in a worker thread; its result becomes JSON, its errors JSON 4xx.
+    A POST's body is the photo: fn(request, path of its temporary file, its name)."""
+
+    async def endpoint(request: Request) -> Response:
+        upload: Path | None = None
+        name = ""
+        try:
+            if request.method == "POST":
+                upload, name = await _upload(request, max_upload)
+            t0 = time.perf_counter()
+            out = await run_in_threadpool(fn, *((request, upload, name) if upload else (request,)))
+            # The time spent in the library, apart from HTTP (browsers' dev tools show it).
+            timing = {"Server-Timing": f"app;dur={(time.perf_counter() - t0) * 1000:.1f}"}
+        except ApiError as e:
+            return error(e.status, str(e))
+        except errors.VSAError as e:
+            # Never show the temporary file's path: the client knows its photo by its name.
+            return error(status_of(e), str(e).replace(str(upload), name) if upload else str(e))
+        finally:
+            if upload is not None:
+                upload.unlink(missing_ok=True)
+        if isinstance(out, Response):
+            out.headers.update(timing)
+            return out
+        if isinstance(out, tuple):  # (body, generation)
+            return Json(out[0], headers={GENERATION_HEADER: out[1], **timing})
+        return Json(out, headers=timing)
+
+    return endpoint
+
+
+def _steer(request: Request) -> str | None:
+    q = request.query_params.get("q", "")
+    return q if q.strip() else None
+
+
+def _caption(engine: Engine, request: Request, photo: Path, name: str | None) -> Any:
+    beam = _int(request, "beam", 7, 1, 50)
+    if _flag(request, "regions"):
+        return engine.region_captions(photo, beam, _int(request, "top", 0, 0, 1000), shown_as=name)
+    return engine.caption(photo, beam, shown_as=name)
+
+
+def _query_routes(engine: Engine, api: Api) -> list[Route]:
+    """Text search, and what a dropped photo asks (POST: its bytes are the body); duplicates, status."""
 
     def search_text(request: Request) -> Any:
         minus = [m for m in request.query_params.getlist("minus") if m.strip()]
@@ -213,42 +244,37 @@ def create_app(engine: Engine, token: str | None = None, max_upload: int = MAX_U
                                   _int(request, "per_word", 0, 0, 1 << 20) or None, _where(request), minus or None,
                                   _float(request, "min_score", 0.0) if min_score not in (None, "") else None)
 
-    def dupes(request: Request) -> Any:
-        return engine.dupes(_float(request, "threshold", DUPES_THRESHOLD), _where(request))
-
-    def steer(request: Request) -> str | None:
-        q = request.query_params.get("q", "")
-        return q if q.strip() else None
-
-    def like_id(request: Request) -> Any:
-        return engine.like(_photo_id(request), steer(request), _int(request, "k", 10, 1, MAX_K))
-
-    def like_upload(request: Request, photo: Path, name: str) -> Any:
-        return engine.like(photo, steer(request), _int(request, "k", 10, 1, MAX_K), shown_as=name)
-
     def search_image(request: Request, photo: Path, name: str) -> Any:
         return engine.search_image(photo, _int(request, "k", 10, 1, MAX_K), shown_as=name)
 
-    def caption_any(request: Request, photo: Path, name: str | None) -> Any:
-        beam = _int(request, "beam", 7, 1, 50)
-        if _flag(request, "regions"):
-            return engine.region_captions(photo, beam, _int(request, "top", 0, 0, 1000), shown_as=name)
-        return engine.caption(photo, beam, shown_as=name)
-
-    def caption_id(request: Request) -> Any:
-        return caption_any(request, engine.photo_path(_photo_id(request)), None)
-
-    def align_id(request: Request) -> Any:
-        return engine.align_id(_photo_id(request), _text(request, "sentence"), _float(request, "beta", 0.02))
+    def like_upload(request: Request, photo: Path, name: str) -> Any:
+        return engine.like(photo, _steer(request), _int(request, "k", 10, 1, MAX_K), shown_as=name)
 
     def align_upload(request: Request, photo: Path, name: str) -> Any:
         return engine.align_upload(photo, _text(request, "sentence"), _float(request, "beta", 0.02), shown_as=name)
 
+    def dupes(request: Request) -> Any:
+        return engine.dupes(_float(request, "threshold", DUPES_THRESHOLD), _where(request))
+
+    return [
+        Route("/api/search", api(search_text)),
+        Route("/api/search/image", api(search_image), methods=["POST"]),
+        Route("/api/caption", api(lambda request, photo, name: _caption(engine, request, photo, name)),
+              methods=["POST"]),
+        Route("/api/like", api(like_upload), methods=["POST"]),
+        Route("/api/align", api(align_upload), methods=["POST"]),
+        Route("/api/dupes", api(dupes)),
+        Route("/api/status", api(lambda request: engine.status())),
+        Route("/api/skipped", api(lambda request: {"skipped": engine.skipped()})),
+    ]
+
+
+def _photo_routes(engine: Engine, api: Api) -> list[Route]:
+    """The indexed photos, addressed by id: the list, one photo's record, its bytes or thumbnail, and
+    what can be asked about it (caption, alignment, photos like it)."""
+
     def photos(request: Request) -> Any:
         return engine.photos(_int(request, "offset", 0, 0, 1 << 40), _int(request, "limit", 100, 1, 1000))
-
-    def photo(request: Request) -> Any:
-        return engine.photo(_photo_id(request))
 
     def image(request: Request) -> Response:
         i = _photo_id(request)
@@ -266,9 +292,34 @@ def create_app(engine: Engine, token: str | None = None, max_upload: int = MAX_U
         return Response(engine.thumbnail(i, size), media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=60"})
 
+    def caption_id(request: Request) -> Any:
+        return _caption(engine, request, engine.photo_path(_photo_id(request)), None)
+
+    def align_id(request: Request) -> Any:
+        return engine.align_id(_photo_id(request), _text(request, "sentence"), _float(request, "beta", 0.02))
+
+    def like_id(request: Request) -> Any:
+        return engine.like(_photo_id(request), _steer(request), _int(request, "k", 10, 1, MAX_K))
+
+    return [
+        Route("/api/photos", api(photos)),
+        Route("/api/photos/{photo_id}", api(lambda request: engine.photo(_photo_id(request)))),
+        Route("/api/photos/{photo_id}/image", api(image)),
+        Route("/api/photos/{photo_id}/caption", api(caption_id)),
+        Route("/api/photos/{photo_id}/align", api(align_id)),
+        Route("/api/photos/{photo_id}/like", api(like_id)),
+    ]
+
+
+# --------------------------------------------------------------------------- page, guard, errors
+
+
+def _page(token: str | None) -> Callable[[Request], Awaitable[Response]]:
+    """The page at /; `/?token=...` (the link `vsa serve --token` prints) trades the token for a cookie."""
+
     async def page(request: Request) -> Response:
         given = request.query_params.get("token")
-        if token and given:  # the link printed by `vsa serve --token`: trade it for a cookie
+        if token and given:
             if not hmac.compare_digest(given.encode(), token.encode()):
                 return error(401, "wrong token")
             resp = RedirectResponse("/", status_code=303)
@@ -276,35 +327,11 @@ def create_app(engine: Engine, token: str | None = None, max_upload: int = MAX_U
             return resp
         return FileResponse(STATIC / "index.html")
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        status = getattr(exc, "status_code", 404)
-        detail = getattr(exc, "detail", "") or "not found"
-        if status == 404:
-            detail = f"nothing at {request.url.path}"
-        return error(status, str(detail))
+    return page
 
-    async def server_fault(request: Request, exc: Exception) -> Response:
-        log.exception("error in %s %s", request.method, request.url.path)  # the trace stays in the log
-        return error(500, f"internal error ({type(exc).__name__}); see the server's log")
 
-    routes = [
-        Route("/", page),
-        Route("/api/search", api(search_text)),
-        Route("/api/search/image", api(search_image), methods=["POST"]),
-        Route("/api/caption", api(caption_any), methods=["POST"]),
-        Route("/api/like", api(like_upload), methods=["POST"]),
-        Route("/api/align", api(align_upload), methods=["POST"]),
-        Route("/api/dupes", api(dupes)),
-        Route("/api/status", api(lambda request: engine.status())),
-        Route("/api/skipped", api(lambda request: {"skipped": engine.skipped()})),
-        Route("/api/photos", api(photos)),
-        Route("/api/photos/{photo_id}", api(photo)),
-        Route("/api/photos/{photo_id}/image", api(image)),
-        Route("/api/photos/{photo_id}/caption", api(caption_id)),
-        Route("/api/photos/{photo_id}/align", api(align_id)),
-        Route("/api/photos/{photo_id}/like", api(like_id)),
-        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
-    ]
+def _guard(token: str | None, allowed_hosts: tuple[str, ...] | None) -> Callable[..., Awaitable[Response]]:
+    """Every request: the Host header and the token checked, the answer's security headers set."""
 
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if allowed_hosts is not None:
@@ -325,7 +352,17 @@ def create_app(engine: Engine, token: str | None = None, max_upload: int = MAX_U
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
 
-    app = Starlette(routes=routes, exception_handlers={HTTPException: not_found, Exception: server_fault},
-                    middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)])
-    app.state.engine = engine
-    return app
+    return guard
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 404)
+    detail = getattr(exc, "detail", "") or "not found"
+    if status == 404:
+        detail = f"nothing at {request.url.path}"
+    return error(status, str(detail))
+
+
+async def _server_fault(request: Request, exc: Exception) -> Response:
+    log.exception("error in %s %s", request.method, request.url.path)  # the trace stays in the log
+    return error(500, f"internal error ({type(exc).__name__}); see the server's log")

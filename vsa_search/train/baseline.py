@@ -32,5 +32,6 @@ def train_global_baseline(model: LoadedAlign, features: Path, dataset: Any, devi
     if not cached.exists():
         if on_baseline:
             on_baseline(f"training the global baseline on {n_train} train photos (cached in {cached})")
-        train_embed(features, cached, cfg, vocab=model.vocab, dataset=dataset, device=device)
+        train_embed(features, cached, cfg, vocab=model.vocab, dataset=dataset, device=device,
+                    keep_train_state=False)  # a cache entry is never resumed
     return load_align(cached), f"{cached} (trained on {n_train} train photos of {features})"

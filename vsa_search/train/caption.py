@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,18 @@ from ..evaluation.metrics import caption_metrics
 from ..models import checkpoint
 from ..models.beam import beam_search
 from ..models.captioner import Captioner, full_image, load_caption, save_caption
-from ..vision.features import FeatureStore, same_extractor
-from .common import MixedPrecision, TrainState, cpu_copy, run_epochs, seed_everything
+from ..models.checkpoint import Checkpoint
+from ..vision.features import FeatureStore
+from .common import (
+    MixedPrecision,
+    TrainState,
+    cpu_copy,
+    load_resumable,
+    require_features,
+    resume_state,
+    run_epochs,
+    seed_everything,
+)
 
 
 def caption_sentences(ids: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,15 +153,48 @@ def add_snippets(train: tuple[torch.Tensor, ...], store: Any, snippets_path: str
 
 
 
+@dataclass
+class CaptionRun:
+    """What a training run works with once it is set up (fresh, from --init or from --resume)."""
+
+    cfg: CaptionConfig
+    vocab: Any
+    region_cfg: RegionConfig
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    mp: MixedPrecision
+    device: torch.device
+    train: tuple[torch.Tensor, ...]  # feats (P, D), photo (S,), inputs, targets (S, T): caption_split's
+    train_feats: torch.Tensor  # train's feats on the device
+    dev: tuple[torch.Tensor, ...]  # the same for the dev photos (none: select on training perplexity)
+    dev_refs: list  # the dev photos' sentences, in dev's order: references for dev CIDEr
+    state: TrainState
+    facts: dict[str, Any]  # what the model file says about the run besides its figures
+
+    @property
+    def on_dev(self) -> bool:
+        return len(self.dev[1]) > 0
+
+    def score(self, best: dict) -> float:
+        """Higher is better: dev CIDEr, or minus the (dev, else train) perplexity."""
+        return best.get("dev_cider", float("-inf")) if self.on_dev and self.cfg.select == "cider" else -best["dev_ppl"]
+
+
+def caption_model(cfg: CaptionConfig, n_words: int) -> torch.nn.Module:
+    """The generator that `cfg` asks for, untrained: a module with loss(feats, inputs, targets) that
+    caption_epoch steps on (the one place that builds a generator to train)."""
+    return Captioner(cfg, n_words)
+
+
 def train_caption(features, out, cfg, resume: bool = False, device: str | None = None, root=None,
                   keep_train_state: bool = True, on_batch=None, on_epoch=None, amp: bool | None = None,
                   regions=None, init=None, dataset: Any = None, min_count: int = 5) -> dict:
     """Train the caption generator on the full-image features of the training-split photos in the
     feature store `features`; early stopping on dev perplexity or dev CIDEr (cfg.select, patience cfg.patience).
 
-    `out` is rewritten after every epoch: its weights are the best epoch's; its train_state holds
-    the current weights, optimizer and counters so that `resume=True` continues where it stopped
-    (keep_train_state=False drops them from the final file: smaller, no longer resumable).
+    `out` is rewritten after every epoch: its weights are the best epoch's, its train state
+    (common.TrainState.to_file) what `resume=True` continues exactly (keep_train_state=False leaves
+    it out of the final file, whose weights are then float16: smaller, no longer resumable).
     on_batch(n) and on_epoch(record) report progress. Returns the report (history, best, seconds).
     amp: mixed precision (None: on for CUDA, see MixedPrecision).
     regions: a snippets file (`vsa align export`) whose training-photo snippets (region feature, fragment)
@@ -159,56 +204,103 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
     split's words seen `min_count` times."""
     if cfg.cell not in ("rnn", "lstm"):
         raise UsageError(f"unknown caption cell {cfg.cell!r}; choose rnn or lstm")
+    if cfg.select not in ("ppl", "cider"):
+        raise UsageError(f"unknown selection {cfg.select!r}; choose ppl or cider")
     out = Path(out)
     dev = pick_device(device)
-    mp = MixedPrecision(dev, amp)
-    ts: dict = {}
-    vocab = None
-    if resume:
-        if not out.exists():
-            raise UsageError(f"--resume: {out} does not exist yet")
-        ck = checkpoint.load(out, kind="caption")
-        ts = ck.train_state
-        if "optimizer" not in ts:
-            raise ModelError(f"{out}: holds no training state to resume (saved without it)")
-        saved = from_dict(CaptionConfig, ck.config)
-        # Only the epoch budget and patience may change on resume; anything else is another model.
-        if dataclasses.replace(saved, epochs=cfg.epochs, patience=cfg.patience) != cfg:
-            raise UsageError(f"--resume: {out} was trained with another config "
-                             f"(preset/cell/optimizer differ); use another --out")
-        vocab = Vocab.from_dict(ck.vocab)
-        # A resumed region generator keeps its snippets: without them it would go on as another model.
-        saved_regions = ck.metrics.get("regions")
-        if regions is None and saved_regions:
-            regions = saved_regions
-        elif regions is not None and Path(saved_regions or "").resolve() != Path(regions).resolve():
-            raise UsageError(f"--resume: {out} was trained with --regions {saved_regions or '(none)'}, not {regions}")
+    ck = load_resumable(out, "caption", init) if resume else None
+    vocab, regions = _resumed(ck, cfg, regions, out) if ck is not None else (None, regions)
     ds = dataset if dataset is not None else load_flickr8k(root)
-    init_model = load_caption(init) if init is not None and not resume else None
+    init_model = load_caption(init) if init is not None else None
     if init_model is not None and init_model.config.members > 1:
         raise UsageError(f"--init {init}: an ensemble; start from one of its members")
     vocab = vocab or build_vocab(ds, min_count, base=init_model.vocab if init_model is not None else None)
+    origin = ((f"--resume {out}", ck.region_config) if ck is not None else
+              (f"--init {init}", init_model.region_config) if init_model is not None else None)
+    region_cfg, train, dev_data, dev_refs = _read_data(features, ds, vocab, cfg.max_len, regions, origin)
+    run = _caption_run(cfg, vocab, region_cfg, _new_model(cfg, vocab, dev, init_model, init), train, dev_data,
+                       dev_refs, ck, MixedPrecision(dev, amp))
+    run.facts.update({"dataset": ds.name, **({"regions": str(regions)} if regions else {}),
+                      **({"init": str(init)} if init else {})})
+    run_epochs(run.state, cfg.epochs, cfg.patience, run.model, lambda epoch: caption_epoch(run, epoch, on_batch),
+               lambda: _save(run, out, finished=False), on_epoch=on_epoch)
+    _save(run, out, finished=True, keep=keep_train_state)
+    s = run.state
+    return {"out": str(out), "history": s.history, "best": s.best_info, "stopped_early": s.bad_epochs >= cfg.patience,
+            "seconds": round(s.seconds(), 1), "device": str(dev), "precision": run.mp.describe(),
+            **{k: run.facts[k] for k in ("train_photos", "train_sentences", "dev_photos")}}
 
+
+def caption_epoch(run: CaptionRun, epoch: int, on_batch: Callable[[int], None] | None = None
+                  ) -> tuple[dict, float, dict]:
+    """Train one epoch: every training sentence once, in shuffled batches of cfg.batch_size; then
+    the dev (else training) perplexity and, when selecting on it, dev CIDEr. Returns (history row,
+    score, best-epoch figures)."""
+    cfg, model, opt, dev = run.cfg, run.model, run.opt, run.device
+    _, photo, inputs, targets = run.train
+    torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and order depend on the epoch only: resumable
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    model.train()
+    t0, total, n = time.perf_counter(), 0.0, 0
+    for idx in _caption_batches(len(photo), cfg.batch_size, gen):
+        x, y = _trim(inputs[idx], targets[idx])
+        with run.mp.autocast():
+            loss = model.loss(run.train_feats[photo[idx].to(dev)], x.to(dev), y.to(dev))
+        opt.zero_grad(set_to_none=True)
+        run.mp.step(loss, opt, model.parameters(), cfg.clip)
+        total, n = total + loss.item() * len(idx), n + len(idx)
+        if on_batch:
+            on_batch(1)
+    ppl = caption_perplexity(model, *(run.dev if run.on_dev else run.train), device=dev)
+    rec = {"epoch": epoch, "train_loss": total / n, ("dev_ppl" if run.on_dev else "train_ppl"): ppl,
+           "seconds": round(time.perf_counter() - t0, 2)}
+    if run.on_dev and cfg.select == "cider":
+        rec["dev_cider"] = dev_cider(model, run.dev[0].to(dev), run.dev_refs, run.vocab, cfg.max_len)
+    best = {"epoch": epoch, "dev_ppl": ppl, **({"dev_cider": rec["dev_cider"]} if "dev_cider" in rec else {})}
+    return rec, run.score(best), best
+
+
+def _resumed(ck: Checkpoint, cfg: CaptionConfig, regions: Any, out: Path) -> tuple[Vocab, Any]:
+    """A resumed run's vocabulary and snippets file, once its config is found to be the saved one."""
+    saved = from_dict(CaptionConfig, ck.config)
+    # Only the epoch budget and patience may change on resume; anything else is another model.
+    if dataclasses.replace(saved, epochs=cfg.epochs, patience=cfg.patience) != cfg:
+        raise UsageError(f"--resume: {out} was trained with another config "
+                         f"(preset/cell/optimizer differ); use another --out")
+    # A resumed region generator keeps its snippets: without them it would go on as another model.
+    saved_regions = ck.metrics.get("regions")
+    if regions is None and saved_regions:
+        regions = saved_regions
+    elif regions is not None and Path(saved_regions or "").resolve() != Path(regions).resolve():
+        raise UsageError(f"--resume: {out} was trained with --regions {saved_regions or '(none)'}, not {regions}")
+    return Vocab.from_dict(ck.vocab), regions
+
+
+def _read_data(features: Any, ds: Any, vocab: Any, max_len: int, regions: Any, origin: tuple[str, Any] | None
+               ) -> tuple[RegionConfig, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], list]:
+    """The store's extractor config, the training pairs (with the snippets of `regions`), the dev
+    pairs and the dev references. `origin`: the option and region config of the model the run
+    continues (--resume or --init), if any."""
     with FeatureStore(features, readonly=True) as store:
         region_cfg = store.config
-        if resume and not same_extractor(region_cfg, from_dict(RegionConfig, ck.region_config)):
-            raise UsageError(f"--resume: {features} holds other features than {out} was trained on")
-        if init_model is not None and not same_extractor(region_cfg, init_model.region_config):
-            raise UsageError(f"--init {init}: trained on other features than {features} holds")
-        train = caption_split(store, "train", vocab, cfg.max_len, ds)
+        if origin is not None:
+            require_features(region_cfg, origin[1], features, origin[0])
+        train = caption_split(store, "train", vocab, max_len, ds)
         if regions is not None:
-            train = add_snippets(train, store, regions, vocab, cfg.max_len, ds)
-        dev_data = caption_split(store, "dev", vocab, cfg.max_len, ds)
+            train = add_snippets(train, store, regions, vocab, max_len, ds)
+        dev_data = caption_split(store, "dev", vocab, max_len, ds)
         # The same photos, in the same order, as dev_data's features: references for dev CIDEr.
         dev_refs = [r.sentences for r in ds.split("dev") if r.image_id in store]
     if len(train[1]) == 0:
         raise UsageError(f"{features}: holds none of the {ds.name} training-split photos "
                          f"(extract them with vsa features extract and the same --dataset options)")
-    if cfg.select not in ("ppl", "cider"):
-        raise UsageError(f"unknown selection {cfg.select!r}; choose ppl or cider")
+    return region_cfg, train, dev_data, dev_refs
 
+
+def _new_model(cfg: CaptionConfig, vocab: Any, device: torch.device, init_model: Any, init: Any) -> torch.nn.Module:
+    """The generator with its starting weights (a resumed run's come later, with its optimizer)."""
     seed_everything(cfg.seed)
-    model = Captioner(cfg, len(vocab)).to(dev)
+    model = caption_model(cfg, len(vocab)).to(device)
     if init_model is not None:
         if vocab.itos[: len(init_model.vocab)] != init_model.vocab.itos:
             raise UsageError(f"--init {init}: the vocabulary given does not extend the model's")
@@ -217,70 +309,33 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
         except ModelError:
             raise UsageError(f"--init {init}: a {init_model.config.cell} model of another shape than --preset/--cell "
                              f"ask for") from None
+    return model
+
+
+def _caption_run(cfg: CaptionConfig, vocab: Any, region_cfg: RegionConfig, model: torch.nn.Module,
+                 train: tuple[torch.Tensor, ...], dev_data: tuple[torch.Tensor, ...], dev_refs: list,
+                 ck: Checkpoint | None, mp: MixedPrecision) -> CaptionRun:
+    """The optimizer (its state and the last weights put back when resuming) and the run around it."""
+    device = next(model.parameters()).device
     opt = _caption_optimizer(model, cfg)
-    on_dev = len(dev_data[1]) > 0  # a store without dev photos stops on training perplexity
-    on_cider = on_dev and cfg.select == "cider"
+    facts = {"train_photos": int(len(train[0])), "train_sentences": int(len(train[1])),
+             "dev_photos": int(len(dev_data[0]))}
+    run = CaptionRun(cfg, vocab, region_cfg, model, opt, mp, device, train, train[0].to(device), dev_data,
+                     dev_refs, TrainState(), facts)
+    if ck is not None:
+        run.state = resume_state(ck, model, opt, run.score)
+        run.facts.update({k: ck.metrics[k] for k in ("init",) if k in ck.metrics})
+    else:  # the epoch-0 weights stay the best until an epoch scores better
+        best = {"epoch": 0, "dev_ppl": float("inf")}
+        run.state = TrainState(best_info=best, best_score=run.score(best), best_weights=cpu_copy(model))
+    return run
 
-    def score(best: dict) -> float:
-        """Higher is better: dev CIDEr, or minus the (dev, else train) perplexity."""
-        return best.get("dev_cider", float("-inf")) if on_cider else -best["dev_ppl"]
 
-    best: dict = {"epoch": 0, "dev_ppl": float("inf")}
-    state = TrainState(best_info=best, best_score=score(best), best_weights=cpu_copy(model))
-    if resume:
-        model.load_state_dict(ts["current"])
-        opt.load_state_dict(ts["optimizer"])
-        best = dict(ts["best"])
-        state = TrainState(epoch=int(ts["epoch"]), best_epoch=int(best["epoch"]), best_score=score(best),
-                           bad_epochs=int(ts["bad_epochs"]), history=list(ts["history"]), best_info=best,
-                           best_weights=ck.state_dict)
-    t_start = time.perf_counter() - float(ts.get("seconds", 0.0))
-    feats = train[0].to(dev)
-
-    def one_epoch(epoch: int) -> tuple[dict, float, dict]:
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and order depend on the epoch only: resumable
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        model.train()
-        t0, total, n = time.perf_counter(), 0.0, 0
-        for idx in _caption_batches(len(train[1]), cfg.batch_size, gen):
-            x, y = _trim(train[2][idx], train[3][idx])
-            with mp.autocast():
-                loss = model.loss(feats[train[1][idx].to(dev)], x.to(dev), y.to(dev))
-            opt.zero_grad(set_to_none=True)
-            mp.step(loss, opt, model.parameters(), cfg.clip)
-            total, n = total + loss.item() * len(idx), n + len(idx)
-            if on_batch:
-                on_batch(1)
-        ppl = caption_perplexity(model, *(dev_data if on_dev else train), device=dev)
-        rec = {"epoch": epoch, "train_loss": total / n, ("dev_ppl" if on_dev else "train_ppl"): ppl,
-               "seconds": round(time.perf_counter() - t0, 2)}
-        if on_cider:
-            rec["dev_cider"] = dev_cider(model, dev_data[0].to(dev), dev_refs, vocab, cfg.max_len)
-        best = {"epoch": epoch, "dev_ppl": ppl, **({"dev_cider": rec["dev_cider"]} if "dev_cider" in rec else {})}
-        return rec, score(best), best
-
-    def save(final: bool) -> None:
-        # train_state as caption files have always stored it (what --resume reads).
-        history, best = state.history, state.best_info
-        blob = {"epoch": history[-1]["epoch"] if history else 0, "best": best, "bad_epochs": state.bad_epochs,
-                "history": history, "seconds": time.perf_counter() - t_start, "finished": final}
-        if keep_train_state or not final:
-            blob.update(current=cpu_copy(model), optimizer=opt.state_dict())
-        metrics = {"dev_ppl": best["dev_ppl"], "dev_cider": best.get("dev_cider"), "best_epoch": best["epoch"],
-                   "train_photos": int(len(train[0])),
-                   "train_sentences": int(len(train[1])), "dev_photos": int(len(dev_data[0])),
-                   "seconds": round(blob["seconds"], 1), "dataset": ds.name,
-                   **({"regions": str(regions)} if regions else {}), **({"init": str(init)} if init else {})}
-        slim = final and not keep_train_state
-        save_caption(model, vocab, region_cfg, out, metrics=metrics, train_state=blob, state_dict=state.best_weights,
-                     half=slim)
-
-    run_epochs(state, cfg.epochs, cfg.patience, model, one_epoch, save, on_epoch=on_epoch)
-    stopped = state.bad_epochs >= cfg.patience
-    history, best = state.history, state.best_info
-    if not keep_train_state and history:  # also slims a finished run given to --resume --slim
-        save(final=True)
-    return {"out": str(out), "history": history, "best": best, "stopped_early": stopped,
-            "seconds": round(time.perf_counter() - t_start, 1), "device": str(dev), "precision": mp.describe(),
-            "train_photos": int(len(train[0])), "train_sentences": int(len(train[1])),
-            "dev_photos": int(len(dev_data[0]))}
+def _save(run: CaptionRun, out: Path, finished: bool, keep: bool = True) -> None:
+    """Write `out`: the best weights so far (float16 when the train state is left out), the run's
+    figures, the train state."""
+    s, best = run.state, run.state.best_info
+    metrics = {"dev_ppl": best["dev_ppl"], "dev_cider": best.get("dev_cider"), "best_epoch": best["epoch"],
+               "seconds": round(s.seconds(), 1), **run.facts}
+    save_caption(run.model, run.vocab, run.region_cfg, out, metrics=metrics,
+                 train_state=s.to_file(run.model, run.opt, finished, keep), state_dict=s.best_weights, half=not keep)

@@ -6,7 +6,7 @@ vectors of all ranks and scores its own photos against every sentence and its ow
 every photo: the rows and columns of the global (N*B, N*B) score matrix that it owns. Summed over
 ranks these parts are exactly the single-process loss over the concatenated batch, and so are the
 gradients (see `all_gather_with_grad`). Outside torchrun (WORLD_SIZE unset or 1) everything here
-is a no-op and training is the plain single-process loop."""
+is a no-op and training is the plain single-process loop (OneProcess)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..core.errors import UsageError
-from ..models.alignment import hinge_loss, score
+from ..models.alignment import hinge_loss, ranking_loss, score
 
 _owned = False  # True when init() created the process group (so cleanup() must destroy it)
 
@@ -178,3 +178,65 @@ def ranking_loss_part(encoders: nn.Module, feats: torch.Tensor, region_mask: tor
     own_r = torch.zeros_like(rows, dtype=torch.bool)
     own_r[k, mine.start + k] = True  # the true pairs
     return hinge_loss(rows, own_r, cols, own_r.T, margin, hardest)
+
+
+# --------------------------------------------------------------------------- what an epoch asks of the ranks
+
+
+class OneProcess:
+    """What the alignment trainer's epoch asks of the processes that train together, for a lone
+    process: the step's loss, the batch order, the sum of the losses and rank 0's verdicts."""
+
+    world, rank = 1, 0
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def ranking_loss(self, data: Any, img: torch.Tensor, sent: torch.Tensor, margin: float,
+                     hardest: bool) -> torch.Tensor:
+        """The batch's ranking loss (not divided by its size): photos `img`, their sentences `sent`
+        (indices into `data`: feats, region_mask, ids, lengths on the model's device)."""
+        t_max = int(data.lengths[sent].max())
+        scores = self.model(data.feats[img], data.region_mask[img], data.ids[sent, :t_max], data.lengths[sent])
+        return ranking_loss(scores.float(), margin, hardest=hardest)  # (B, B) scores
+
+    def batch_generator(self) -> torch.Generator | None:
+        return None  # the global generator, which the epoch seeded
+
+    def sum(self, loss: torch.Tensor) -> float:
+        return loss.item()
+
+    def share(self, obj: Any) -> Any:
+        return obj
+
+
+class Ranks(OneProcess):
+    """The same under torchrun: the model's encoders under DDP, each rank's part of the loss of the
+    global batch, and rank 0's objects broadcast to every rank."""
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        super().__init__(model)
+        self.world, self.rank = world_size(), rank()
+        self.encoders = wrap(model, device)
+
+    def ranking_loss(self, data: Any, img: torch.Tensor, sent: torch.Tensor, margin: float,
+                     hardest: bool) -> torch.Tensor:
+        return ranking_loss_part(self.encoders, data.feats, data.region_mask, data.ids, data.lengths, img, sent,
+                                 margin, hardest=hardest)
+
+    def batch_generator(self) -> torch.Generator | None:
+        # Ranks must draw the same global batches whatever their dropout drew: a generator of their own.
+        gen = torch.Generator()
+        gen.set_state(torch.get_rng_state())
+        return gen
+
+    def sum(self, loss: torch.Tensor) -> float:
+        return all_sum(loss)
+
+    def share(self, obj: Any) -> Any:
+        return broadcast_object(obj)
+
+
+def processes(model: nn.Module, device: torch.device) -> OneProcess:
+    """Ranks under torchrun (after init()), else OneProcess."""
+    return Ranks(model, device) if world_size() > 1 else OneProcess(model)

@@ -19,12 +19,24 @@ from ..core.errors import DatasetError, ModelError, UsageError
 from ..data.datasets import load_flickr8k
 from ..data.vocab import Vocab, build_vocab, pad_ids
 from ..evaluation.metrics import mean_recall, retrieval_metrics
-from ..evaluation.recall import retrieval_data, score_all
+from ..evaluation.recall import RetrievalData, retrieval_data, score_all
 from ..models import checkpoint
-from ..models.alignment import build_model, load_align, ranking_loss, save_align
-from ..vision.features import FeatureStore, same_extractor
+from ..models.alignment import build_model, load_align, save_align
+from ..models.checkpoint import Checkpoint
+from ..vision.features import FeatureStore
 from . import distributed
-from .common import MixedPrecision, TrainState, clip_elementwise, cpu_copy, make_optimizer, run_epochs, seed_everything
+from .common import (
+    MixedPrecision,
+    TrainState,
+    clip_elementwise,
+    cpu_copy,
+    load_resumable,
+    make_optimizer,
+    require_features,
+    resume_state,
+    run_epochs,
+    seed_everything,
+)
 
 
 @dataclass
@@ -100,11 +112,31 @@ def embed_config(preset: str, changes: dict[str, Any], init: str | Path | None =
     return dataclasses.replace(base, **changes)
 
 
+@dataclass
+class EmbedRun:
+    """What a training run works with once it is set up (fresh, from --init or from --resume)."""
+
+    cfg: Any
+    vocab: Any
+    region_cfg: RegionConfig
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    base_lrs: list[float]  # each parameter group's learning rate before decay
+    mp: MixedPrecision
+    device: torch.device
+    train: RetrievalData  # the training photos and sentences, on the device
+    per_image: list[torch.Tensor]  # each training photo's sentences (rows of train.ids)
+    dev: RetrievalData | None
+    par: distributed.OneProcess  # the processes that train together (distributed.Ranks under torchrun)
+    state: TrainState
+    facts: dict[str, Any]  # what the model file says about the run besides its figures
+
+
 def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab: Any = None,
                 dataset: Any = None, init: str | Path | None = None, min_count: int = 5,
                 device: str | None = None, resume: bool = False,
                 epochs: int | None = None, max_minutes: float | None = None, amp: bool | None = None,
-                on_step: Callable[[int, int, int, float], None] | None = None,
+                keep_train_state: bool = True, on_step: Callable[[int, int, int, float], None] | None = None,
                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> EmbedResult:
     """Train the alignment model (or the global baseline, cfg.arch == "global") on the train-split
     photos present in the feature store `features`; early stopping on dev Recall@K.
@@ -116,78 +148,148 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
 
     Each step is a batch of cfg.batch_size distinct photos with one of their sentences each; an
     epoch shows every sentence once (5 rounds over the photos). Loss: ranking_loss / batch size.
-    `out` is written atomically after every epoch: the best weights so far (what users load) and
-    train_state {epoch, best_metric, bad_epochs, history, optimizer, last weights} for `resume`.
-    When training ends the optimizer and last weights are dropped (the file stays small); resuming
-    such a file restarts the optimizer from the best weights. `epochs` overrides cfg.epochs (the
-    total, counting epochs already run). on_step(epoch, step, steps_per_epoch, loss) and
-    on_epoch(history_row) report progress. amp: mixed precision (None: on for CUDA, see MixedPrecision).
+    `out` is written atomically after every epoch: the best weights so far (what users load) and the
+    train state (common.TrainState.to_file) that `resume` continues exactly; keep_train_state=False
+    leaves the resumable part out of the final file. `epochs` overrides cfg.epochs (the total,
+    counting epochs already run). on_step(epoch, step, steps_per_epoch, loss) and on_epoch(history_row)
+    report progress. amp: mixed precision (None: on for CUDA, see MixedPrecision).
 
     Under torchrun (WORLD_SIZE > 1) the model trains with DistributedDataParallel: a step is a
     global batch of WORLD_SIZE x batch_size photos, each rank encodes its shard and the loss sees
-    the negatives of every rank (distributed.ranking_loss_part); only rank 0 evaluates, reports
-    and writes `out`."""
+    the negatives of every rank (distributed.Ranks); only rank 0 evaluates, reports and writes `out`."""
     t_start = time.perf_counter()
     out = Path(out)
-    dev_ = pick_device(device)
-    world, rank, dev_ = distributed.init(dev_)  # (1, 0, dev_) outside torchrun
-    mp = MixedPrecision(dev_, amp)
-    train_state: dict[str, Any] = {}
-    pretrain_losses: list[float] = []
-    start_state: dict[str, torch.Tensor] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    if resume:
-        if init is not None:
-            raise UsageError("--resume continues the run saved in --out; --init starts a new one")
-        if not out.exists():
-            raise UsageError(f"--resume: {out} does not exist yet")
-        ck = checkpoint.load(out, kind="align")
-        cfg = from_dict(type(EMBED_PRESETS["default"]), ck.config)
-        vocab = Vocab.from_dict(ck.vocab)
-        train_state = ck.train_state
-        best_state = ck.state_dict
-        start_state = train_state.get("last_state_dict") or ck.state_dict
-    init_model = load_align(init) if init is not None and not resume else None
+    _, _, dev_ = distributed.init(pick_device(device))  # the rank's own GPU under torchrun
+    ck = load_resumable(out, "align", init) if resume else None
+    init_model = load_align(init) if init is not None else None
+    if ck is not None:
+        cfg, vocab = from_dict(type(EMBED_PRESETS["default"]), ck.config), Vocab.from_dict(ck.vocab)
     cfg = cfg or (init_model.config if init_model is not None else EMBED_PRESETS["default"])
-    total_epochs = epochs if epochs is not None else cfg.epochs
     if cfg.loss not in ("sum", "max"):
         raise UsageError(f"unknown loss {cfg.loss!r}; choose sum or max")
-
     ds = dataset if dataset is not None else load_flickr8k()
+    origin = ((f"--resume {out}", ck.region_config) if ck is not None else
+              (f"--init {init}", init_model.region_config) if init_model is not None else None)
+    vocab, region_cfg, train, dev = _read_data(features, ds, cfg, vocab, min_count, init_model, origin)
+    deadline = t_start + max_minutes * 60 / 2 if max_minutes is not None else None  # for text pretraining
+    model, facts = _new_model(cfg, vocab, ds, dev_, ck, init_model, init, deadline)
+    run = _embed_run(cfg, vocab, region_cfg, model, train, dev, ck, MixedPrecision(dev_, amp), facts)
+
+    def time_up() -> bool:  # every rank stops after the same epoch
+        return run.par.share(max_minutes is not None and time.perf_counter() - t_start > max_minutes * 60)
+
+    main = run.par.rank == 0
+    stopped = run_epochs(run.state, epochs if epochs is not None else cfg.epochs, cfg.patience, model,
+                         lambda epoch: embed_epoch(run, epoch, on_step if main else None),
+                         lambda: _save(run, out, finished=False), on_epoch if main else None, time_up)
+    _save(run, out, finished=True, keep=keep_train_state)
+    distributed.barrier()  # the other ranks return once rank 0's file is written
+    s = run.state
+    return EmbedResult(out, s.epoch, s.best_epoch, s.best_score, s.best_info, s.history,
+                       time.perf_counter() - t_start, stopped)
+
+
+def embed_epoch(run: EmbedRun, epoch: int,
+                on_step: Callable[[int, int, int, float], None] | None = None) -> tuple[dict[str, Any], float, dict]:
+    """Train one epoch: every sentence once, in rounds over the photos (one sentence per photo a
+    round), a step per batch of distinct photos. Returns (history row, score, dev figures); the score
+    is dev mean Recall@{1,5,10}, or -loss without dev photos. Under torchrun a step is the global
+    batch of world x batch_size photos, of which each rank computes its part of the loss."""
+    t0 = time.perf_counter()
+    cfg, model, opt, par, data = run.cfg, run.model, run.opt, run.par, run.train
+    seed_everything(cfg.seed * 1000 + epoch)  # same shuffles and dropout masks after --resume
+    hardest = cfg.loss == "max" and epoch > cfg.warmup_sum
+    decay = 0.1 if cfg.lr_decay_epoch and epoch >= cfg.lr_decay_epoch else 1.0
+    for g, lr0 in zip(opt.param_groups, run.base_lrs):
+        g["lr"] = lr0 * decay
+    model.train()
+    order = [p[torch.randperm(len(p))] for p in run.per_image]  # each photo's sentences, shuffled
+    gen = par.batch_generator()
+    n_img, rounds = len(order), max(len(p) for p in order)
+    bsz = min(cfg.batch_size * par.world, n_img)  # the global batch: world x batch_size photos
+    steps, total_loss, n_steps = rounds * ((n_img + bsz - 1) // bsz), 0.0, 0
+    for r in range(rounds):
+        perm = torch.randperm(n_img, generator=gen)
+        for a in range(0, n_img, bsz):
+            img = perm[a : a + bsz]
+            if len(img) < max(2, par.world):  # a ranking loss needs negatives (and every rank a photo)
+                continue
+            sent = torch.stack([order[i][r % len(order[i])] for i in img.tolist()]).to(run.device)
+            with run.mp.autocast():
+                loss = par.ranking_loss(data, img.to(run.device), sent, cfg.margin, hardest) / len(img)
+            if not torch.isfinite(loss):
+                raise ModelError(f"training diverged at epoch {epoch} (loss {loss.item()}); "
+                                 f"lower the learning rate (now {cfg.lr}) or use --normalize")
+            opt.zero_grad(set_to_none=True)
+            # DDP averages gradients over ranks; the ranks' losses are parts of one sum: x world.
+            run.mp.step(loss * par.world, opt, model.parameters(), cfg.clip)
+            total_loss, n_steps = total_loss + par.sum(loss), n_steps + 1
+            if on_step:
+                on_step(epoch, n_steps, steps, total_loss / n_steps)
+    row: dict[str, Any] = {"epoch": epoch, "loss": total_loss / max(n_steps, 1)}
+    metric = _dev_recall(run, row) if run.dev is not None and par.rank == 0 else -row["loss"]
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    row, metric = par.share((row, metric))  # rank 0's dev verdict (and clock): early stopping stays in step
+    return row, metric, row.get("dev", {})
+
+
+def _dev_recall(run: EmbedRun, row: dict[str, Any]) -> float:
+    """Dev retrieval figures into the history row; returns their mean Recall@{1,5,10}."""
+    dev_metrics = retrieval_metrics(score_all(run.model, run.dev, run.device), run.dev.sent_image, reps=0)
+    row["dev"] = {d: {k: round(v, 2) for k, v in m.items() if not k.endswith("_ci")} for d, m in dev_metrics.items()}
+    row["dev_mean_recall"] = round(mean_recall(dev_metrics), 2)
+    return mean_recall(dev_metrics)
+
+
+def _read_data(features: str | Path, ds: Any, cfg: Any, vocab: Any, min_count: int, init_model: Any,
+               origin: tuple[str, Any] | None) -> tuple[Any, RegionConfig, RetrievalData, RetrievalData | None]:
+    """The vocabulary (given, resumed, or built on the training split), the store's extractor config,
+    and the training and dev photos the store holds, with their sentences. `origin`: the option and
+    the region config of the model the run continues (--resume or --init), if any."""
     with FeatureStore(features, readonly=True) as store:
         region_cfg = store.config
-        if resume and ck.region_config and not same_extractor(from_dict(RegionConfig, ck.region_config), region_cfg):
-            raise UsageError(f"--resume: {features} was made by another extractor than {out}'s features")
+        if origin is not None and origin[1]:
+            require_features(region_cfg, origin[1], features, origin[0])
         train_recs = [r for r in ds.present("train") if r.image_id in store]
         dev_recs = [r for r in ds.present("dev") if r.image_id in store]
         if not train_recs:
             raise DatasetError(f"{features}: holds none of the {ds.name} train-split photos "
                                f"(extract them with vsa features extract and the same --dataset options)")
-        if init_model is not None and not same_extractor(init_model.region_config, region_cfg):
-            raise UsageError(f"--init {init}: trained on other features than {features} holds "
-                             f"(extract them with its region preset)")
         if vocab is None:
             vocab = build_vocab(ds, min_count, base=init_model.vocab if init_model is not None else None)
         elif init_model is not None and vocab.itos[: len(init_model.vocab)] != init_model.vocab.itos:
-            raise UsageError(f"--init {init}: the vocabulary given does not extend the model's")
+            raise UsageError(f"{origin[0]}: the vocabulary given does not extend the model's")
         train = retrieval_data(train_recs, store, vocab)
         dev = retrieval_data(dev_recs, store, vocab) if dev_recs else None
     if train.feats.shape[-1] != cfg.feature_dim:
         raise UsageError(f"features are {train.feats.shape[-1]}-d, the config expects {cfg.feature_dim}")
+    return vocab, region_cfg, train, dev
 
+
+def _new_model(cfg: Any, vocab: Any, ds: Any, device: torch.device, ck: Checkpoint | None, init_model: Any,
+               init: Any, deadline: float | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model with its starting weights (a resumed run's come later, with its optimizer), and the
+    facts about its start that the model file keeps (data set, init model, text pretraining)."""
     seed_everything(cfg.seed)
-    model = build_model(cfg, len(vocab)).to(dev_)
-    if start_state is not None:
-        model.load_state_dict(start_state)
-    else:
-        if cfg.glove:  # with --init: the new words' rows (the others come from the model next)
-            model.init_glove(vocab)
-        if init_model is not None:
-            checkpoint.load_grown(model, init_model.model.state_dict(), len(init_model.vocab), init)
-        elif cfg.text_pretrain > 0:  # captions of every training-split photo, on disk or not (no dev/test text)
-            deadline = t_start + max_minutes * 60 / 2 if max_minutes is not None else None
-            pretrain_losses = pretrain_text(model, text_pairs(ds.split("train"), vocab), cfg, dev_,
-                                            deadline=deadline)
+    model = build_model(cfg, len(vocab)).to(device)
+    facts: dict[str, Any] = {"dataset": ds.name, **({"init": str(init)} if init is not None else {})}
+    if ck is not None:
+        return model, {**facts, **{k: ck.metrics[k] for k in ("init", "text_pretrain_loss") if k in ck.metrics}}
+    if cfg.glove:  # with --init: the new words' rows (the others come from the model next)
+        model.init_glove(vocab)
+    if init_model is not None:
+        checkpoint.load_grown(model, init_model.model.state_dict(), len(init_model.vocab), init)
+    elif cfg.text_pretrain > 0:  # captions of every training-split photo, on disk or not (no dev/test text)
+        losses = pretrain_text(model, text_pairs(ds.split("train"), vocab), cfg, device, deadline=deadline)
+        facts["text_pretrain_loss"] = [round(x, 4) for x in losses]
+    return model, facts
+
+
+def _embed_run(cfg: Any, vocab: Any, region_cfg: RegionConfig, model: torch.nn.Module, train: RetrievalData,
+               dev: RetrievalData | None, ck: Checkpoint | None, mp: MixedPrecision, facts: dict[str, Any]) -> EmbedRun:
+    """The optimizer (its state and the last weights put back when resuming), the training data on
+    the model's device, and the processes that train together."""
+    device = next(model.parameters()).device
     params: Any = model.parameters()
     if cfg.text_lr_scale != 1.0:  # e.g. a pretrained sentence side that should move less than the image side
         text = [p for n, p in model.named_parameters() if ".image." not in f".{n}"]
@@ -195,114 +297,24 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
         params = [{"params": image}, {"params": text, "lr": cfg.lr * cfg.text_lr_scale}]
     opt = make_optimizer(cfg, params)
     base_lrs = [g["lr"] for g in opt.param_groups]  # before a resumed optimizer state overwrites them
-    if train_state.get("optimizer"):
-        opt.load_state_dict(train_state["optimizer"])
-    encoders = distributed.wrap(model, dev_) if world > 1 else None
-
+    state = resume_state(ck, model, opt) if ck is not None else TrainState()
     # The whole training set lives on the device: Flickr8k's 6,000 training photos x 20 regions x
     # 1,280 float32 features are ~610 MB.
-    feats, region_mask = train.feats.to(dev_), train.region_mask.to(dev_)
-    ids, lengths = train.ids.to(dev_), train.lengths.to(dev_)
-    n_img = len(train.image_ids)
-    per_image = [torch.nonzero(train.sent_image == i).flatten() for i in range(n_img)]
-    rounds = max(len(p) for p in per_image)
-    bsz = min(cfg.batch_size * world, n_img)  # the global batch: world x batch_size photos
-    steps = rounds * ((n_img + bsz - 1) // bsz)
+    on_device = dataclasses.replace(train, feats=train.feats.to(device), region_mask=train.region_mask.to(device),
+                                    ids=train.ids.to(device), lengths=train.lengths.to(device))
+    per_image = [torch.nonzero(train.sent_image == i).flatten() for i in range(len(train.image_ids))]
+    facts = {"train_photos": len(train.image_ids), "dev_photos": len(dev.image_ids) if dev else 0,
+             "features": region_cfg.extractor_id(), **facts}
+    return EmbedRun(cfg, vocab, region_cfg, model, opt, base_lrs, mp, device, on_device, per_image, dev,
+                    distributed.processes(model, device), state, facts)
 
-    state = TrainState(epoch=int(train_state.get("epoch", 0)), best_epoch=int(train_state.get("best_epoch", 0)),
-                       best_score=float(train_state.get("best_metric", float("-inf"))),
-                       bad_epochs=int(train_state.get("bad_epochs", 0)),
-                       history=list(train_state.get("history", [])),
-                       best_info=dict(train_state.get("best_dev", {})), best_weights=best_state)
 
-    def metrics_blob() -> dict[str, Any]:
-        return {"dev": state.best_info, "dev_mean_recall": state.best_score, "best_epoch": state.best_epoch,
-                "train_photos": n_img, "dev_photos": len(dev_recs), "features": region_cfg.extractor_id(),
-                "train_seconds": round(sum(h["seconds"] for h in state.history), 1), "dataset": ds.name,
-                **({"init": str(init)} if init is not None else {}),
-                **({"text_pretrain_loss": [round(x, 4) for x in pretrain_losses]} if pretrain_losses else {})}
-
-    def file_state() -> dict[str, Any]:
-        """train_state as embed files have always stored it (what --resume reads)."""
-        return {"epoch": state.epoch, "best_metric": state.best_score, "best_epoch": state.best_epoch,
-                "bad_epochs": state.bad_epochs, "best_dev": state.best_info, "history": state.history}
-
-    def one_epoch(epoch: int) -> tuple[dict[str, Any], float, dict[str, Any]]:
-        t0 = time.perf_counter()
-        seed_everything(cfg.seed * 1000 + epoch)  # same shuffles and dropout masks after --resume
-        hardest = cfg.loss == "max" and epoch > cfg.warmup_sum
-        decay = 0.1 if cfg.lr_decay_epoch and epoch >= cfg.lr_decay_epoch else 1.0
-        for g, lr0 in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr0 * decay
-        model.train()
-        order = [p[torch.randperm(len(p))] for p in per_image]  # each photo's sentences, shuffled
-        data_gen = None  # ranks must draw the same global batches whatever their dropout drew: own generator
-        if world > 1:
-            data_gen = torch.Generator()
-            data_gen.set_state(torch.get_rng_state())
-        total_loss, n_steps = 0.0, 0
-        for r in range(rounds):
-            perm = torch.randperm(n_img, generator=data_gen)
-            for a in range(0, n_img, bsz):
-                img = perm[a : a + bsz]
-                if len(img) < max(2, world):  # a ranking loss needs negatives (and every rank a photo)
-                    continue
-                sent = torch.stack([order[i][r % len(order[i])] for i in img.tolist()]).to(dev_)
-                img = img.to(dev_)
-                t_max = int(lengths[sent].max())
-                with mp.autocast():
-                    if world > 1:  # this rank's rows and columns of the global batch's loss
-                        loss = distributed.ranking_loss_part(encoders, feats, region_mask, ids, lengths, img, sent,
-                                                             cfg.margin, hardest=hardest) / len(img)
-                    else:
-                        scores = model(feats[img], region_mask[img], ids[sent, :t_max], lengths[sent])  # (B, B)
-                        loss = ranking_loss(scores.float(), cfg.margin, hardest=hardest) / len(img)
-                if not torch.isfinite(loss):
-                    raise ModelError(f"training diverged at epoch {epoch} (loss {loss.item()}); "
-                                     f"lower the learning rate (now {cfg.lr}) or use --normalize")
-                opt.zero_grad(set_to_none=True)
-                # DDP averages gradients over ranks; the ranks' losses are parts of one sum: x world.
-                mp.step(loss * world, opt, model.parameters(), cfg.clip)
-                total_loss += distributed.all_sum(loss) if world > 1 else loss.item()
-                n_steps += 1
-                if on_step and rank == 0:
-                    on_step(epoch, n_steps, steps, total_loss / n_steps)
-        row: dict[str, Any] = {"epoch": epoch, "loss": total_loss / max(n_steps, 1)}
-        if dev is not None and rank == 0:
-            dev_metrics = retrieval_metrics(score_all(model, dev, dev_), dev.sent_image, reps=0)
-            metric = mean_recall(dev_metrics)
-            row["dev"] = {d: {k: round(v, 2) for k, v in m.items() if not k.endswith("_ci")}
-                          for d, m in dev_metrics.items()}
-            row["dev_mean_recall"] = round(metric, 2)
-        else:
-            metric = -row["loss"]
-        row["seconds"] = round(time.perf_counter() - t0, 1)
-        if world > 1:  # rank 0's dev verdict (and clock) holds for all: early stopping stays in step
-            row, metric = distributed.broadcast_object((row, metric))
-        return row, metric, row.get("dev", {})
-
-    def save(final: bool) -> None:
-        # Every epoch: the best weights (what users load), plus the optimizer and, when they differ
-        # from the best, the last weights, so that --resume continues exactly.
-        last = cpu_copy(model)
-        blob = {**file_state(), "optimizer": opt.state_dict(),
-                "last_state_dict": {} if state.best_epoch == state.epoch else last}
-        if rank == 0:
-            save_align(model, vocab, region_cfg, out, metrics_blob(), blob, state_dict=state.best_weights or last)
-
-    def time_up() -> bool:
-        up = max_minutes is not None and time.perf_counter() - t_start > max_minutes * 60
-        return up if world == 1 else distributed.broadcast_object(up)
-
-    stopped = run_epochs(state, total_epochs, cfg.patience, model, one_epoch, save,
-                         on_epoch=on_epoch if rank == 0 else None, time_up=time_up)
-
-    # Finished: keep the best weights and a small train_state (no optimizer, no last weights).
-    if state.best_weights is None:
-        state.best_weights = cpu_copy(model)
-    if rank == 0:
-        save_align(model, vocab, region_cfg, out, metrics_blob(), {**file_state(), "finished": True},
-                   state_dict=state.best_weights)
-    distributed.barrier()  # the other ranks return once rank 0's file is written
-    return EmbedResult(out, state.epoch, state.best_epoch, state.best_score, state.best_info, state.history,
-                       time.perf_counter() - t_start, stopped)
+def _save(run: EmbedRun, out: Path, finished: bool, keep: bool = True) -> None:
+    """Rank 0 writes `out`: the best weights so far (what users load), the run's figures, the train state."""
+    if run.par.rank != 0:
+        return
+    s = run.state
+    metrics = {"dev": s.best_info, "dev_mean_recall": s.best_score, "best_epoch": s.best_epoch,
+               "train_seconds": round(sum(h["seconds"] for h in s.history), 1), **run.facts}
+    save_align(run.model, run.vocab, run.region_cfg, out, metrics, s.to_file(run.model, run.opt, finished, keep),
+               state_dict=s.best_weights or cpu_copy(run.model))
