@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..data.text import tokenize
+from ..models.score import flat_words, mask_regions, shared_width, split, sum_words, word_mask
 from ..vision.concepts import DEFAULT_BRIDGE, BridgeConfig, bridge_scores_many, region_probs, topk, word_weights
 
 WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
@@ -45,17 +46,6 @@ def _word_bridge(data: Any, cfg: BridgeConfig, backbone: str) -> tuple[torch.Ten
     return torch.from_numpy(b), torch.from_numpy(idx)
 
 
-def _split(model: Any, v: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                     torch.Tensor | None]:
-    """(region part of v, of s, global part of v (one per photo), of s). A hybrid model's dimensions
-    past `hidden` are global terms, the same for every region of a photo: they are added once per
-    photo instead of once per region (4x fewer multiplications for the shipped model)."""
-    h = model.cfg.hidden
-    if getattr(model, "glob", None) is None or v.shape[-1] == h:
-        return v, s, v[:, 0, :0], None
-    return v[..., :h], s[..., :h], v[:, 0, h:], s[..., h:]
-
-
 @torch.no_grad()
 def scores_with_bridge(model: Any, data: Any, weights: tuple[float, ...], cfg: BridgeConfig = DEFAULT_BRIDGE,
                        backbone: str = "tf_efficientnet_lite0", chunk: int = 20,
@@ -68,11 +58,13 @@ def scores_with_bridge(model: Any, data: Any, weights: tuple[float, ...], cfg: B
     model.eval()
     try:
         b, idx = _word_bridge(data, cfg, backbone)
-        word_mask = torch.arange(data.ids.shape[1])[None, :] < data.lengths[:, None]  # (M, T)
-        s_all = model.encode_words(data.ids, data.lengths)  # (M, T, h)
-        sent_of = torch.arange(len(data.lengths))[:, None].expand_as(word_mask)[word_mask]  # (W,) flat words
-        s_flat = s_all[word_mask]  # (W, h)
-        word_of = idx[word_mask]  # (W,) row of b
+        wm = word_mask(data.lengths, data.ids.shape[1])  # (M, T)
+        s_flat, sent_of = flat_words(model.encode_words(data.ids, data.lengths), wm)  # (W, h), (W,)
+        word_of = idx[wm]  # (W,) row of b
+        # The hybrid split: a global part is the same for every region of a photo, so it is added
+        # once per photo instead of once per region (4x fewer multiplications for the shipped model).
+        shared = shared_width(model)
+        sl, sg = split(s_flat, shared)
         live = torch.from_numpy(np.flatnonzero(b.reshape(len(b), -1).max(1).values.numpy() > 0))
         bridged = torch.nonzero(torch.isin(word_of, live)).flatten()  # (P,) words with a bridge
         per_word = getattr(model.cfg, "pool", "sum") == "mean"
@@ -82,19 +74,19 @@ def scores_with_bridge(model: Any, data: Any, weights: tuple[float, ...], cfg: B
         for a in range(0, len(data.image_ids), chunk):
             v = model.encode_regions(data.feats[a:a + chunk])  # (c, R', h)
             c, r = v.shape[:2]
-            vl, sl, vg, sg = _split(model, v, s_flat)
+            vl, vg = split(v, shared)
             local = (sl @ vl.reshape(c * r, -1).T).view(len(sl), c, r)  # (W, c, R')
-            local = local.masked_fill(~data.region_mask[a:a + chunk, :r][None], float("-inf"))
-            glob = sg @ vg.T if sg is not None else 0.0  # (W, c)
-            best0 = local.max(-1).values + glob  # (W, c): each word's best region, model only
+            local = mask_regions(local, data.region_mask[a:a + chunk, :r][None])
+            glob = sg @ vg[:, 0].T if shared else 0.0  # (W, c)
+            best0 = local.amax(-1) + glob  # (W, c): each word's best region, model only
             bl = local[bridged]  # (P, c, R')
             br = b[word_of[bridged]][:, a:a + c, :r] * scale  # (P, c, R')
-            gb = glob[bridged] if sg is not None else 0.0
+            gb = glob[bridged] if shared else 0.0
             for w in weights:
                 tok = best0.clone()
                 if w != 0.0 and len(bridged):
-                    tok[bridged] = (bl + w * br).max(-1).values + gb
-                out[w].append(torch.zeros(len(data.lengths), c).index_add_(0, sent_of, tok).T)  # (c, M)
+                    tok[bridged] = (bl + w * br).amax(-1) + gb  # the bridge inside the max
+                out[w].append(sum_words(tok.T, sent_of, len(data.lengths)))  # (c, M)
             if on_progress:
                 on_progress(c)
         return {w: torch.cat(rows) for w, rows in out.items()}

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..core.errors import QueryError, UsageError
 from ..models.querytext import encode_query, short
+from ..models.score import item_scores, split, starts_of
 from ..models.textenc import query_encoder
 from ..vision.concepts import (
     DEFAULT_BRIDGE,
@@ -166,9 +167,8 @@ def search_text(ix: Any, model: Any, text: str, k: int = 10, cfg: BridgeConfig |
     bridge = bridge_scores_many(qr.weights, ids[rows], probs[rows]) if with_bridge \
         else np.zeros((len(qr.tokens), len(rows)), np.float32)
     u = _unary(qr, dots, bridge)
-    starts = np.concatenate([[0], np.cumsum(ix.count[cands])[:-1]]).astype(np.int64)
-    scores = np.maximum.reduceat(u, starts, axis=1).sum(0) - ix.offsets[cands] if len(cands) \
-        else np.zeros(0, np.float32)
+    starts = starts_of(ix.count[cands])
+    scores = item_scores(u, starts)[0] - ix.offsets[cands]  # Σ_t max_i u_t(i): S_kl, the bridge inside the max
     top = _top(scores, cands, k)
     hits = []
     for j in top:
@@ -185,9 +185,10 @@ def search_text(ix: Any, model: Any, text: str, k: int = 10, cfg: BridgeConfig |
 def _dots(ix: Any, q: np.ndarray, cands: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """(T_known, ΣR) dots of the known words with the candidates' regions (`rows`, ix.rows_of(cands)),
     from the stored vectors (a shared part added to each of its item's regions)."""
-    dots = q[:, :ix.part_dim] @ ix.part_vectors(rows).T
+    q_own, q_shared = split(q, ix.shared_dim)
+    dots = q_own @ ix.part_vectors(rows).T
     if ix.shared_dim and len(cands):
-        dots += np.repeat(ix.shared_vectors(cands) @ q[:, ix.part_dim:].T, ix.count[cands], axis=0).T
+        dots += np.repeat(ix.shared_vectors(cands) @ q_shared.T, ix.count[cands], axis=0).T
     return dots.astype(np.float32)
 
 

@@ -21,12 +21,13 @@ from ..core.kv import KV
 from ..models import textenc
 from ..models.alignment import LoadedAlign
 from ..models.encode import encode_regions, photo_offset
+from ..models.score import shared_width
 from ..vision.concepts import from_features
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS, PHOTO_KINDS
 from ..vision.regions import RegionEncoder, decode_side, extract
 from . import photometa
 from .faiss_types import check_index_type, choose_for_memory
-from .generation import Item, as_stored, file_digest, model_info, shared_width, write_generation
+from .generation import Item, as_stored, file_digest, model_info, write_generation
 from .layout import (
     _WORK_META,
     _WORK_VEC,
@@ -385,7 +386,7 @@ class PhotoBuild:
     def _offset(self, vecs: np.ndarray) -> float:
         """The querybank offset of the vectors as the index will store them, so that a stored
         photo's scores and its offset come from the same numbers."""
-        return photo_offset(self.model, as_stored(vecs, shared_width(self.model)))
+        return photo_offset(self.model, as_stored(vecs, shared_width(self.model.model)))
 
     def _write(self, chosen: str) -> None:
         r = self.report
@@ -395,7 +396,7 @@ class PhotoBuild:
             extra.update(shard=list(self.shard), max_regions=self.model.region_config.max_regions)
         gen = write_generation(self.location, "photos", self._items(), self.model.model.out_dim,
                                model_info(self.model), chosen, extra=extra, skipped=skipped,
-                               need_bytes=self._need_bytes()[1], shared_dim=shared_width(self.model))
+                               need_bytes=self._need_bytes()[1], shared_dim=shared_width(self.model.model))
         manifest = json.loads((gen / MANIFEST).read_text())
         r.photos, r.regions = manifest["counts"]["photos"], manifest["counts"]["regions"]
         r.index_type = manifest["index_type"]

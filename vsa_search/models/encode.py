@@ -15,6 +15,7 @@ from ..data.vocab import UNK, pad_ids
 from .alignment import LoadedAlign
 from .querybank import photo_offsets, sentence_offsets
 from .querytext import MAX_QUERY_WORDS, query_tokens_or_fail, query_vectors
+from .score import word_mask
 
 __all__ = ["MAX_QUERY_WORDS", "encode_regions", "encode_sentences", "photo_offset", "query_tokens_or_fail",
            "query_vectors", "region_vectors", "unaries", "word_vectors"]
@@ -90,7 +91,7 @@ def encode_sentences(model: LoadedAlign, sentences: list[str], batch_size: int =
         with torch.inference_mode():
             st = model.model.encode_words(batch, lengths)  # (B, T, h)
             offsets = [0.0] * len(chunk) if model.querybank is None else sentence_offsets(
-                model.model, model.querybank, st, torch.arange(st.shape[1])[None, :] < lengths[:, None]).tolist()
+                model.model, model.querybank, st, word_mask(lengths, st.shape[1])).tolist()
             s = st.float().cpu().numpy()
         for j, (t, x) in enumerate(zip(toks, ids)):
             keep = [k for k, w in enumerate(x) if w != UNK]
