@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from vsa_search import index as ix
+from vsa_search.bridge.query import make_query
+from vsa_search.bridge.words import DEFAULT_BRIDGE, word_weights
 from vsa_search.core import paths
 from vsa_search.index import likeness, openvocab, query, sentences
 from vsa_search.models import score as S
@@ -136,7 +138,7 @@ def test_open_vocabulary_search_is_the_modules_score_with_the_bridge_inside_the_
     s'_t = [s_t ; scale · w_t] (s_t = 0 for a word only the bridge knows)."""
     model, x, _ = shipped
     text = "a zebra and a tabby cat on a carpet"  # "zebra" is outside the model's vocabulary
-    qr = openvocab.make_query(model, text, openvocab.DEFAULT_BRIDGE)
+    qr = make_query(model, text, DEFAULT_BRIDGE)
     assert qr.bridge_only and qr.model_known.any()
     ids, probs, missing = openvocab.index_concepts(x)
     assert not missing.any()
@@ -148,7 +150,7 @@ def test_open_vocabulary_search_is_the_modules_score_with_the_bridge_inside_the_
     s[qr.model_known, :x.dim] = qr.q
     s[:, x.dim:] = qr.scale * qr.weights
     want = reference(aug, s) - x.offsets
-    res = openvocab.search_text(x, model, text, k=len(x), cfg=openvocab.DEFAULT_BRIDGE)
+    res = openvocab.search_text(x, model, text, k=len(x), cfg=DEFAULT_BRIDGE)
     keys = [x.record(i)["key"] for i in range(len(x))]
     np.testing.assert_allclose([h.score for h in res.hits], [want[keys.index(h.key)] for h in res.hits],
                                rtol=1e-5, atol=1e-5)
@@ -223,7 +225,7 @@ def dev_data():
 def test_evaluation_scores_are_the_modules_score(dev_data) -> None:
     from vsa_search.evaluation import openvocab as openvocab_eval
     from vsa_search.evaluation.recall import score_all
-    from vsa_search.vision.concepts import region_probs, topk, word_weights
+    from vsa_search.vision.concepts import region_probs, topk
 
     model, data = dev_data
     m = model.model

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..bridge.align import align_unary
 from ..core.errors import QueryError, UsageError
 from ..data.text import tokenize
 from ..models.alignment import LoadedAlign
@@ -17,7 +18,6 @@ from ..models.encode import MAX_QUERY_WORDS, region_vectors, unaries
 from ..vision.concepts import Concepts, from_features
 from ..vision.draw import draw_boxes
 from ..vision.regions import RegionEncoder, RegionFeatures
-from .bridge import align_unary
 from .mrf import DEFAULT_BETA, Fragment, align_words, check_beta, fragments
 
 

@@ -9,9 +9,9 @@ import click
 import typer
 
 from ..align.aligner import align_photo, align_vectors, draw_alignment, sentence_tokens
-from ..align.bridge import word_status
 from ..align.mrf import DEFAULT_BETA
 from ..align.snippets import snippets, write_jsonl
+from ..bridge.align import word_status
 from ..core import paths
 from ..data import datasets
 from ..index.lookup import find_photo

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 # The server's one door into the library (kept to this line so that moving modules means one edit).
 from .. import captioning, index
 from ..align import aligner, mrf
-from ..align.bridge import word_status
+from ..bridge.align import word_status
 from ..captioning import rerank
 from ..core import errors, names, paths  # noqa: F401 (names: for app.py, through this one door)
 from ..index import dupes, floor
