@@ -35,7 +35,7 @@ def load_reranker(name: str | None, captioner: Any, device: Any = "cpu") -> Load
     when it uses the captioner's features, else none."""
     if name == "none":
         return None
-    path = paths.find_model(name or "align")
+    path = paths.find_model(name or paths.ALIGN_MODEL)
     if name is None and not path.exists():
         return None
     align = load_align(path, device)

@@ -46,13 +46,15 @@ from .plan import BuildReport, PlannedPhoto, is_under, scan
 from .shards import check_shard, shard_of
 from .store import FragmentIndex
 
+BATCH_SIZE = 8  # photos per CNN batch, and per batch saved to the work area
+
 
 class PhotoBuild:
     """`with PhotoBuild(...) as b: b.plan(); b.run(on_progress)` — planning is cheap (stat and
     hash), so the CLI can size its progress bar before the CNN starts."""
 
     def __init__(self, roots: list[Path] | None, model: LoadedAlign, name: str | Path | None = None,
-                 index_type: str = "auto", device: str | torch.device | None = None, batch_size: int = 8,
+                 index_type: str = "auto", device: str | torch.device | None = None, batch_size: int = BATCH_SIZE,
                  max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, encoder: Any = None,
                  max_memory: int | None = None, shard: tuple[int, int] | None = None, replace: bool = False):
         check_index_type(index_type)

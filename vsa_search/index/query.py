@@ -93,7 +93,7 @@ class Result:
 def _model_path(ix: FragmentIndex, model: str | Path | None) -> Path:
     if model is None:
         built = Path(ix.manifest["model"]["path"])
-        model = built if built.is_file() else paths.find_model("align")
+        model = built if built.is_file() else paths.find_model(paths.ALIGN_MODEL)
     return paths.find_model(str(model))
 
 

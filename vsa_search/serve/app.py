@@ -25,10 +25,10 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .engine import DUPES_THRESHOLD, Engine, MetaFilter, errors, names
+from .engine import DUPES_THRESHOLD, Engine, MetaFilter, errors, images, mrf, names
 
 STATIC = Path(__file__).resolve().parent / "static"
-MAX_UPLOAD = 20 * 1024 * 1024  # bytes; a photo larger than this is refused before it is decoded
+MAX_UPLOAD = images.MAX_UPLOAD_BYTES  # a photo larger than this is refused before it is decoded
 MAX_K = 1000
 TOKEN_COOKIE = "vsa_token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -239,10 +239,12 @@ def create_app(engine: Engine, token: str | None = None, max_upload: int = MAX_U
         return caption_any(request, engine.photo_path(_photo_id(request)), None)
 
     def align_id(request: Request) -> Any:
-        return engine.align_id(_photo_id(request), _text(request, "sentence"), _float(request, "beta", 0.02))
+        return engine.align_id(_photo_id(request), _text(request, "sentence"),
+                               _float(request, "beta", mrf.DEFAULT_BETA))
 
     def align_upload(request: Request, photo: Path, name: str) -> Any:
-        return engine.align_upload(photo, _text(request, "sentence"), _float(request, "beta", 0.02), shown_as=name)
+        return engine.align_upload(photo, _text(request, "sentence"), _float(request, "beta", mrf.DEFAULT_BETA),
+                                   shown_as=name)
 
     def photos(request: Request) -> Any:
         return engine.photos(_int(request, "offset", 0, 0, 1 << 40), _int(request, "limit", 100, 1, 1000))
