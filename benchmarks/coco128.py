@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vsa_search.bridge import weight as bridge_w
+from vsa_search.bridge.words import BridgeConfig
 from vsa_search.captioning import constrained as conscap
 from vsa_search.captioning.rerank import best_candidate, default_weight, load_reranker
 from vsa_search.core import paths
@@ -139,7 +141,7 @@ def search_rows(ix, model, classes, photos, labels, sizes, weight: float | None)
                 res = None
         else:
             res = openvocab.search_text(ix, model, query, k=len(photos),
-                                        cfg=concepts.BridgeConfig(weight=weight))
+                                        cfg=BridgeConfig(weight=weight))
         keys = [Path(h.key).name for h in res.hits] if res else []
         keys += [k for k in sorted(photos) if k not in set(keys)]  # unranked photos go last, in name order
         rel = np.array([any(cc == c for cc, _ in labels[k]) for k in keys], float)
@@ -174,7 +176,7 @@ def main() -> None:
     ap.add_argument("--tune", action="store_true", help="re-tune the bridge weight on Flickr8k dev first")
     ap.add_argument("--tune-only", action="store_true",
                     help="tune on Flickr8k dev, print the curve and the weight, and stop (no coco128, no test)")
-    ap.add_argument("--tolerance", type=float, default=openvocab_eval.SHIPPED_TOLERANCE,
+    ap.add_argument("--tolerance", type=float, default=bridge_w.SHIPPED_TOLERANCE,
                     help="--tune: the largest weight within this many mean Recall@K points of the best "
                          "(the shipped rule: %(default)s; 0: the best)")
     ap.add_argument("--weight", type=float, default=None, help="bridge weight (default: the model's / tuned)")
@@ -192,7 +194,7 @@ def main() -> None:
     capm = load_caption(paths.find_model(args.caption_model))
     report: dict = {"model": str(model.path), "caption_model": str(capm.path)}
 
-    weight = args.weight if args.weight is not None else concepts.bridge_weight(model)
+    weight = args.weight if args.weight is not None else bridge_w.bridge_weight(model)
     if args.tune or args.tune_only:
         if args.flickr_features is None:
             sys.exit("--tune needs --flickr-features")
@@ -201,11 +203,11 @@ def main() -> None:
         report["tuning"] = {str(w): round(r["mean_recall"], 2) for w, r in table["rows"].items()}
         print(f"bridge weight tuned on Flickr8k dev ({table['photos']} photos, {table['sentences']} sentences): "
               f"{weight} ({table['rule']}; the best: {table['best']}); the model file says "
-              f"{concepts.bridge_weight(model)}")
+              f"{bridge_w.bridge_weight(model)}")
         print("  mean Recall@K by weight: "
               + ", ".join(f"{w}: {r['mean_recall']:.2f}" for w, r in table["rows"].items()))
         if args.write_weight:
-            openvocab_eval.store_weight(model.path, weight, {"split": "dev", "photos": table["photos"],
+            bridge_w.store_weight(model.path, weight, {"split": "dev", "photos": table["photos"],
                                                              "mean_recall": report["tuning"], "rule": table["rule"]})
             print(f"  stored in {model.path} (metrics.bridge_weight)")
         if args.tune_only:

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from vsa_search.bridge import scores as BS
+from vsa_search.bridge import words as BW
 from vsa_search.vision import concepts as C
 from vsa_search.vision.features import FeatureStore
 from vsa_search.vision.regions import RegionFeatures
@@ -25,32 +27,32 @@ def hand_made(rows: list[dict[int, float]], k: int = 4) -> C.Concepts:
 
 
 def test_class_names_come_from_timm_offline() -> None:
-    names = C.class_names()
+    names = BW.class_names()
     assert len(names) == 1000
     assert names[TEDDY] == ("teddy", "teddy bear") and names[PIZZA][0] == "pizza"
-    assert C.display_name(TEDDY) == "teddy bear" and C.display_name(TABBY) == "tabby cat"
+    assert BW.display_name(TEDDY) == "teddy bear" and BW.display_name(TABBY) == "tabby cat"
 
 
 def test_known_class_word_finds_the_region_where_it_is_most_probable() -> None:
     con = hand_made([{TABBY: 0.7, PIZZA: 0.1}, {PIZZA: 0.3, TEDDY: 0.6}, {PIZZA: 0.9}, {TEDDY: 0.2, BROWN_BEAR: 0.1}])
-    b = C.bridge_scores(C.word_weights(["pizza", "teddy", "cat", "the"]), con)  # (4 words, 4 regions)
+    b = BS.bridge_scores(BW.word_weights(["pizza", "teddy", "cat", "the"]), con)  # (4 words, 4 regions)
     assert b.shape == (4, 4)
     assert b[0].argmax() == 2 and b[0, 2] == pytest.approx(0.9, abs=1e-3)  # an exact name counts fully
     assert b[1].argmax() == 1
     assert b[2].argmax() == 0  # "cat" reaches "tabby, tabby cat" through its head word
     assert not b[3].any()  # function words never bridge
     # The many-region form agrees with the per-photo one.
-    many = C.bridge_scores_many(C.word_weights(["pizza", "teddy", "cat", "the"]), con.ids, con.probs)
+    many = BS.bridge_scores_many(BW.word_weights(["pizza", "teddy", "cat", "the"]), con.ids, con.probs)
     np.testing.assert_allclose(many, b, rtol=1e-6)
 
 
 def test_similarity_exact_name_beats_head_word_beats_neighbours() -> None:
-    sim = C.word_class_sim(["bear", "teddy", "qqzxv"])
+    sim = BW.word_class_sim(["bear", "teddy", "qqzxv"])
     assert sim[1, TEDDY] == 1.0
-    assert sim[0, BROWN_BEAR] == pytest.approx(C.HEAD_MATCH)  # "brown bear"
-    assert sim[0, TEDDY] == pytest.approx(C.HEAD_MATCH)  # "teddy bear"
+    assert sim[0, BROWN_BEAR] == pytest.approx(BW.HEAD_MATCH)  # "brown bear"
+    assert sim[0, TEDDY] == pytest.approx(BW.HEAD_MATCH)  # "teddy bear"
     assert not sim[2].any()  # unknown to GloVe: no similarity at all
-    w = C.word_weights(["bear"])[0]
+    w = BW.word_weights(["bear"])[0]
     assert w[BROWN_BEAR] > 0.5 and w[PIZZA] == 0.0  # sharpened: unrelated classes give nothing
 
 
@@ -99,6 +101,6 @@ def test_feature_store_keeps_concepts_and_derives_them_for_older_stores(tmp_path
 
 def test_photo_concepts_lists_each_class_once_with_its_best_region() -> None:
     con = hand_made([{TABBY: 0.5}, {TABBY: 0.8, PIZZA: 0.1}])
-    top = C.photo_concepts(con, np.array([[0, 0, 9, 9], [1, 1, 5, 5]]), top=2)
+    top = BS.photo_concepts(con, np.array([[0, 0, 9, 9], [1, 1, 5, 5]]), top=2)
     assert [t["name"] for t in top] == ["tabby cat", "pizza pie"]
     assert top[0]["region"] == 1 and top[0]["box"] == [1, 1, 5, 5] and top[0]["prob"] == pytest.approx(0.8, abs=1e-3)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from vsa_search.core.config import EMBED_PRESETS
-from vsa_search.models.alignment import GlobalModel, build_model, ranking_loss, score
+from vsa_search.models.alignment import GlobalModel, build_model, ranking_loss
+from vsa_search.models.score import score
 
 
 def naive_score(v, region_mask, s, word_mask):

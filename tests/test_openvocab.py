@@ -14,7 +14,10 @@ import torch
 from typer.testing import CliRunner
 
 from vsa_search import index as ix
-from vsa_search.align.bridge import align_unary
+from vsa_search.bridge import scores as BS
+from vsa_search.bridge import words as BW
+from vsa_search.bridge.align import align_unary
+from vsa_search.bridge.query import make_query
 from vsa_search.cli import app
 from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
 from vsa_search.core.errors import QueryError
@@ -98,10 +101,10 @@ def test_a_word_outside_the_vocabulary_ranks_photos_by_its_class(env: Path, mode
     with ix.open_index() as x:
         ids, probs, _ = openvocab.index_concepts(x)
         top_class = int(ids[int(np.argmax(probs[:, 0])), 0])
-        word = C.class_names()[top_class][0].split()[-1].lower()
+        word = BW.class_names()[top_class][0].split()[-1].lower()
         res = openvocab.search_text(x, loaded, word, k=len(x))
-        w = C.word_weights([word])
-        per_photo = [C.bridge_scores_many(w, ids[a:a + n], probs[a:a + n]).max() for a, n in zip(x.first, x.count)]
+        w = BW.word_weights([word])
+        per_photo = [BS.bridge_scores_many(w, ids[a:a + n], probs[a:a + n]).max() for a, n in zip(x.first, x.count)]
         assert res.hits[0].key == x.record(int(np.argmax(per_photo)))["key"]
         assert res.bridged == [word] or word in loaded.vocab.stoi
 
@@ -128,11 +131,11 @@ def test_align_places_an_unknown_word_through_the_bridge(model_path: Path) -> No
 
 def test_make_query_reports_each_word(model_path: Path) -> None:
     loaded = load_align(model_path)
-    q = openvocab.make_query(loaded, "a dog near qqzxv")
+    q = make_query(loaded, "a dog near qqzxv")
     assert q.unknown == ["qqzxv"] and q.bridge_only == ["near"]
     assert q.q.shape[0] == 2  # the model's vectors of "a" and "dog"
     with pytest.raises(QueryError):
-        openvocab.make_query(loaded, "qqzxv")
+        make_query(loaded, "qqzxv")
 
 
 def test_align_json_reports_bridged_and_unknown_words(model_path: Path, sample_photos: list[Path]) -> None:

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from vsa_search.bridge.words import word_weights
 from vsa_search.core.config import EMBED_PRESETS
 from vsa_search.data.vocab import SPECIALS, Vocab
 from vsa_search.evaluation import openvocab as openvocab_eval
 from vsa_search.evaluation.recall import RetrievalData, score_all
 from vsa_search.models.alignment import AlignModel
-from vsa_search.vision.concepts import word_weights
 
 WORDS = ["a", "dog", "on", "the", "grass", "pizza"]
 

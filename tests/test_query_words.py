@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from vsa_search import index as ix
+from vsa_search.bridge.query import make_query
 from vsa_search.cli import app
 from vsa_search.core import paths
 from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
 from vsa_search.core.errors import QueryError
 from vsa_search.data.lemma import candidates, lemmatize
 from vsa_search.data.vocab import SPECIALS, Vocab
-from vsa_search.index import openvocab
 from vsa_search.models.alignment import AlignModel, load_align, save_align
 from vsa_search.models.querytext import dropped, split_query
 
@@ -163,7 +163,7 @@ def test_per_word_sets_the_bridge_paths_first_stage(env: Path) -> None:
         assert [h.key for h in wide.hits] == [h.key for h in every.hits]
         np.testing.assert_allclose([h.score for h in wide.hits], [h.score for h in every.hits], rtol=1e-6)
         with pytest.raises(QueryError):
-            openvocab.make_query(loaded, "🐘")
+            make_query(loaded, "🐘")
 
 
 # --------------------------------------------------------------------------- any text at all

@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tiny_align import TINY, WORDS, tiny_model
@@ -19,9 +20,10 @@ from vsa_search.cli import app
 from vsa_search.core.config import EMBED_PRESETS
 from vsa_search.data.vocab import pad_ids
 from vsa_search.index import query, sentences
-from vsa_search.models.alignment import AlignModel, load_align, save_align, score
+from vsa_search.models.alignment import AlignModel, load_align, save_align
 from vsa_search.models.encode import photo_offset, query_vectors
 from vsa_search.models.querybank import QueryBank, photo_offsets, sentence_offsets
+from vsa_search.models.score import item_scores, score
 from vsa_search.vision.images import load
 
 BANK_SENTENCES = ["a dog on the grass", "two man in red", "a girl is running in the water", "the dog"]
@@ -101,7 +103,7 @@ def test_a_model_file_carries_its_querybank(banked: Path, tmp_path: Path) -> Non
 
 
 def _raw(index: ix.FragmentIndex, q, item: int) -> float:
-    return float(query.exact_scores(q, index.vectors([item]))[0][0])
+    return float(item_scores(q @ index.vectors([item])[0].T, np.zeros(1, np.int64))[0][0])
 
 
 def test_index_scores_are_the_model_score_less_the_photo_offset(banked: Path, sample_photos: list[Path],

@@ -15,7 +15,7 @@ from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS
 from vsa_search.core.errors import QueryError, SearchIndexError, UsageError
 from vsa_search.data.vocab import SPECIALS, Vocab
 from vsa_search.index import query, sheet
-from vsa_search.models import alignment, encode
+from vsa_search.models import encode
 from vsa_search.models.alignment import AlignModel, load_align, save_align
 from vsa_search.vision.regions import RegionEncoder
 
@@ -63,40 +63,6 @@ def write(tmp: Path, items: list[np.ndarray], kind: str) -> ix.FragmentIndex:
     gen = (ix.Item(f"p{i:05d}", {}, v, None) for i, v in enumerate(items))
     ix.write_generation(loc, "photos", gen, items[0].shape[1], {"fingerprint": "syn", "path": "-"}, kind)
     return ix.FragmentIndex(loc)
-
-
-def test_exact_scores_match_embedding_score() -> None:
-    rng = np.random.default_rng(0)
-    vecs = [rng.normal(size=(r, 16)).astype(np.float16) for r in (3, 5, 1, 4)]
-    q = rng.normal(size=(6, 16)).astype(np.float32)
-    got, best = query.exact_scores(q, vecs)
-    v = torch.zeros(4, 5, 16)
-    mask = torch.zeros(4, 5, dtype=torch.bool)
-    for i, x in enumerate(vecs):
-        v[i, :len(x)] = torch.from_numpy(x.astype(np.float32))
-        mask[i, :len(x)] = True
-    want = alignment.score(v, mask, torch.from_numpy(q)[None], torch.ones(1, 6, dtype=torch.bool))[:, 0]
-    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
-    assert best.shape == (6, 4)
-
-
-@pytest.mark.parametrize("shared", [0, 3])
-def test_score_words_is_the_padded_score(shared: int) -> None:
-    """The flat-words score (eval, querybank offsets) equals score() on padded sentences, with a
-    trailing part shared by an image's regions (a hybrid model's global term) or none."""
-    g = torch.Generator().manual_seed(shared)
-    v = torch.randn(3, 5, 8, generator=g)
-    if shared:
-        v[:, :, -shared:] = v[:, :1, -shared:]  # the same for every region of an image
-    region_mask = torch.rand(3, 5, generator=g) > 0.3
-    region_mask[:, 0] = True
-    s = torch.randn(4, 6, 8, generator=g)
-    lengths = torch.tensor([6, 1, 3, 4])
-    word_mask = torch.arange(6)[None, :] < lengths[:, None]
-    words, sent = alignment.flat_words(s, word_mask)
-    got = alignment.score_words(v, region_mask, words, sent, 4, shared)
-    np.testing.assert_allclose(got.numpy(), alignment.score(v, region_mask, s, word_mask).numpy(), rtol=1e-5,
-                               atol=1e-5)
 
 
 def test_flat_two_stage_is_the_exhaustive_top_k(tmp_path: Path) -> None:

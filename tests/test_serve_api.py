@@ -125,6 +125,15 @@ def test_caption_equals_cli(client: TestClient) -> None:
     assert len(regions["photos"][0]["regions"]) == 3
 
 
+def test_align_without_beta_uses_the_mrfs_default(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API's β is align.mrf.DEFAULT_BETA itself, not a copy of its value."""
+    from vsa_search.align import mrf
+
+    monkeypatch.setattr(mrf, "DEFAULT_BETA", 0.25)
+    got = client.get("/api/photos/0/align", params={"sentence": "a cat on the grass"}).json()
+    assert got["beta"] == 0.25
+
+
 def test_align_equals_cli(client: TestClient, link: Path) -> None:
     i = photo_id(client, "chelsea-cat.jpg")
     path = client.get(f"/api/photos/{i}").json()["path"]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .core import paths
+from .core.config import DEFAULT_BEAM
 
 if TYPE_CHECKING:
     from .captioning import PhotoCaption
@@ -60,7 +61,8 @@ class Models:
     device: Any
 
 
-def load(align: str | Path = "align", caption: str | Path = "caption-ensemble", device: str | None = None) -> Models:
+def load(align: str | Path = paths.ALIGN_MODEL, caption: str | Path = paths.CAPTION_MODEL,
+         device: str | None = None) -> Models:
     """Load the alignment and caption models (names under models/ or $VSA_HOME/models, or paths)."""
     from .core.device import pick_device
     from .models.alignment import load_align
@@ -79,7 +81,7 @@ def dupes(name: str | Path | None = None, threshold: float | None = None, where:
     return dp.find(name, dp.DEFAULT_THRESHOLD if threshold is None else threshold, where)
 
 
-def caption(photos: list[str | Path], beam: int = 7, models: Models | None = None) -> list[PhotoCaption]:
+def caption(photos: list[str | Path], beam: int = DEFAULT_BEAM, models: Models | None = None) -> list[PhotoCaption]:
     """A caption (with its log-probability) per photo; unreadable photos carry `.error` instead."""
     from .captioning import caption_photos
 

@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..bridge.align import align_unary
 from ..core.errors import QueryError, UsageError
 from ..data.text import tokenize
 from ..models.alignment import LoadedAlign
-from ..models.encode import MAX_QUERY_WORDS, region_vectors, unaries
+from ..models.encode import MAX_QUERY_WORDS, encode_regions, unaries
 from ..vision.concepts import Concepts, from_features
 from ..vision.draw import draw_boxes
 from ..vision.regions import RegionEncoder, RegionFeatures
-from .bridge import align_unary
 from .mrf import DEFAULT_BETA, Fragment, align_words, check_beta, fragments
 
 
@@ -69,7 +69,7 @@ def align_features(loaded: LoadedAlign, regions: RegionFeatures, sentence: str,
     """Align one sentence to precomputed region features (CNN features, as the feature store holds);
     bridge=True adds the concept bridge (the regions' classes come from the same features)."""
     concepts = from_features(regions.features, backbone=loaded.region_config.backbone) if bridge else None
-    return align_vectors(loaded, regions.boxes, region_vectors(loaded, regions.features), sentence, beta, concepts)
+    return align_vectors(loaded, regions.boxes, encode_regions(loaded, regions.features), sentence, beta, concepts)
 
 
 def align_photo(loaded: LoadedAlign, photo: str | Path | Image.Image | RegionFeatures, sentence: str,

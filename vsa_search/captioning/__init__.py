@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..bridge.scores import photo_concepts
 from ..core.errors import UsageError, VSAError
 from ..models.alignment import LoadedAlign
 from ..models.beam import generate_candidates, generate_captions
 from ..models.captioner import LoadedCaptioner, full_image
-from ..vision.concepts import from_features, photo_concepts
+from ..vision.concepts import from_features
 from ..vision.draw import draw_boxes, save_image
 from ..vision.images import PHOTO_KINDS, is_photo
 from ..vision.images import load as load_image

@@ -19,12 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..bridge.table import STOPWORDS
+from ..bridge.words import class_names, display_name, glove
 from ..core.errors import UsageError
 from ..data.text import tokenize
 from ..data.vocab import END, START
 from ..models.beam import Caption, _step_logprobs
 from ..models.captioner import Captioner
-from ..vision.concepts import STOPWORDS, Concepts, class_names, display_name, glove
+from ..vision.concepts import Concepts
 
 MIN_CONFIDENCE = 0.5  # a concept's probability (best region, summed over classes sharing its word)
 MAX_CONSTRAINTS = 1  # the FSM has 2^C states; two forced words overwhelm this small generator

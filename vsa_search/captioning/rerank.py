@@ -14,9 +14,10 @@ import torch
 from ..core import paths
 from ..core.errors import UsageError
 from ..data.vocab import UNK, pad_ids
-from ..models.alignment import LoadedAlign, load_align, score
+from ..models.alignment import LoadedAlign, load_align
 from ..models.beam import Caption, best
 from ..models.querybank import sentence_offsets
+from ..models.score import score, word_mask
 from ..vision.features import same_extractor
 
 DEFAULT_WEIGHT = 20.0  # chosen on the dev split for caption.pt (README, Captions)
@@ -34,7 +35,7 @@ def load_reranker(name: str | None, captioner: Any, device: Any = "cpu") -> Load
     when it uses the captioner's features, else none."""
     if name == "none":
         return None
-    path = paths.find_model(name or "align")
+    path = paths.find_model(name or paths.ALIGN_MODEL)
     if name is None and not path.exists():
         return None
     align = load_align(path, device)
@@ -60,7 +61,7 @@ def alignment_scores(align: LoadedAlign, features: np.ndarray, texts: list[str])
     ids, lengths = pad_ids([align.vocab.encode_text(t) or [UNK] for t in texts])
     ids, lengths = ids.to(device), lengths.to(device)
     s = model.encode_words(ids, lengths)
-    wm = torch.arange(ids.shape[1], device=device)[None, :] < lengths[:, None]
+    wm = word_mask(lengths, ids.shape[1])
     v = model.encode_regions(torch.from_numpy(np.asarray(features, np.float32)).to(device)[None])
     got = score(v, torch.ones(v.shape[:2], dtype=torch.bool, device=device), s, wm)[0]
     if align.querybank is not None:

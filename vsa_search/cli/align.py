@@ -9,9 +9,9 @@ import click
 import typer
 
 from ..align.aligner import align_photo, align_vectors, draw_alignment, sentence_tokens
-from ..align.bridge import word_status
 from ..align.mrf import DEFAULT_BETA
 from ..align.snippets import snippets, write_jsonl
+from ..bridge.align import word_status
 from ..core import paths
 from ..data import datasets
 from ..index.lookup import find_photo
@@ -61,7 +61,7 @@ def photo_cmd(
     photo: Annotated[Path, typer.Argument(help="The photo.")],
     sentence: Annotated[str, typer.Argument(help="The sentence to align.")],
     beta: BetaOpt = DEFAULT_BETA,
-    model: ModelOpt = "align",
+    model: ModelOpt = paths.ALIGN_MODEL,
     out_png: Annotated[Path | None, typer.Option("--out", help="Draw the fragments' boxes into this image.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the alignment as JSON.")] = False,
     index: IndexOpt = None,
@@ -108,7 +108,7 @@ def export_cmd(
     captions: Annotated[Path | None, typer.Option(help="Captions JSON for coco/karpathy.")] = None,
     split: Annotated[str, typer.Option(help="Which split's sentences (train for training snippets).")] = "train",
     beta: BetaOpt = DEFAULT_BETA,
-    model: ModelOpt = "align",
+    model: ModelOpt = paths.ALIGN_MODEL,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Align every sentence of the split's photos in the feature store; one JSON line per fragment:

@@ -10,14 +10,13 @@ import typer
 from ..captioning import caption_photos, caption_regions_of, photo_files
 from ..captioning.rerank import load_reranker
 from ..core import paths
+from ..core.config import DEFAULT_BEAM
 from ..core.device import pick_device
 from ..core.errors import UsageError
 from ..models.captioner import load_caption
 from ..vision.regions import RegionEncoder
 from .common import err, out, print_json, progress
 
-DEFAULT_MODEL = "caption-ensemble"  # models/caption-ensemble.pt, shipped: caption.pt + caption-regions.pt
-REGION_MODEL = "caption-regions"  # models/caption-regions.pt: trained with `vsa train caption --regions`
 RerankOpt = Annotated[str | None, typer.Option(help="Alignment model that picks among the finished beams "
                                                     "(default: align, when it uses the same features; none: "
                                                     "beam search alone).")]
@@ -28,7 +27,7 @@ RerankWeightOpt = Annotated[float | None, typer.Option(min=0.0, help="Weight of 
 
 def caption_cmd(
     photos: Annotated[list[Path], typer.Argument(help="Photos (or folders of photos) to describe.")],
-    beam: Annotated[int, typer.Option(min=1, help="Beam size (1: greedy).")] = 7,
+    beam: Annotated[int, typer.Option(min=1, help="Beam size (1: greedy).")] = DEFAULT_BEAM,
     model: Annotated[str | None, typer.Option(help="Caption model file or name (default: caption-ensemble; "
                                                    "caption-regions with --regions).")] = None,
     max_len: Annotated[int | None, typer.Option(min=1, help="Most words per caption (default: the model's).")] = None,
@@ -49,7 +48,7 @@ def caption_cmd(
 
     if regions or out_png is not None or top:
         return region_caption_run(photos, beam, model, max_len, top, out_png, device, json_out, regions)
-    model = model or DEFAULT_MODEL
+    model = model or paths.CAPTION_MODEL
 
     loaded = load_caption(paths.find_model(model), device=pick_device(device))
     align = None if concepts else load_reranker(rerank, loaded, pick_device(device))
@@ -78,7 +77,7 @@ def region_caption_run(photos: list[Path], beam: int, model: str | None, max_len
         raise UsageError("--out and --top describe regions: add --regions")
     if out_png is not None and len(photos) != 1:
         raise UsageError(f"--out draws one photo; {len(photos)} were given")
-    loaded = load_caption(paths.find_model(model or REGION_MODEL), device=pick_device(device))
+    loaded = load_caption(paths.find_model(model or paths.REGION_CAPTION_MODEL), device=pick_device(device))
     encoder = RegionEncoder(loaded.region_config, pick_device(device))
     results = caption_regions_of(photos, loaded, encoder, beam=beam, max_len=max_len, top=top or None,
                                  out_png=out_png)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ..align.mrf import DEFAULT_BETA
 from ..core import paths
+from ..core.config import DEFAULT_BEAM
 from ..core.errors import UsageError
 from ..evaluation.captions import RERANK_GRID, evaluate_captions, tune_rerank_weight
 from ..evaluation.recall import evaluate_recall
@@ -23,7 +24,7 @@ from ..train.querybank_tune import SIZES as QB_SIZES
 from ..train.querybank_tune import WEIGHTS as QB_WEIGHTS
 from ..train.querybank_tune import tune_querybank
 from .align import BetaOpt, ModelOpt
-from .caption import DEFAULT_MODEL, REGION_MODEL, RerankOpt, RerankWeightOpt
+from .caption import RerankOpt, RerankWeightOpt
 from .common import CaptionsOpt, DatasetOpt, RootOpt, err, load_dataset_opts, new_app, out, print_json, progress, stages
 
 SplitOpt = Annotated[str, typer.Option(help="train | dev | test | all (a data set without splits, e.g. COCO: all)")]
@@ -58,7 +59,7 @@ def recall_tables(report: dict) -> list[Table]:
 
 @app.command("recall")
 def recall_cmd(
-    model: Annotated[str, typer.Option(help="Alignment model file or name.")] = "align.pt",
+    model: Annotated[str, typer.Option(help="Alignment model file or name.")] = paths.ALIGN_MODEL,
     features: Annotated[Path | None, typer.Option(
         help="Feature store holding the split's photos (default: extract them into the cache).")] = None,
     k: Annotated[str, typer.Option("--k", help="Comma-separated K for Recall@K.")] = "1,5,10",
@@ -96,8 +97,8 @@ def recall_cmd(
 
 @app.command("caption")
 def eval_caption_cmd(
-    beam: Annotated[int, typer.Option(min=1, help="Beam size (1: greedy).")] = 7,
-    model: Annotated[str, typer.Option(help="Caption model file or name.")] = DEFAULT_MODEL,
+    beam: Annotated[int, typer.Option(min=1, help="Beam size (1: greedy).")] = DEFAULT_BEAM,
+    model: Annotated[str, typer.Option(help="Caption model file or name.")] = paths.CAPTION_MODEL,
     features: Annotated[Path | None, typer.Option(help="Feature store with the test (and training) photos; "
                                                        "default: extract them once into the cache.")] = None,
     length_norm: Annotated[float, typer.Option(min=0.0)] = 0.0,
@@ -131,11 +132,11 @@ def eval_caption_cmd(
 @app.command("rerank-weight")
 def rerank_weight_cmd(
     features: Annotated[Path, typer.Option(help="Feature store holding the split's photos (vsa features extract).")],
-    model: Annotated[str, typer.Option(help="Caption model file or name.")] = DEFAULT_MODEL,
+    model: Annotated[str, typer.Option(help="Caption model file or name.")] = paths.CAPTION_MODEL,
     weights: Annotated[str, typer.Option(help="Comma-separated weights to try.")] =
         ",".join(f"{w:g}" for w in RERANK_GRID),
     split: Annotated[str, typer.Option(help="dev (never test).")] = "dev",
-    beam: Annotated[int, typer.Option(min=1, help="Beam size.")] = 7,
+    beam: Annotated[int, typer.Option(min=1, help="Beam size.")] = DEFAULT_BEAM,
     dataset: DatasetOpt = "flickr8k",
     root: RootOpt = None,
     captions: CaptionsOpt = None,
@@ -182,7 +183,8 @@ def _sizes(text: str) -> tuple[tuple[int, int], ...]:
 @app.command("querybank-tune")
 def querybank_tune_cmd(
     features: Annotated[Path, typer.Option(help="Feature store holding the training and dev photos.")],
-    model: Annotated[str, typer.Option(help="Alignment model file or name (its own bank is left aside).")] = "align",
+    model: Annotated[str, typer.Option(help="Alignment model file or name (its own bank is left "
+                                            "aside).")] = paths.ALIGN_MODEL,
     sizes: Annotated[str, typer.Option(help="Bank sizes to try, SENTENCES/PHOTOS, comma-separated.")] =
         ",".join(f"{s}/{p}" for s, p in QB_SIZES),
     betas: Annotated[str, typer.Option(help="β values to try.")] = ",".join(f"{b:g}" for b in QB_BETAS),
@@ -250,12 +252,12 @@ def eval_regions_cmd(
     features: Annotated[Path, typer.Option(help="Feature store with the held-out photos (default region preset).")],
     snippets: Annotated[Path | None, typer.Option(help="Held-out snippets (vsa align export --split test); "
                                                        "default: align the split's sentences here.")] = None,
-    region_model: Annotated[str, typer.Option(help="The region generator.")] = REGION_MODEL,
+    region_model: Annotated[str, typer.Option(help="The region generator.")] = paths.REGION_CAPTION_MODEL,
     full_model: Annotated[str, typer.Option(help="The full-frame generator.")] = "caption",
-    model: ModelOpt = "align",
+    model: ModelOpt = paths.ALIGN_MODEL,
     beta: BetaOpt = DEFAULT_BETA,
     split: Annotated[str, typer.Option(help="Whose snippets are held out (never train).")] = "test",
-    beam: Annotated[int, typer.Option(min=1, help="Beam size.")] = 7,
+    beam: Annotated[int, typer.Option(min=1, help="Beam size.")] = DEFAULT_BEAM,
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
     show: Annotated[int, typer.Option(min=0, help="Print this many example regions.")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -297,7 +299,7 @@ def region_table(res: dict) -> str:
 def calibrate_cmd(
     features: Annotated[Path | None, typer.Option(help="Feature store holding the split's photos (default: the "
                                                        "evaluation cache for the model's extractor).")] = None,
-    model: Annotated[str, typer.Option(help="Alignment model file or name.")] = "align",
+    model: Annotated[str, typer.Option(help="Alignment model file or name.")] = paths.ALIGN_MODEL,
     split: Annotated[str, typer.Option(help="dev (never test).")] = "dev",
     per_photo: Annotated[int, typer.Option(min=1, max=5, help="Sentences per photo that search (the first N "
                                                             "of each photo).")] = 1,

@@ -14,6 +14,7 @@ from .. import index as ix
 from ..core import paths
 from ..core.device import pick_device
 from ..core.errors import SearchIndexError, UsageError
+from ..index.photos import BATCH_SIZE
 from ..models.alignment import load_align
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS
 from .common import err, new_app, out, print_json, progress
@@ -52,10 +53,10 @@ def build_cmd(
     roots: Annotated[list[Path] | None, typer.Argument(help="Folders (searched recursively) or photo files. "
                                                             "Default: the folders the index was built from.")] = None,
     index: IndexOpt = ix.DEFAULT_NAME,
-    model: ModelOpt = "align",
+    model: ModelOpt = paths.ALIGN_MODEL,
     index_type: TypeOpt = "auto",
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Photos per CNN batch (and per saved batch).")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Photos per CNN batch (and per saved batch).")] = BATCH_SIZE,
     shard: Annotated[str | None, typer.Option(help="i/n: index only slice i of n (a stable hash of each photo's "
                                                    "path); combine the n shards with `vsa index merge`.")] = None,
     max_memory: MemOpt = None,
@@ -210,7 +211,7 @@ def _resume_command(index: str, link: str, entry: dict) -> str:
     if index != ix.DEFAULT_NAME:
         cmd += f" --index {shlex.quote(shown)}"
     used = entry.get("interrupted_model_path")
-    if used and Path(used) != paths.find_model("align").resolve():
+    if used and Path(used) != paths.find_model(paths.ALIGN_MODEL).resolve():
         cmd += f" --model {shlex.quote(used)}"
     return cmd
 
@@ -231,7 +232,7 @@ def text_cmd(
     files: Annotated[list[Path], typer.Argument(help="Sentences, one per line, or a captions file "
                                                      "(name#n<TAB>caption, as Flickr8k.token.txt).")],
     index: IndexOpt = ix.DEFAULT_NAME,
-    model: ModelOpt = "align",
+    model: ModelOpt = paths.ALIGN_MODEL,
     index_type: TypeOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:

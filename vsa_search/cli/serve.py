@@ -8,7 +8,10 @@ from typing import Annotated
 
 import typer
 
+from ..core import paths
 from ..core.errors import UsageError
+from ..index.layout import DEFAULT_NAME
+from ..vision.images import DEFAULT_MAX_MEGAPIXELS, MAX_UPLOAD_BYTES
 from .common import err
 from .index import parse_size
 
@@ -25,18 +28,20 @@ def is_loopback(host: str) -> bool:
 
 
 def serve_cmd(
-    index: Annotated[str, typer.Option("--index", help="Index name (or path) to serve.")] = "default",
+    index: Annotated[str, typer.Option("--index", help="Index name (or path) to serve.")] = DEFAULT_NAME,
     host: Annotated[str, typer.Option("--host", help="Address to listen on. Anything but loopback needs "
                                                      "--token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")] = 8000,
     token: Annotated[str | None, typer.Option("--token", envvar="VSA_SERVE_TOKEN",
                                               help="Secret every client must send (Authorization: Bearer "
                                                    "TOKEN, or open /?token=TOKEN once).")] = None,
-    max_upload: Annotated[str, typer.Option("--max-upload", help="Largest photo accepted for upload.")] = "20M",
+    max_upload: Annotated[str, typer.Option("--max-upload", help="Largest photo accepted for upload.")] = \
+        f"{MAX_UPLOAD_BYTES >> 20}M",
     max_megapixels: Annotated[float, typer.Option("--max-megapixels", min=0.01,
-                                                  help="Refuse larger photos before decoding them.")] = 64.0,
+                                                  help="Refuse larger photos before decoding them.")] = \
+        DEFAULT_MAX_MEGAPIXELS,
     caption_model: Annotated[str, typer.Option("--caption-model",
-                                               help="Caption model file or name.")] = "caption-ensemble",
+                                               help="Caption model file or name.")] = paths.CAPTION_MODEL,
 ) -> None:
     """Serve an index in the browser: search with words (each word's box drawn on the photo),
     captions, region captions, alignments. Models and index are loaded once; a rebuilt index is

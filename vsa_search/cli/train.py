@@ -10,6 +10,7 @@ import typer
 
 from ..core import config, paths
 from ..core.errors import UsageError
+from ..train import add_querybank as bank
 from ..train import distributed, train_caption, train_embed
 from ..train.embed import embed_config
 from .common import CaptionsOpt, DatasetOpt, RootOpt, err, load_dataset_opts, new_app, out, print_json, progress
@@ -137,18 +138,17 @@ def querybank_cmd(
     dataset: DatasetOpt = "flickr8k",
     root: RootOpt = None,
     captions: CaptionsOpt = None,
-    sentences: Annotated[int, typer.Option(min=1, help="Training sentences in the bank.")] = 1000,
-    photos: Annotated[int, typer.Option(min=1, help="Training photos in the bank.")] = 200,
-    beta: Annotated[float, typer.Option(help="Softmax temperature β of the normalisation.")] = 5.0,
-    weight: Annotated[float, typer.Option(help="How much of each offset is subtracted (0: none).")] = 0.5,
+    sentences: Annotated[int, typer.Option(min=1, help="Training sentences in the bank.")] = bank.DEFAULT_SENTENCES,
+    photos: Annotated[int, typer.Option(min=1, help="Training photos in the bank.")] = bank.DEFAULT_PHOTOS,
+    beta: Annotated[float, typer.Option(help="Softmax temperature β of the normalisation.")] = bank.DEFAULT_BETA,
+    weight: Annotated[float, typer.Option(help="How much of each offset is subtracted "
+                                               "(0: none).")] = bank.DEFAULT_WEIGHT,
     seed: Annotated[int, typer.Option(help="Seed of the draw from the training split.")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Add querybank normalisation to a model: scores are lowered for photos (and sentences) that match
     a bank of training sentences (photos) well, so that a few photos stop coming up for every query."""
-    from ..train.querybank import add_querybank
-
-    summary = add_querybank(model, features, out_path, sentences, photos, beta, weight, seed,
+    summary = bank.add_querybank(model, features, out_path, sentences, photos, beta, weight, seed,
                             dataset=load_dataset_opts(dataset, root, captions))
     if json_out:
         print_json(summary)

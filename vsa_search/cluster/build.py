@@ -36,6 +36,7 @@ from .. import index as ix
 from ..core import paths
 from ..core.errors import ModelError, UsageError
 from ..index.layout import MANIFEST, work_roots
+from ..index.photos import BATCH_SIZE
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS
 from .shards import existing_split, shard_link, splits
 
@@ -106,9 +107,9 @@ class _ShardWorker:
         return {"shard": batch["shard"], "report": np.array(reports, dtype=object)}
 
 
-def build(roots: list[str | Path] | None, model: str | Path = "align", name: str | Path | None = None,
+def build(roots: list[str | Path] | None, model: str | Path = paths.ALIGN_MODEL, name: str | Path | None = None,
           index_type: str = "auto", *, workers: int | None = None, shards: int | None = None, merge: bool = True,
-          address: str | None = None, device: str | None = None, batch_size: int = 8,
+          address: str | None = None, device: str | None = None, batch_size: int = BATCH_SIZE,
           max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, max_memory: int | None = None, replace: bool = False,
           on_total: Callable[[int], None] | None = None, on_progress: Callable[[int], None] | None = None,
           on_shard_start: Callable[[int, int], None] | None = None) -> RayBuildReport:

@@ -132,6 +132,9 @@ EMBED_PRESETS: dict[str, EmbedConfig] = {
 }
 
 
+DEFAULT_BEAM = 7  # caption beam size when none is given (NeuralTalk's)
+
+
 @dataclass(frozen=True)
 class CaptionConfig:
     """The multimodal RNN generator (paper Sec. 3.2) and how it is trained."""

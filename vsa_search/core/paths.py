@@ -15,6 +15,10 @@ APP = "vsa-search"
 REPO_ROOT = Path(__file__).resolve().parents[2]  # vsa_search/core/paths.py -> the checkout
 # The wheel's build maps models/ to this package-data folder (setup.py).
 SHIPPED_PACKAGE_DIR = "shipped_models"
+# The models a command uses when none is named (find_model resolves a name).
+ALIGN_MODEL = "align"  # models/align.pt: the alignment model (search, align, re-ranking)
+CAPTION_MODEL = "caption-ensemble"  # models/caption-ensemble.pt, shipped: caption.pt + caption-regions.pt
+REGION_CAPTION_MODEL = "caption-regions"  # models/caption-regions.pt: trained with `vsa train caption --regions`
 _resource_files = ExitStack()
 atexit.register(_resource_files.close)
 

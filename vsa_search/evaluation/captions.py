@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..captioning.rerank import alignment_scores, best_candidate, default_weight, load_reranker
+from ..core.config import DEFAULT_BEAM
 from ..core.device import pick_device
 from ..core.errors import DatasetError, StoreError, UsageError
 from ..data.datasets import Dataset, load_flickr8k
@@ -20,7 +21,7 @@ from ..vision.features import FeatureStore, extract_to_cache, require_extractor
 from .metrics import caption_metrics, nearest_neighbour, paper_results
 
 
-def evaluate_captions(model: str | Path, features: str | Path | None = None, beam: int = 7,
+def evaluate_captions(model: str | Path, features: str | Path | None = None, beam: int = DEFAULT_BEAM,
                       length_norm: float = 0.0, device: str | None = None, root: Path | None = None,
                       meteor: bool = True, on_extract: Callable[[int], None] | None = None,
                       on_progress: Callable[[int], None] | None = None, dataset: Dataset | None = None,
@@ -103,7 +104,7 @@ RERANK_GRID = (0.0, 2.0, 5.0, 10.0, 20.0, 40.0)
 
 
 def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "dev",
-                       weights: tuple[float, ...] = RERANK_GRID, beam: int = 7, device: str | None = None,
+                       weights: tuple[float, ...] = RERANK_GRID, beam: int = DEFAULT_BEAM, device: str | None = None,
                        dataset: Dataset | None = None, rerank_with: str | Path | None = None,
                        on_progress: Callable[[int], None] | None = None) -> tuple[float, dict[str, Any]]:
     """The re-ranking weight (captioning/rerank.py) with the best BLEU-4 on the `split` photos of `dataset`

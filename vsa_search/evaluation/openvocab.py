@@ -15,45 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.text import tokenize
-from ..vision.concepts import DEFAULT_BRIDGE, BridgeConfig, bridge_scores_many, region_probs, topk, word_weights
-
-WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
-# The shipped rule: the largest weight within 1.5 points of the best dev mean Recall@K. Recall is flat
-# over small weights, and a larger weight lets words outside the vocabulary reach their objects.
-SHIPPED_TOLERANCE = 1.5
-
-
-def _word_bridge(data: Any, cfg: BridgeConfig, backbone: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bridge scores of every distinct sentence word against every region: (U, N, R), and the
-    sentences' words as indices into U (M, T) (padding points at an all-zero row)."""
-    n, r, d = data.feats.shape
-    ids, probs = topk(region_probs(data.feats.reshape(-1, d).numpy(), backbone), cfg.top_k)
-    tokens = [tokenize(s) for s in data.sentences]
-    vocab = sorted({w for t in tokens for w in t})
-    where = {w: j + 1 for j, w in enumerate(vocab)}  # 0 = padding / no word
-    weights = word_weights(vocab, cfg)
-    live = np.flatnonzero(weights.max(1) > 0)  # most words (function words, verbs) never bridge
-    b = np.zeros((len(vocab) + 1, n * r), np.float32)
-    if len(live):
-        b[live + 1] = bridge_scores_many(weights[live], ids, probs)
-    b = b.reshape(-1, n, r) * data.region_mask.numpy()[None].astype(np.float32)
-    # The model sees at most data.ids.shape[1] tokens; an empty sentence was one UNK.
-    idx = np.zeros(tuple(data.ids.shape), np.int64)
-    for m, t in enumerate(tokens):
-        idx[m, : len(t)] = [where[w] for w in t][: idx.shape[1]]
-    return torch.from_numpy(b), torch.from_numpy(idx)
-
-
-def _split(model: Any, v: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                     torch.Tensor | None]:
-    """(region part of v, of s, global part of v (one per photo), of s). A hybrid model's dimensions
-    past `hidden` are global terms, the same for every region of a photo: they are added once per
-    photo instead of once per region (4x fewer multiplications for the shipped model)."""
-    h = model.cfg.hidden
-    if getattr(model, "glob", None) is None or v.shape[-1] == h:
-        return v, s, v[:, 0, :0], None
-    return v[..., :h], s[..., :h], v[:, 0, h:], s[..., h:]
+from ..bridge.scores import sentence_bridge
+from ..bridge.weight import SHIPPED_TOLERANCE, WEIGHT_GRID, pick_weight
+from ..bridge.words import DEFAULT_BRIDGE, BridgeConfig
+from ..models.score import flat_words, mask_regions, shared_width, split, sum_words, word_mask
 
 
 @torch.no_grad()
@@ -67,12 +32,16 @@ def scores_with_bridge(model: Any, data: Any, weights: tuple[float, ...], cfg: B
     was = model.training
     model.eval()
     try:
-        b, idx = _word_bridge(data, cfg, backbone)
-        word_mask = torch.arange(data.ids.shape[1])[None, :] < data.lengths[:, None]  # (M, T)
-        s_all = model.encode_words(data.ids, data.lengths)  # (M, T, h)
-        sent_of = torch.arange(len(data.lengths))[:, None].expand_as(word_mask)[word_mask]  # (W,) flat words
-        s_flat = s_all[word_mask]  # (W, h)
-        word_of = idx[word_mask]  # (W,) row of b
+        # The model sees at most data.ids.shape[1] tokens; an empty sentence was one UNK.
+        b, idx = (torch.from_numpy(x) for x in sentence_bridge(
+            data.feats.numpy(), data.region_mask.numpy(), data.sentences, data.ids.shape[1], cfg, backbone))
+        wm = word_mask(data.lengths, data.ids.shape[1])  # (M, T)
+        s_flat, sent_of = flat_words(model.encode_words(data.ids, data.lengths), wm)  # (W, h), (W,)
+        word_of = idx[wm]  # (W,) row of b
+        # The hybrid split: a global part is the same for every region of a photo, so it is added
+        # once per photo instead of once per region (4x fewer multiplications for the shipped model).
+        shared = shared_width(model)
+        sl, sg = split(s_flat, shared)
         live = torch.from_numpy(np.flatnonzero(b.reshape(len(b), -1).max(1).values.numpy() > 0))
         bridged = torch.nonzero(torch.isin(word_of, live)).flatten()  # (P,) words with a bridge
         per_word = getattr(model.cfg, "pool", "sum") == "mean"
@@ -82,19 +51,19 @@ def scores_with_bridge(model: Any, data: Any, weights: tuple[float, ...], cfg: B
         for a in range(0, len(data.image_ids), chunk):
             v = model.encode_regions(data.feats[a:a + chunk])  # (c, R', h)
             c, r = v.shape[:2]
-            vl, sl, vg, sg = _split(model, v, s_flat)
+            vl, vg = split(v, shared)
             local = (sl @ vl.reshape(c * r, -1).T).view(len(sl), c, r)  # (W, c, R')
-            local = local.masked_fill(~data.region_mask[a:a + chunk, :r][None], float("-inf"))
-            glob = sg @ vg.T if sg is not None else 0.0  # (W, c)
-            best0 = local.max(-1).values + glob  # (W, c): each word's best region, model only
+            local = mask_regions(local, data.region_mask[a:a + chunk, :r][None])
+            glob = sg @ vg[:, 0].T if shared else 0.0  # (W, c)
+            best0 = local.amax(-1) + glob  # (W, c): each word's best region, model only
             bl = local[bridged]  # (P, c, R')
             br = b[word_of[bridged]][:, a:a + c, :r] * scale  # (P, c, R')
-            gb = glob[bridged] if sg is not None else 0.0
+            gb = glob[bridged] if shared else 0.0
             for w in weights:
                 tok = best0.clone()
                 if w != 0.0 and len(bridged):
-                    tok[bridged] = (bl + w * br).max(-1).values + gb
-                out[w].append(torch.zeros(len(data.lengths), c).index_add_(0, sent_of, tok).T)  # (c, M)
+                    tok[bridged] = (bl + w * br).amax(-1) + gb  # the bridge inside the max
+                out[w].append(sum_words(tok.T, sent_of, len(data.lengths)))  # (c, M)
             if on_progress:
                 on_progress(c)
         return {w: torch.cat(rows) for w, rows in out.items()}
@@ -149,23 +118,3 @@ def tune_weight(model_path: str | Path, features: str | Path, split: str = "dev"
     return pick_weight({w: r["mean_recall"] for w, r in res["rows"].items()}, tolerance), res | {
         "best": pick_weight({w: r["mean_recall"] for w, r in res["rows"].items()}, 0.0),
         "rule": f"the largest weight whose {split} mean Recall@K is within {tolerance:g} of the best"}
-
-
-def pick_weight(mean_recall: dict[float, float], tolerance: float) -> float:
-    """The largest weight whose mean Recall@K is within `tolerance` of the best (tolerance 0: the
-    best; ties to the smaller weight). Rounded to 6 decimals so that float noise cannot decide."""
-    top = max(round(m, 6) for m in mean_recall.values())
-    if tolerance == 0:
-        return min(w for w, m in mean_recall.items() if round(m, 6) == top)
-    return max(w for w, m in mean_recall.items() if round(m, 6) >= top - tolerance)
-
-
-def store_weight(model_path: str | Path, weight: float, tuned_on: dict[str, Any] | None = None) -> None:
-    """Write the tuned bridge weight into the model file's metrics ("bridge_weight"), where search
-    and alignment read it (vision.concepts.bridge_weight). The weights, hence the model's fingerprint and
-    every index built with it, are unchanged."""
-    from ..models import checkpoint
-
-    ck = checkpoint.load(model_path, kind="align")
-    ck.metrics = {**ck.metrics, "bridge_weight": float(weight), **({"bridge_tuning": tuned_on} if tuned_on else {})}
-    checkpoint.save(ck, model_path)

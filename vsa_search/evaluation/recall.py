@@ -15,8 +15,9 @@ from ..core.device import pick_device
 from ..core.errors import DatasetError, UsageError
 from ..data.datasets import load_flickr8k
 from ..data.vocab import UNK, pad_ids
-from ..models.alignment import LoadedAlign, flat_words, load_align, score_words, shared_width, split_words
+from ..models.alignment import LoadedAlign, load_align
 from ..models.querybank import photo_offsets, sentence_offsets
+from ..models.score import flat_words, score_words, shared_width, split_words, word_mask
 from ..vision.features import FeatureStore, extract_to_cache, require_extractor, same_extractor
 from .metrics import chance_metrics, paper_recall, retrieval_metrics
 
@@ -73,15 +74,13 @@ def retrieval_data(records: list[Any], store: Any, vocab: Any, on_progress: Adva
 def score_all(model: torch.nn.Module, data: RetrievalData, device: torch.device | str = "cpu",
               chunk: int = 25, on_progress: Advance | None = None) -> torch.Tensor:
     """(N_img, N_sent) scores of every photo against every sentence: every sentence's real words
-    in one (W, h) matrix, photos in chunks (alignment.score_words; a hybrid model's global part
+    in one (W, h) matrix, photos in chunks (score.score_words; a hybrid model's global part
     scored once per photo, not per region)."""
     was_training = model.training
     model.eval()
     try:
         s = model.encode_words(data.ids.to(device), data.lengths.to(device))  # (M, T, h)
-        word_mask = (torch.arange(data.ids.shape[1], device=device)[None, :]
-                     < data.lengths.to(device)[:, None])
-        words, sent = flat_words(s, word_mask)
+        words, sent = flat_words(s, word_mask(data.lengths.to(device), data.ids.shape[1]))
         shared = shared_width(model)
         part, globs = split_words(words, sent, len(s), shared)  # once, not per chunk of photos
         rows = []
@@ -108,8 +107,7 @@ def querybank_offsets(loaded: LoadedAlign, data: RetrievalData, device: torch.de
     model.eval()
     try:
         ids, lengths = data.ids.to(device), data.lengths.to(device)
-        word_mask = torch.arange(ids.shape[1], device=device)[None, :] < lengths[:, None]
-        s_off = sentence_offsets(model, bank, model.encode_words(ids, lengths), word_mask).cpu()
+        s_off = sentence_offsets(model, bank, model.encode_words(ids, lengths), word_mask(lengths, ids.shape[1])).cpu()
         p_off = []
         for a in range(0, len(data.image_ids), chunk):
             v = model.encode_regions(data.feats[a : a + chunk].to(device))

@@ -14,6 +14,7 @@ from PIL import Image
 from ..align.mrf import DEFAULT_BETA
 from ..align.snippets import MIN_SNIPPET_WORDS, read_snippets, snippet_groups, snippets
 from ..core import paths
+from ..core.config import DEFAULT_BEAM
 from ..core.device import pick_device
 from ..core.errors import UsageError
 from ..data.datasets import load_flickr8k
@@ -39,7 +40,8 @@ def crop_features(encoder: RegionEncoder, image: Image.Image, boxes: np.ndarray)
 
 def evaluate_regions(region_model: str | Path, full_model: str | Path, features: str | Path,
                      snippets_path: str | Path | None = None, align_model: str | Path | None = None,
-                     beta: float = DEFAULT_BETA, beam: int = 7, split: str = "test", root: Path | None = None,
+                     beta: float = DEFAULT_BETA, beam: int = DEFAULT_BEAM, split: str = "test",
+                     root: Path | None = None,
                      min_words: int = MIN_SNIPPET_WORDS, device: str | None = None, meteor: bool = False,
                      on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """The paper's region-level comparison without region annotations: held-out snippets (the `split`
@@ -57,7 +59,7 @@ def evaluate_regions(region_model: str | Path, full_model: str | Path, features:
             rows = read_snippets(snippets_path)
             source = str(snippets_path)
         else:
-            aligner = load_align(paths.find_model(str(align_model or "align")))
+            aligner = load_align(paths.find_model(str(align_model or paths.ALIGN_MODEL)))
             rows = list(snippets(aligner, store, [r for r in recs.values() if r.image_id in store], beta))
             source = f"aligned here: {aligner.path}, beta {beta:g}"
         if bad := sorted({r["image_id"] for r in rows} - set(recs)):

@@ -150,7 +150,7 @@ def remove(name: str | Path | None = None) -> list[str]:
 # --------------------------------------------------------------------------- library API
 
 
-def build(roots: list[str | Path], name: str | Path | None = None, model: str | Path | LoadedAlign = "align",
+def build(roots: list[str | Path], name: str | Path | None = None, model: str | Path | LoadedAlign = paths.ALIGN_MODEL,
           index_type: str = "auto", device: str | None = None,
           on_progress: Callable[[int], None] | None = None) -> BuildReport:
     """Index (or update) the photos under `roots` into index `name` with an alignment model."""

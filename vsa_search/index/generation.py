@@ -19,6 +19,7 @@ import numpy as np
 
 from ..core.errors import SearchIndexError
 from ..core.kv import KV
+from ..models.score import split
 from ..vision.concepts import Concepts
 from . import arrays
 from .faiss_types import choose_type, make_faiss, make_item_faiss
@@ -139,10 +140,8 @@ class _Columns:
         v = np.asarray(it.vectors)
         if v.ndim != 2 or v.shape[1] != self.dim:
             raise SearchIndexError(f"{it.key}: vectors of shape {v.shape}, expected (n, {self.dim})")
-        part = self.dim - self.shared_dim
-        v = v.astype(np.float32)
-        codes, scale = arrays.quantize(v[:, :part])
-        tail = v[:, part:]
+        own, tail = split(v.astype(np.float32), self.shared_dim)
+        codes, scale = arrays.quantize(own)
         spread = float(np.abs(tail - tail[:1]).max()) if tail.size else 0.0
         if spread > 1e-3 * (1 + float(np.abs(tail).max(initial=0.0))):
             raise SearchIndexError(f"{it.key}: the last {self.shared_dim} dimensions differ between its "
@@ -264,16 +263,10 @@ def as_stored(vectors: np.ndarray, shared_dim: int) -> np.ndarray:
     """(n, h) vectors as a generation returns them once stored: int8-rounded, the shared part
     taken from the first row."""
     v = np.asarray(vectors, np.float32)
-    part = v.shape[1] - shared_dim
-    out = arrays.dequantize(*arrays.quantize(v[:, :part]))
+    own, tail = split(v, shared_dim)
+    out = arrays.dequantize(*arrays.quantize(own))
     if shared_dim and len(v):
-        u = arrays.dequantize(*arrays.quantize(v[:1, part:]))
+        u = arrays.dequantize(*arrays.quantize(tail[:1]))
         out = np.hstack([out, np.repeat(u, len(v), axis=0)])
     return out
 
-
-def shared_width(model: LoadedAlign) -> int:
-    """Trailing dims a photo's region vectors share (alignment.shared_width): stored once a photo."""
-    from ..models import alignment  # torch: only a build (which has the model loaded) asks
-
-    return alignment.shared_width(model.model)

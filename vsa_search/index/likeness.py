@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.errors import SearchIndexError, UsageError
+from ..models.score import best_per_item, item_scores, starts_of
 from .lookup import find_item
 from .query import Hit, Result, WordMatch, _top, photo_regions
 
@@ -75,15 +76,8 @@ def like_scores(qv: np.ndarray, dots: np.ndarray, starts: np.ndarray) -> tuple[n
     (`starts`: each item's first column): S(Q, P) per item (C,) and each query region's best dot (R_Q, C)."""
     if dots.shape[1] == 0:
         return np.zeros(0, np.float32), np.zeros((len(qv), 0), np.float32)
-    best = np.maximum.reduceat(dots, starts, axis=1)  # (R_Q, C)
+    best = best_per_item(dots, starts)  # (R_Q, C)
     return best.mean(0), best
-
-
-def steer_scores(words: np.ndarray, dots: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """S_kl = Σ_t max_j v_j · s_t per item (C,) from the words' dots (T, ΣR); zeros without words."""
-    if len(words) == 0 or dots.shape[1] == 0:
-        return np.zeros(len(starts) if dots.shape[1] else 0, np.float32)
-    return np.maximum.reduceat(dots, starts, axis=1).sum(0)
 
 
 def region_pairs(qv: np.ndarray, qboxes: np.ndarray, vecs: np.ndarray, boxes: np.ndarray) -> list[RegionMatch]:
@@ -171,11 +165,10 @@ def search_like(ix: Any, model: LoadedAlign, photo: str | Path | int, text: str 
         vecs = ix.vectors(cands)
         both = np.vstack([qv, q_words]) @ np.concatenate(vecs).astype(np.float32).T if vecs \
             else np.zeros((len(qv) + len(q_words), 0), np.float32)
-    starts = np.concatenate([[0], np.cumsum(ix.count[cands])[:-1]]).astype(np.int64) if len(cands) \
-        else np.zeros(0, np.int64)
+    starts = starts_of(ix.count[cands])
     scores, _ = like_scores(qv, both[: len(qv)], starts)
-    if len(q_words) and len(cands):
-        scores = scores + steer_scores(q_words, both[len(qv):], starts) - ix.offsets[cands]
+    if len(q_words) and len(cands):  # the steering words' S_kl, less the photo's querybank offset
+        scores = scores + item_scores(both[len(qv):], starts)[0] - ix.offsets[cands]
     if own is not None:
         keep = cands != own
         cands, scores = cands[keep], scores[keep]

@@ -1,92 +1,27 @@
-"""Open-vocabulary search: every query word counts (alignment uses the same bridge: align/bridge.py).
-
-A word the alignment model knows scores a region as before (v_i · s_t) plus `weight` times its
-concept-bridge score (vision/concepts.py); an inflected form of such a word is scored as that word
-("elephants" as "elephant", data/lemma.py); a word outside the model's vocabulary but known to GloVe
-scores by the bridge alone (as a class name's base form when it is an inflection of one), so its box
-is still shown; a word neither knows is reported, never dropped silently. Per word and region:
-
-    u_t(i) = [t known] v_i · s_t + weight · bridge(t, i) / T        (T: query words; the shipped
-                                                                     model averages over words)
-
-and a photo scores Σ_t max_i u_t(i), the paper's S_kl with the bridge inside the max."""
+"""Open-vocabulary search over a photo index: every query word counts, through the concept bridge
+(vsa_search/bridge: the query's words and classes in bridge/query.py). A word the alignment model
+knows scores a region as before (v_i · s_t) plus `weight` times its bridge score; an inflected form
+of such a word is scored as that word ("elephants" as "elephant", data/lemma.py); a word outside the
+model's vocabulary but known to GloVe scores by the bridge alone (as a class name's base form when it
+is an inflection of one), so its box is still shown; a word neither knows is reported, never dropped
+silently. A photo scores Σ_t max_i u_t(i) (bridge.query.unary), the paper's S_kl with the bridge
+inside the max."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ..bridge.query import Query, make_query, unary
+from ..bridge.scores import bridge_scores_many, matched_concept
+from ..bridge.weight import bridge_weight
+from ..bridge.words import DEFAULT_BRIDGE, BridgeConfig
 from ..core.errors import QueryError, UsageError
-from ..models.querytext import encode_query, short
-from ..models.textenc import query_encoder
-from ..vision.concepts import (
-    DEFAULT_BRIDGE,
-    BridgeConfig,
-    bridge_scores_many,
-    bridge_weight,
-    class_word,
-    display_name,
-    in_glove,
-    word_weights,
-)
+from ..models.score import item_scores, split, starts_of
 from .query import PER_ITEM_APPROX, PER_WORD_APPROX, Hit, Result, WordMatch, _top, candidates
-
-# --------------------------------------------------------------------------- the query
-
-
-@dataclass
-class Query:
-    tokens: list[str]
-    model_known: np.ndarray  # (T,) bool: in the alignment model's vocabulary (itself or its stand-in)
-    bridged: np.ndarray  # (T,) bool: scored through the concept bridge (GloVe knows it)
-    weights: np.ndarray  # (T, 1000) sharp(sim(w, c)); zero rows for words without a bridge
-    q: np.ndarray  # (T_known, h) the model's word vectors of the known words
-    scale: float  # weight / T (or weight for a model that sums over words)
-    dropped: list[str] = field(default_factory=list)  # characters that make no word (querytext.dropped)
-    stand_ins: dict[str, str] = field(default_factory=dict)  # "elephants" -> "elephant" (data/lemma.py)
-
-    @property
-    def scored(self) -> np.ndarray:
-        return self.model_known | self.bridged
-
-    @property
-    def unknown(self) -> list[str]:
-        """Known neither to the model nor to GloVe: not scored, and reported."""
-        return [w for w, s in zip(self.tokens, self.scored) if not s]
-
-    @property
-    def bridge_only(self) -> list[str]:
-        return [w for w, m, b in zip(self.tokens, self.model_known, self.bridged) if b and not m]
-
-
-def make_query(model: Any, text: str, cfg: BridgeConfig = DEFAULT_BRIDGE, with_bridge: bool = True) -> Query:
-    """`model`: a loaded alignment model or its text encoder (models/textenc.py). A word outside the
-    model's vocabulary whose base form is in it ("elephants") is scored as that form, by the model
-    and by the bridge alike; only a word with no such form falls to the bridge alone."""
-    eq = encode_query(model, text)
-    tokens = eq.tokens
-    model_known = eq.known
-    stand_ins = dict(eq.stand_ins)
-    if with_bridge:  # a word the model lacks even in its base form may still be a class name's ("zebras")
-        for t in tokens:
-            if t not in stand_ins and not model_known[tokens.index(t)]:
-                base = class_word(t)
-                if base is not None and base != t:
-                    stand_ins[t] = base
-    words = [stand_ins.get(t, t) for t in tokens]  # what the model and the bridge score
-    bridged = np.array([with_bridge and in_glove(w) for w in words])
-    if not (model_known | bridged).any():
-        shown = ", ".join(w[:30] for w in tokens[:10]) + (" ..." if len(tokens) > 10 else "")
-        raise QueryError(f"no word of {short(text)} is known to the model's vocabulary or to GloVe ({shown})")
-    weights = word_weights(words, cfg) if with_bridge else np.zeros((len(tokens), 1000), np.float32)
-    weights[~bridged] = 0.0
-    q = eq.vectors[model_known].astype(np.float32)
-    per_word = getattr(query_encoder(model).config, "pool", "sum") == "mean"
-    scale = cfg.weight / len(tokens) if per_word else cfg.weight
-    return Query(tokens, model_known, bridged, weights, q, scale if with_bridge else 0.0, eq.dropped, stand_ins)
-
 
 # --------------------------------------------------------------------------- an index's concepts
 
@@ -127,15 +62,6 @@ class OpenResult(Result):
         return d
 
 
-def _unary(qr: Query, dots: np.ndarray, bridge: np.ndarray) -> np.ndarray:
-    """u (T, R') from the known words' dots (T_known, R') and every word's bridge (T, R')."""
-    u = np.zeros((len(qr.tokens), dots.shape[1]), np.float32)
-    u[qr.model_known] = dots
-    u += qr.scale * bridge
-    u[~qr.scored] = 0.0
-    return u
-
-
 def search_text(ix: Any, model: Any, text: str, k: int = 10, cfg: BridgeConfig | None = None,
                 with_bridge: bool = True, per_word: int | None = None) -> OpenResult:
     """Photos for a sentence with every word counted (see the module docstring). On a flat index
@@ -144,8 +70,6 @@ def search_text(ix: Any, model: Any, text: str, k: int = 10, cfg: BridgeConfig |
     word's top `per_word` regions by their concept score."""
     if k <= 0:
         raise UsageError(f"-k must be at least 1 (got {k})")
-    import dataclasses
-
     cfg = cfg or dataclasses.replace(DEFAULT_BRIDGE, weight=bridge_weight(model))
     qr = make_query(model, text, cfg, with_bridge)
     ids, probs, missing = index_concepts(ix) if with_bridge else (None, None, np.zeros(len(ix), bool))
@@ -165,10 +89,9 @@ def search_text(ix: Any, model: Any, text: str, k: int = 10, cfg: BridgeConfig |
         dots = _dots(ix, qr.q, cands, rows)
     bridge = bridge_scores_many(qr.weights, ids[rows], probs[rows]) if with_bridge \
         else np.zeros((len(qr.tokens), len(rows)), np.float32)
-    u = _unary(qr, dots, bridge)
-    starts = np.concatenate([[0], np.cumsum(ix.count[cands])[:-1]]).astype(np.int64)
-    scores = np.maximum.reduceat(u, starts, axis=1).sum(0) - ix.offsets[cands] if len(cands) \
-        else np.zeros(0, np.float32)
+    u = unary(qr, dots, bridge)
+    starts = starts_of(ix.count[cands])
+    scores = item_scores(u, starts)[0] - ix.offsets[cands]  # Σ_t max_i u_t(i): S_kl, the bridge inside the max
     top = _top(scores, cands, k)
     hits = []
     for j in top:
@@ -185,9 +108,10 @@ def search_text(ix: Any, model: Any, text: str, k: int = 10, cfg: BridgeConfig |
 def _dots(ix: Any, q: np.ndarray, cands: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """(T_known, ΣR) dots of the known words with the candidates' regions (`rows`, ix.rows_of(cands)),
     from the stored vectors (a shared part added to each of its item's regions)."""
-    dots = q[:, :ix.part_dim] @ ix.part_vectors(rows).T
+    q_own, q_shared = split(q, ix.shared_dim)
+    dots = q_own @ ix.part_vectors(rows).T
     if ix.shared_dim and len(cands):
-        dots += np.repeat(ix.shared_vectors(cands) @ q[:, ix.part_dim:].T, ix.count[cands], axis=0).T
+        dots += np.repeat(ix.shared_vectors(cands) @ q_shared.T, ix.count[cands], axis=0).T
     return dots.astype(np.float32)
 
 
@@ -216,8 +140,7 @@ def _matches(qr: Query, u: np.ndarray, bridge: np.ndarray, ids: np.ndarray | Non
         via = "model+bridge" if qr.model_known[t] and b > 0 else ("model" if qr.model_known[t] else "bridge")
         concept = None
         if ids is not None and probs is not None and b > 0:
-            contrib = probs[r] * qr.weights[t, ids[r]]
-            concept = display_name(int(ids[r][int(contrib.argmax())]))
+            concept = matched_concept(qr.weights[t], ids[r], probs[r])
         out.append(OpenWordMatch(w, float(u[t, r]), r, boxes[r].tolist() if len(boxes) else None,
                                  via=via, bridge=b, concept=concept))
     return out

@@ -20,12 +20,13 @@ from ..core.kv import KV
 from ..models import textenc
 from ..models.alignment import LoadedAlign
 from ..models.encode import encode_regions, photo_offset
+from ..models.score import shared_width
 from ..vision.concepts import from_features
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS, PHOTO_KINDS
 from ..vision.regions import RegionEncoder, decode_side, extract
 from . import photometa
 from .faiss_types import check_index_type, choose_for_memory
-from .generation import Item, as_stored, model_info, shared_width, write_generation
+from .generation import Item, as_stored, model_info, write_generation
 from .layout import (
     _WORK_META,
     _WORK_VEC,
@@ -44,13 +45,15 @@ from .plan import BuildReport, PlannedPhoto, is_under, plan_photos, scan_reachab
 from .shards import check_shard, shard_of
 from .store import FragmentIndex
 
+BATCH_SIZE = 8  # photos per CNN batch, and per batch saved to the work area
+
 
 class PhotoBuild:
     """`with PhotoBuild(...) as b: b.plan(); b.run(on_progress)` — planning is cheap (stat and
     hash), so the CLI can size its progress bar before the CNN starts."""
 
     def __init__(self, roots: list[Path] | None, model: LoadedAlign, name: str | Path | None = None,
-                 index_type: str = "auto", device: str | torch.device | None = None, batch_size: int = 8,
+                 index_type: str = "auto", device: str | torch.device | None = None, batch_size: int = BATCH_SIZE,
                  max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, encoder: Any = None,
                  max_memory: int | None = None, shard: tuple[int, int] | None = None, replace: bool = False):
         check_index_type(index_type)
@@ -347,7 +350,7 @@ class PhotoBuild:
     def _offset(self, vecs: np.ndarray) -> float:
         """The querybank offset of the vectors as the index will store them, so that a stored
         photo's scores and its offset come from the same numbers."""
-        return photo_offset(self.model, as_stored(vecs, shared_width(self.model)))
+        return photo_offset(self.model, as_stored(vecs, shared_width(self.model.model)))
 
     def _write(self, chosen: str) -> None:
         r = self.report
@@ -357,7 +360,7 @@ class PhotoBuild:
             extra.update(shard=list(self.shard), max_regions=self.model.region_config.max_regions)
         gen = write_generation(self.location, "photos", self._items(), self.model.model.out_dim,
                                model_info(self.model), chosen, extra=extra, skipped=skipped,
-                               need_bytes=self._need_bytes()[1], shared_dim=shared_width(self.model))
+                               need_bytes=self._need_bytes()[1], shared_dim=shared_width(self.model.model))
         manifest = json.loads((gen / MANIFEST).read_text())
         r.photos, r.regions = manifest["counts"]["photos"], manifest["counts"]["regions"]
         r.index_type = manifest["index_type"]

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core import paths
-from ..core.device import one_thread
 from ..core.errors import UsageError
 from ..models import textenc
 from ..models.querytext import encode_query, known_words
+from ..models.score import item_scores, sentence_scores, split, starts_of
 from .store import FragmentIndex
 
 if TYPE_CHECKING:  # torch loads only for a photo query or a model without a text export
@@ -93,7 +93,7 @@ class Result:
 def _model_path(ix: FragmentIndex, model: str | Path | None) -> Path:
     if model is None:
         built = Path(ix.manifest["model"]["path"])
-        model = built if built.is_file() else paths.find_model("align")
+        model = built if built.is_file() else paths.find_model(paths.ALIGN_MODEL)
     return paths.find_model(str(model))
 
 
@@ -120,19 +120,6 @@ def text_model_for(ix: FragmentIndex, model: str | Path | None = None) -> texten
 
 
 # --------------------------------------------------------------------------- the two stages
-
-
-def exact_scores(q: np.ndarray, vectors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """S = Σ_t max_i v_i · s_t of each item against query words q (T, h).
-    vectors: each item's (R_i, h) regions -> scores (C,), each word's best dot per item (T, C)."""
-    if not vectors:
-        return np.zeros(0, np.float32), np.zeros((len(q), 0), np.float32)
-    starts = np.cumsum([0] + [len(v) for v in vectors[:-1]])
-    v = np.concatenate(vectors).astype(np.float32)  # (ΣR, h)
-    with one_thread():
-        dots = np.ascontiguousarray(q, np.float32) @ v.T  # (T, ΣR)
-    best = np.maximum.reduceat(dots, starts, axis=1)  # (T, C)
-    return best.sum(0), best
 
 
 def exhaustive(ix: FragmentIndex, q: np.ndarray, k: int, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -209,12 +196,12 @@ def candidates(ix: FragmentIndex, q: np.ndarray, n: int, m: int) -> Candidates:
     """The photos whose regions are among each word's top n by a_i·b_t, and (with a shared
     part) the top m by u·Σ_t g_t. A candidate's best listed dot per word is its max for that
     word (the list is the top n overall); where it is not listed, the word's n-th dot bounds it."""
-    part = ix.part_dim
     dots, ids = ix.search(q, n)  # (T, n'): own parts only
     valid = ids >= 0
     nth = np.where(valid, dots, np.inf).min(axis=1)  # (T,) each word's last listed dot
     found = [ix.items_of(ids[valid])]
-    g_dots, g_items = ix.search_shared(q[:, part:].sum(0), m) if ix.shared_dim else (np.zeros(0), np.zeros(0, int))
+    g_dots, g_items = (ix.search_shared(split(q, ix.shared_dim)[1].sum(0), m) if ix.shared_dim
+                       else (np.zeros(0), np.zeros(0, int)))
     found.append(g_items)
     cands, inv = np.unique(np.concatenate(found).astype(np.int64), return_inverse=True)
     listed = np.full((len(cands), len(q)), -np.inf, np.float32)
@@ -238,7 +225,7 @@ def _score_all(ix: FragmentIndex, q: np.ndarray, k: int) -> Ranked:
     if not len(items):
         return Ranked(items, np.zeros(0, np.float32), 0, 0, True)
     dots = ix.all_dots(q)  # (T, ΣR)
-    scores = np.maximum.reduceat(dots, ix.first, axis=1).sum(0) - ix.offsets  # (C,)
+    scores = item_scores(dots, ix.first)[0] - ix.offsets  # (C,)
     top = _top(scores, items, k)
     return Ranked(items[top], scores[top], len(items), ix.fragments, True)
 
@@ -325,8 +312,8 @@ def search_image(ix: FragmentIndex, model: LoadedAlign, photo: str | Path, k: in
     vecs = ix.vectors(cands)
     scores = np.zeros(0, np.float32)
     if vecs:
-        best = (np.concatenate(vecs).astype(np.float32) @ v.T).max(1)  # (ΣT,): each word's best region
-        scores = np.add.reduceat(best, np.cumsum([0] + [len(s) for s in vecs[:-1]])) - ix.offsets[cands]
+        dots = np.concatenate(vecs).astype(np.float32) @ v.T  # (ΣT, R)
+        scores = sentence_scores(dots, starts_of([len(s) for s in vecs])) - ix.offsets[cands]
     order = _top(scores, cands, k)
     hits = []
     for j in order:

@@ -18,6 +18,7 @@ from ..core import paths
 from ..core.device import one_thread
 from ..core.errors import DamagedError, SearchIndexError
 from ..core.kv import KV
+from ..models.score import item_scores, split, starts_of
 from ..vision.concepts import Concepts
 from . import arrays
 from .faiss_types import IVF_NPROBE
@@ -231,28 +232,24 @@ class FragmentIndex:
     def scores(self, q: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact S = Σ_t max_i v_i·s_t of `items` against query words q (T, dim), from the stored
         vectors, before querybank offsets: scores (C,), each word's best dot per item (T, C). With a
-        shared part only the fragments' own parts need the max: Σ_t max_i a_i·b_t + u·Σ_t g_t."""
+        shared part only the fragments' own parts need the max (score.item_scores)."""
         items = np.asarray(items, np.int64)
         q = np.ascontiguousarray(q, np.float32)
         if not len(items):
             return np.zeros(0, np.float32), np.zeros((len(q), 0), np.float32)
-        part = self.part_dim
+        q_own, q_shared = split(q, self.shared_dim)
         with one_thread():
-            dots = np.ascontiguousarray(q[:, :part]) @ self.part_vectors(self.rows_of(items)).T  # (T, ΣR)
-        starts = np.concatenate([[0], np.cumsum(self.count[items])[:-1]])
-        best = np.maximum.reduceat(dots, starts, axis=1)  # (T, C)
-        if self.shared_dim:
-            shared = self.shared_vectors(items) @ q[:, part:].T  # (C, T): u·g_t
-            best = best + shared.T
-        return best.sum(0), best
+            dots = np.ascontiguousarray(q_own) @ self.part_vectors(self.rows_of(items)).T  # (T, ΣR)
+        shared = (self.shared_vectors(items) @ q_shared.T).T if self.shared_dim else None  # (T, C): u·g_t
+        return item_scores(dots, starts_of(self.count[items]), shared)
 
     def all_dots(self, q: np.ndarray) -> np.ndarray:
         """(Q, fragments) inner products of q (Q, dim) with every stored vector, decoded chunk by
         chunk from the map (one thread, as `search`)."""
-        q = np.ascontiguousarray(q, np.float32)
-        out = self.all_part_dots(q[:, :self.part_dim])
+        q_own, q_shared = split(np.ascontiguousarray(q, np.float32), self.shared_dim)
+        out = self.all_part_dots(q_own)
         if self.shared_dim and len(self):
-            out += np.repeat(self.shared_vectors(np.arange(len(self))) @ q[:, self.part_dim:].T, self.count, axis=0).T
+            out += np.repeat(self.shared_vectors(np.arange(len(self))) @ q_shared.T, self.count, axis=0).T
         return out
 
     def all_part_dots(self, q: np.ndarray) -> np.ndarray:
@@ -273,7 +270,7 @@ class FragmentIndex:
         (dot -inf) where fewer were found. Exact for "flat" (a scan of the stored vectors), the
         FAISS first stage otherwise. One thread by default: a query is a few vectors, and on a
         shared machine an OpenMP team mostly waits (see core.device.one_thread)."""
-        q = np.ascontiguousarray(np.asarray(queries, np.float32)[:, :self.part_dim])
+        q = np.ascontiguousarray(split(np.asarray(queries, np.float32), self.shared_dim)[0])
         n = max(1, min(n, self.fragments)) if self.fragments else 1
         if self.faiss is None:
             return arrays.top_n(self.all_part_dots(q), n)

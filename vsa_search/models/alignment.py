@@ -1,5 +1,5 @@
-"""The alignment model (paper Sec. 3.1): region vectors v_i, word vectors s_t, and the
-image-sentence score S_kl = Σ_t max_i v_i · s_t, for a whole batch of images x sentences."""
+"""The alignment model (paper Sec. 3.1): region vectors v_i and word vectors s_t, scored by
+S_kl = Σ_t max_i v_i · s_t (score.py) for a whole batch of images x sentences; its loss and files."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ..data.vocab import Vocab
 from . import checkpoint
 from .encoders import ImageEncoder, SentenceEncoder
 from .querybank import QueryBank, split_state
+from .score import score, word_mask
 
 
 class AlignModel(nn.Module):
@@ -77,8 +78,7 @@ class AlignModel(nn.Module):
         """Scores of every image against every sentence: (B_img, B_sent)."""
         v = self.encode_regions(feats)
         s = self.encode_words(ids, lengths)
-        word_mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
-        return score(v, region_mask[:, : v.shape[1]], s, word_mask)
+        return score(v, region_mask[:, : v.shape[1]], s, word_mask(lengths, ids.shape[1]))
 
 
 class GlobalModel(nn.Module):
@@ -102,7 +102,7 @@ class GlobalModel(nn.Module):
 
     def encode_words(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T), (B,) -> (B, T, h) with Σ_t s_t = W·mean(x) + b (unit length when normalize)."""
-        mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+        mask = word_mask(lengths, ids.shape[1]).unsqueeze(-1)
         s = self.proj(self.drop(self.embed(ids))) * mask  # (B, T, h)
         total = s.sum(1, keepdim=True)  # (B, 1, h)
         if self.cfg.normalize:
@@ -113,8 +113,7 @@ class GlobalModel(nn.Module):
                 lengths: torch.Tensor) -> torch.Tensor:
         v = self.encode_regions(feats)
         s = self.encode_words(ids, lengths)
-        word_mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
-        return score(v, region_mask[:, :1], s, word_mask)
+        return score(v, region_mask[:, :1], s, word_mask(lengths, ids.shape[1]))
 
     def init_glove(self, vocab: Vocab) -> int:
         return SentenceEncoder.init_glove(self, vocab)  # type: ignore[arg-type]  # it uses only .embed
@@ -134,60 +133,6 @@ def build_model(cfg: EmbedConfig, vocab_size: int) -> AlignModel | GlobalModel:
     if cfg.rnn not in ("relu", "gru"):
         raise UsageError(f"unknown rnn {cfg.rnn!r}; choose relu or gru")
     return (GlobalModel if cfg.arch == "global" else AlignModel)(cfg, vocab_size)
-
-
-def score(v: torch.Tensor, region_mask: torch.Tensor, s: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
-    """S_kl = Σ_t max_i v_ki · s_lt.
-    v (K, R, h), region_mask (K, R) bool, s (L, T, h), word_mask (L, T) bool -> (K, L)."""
-    dots = torch.einsum("krh,lth->kltr", v, s)  # (K, L, T, R)
-    dots = dots.masked_fill(~region_mask[:, None, None, :], float("-inf"))
-    best = dots.max(dim=-1).values  # (K, L, T): each word's best region
-    return (best * word_mask[None, :, :]).sum(-1)
-
-
-def score_words(v: torch.Tensor, region_mask: torch.Tensor, words: torch.Tensor, word_sentence: torch.Tensor,
-                n_sentences: int, shared: int = 0, sentence_globals: torch.Tensor | None = None) -> torch.Tensor:
-    """score() over sentences given as their real words only (no padding): the same S_kl.
-    v (K, R, h), region_mask (K, R) bool, words (W, h) every sentence's word vectors one after
-    another, word_sentence (W,) long the sentence of each -> (K, n_sentences). `shared`: how many
-    trailing dims of v are the same for every region of an image (a hybrid model's global term,
-    shared_width()): Σ_t max_i v_i·s_t = Σ_t max_i a_i·b_t + u·Σ_t g_t, so only the leading part
-    needs the max over regions. Callers that score the same sentences many times pass them
-    split once (split_words): words (W, h - shared) and sentence_globals (n_sentences, shared)."""
-    k, r, h = v.shape
-    hd = h - shared
-    if sentence_globals is None:
-        words, sentence_globals = split_words(words, word_sentence, n_sentences, shared)
-    # One (K·R, hd) x (hd, W) product, laid out (K, R, W) so that the max runs over a middle axis
-    # with no transposed copy of the (K, R, W) tensor.
-    dots = (v[..., :hd].reshape(k * r, hd) @ words.T).view(k, r, -1)
-    best = dots.masked_fill_(~region_mask[:, :, None], float("-inf")).amax(dim=1)  # (K, W)
-    out = torch.zeros(k, n_sentences, dtype=best.dtype, device=v.device).index_add_(1, word_sentence, best)
-    if shared:
-        out = out + v[:, 0, hd:] @ sentence_globals.T
-    return out
-
-
-def split_words(words: torch.Tensor, word_sentence: torch.Tensor, n_sentences: int,
-                shared: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the words' own parts (W, h - shared), contiguous; each sentence's Σ_t g_t (n_sentences, shared))."""
-    hd = words.shape[1] - shared
-    g = torch.zeros(n_sentences, shared, dtype=words.dtype, device=words.device).index_add_(
-        0, word_sentence, words[:, hd:])
-    return words[:, :hd].contiguous(), g
-
-
-def flat_words(s: torch.Tensor, word_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded word vectors s (L, T, h) and word_mask (L, T) -> (the real words (W, h), the
-    sentence of each (W,)), the form score_words takes."""
-    sent = torch.arange(len(s), device=s.device)[:, None].expand_as(word_mask)[word_mask]
-    return s[word_mask], sent
-
-
-def shared_width(model: nn.Module) -> int:
-    """Trailing dims of the model's region vectors that are the same for every region of an
-    image: a hybrid model's global term; 0 for other models."""
-    return int(model.out_dim - model.cfg.hidden) if getattr(model, "glob", None) is not None else 0
 
 
 def ranking_loss(scores: torch.Tensor, margin: float = 1.0, hardest: bool = False) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..core.config import DEFAULT_BEAM
 from ..core.errors import UsageError
 from ..data.vocab import END, PAD, START, UNK
 from .captioner import Captioner
@@ -68,7 +69,7 @@ def greedy(model: Captioner, feats: torch.Tensor, max_len: int = 20) -> list[Cap
     return [Caption(o, lp, lp) for o, lp in zip(out, logprob)]
 
 
-def beam_search(model: Captioner, feats: torch.Tensor, beam: int = 7, max_len: int = 20,
+def beam_search(model: Captioner, feats: torch.Tensor, beam: int = DEFAULT_BEAM, max_len: int = 20,
                 length_norm: float = 0.0) -> list[Caption]:
     """feats (B, D) full-image features -> the best Caption per image.
 
@@ -83,7 +84,7 @@ def best(finished: list[Caption]) -> Caption:
 
 
 @torch.inference_mode()
-def beam_candidates(model: Captioner, feats: torch.Tensor, beam: int = 7, max_len: int = 20,
+def beam_candidates(model: Captioner, feats: torch.Tensor, beam: int = DEFAULT_BEAM, max_len: int = 20,
                     length_norm: float = 0.0, stop_at_best: bool = False) -> list[list[Caption]]:
     """Every sentence the beam finished, per image, in the order they finished (beam_search keeps
     the best; a re-ranker can weigh them otherwise). Each image's search runs until it has no open
@@ -134,7 +135,7 @@ def beam_candidates(model: Captioner, feats: torch.Tensor, beam: int = 7, max_le
     return finished
 
 
-def generate_captions(loaded: Any, feats: torch.Tensor, beam: int = 7, max_len: int | None = None,
+def generate_captions(loaded: Any, feats: torch.Tensor, beam: int = DEFAULT_BEAM, max_len: int | None = None,
                       length_norm: float = 0.0, batch_size: int = 64,
                       on_progress: Callable[[int], None] | None = None) -> list[Caption]:
     """Beam-search captions for (N, D) features with a LoadedCaptioner, in batches."""
@@ -142,7 +143,7 @@ def generate_captions(loaded: Any, feats: torch.Tensor, beam: int = 7, max_len: 
                                                  stop_at_best=True)]
 
 
-def generate_candidates(loaded: Any, feats: torch.Tensor, beam: int = 7, max_len: int | None = None,
+def generate_candidates(loaded: Any, feats: torch.Tensor, beam: int = DEFAULT_BEAM, max_len: int | None = None,
                         length_norm: float = 0.0, batch_size: int = 64,
                         on_progress: Callable[[int], None] | None = None,
                         stop_at_best: bool = False) -> list[list[Caption]]:

@@ -5,6 +5,7 @@ and sentence-index encodings."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,17 +16,18 @@ from ..data.vocab import UNK, pad_ids
 from .alignment import LoadedAlign
 from .querybank import photo_offsets, sentence_offsets
 from .querytext import MAX_QUERY_WORDS, query_tokens_or_fail, query_vectors
+from .score import shared_width, split, word_mask
 
 __all__ = ["MAX_QUERY_WORDS", "encode_regions", "encode_sentences", "photo_offset", "query_tokens_or_fail",
            "query_vectors", "region_vectors", "unaries", "word_vectors"]
 
 
-def _check_arch(loaded: LoadedAlign) -> int:
-    """The width of the region-word part of the model's vectors. A "hybrid" model appends a global
-    term (the same for every region) after the first `hidden` dimensions; alignment ignores it."""
+def _own_part(loaded: LoadedAlign, x: Any) -> Any:
+    """The region-word part of vectors x (..., h'). A "hybrid" model appends a global term (the same
+    for every region) after it (score.split); alignment ignores it."""
     if getattr(loaded.config, "arch", "brnn") not in ("brnn", "hybrid"):
         raise ModelError(f"{loaded.path}: a {loaded.config.arch} model has no region-word scores to align with")
-    return loaded.config.hidden
+    return split(x, shared_width(loaded.model))[0]
 
 
 @torch.inference_mode()
@@ -50,17 +52,15 @@ def photo_offset(loaded: LoadedAlign, vectors: np.ndarray) -> float:
 
 def region_vectors(loaded: LoadedAlign, features: np.ndarray) -> np.ndarray:
     """(R, D) CNN features -> (R, h) region vectors v_i, the region-word part only (for alignment)."""
-    h = _check_arch(loaded)
-    return encode_regions(loaded, features)[:, :h]
+    return _own_part(loaded, encode_regions(loaded, features))
 
 
 @torch.inference_mode()
 def word_vectors(loaded: LoadedAlign, token_lists: list[list[str]]) -> list[np.ndarray]:
     """Each sentence's word vectors s_t, (N_k, h); the sentences run through the BRNN as one batch."""
-    h = _check_arch(loaded)
     device = next(loaded.model.parameters()).device
     ids, lengths = pad_ids([loaded.vocab.encode(t) for t in token_lists])  # (B, T), (B,)
-    s = loaded.model.encode_words(ids.to(device), lengths.to(device))[..., :h]  # (B, T, h)
+    s = _own_part(loaded, loaded.model.encode_words(ids.to(device), lengths.to(device)))  # (B, T, h)
     if getattr(loaded.config, "pool", "sum") == "mean":
         # Undo the model's 1/length scaling: β is in units of one word's v_i · s_t, whatever the length.
         s = s * lengths.to(device, s.dtype)[:, None, None]
@@ -72,8 +72,8 @@ def unaries(loaded: LoadedAlign, features: np.ndarray, token_lists: list[list[st
             vectors: np.ndarray | None = None) -> list[np.ndarray]:
     """v_i · s_t of one image's regions against each sentence: a list of (N_k, R) arrays.
     `features` (R, D) are projected once; or pass the region vectors (R, h) themselves."""
-    v = region_vectors(loaded, features) if vectors is None else np.asarray(vectors, np.float32)
-    v = v[:, : _check_arch(loaded)]  # stored vectors of a hybrid model carry the global term too
+    # Stored vectors of a hybrid model carry the global term too.
+    v = region_vectors(loaded, features) if vectors is None else _own_part(loaded, np.asarray(vectors, np.float32))
     return [s @ v.T for s in word_vectors(loaded, token_lists)]
 
 def encode_sentences(model: LoadedAlign, sentences: list[str], batch_size: int = 256,
@@ -90,7 +90,7 @@ def encode_sentences(model: LoadedAlign, sentences: list[str], batch_size: int =
         with torch.inference_mode():
             st = model.model.encode_words(batch, lengths)  # (B, T, h)
             offsets = [0.0] * len(chunk) if model.querybank is None else sentence_offsets(
-                model.model, model.querybank, st, torch.arange(st.shape[1])[None, :] < lengths[:, None]).tolist()
+                model.model, model.querybank, st, word_mask(lengths, st.shape[1])).tolist()
             s = st.float().cpu().numpy()
         for j, (t, x) in enumerate(zip(toks, ids)):
             keep = [k for k, w in enumerate(x) if w != UNK]

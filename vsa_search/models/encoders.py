@@ -12,6 +12,7 @@ from torch import nn
 
 from ..core.errors import UsageError
 from ..data.vocab import Vocab
+from .score import word_mask
 
 
 class ImageEncoder(nn.Module):
@@ -69,7 +70,7 @@ class SentenceEncoder(nn.Module):
         h = out[..., : self.hidden] + out[..., self.hidden :]  # (B, T, h): h^f_t + h^b_t
         s = self.w_d(h)
         s = torch.relu(s) if self.final_relu else s
-        mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+        mask = word_mask(lengths, ids.shape[1]).unsqueeze(-1)
         return s * mask
 
     def init_glove(self, vocab: Vocab) -> int:

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from .score import flat_words, score_words, shared_width, split_words, word_mask
+
 PREFIX = "querybank."  # its tensors sit in the model file's state dict under this prefix
 
 
@@ -40,20 +42,18 @@ class QueryBank:
         number of sentences."""
         key = ("words", str(device))
         if key not in self._cache:
-            s = model.encode_words(self.sent_ids.to(device), self.sent_lengths.to(device))
-            wm = torch.arange(s.shape[1], device=device)[None, :] < self.sent_lengths.to(device)[:, None]
-            sent = torch.arange(len(s), device=device)[:, None].expand_as(wm)[wm]
-            self._cache[key] = (s[wm].contiguous(), sent, len(s))
+            lengths = self.sent_lengths.to(device)
+            s = model.encode_words(self.sent_ids.to(device), lengths)
+            words, sent = flat_words(s, word_mask(lengths, s.shape[1]))
+            self._cache[key] = (words.contiguous(), sent, len(s))
         return self._cache[key]
 
     def split_words(self, model: torch.nn.Module, device: torch.device | str,
                     shared: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
         """flat_words with each word's own part made contiguous and each sentence's global part
-        summed (alignment.split_words), once: an index build scores every photo against them."""
+        summed (score.split_words), once: an index build scores every photo against them."""
         key = ("split", str(device))
         if key not in self._cache:
-            from .alignment import split_words  # alignment imports this module
-
             flat, sent, n = self.flat_words(model, device)
             part, globs = split_words(flat, sent, n, shared)
             self._cache[key] = (part, sent, n, globs)
@@ -99,8 +99,6 @@ def photo_offsets(model: torch.nn.Module, bank: QueryBank, v: torch.Tensor, regi
     """(N,) offsets of photos given as region vectors v (N, R, h) with region_mask (N, R): what
     S'(p, s) subtracts from every score of photo p. S(p, b) is computed over the bank's real words
     only (no padding)."""
-    from .alignment import score_words, shared_width  # alignment imports this module
-
     part, sent, n_sent, globs = bank.split_words(model, v.device, shared_width(model))
     out = [_lse(score_words(v[a:a + chunk], region_mask[a:a + chunk], part, sent, n_sent, shared_width(model), globs),
                 1, bank) for a in range(0, len(v), chunk)]
@@ -111,8 +109,6 @@ def photo_offsets(model: torch.nn.Module, bank: QueryBank, v: torch.Tensor, regi
 def sentence_offsets(model: torch.nn.Module, bank: QueryBank, s: torch.Tensor, word_mask: torch.Tensor,
                      chunk: int = 512) -> torch.Tensor:
     """(M,) offsets of sentences given as word vectors s (M, T, h) with word_mask (M, T)."""
-    from .alignment import flat_words, score_words, shared_width  # alignment imports this module
-
     vb, mask = bank.regions(model, s.device)
     out = []
     for a in range(0, len(s), chunk):

@@ -25,10 +25,10 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .engine import DUPES_THRESHOLD, Engine, MetaFilter, errors, names
+from .engine import DUPES_THRESHOLD, Engine, MetaFilter, errors, images, mrf, names
 
 STATIC = Path(__file__).resolve().parent / "static"
-MAX_UPLOAD = 20 * 1024 * 1024  # bytes; a photo larger than this is refused before it is decoded
+MAX_UPLOAD = images.MAX_UPLOAD_BYTES  # a photo larger than this is refused before it is decoded
 MAX_K = 1000
 TOKEN_COOKIE = "vsa_token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -251,7 +251,8 @@ def _query_routes(engine: Engine, api: Api) -> list[Route]:
         return engine.like(photo, _steer(request), _int(request, "k", 10, 1, MAX_K), shown_as=name)
 
     def align_upload(request: Request, photo: Path, name: str) -> Any:
-        return engine.align_upload(photo, _text(request, "sentence"), _float(request, "beta", 0.02), shown_as=name)
+        return engine.align_upload(photo, _text(request, "sentence"), _float(request, "beta", mrf.DEFAULT_BETA),
+                                   shown_as=name)
 
     def dupes(request: Request) -> Any:
         return engine.dupes(_float(request, "threshold", DUPES_THRESHOLD), _where(request))
@@ -296,7 +297,8 @@ def _photo_routes(engine: Engine, api: Api) -> list[Route]:
         return _caption(engine, request, engine.photo_path(_photo_id(request)), None)
 
     def align_id(request: Request) -> Any:
-        return engine.align_id(_photo_id(request), _text(request, "sentence"), _float(request, "beta", 0.02))
+        return engine.align_id(_photo_id(request), _text(request, "sentence"),
+                               _float(request, "beta", mrf.DEFAULT_BETA))
 
     def like_id(request: Request) -> Any:
         return engine.like(_photo_id(request), _steer(request), _int(request, "k", 10, 1, MAX_K))

@@ -17,12 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-# The server's one door into the library (kept to this line so that moving modules means one edit).
 from .. import captioning, index
 from ..align import aligner, mrf
-from ..align.bridge import word_status
+from ..bridge.align import word_status
 from ..captioning import rerank
 from ..core import errors, names, paths  # noqa: F401 (names: for app.py, through this one door)
+
+# The server's one door into the library (kept to this line so that moving modules means one edit).
+from ..core.config import DEFAULT_BEAM
 from ..index import dupes, floor
 from ..index import query as search
 from ..index.files import OK, IndexedFiles
@@ -33,7 +35,6 @@ from .snapshot import Snapshot
 
 MetaFilter = index.MetaFilter  # for app.py, through this one door
 DUPES_THRESHOLD = dupes.DEFAULT_THRESHOLD
-REGION_MODEL = "caption-regions"  # as `vsa caption --regions`
 THUMB_CACHE = 512  # thumbnails kept in memory (~30 KB each)
 THUMB_CACHE_MAX_SIZE = 640  # larger ones (the photo page's) are made afresh: they would crowd the cache
 
@@ -41,8 +42,8 @@ THUMB_CACHE_MAX_SIZE = 640  # larger ones (the photo page's) are made afresh: th
 class Engine:
     """Models and index, loaded once; thread-safe (the CNN runs one photo at a time)."""
 
-    def __init__(self, name: str = index.DEFAULT_NAME, caption_model: str = "caption-ensemble",
-                 region_model: str = REGION_MODEL, max_megapixels: float = images.DEFAULT_MAX_MEGAPIXELS):
+    def __init__(self, name: str = index.DEFAULT_NAME, caption_model: str = paths.CAPTION_MODEL,
+                 region_model: str = paths.REGION_CAPTION_MODEL, max_megapixels: float = images.DEFAULT_MAX_MEGAPIXELS):
         self.name = name
         self.max_megapixels = max_megapixels
         self.links = {kind: index.Location(index.resolve(name, kind)) for kind in index.KINDS}
@@ -203,7 +204,7 @@ class Engine:
         d["query"] = shown_as or d["query"]
         return d
 
-    def caption(self, photo: Path, beam: int = 7, shown_as: str | None = None) -> list[dict[str, Any]]:
+    def caption(self, photo: Path, beam: int = DEFAULT_BEAM, shown_as: str | None = None) -> list[dict[str, Any]]:
         """`vsa caption PHOTO --beam B --json` (a one-photo list, as the CLI prints)."""
         self._check_photo(photo)
         with self._cnn:  # as the CLI's --json: the caption and the photo's top concepts
@@ -216,7 +217,8 @@ class Engine:
         d["photo"] = shown_as or d["photo"]
         return [d]
 
-    def region_captions(self, photo: Path, beam: int = 7, top: int = 0, shown_as: str | None = None) -> dict[str, Any]:
+    def region_captions(self, photo: Path, beam: int = DEFAULT_BEAM, top: int = 0,
+                        shown_as: str | None = None) -> dict[str, Any]:
         """`vsa caption PHOTO --regions [--top N] --json`: a caption per region, with its box."""
         if beam < 1:
             raise errors.UsageError(f"--beam must be at least 1 (got {beam})")

@@ -20,7 +20,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..core.errors import UsageError
-from ..models.alignment import hinge_loss, ranking_loss, score
+from ..models.alignment import hinge_loss, ranking_loss
+from ..models.score import score, word_mask
 
 _owned = False  # True when init() created the process group (so cleanup() must destroy it)
 
@@ -171,7 +172,7 @@ def ranking_loss_part(encoders: nn.Module, feats: torch.Tensor, region_mask: tor
     both = all_gather_with_grad(torch.cat([v, s], dim=1).float(), sizes)
     v_all, s_all = both[:, :n_reg], both[:, n_reg:]  # (G, R', h), (G, T, h)
     rmask = region_mask[img, :n_reg]  # (G, R')
-    wmask = torch.arange(t_max, device=lengths.device)[None, :] < lengths[sent][:, None]  # (G, T)
+    wmask = word_mask(lengths[sent], t_max)  # (G, T)
     rows = score(v, rmask[mine], s_all, wmask).float()  # (b, G): my photos vs every sentence
     cols = score(v_all, rmask, s, wmask[mine]).float()  # (G, b): every photo vs my sentences
     k = torch.arange(mine.stop - mine.start, device=rows.device)

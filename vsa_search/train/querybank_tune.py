@@ -20,7 +20,7 @@ from ..evaluation.metrics import mean_recall, retrieval_metrics
 from ..evaluation.recall import querybank_offsets, retrieval_data, score_all
 from ..models.alignment import load_align, save_align
 from ..vision.features import FeatureStore, require_extractor
-from .querybank import draw_bank
+from .add_querybank import draw_bank
 
 # What was compared when the shipped bank was chosen (models/align.md): two bank sizes (sentences, photos),
 # β 5, weights 0.5 and 1.

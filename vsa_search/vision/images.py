@@ -18,6 +18,7 @@ from ..core.errors import ImageCorruptError, ImageMissingError, ImageTooLargeErr
 PHOTO_KINDS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "heic", "heif", "avif")
 PHOTO_SUFFIXES = frozenset(f".{k}" for k in PHOTO_KINDS)
 DEFAULT_MAX_MEGAPIXELS = 64.0
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # vsa serve: a larger upload is refused before it is decoded
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 # Our own cap (checked on the header, before decoding) replaces PIL's global one, so that a
 # user-raised --max-megapixels is not overruled by PIL's fixed 89 MP bomb limit.

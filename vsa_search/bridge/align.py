@@ -1,21 +1,21 @@
 """The concept bridge in alignment: the MRF's unaries with every word able to reach a region
-through the CNN's ImageNet classes (the same bridge as open-vocabulary search, index/openvocab.py)."""
+through the CNN's ImageNet classes (the same bridge as open-vocabulary search, query.py)."""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..data.vocab import UNK
-from ..models.alignment import LoadedAlign
-from ..vision.concepts import (
-    DEFAULT_BRIDGE,
-    BridgeConfig,
-    Concepts,
-    bridge_scores,
-    bridge_weight,
-    in_glove,
-    word_weights,
-)
+from ..vision.concepts import Concepts
+from .scores import bridge_scores
+from .weight import bridge_weight
+from .words import DEFAULT_BRIDGE, BridgeConfig, in_glove, word_weights
+
+if TYPE_CHECKING:
+    from ..models.alignment import LoadedAlign
 
 
 def align_unary(loaded: LoadedAlign, tokens: list[str], unary: np.ndarray, concepts: Concepts,
@@ -23,8 +23,6 @@ def align_unary(loaded: LoadedAlign, tokens: list[str], unary: np.ndarray, conce
     """The MRF's unaries with the bridge: known words get v_i · s_t + weight · bridge, words outside
     the model's vocabulary that GloVe knows get weight · bridge alone (they find their region that
     way). Returns (unary (N, R), words scored by the bridge alone, words known to neither)."""
-    import dataclasses
-
     cfg = cfg or dataclasses.replace(DEFAULT_BRIDGE, weight=bridge_weight(loaded))
     ids = loaded.vocab.encode(tokens)
     known = np.array([i != UNK for i in ids])

@@ -37,6 +37,12 @@ from ..data.text import tokenize
 TABLE_VERSION = 1
 DEFINITION_WORDS = 8  # gloss words that count as its genus ("tabby: a cat with ...")
 _WORD = re.compile(r"[a-z0-9]+")  # the only tokens a query or class name can hold (data/text.py)
+# Function words: GloVe puts them close to everything, and no photo region is "the". They never
+# bridge, and a class's gloss is read past them.
+STOPWORDS = frozenset(
+    "a an the of in on at to and or with without is are was were be been being it its this that these "
+    "those there here his her their them they he she we you i my our your from by for as into onto over "
+    "under up down out off near next while some one two three four five several many few very".split())
 
 
 def _package_dir(name: str) -> Path:
@@ -106,8 +112,6 @@ def _build(dest: Path, src: dict[str, Path]) -> None:
     lemma = dict(line.split("\t", 1) for line in _read_lines(src["lemmas"]) if "\t" in line)
     gloss_text = dict(line.split("\t", 1) for line in _read_lines(src["definitions"]) if "\t" in line)
     classes = [[s.strip() for s in lemma.get(syn, syn).split(",") if s.strip()] for syn in synsets]
-
-    from .concepts import STOPWORDS  # the bridge's own list; concepts imports this module lazily
 
     exact: dict[str, list[int]] = {}
     head: dict[str, list[int]] = {}

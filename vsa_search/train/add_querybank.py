@@ -1,5 +1,5 @@
-"""`vsa train querybank`: put a querybank (models/querybank.py) into an alignment model file. The
-bank is drawn from the training split only, with a fixed seed; bank sizes, β and the weight are chosen on
+"""`vsa train querybank`: add a querybank (models/querybank.py) to an alignment model file; nothing is
+trained. The bank is drawn from the training split only, with a fixed seed; bank sizes, β and the weight are chosen on
 the dev split by `vsa eval querybank-tune` (querybank_tune.py)."""
 
 from __future__ import annotations
