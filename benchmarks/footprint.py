@@ -26,9 +26,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -64,7 +66,11 @@ def build_from_cache(link: Path, model, store: Stores, photo_dir: Path) -> float
     """index.build_photos over photo_dir, its CNN step answered from the feature store."""
     def cached(paths_, encoder, **kw):
         for p in paths_:
-            yield p, store.get(Path(p).name)
+            f = store.get(Path(p).name)
+            with Image.open(p) as im:  # the photo's metadata comes from the build's decode (photometa)
+                im.load()
+                photo = SimpleNamespace(image=im.convert("RGB"), size=im.size, exif=im.getexif())
+            yield p, SimpleNamespace(features=f.features, boxes=f.boxes, photo=photo)
 
     photo_builds.extract = cached  # the one step that would run the CNN
     t0 = time.perf_counter()
