@@ -29,3 +29,16 @@ def test_search_benchmark_prints_the_readme_table(tmp_path: Path, capsys: pytest
     assert [line.split(" | ")[1] for line in table] == ["exhaustive (baseline)", "flat (auto)", "ivf", "hnsw"]
     assert all(line.startswith("| 1k | ") and line.count("|") == 10 for line in table)
     assert list(tmp_path.iterdir()) == []  # its indexes were removed
+
+
+def test_search_benchmark_json_renders_as_the_results_page_table(tmp_path: Path) -> None:
+    """`--json` writes what benchmarks/results.py reads for docs/RESULTS.md: the page's table has the
+    run's rows."""
+    import json
+
+    _load("search").main(["--sizes", "1000", "--queries", "3", "--dim", "16", "--workdir", str(tmp_path),
+                          "--json", str(tmp_path / "search.json")])
+    page = _load("results").search_speed(json.loads((tmp_path / "search.json").read_text()))
+    rows = [line for line in page.splitlines() if line.startswith("| 1k |")]
+    assert [r.split(" | ")[1] for r in rows] == ["exhaustive (baseline)", "flat (auto)", "ivf", "hnsw"]
+    assert "--queries 3 --json" in page
