@@ -130,6 +130,7 @@ def main() -> None:
     ap.add_argument("--features", type=Path, action="append", help="feature store, repeatable (default: the "
                                                                    "evaluation cache)")
     ap.add_argument("--queries", type=int, default=500, help="dev captions to search with")
+    ap.add_argument("--photos", type=int, default=0, help="only the first N photos of the splits (0: all)")
     ap.add_argument("--disk-only", action="store_true", help="build and report disk bytes only")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -138,7 +139,7 @@ def main() -> None:
     ds = load_flickr8k()
     with Stores(feats) as store, tempfile.TemporaryDirectory() as tmp:
         recs = [r for s in a.split.split(",") for r in (ds.records if s == "all" else ds.present(s))
-                if r.image_id in store]
+                if r.image_id in store][: a.photos or None]
         photo_dir = Path(tmp) / "photos"
         photo_dir.mkdir()
         for r in recs:

@@ -42,3 +42,27 @@ def test_search_benchmark_json_renders_as_the_results_page_table(tmp_path: Path)
     rows = [line for line in page.splitlines() if line.startswith("| 1k |")]
     assert [r.split(" | ")[1] for r in rows] == ["exhaustive (baseline)", "flat (auto)", "ivf", "hnsw"]
     assert "--queries 3 --json" in page
+
+
+def test_footprint_benchmark_builds_from_cached_features(tmp_path: Path) -> None:
+    """benchmarks/footprint.py answers the build's CNN step from the feature cache; the build also
+    reads each photo's metadata from that step's decode, so the cached step must hand one over."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from vsa_search.core import paths
+
+    store = paths.cache_dir() / "features" / "tf_efficientnet_lite0-roi224-selective20-f90264726634"
+    if not (paths.flickr8k_root().is_dir() and store.is_dir()):
+        pytest.skip(f"needs Flickr8k and its feature cache at {store}")
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "footprint.py"), "--split", "test", "--photos", "12",
+                           "--queries", "5", "--json"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(BENCHMARKS.parent)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["photos"] == 12 and report["disk"]["meta.lmdb/data.mdb"] > 0
+    assert 0.0 <= report["recall@10 vs exact (float32)"] <= 1.0
+    page = _load("results").footprint(report)
+    assert "(12 Flickr8k test photos)" in page and "| **all files** |" in page
