@@ -212,13 +212,19 @@ def dupes(d: dict) -> str:
     rows = [[r["copy"], r["true"], r["found"], r["correct"], f3(r["precision"]), f3(r["recall"])] for r in th["rows"]]
     parts = [
         "## Near-duplicates: `benchmarks/dupes.py`",
-        "Written by `nice python benchmarks/dupes.py --keep DIR --grid --stats --json docs/results/bench-dupes.json`: "
+        "Written by `nice python benchmarks/dupes.py --keep DIR --sweep --grid --stats --json "
+        "docs/results/bench-dupes.json`: "
         f"{d['photos']:,} photos built from Flickr8k train and dev photos (never test; seed 0), {d['with_copies']} of "
         f"them with a copy of each kind ({', '.join(d['copies'])}), indexed with the shipped model. A pair is true "
         "when both photos come from one original, found when they share a group; a row counts the pairs that hold "
         f"a copy of its kind. Threshold {d['threshold']:g}; the photo suggested to keep is the original in "
         f"{th['kept_original']} of {th['groups']} groups.",
         table(["copy", "true pairs", "pairs found", "correct", "precision", "recall"], rows)]
+    if len(d["thresholds"]) > 1:
+        parts += ["`--sweep`: over all pairs, by threshold:",
+                  table(["threshold", "precision", "recall", "groups"],
+                        [[f"{t['threshold']:g}", f3(t["rows"][-1]["precision"]), f3(t["rows"][-1]["recall"]),
+                          t["groups"]] for t in d["thresholds"]])]
     if d.get("grid"):
         floors = sorted({g["floor"] for g in d["grid"]})
         bonuses = sorted({g["bonus"] for g in d["grid"]})
