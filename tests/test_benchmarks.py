@@ -44,6 +44,7 @@ def test_search_benchmark_json_renders_as_the_results_page_table(tmp_path: Path)
     assert "--queries 3 --json" in page
 
 
+@pytest.mark.slow
 def test_footprint_benchmark_builds_from_cached_features(tmp_path: Path) -> None:
     """benchmarks/footprint.py answers the build's CNN step from the feature cache; the build also
     reads each photo's metadata from that step's decode, so the cached step must hand one over."""
