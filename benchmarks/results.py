@@ -151,11 +151,11 @@ def region_captions(d: dict) -> str:
     return "\n\n".join([
         f"## Region captions: `vsa eval regions` ({d['regions']:,} regions of the "
         + (f"{d['photos']:,} " if d["photos"] else "") + f"{d['split']} photos)",
-        "Written by `vsa eval regions --features FEATS --snippets test-snippets.jsonl --json > "
-        "docs/results/eval-regions.json`, with the snippets from `vsa align export --features FEATS --split test "
-        f"--out test-snippets.jsonl`. References: {d['references']:,} held-out fragments of {d['min_words']}+ words "
-        f"(the test sentences aligned by the shipped alignment model); beam {d['beam']}. They come from the same "
-        "alignment model as the training snippets, not from human region descriptions, which favours the region model.",
+        "Written by `vsa eval regions --features FEATS --json > docs/results/eval-regions.json` (its `examples` "
+        f"cut to the first 20 here). References: {d['references']:,} held-out fragments of {d['min_words']}+ words, "
+        f"the {d['split']} sentences aligned to their photos' regions ({d['snippets']}); beam {d['beam']}. They come "
+        "from the same alignment model as the training snippets, not from human region descriptions, which favours "
+        "the region model.",
         table(["model, region given as", *cols, "CIDEr 95%", "distinct"], rows)])
 
 
