@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench wheel clean
+.PHONY: demo test install lint bench wheel clean results
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -42,3 +42,7 @@ wheel: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
+
+# docs/RESULTS.md from the JSON the evaluations and benchmarks write into docs/results/.
+results:
+	$(PY) benchmarks/results.py

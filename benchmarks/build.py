@@ -222,6 +222,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=1, help="interleaved runs; the fastest of each is kept")
     ap.add_argument("--workdir", type=Path, help="keep the generated photos here (default: a temporary folder)")
+    ap.add_argument("--json", type=Path, help="also write every result here (`make results` renders docs/RESULTS.md)")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -243,6 +244,11 @@ def main() -> None:
                     if r.get("rate", 0) >= results.get((name, s), {}).get("rate", -1):
                         results[(name, s)] = r
     print(tables(results, list(codes)))
+    if args.json:
+        load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        args.json.write_text(json.dumps({"repeat": args.repeat, "codes": list(codes), "load_end": load,
+                                         "results": [{"code": c, "photos_set": s, "label": LABELS[s], **r}
+                                                     for (c, s), r in results.items()]}, indent=1) + "\n")
     if hasattr(os, "getloadavg"):  # other work on the machine slows the wall-clock figures, not the CPU ones
         print(f"\nload average at the end (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 

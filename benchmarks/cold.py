@@ -103,8 +103,9 @@ def main() -> None:
         p50, p95 = float(np.percentile(ts, 50)), float(np.percentile(ts, 95))
         print(f"| {name} | {code} | {p50:.2f} | {p95:.2f} | {p50 / base:.1f}x |")
     if a.json:
-        a.json.write_text(json.dumps({"load": load0, "rows": [{"command": n, "code": c, "seconds": ts}
-                                                               for (n, c), ts in times.items()]}, indent=1))
+        a.json.write_text(json.dumps({"load": load0, "load_end": os.getloadavg()[0], "runs": a.runs, "rows": [
+            {"command": n, "code": c, "p50_s": float(np.percentile(ts, 50)), "p95_s": float(np.percentile(ts, 95)),
+             "seconds": ts} for (n, c), ts in times.items()]}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

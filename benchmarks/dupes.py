@@ -12,6 +12,7 @@ range of thresholds (how the default, vsa_search.index.dupes.DEFAULT_THRESHOLD, 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -120,6 +121,7 @@ def main() -> None:
                                                          "cosine floor and bonus (how they were chosen)")
     ap.add_argument("--stats", action="store_true", help="how far each kind of copy is from its original, "
                                                           "in pHash bits and full-frame cosine, beside distinct pairs")
+    ap.add_argument("--json", type=Path, help="also write every table here (`make results` renders docs/RESULTS.md)")
     args = ap.parse_args()
     if not (paths.flickr8k_root() / "images").is_dir():
         sys.exit(f"needs Flickr8k at {paths.flickr8k_root()}")
@@ -132,25 +134,34 @@ def main() -> None:
         report = build([photos], name=index)
         print(f"{report.photos} photos indexed ({args.photos} with {len(TRANSFORMS)} copies each, "
               f"{args.distinct} without), {report.encoded} encoded", file=sys.stderr)
+        out: dict = {"photos": report.photos, "with_copies": args.photos, "distinct": args.distinct,
+                     "copies": list(TRANSFORMS), "threshold": args.threshold, "thresholds": []}
         if args.stats:
-            stats(index)
+            out["stats"] = stats(index)
         if args.grid:
-            grid(index, source, args.threshold)
+            out["grid"] = grid(index, source, args.threshold)
         thresholds = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95] if args.sweep else [args.threshold]
         for th in thresholds:
             t0 = time.perf_counter()
             groups = dupes.find(index, threshold=th).groups
             seconds = time.perf_counter() - t0
-            print_table(table(groups, source), th)
+            rows = table(groups, source)
+            print_table(rows, th)
             print(f"\ngrouping took {seconds:.2f} s")
             kept = sum("__" not in os.path.basename(g.keep) for g in groups)
             print(f"\nthe photo suggested to keep is the original in {kept} of {len(groups)} groups")
+            out["thresholds"].append({"threshold": th, "seconds": seconds, "groups": len(groups), "kept_original": kept,
+                                      "rows": [dict(zip(("copy", "true", "found", "correct", "precision", "recall"), r))
+                                               for r in rows]})
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
 
 
-def grid(index: Path, source: dict[str, str], threshold: float) -> None:
+def grid(index: Path, source: dict[str, str], threshold: float) -> list[dict]:
     default = dupes.CONFIRM_COSINE, dupes.CONFIRM_BONUS
     print(f"\nthreshold {threshold:g}: precision / recall over all pairs\n| cosine floor | bonus 0.4 | bonus 0.5 | "
           "bonus 0.6 |\n|---|---|---|---|")
+    cells_out = []
     try:
         for floor in (0.86, 0.88, 0.90):
             cells = []
@@ -158,12 +169,14 @@ def grid(index: Path, source: dict[str, str], threshold: float) -> None:
                 dupes.CONFIRM_COSINE, dupes.CONFIRM_BONUS = floor, bonus
                 row = table(dupes.find(index, threshold=threshold).groups, source)[-1]
                 cells.append(f"{row[4]:.3f} / {row[5]:.3f}")
+                cells_out.append({"floor": floor, "bonus": bonus, "precision": row[4], "recall": row[5]})
             print(f"| {floor} | " + " | ".join(cells) + " |")
     finally:
         dupes.CONFIRM_COSINE, dupes.CONFIRM_BONUS = default
+    return cells_out
 
 
-def stats(index: Path) -> None:
+def stats(index: Path) -> dict:
     """pHash distance (over the four turns) and full-frame cosine of each copy to its original, and
     the same over every pair of photos from different originals."""
     import numpy as np
@@ -182,16 +195,22 @@ def stats(index: Path) -> None:
     cos = sim.vecs @ sim.vecs.T
     orig = {s: i for i, (s, n) in enumerate(zip(src, names, strict=True)) if "__" not in n}
     print("\n| copy | pHash bits to its original: median, max | cosine: min, median |\n|---|---|---|")
+    out: dict = {"copies": []}
     for t in TRANSFORMS:
         idx = [i for i, n in enumerate(names) if kind_of(n) == t]
         d = np.array([dist[i, orig[src[i]]] for i in idx])
         c = np.array([cos[i, orig[src[i]]] for i in idx])
         print(f"| {t} | {np.median(d):.0f}, {d.max()} | {c.min():.3f}, {np.median(c):.3f} |")
+        out["copies"].append({"copy": t, "bits_median": float(np.median(d)), "bits_max": int(d.max()),
+                              "cosine_min": float(c.min()), "cosine_median": float(np.median(c))})
     iu = np.triu_indices(len(names), 1)
     other = src[iu[0]] != src[iu[1]]
     d, c = dist[iu][other], cos[iu][other]
     print(f"| distinct ({len(d)} pairs) | 0.1st percentile {np.percentile(d, 0.1):.0f}, min {d.min()} | "
           f"max {c.max():.3f}, pairs above 0.9: {(c >= 0.9).sum()} |")
+    out["distinct"] = {"pairs": int(len(d)), "bits_p0.1": float(np.percentile(d, 0.1)), "bits_min": int(d.min()),
+                       "cosine_max": float(c.max()), "above_0.9": int((c >= 0.9).sum())}
+    return out
 
 
 def _source_of(folder: Path) -> dict[str, str]:

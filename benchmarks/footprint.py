@@ -26,9 +26,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -64,7 +66,11 @@ def build_from_cache(link: Path, model, store: Stores, photo_dir: Path) -> float
     """index.build_photos over photo_dir, its CNN step answered from the feature store."""
     def cached(paths_, encoder, **kw):
         for p in paths_:
-            yield p, store.get(Path(p).name)
+            f = store.get(Path(p).name)
+            with Image.open(p) as im:  # the photo's metadata comes from the build's decode (photometa)
+                im.load()
+                photo = SimpleNamespace(image=im.convert("RGB"), size=im.size, exif=im.getexif())
+            yield p, SimpleNamespace(features=f.features, boxes=f.boxes, photo=photo)
 
     photo_builds.extract = cached  # the one step that would run the CNN
     t0 = time.perf_counter()
@@ -124,6 +130,7 @@ def main() -> None:
     ap.add_argument("--features", type=Path, action="append", help="feature store, repeatable (default: the "
                                                                    "evaluation cache)")
     ap.add_argument("--queries", type=int, default=500, help="dev captions to search with")
+    ap.add_argument("--photos", type=int, default=0, help="only the first N photos of the splits (0: all)")
     ap.add_argument("--disk-only", action="store_true", help="build and report disk bytes only")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -132,7 +139,7 @@ def main() -> None:
     ds = load_flickr8k()
     with Stores(feats) as store, tempfile.TemporaryDirectory() as tmp:
         recs = [r for s in a.split.split(",") for r in (ds.records if s == "all" else ds.present(s))
-                if r.image_id in store]
+                if r.image_id in store][: a.photos or None]
         photo_dir = Path(tmp) / "photos"
         photo_dir.mkdir()
         for r in recs:

@@ -198,7 +198,8 @@ def child(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def table(n: int, b: dict, s: dict) -> str:
+def table_rows(n: int, b: dict, s: dict) -> list[tuple[str, str, str]]:
+    """(measure, value, note) rows of the table."""
     kib = 1024
     p = lambda xs, q: f"{np.percentile(np.array(xs) * 1000, q):,.1f}"  # noqa: E731
     rows = [
@@ -217,6 +218,10 @@ def table(n: int, b: dict, s: dict) -> str:
         ("recall@10 vs exhaustive", f"{s['recall_stored']:.3f}", "every photo scored from the stored int8 vectors"),
         ("rclip, for reference", "3,700 ms a query (500 ms with ONNX)", "84,725 photos in 15 h; 512-d, ~2 KiB a photo"),
     ]
+    return rows
+
+
+def table(rows: list[tuple[str, str, str]]) -> str:
     lines = ["| measure | value | note |", "|---|---|---|"] + [f"| {a} | {v} | {c} |" for a, v, c in rows]
     return "\n".join(lines)
 
@@ -227,6 +232,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--cold", type=int, default=10, help="cold queries (each reopens the index)")
     ap.add_argument("--dir", type=Path, default=None, help="where to build (default: a temporary folder)")
+    ap.add_argument("--json", type=Path, help="also write the table's rows here (`make results` renders "
+                                              "docs/RESULTS.md)")
     ap.add_argument("--child", choices=["build", "search"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -238,7 +245,11 @@ def main() -> None:
         common = ["--photos", str(a.photos), "--dir", tmp]
         b = child(["--child", "build", *common])
         s = child(["--child", "search", *common, "--queries", str(a.queries), "--cold", str(a.cold)])
-    print(table(a.photos, b, s))
+    rows = table_rows(a.photos, b, s)
+    print(table(rows))
+    if a.json:
+        a.json.write_text(json.dumps({"photos": a.photos, "queries": a.queries, "cold": a.cold,
+                                      "rows": [list(r) for r in rows]}, indent=1) + "\n")
     print(f"\n{RCLIP}.")
 
 

@@ -16,6 +16,7 @@ includes any start that missed Ray's fixed 30 s registration window and was trie
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2", help="Ray actor counts to measure")
     ap.add_argument("--shards", type=int, default=4, help="shards of every Ray build (the same for all)")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    ap.add_argument("--json", type=Path, help="also write the rows here (`make results` renders docs/RESULTS.md)")
     ap.add_argument("--start-tries", type=int, default=10, help="local Ray starts to try before giving up")
     args = ap.parse_args()
     from vsa_search import cluster
@@ -112,6 +114,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for name, w, wall, rate, steady, start in rows:
         print(f"| {name} | {w} | {wall:.1f} | {rate:.2f} | {rate / base:.2f}x | {steady:.2f} | {start:.1f} |")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "photos": n, "omp_threads": os.environ.get("OMP_NUM_THREADS"), "cpus": os.cpu_count(),
+            "load_before": load_before, "load_after": os.getloadavg()[0], "init_s": init_s,
+            "rows": [dict(zip(("build", "actors", "wall_s", "photos_per_s", "steady_photos_per_s", "startup_s"), r))
+                     for r in rows]}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """Region extraction speed on the shared Flickr8k photos: where the time goes, and the total
 against a full-image-only baseline measured in the same run.
 
-    .venv/bin/python benchmarks/regions.py [--photos 200] [--threads 2]
+    .venv/bin/python benchmarks/regions.py [--photos 200] [--threads 2] [--json docs/results/regions.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -27,6 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--photos", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="also write the rows here (`make results` renders docs/RESULTS.md)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     files = sorted((paths.flickr8k_root() / "images").glob("*.jpg"))[: args.photos]
@@ -71,6 +74,10 @@ def main() -> None:
     print(f"{'stage':48} {'photos/s':>9} {'ms/photo':>9} {'vs full-image total':>20}")
     for label, rate in rows:
         print(f"{label:48} {rate:9.1f} {1000 / rate:9.1f} {rate / baseline:19.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"photos": n, "threads": args.threads, "baseline": "TOTAL full image only "
+                                         "(baseline)", "rows": [{"stage": label, "photos_per_s": rate}
+                                                               for label, rate in rows]}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # numpy's BLAS too: the machine is shared (see --threads)
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import resource  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -174,6 +175,7 @@ def main() -> None:
     ap.add_argument("--max-ram", type=float, default=8.0, help="GB: skip index types that would need more")
     ap.add_argument("--nprobe", type=int, nargs="*", default=[32],
                     help="IVF lists probed, measured besides the product's default (index.IVF_NPROBE)")
+    ap.add_argument("--json", type=Path, help="also write the rows here (`make results` renders docs/RESULTS.md)")
     args = ap.parse_args()
     plan = ([(50_000, args.dim, ["flat", "ivf", "ivfpq"]), (200_000, args.dim_10m, ["flat", "ivf", "ivfpq"])]
             if args.quick else
@@ -200,6 +202,9 @@ def main() -> None:
               f"{r['file_bytes'] / 1e9:>7.2f} | {r['ram_per_photo']:>11,.0f} | {r['disk_per_photo']:>12,.0f} | "
               f"{r['p50_ms']:>7.2f} | {r['p95_ms']:>7.2f} | {r['recall10']:>9.3f} | {r['recall10_rr']:>9.3f} | "
               f"{_vs_flat(r, rows):>7} |")
+    if args.json:
+        args.json.write_text(json.dumps({"threads": args.threads, "queries": args.queries, "rows": rows}, indent=1)
+                             + "\n")
 
 
 def _vs_flat(r: dict, rows: list[dict]) -> str:

@@ -21,6 +21,7 @@ and p50 <= 50 ms at 1M regions on 2 cores.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="fixed first-stage depths to compare (0: the product's default)")
     ap.add_argument("--nprobe", type=int, nargs="*", default=[faiss_types.IVF_NPROBE], help="IVF lists probed")
     ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir)")
+    ap.add_argument("--json", type=Path, help="also write the rows here (`make results` renders docs/RESULTS.md)")
     a = ap.parse_args(argv)
     sizes = a.sizes or ([10_000, 100_000] if a.quick else [10_000, 100_000, 1_000_000])
     workdir = Path(tempfile.mkdtemp(prefix="vsa-bench-", dir=a.workdir))
@@ -226,6 +228,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for r in rows:
         _print_row(r, base[r["regions"]])
     print("\n" + markdown(rows))
+    if a.json:
+        default = ("N=default", f"N=default nprobe={faiss_types.IVF_NPROBE}")
+        a.json.write_text(json.dumps({"dim": a.dim, "queries": a.queries, "k": a.k, "rows": [
+            {**r, "auto": faiss_types.choose_type("auto", r["regions"]) == r["type"],
+             "default_setting": r["setting"] in default} for r in rows]}, indent=1) + "\n")
     return rows
 
 

@@ -114,6 +114,7 @@ def main() -> None:
     ap.add_argument("--per-client", type=int, default=10, help="queries per concurrent client")
     ap.add_argument("--cli-queries", type=int, default=10, help="`vsa search` processes (seconds each)")
     ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--json", type=Path, help="also write the rows here (`make results` renders docs/RESULTS.md)")
     args = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
@@ -173,6 +174,14 @@ def main() -> None:
     print(f"{args.clients} clients: {len(par)} answers in {wall:.1f} s ({len(par) / wall:.1f} queries/s), "
           f"{len(errors)} errors" + (f" (first: {errors[0]})" if errors else ""))
     print(f"CLI JSON equal to the server's for {args.cli_queries - mismatches} of {args.cli_queries} queries")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "index": status["index"], "photos": p["photos"], "regions": p["regions"], "index_type": p["index_type"],
+            "load_s": load_s, "omp_threads": threads, "clients": args.clients, "wall_s": wall,
+            "answers": len(par), "errors": len(errors), "cli_queries": args.cli_queries, "mismatches": mismatches,
+            "rows": [{"name": name, "queries": len(ms) + err, "errors": err,
+                      **dict(zip(("p50_ms", "p95_ms", "mean_ms"), percentiles(ms) if ms else (None,) * 3))}
+                     for name, ms, err in rows]}, indent=1) + "\n")
     if errors or mismatches:
         sys.exit(1)
 

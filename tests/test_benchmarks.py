@@ -29,3 +29,41 @@ def test_search_benchmark_prints_the_readme_table(tmp_path: Path, capsys: pytest
     assert [line.split(" | ")[1] for line in table] == ["exhaustive (baseline)", "flat (auto)", "ivf", "hnsw"]
     assert all(line.startswith("| 1k | ") and line.count("|") == 10 for line in table)
     assert list(tmp_path.iterdir()) == []  # its indexes were removed
+
+
+def test_search_benchmark_json_renders_as_the_results_page_table(tmp_path: Path) -> None:
+    """`--json` writes what benchmarks/results.py reads for docs/RESULTS.md: the page's table has the
+    run's rows."""
+    import json
+
+    _load("search").main(["--sizes", "1000", "--queries", "3", "--dim", "16", "--workdir", str(tmp_path),
+                          "--json", str(tmp_path / "search.json")])
+    page = _load("results").search_speed(json.loads((tmp_path / "search.json").read_text()))
+    rows = [line for line in page.splitlines() if line.startswith("| 1k |")]
+    assert [r.split(" | ")[1] for r in rows] == ["exhaustive (baseline)", "flat (auto)", "ivf", "hnsw"]
+    assert "--queries 3 --json" in page
+
+
+@pytest.mark.slow
+def test_footprint_benchmark_builds_from_cached_features(tmp_path: Path) -> None:
+    """benchmarks/footprint.py answers the build's CNN step from the feature cache; the build also
+    reads each photo's metadata from that step's decode, so the cached step must hand one over."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from vsa_search.core import paths
+
+    store = paths.cache_dir() / "features" / "tf_efficientnet_lite0-roi224-selective20-f90264726634"
+    if not (paths.flickr8k_root().is_dir() and store.is_dir()):
+        pytest.skip(f"needs Flickr8k and its feature cache at {store}")
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "footprint.py"), "--split", "test", "--photos", "12",
+                           "--queries", "5", "--json"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(BENCHMARKS.parent)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["photos"] == 12 and report["disk"]["meta.lmdb/data.mdb"] > 0
+    assert 0.0 <= report["recall@10 vs exact (float32)"] <= 1.0
+    page = _load("results").footprint(report)
+    assert "(12 Flickr8k test photos)" in page and "| **all files** |" in page

@@ -86,7 +86,35 @@ def test_help_loads_no_torch_faiss_or_timm() -> None:
 
 def test_the_readme_has_examples_of_every_query_command() -> None:
     first = {c[0] for c in readme_commands()}
-    assert {"index", "search", "caption", "align"} <= first
+    assert {"index", "search", "caption", "align", "dupes"} <= first
+    searches = [c for c in readme_commands() if c[0] == "search"]
+    for option in ("--like", "--minus", "--after", "--camera", "--near"):
+        assert any(option in c for c in searches), option
+
+
+def test_the_readme_headline_table_is_what_the_results_json_gives() -> None:
+    """The README's one results table is made by `make results` from docs/results/*.json, as
+    docs/RESULTS.md is: a figure typed into it by hand, or JSON updated without `make results`, fails."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_results", ROOT / "benchmarks" / "results.py")
+    assert spec and spec.loader
+    results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results)
+    readme = (ROOT / "README.md").read_text()
+    assert results.readme_with_headline(readme) == readme, "run `make results`"
+    typed = readme.replace(results.HEADLINE[1], "| hand-typed | 99.9 |\n" + results.HEADLINE[1])
+    assert results.readme_with_headline(typed) == readme  # a row typed in by hand is replaced
+
+
+def test_the_readme_links_lead_to_files_and_stay_short() -> None:
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme)
+    for name in ("docs/RESULTS.md", "docs/DESIGN.md", *(f"models/{p.name}" for p in (ROOT / "models").glob("*.md"))):
+        assert name in links, f"the README does not link {name}"
+    missing = [link for link in links if not (ROOT / link).exists()]
+    assert not missing, f"the README links files that do not exist: {missing}"
+    assert len(readme.splitlines()) <= 350, "the README is a front page: measured tables go to docs/RESULTS.md"
 
 
 def test_shown_output_is_compared_word_by_word() -> None:
