@@ -25,6 +25,20 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# Where Linux shows a GPU driver: without any of them torch can see no CUDA (or ROCm) device.
+_GPU_NODES = ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/kfd")
+
+
+def on_cpu(device: str | None = None) -> bool:
+    """Whether pick_device(device) is the CPU, answered without importing torch (seconds of a
+    short command's start) where the answer is plain: `device` given, or Linux with no GPU driver."""
+    if device:
+        return str(device).split(":")[0] == "cpu"
+    if sys.platform.startswith("linux") and not any(os.path.exists(p) for p in _GPU_NODES):
+        return True
+    return pick_device(device).type == "cpu"
+
+
 @functools.lru_cache(maxsize=1)
 def _blas_threads() -> tuple[Callable[[], int], Callable[[int], None]] | None:
     """(get, set) of the thread count of the OpenBLAS numpy is linked with (found in the process's
