@@ -67,3 +67,23 @@ def test_the_text_output_is_the_torch_models(home: Path) -> None:
     got = vsa(home, "caption", *map(str, photos), "--device", "cpu")
     assert [line.split() for line in got.stdout.splitlines()] == \
         [f"{p} {PINNED[p.name]['caption']} ({PINNED[p.name]['logprob']:.2f})".split() for p in photos]
+
+
+def test_the_device_decides_which_models(monkeypatch) -> None:
+    from vsa_search.captioning.load import load_captioning
+    from vsa_search.core import device, paths
+    from vsa_search.models.captioner import LoadedCaptioner
+    from vsa_search.models.decode_np import NumpyCaptioner
+    from vsa_search.models.rerank_np import NumpyAlign
+    from vsa_search.vision.cnn import NumpyRegionEncoder
+    from vsa_search.vision.regions import RegionEncoder
+
+    assert device.on_cpu("cpu") and not device.on_cpu("cuda") and not device.on_cpu("cuda:1")
+    monkeypatch.setattr(device, "_GPU_NODES", ())  # as on a machine without a GPU driver: no torch needed
+    assert device.on_cpu(None)
+    model = paths.find_model("caption-ensemble")
+    cap, align, enc = load_captioning(model, None, "cpu")
+    assert isinstance(cap, NumpyCaptioner) and isinstance(align, NumpyAlign) and isinstance(enc, NumpyRegionEncoder)
+    assert load_captioning(model, "none", "cpu")[1] is None
+    cap, align, enc = load_captioning(model, None, "cpu", concepts=True)  # the constrained beam is torch's
+    assert isinstance(cap, LoadedCaptioner) and align is None and isinstance(enc, RegionEncoder)
