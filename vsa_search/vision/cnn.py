@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+from PIL import Image
 
 from ..core import arrayfile
 from ..core.config import RegionConfig
@@ -224,10 +225,11 @@ class NumpyRegionEncoder:
         self.device = "cpu"
         self.model = load_backbone(cfg.backbone)
 
-    def features(self, image, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """(R, D) float32 features of `boxes` (in a photo of `size`) over the decoded `image`."""
+    def features(self, image: Image.Image, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """(R, D) float32 features of `boxes` (in a photo of `size`) over the decoded `image`, warped to a
+        square and scaled to [-1, 1] as RegionEncoder does."""
         s = self.cfg.input_size
-        a = np.asarray(image.resize((s, s), 2), dtype=np.float32)  # 2: PIL's BILINEAR, as RegionEncoder
+        a = np.asarray(image.resize((s, s), Image.BILINEAR), dtype=np.float32)
         fmap = self.model.forward_features(a / np.float32(127.5) - np.float32(1.0))
         w, h = size
         scaled = np.asarray(boxes, np.float32) * np.array([s / w, s / h, s / w, s / h], np.float32)
