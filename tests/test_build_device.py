@@ -64,3 +64,14 @@ def test_library_build_puts_both_models_on_one_device(setup, recorded) -> None:
     photos, model = setup
     ix.build([photos], "y", model=model)
     assert recorded == {"alignment model": torch.device("cuda"), "CNN": torch.device("cuda")}
+
+
+@pytest.mark.parametrize(("device", "says"), [("cuda", "no CUDA device is available here"),
+                                               ("gpu", "not a device")])
+def test_a_device_that_is_not_here_is_one_error_line(device: str, says: str) -> None:
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    photo = Path(__file__).resolve().parents[1] / "examples" / "photos" / "coffee.jpg"
+    r = CliRunner().invoke(app, ["caption", str(photo), "--device", device], prog_name="vsa")
+    assert r.exit_code == 2, (r.stdout, r.stderr, r.exception)
+    assert says in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -3,26 +3,30 @@ one per region with its box (`vsa caption --regions`, the region generator)."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..bridge.scores import photo_concepts
+from ..core.device import one_thread
 from ..core.errors import UsageError, VSAError
-from ..models.alignment import LoadedAlign
-from ..models.beam import generate_candidates, generate_captions
-from ..models.captioner import LoadedCaptioner, full_image
-from ..vision.concepts import from_features
+from ..models import decode_np
+from ..models.rerank_np import NumpyAlign
+from ..vision.cnn import NumpyRegionEncoder
+from ..vision.concepts import Concepts, from_features, from_probs
 from ..vision.draw import draw_boxes, save_image
 from ..vision.images import PHOTO_KINDS, is_photo
 from ..vision.images import load as load_image
 from ..vision.regions import RegionEncoder, RegionFeatures
-from .constrained import caption_with_concepts
 from .rerank import best_candidate, check_reranker, default_weight
+
+if TYPE_CHECKING:  # torch only for torch models: on the CPU `vsa caption` runs numpy ones (load.py)
+    from ..models.alignment import LoadedAlign
+    from ..models.captioner import LoadedCaptioner
 
 
 @dataclass
@@ -64,22 +68,39 @@ def photo_files(photos: list[Path]) -> list[Path]:
     return files
 
 
-def caption_photos(photos: list[Path], loaded: LoadedCaptioner, beam: int = 7, max_len: int | None = None,
-                   length_norm: float = 0.0, encoder=None, on_progress=None, concepts: bool = False,
-                   list_concepts: int = 0, rerank_with: LoadedAlign | None = None,
+def caption_photos(photos: list[Path], loaded: LoadedCaptioner | decode_np.NumpyCaptioner, beam: int = 7,
+                   max_len: int | None = None, length_norm: float = 0.0, encoder=None, on_progress=None,
+                   concepts: bool = False, list_concepts: int = 0,
+                   rerank_with: LoadedAlign | NumpyAlign | None = None,
                    rerank_weight: float | None = None) -> list[PhotoCaption]:
     """Beam-search a caption for each photo (folders expanded), in input order. concepts=True lets the
-    photo's confident ImageNet concepts into its caption (constrained beam search, `--concepts`);
-    list_concepts=N lists each photo's top N concepts beside its caption (`--json`). rerank_with: an
-    alignment model that picks among the finished beams (captioning/rerank.py), with `rerank_weight`
-    (None: the caption model's own, see rerank.default_weight)."""
+    photo's confident ImageNet concepts into its caption (constrained beam search, `--concepts`, torch
+    models only); list_concepts=N lists each photo's top N concepts beside its caption (`--json`).
+    rerank_with: an alignment model that picks among the finished beams (captioning/rerank.py), with
+    `rerank_weight` (None: the caption model's own, see rerank.default_weight). `loaded` and the
+    re-ranker are torch models or their numpy counterparts (load.py), `encoder` a RegionEncoder or a
+    NumpyRegionEncoder (default: the one that fits `loaded`)."""
     if beam < 1:
         raise UsageError(f"--beam must be at least 1 (got {beam})")
+    numpy = isinstance(loaded, decode_np.NumpyCaptioner)
+    if concepts and numpy:
+        raise UsageError("--concepts runs the torch caption model (load it with captioning.load.load_captioning)")
     if rerank_with is not None:
         check_reranker(rerank_with, loaded)
     weight = default_weight(loaded) if rerank_weight is None else rerank_weight
-    device = next(loaded.model.parameters()).device
-    encoder = encoder or RegionEncoder(loaded.region_config, device)
+    if encoder is None:
+        encoder = NumpyRegionEncoder(loaded.region_config) if numpy else \
+            RegionEncoder(loaded.region_config, next(loaded.model.parameters()).device)  # type: ignore[union-attr]
+    # numpy's products here are small (a beam of 7 rows): a team of BLAS threads only spins, and on a busy
+    # 2-core machine a cold caption took 9 s instead of 1.2 s
+    with one_thread() if numpy else nullcontext():
+        return _caption_photos(photos, loaded, beam, max_len, length_norm, encoder, on_progress, concepts,
+                               list_concepts, rerank_with, weight)
+
+
+def _caption_photos(photos: list[Path], loaded: Any, beam: int, max_len: int | None, length_norm: float,
+                    encoder: Any, on_progress: Any, concepts: bool, list_concepts: int, rerank_with: Any,
+                    weight: float) -> list[PhotoCaption]:
     results: list[PhotoCaption] = []
     feats, region_feats = [], []
     for p in photo_files(photos):
@@ -91,27 +112,49 @@ def caption_photos(photos: list[Path], loaded: LoadedCaptioner, beam: int = 7, m
             results.append(PhotoCaption(p, None, None, f"{p}: {type(e).__name__}: {str(e).splitlines()[0][:120]}"))
         else:
             r = PhotoCaption(p, None, None)
-            con = from_features(regions.features, backbone=loaded.region_config.backbone) \
+            con = _concepts(encoder, regions.features, loaded.region_config.backbone) \
                 if concepts or list_concepts else None
             if list_concepts:
                 r.concepts = photo_concepts(con, regions.boxes, list_concepts)
             if concepts:  # one constrained beam per photo: its constraints are its own
+                from ..models.captioner import full_image
+                from .constrained import caption_with_concepts
+
                 c = caption_with_concepts(loaded, full_image(regions), con, beam, max_len, length_norm)
                 r.caption, r.logprob, r.constraints = c["caption"], c["logprob"], c["constraints"]
             else:
-                feats.append(full_image(regions))
+                feats.append(np.asarray(regions.features[0], np.float32))  # the captioner reads the full image
                 # the re-ranker scores every region; without it only the full image is kept
                 region_feats.append(regions.features if rerank_with is not None else None)
             results.append(r)
         if on_progress:
             on_progress(1)
-    cands = generate_candidates(loaded, torch.stack(feats), beam=beam, max_len=max_len, length_norm=length_norm,
-                                stop_at_best=rerank_with is None) if feats else []
+    cands = _candidates(loaded, np.stack(feats), beam, max_len, length_norm, rerank_with is None) if feats else []
     caps = [best_candidate(c, loaded.vocab, rerank_with, f, weight) for c, f in zip(cands, region_feats, strict=True)]
     for r, c in zip([r for r in results if r.error is None and r.caption is None], caps, strict=True):
         r.caption = " ".join(loaded.vocab.decode(c.tokens))
         r.logprob = float(c.logprob)
     return results
+
+
+def _concepts(encoder: Any, features: np.ndarray, backbone: str) -> Concepts:
+    if isinstance(encoder, NumpyRegionEncoder):  # its own classifier head, in numpy
+        return from_probs(encoder.concepts(features))
+    return from_features(features, backbone=backbone)
+
+
+def _candidates(loaded: Any, feats: np.ndarray, beam: int, max_len: int | None, length_norm: float,
+                stop_at_best: bool) -> list[list[decode_np.Caption]]:
+    """Every finished sentence per photo from (N, D) full-image features, with either kind of model."""
+    if isinstance(loaded, decode_np.NumpyCaptioner):
+        return decode_np.generate_candidates(loaded, feats, beam=beam, max_len=max_len, length_norm=length_norm,
+                                             stop_at_best=stop_at_best)
+    import torch
+
+    from ..models.beam import generate_candidates
+
+    return generate_candidates(loaded, torch.from_numpy(feats), beam=beam, max_len=max_len, length_norm=length_norm,
+                               stop_at_best=stop_at_best)
 
 
 @dataclass(frozen=True)
@@ -135,6 +178,10 @@ def region_captions(loaded: Any, regions: RegionFeatures, beam: int = 7, max_len
     top: keep the `top` regions whose captions the model is surest of (mean log-probability per word)."""
     if beam < 1:
         raise UsageError(f"beam must be >= 1, got {beam}")
+    import torch
+
+    from ..models.beam import generate_captions
+
     caps = generate_captions(loaded, torch.from_numpy(np.asarray(regions.features, np.float32)), beam=beam,
                              max_len=max_len)
     out = []

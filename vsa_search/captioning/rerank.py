@@ -6,19 +6,19 @@ favours the one that fits this photo, and the offset lowers sentences that fit e
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..core import paths
 from ..core.errors import UsageError
-from ..data.vocab import UNK, pad_ids
-from ..models.alignment import LoadedAlign, load_align
-from ..models.beam import Caption, best
-from ..models.querybank import sentence_offsets
-from ..models.score import score, word_mask
+from ..models.decode_np import Caption, best
+from ..models.rerank_np import NumpyAlign
+from ..models.rerank_np import load_align as load_numpy_align
 from ..vision.features import same_extractor
+
+if TYPE_CHECKING:  # torch only for a torch re-ranker: `vsa caption` on the CPU re-ranks in numpy
+    from ..models.alignment import LoadedAlign
 
 DEFAULT_WEIGHT = 20.0  # chosen on the dev split for caption.pt (README, Captions)
 
@@ -29,23 +29,29 @@ def default_weight(captioner: Any) -> float:
     return float((captioner.metrics or {}).get("rerank_weight", DEFAULT_WEIGHT))
 
 
-def load_reranker(name: str | None, captioner: Any, device: Any = "cpu") -> LoadedAlign | None:
+def load_reranker(name: str | None, captioner: Any, device: Any = "cpu",
+                  numpy: bool = False) -> LoadedAlign | NumpyAlign | None:
     """The alignment model that re-ranks `captioner`'s beams: `name` (a file or model name; it must use
     the captioner's features), "none" for none, or None for the default: the shipped `align` model
-    when it uses the captioner's features, else none."""
+    when it uses the captioner's features, else none. numpy=True: as a NumpyAlign (no torch)."""
     if name == "none":
         return None
     path = paths.find_model(name or paths.ALIGN_MODEL)
     if name is None and not path.exists():
         return None
-    align = load_align(path, device)
+    if numpy:
+        align: Any = load_numpy_align(path)
+    else:
+        from ..models.alignment import load_align
+
+        align = load_align(path, device)
     if name is None and not same_extractor(align.region_config, captioner.region_config):
         return None
     check_reranker(align, captioner)
     return align
 
 
-def check_reranker(align: LoadedAlign, captioner: Any) -> None:
+def check_reranker(align: LoadedAlign | NumpyAlign, captioner: Any) -> None:
     """The re-ranker scores the captioner's own region features: both must use the same extractor."""
     if not same_extractor(align.region_config, captioner.region_config):
         raise UsageError(f"{align.path}: made for other features ({align.region_config.extractor_id()}) than "
@@ -53,9 +59,23 @@ def check_reranker(align: LoadedAlign, captioner: Any) -> None:
                          "an alignment model of the same features, or --rerank none")
 
 
-@torch.no_grad()
-def alignment_scores(align: LoadedAlign, features: np.ndarray, texts: list[str]) -> np.ndarray:
+def alignment_scores(align: LoadedAlign | NumpyAlign, features: np.ndarray, texts: list[str]) -> np.ndarray:
     """S'(photo, text) for one photo's (R, D) CNN features and each of `texts`."""
+    if isinstance(align, NumpyAlign):
+        return align.scores(features, texts)
+    import torch
+
+    with torch.no_grad():
+        return _torch_scores(align, features, texts)
+
+
+def _torch_scores(align: LoadedAlign, features: np.ndarray, texts: list[str]) -> np.ndarray:
+    import torch
+
+    from ..data.vocab import UNK, pad_ids
+    from ..models.querybank import sentence_offsets
+    from ..models.score import score, word_mask
+
     model = align.model
     device = next(model.parameters()).device
     ids, lengths = pad_ids([align.vocab.encode_text(t) or [UNK] for t in texts])
@@ -69,7 +89,8 @@ def alignment_scores(align: LoadedAlign, features: np.ndarray, texts: list[str])
     return got.float().cpu().numpy()
 
 
-def best_candidate(candidates: list[Caption], vocab: Any, align: LoadedAlign | None, features: np.ndarray | None,
+def best_candidate(candidates: list[Caption], vocab: Any, align: LoadedAlign | NumpyAlign | None,
+                   features: np.ndarray | None,
                    weight: float = DEFAULT_WEIGHT) -> Caption:
     """The candidate with the best logprob + weight · S'(photo, sentence); without `align`, the one
     beam search ranks first."""

@@ -8,13 +8,11 @@ from typing import Annotated
 import typer
 
 from ..captioning import caption_photos, caption_regions_of, photo_files
-from ..captioning.rerank import load_reranker
+from ..captioning.load import load_captioning
 from ..core import paths
 from ..core.config import DEFAULT_BEAM
 from ..core.device import pick_device
 from ..core.errors import UsageError
-from ..models.captioner import load_caption
-from ..vision.regions import RegionEncoder
 from .common import err, out, print_json, progress
 
 RerankOpt = Annotated[str | None, typer.Option(help="Alignment model that picks among the finished beams "
@@ -50,13 +48,12 @@ def caption_cmd(
         return region_caption_run(photos, beam, model, max_len, top, out_png, device, json_out, regions)
     model = model or paths.CAPTION_MODEL
 
-    loaded = load_caption(paths.find_model(model), device=pick_device(device))
-    align = None if concepts else load_reranker(rerank, loaded, pick_device(device))
+    loaded, align, encoder = load_captioning(paths.find_model(model), rerank, device, concepts)
     with progress("reading photos", len(photo_files(photos))) as advance:
         # --json lists each photo's top concepts too; --concepts lets the confident ones into the caption.
         results = caption_photos(photos, loaded, beam=beam, max_len=max_len, length_norm=length_norm,
-                                 on_progress=advance, concepts=concepts, list_concepts=5 if json_out else 0,
-                                 rerank_with=align, rerank_weight=rerank_weight)
+                                 encoder=encoder, on_progress=advance, concepts=concepts,
+                                 list_concepts=5 if json_out else 0, rerank_with=align, rerank_weight=rerank_weight)
     failed = [r for r in results if r.error is not None]
     for r in failed:
         err.print(f"[bold red]error:[/] {r.error}", markup=True, highlight=False)
@@ -77,6 +74,9 @@ def region_caption_run(photos: list[Path], beam: int, model: str | None, max_len
         raise UsageError("--out and --top describe regions: add --regions")
     if out_png is not None and len(photos) != 1:
         raise UsageError(f"--out draws one photo; {len(photos)} were given")
+    from ..models.captioner import load_caption
+    from ..vision.regions import RegionEncoder
+
     loaded = load_caption(paths.find_model(model or paths.REGION_CAPTION_MODEL), device=pick_device(device))
     encoder = RegionEncoder(loaded.region_config, pick_device(device))
     results = caption_regions_of(photos, loaded, encoder, beam=beam, max_len=max_len, top=top or None,

@@ -91,10 +91,30 @@ class VSAGroup(TyperGroup):
 
 # typer checks every option through a pydantic TypeAdapter, and importing pydantic plus building the
 # adapters costs more than the rest of a cold `vsa search` together (benchmarks/cold.py). The common
-# cases (no value, a string for a str, digits for an int) need no validation library; anything else
-# (a path, a bad number, a constrained option) goes to typer's own adapter, so its messages stay.
+# cases (no value, a string for a str, digits for an int, a number inside an option's bounds, a list of
+# photo paths) need no validation library; anything else (a bare Path, which typer checks on disk, a
+# bad or out-of-range number) goes to typer's own adapter, so its messages stay.
 _DIGITS = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)")
+_NOT_PLAIN = object()
+
+
+def _plain_value(annotation: Any, value: Any) -> Any:
+    """`value` as typer's adapter would give it, where that is plain; else _NOT_PLAIN."""
+    if isinstance(value, str):
+        if annotation is str:
+            return value
+        if annotation is int and _DIGITS.fullmatch(value):
+            return int(value)
+        if annotation is float and _DECIMAL.fullmatch(value):
+            return float(value)
+    if annotation in (int, bool, float) and type(value) is annotation:
+        return value
+    if annotation in (list[str], list[Path]) and (value is None or (
+            isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))):
+        # a list of paths is converted only (typer checks a bare Path on disk, not a list of them)
+        return None if value is None else [Path(v) if annotation == list[Path] else v for v in value]
+    return _NOT_PLAIN
 
 
 def _fast_coercion() -> None:
@@ -108,18 +128,11 @@ def _fast_coercion() -> None:
     class Plain(RuntimeParam):
         def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
             info = self.parameter_info
-            plain = info.parser is None and info.min is None and info.max is None
-            if plain and self.annotation is str and isinstance(value, str):
-                return value
-            if plain and self.annotation is int and isinstance(value, str) and _DIGITS.fullmatch(value):
-                return int(value)
-            if plain and self.annotation is float and isinstance(value, str) and _DECIMAL.fullmatch(value):
-                return float(value)
-            if plain and self.annotation in (int, bool, float) and type(value) is self.annotation:
-                return value
-            if plain and self.annotation == list[str] and (value is None or (
-                    isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))):
-                return None if value is None else list(value)
+            got = _plain_value(self.annotation, value) if info.parser is None else _NOT_PLAIN
+            number = isinstance(got, (int, float))
+            if got is not _NOT_PLAIN and (not number or ((info.min is None or got >= info.min)
+                                                         and (info.max is None or got <= info.max))):
+                return got
             return build_runtime_param(param.type_descriptor)._coerce_value(value, param=param, ctx=ctx)
 
     typers_own = _TyperParameter.get_runtime_param

@@ -12,17 +12,40 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from .errors import UsageError
+
 if TYPE_CHECKING:
     import torch
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """`device` as given, else CUDA when present, else CPU."""
+    """`device` as given, else CUDA when present, else CPU. A device that is no device, or CUDA where
+    there is none, is a UsageError (not torch's traceback at the first tensor moved there)."""
     import torch
 
     if device:
-        return torch.device(device)
+        try:
+            d = torch.device(device)
+        except RuntimeError:
+            raise UsageError(f"--device {device}: not a device (cpu, cuda or cuda:N)") from None
+        if d.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA device is available here; use --device cpu")
+        return d
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# Where Linux shows a GPU driver: without any of them torch can see no CUDA (or ROCm) device.
+_GPU_NODES = ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/kfd")
+
+
+def on_cpu(device: str | None = None) -> bool:
+    """Whether pick_device(device) is the CPU, answered without importing torch (seconds of a
+    short command's start) where the answer is plain: `device` given, or Linux with no GPU driver."""
+    if device:
+        return str(device).split(":")[0] == "cpu"
+    if sys.platform.startswith("linux") and not any(os.path.exists(p) for p in _GPU_NODES):
+        return True
+    return pick_device(device).type == "cpu"
 
 
 @functools.lru_cache(maxsize=1)

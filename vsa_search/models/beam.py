@@ -9,7 +9,6 @@ first step and forced after max_len words. PAD, START and UNK are never generate
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,17 +16,12 @@ import torch.nn.functional as F
 
 from ..core.config import DEFAULT_BEAM
 from ..core.errors import UsageError
-from ..data.vocab import END, PAD, START, UNK
+from ..data.vocab import END, START
 from .captioner import Captioner
+from .decode_np import BANNED, Caption, best
 
-BANNED = (PAD, START, UNK)
-
-
-@dataclass
-class Caption:
-    tokens: list[int]  # word ids, without START/END
-    logprob: float  # log P(words, END | image)
-    score: float  # what the beam ranked by: logprob / (len+1)^length_norm
+__all__ = ["BANNED", "Caption", "beam_candidates", "beam_search", "best", "generate_candidates", "generate_captions",
+           "greedy"]
 
 
 def _step_logprobs(model: Captioner, tokens: torch.Tensor, state, t: int, max_len: int):
@@ -76,11 +70,6 @@ def beam_search(model: Captioner, feats: torch.Tensor, beam: int = DEFAULT_BEAM,
     length_norm = alpha ranks finished sentences by logprob / (words + 1)^alpha (0: plain
     log-probability, as in the paper)."""
     return [best(f) for f in beam_candidates(model, feats, beam, max_len, length_norm, stop_at_best=True)]
-
-
-def best(finished: list[Caption]) -> Caption:
-    """The finished sentence beam search ranks first (by its score)."""
-    return max(finished, key=lambda c: c.score)
 
 
 @torch.inference_mode()

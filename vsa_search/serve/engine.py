@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 from .. import captioning, index
 from ..align import aligner, mrf
 from ..bridge.align import word_status
-from ..captioning import rerank
+from ..captioning.load import load_captioning
 from ..core import errors, names, paths  # noqa: F401 (names: for app.py, through this one door)
 
 # The server's one door into the library (kept to this line so that moving modules means one edit).
@@ -58,12 +58,10 @@ class Engine:
         self._snap: Snapshot | None = None
         with self.snapshot():  # a missing index fails now, not at the first request
             pass
-        self.captioner = captioner.load_caption(paths.find_model(caption_model), "cpu")
-        # As `vsa caption`: the shipped alignment model picks among the finished beams when it fits.
-        self.reranker = rerank.load_reranker(None, self.captioner)
-        if self.reranker is not None:  # the same weights as the index's model: keep one copy in memory
-            with self._lock:
-                self.reranker = self._models.setdefault(self.reranker.fingerprint, self.reranker)
+        # The models `vsa caption` uses on the CPU (numpy ones, with the shipped alignment model picking
+        # among the finished beams when it fits), so that a caption here is the CLI's to the last digit.
+        self.captioner, self.reranker, self._caption_cnn = load_captioning(paths.find_model(caption_model),
+                                                                           device="cpu")
         self.encoder(self.captioner.region_config)  # the CNN, loaded now rather than by the first photo
 
     # ------------------------------------------------------------------ generations
@@ -209,8 +207,7 @@ class Engine:
         self._check_photo(photo)
         with self._cnn:  # as the CLI's --json: the caption and the photo's top concepts
             res = captioning.caption_photos([photo], self.captioner, beam=beam, list_concepts=5,
-                                            encoder=self.encoder(self.captioner.region_config),
-                                            rerank_with=self.reranker)
+                                            encoder=self._caption_cnn, rerank_with=self.reranker)
         if res[0].error is not None:
             raise errors.ImageCorruptError(res[0].error.replace(str(photo), shown_as or str(photo)))
         d = res[0].to_dict()

@@ -75,7 +75,12 @@ class Concepts:
 
 
 def from_features(features: np.ndarray, k: int = TOP_K, backbone: str = "tf_efficientnet_lite0") -> Concepts:
-    ids, p = topk(region_probs(features, backbone), k)
+    return from_probs(region_probs(features, backbone), k)
+
+
+def from_probs(probs: np.ndarray, k: int = TOP_K) -> Concepts:
+    """Concepts of regions' (R, 1000) class probabilities (region_probs, or cnn.py's head)."""
+    ids, p = topk(probs, k)
     return Concepts(ids, p)
 
 

