@@ -14,7 +14,7 @@ from PIL import Image
 from ..core.errors import UsageError, VSAError
 from ..models.alignment import LoadedAlign
 from ..models.beam import generate_candidates, generate_captions
-from ..models.captioner import LoadedCaptioner, full_image
+from ..models.captioner import LoadedCaptioner, photo_input
 from ..vision.concepts import from_features, photo_concepts
 from ..vision.draw import draw_boxes, save_image
 from ..vision.images import PHOTO_KINDS, is_photo
@@ -95,10 +95,10 @@ def caption_photos(photos: list[Path], loaded: LoadedCaptioner, beam: int = 7, m
             if list_concepts:
                 r.concepts = photo_concepts(con, regions.boxes, list_concepts)
             if concepts:  # one constrained beam per photo: its constraints are its own
-                c = caption_with_concepts(loaded, full_image(regions), con, beam, max_len, length_norm)
+                c = caption_with_concepts(loaded, photo_input(regions, loaded.config), con, beam, max_len, length_norm)
                 r.caption, r.logprob, r.constraints = c["caption"], c["logprob"], c["constraints"]
             else:
-                feats.append(full_image(regions))
+                feats.append(photo_input(regions, loaded.config))
                 # the re-ranker scores every region; without it only the full image is kept
                 region_feats.append(regions.features if rerank_with is not None else None)
             results.append(r)

@@ -20,8 +20,9 @@ from ..data.text import tokenize
 from ..data.vocab import END, PAD, START, Vocab, build_vocab
 from ..evaluation.metrics import caption_metrics
 from ..models import checkpoint
+from ..models.attention import NEW_PARAMS
 from ..models.beam import beam_search
-from ..models.captioner import Captioner, full_image, load_caption, save_caption
+from ..models.captioner import CELLS, full_image, load_caption, make_captioner, photo_input, save_caption
 from ..vision.features import FeatureStore, same_extractor
 from .common import MixedPrecision, TrainState, cpu_copy, run_epochs, seed_everything
 
@@ -39,17 +40,17 @@ def caption_sentences(ids: list[list[int]], max_len: int) -> tuple[torch.Tensor,
     return inputs, targets
 
 
-def caption_split(store, split: str, vocab, max_len: int, dataset: Any = None) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                          torch.Tensor, torch.Tensor]:
+def caption_split(store, split: str, vocab, max_len: int, dataset: Any = None,
+                  to_input: Any = full_image) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The photos of one split of `dataset` (default: Flickr8k) that the feature store holds, and their
-    sentences: feats (P, D) full-image features, photo (S,) index of each sentence's photo, inputs,
-    targets (S, T)."""
+    sentences: feats (P, D) full-image features (or what `to_input` makes of a photo's RegionFeatures),
+    photo (S,) index of each sentence's photo, inputs, targets (S, T)."""
     have = set(store.ids())
     recs = [r for r in (dataset if dataset is not None else load_flickr8k()).split(split) if r.image_id in have]
     if not recs:
         return torch.zeros(0, store.config.feature_dim), torch.zeros(0, dtype=torch.long), \
             torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long)
-    feats = torch.stack([full_image(store.get(r.image_id)) for r in recs])  # (P, D)
+    feats = torch.stack([to_input(store.get(r.image_id)) for r in recs])  # (P, D)
     photo, sents = [], []
     for p, r in enumerate(recs):
         for s in r.sentences:
@@ -157,8 +158,11 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
     vocabulary extended by the new training words, whose rows start fresh).
     dataset: the splits and captions (default: Flickr8k at `root`); the vocabulary is its training
     split's words seen `min_count` times."""
-    if cfg.cell not in ("rnn", "lstm"):
-        raise UsageError(f"unknown caption cell {cfg.cell!r}; choose rnn or lstm")
+    if cfg.cell not in CELLS:
+        raise UsageError(f"unknown caption cell {cfg.cell!r}; choose one of {', '.join(CELLS)}")
+    if cfg.cell == "attend" and regions is not None:
+        raise UsageError("--regions trains a generator on single region vectors; the attention generator "
+                         "reads all of a photo's regions already")
     out = Path(out)
     dev = pick_device(device)
     mp = MixedPrecision(dev, amp)
@@ -195,10 +199,10 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
             raise UsageError(f"--resume: {features} holds other features than {out} was trained on")
         if init_model is not None and not same_extractor(region_cfg, init_model.region_config):
             raise UsageError(f"--init {init}: trained on other features than {features} holds")
-        train = caption_split(store, "train", vocab, cfg.max_len, ds)
+        train = caption_split(store, "train", vocab, cfg.max_len, ds, lambda f: photo_input(f, cfg))
         if regions is not None:
             train = add_snippets(train, store, regions, vocab, cfg.max_len, ds)
-        dev_data = caption_split(store, "dev", vocab, cfg.max_len, ds)
+        dev_data = caption_split(store, "dev", vocab, cfg.max_len, ds, lambda f: photo_input(f, cfg))
         # The same photos, in the same order, as dev_data's features: references for dev CIDEr.
         dev_refs = [r.sentences for r in ds.split("dev") if r.image_id in store]
     if len(train[1]) == 0:
@@ -208,12 +212,13 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
         raise UsageError(f"unknown selection {cfg.select!r}; choose ppl or cider")
 
     seed_everything(cfg.seed)
-    model = Captioner(cfg, len(vocab)).to(dev)
+    model = make_captioner(cfg, len(vocab)).to(dev)
     if init_model is not None:
         if vocab.itos[: len(init_model.vocab)] != init_model.vocab.itos:
             raise UsageError(f"--init {init}: the vocabulary given does not extend the model's")
         try:
-            checkpoint.load_grown(model, init_model.model.state_dict(), len(init_model.vocab), init)
+            checkpoint.load_grown(model, init_model.model.state_dict(), len(init_model.vocab), init,
+                                  fresh=NEW_PARAMS if cfg.cell == "attend" else ())
         except ModelError:
             raise UsageError(f"--init {init}: a {init_model.config.cell} model of another shape than --preset/--cell "
                              f"ask for") from None
@@ -241,6 +246,8 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and order depend on the epoch only: resumable
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         model.train()
+        for group in opt.param_groups:  # a function of the epoch alone, so --resume gets the same
+            group["lr"] = cfg.lr * cfg.lr_decay ** (epoch - 1)
         t0, total, n = time.perf_counter(), 0.0, 0
         for idx in _caption_batches(len(train[1]), cfg.batch_size, gen):
             x, y = _trim(train[2][idx], train[3][idx])
