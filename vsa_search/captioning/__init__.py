@@ -122,8 +122,8 @@ def _caption_photos(photos: list[Path], loaded: Any, beam: int, max_len: int | N
 
                 c = caption_with_concepts(loaded, photo_input(regions, loaded.config), con, beam, max_len, length_norm)
                 r.caption, r.logprob, r.constraints = c["caption"], c["logprob"], c["constraints"]
-            else:
-                feats.append(_model_input(loaded, regions))
+            else:  # the full image, or every region for a generator that attends (decode_np.photo_input)
+                feats.append(decode_np.photo_input(regions, loaded.config))
                 # the re-ranker scores every region; without it only the full image is kept
                 region_feats.append(regions.features if rerank_with is not None else None)
             results.append(r)
@@ -135,15 +135,6 @@ def _caption_photos(photos: list[Path], loaded: Any, beam: int, max_len: int | N
         r.caption = " ".join(loaded.vocab.decode(c.tokens))
         r.logprob = float(c.logprob)
     return results
-
-
-def _model_input(loaded: Any, regions: RegionFeatures) -> np.ndarray:
-    """The generator's input: the full image, or for a torch generator that attends every region."""
-    if isinstance(loaded, decode_np.NumpyCaptioner):
-        return np.asarray(regions.features[0], np.float32)
-    from ..models.captioner import photo_input
-
-    return photo_input(regions, loaded.config).numpy()
 
 
 def _concepts(encoder: Any, features: np.ndarray, backbone: str) -> Concepts:

@@ -22,8 +22,7 @@ def load_captioning(model: Path, rerank: str | None = None, device: str | None =
     rerank.load_reranker; concepts=True: no re-ranker (the constrained beam's caption is kept)."""
     if on_cpu(device) and not concepts:
         loaded = decode_np.load_caption(model)
-        attends = "attend" in (loaded.config.cell, *loaded.config.member_cells)  # the numpy decoder's LSTMs only
-        if runs_in_numpy(loaded.region_config) and not attends:
+        if runs_in_numpy(loaded.region_config):
             return loaded, load_reranker(rerank, loaded, numpy=True), NumpyRegionEncoder(loaded.region_config)
     from ..models.captioner import load_caption
     from ..vision.regions import RegionEncoder

@@ -29,6 +29,7 @@ from ..core.errors import ModelError, UsageError
 from ..data.vocab import PAD, Vocab
 from . import checkpoint
 from .attention import AttendCaptioner
+from .decode_np import attends
 
 CELLS = ("rnn", "lstm", "attend")
 STATE_TENSORS = {"rnn": 2, "lstm": 3, "attend": 4}  # the length of each cell's decoding state
@@ -108,11 +109,6 @@ class Captioner(nn.Module):
         keep = targets != PAD  # (B, T)
         h = self.hidden_states(feats, inputs)[keep]  # (N, h) N = words + ENDs in the batch
         return F.cross_entropy(self.w_oh(self.drop(h)), targets[keep], reduction=reduction)
-
-
-def attends(cfg: CaptionConfig) -> bool:
-    """Whether the generator (or one of an ensemble's members) reads all of a photo's region vectors."""
-    return "attend" in (cfg.cell, *cfg.member_cells)
 
 
 def make_captioner(cfg: CaptionConfig, vocab_size: int) -> nn.Module:
