@@ -14,7 +14,7 @@ import torch
 
 from vsa_search.core import paths
 from vsa_search.models.beam import generate_captions
-from vsa_search.models.captioner import full_image, load_caption
+from vsa_search.models.captioner import load_caption, photo_input
 from vsa_search.vision import images
 from vsa_search.vision.regions import RegionEncoder
 
@@ -43,7 +43,7 @@ def main() -> None:
     encoder.encode_one(images.load(photos[0]))  # warm-up (first CNN call allocates)
 
     def extract() -> torch.Tensor:
-        return torch.stack([full_image(encoder.encode_one(images.load(p))) for p in photos])
+        return torch.stack([photo_input(encoder.encode_one(images.load(p)), loaded.config) for p in photos])
 
     t_feat = best_of(extract, 1)  # the slow part; once is enough to see it dominate
     feats = extract()

@@ -48,7 +48,7 @@ from vsa_search.index import store as vindex
 from vsa_search.index.layout import Location
 from vsa_search.models.alignment import load_align
 from vsa_search.models.beam import generate_candidates
-from vsa_search.models.captioner import load_caption
+from vsa_search.models.captioner import load_caption, photo_input
 from vsa_search.models.encode import photo_offset
 from vsa_search.vision import concepts
 from vsa_search.vision.features import FeatureStore, extract_to_store
@@ -243,7 +243,7 @@ def main() -> None:
 
     # Captions, without and with the concepts.
     keys = sorted(photos)
-    full = torch.stack([torch.from_numpy(feats[k].features[0]).float() for k in keys])
+    full = torch.stack([photo_input(feats[k], capm.config) for k in keys])
     # Without the bridge: what `vsa caption` writes (the beams re-ranked by the alignment model when it fits).
     reranker = load_reranker(None, capm)
     cands = generate_candidates(capm, full, beam=args.beam)

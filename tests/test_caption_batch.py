@@ -19,7 +19,7 @@ from vsa_search.data.datasets import load_dataset
 from vsa_search.evaluation import metrics
 from vsa_search.evaluation.captions import evaluate_captions
 from vsa_search.models.beam import beam_candidates, best, generate_candidates
-from vsa_search.models.captioner import full_image, load_caption
+from vsa_search.models.captioner import load_caption, photo_input
 from vsa_search.vision.features import FeatureStore, extract_to_store
 from vsa_search.vision.images import load
 from vsa_search.vision.regions import RegionEncoder
@@ -52,7 +52,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def test_a_photo_gets_the_same_candidates_in_any_batch(shipped, photos) -> None:
     cap, _, encoder = shipped
-    feats = torch.stack([full_image(encoder.encode_one(load(p))) for p in photos])
+    feats = torch.stack([photo_input(encoder.encode_one(load(p)), cap.config) for p in photos])
     together = beam_candidates(cap.model, feats, beam=7, max_len=cap.config.max_len)
     for i in range(len(photos)):
         alone = beam_candidates(cap.model, feats[i:i + 1], beam=7, max_len=cap.config.max_len)[0]
@@ -109,7 +109,7 @@ def test_eval_caption_batches_equal_one_photo_at_a_time(shipped, photos, tmp_pat
     with FeatureStore(store, readonly=True) as st:
         for c in res["captions"]:
             f = st.get(c["image"])
-            want = best_candidate(generate_candidates(cap, full_image(f)[None], beam=7)[0], cap.vocab, align,
-                                  f.features, weight)
+            cands = generate_candidates(cap, photo_input(f, cap.config)[None], beam=7)[0]
+            want = best_candidate(cands, cap.vocab, align, f.features, weight)
             assert c["model"] == " ".join(cap.vocab.decode(want.tokens))
             assert c["logprob"] == pytest.approx(want.logprob, abs=1e-3)  # the report rounds to 3 places

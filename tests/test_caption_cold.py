@@ -34,7 +34,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     first = vsa(home, "caption", str(EXAMPLES / "grass.jpg"), "--json")
     assert "HEAVY" in first.stderr and " 0" in first.stderr, first.stderr
     assert sorted(p.name.split("-")[1] for p in (home / "cache" / "exports").iterdir()) == \
-        ["backbone", "caption", "rerank"]
+        ["backbone", "caption2", "rerank"]
     home.joinpath("first.json").write_text(first.stdout)
     return home
 
@@ -67,6 +67,53 @@ def test_the_text_output_is_the_torch_models(home: Path) -> None:
     got = vsa(home, "caption", *map(str, photos), "--device", "cpu")
     assert [line.split() for line in got.stdout.splitlines()] == \
         [f"{p} {PINNED[p.name]['caption']} ({PINNED[p.name]['logprob']:.2f})".split() for p in photos]
+
+
+def test_an_ensemble_with_an_attention_member_captions_without_torch(home: Path, caption_vocab) -> None:
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from vsa_search.captioning.rerank import best_candidate, default_weight
+    from vsa_search.core.config import CAPTION_PRESETS, RegionConfig
+    from vsa_search.models import rerank_np
+    from vsa_search.models.attention import AttendCaptioner
+    from vsa_search.models.beam import generate_candidates
+    from vsa_search.models.captioner import (
+        Captioner,
+        ensemble_captioners,
+        load_caption,
+        photo_input,
+        save_caption,
+    )
+    from vsa_search.vision.cnn import NumpyRegionEncoder
+
+    att_cfg = CAPTION_PRESETS["attend-tiny"]
+    lstm_cfg = dataclasses.replace(att_cfg, cell="lstm")
+    torch.manual_seed(0)
+    members = []
+    for j, m in enumerate([Captioner(lstm_cfg, len(caption_vocab)), AttendCaptioner(att_cfg, len(caption_vocab))]):
+        with torch.no_grad():  # random weights all through: the attention parts start at zero
+            for p in m.parameters():
+                p.normal_(0, 0.3)
+        members.append(load_caption(save_caption(m, caption_vocab, RegionConfig(), home / f"m{j}.pt")))
+    path = save_caption(ensemble_captioners(members), caption_vocab, RegionConfig(), home / "mixed.pt")
+    photos = [str(EXAMPLES / n) for n in ("coffee.jpg", "horse.jpg")]
+    first = vsa(home, "caption", *photos, "--model", str(path), "--json")  # exports it, with torch
+    assert "HEAVY" in first.stderr and " 0" in first.stderr, first.stderr
+    got = vsa(home, "caption", *photos, "--model", str(path), "--json")
+    assert "HEAVY [] 0" in got.stderr, got.stderr
+    assert got.stdout == first.stdout
+    # What the torch generator and beam search make of the same (numpy CNN) features, re-ranked the same way.
+    loaded, enc = load_caption(path), NumpyRegionEncoder(RegionConfig())
+    align = rerank_np.load_align(ROOT / "models" / "align.pt")
+    for photo, row in zip(photos, json.loads(got.stdout), strict=True):
+        feats = enc.encode_photo(Path(photo))
+        cands = generate_candidates(loaded, photo_input(feats, loaded.config)[None], beam=7)[0]
+        want = best_candidate(cands, caption_vocab, align, np.asarray(feats.features), default_weight(loaded))
+        assert row["caption"] == " ".join(caption_vocab.decode(want.tokens))
+        assert row["logprob"] == pytest.approx(want.logprob, abs=1e-4)
 
 
 def test_the_device_decides_which_models(monkeypatch) -> None:

@@ -97,6 +97,19 @@ def test_poisoned_test_split_changes_nothing_in_the_caption_model(roots, tmp_pat
     assert all(torch.equal(weights["clean"][k], weights["poisoned"][k]) for k in weights["clean"])
 
 
+def test_poisoned_test_split_changes_nothing_in_the_attention_caption_model(roots, tmp_path):
+    # Its inputs are all of a photo's regions (models/attention.py); the poisoned test photos' regions and
+    # captions must reach neither them nor the epoch kept on dev CIDEr.
+    cfg = dataclasses.replace(CAPTION_PRESETS["attend-tiny"], select="cider")
+    reports, weights = {}, {}
+    for name, (root, store) in roots.items():
+        reports[name] = train_caption(store, tmp_path / f"{name}.pt", cfg, device="cpu", root=root)
+        weights[name] = _weights(tmp_path / f"{name}.pt")
+    assert any(k.startswith("w_p.") for k in weights["clean"])  # the attention model, not the full-frame one
+    assert reports["clean"]["best"] == reports["poisoned"]["best"]
+    assert all(torch.equal(weights["clean"][k], weights["poisoned"][k]) for k in weights["clean"])
+
+
 def test_poisoned_test_split_changes_nothing_in_the_querybank(roots, tmp_path):
     from vsa_search.models.alignment import AlignModel, save_align
     from vsa_search.train.add_querybank import add_querybank

@@ -117,13 +117,13 @@ def _caption_photos(photos: list[Path], loaded: Any, beam: int, max_len: int | N
             if list_concepts:
                 r.concepts = photo_concepts(con, regions.boxes, list_concepts)
             if concepts:  # one constrained beam per photo: its constraints are its own
-                from ..models.captioner import full_image
+                from ..models.captioner import photo_input
                 from .constrained import caption_with_concepts
 
-                c = caption_with_concepts(loaded, full_image(regions), con, beam, max_len, length_norm)
+                c = caption_with_concepts(loaded, photo_input(regions, loaded.config), con, beam, max_len, length_norm)
                 r.caption, r.logprob, r.constraints = c["caption"], c["logprob"], c["constraints"]
-            else:
-                feats.append(np.asarray(regions.features[0], np.float32))  # the captioner reads the full image
+            else:  # the full image, or every region for a generator that attends (decode_np.photo_input)
+                feats.append(decode_np.photo_input(regions, loaded.config))
                 # the re-ranker scores every region; without it only the full image is kept
                 region_feats.append(regions.features if rerank_with is not None else None)
             results.append(r)
@@ -145,7 +145,8 @@ def _concepts(encoder: Any, features: np.ndarray, backbone: str) -> Concepts:
 
 def _candidates(loaded: Any, feats: np.ndarray, beam: int, max_len: int | None, length_norm: float,
                 stop_at_best: bool) -> list[list[decode_np.Caption]]:
-    """Every finished sentence per photo from (N, D) full-image features, with either kind of model."""
+    """Every finished sentence per photo from (N, D) full-image features (or (N, R, D) region features for
+    a generator that attends), with either kind of model."""
     if isinstance(loaded, decode_np.NumpyCaptioner):
         return decode_np.generate_candidates(loaded, feats, beam=beam, max_len=max_len, length_norm=length_norm,
                                              stop_at_best=stop_at_best)

@@ -184,7 +184,7 @@ def train_caption_cmd(
     root: RootOpt = None,
     captions: CaptionsOpt = None,
     min_count: MinCountOpt = 5,
-    cell: Annotated[str | None, typer.Option(help="rnn (the paper's) | lstm (default: the preset's).")] = None,
+    cell: Annotated[str | None, typer.Option(help="rnn (the paper's) | lstm | attend (default: the preset's).")] = None,
     optimizer: Annotated[str | None, typer.Option(help="rmsprop (the paper's) | adam.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: the preset's).")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (early stopping may end sooner).")] = None,

@@ -139,7 +139,7 @@ DEFAULT_BEAM = 7  # caption beam size when none is given (NeuralTalk's)
 class CaptionConfig:
     """The multimodal RNN generator (paper Sec. 3.2) and how it is trained."""
 
-    cell: str = "rnn"  # rnn: the paper's multimodal RNN | lstm
+    cell: str = "rnn"  # rnn: the paper's multimodal RNN | lstm | attend (attention over regions: models/attention.py)
     feature_dim: int = 1280
     hidden: int = 512
     word_dim: int = 256
@@ -155,6 +155,10 @@ class CaptionConfig:
     select: str = "ppl"  # early stopping on dev perplexity (ppl) or dev CIDEr of beam-3 captions (cider)
     seed: int = 0
     members: int = 1  # >1: an ensemble of that many generators of this shape (models.captioner.CaptionEnsemble)
+    member_cells: tuple[str, ...] = ()  # an ensemble's members' cells when they differ (else all are `cell`)
+    att_dim: int = 512  # attend: the projected regions' size
+    regions: int = 20  # attend: region vectors per photo (full frame first; fewer are padded, more cut)
+    lr_decay: float = 1.0  # the learning rate of epoch e is lr * lr_decay^(e-1)
 
 
 CAPTION_PRESETS: dict[str, CaptionConfig] = {
@@ -167,4 +171,10 @@ CAPTION_PRESETS: dict[str, CaptionConfig] = {
     # to epoch 13 while dev CIDEr peaked at epoch 9 (models/caption.md), hence selection on dev CIDEr.
     "default": CaptionConfig(cell="lstm", optimizer="adam", lr=1e-3, epochs=16, patience=4, select="cider"),
     "paper": CaptionConfig(cell="rnn", hidden=512, optimizer="rmsprop"),
+    # Soft attention over the full frame and its regions (models/attention.py), the default's LSTM shape
+    # so that it starts from caption.pt (--init caption) and joins it or caption-regions.pt in an ensemble.
+    "attend": CaptionConfig(cell="attend", optimizer="adam", lr=5e-4, lr_decay=0.8, epochs=7, patience=3,
+                            select="cider"),
+    "attend-tiny": CaptionConfig(cell="attend", hidden=32, word_dim=16, att_dim=16, regions=6, epochs=2,
+                                 batch_size=16),
 }

@@ -16,7 +16,7 @@ from ..core.device import pick_device
 from ..core.errors import DatasetError, StoreError, UsageError
 from ..data.datasets import Dataset, load_flickr8k
 from ..models.beam import best, generate_candidates
-from ..models.captioner import full_image, load_caption
+from ..models.captioner import full_image, load_caption, photo_input
 from ..vision.features import FeatureStore, extract_to_cache, require_extractor
 from .metrics import caption_metrics, nearest_neighbour, paper_results
 
@@ -59,11 +59,12 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
         if not test:
             raise StoreError(f"{features}: holds none of the {len(test_ids)} {split} photos")
         got = [store.get(r.image_id) for r in test]
-        test_feats = torch.stack([full_image(f) for f in got])  # (M, D)
+        test_feats = torch.stack([full_image(f) for f in got])  # (M, D) for the nearest neighbour
+        model_in = torch.stack([photo_input(f, loaded.config) for f in got])  # the generator's input
         region_feats = [f.features for f in got] if align is not None else []
         train_feats = torch.stack([full_image(store.get(r.image_id)) for r in train]) if train else None
 
-    cands = generate_candidates(loaded, test_feats, beam=beam, length_norm=length_norm, on_progress=on_progress,
+    cands = generate_candidates(loaded, model_in, beam=beam, length_norm=length_norm, on_progress=on_progress,
                                 stop_at_best=align is None)
     beam_caps = [best(c) for c in cands]
     caps = [best_candidate(c, loaded.vocab, align, f, rerank_weight) for c, f in zip(cands, region_feats)] \
@@ -125,7 +126,7 @@ def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "de
             raise StoreError(f"{features}: holds none of the {split} photos of {ds.name}")
         stored = [store.get(r.image_id) for r in recs]
     got = [f.features for f in stored]
-    cands = generate_candidates(loaded, torch.stack([full_image(f) for f in stored]), beam=beam,
+    cands = generate_candidates(loaded, torch.stack([photo_input(f, loaded.config) for f in stored]), beam=beam,
                                 on_progress=on_progress)
     texts = [[" ".join(loaded.vocab.decode(c.tokens)) for c in cs] for cs in cands]
     fit = [alignment_scores(align, f, t) for f, t in zip(got, texts)]  # S' once per photo and candidate

@@ -65,7 +65,8 @@ def greedy(model: Captioner, feats: torch.Tensor, max_len: int = 20) -> list[Cap
 
 def beam_search(model: Captioner, feats: torch.Tensor, beam: int = DEFAULT_BEAM, max_len: int = 20,
                 length_norm: float = 0.0) -> list[Caption]:
-    """feats (B, D) full-image features -> the best Caption per image.
+    """feats (B, D) full-image features (or (B, R, D) region vectors, models/captioner.photo_input) -> the
+    best Caption per image.
 
     length_norm = alpha ranks finished sentences by logprob / (words + 1)^alpha (0: plain
     log-probability, as in the paper)."""
@@ -127,7 +128,7 @@ def beam_candidates(model: Captioner, feats: torch.Tensor, beam: int = DEFAULT_B
 def generate_captions(loaded: Any, feats: torch.Tensor, beam: int = DEFAULT_BEAM, max_len: int | None = None,
                       length_norm: float = 0.0, batch_size: int = 64,
                       on_progress: Callable[[int], None] | None = None) -> list[Caption]:
-    """Beam-search captions for (N, D) features with a LoadedCaptioner, in batches."""
+    """Beam-search captions for (N, D) or (N, R, D) features (photo_input) with a LoadedCaptioner, in batches."""
     return [best(f) for f in generate_candidates(loaded, feats, beam, max_len, length_norm, batch_size, on_progress,
                                                  stop_at_best=True)]
 

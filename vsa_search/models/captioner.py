@@ -6,7 +6,12 @@ at the first step, and then predicts a sentence one word at a time.
     y_t = softmax(W_oh h_t + b_o)                                  generation stops at END
 
 `cell="lstm"` swaps the recurrence for an LSTM that takes the image the same way (a bias on its
-gates at the first step only), so the two can be measured against each other."""
+gates at the first step only), so the two can be measured against each other; `cell="attend"` is an
+LSTM that attends over the photo's regions at every step (models/attention.py).
+
+A generator's input is (B, D), one vector per photo, or (B, R, D), a photo's region vectors with the
+full frame first (photo_input): the full-frame generators read row 0 of it, so every kind decodes the
+same input, alone or in an ensemble."""
 
 from __future__ import annotations
 
@@ -23,6 +28,11 @@ from ..core.config import CaptionConfig, RegionConfig, from_dict
 from ..core.errors import ModelError, UsageError
 from ..data.vocab import PAD, Vocab
 from . import checkpoint
+from .attention import AttendCaptioner
+from .decode_np import attends
+
+CELLS = ("rnn", "lstm", "attend")
+STATE_TENSORS = {"rnn": 2, "lstm": 3, "attend": 4}  # the length of each cell's decoding state
 
 # A decoding state is a tuple of tensors that all lead with the batch (or beam) dimension, so that
 # beam search can reorder any cell's state with one index_select per tensor.
@@ -33,7 +43,7 @@ class Captioner(nn.Module):
     def __init__(self, cfg: CaptionConfig, vocab_size: int):
         super().__init__()
         if cfg.cell not in ("rnn", "lstm"):
-            raise ModelError(f"unknown caption cell {cfg.cell!r}; choose rnn or lstm")
+            raise ModelError(f"unknown caption cell {cfg.cell!r}; choose one of {', '.join(CELLS)}")
         self.cfg = cfg
         self.vocab_size = vocab_size
         gates = cfg.hidden * (4 if cfg.cell == "lstm" else 1)
@@ -47,7 +57,10 @@ class Captioner(nn.Module):
     # ------------------------------------------------------------------ one step (decoding)
 
     def init_state(self, feats: torch.Tensor) -> State:
-        """(B, D) full-image CNN features -> the state before the first word."""
+        """(B, D) full-image CNN features (or (B, R, D) region vectors, row 0 the full image) -> the state
+        before the first word."""
+        if feats.dim() == 3:
+            feats = feats[:, 0]
         b_v = self.w_hi(self.drop(feats))  # (B, G)
         h = feats.new_zeros(feats.shape[0], self.cfg.hidden)  # (B, h)
         if self.cfg.cell == "lstm":
@@ -98,11 +111,21 @@ class Captioner(nn.Module):
         return F.cross_entropy(self.w_oh(self.drop(h)), targets[keep], reduction=reduction)
 
 
+def make_captioner(cfg: CaptionConfig, vocab_size: int) -> nn.Module:
+    """The generator `cfg` describes (untrained): an ensemble, an attention generator or a Captioner."""
+    if cfg.members > 1:
+        return CaptionEnsemble(cfg, vocab_size)
+    if cfg.cell == "attend":
+        return AttendCaptioner(cfg, vocab_size)
+    return Captioner(cfg, vocab_size)
+
+
 class CaptionEnsemble(nn.Module):
     """Generators of one shape and vocabulary decoding together: each step's word distribution is the
     mean of the members' (log of the mean of their probabilities). It decodes (init_state, step) like a
     Captioner, so beam search, constrained beams and re-ranking take it as they are; it is not trained
-    as one (`vsa train caption-ensemble` puts trained generators together)."""
+    as one (`vsa train caption-ensemble` puts trained generators together). Members may differ in cell
+    (cfg.member_cells): an attention generator and a full-frame one share the input (photo_input)."""
 
     def __init__(self, cfg: CaptionConfig, vocab_size: int):
         super().__init__()
@@ -110,18 +133,22 @@ class CaptionEnsemble(nn.Module):
             raise ModelError(f"an ensemble needs at least 2 members (got {cfg.members})")
         self.cfg = cfg
         self.vocab_size = vocab_size
-        one = dataclasses.replace(cfg, members=1)
-        self.members = nn.ModuleList([Captioner(one, vocab_size) for _ in range(cfg.members)])
+        cells = cfg.member_cells or (cfg.cell,) * cfg.members
+        if len(cells) != cfg.members:
+            raise ModelError(f"an ensemble of {cfg.members} members with {len(cells)} member cells")
+        self.members = nn.ModuleList([make_captioner(dataclasses.replace(cfg, members=1, cell=c, member_cells=()),
+                                                     vocab_size) for c in cells])
+        self._sizes = [STATE_TENSORS[c] for c in cells]  # each member's part of the flat state
 
     def init_state(self, feats: torch.Tensor) -> State:
-        # One flat tuple (beam search reorders it tensor by tensor); each member's part has the same length.
+        # One flat tuple (beam search reorders it tensor by tensor); members' parts may differ in length.
         return tuple(x for m in self.members for x in m.init_state(feats))
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        n = len(state) // len(self.members)
-        logps, new = [], []
-        for j, m in enumerate(self.members):
-            logits, st = m.step(tokens, tuple(state[j * n:(j + 1) * n]))
+        logps, new, at = [], [], 0
+        for m, n in zip(self.members, self._sizes, strict=True):
+            logits, st = m.step(tokens, tuple(state[at:at + n]))
+            at += n
             logps.append(F.log_softmax(logits.float(), dim=-1))
             new += list(st)
         return torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps)), tuple(new)
@@ -132,21 +159,27 @@ class CaptionEnsemble(nn.Module):
 
 
 def ensemble_captioners(members: list[LoadedCaptioner]) -> CaptionEnsemble:
-    """One ensemble of trained generators; all must share the shape, vocabulary and features."""
+    """One ensemble of trained generators; all must share the shape, vocabulary and features (an attention
+    generator may join full-frame LSTMs of its hidden and word sizes)."""
     if len(members) < 2:
         raise UsageError("an ensemble needs at least 2 caption models")
-    first = members[0]
-    shape = ("cell", "hidden", "word_dim", "feature_dim")
+    cells = tuple(m.config.cell for m in members)
+    # The ensemble's config is an attending member's when there is one (its attention sizes are the ones used).
+    first = next((m for m in members if m.config.cell == "attend"), members[0])
+    if len(set(cells)) > 1 and "rnn" in cells:
+        raise UsageError("an ensemble mixes LSTM and attention generators, not the paper's RNN")
     for m in members:
         if isinstance(m.model, CaptionEnsemble):
             raise UsageError(f"{m.path}: already an ensemble; give its members")
         if m.vocab != first.vocab:
             raise UsageError(f"{m.path}: its vocabulary differs from {first.path}'s")
+        shape = ("hidden", "word_dim", "feature_dim") + (("att_dim", "regions") if m.config.cell == "attend" else ())
         if any(getattr(m.config, k) != getattr(first.config, k) for k in shape):
             raise UsageError(f"{m.path}: a generator of another shape than {first.path}")
         if m.region_config != first.region_config:
             raise UsageError(f"{m.path}: made for other features than {first.path}")
-    ens = CaptionEnsemble(dataclasses.replace(first.config, members=len(members)), len(first.vocab))
+    ens = CaptionEnsemble(dataclasses.replace(first.config, members=len(members),
+                                              member_cells=cells if len(set(cells)) > 1 else ()), len(first.vocab))
     for slot, m in zip(ens.members, members):
         slot.load_state_dict(m.model.state_dict())
     return ens.eval()
@@ -157,12 +190,21 @@ def full_image(features) -> torch.Tensor:
     return torch.as_tensor(features.features[0], dtype=torch.float32)
 
 
+def photo_input(features, cfg: CaptionConfig) -> torch.Tensor:
+    """A photo's input to the generator `cfg`: its full-image vector (D,) (full_image), or for one that
+    attends its first cfg.regions region vectors (R, D), full frame first, padded with zero rows."""
+    if not attends(cfg):
+        return full_image(features)
+    rows = torch.as_tensor(features.features[:cfg.regions], dtype=torch.float32)
+    return F.pad(rows, (0, 0, 0, cfg.regions - len(rows)))
+
+
 # --------------------------------------------------------------------------- load / save
 
 
 @dataclass
 class LoadedCaptioner:
-    model: Captioner
+    model: nn.Module  # Captioner, AttendCaptioner or CaptionEnsemble (make_captioner)
     vocab: Vocab
     config: CaptionConfig
     region_config: RegionConfig
@@ -181,7 +223,9 @@ def load_caption(path: str | Path, device: str | torch.device = "cpu") -> Loaded
     ck = checkpoint.load(path, kind="caption")
     cfg = from_dict(CaptionConfig, ck.config)
     vocab = Vocab.from_dict(ck.vocab)
-    model = CaptionEnsemble(cfg, len(vocab)) if cfg.members > 1 else Captioner(cfg, len(vocab))
+    if cfg.cell not in CELLS or any(c not in CELLS for c in cfg.member_cells):
+        raise ModelError(f"{path}: a caption model of a kind this version does not know ({cfg.cell!r})")
+    model = make_captioner(cfg, len(vocab))
     checkpoint.load_weights(model, ck, path)
     model.to(device).eval()
     return LoadedCaptioner(model, vocab, cfg, from_dict(RegionConfig, ck.region_config), Path(path), ck.metrics)

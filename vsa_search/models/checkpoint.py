@@ -102,14 +102,20 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint, path: str | Path) -> 
         raise ModelError(f"{path}: weights do not fit the saved config ({str(e).splitlines()[0][:120]})") from None
 
 
-def load_grown(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], rows: int, path: str | Path) -> None:
+def load_grown(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], rows: int, path: str | Path,
+               fresh: tuple[str, ...] = ()) -> None:
     """Start `model` from the weights of a model whose vocabulary was its first `rows` words: tensors
     indexed by word (embeddings, the output layer) keep the model's own initialisation in the rows of
-    the words added since (Vocab.extend); every other tensor must match in shape."""
+    the words added since (Vocab.extend); every other tensor must match in shape. Tensors whose names
+    start with one of `fresh` may be missing from `state_dict` (parts the other kind of model lacks):
+    they keep the model's own initialisation; tensors only `state_dict` has are left out."""
     own = model.state_dict()
     merged = {}
     for k, mine in own.items():
         src = state_dict.get(k)
+        if src is None and k.startswith(fresh or ("\0",)):
+            merged[k] = mine
+            continue
         if src is None:
             raise ModelError(f"{path}: has no {k}; it is another kind of model than the one trained here")
         src = src.to(mine.dtype)

@@ -4,7 +4,9 @@ decoding. The weights are the model file's own (float32, as torch holds them), e
 the cache (core/arrayfile; the first run needs torch to make it). Every step is the torch one's, op
 for op: the ensemble's mean of probabilities, the log-softmax after it, the barred words, END
 barred at the first step and forced after max_len words, the top `beam` of beam x vocabulary, and
-the same stop rule; tests/test_decode_np.py holds the candidates equal to beam.py's."""
+the same stop rule; tests/test_decode_np.py holds the candidates equal to beam.py's. The attention
+generator (attention.py) steps here too, alone or in an ensemble with LSTMs: its state carries the
+projected regions and their mask, reordered with the rest as the beam moves."""
 
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ from ..core.errors import UsageError
 from ..data.vocab import END, PAD, START, UNK, Vocab
 
 BANNED = (PAD, START, UNK)
+# Exports of caption models: the "2" keys them apart from those of the decoder before attention generators
+# (it would misread one), so each decoder reads only exports it made.
+EXPORT_KIND = "caption2"
 
 
 @dataclass
@@ -43,6 +48,27 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
 
 
+def _lstm(g: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The LSTM's new (h, c) from its gate pre-activations g (N, 4H), split i, f, o, u as in torch."""
+    i, f, o, u = np.split(g, 4, axis=-1)
+    c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(u)
+    return _sigmoid(o) * np.tanh(c), c
+
+
+def attends(cfg: CaptionConfig) -> bool:
+    """Whether the generator (or one of an ensemble's members) reads all of a photo's region vectors."""
+    return "attend" in (cfg.cell, *cfg.member_cells)
+
+
+def photo_input(features: Any, cfg: CaptionConfig) -> np.ndarray:
+    """captioner.photo_input in numpy: a RegionFeatures' full-image vector (D,), or for a generator that
+    attends its first cfg.regions region vectors (R, D), full frame first, padded with zero rows."""
+    if not attends(cfg):
+        return np.asarray(features.features[0], np.float32)
+    rows = np.asarray(features.features[:cfg.regions], np.float32)
+    return np.concatenate([rows, np.zeros((cfg.regions - len(rows), rows.shape[1]), np.float32)])
+
+
 @dataclass
 class NumpyCaptioner:
     """A caption model file in numpy; what `vsa caption` reads of a LoadedCaptioner, without torch."""
@@ -59,34 +85,70 @@ class NumpyCaptioner:
         n = self.config.members
         return [f"members.{j}." for j in range(n)] if n > 1 else [""]
 
+    @property
+    def cells(self) -> tuple[str, ...]:
+        """Each member's cell (an ensemble's differ when config.member_cells says so)."""
+        c = self.config
+        return (c.member_cells or (c.cell,) * c.members) if c.members > 1 else (c.cell,)
+
     def init_state(self, feats: np.ndarray) -> list[tuple[np.ndarray, ...]]:
-        """(B, D) features -> each member's state: (h, c, b_v) for an LSTM, (h, b_v) for the RNN."""
+        """(B, D) features, or (B, R, D) region vectors (photo_input) -> each member's state: (h, c, b_v)
+        for an LSTM, (h, b_v) for the RNN (both read row 0 of region vectors), (h, c, projected regions,
+        mask) for the attention generator."""
         out = []
-        for p in self.prefixes:
-            b_v = feats @ self.weights[p + "w_hi.weight"].T + self.weights[p + "w_hi.bias"]
-            h = np.zeros((len(feats), self.config.hidden), np.float32)
-            out.append((h, np.zeros_like(h), b_v) if self.config.cell == "lstm" else (h, b_v))
+        for p, cell in zip(self.prefixes, self.cells, strict=True):
+            if cell == "attend":
+                out.append(self._attend_init(p, feats))
+                continue
+            full = feats[:, 0] if feats.ndim == 3 else feats
+            b_v = full @ self.weights[p + "w_hi.weight"].T + self.weights[p + "w_hi.bias"]
+            h = np.zeros((len(full), self.config.hidden), np.float32)
+            out.append((h, np.zeros_like(h), b_v) if cell == "lstm" else (h, b_v))
         return out
+
+    def _attend_init(self, p: str, feats: np.ndarray) -> tuple[np.ndarray, ...]:
+        """attention.AttendCaptioner.init_state: the regions projected once, the mean real one the start."""
+        w = self.weights
+        v = feats[:, None] if feats.ndim == 2 else feats  # a lone vector is a one-row photo
+        mask = np.abs(v).sum(-1) > 0  # padding rows are all zero
+        mask[:, 0] = True  # the full frame is always there
+        proj = v @ w[p + "w_p.weight"].T + w[p + "w_p.bias"]  # (B, R, A)
+        m = mask[..., None].astype(np.float32)
+        mean = (proj * m).sum(1) / m.sum(1)
+        h, c = np.split(np.tanh(mean @ w[p + "w_init.weight"].T + w[p + "w_init.bias"]), 2, axis=-1)
+        return (h, c, proj, mask)
+
+    def _attend_step(self, p: str, gx: np.ndarray, st: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """attention.AttendCaptioner._cell: attend with the previous h, then the LSTM on word and context."""
+        w = self.weights
+        h, c, proj, mask = st
+        e = (np.tanh(proj + (h @ w[p + "w_a.weight"].T)[:, None]) @ w[p + "att_v.weight"].T)[..., 0]  # (N, R)
+        e = np.where(mask, e, np.float32(-np.inf))
+        alpha = np.exp(e - e.max(-1, keepdims=True))
+        alpha /= alpha.sum(-1, keepdims=True)
+        z = (alpha[:, None] @ proj)[:, 0]  # (N, A) the attended context
+        z = _sigmoid(h @ w[p + "w_beta.weight"].T + w[p + "w_beta.bias"]) * z
+        h, c = _lstm(gx + z @ w[p + "w_z.weight"].T + h @ w[p + "w_hh.weight"].T, c)
+        return (h, c, proj, mask)
 
     def step(self, tokens: np.ndarray, state: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, list]:
         """tokens (N,) -> (N, V) log-probabilities of the next word (of the members' mean probability
         for an ensemble; the logits of a single model) and the new state."""
         outs, new = [], []
-        for p, st in zip(self.prefixes, state):
+        for p, cell, st in zip(self.prefixes, self.cells, state, strict=True):
             w = self.weights
             gx = w[p + "embed.weight"][tokens] @ w[p + "w_hx.weight"].T + w[p + "w_hx.bias"]
-            if self.config.cell == "lstm":
+            if cell == "attend":
+                st = self._attend_step(p, gx, st)
+            elif cell == "lstm":
                 h, c, b_v = st
-                g = gx + h @ w[p + "w_hh.weight"].T + b_v
-                i, f, o, u = np.split(g, 4, axis=-1)
-                c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(u)
-                h = _sigmoid(o) * np.tanh(c)
+                h, c = _lstm(gx + h @ w[p + "w_hh.weight"].T + b_v, c)
                 st = (h, c, np.zeros_like(b_v))
             else:
                 h, b_v = st
                 h = np.maximum(gx + h @ w[p + "w_hh.weight"].T + b_v, np.float32(0.0))
                 st = (h, np.zeros_like(b_v))
-            outs.append(h @ w[p + "w_oh.weight"].T + w[p + "w_oh.bias"])
+            outs.append(st[0] @ w[p + "w_oh.weight"].T + w[p + "w_oh.bias"])
             new.append(st)
         if len(outs) == 1:
             return outs[0], new
@@ -111,7 +173,8 @@ def _step_logprobs(model: NumpyCaptioner, tokens: np.ndarray, state: list, t: in
 
 def beam_candidates(model: NumpyCaptioner, feats: np.ndarray, beam: int = 7, max_len: int = 20,
                     length_norm: float = 0.0, stop_at_best: bool = False) -> list[list[Caption]]:
-    """beam.beam_candidates in numpy: every sentence the beam finished per image, in order."""
+    """beam.beam_candidates in numpy: every sentence the beam finished per image, in order. feats (B, D),
+    or (B, R, D) region vectors (photo_input)."""
     if beam < 1:
         raise UsageError(f"beam size must be >= 1, got {beam}")
     if max_len < 1:
@@ -162,7 +225,7 @@ def generate_candidates(model: NumpyCaptioner, feats: np.ndarray, beam: int = 7,
 def load_caption(path: str | Path) -> NumpyCaptioner:
     """A caption model file from its export in the cache, exported first (with torch) when there is
     none for the file as it is now."""
-    got = arrayfile.cached_export("caption", path)
+    got = arrayfile.cached_export(EXPORT_KIND, path)
     if got is None:
         from .captioner import load_caption as torch_load
 
@@ -170,7 +233,7 @@ def load_caption(path: str | Path) -> NumpyCaptioner:
         header = {"config": to_dict(loaded.config), "vocab": loaded.vocab.to_dict(),
                   "region_config": to_dict(loaded.region_config), "metrics": _plain(loaded.metrics)}
         arrays = {k: v.detach().float().cpu().numpy() for k, v in loaded.model.state_dict().items()}
-        arrayfile.write_export("caption", path, header, arrays)
+        arrayfile.write_export(EXPORT_KIND, path, header, arrays)
         got = header, arrays
     header, arrays = got
     return NumpyCaptioner(arrays, Vocab.from_dict(header["vocab"]), from_dict(CaptionConfig, header["config"]),

@@ -1,9 +1,11 @@
-"""Training the caption generator (`vsa train caption`) on full-image features and, for the
-region generator, on region snippets too; early stopping on dev perplexity or CIDEr."""
+"""Training the caption generator (`vsa train caption`) on full-image features (the attention
+generator: on each photo's region features) and, for the region generator, on region snippets too;
+early stopping on dev perplexity or CIDEr."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +24,9 @@ from ..data.text import tokenize
 from ..data.vocab import END, PAD, START, Vocab, build_vocab
 from ..evaluation.metrics import caption_metrics
 from ..models import checkpoint
+from ..models.attention import NEW_PARAMS
 from ..models.beam import beam_search
-from ..models.captioner import Captioner, full_image, load_caption, save_caption
+from ..models.captioner import CELLS, full_image, load_caption, make_captioner, photo_input, save_caption
 from ..models.checkpoint import Checkpoint
 from ..vision.features import FeatureStore
 from .common import (
@@ -51,17 +54,17 @@ def caption_sentences(ids: list[list[int]], max_len: int) -> tuple[torch.Tensor,
     return inputs, targets
 
 
-def caption_split(store, split: str, vocab, max_len: int, dataset: Any = None) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                          torch.Tensor, torch.Tensor]:
+def caption_split(store, split: str, vocab, max_len: int, dataset: Any = None,
+                  to_input: Any = full_image) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The photos of one split of `dataset` (default: Flickr8k) that the feature store holds, and their
-    sentences: feats (P, D) full-image features, photo (S,) index of each sentence's photo, inputs,
-    targets (S, T)."""
+    sentences: feats (P, D) full-image features (or what `to_input` makes of a photo's RegionFeatures),
+    photo (S,) index of each sentence's photo, inputs, targets (S, T)."""
     have = set(store.ids())
     recs = [r for r in (dataset if dataset is not None else load_flickr8k()).split(split) if r.image_id in have]
     if not recs:
         return torch.zeros(0, store.config.feature_dim), torch.zeros(0, dtype=torch.long), \
             torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long)
-    feats = torch.stack([full_image(store.get(r.image_id)) for r in recs])  # (P, D)
+    feats = torch.stack([to_input(store.get(r.image_id)) for r in recs])  # (P, D)
     photo, sents = [], []
     for p, r in enumerate(recs):
         for s in r.sentences:
@@ -183,14 +186,15 @@ class CaptionRun:
 def caption_model(cfg: CaptionConfig, n_words: int) -> torch.nn.Module:
     """The generator that `cfg` asks for, untrained: a module with loss(feats, inputs, targets) that
     caption_epoch steps on (the one place that builds a generator to train)."""
-    return Captioner(cfg, n_words)
+    return make_captioner(cfg, n_words)
 
 
 def train_caption(features, out, cfg, resume: bool = False, device: str | None = None, root=None,
                   keep_train_state: bool = True, on_batch=None, on_epoch=None, amp: bool | None = None,
                   regions=None, init=None, dataset: Any = None, min_count: int = 5) -> dict:
-    """Train the caption generator on the full-image features of the training-split photos in the
-    feature store `features`; early stopping on dev perplexity or dev CIDEr (cfg.select, patience cfg.patience).
+    """Train the caption generator on the full-image features (an attention generator: the region
+    features, models/attention.py) of the training-split photos in the feature store `features`; early
+    stopping on dev perplexity or dev CIDEr (cfg.select, patience cfg.patience).
 
     `out` is rewritten after every epoch: its weights are the best epoch's, its train state
     (common.TrainState.to_file) what `resume=True` continues exactly (keep_train_state=False leaves
@@ -202,8 +206,11 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
     vocabulary extended by the new training words, whose rows start fresh).
     dataset: the splits and captions (default: Flickr8k at `root`); the vocabulary is its training
     split's words seen `min_count` times."""
-    if cfg.cell not in ("rnn", "lstm"):
-        raise UsageError(f"unknown caption cell {cfg.cell!r}; choose rnn or lstm")
+    if cfg.cell not in CELLS:
+        raise UsageError(f"unknown caption cell {cfg.cell!r}; choose one of {', '.join(CELLS)}")
+    if cfg.cell == "attend" and regions is not None:
+        raise UsageError("--regions trains a generator on single region vectors; the attention generator "
+                         "reads all of a photo's regions already")
     if cfg.select not in ("ppl", "cider"):
         raise UsageError(f"unknown selection {cfg.select!r}; choose ppl or cider")
     out = Path(out)
@@ -217,7 +224,7 @@ def train_caption(features, out, cfg, resume: bool = False, device: str | None =
     vocab = vocab or build_vocab(ds, min_count, base=init_model.vocab if init_model is not None else None)
     origin = ((f"--resume {out}", ck.region_config) if ck is not None else
               (f"--init {init}", init_model.region_config) if init_model is not None else None)
-    region_cfg, train, dev_data, dev_refs = _read_data(features, ds, vocab, cfg.max_len, regions, origin)
+    region_cfg, train, dev_data, dev_refs = _read_data(features, ds, vocab, cfg, regions, origin)
     run = _caption_run(cfg, vocab, region_cfg, _new_model(cfg, vocab, dev, init_model, init), train, dev_data,
                        dev_refs, ck, MixedPrecision(dev, amp))
     run.facts.update({"dataset": ds.name, **({"regions": str(regions)} if regions else {}),
@@ -241,6 +248,8 @@ def caption_epoch(run: CaptionRun, epoch: int, on_batch: Callable[[int], None] |
     torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and order depend on the epoch only: resumable
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
     model.train()
+    for group in opt.param_groups:  # a function of the epoch alone, so --resume gets the same
+        group["lr"] = cfg.lr * cfg.lr_decay ** (epoch - 1)
     t0, total, n = time.perf_counter(), 0.0, 0
     for idx in _caption_batches(len(photo), cfg.batch_size, gen):
         x, y = _trim(inputs[idx], targets[idx])
@@ -276,7 +285,7 @@ def _resumed(ck: Checkpoint, cfg: CaptionConfig, regions: Any, out: Path) -> tup
     return Vocab.from_dict(ck.vocab), regions
 
 
-def _read_data(features: Any, ds: Any, vocab: Any, max_len: int, regions: Any, origin: tuple[str, Any] | None
+def _read_data(features: Any, ds: Any, vocab: Any, cfg: CaptionConfig, regions: Any, origin: tuple[str, Any] | None
                ) -> tuple[RegionConfig, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], list]:
     """The store's extractor config, the training pairs (with the snippets of `regions`), the dev
     pairs and the dev references. `origin`: the option and region config of the model the run
@@ -285,10 +294,11 @@ def _read_data(features: Any, ds: Any, vocab: Any, max_len: int, regions: Any, o
         region_cfg = store.config
         if origin is not None:
             require_features(region_cfg, origin[1], features, origin[0])
-        train = caption_split(store, "train", vocab, max_len, ds)
+        to_input = functools.partial(photo_input, cfg=cfg)  # full frame, or all regions for attention
+        train = caption_split(store, "train", vocab, cfg.max_len, ds, to_input)
         if regions is not None:
-            train = add_snippets(train, store, regions, vocab, max_len, ds)
-        dev_data = caption_split(store, "dev", vocab, max_len, ds)
+            train = add_snippets(train, store, regions, vocab, cfg.max_len, ds)
+        dev_data = caption_split(store, "dev", vocab, cfg.max_len, ds, to_input)
         # The same photos, in the same order, as dev_data's features: references for dev CIDEr.
         dev_refs = [r.sentences for r in ds.split("dev") if r.image_id in store]
     if len(train[1]) == 0:
@@ -305,7 +315,8 @@ def _new_model(cfg: CaptionConfig, vocab: Any, device: torch.device, init_model:
         if vocab.itos[: len(init_model.vocab)] != init_model.vocab.itos:
             raise UsageError(f"--init {init}: the vocabulary given does not extend the model's")
         try:
-            checkpoint.load_grown(model, init_model.model.state_dict(), len(init_model.vocab), init)
+            checkpoint.load_grown(model, init_model.model.state_dict(), len(init_model.vocab), init,
+                                  fresh=NEW_PARAMS if cfg.cell == "attend" else ())
         except ModelError:
             raise UsageError(f"--init {init}: a {init_model.config.cell} model of another shape than --preset/--cell "
                              f"ask for") from None
