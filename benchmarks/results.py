@@ -493,9 +493,10 @@ SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
     (("bench-search.json",), search_speed),
     (("bench-footprint.json",), footprint),
     (("bench-cold.json",), lambda d: cold(
-        d, "## Cold start: `benchmarks/cold.py` (1,000 Flickr8k test photos, index format 2)",
-        f"VSA_HOME=... OMP_NUM_THREADS=1 python benchmarks/cold.py --index f8k --runs {d['runs']} --json "
-        "docs/results/bench-cold.json", False)),
+        d, "## Cold start: `benchmarks/cold.py` (1,000 Flickr8k test photos, index format 2)\n\n"
+        "`6aae1ad`: the code before `vsa caption` ran in numpy (a checkout of that commit as BEFORE); `.`: this one.",
+        f"VSA_HOME=... OMP_NUM_THREADS=1 python benchmarks/cold.py --index f8k --runs {d['runs']} --code BEFORE "
+        "--code . --json docs/results/bench-cold.json", True)),
     (("bench-cold-format1.json",), lambda d: cold(
         d, "### Before and after the numpy text encoder (index format 1)",
         f"OMP_NUM_THREADS=1 VSA_HOME=... nice python benchmarks/cold.py --index f8k --runs {d['runs']} --code "
