@@ -34,7 +34,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/regions.py
 
-# A fresh build/ each time: setuptools would otherwise carry models since removed from models/.
+# A fresh build/ each time: setuptools would otherwise carry models since removed from weights/.
 wheel: $(STAMP)
 	rm -rf build dist
 	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .

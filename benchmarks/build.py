@@ -218,7 +218,7 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, help="another checkout to measure in the same run (e.g. /work/main)")
     ap.add_argument("--photos", type=int, default=40)
     ap.add_argument("--heic-photos", type=int, default=12, help="HEIC encoding is slow: fewer of them")
-    ap.add_argument("--model", type=Path, default=REPO / "models" / "align.pt")
+    ap.add_argument("--model", type=Path, default=REPO / "weights" / "align.pt")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=1, help="interleaved runs; the fastest of each is kept")
     ap.add_argument("--workdir", type=Path, help="keep the generated photos here (default: a temporary folder)")

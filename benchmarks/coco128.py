@@ -2,8 +2,8 @@
 trained on), each with and without the concept bridge, in one run; and Flickr8k Recall@K with and
 without it.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/coco128.py --model models/align.pt \\
-        --caption-model models/caption.pt --flickr-features FEATS [--tune] [--json out.json]
+    PYTHONPATH=. .venv/bin/python benchmarks/coco128.py --model weights/align.pt \\
+        --caption-model weights/caption.pt --flickr-features FEATS [--tune] [--json out.json]
 
 - search: for each class present, the query "a <class>" over the 126 photos; mean average precision
   and precision@5 against the photos holding that class (chance: the class's share of photos);

@@ -37,7 +37,7 @@ def stage(code: Path, into: Path) -> Path:
     """A compiled copy of `code`'s package, beside links to its models and pyproject.toml (so that it
     still reads as a checkout and finds its shipped models)."""
     shutil.copytree(code / "vsa_search", into / "vsa_search", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("models", "pyproject.toml"):
+    for name in ("weights", "pyproject.toml"):
         (into / name).symlink_to((code / name).resolve())
     if not compileall.compile_dir(into / "vsa_search", quiet=1, force=True):
         raise SystemExit(f"{code}: the package does not compile")

@@ -73,8 +73,8 @@ def retrieval(d: dict) -> str:
         "## Retrieval: `vsa eval recall` (Flickr8k test: 1,000 photos, 5,000 sentences)",
         f"Written by `vsa eval recall --features FEATS --json > docs/results/eval-recall.json`. {d['note']}.",
         recall_rows(d, names),
-        "A model with a querybank is printed twice, with and without it. `models/align.pt` is an ensemble of the "
-        "paper's region model (with a global term) and one global model, scores added (`models/align.md`); the "
+        "A model with a querybank is printed twice, with and without it. `weights/align.pt` is an ensemble of the "
+        "paper's region model (with a global term) and one global model, scores added (`weights/align.md`); the "
         "global baseline is that global model alone."])
 
 
@@ -90,7 +90,7 @@ def querybank(d: dict) -> str:
                      f"**{r['mean_recall']:.2f}**" if chosen else f2(r["mean_recall"])])
     return "\n\n".join([
         "## Querybank choice: `vsa eval querybank-tune` (Flickr8k dev)",
-        "Written by `vsa eval querybank-tune --model models/align.pt --features FEATS --json > "
+        "Written by `vsa eval querybank-tune --model weights/align.pt --features FEATS --json > "
         f"docs/results/eval-querybank-tune.json`. {d['photos']:,} {d['split']} photos, {d['sentences']:,} "
         f"sentences; rule: {d['rule']}.",
         table(["bank (sentences / photos)", "β", "weight", "model file", "dev search mean R@K",
@@ -165,7 +165,7 @@ def calibration(d: dict) -> str:
     return "\n\n".join([
         f"## Calibration: `vsa eval calibrate` ({f['sentences']:,} {f['split']} sentences)",
         "Written by `vsa eval calibrate --plot docs/calibration.png --json > docs/results/eval-calibrate.json` "
-        f"(it also writes `models/{Path(d['model_file']).stem}.calibration.json`). Each {f['split']} photo's first "
+        f"(it also writes `weights/{Path(d['model_file']).stem}.calibration.json`). Each {f['split']} photo's first "
         f"sentence searches the {f['photos']:,} {f['split']} photos as `vsa search` does; its top {f['top_k']} hits "
         f"are right when the hit is the photo it was written for. A Platt fit on {f['hits']:,} hits "
         f"({f['right']:,} right): `P(right) = 1 / (1 + exp(-({d['a']:.3f} · score {d['b']:+.3f})))`, Brier "
@@ -196,7 +196,7 @@ def coco128(d: dict) -> str:
     size = ", ".join(f"{k} {v:g}" for k, v in d["bytes_per_region"].items())
     return "\n\n".join([
         "## Open vocabulary: `benchmarks/coco128.py` (126 COCO photos, never trained on)",
-        "Written by `python benchmarks/coco128.py --model models/align.pt --caption-model models/caption.pt "
+        "Written by `python benchmarks/coco128.py --model weights/align.pt --caption-model weights/caption.pt "
         "--flickr-features FEATS --flickr-photos 200 --weight 4.0 --json docs/results/bench-coco128.json`. "
         "Search scores are the product's (querybank offsets included); captions without the bridge are what "
         "`vsa caption` writes (beams re-ranked).",

@@ -27,7 +27,7 @@ from vsa_search.vision.regions import RegionEncoder
 SHIPPED = paths.shipped_models_dir()
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "photos"
 pytestmark = pytest.mark.skipif(not (SHIPPED / "caption-ensemble.pt").is_file() or not (SHIPPED / "align.pt").is_file(),
-                                reason="needs the shipped models/caption-ensemble.pt and models/align.pt")
+                                reason="needs the shipped weights/caption-ensemble.pt and weights/align.pt")
 NAMES = ("horse.jpg", "gravel.jpg", "coffee.jpg", "coins.jpg")  # 400x328, 400x400, 400x267, 384x303
 
 

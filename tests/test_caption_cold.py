@@ -107,7 +107,7 @@ def test_an_ensemble_with_an_attention_member_captions_without_torch(home: Path,
     assert got.stdout == first.stdout
     # What the torch generator and beam search make of the same (numpy CNN) features, re-ranked the same way.
     loaded, enc = load_caption(path), NumpyRegionEncoder(RegionConfig())
-    align = rerank_np.load_align(ROOT / "models" / "align.pt")
+    align = rerank_np.load_align(ROOT / "weights" / "align.pt")
     for photo, row in zip(photos, json.loads(got.stdout), strict=True):
         feats = enc.encode_photo(Path(photo))
         cands = generate_candidates(loaded, photo_input(feats, loaded.config)[None], beam=7)[0]

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from vsa_search.cli import app
 
-SHIPPED = Path(__file__).resolve().parent.parent / "models"
+SHIPPED = Path(__file__).resolve().parent.parent / "weights"
 
 
 def run(*args: str):

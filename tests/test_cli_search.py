@@ -190,7 +190,7 @@ def test_build_and_remove_another_index(env: Path, models, sample_photos: list[P
     assert not (env / "indexes" / "one").exists()
 
 
-@pytest.mark.skipif(not SHIPPED.is_file(), reason="needs the shipped models/align.pt (trained model)")
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="needs the shipped weights/align.pt (trained model)")
 def test_shipped_model_finds_the_photo_of_a_caption(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     flickr_root: Path) -> None:
     """With the trained model: index 6 test-split photos (never seen in training), search with

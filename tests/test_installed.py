@@ -25,8 +25,8 @@ from vsa_search.core import paths
 ROOT = paths.REPO_ROOT
 PHOTOS = ROOT / "examples" / "photos"
 # The wheel is built from a copy of these: an in-tree build would leave build/ and *.egg-info in the
-# checkout, and a stale build/lib could carry models that models/ no longer has.
-SOURCES = ("pyproject.toml", "setup.py", "README.md", "vsa_search", "models")
+# checkout, and a stale build/lib could carry models that weights/ no longer has.
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "vsa_search", "weights")
 SETUPTOOLS_MIN = 77  # pyproject.toml's build-system requirement (SPDX licence string)
 
 pytestmark = pytest.mark.slow
@@ -89,7 +89,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_wheel_carries_the_shipped_models(installed: dict) -> None:
     assert f"-{vsa_search.__version__}-" in installed["wheel"].name
     names = set(zipfile.ZipFile(installed["wheel"]).namelist())
-    shipped = sorted(p for p in (ROOT / "models").iterdir() if p.suffix in (".pt", ".md"))
+    shipped = sorted(p for p in (ROOT / "weights").iterdir() if p.suffix in (".pt", ".md"))
     assert shipped
     assert {f"vsa_search/shipped_models/{p.name}" for p in shipped} <= names
     assert not any(n.startswith(("tests/", "benchmarks/", "examples/", "indexes/")) for n in names)
@@ -111,9 +111,9 @@ def test_installed_vsa_indexes_searches_and_captions(installed: dict) -> None:
         assert Path(info["locations"][key]).is_relative_to(home), (key, info["locations"][key])
     # The installed models are the checkout's files, byte for byte, each read and fingerprinted.
     got = {m["name"]: m for m in info["shipped_models"]}
-    assert set(got) == {p.stem for p in (ROOT / "models").glob("*.pt")}
+    assert set(got) == {p.stem for p in (ROOT / "weights").glob("*.pt")}
     for name, m in got.items():
-        assert _sha(Path(m["path"])) == _sha(ROOT / "models" / f"{name}.pt")
+        assert _sha(Path(m["path"])) == _sha(ROOT / "weights" / f"{name}.pt")
         assert len(m["fingerprint"]) == 16 and m["kind"] in ("align", "caption") and "error" not in m
 
     n_photos = len([p for p in PHOTOS.iterdir() if p.suffix == ".jpg"])

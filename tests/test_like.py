@@ -21,10 +21,10 @@ from vsa_search.evaluation.calibrate import fit_platt, labelled_hits, reliabilit
 from vsa_search.index.floor import calibration_path
 
 EXAMPLES = paths.REPO_ROOT / "examples" / "photos"
-SHIPPED = paths.REPO_ROOT / "models" / "align.pt"
+SHIPPED = paths.REPO_ROOT / "weights" / "align.pt"
 PHOTOS = ["horse.jpg", "chelsea-cat.jpg", "coffee.jpg", "camera.jpg", "rocket.jpg", "gravel.jpg"]
 runner = CliRunner()
-pytestmark = pytest.mark.skipif(not SHIPPED.is_file(), reason="needs the shipped models/align.pt")
+pytestmark = pytest.mark.skipif(not SHIPPED.is_file(), reason="needs the shipped weights/align.pt")
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_minus_demotes_the_photo_the_minus_term_matches_best(env: Path) -> None:
 
 
 needs_calibration = pytest.mark.skipif(not calibration_path(SHIPPED).is_file(),
-                                       reason="needs models/align.calibration.json (vsa eval calibrate)")
+                                       reason="needs weights/align.calibration.json (vsa eval calibrate)")
 
 
 @needs_calibration

@@ -64,7 +64,7 @@ def coco_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """$VSA_HOME with an index of the first 16 coco128 photos (a zebra and an elephant among them),
     built with the shipped model."""
     if not SHIPPED.is_file():
-        pytest.skip("needs the shipped models/align.pt")
+        pytest.skip("needs the shipped weights/align.pt")
     if not COCO.is_dir():
         pytest.skip(f"needs the coco128 photos at {COCO}")
     home = tmp_path_factory.mktemp("coco")

@@ -44,8 +44,8 @@ def readme_commands() -> list[list[str]]:
 
 
 # A path is shown from the folder it lives in (the README's checkout was elsewhere): normalise
-# everything before examples/, indexes/ and models/ to "…/".
-_PATH = re.compile(r"(?<![\w.])/\S*?/(?=(?:examples|indexes|models)/)")
+# everything before examples/, indexes/ and weights/ to "…/".
+_PATH = re.compile(r"(?<![\w.])/\S*?/(?=(?:examples|indexes|weights)/)")
 _NUMBER = re.compile(r"^\(?(-?\d+\.\d+)\)?,?$")
 
 
@@ -110,7 +110,7 @@ def test_the_readme_headline_table_is_what_the_results_json_gives() -> None:
 def test_the_readme_links_lead_to_files_and_stay_short() -> None:
     readme = (ROOT / "README.md").read_text()
     links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme)
-    for name in ("docs/RESULTS.md", "docs/DESIGN.md", *(f"models/{p.name}" for p in (ROOT / "models").glob("*.md"))):
+    for name in ("docs/RESULTS.md", "docs/DESIGN.md", *(f"weights/{p.name}" for p in (ROOT / "weights").glob("*.md"))):
         assert name in links, f"the README does not link {name}"
     missing = [link for link in links if not (ROOT / link).exists()]
     assert not missing, f"the README links files that do not exist: {missing}"

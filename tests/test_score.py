@@ -23,7 +23,7 @@ from vsa_search.models.alignment import load_align
 from vsa_search.models.encode import query_vectors
 from vsa_search.models.querybank import photo_offsets, sentence_offsets
 
-SHIPPED = paths.REPO_ROOT / "models" / "align.pt"
+SHIPPED = paths.REPO_ROOT / "weights" / "align.pt"
 EXAMPLES = paths.REPO_ROOT / "examples" / "photos"
 PHOTOS = ["chelsea-cat.jpg", "coffee.jpg", "horse.jpg", "astronaut.jpg"]
 
@@ -94,7 +94,7 @@ def shipped(tmp_path_factory: pytest.TempPathFactory):
     """(the shipped model, an index of four example photos built with it, the sentence index of a few
     sentences)."""
     if not SHIPPED.is_file():
-        pytest.skip("needs the shipped models/align.pt")
+        pytest.skip("needs the shipped weights/align.pt")
     home = tmp_path_factory.mktemp("score")
     (home / "photos").mkdir()
     for p in PHOTOS:
@@ -207,7 +207,7 @@ def dev_data():
     from vsa_search.vision.features import FeatureStore
 
     if not SHIPPED.is_file():
-        pytest.skip("needs the shipped models/align.pt")
+        pytest.skip("needs the shipped weights/align.pt")
     model = load_align(SHIPPED)
     store_dir = paths.cache_dir() / "features" / model.region_config.extractor_id()
     if not store_dir.is_dir():

@@ -50,7 +50,7 @@ def sentences(vocab: Vocab, n: int, seed: int = 0) -> list[list[str]]:
     return [[words[i] for i in rng.integers(0, len(words), rng.integers(1, 25))] for _ in range(n)]
 
 
-@pytest.mark.skipif(not SHIPPED.is_file(), reason="needs the shipped models/align.pt")
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="needs the shipped weights/align.pt")
 def test_numpy_encoder_equals_torch_on_1000_sentences() -> None:
     loaded = load_align(SHIPPED)
     enc = textenc.from_loaded(loaded)

@@ -63,7 +63,7 @@ class Models:
 
 def load(align: str | Path = paths.ALIGN_MODEL, caption: str | Path = paths.CAPTION_MODEL,
          device: str | None = None) -> Models:
-    """Load the alignment and caption models (names under models/ or $VSA_HOME/models, or paths)."""
+    """Load the alignment and caption models (names under weights/ or $VSA_HOME/weights, or paths)."""
     from .core.device import pick_device
     from .models.alignment import load_align
     from .models.captioner import load_caption

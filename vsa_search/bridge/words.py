@@ -31,7 +31,7 @@ class BridgeConfig:
     """How query words reach regions through class names. `weight` scales the bridge against the
     alignment model's own word-region score (per word, before the model's mean over words). A model
     file's metrics may carry its own ("bridge_weight", written by `benchmarks/coco128.py --tune
-    --write-weight`), which wins; this default is the shipped models/align.pt's, tuned on Flickr8k
+    --write-weight`), which wins; this default is the shipped weights/align.pt's, tuned on Flickr8k
     dev (first 200 photos, 1,000 sentences): mean Recall@K 43.2 / 43.4 / 43.7 / 44.5 / 45.4 / 46.1 at
     weights 0 / 0.2 / 0.5 / 1 / 2 / 4."""
 

@@ -304,7 +304,7 @@ def calibrate_cmd(
     per_photo: Annotated[int, typer.Option(min=1, max=5, help="Sentences per photo that search (the first N "
                                                             "of each photo).")] = 1,
     out_path: Annotated[Path | None, typer.Option("--out", help="Where to write it (default: beside the model, "
-                                                               "models/NAME.calibration.json).")] = None,
+                                                               "weights/NAME.calibration.json).")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also draw the reliability plot to this PNG "
                                                    "(needs matplotlib: the dev extra).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

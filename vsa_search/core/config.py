@@ -115,7 +115,7 @@ class EmbedConfig:
 
 EMBED_PRESETS: dict[str, EmbedConfig] = {
     "tiny": EmbedConfig(hidden=32, epochs=2, batch_size=16, glove=False, word_dim=16),
-    # The region model of the shipped models/align.pt (models/align.md: this preset with 300-d words and
+    # The region model of the shipped weights/align.pt (weights/align.md: this preset with 300-d words and
     # lr 1e-3, summed with a global member): the paper's region-word score plus a global term, cosine,
     # mean over words, VSE-style margin 0.2, Adam.
     # The paper's own recipe (dot products, SGD) diverged or stalled on these features.
@@ -125,7 +125,7 @@ EMBED_PRESETS: dict[str, EmbedConfig] = {
     # The global baseline (evaluation/recall.py compares every model with it), trained the same way.
     "global": EmbedConfig(arch="global", normalize=True, pool="mean", margin=0.2, optimizer="adam", lr=5e-4,
                           batch_size=32, epochs=30, patience=4),
-    # A variant measured for the ensemble and not shipped (models/align.md): the baseline after 8 epochs
+    # A variant measured for the ensemble and not shipped (weights/align.md): the baseline after 8 epochs
     # of text-only pretraining on the captions of all 6,000 training-split photos.
     "global-text": EmbedConfig(arch="global", normalize=True, pool="mean", margin=0.2, optimizer="adam", lr=5e-4,
                                batch_size=32, epochs=30, patience=4, text_pretrain=8, text_pretrain_lr=3e-3),
@@ -163,12 +163,12 @@ class CaptionConfig:
 
 CAPTION_PRESETS: dict[str, CaptionConfig] = {
     "tiny": CaptionConfig(hidden=32, word_dim=16, epochs=2, batch_size=16),
-    # Chosen on dev. With 753 training photos (models/caption.md as of commit 0af54da, Adam 1e-3, h 512) the
+    # Chosen on dev. With 753 training photos (weights/caption.md as of commit 0af54da, Adam 1e-3, h 512) the
     # LSTM's kept epoch had dev perplexity 30.0 and dev CIDEr (beam 3) 24.3, the paper's RNN's 34.5 and 22.2.
     # The RNN with RMSProp at 1e-3 blew up in its first epoch (dev perplexity 59.9 after 3 epochs; at 3e-4,
     # 50.1 after 7 against Adam's 36.3).
     # Lower perplexity did not mean better captions: on the 6,000 training photos dev perplexity kept falling
-    # to epoch 13 while dev CIDEr peaked at epoch 9 (models/caption.md), hence selection on dev CIDEr.
+    # to epoch 13 while dev CIDEr peaked at epoch 9 (weights/caption.md), hence selection on dev CIDEr.
     "default": CaptionConfig(cell="lstm", optimizer="adam", lr=1e-3, epochs=16, patience=4, select="cider"),
     "paper": CaptionConfig(cell="rnn", hidden=512, optimizer="rmsprop"),
     # Soft attention over the full frame and its regions (models/attention.py), the default's LSTM shape

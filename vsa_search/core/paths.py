@@ -1,7 +1,8 @@
 """Where things live. `$VSA_HOME` is the data root when set. Otherwise a checkout keeps everything in
-itself (`indexes/`, `models/`, `cache/`), and an installed package uses the platform's user data and
+itself (`indexes/`, `weights/`, `cache/`), and an installed package uses the platform's user data and
 cache folders (platformdirs), never its own install folder. The shipped models come from the package
-data `vsa_search/shipped_models/` when installed and from the checkout's `models/` otherwise."""
+data `vsa_search/shipped_models/` when installed and from the checkout's `weights/` otherwise (model
+files live in `weights/`, never to be mistaken for the code in `vsa_search/models/`)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from pathlib import Path
 
 APP = "vsa-search"
 REPO_ROOT = Path(__file__).resolve().parents[2]  # vsa_search/core/paths.py -> the checkout
-# The wheel's build maps models/ to this package-data folder (setup.py).
+# The wheel's build maps weights/ to this package-data folder (setup.py).
 SHIPPED_PACKAGE_DIR = "shipped_models"
 # The models a command uses when none is named (find_model resolves a name).
-ALIGN_MODEL = "align"  # models/align.pt: the alignment model (search, align, re-ranking)
-CAPTION_MODEL = "caption-ensemble"  # models/caption-ensemble.pt, shipped: caption.pt + caption-regions.pt
-REGION_CAPTION_MODEL = "caption-regions"  # models/caption-regions.pt: trained with `vsa train caption --regions`
+ALIGN_MODEL = "align"  # weights/align.pt: the alignment model (search, align, re-ranking)
+CAPTION_MODEL = "caption-ensemble"  # weights/caption-ensemble.pt, shipped: caption.pt + caption-regions.pt
+REGION_CAPTION_MODEL = "caption-regions"  # weights/caption-regions.pt: trained with `vsa train caption --regions`
 _resource_files = ExitStack()
 atexit.register(_resource_files.close)
 
@@ -50,7 +51,13 @@ def indexes_dir() -> Path:
 
 
 def models_dir() -> Path:
-    """User models: $VSA_HOME/models (in a checkout, its models/ folder)."""
+    """User models: $VSA_HOME/weights (in a checkout, its weights/ folder)."""
+    return home() / "weights"
+
+
+def older_models_dir() -> Path:
+    """Where a data root kept its models before the folder was named weights/: still searched by
+    find_model, after weights/, so that models trained then keep resolving by name."""
     return home() / "models"
 
 
@@ -65,10 +72,10 @@ def cache_dir() -> Path:
 
 
 def shipped_models_dir() -> Path:
-    """The shipped models: models/ in a checkout, else the installed package data (through
+    """The shipped models: weights/ in a checkout, else the installed package data (through
     importlib.resources; a zipped install is extracted once per process)."""
     if in_checkout():
-        return REPO_ROOT / "models"
+        return REPO_ROOT / "weights"
     ref = resources.files("vsa_search") / SHIPPED_PACKAGE_DIR
     return Path(_resource_files.enter_context(resources.as_file(ref)))
 
@@ -80,11 +87,12 @@ def shipped_models() -> list[Path]:
 
 
 def find_model(name: str) -> Path:
-    """Resolve a model name or path: an existing path wins, then the user models, then shipped."""
+    """Resolve a model name or path: an existing path wins, then the user models (weights/, then the
+    older models/ folder), then shipped."""
     p = Path(name).expanduser()
     if p.exists():
         return p
-    for base in (models_dir(), shipped_models_dir()):
+    for base in (models_dir(), older_models_dir(), shipped_models_dir()):
         for cand in (base / name, base / f"{name}.pt"):
             if cand.exists():
                 return cand

@@ -1,7 +1,7 @@
 """The relevance floor of `vsa search TEXT`: a hit's score as the probability that it is a right one
 (the calibration `vsa eval calibrate` fits on Flickr8k dev: evaluation/calibrate.py), and the hits
 below a floor on it set apart, so that a query the model has little to say about gets "no photo
-matches" rather than ten poor hits. The calibration lives beside the model (models/NAME.calibration.json)
+matches" rather than ten poor hits. The calibration lives beside the model (weights/NAME.calibration.json)
 and applies only to that model (its fingerprint); without one there is no floor."""
 
 from __future__ import annotations

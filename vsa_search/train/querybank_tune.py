@@ -22,7 +22,7 @@ from ..models.alignment import load_align, save_align
 from ..vision.features import FeatureStore, require_extractor
 from .add_querybank import draw_bank
 
-# What was compared when the shipped bank was chosen (models/align.md): two bank sizes (sentences, photos),
+# What was compared when the shipped bank was chosen (weights/align.md): two bank sizes (sentences, photos),
 # β 5, weights 0.5 and 1.
 SIZES: tuple[tuple[int, int], ...] = ((1000, 200), (5000, 1000))
 BETAS: tuple[float, ...] = (5.0,)
