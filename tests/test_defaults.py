@@ -47,3 +47,19 @@ def test_models_beam_and_batch_defaults_are_one_definition() -> None:
     assert defaults(Engine.caption)["beam"] == config.DEFAULT_BEAM
     assert defaults(cli_index.build_cmd)["batch_size"] == BATCH_SIZE
     assert defaults(Engine.align_id)["beta"] == mrf.DEFAULT_BETA
+
+
+def test_caption_and_extract_defaults_are_one_definition() -> None:
+    from vsa_search import captioning
+    from vsa_search.captioning import constrained
+    from vsa_search.cli import features as cli_features
+    from vsa_search.models import decode_np
+    from vsa_search.vision import features, regions
+
+    for fn in (captioning.caption_photos, captioning.region_captions, captioning.caption_regions_of,
+               constrained.constrained_beam, constrained.caption_with_concepts, decode_np.beam_candidates,
+               decode_np.generate_candidates):
+        assert defaults(fn)["beam"] == config.DEFAULT_BEAM, fn.__qualname__
+    assert defaults(cli_features.extract_cmd)["batch_size"] == regions.EXTRACT_BATCH
+    assert defaults(regions.extract)["batch_size"] == defaults(features.extract_to_store)["batch_size"] \
+        == regions.EXTRACT_BATCH

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ..bridge.scores import photo_concepts
+from ..core.config import DEFAULT_BEAM
 from ..core.device import one_thread
 from ..core.errors import UsageError, VSAError
 from ..models import decode_np
@@ -68,7 +69,7 @@ def photo_files(photos: list[Path]) -> list[Path]:
     return files
 
 
-def caption_photos(photos: list[Path], loaded: LoadedCaptioner | decode_np.NumpyCaptioner, beam: int = 7,
+def caption_photos(photos: list[Path], loaded: LoadedCaptioner | decode_np.NumpyCaptioner, beam: int = DEFAULT_BEAM,
                    max_len: int | None = None, length_norm: float = 0.0, encoder=None, on_progress=None,
                    concepts: bool = False, list_concepts: int = 0,
                    rerank_with: LoadedAlign | NumpyAlign | None = None,
@@ -173,7 +174,7 @@ class RegionCaption:
         return d
 
 
-def region_captions(loaded: Any, regions: RegionFeatures, beam: int = 7, max_len: int | None = None,
+def region_captions(loaded: Any, regions: RegionFeatures, beam: int = DEFAULT_BEAM, max_len: int | None = None,
                     top: int | None = None) -> list[RegionCaption]:
     """A caption for every region of a photo (row 0 = the full image) with the region generator.
     top: keep the `top` regions whose captions the model is surest of (mean log-probability per word)."""
@@ -200,7 +201,7 @@ def draw_region_captions(image: Image.Image, caps: list[RegionCaption]) -> Image
     return draw_boxes(image, [(c.box, c.caption) for c in caps])
 
 
-def caption_regions_of(photos: list[Path], loaded: LoadedCaptioner, encoder: RegionEncoder, beam: int = 7,
+def caption_regions_of(photos: list[Path], loaded: LoadedCaptioner, encoder: RegionEncoder, beam: int = DEFAULT_BEAM,
                        max_len: int | None = None, top: int | None = None,
                        out_png: Path | None = None) -> list[dict[str, Any]]:
     """Region captions of each photo, as {photo, regions: [RegionCaption.to_dict()]}; with `out_png`

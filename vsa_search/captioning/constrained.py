@@ -21,6 +21,7 @@ import torch
 
 from ..bridge.table import STOPWORDS
 from ..bridge.words import class_names, display_name, glove
+from ..core.config import DEFAULT_BEAM
 from ..core.errors import UsageError
 from ..data.text import tokenize
 from ..data.vocab import END, START
@@ -46,7 +47,7 @@ class Constraint:
 
 
 @torch.inference_mode()
-def constrained_beam(model: Captioner, feat: torch.Tensor, constraints: list[int], beam: int = 7,
+def constrained_beam(model: Captioner, feat: torch.Tensor, constraints: list[int], beam: int = DEFAULT_BEAM,
                      max_len: int = 20, length_norm: float = 0.0) -> tuple[Caption, int]:
     """The best caption of one image (feat (D,)) containing every token of `constraints` (at most
     a few), or, when no finished sentence meets them all within max_len, the one meeting the most.
@@ -196,7 +197,7 @@ def render(tokens: list[str], constraints: list[Constraint], met: int) -> str:
     return " ".join(words)
 
 
-def caption_with_concepts(loaded: Any, feat: torch.Tensor, concepts: Concepts, beam: int = 7,
+def caption_with_concepts(loaded: Any, feat: torch.Tensor, concepts: Concepts, beam: int = DEFAULT_BEAM,
                           max_len: int | None = None, length_norm: float = 0.0,
                           min_confidence: float = MIN_CONFIDENCE) -> dict[str, Any]:
     """One photo's caption constrained on its confident concepts: {caption, logprob, constraints}."""

@@ -11,6 +11,7 @@ import typer
 from ..core import config
 from ..data.datasets import load_dataset
 from ..vision.features import FeatureStore, extract_to_store
+from ..vision.regions import EXTRACT_BATCH
 from .common import CaptionsOpt, DatasetOpt, RootOpt, err, load_dataset_opts, new_app, out, print_json, progress
 
 app = new_app("Region boxes and CNN features of a data set's photos, stored in LMDB.")
@@ -25,7 +26,7 @@ def extract_cmd(
     split: Annotated[str | None, typer.Option(help="Only this split (train/dev/test).")] = None,
     preset: Annotated[str, typer.Option(help="Region preset: " + ", ".join(config.REGION_PRESETS))] = "default",
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    batch_size: Annotated[int, typer.Option(min=1)] = EXTRACT_BATCH,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Extract boxes and features for every present photo; resumes an interrupted run."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..core import arrayfile
-from ..core.config import CaptionConfig, RegionConfig, from_dict, to_dict
+from ..core.config import DEFAULT_BEAM, CaptionConfig, RegionConfig, from_dict, to_dict
 from ..core.errors import UsageError
 from ..data.vocab import END, PAD, START, UNK, Vocab
 
@@ -171,7 +171,7 @@ def _step_logprobs(model: NumpyCaptioner, tokens: np.ndarray, state: list, t: in
     return logp, state
 
 
-def beam_candidates(model: NumpyCaptioner, feats: np.ndarray, beam: int = 7, max_len: int = 20,
+def beam_candidates(model: NumpyCaptioner, feats: np.ndarray, beam: int = DEFAULT_BEAM, max_len: int = 20,
                     length_norm: float = 0.0, stop_at_best: bool = False) -> list[list[Caption]]:
     """beam.beam_candidates in numpy: every sentence the beam finished per image, in order. feats (B, D),
     or (B, R, D) region vectors (photo_input)."""
@@ -215,7 +215,7 @@ def beam_candidates(model: NumpyCaptioner, feats: np.ndarray, beam: int = 7, max
     return finished
 
 
-def generate_candidates(model: NumpyCaptioner, feats: np.ndarray, beam: int = 7, max_len: int | None = None,
+def generate_candidates(model: NumpyCaptioner, feats: np.ndarray, beam: int = DEFAULT_BEAM, max_len: int | None = None,
                         length_norm: float = 0.0, stop_at_best: bool = False) -> list[list[Caption]]:
     """beam.generate_candidates for a NumpyCaptioner (one batch: `vsa caption` describes few photos)."""
     return beam_candidates(model, feats, beam=beam, max_len=max_len or model.config.max_len,

@@ -16,7 +16,7 @@ from ..core.errors import StoreError
 from ..core.kv import KV
 from .concepts import Concepts
 from .concepts import from_features as concepts_from_features
-from .regions import RegionEncoder, RegionFeatures, extract
+from .regions import EXTRACT_BATCH, RegionEncoder, RegionFeatures, extract
 
 FORMAT_VERSION = 1
 _META = "meta"
@@ -125,7 +125,7 @@ def require_extractor(store_config: RegionConfig, model_config: RegionConfig, st
 
 
 def extract_to_store(photos: dict[str, Path], out: str | Path, cfg: RegionConfig,
-                     device: str | None = None, batch_size: int = 16,
+                     device: str | None = None, batch_size: int = EXTRACT_BATCH,
                      on_progress: Callable[[int], None] | None = None,
                      encoder: RegionEncoder | None = None) -> ExtractReport:
     """Extract every photo (id -> path) not yet in the store at `out`. Photos already stored

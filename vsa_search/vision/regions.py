@@ -27,6 +27,8 @@ from .images import DEFAULT_MAX_MEGAPIXELS, decode
 if TYPE_CHECKING:  # torch only where the CNN runs in it: proposals (and cnn.py's encoder) need none
     import torch
 
+EXTRACT_BATCH = 16  # photos per CNN batch when extracting a feature store
+
 # --------------------------------------------------------------------------- proposals
 
 
@@ -276,7 +278,7 @@ def prepare(path: Path, cfg: RegionConfig, max_megapixels: float = DEFAULT_MAX_M
         return Prepared(path, None, None, str(e))
 
 
-def extract(paths: Iterable[Path], encoder: RegionEncoder, batch_size: int = 16,
+def extract(paths: Iterable[Path], encoder: RegionEncoder, batch_size: int = EXTRACT_BATCH,
             workers: int | None = None,
             max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Iterator[tuple[Path, RegionFeatures | str]]:
     """Yield (path, features) or (path, error message) in input order. Decoding and proposals run
