@@ -160,6 +160,11 @@ class CaptionConfig:
     regions: int = 20  # attend: region vectors per photo (full frame first; fewer are padded, more cut)
     lr_decay: float = 1.0  # the learning rate of epoch e is lr * lr_decay^(e-1)
 
+    @property
+    def attends(self) -> bool:
+        """Whether the generator (or one of an ensemble's members) reads all of a photo's region vectors."""
+        return "attend" in (self.cell, *self.member_cells)
+
 
 CAPTION_PRESETS: dict[str, CaptionConfig] = {
     "tiny": CaptionConfig(hidden=32, word_dim=16, epochs=2, batch_size=16),

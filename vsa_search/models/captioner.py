@@ -29,7 +29,6 @@ from ..core.errors import ModelError, UsageError
 from ..data.vocab import PAD, Vocab
 from . import checkpoint
 from .attention import AttendCaptioner
-from .decode_np import attends
 
 CELLS = ("rnn", "lstm", "attend")
 STATE_TENSORS = {"rnn": 2, "lstm": 3, "attend": 4}  # the length of each cell's decoding state
@@ -193,7 +192,7 @@ def full_image(features) -> torch.Tensor:
 def photo_input(features, cfg: CaptionConfig) -> torch.Tensor:
     """A photo's input to the generator `cfg`: its full-image vector (D,) (full_image), or for one that
     attends its first cfg.regions region vectors (R, D), full frame first, padded with zero rows."""
-    if not attends(cfg):
+    if not cfg.attends:
         return full_image(features)
     rows = torch.as_tensor(features.features[:cfg.regions], dtype=torch.float32)
     return F.pad(rows, (0, 0, 0, cfg.regions - len(rows)))

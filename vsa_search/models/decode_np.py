@@ -55,15 +55,10 @@ def _lstm(g: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _sigmoid(o) * np.tanh(c), c
 
 
-def attends(cfg: CaptionConfig) -> bool:
-    """Whether the generator (or one of an ensemble's members) reads all of a photo's region vectors."""
-    return "attend" in (cfg.cell, *cfg.member_cells)
-
-
 def photo_input(features: Any, cfg: CaptionConfig) -> np.ndarray:
     """captioner.photo_input in numpy: a RegionFeatures' full-image vector (D,), or for a generator that
     attends its first cfg.regions region vectors (R, D), full frame first, padded with zero rows."""
-    if not attends(cfg):
+    if not cfg.attends:
         return np.asarray(features.features[0], np.float32)
     rows = np.asarray(features.features[:cfg.regions], np.float32)
     return np.concatenate([rows, np.zeros((cfg.regions - len(rows), rows.shape[1]), np.float32)])
