@@ -20,14 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from ..core import paths
-from ..core.atomic import atomic_path
+from ..core import arrayfile, paths
 from ..core.config import EmbedConfig, from_dict, to_dict
 from ..core.errors import ModelError
 from ..data.vocab import Vocab
 
-FORMAT_VERSION = 1
-MAGIC = b"VSA-TEXT-ENCODER\n"  # then an 8-byte header length, the JSON header, and the arrays (64-byte aligned)
+FORMAT_VERSION = 2  # 2: written through core/arrayfile
 
 
 @dataclass
@@ -122,47 +120,28 @@ class TextEncoder:
     # ----------------------------------------------------------------------- files
 
     def save(self, path: str | Path) -> Path:
-        """One file: MAGIC, a JSON header, then the weights, each at a 64-byte aligned offset so that
-        load() can memory-map it. Word tables are stored as float16 where that loses nothing (a query
-        reads a few rows of them); the matrices every query multiplies by stay float32."""
-        arrays, layout, offset = [], {}, 0
+        """One array file (core/arrayfile: memory-mapped on load). Word tables are stored as float16
+        where that loses nothing (a query reads a few rows of them); the matrices every query
+        multiplies by stay float32."""
+        arrays = {}
         for k, v in self.weights.items():
             h = v.astype(np.float16)
             small = k.endswith("embed.weight") and np.array_equal(h.astype(np.float32), v)
-            a = np.ascontiguousarray(h if small else v, np.float16 if small else np.float32)
-            layout[k] = [a.dtype.str, list(a.shape), offset]
-            arrays.append(a)
-            offset += -(-a.nbytes // 64) * 64
-        header = json.dumps({"format_version": FORMAT_VERSION, "config": to_dict(self.config),
-                             "vocab": self.vocab.to_dict(), "fingerprint": self.fingerprint, "path": str(self.path),
-                             "metrics": _plain(self.metrics), "source": _stamp(self.path),
-                             "arrays": layout}).encode()
-        start = -(-(len(MAGIC) + 8 + len(header)) // 64) * 64
-        with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
-            f.write(MAGIC + len(header).to_bytes(8, "little") + header)
-            for a, (_, _, off) in zip(arrays, layout.values()):
-                f.seek(start + off)
-                f.write(a.tobytes())
-        return Path(path)
+            arrays[k] = np.ascontiguousarray(h if small else v, np.float16 if small else np.float32)
+        header = {"kind": "text-encoder", "format_version": FORMAT_VERSION, "config": to_dict(self.config),
+                  "vocab": self.vocab.to_dict(), "fingerprint": self.fingerprint, "path": str(self.path),
+                  "metrics": _plain(self.metrics), "source": arrayfile.stamp(self.path)}
+        return arrayfile.save(path, header, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> TextEncoder:
         try:
-            with open(path, "rb") as f:
-                if f.read(len(MAGIC)) != MAGIC:
-                    raise ValueError("not a text encoder file")
-                n = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(n))
+            header, weights = arrayfile.load(path)
+            if header.get("kind") != "text-encoder":
+                raise ValueError("not a text encoder file")
             if header.get("format_version") != FORMAT_VERSION:
                 raise ModelError(f"{path}: text encoder format {header.get('format_version')}, "
                                  f"this version reads {FORMAT_VERSION}")
-            start = -(-(len(MAGIC) + 8 + n) // 64) * 64
-            size = os.path.getsize(path)
-            weights: dict[str, np.ndarray] = {}
-            for k, (dt, shape, off) in header["arrays"].items():
-                if start + off + np.dtype(dt).itemsize * int(np.prod(shape)) > size:
-                    raise ValueError("cut short")
-                weights[k] = np.memmap(path, np.dtype(dt), "r", start + off, tuple(shape))
             enc = cls(from_dict(EmbedConfig, header["config"]), Vocab.from_dict(header["vocab"]), weights,
                       header["fingerprint"], Path(header["path"]), header.get("metrics", {}))
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -178,15 +157,6 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
     """The JSON-able part of a model's metrics (search reads only bridge_weight from them)."""
     return json.loads(json.dumps(d, default=lambda _: None))
-
-
-def _stamp(path: Path) -> list[int] | None:
-    """(size, mtime_ns) of a model file: tells whether the file the export came from is unchanged."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
 
 
 def from_loaded(loaded: Any) -> TextEncoder:
@@ -230,7 +200,7 @@ def cached(model_path: str | Path, fingerprint: str) -> TextEncoder | None:
     except ModelError:
         return None
     same_file = Path(os.path.realpath(model_path)) == Path(os.path.realpath(enc.path))
-    if enc.fingerprint != fingerprint or not same_file or getattr(enc, "source", None) != _stamp(Path(model_path)):
+    if enc.fingerprint != fingerprint or not same_file or getattr(enc, "source", None) != arrayfile.stamp(model_path):
         return None
     return enc
 
