@@ -8,7 +8,7 @@ core would give, while p50/p95 are wall-clock (what the shared machine gave).
     .venv/bin/python benchmarks/search.py            # 10k, 100k and 1M regions (~15 min, ~7 GB RAM)
     .venv/bin/python benchmarks/search.py --quick    # 10k and 100k only
 
-It ends with the table of the README's Speed section (Markdown), one row per setting.
+With `--json FILE` it writes the rows that `make results` renders as docs/RESULTS.md's table.
 
 Synthetic data that behaves like region and word vectors: C "concepts" (unit directions);
 every photo shows a few concepts, each of its 20 regions shows one of them (region 0, the full
@@ -159,38 +159,6 @@ def _print_row(r: dict, base_p50: float) -> None:
           f"{r['recall']:>9.3f} {r['proven']:>7.2f} {r['cands']:>8.0f}", flush=True)
 
 
-def markdown(rows: list[dict]) -> str:
-    """The README's search table: one row per setting, "(auto)" where `--index-type auto` would
-    choose that type at that size, "x faster" relative to the exhaustive row of the same size
-    (wall-clock p50; cpu50 is the CPU time, what an idle core would give on a busy machine)."""
-    base = {r["regions"]: r["p50"] for r in rows if r["type"] == "exhaustive"}
-    lines = ["| regions | index | build s | bytes/region | p50 ms | p95 ms | cpu50 ms | × faster than exhaustive "
-             "| recall@10 |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        n = r["regions"]
-        if r["type"] == "exhaustive":
-            name, build = "exhaustive (baseline)", "–"
-        else:
-            auto = " (auto)" if faiss_types.choose_type("auto", n) == r["type"] else ""
-            name, build = f"{r['type']}{auto}", f"{r['build_s']:.1f}"
-            if r["setting"] not in ("N=default", f"N=default nprobe={faiss_types.IVF_NPROBE}"):
-                name += f", {r['setting']}"  # a setting other than the product's: say which
-        lines.append(f"| {_count(n)} | {name} | {build} | {r['bytes']:.0f} | {_ms(r['p50'])} | {_ms(r['p95'])} "
-                     f"| {_ms(r['cpu50'])} | {base[n] / r['p50']:.1f} | {r['recall']:.3f} |")
-    return "\n".join(lines)
-
-
-def _count(n: int) -> str:
-    for div, unit in ((1_000_000, "M"), (1_000, "k")):
-        if n >= div and n % div == 0:
-            return f"{n // div}{unit}"
-    return f"{n:,}"
-
-
-def _ms(s: float) -> str:
-    return f"{1000 * s:.1f}" if s < 1 else f"{1000 * s:.0f}"
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the benchmark (argv as on the command line); prints the tables, returns the rows."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -227,7 +195,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     base = {r["regions"]: r["p50"] for r in rows if r["type"] == "exhaustive"}
     for r in rows:
         _print_row(r, base[r["regions"]])
-    print("\n" + markdown(rows))
     if a.json:
         default = ("N=default", f"N=default nprobe={faiss_types.IVF_NPROBE}")
         a.json.write_text(json.dumps({"dim": a.dim, "queries": a.queries, "k": a.k, "rows": [

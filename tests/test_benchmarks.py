@@ -20,14 +20,11 @@ def _load(name: str) -> ModuleType:
     return module
 
 
-def test_search_benchmark_prints_the_readme_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_search_benchmark_measures_every_type_and_cleans_up(tmp_path: Path) -> None:
     bench = _load("search")
     rows = bench.main(["--sizes", "1000", "--queries", "3", "--dim", "16", "--workdir", str(tmp_path)])
     assert [(r["regions"], r["type"]) for r in rows] == [(1000, t) for t in ("exhaustive", "flat", "ivf", "hnsw")]
     assert all(0.0 <= r["recall"] <= 1.0 for r in rows)
-    table = capsys.readouterr().out.split("| regions |", 1)[1].splitlines()[2:]
-    assert [line.split(" | ")[1] for line in table] == ["exhaustive (baseline)", "flat (auto)", "ivf", "hnsw"]
-    assert all(line.startswith("| 1k | ") and line.count("|") == 10 for line in table)
     assert list(tmp_path.iterdir()) == []  # its indexes were removed
 
 
