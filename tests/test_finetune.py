@@ -3,13 +3,16 @@ the top and the embedding, and its model file."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from test_protocol import _make_root
+from typer.testing import CliRunner
 
+from vsa_search.cli import app
 from vsa_search.core.config import EMBED_PRESETS, MAP_PRESETS, REGION_PRESETS
 from vsa_search.core.errors import StoreError
 from vsa_search.data.datasets import load_flickr8k
@@ -91,3 +94,25 @@ def test_a_killed_run_resumes_to_the_same_weights(stores, tmp_path):
     train_finetune(feats, maps, tmp_path / "b.pt", resume=True, **kw)
     a, b = (load_top_align(tmp_path / f"{n}.pt")[0].state_dict() for n in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_commands_extract_maps_and_fine_tune(stores, tmp_path):
+    root, feats, _ = stores
+    data = ["--dataset", "flickr8k", "--root", str(root)]
+    r = CliRunner().invoke(app, ["features", "maps", "--out", str(tmp_path / "maps"), "--preset", "tiny", "--json",
+                                 *data])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["extracted"] == 12
+    r = CliRunner().invoke(app, ["train", "finetune", "--features", str(feats), "--maps", str(tmp_path / "maps"),
+                                 "--out", str(tmp_path / "m.pt"), "--preset", "tiny", "--min-count", "1",
+                                 "--epochs", "1", "--top-lr", "1e-4", "--json", *data])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["epochs"] == 1 and load_top_align(tmp_path / "m.pt")[0].map_cfg == TINY_MAPS
+
+
+def test_fine_tuning_without_a_map_store_says_one_line(stores, tmp_path):
+    root, feats, _ = stores
+    r = CliRunner().invoke(app, ["train", "finetune", "--features", str(feats), "--maps", str(tmp_path / "none"),
+                                 "--out", str(tmp_path / "m.pt"), "--root", str(root)], prog_name="vsa")
+    assert r.exit_code != 0 and r.stderr.count("\n") == 1 and "no map store here" in r.stderr, r.stderr
+    assert not (tmp_path / "m.pt").exists()
