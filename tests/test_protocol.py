@@ -268,3 +268,22 @@ def test_the_querybank_tune_command_refuses_the_test_split(tmp_path):
     res = CliRunner().invoke(app, ["eval", "querybank-tune", "--features", str(tmp_path), "--split", "test"])
     assert res.exit_code != 0 and res.stdout == ""
     assert res.stderr.strip().splitlines() == ["error: choose the querybank on dev, never on test"]
+
+
+def test_poisoned_test_split_changes_nothing_in_the_finetuned_cnn_top(roots, tmp_path):
+    from vsa_search.core.config import MAP_PRESETS
+    from vsa_search.train.finetune import train_finetune
+    from vsa_search.vision.trunk import extract_maps
+
+    runs = {}
+    for name, (root, store) in roots.items():
+        ds = load_flickr8k(root)
+        maps = tmp_path / f"maps-{name}"
+        extract_maps({r.image_id: r.path for r in ds.records}, maps, MAP_PRESETS["tiny"])
+        res = train_finetune(store, maps, tmp_path / f"{name}.pt", EMBED_PRESETS["tiny"], top_lr=1e-3, dataset=ds,
+                             min_count=1, epochs=2)
+        runs[name] = (res, _weights(tmp_path / f"{name}.pt"))
+    (clean, w_clean), (poisoned, w_poisoned) = runs["clean"], runs["poisoned"]
+    assert clean.best_epoch == poisoned.best_epoch and clean.dev == poisoned.dev
+    assert any(k.startswith("top.") for k in w_clean) and w_clean.keys() == w_poisoned.keys()
+    assert all(torch.equal(w_clean[k], w_poisoned[k]) for k in w_clean)

@@ -12,6 +12,7 @@ from ..core import config
 from ..data.datasets import load_dataset
 from ..vision.features import FeatureStore, extract_to_store
 from ..vision.regions import EXTRACT_BATCH
+from ..vision.trunk import extract_maps
 from .common import CaptionsOpt, DatasetOpt, RootOpt, err, load_dataset_opts, new_app, out, print_json, progress
 
 app = new_app("Region boxes and CNN features of a data set's photos, stored in LMDB.")
@@ -51,6 +52,36 @@ def extract_cmd(
               f"{report.already} already stored, {len(report.skipped)} skipped, "
               f"{missing} listed but missing on disk")
     for image_id, why in report.skipped.items():
+        err.print(f"skipped {image_id}: {why}")
+
+
+@app.command("maps")
+def maps_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="Map store directory (LMDB).")],
+    dataset: DatasetOpt = "flickr8k",
+    root: RootOpt = None,
+    captions: CaptionsOpt = None,
+    split: Annotated[str | None, typer.Option(help="Only this split (train/dev/test).")] = None,
+    preset: Annotated[str, typer.Option(help="Where the CNN is cut: " + ", ".join(config.MAP_PRESETS))] = "default",
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Store the frozen lower CNN stages' output map of every present photo (float16), the input of
+    `vsa train finetune`; resumes an interrupted run."""
+    cfg = config.preset(config.MAP_PRESETS, preset)
+    ds = load_dataset_opts(dataset, root, captions) or load_dataset("flickr8k")
+    photos = {r.image_id: r.path for r in ds.present(split)}
+    t0 = time.perf_counter()
+    with progress("extracting maps", len(photos)) as advance:
+        report = extract_maps(photos, out_dir, cfg, batch_size=batch_size, on_progress=advance)
+    dt = time.perf_counter() - t0
+    summary = {"store": str(out_dir), "maps": cfg.map_id(), "photos": len(photos), **report, "seconds": round(dt, 1)}
+    if json_out:
+        print_json(summary)
+        return
+    out.print(f"{out_dir}: {report['extracted']} maps extracted in {dt:.0f} s, {report['already']} already stored, "
+              f"{len(report['skipped'])} skipped")  # type: ignore[arg-type]
+    for image_id, why in report["skipped"].items():  # type: ignore[union-attr]
         err.print(f"skipped {image_id}: {why}")
 
 

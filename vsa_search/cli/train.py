@@ -113,6 +113,59 @@ def _embed_epoch_line(row: dict) -> None:
     err.print(f"epoch {row['epoch']}: loss {row['loss']:.3f}{dev} ({row['seconds']:.0f}s)")
 
 
+@app.command("finetune")
+def finetune_cmd(
+    features: Annotated[Path, typer.Option(help="Feature store of the photos (their boxes; vsa features extract).")],
+    maps: Annotated[Path, typer.Option(help="Map store of the same photos (vsa features maps).")],
+    out_path: Annotated[Path, typer.Option("--out", help="Model file to write (atomically, every epoch).")],
+    preset: Annotated[str, typer.Option(help="Embedding preset (as vsa train embed) when no --init.")] = "global",
+    init: Annotated[str | None, typer.Option(help="Start the embedding from this alignment model (file or name), "
+                                                  "trained on the same features; its config replaces --preset.")
+                    ] = None,
+    dataset: DatasetOpt = "flickr8k",
+    root: RootOpt = None,
+    captions: CaptionsOpt = None,
+    min_count: MinCountOpt = 5,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Total epochs (overrides the preset).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate of the embedding.")] = None,
+    top_lr: Annotated[float, typer.Option(min=0.0, help="Learning rate of the CNN top (0: frozen).")] = 3e-5,
+    word_dim: Annotated[int | None, typer.Option(min=1, help="Word vector size (no --init).")] = None,
+    lr_decay_epoch: Annotated[int | None, typer.Option(min=0, help="Learning rates x0.1 from this epoch (0: never).")
+                              ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train the embedding together with the CNN's top (the stages after the stored maps) with the
+    ranking loss; early stopping on dev Recall@K."""
+    from ..train.finetune import train_finetune
+
+    changes = {k: v for k, v in {"epochs": epochs, "lr": lr, "word_dim": word_dim,
+                                 "lr_decay_epoch": lr_decay_epoch}.items() if v is not None}
+    if resume and set(changes) - {"epochs"}:
+        raise UsageError("--resume continues with the saved config; only --epochs may change")
+    init_path = paths.find_model(init) if init else None
+    cfg = embed_config(preset, changes, init_path)
+    with progress("training", None, unit="steps") as advance:
+        def on_epoch(row: dict) -> None:
+            dev = f" dev R@1/5/10 mean {row['dev_mean_recall']:.2f}" if "dev_mean_recall" in row else ""
+            err.print(f"epoch {row['epoch']}: loss {row['loss']:.3f}{dev} ({row['seconds']:.0f}s)")
+
+        result = train_finetune(features, maps, out_path, None if resume else cfg, top_lr=top_lr, init=init_path,
+                                dataset=load_dataset_opts(dataset, root, captions), min_count=min_count,
+                                resume=resume, epochs=epochs or (None if resume else cfg.epochs),
+                                on_step=lambda e, s, n, loss: advance(1, description=f"epoch {e} step {s}/{n} "
+                                                                                     f"loss {loss:.3f}"),
+                                on_epoch=on_epoch)
+    summary = {"model": str(result.path), "epochs": result.epoch, "best_epoch": result.best_epoch,
+               "dev_mean_recall": round(result.best_metric, 2), "dev": result.dev, "stopped": result.stopped,
+               "seconds": round(result.seconds, 1)}
+    if json_out:
+        print_json(summary)
+        return
+    out.print(f"{result.path}: best epoch {result.best_epoch} of {result.epoch} "
+              f"(dev mean R@1/5/10 {result.best_metric:.2f}), stopped: {result.stopped}, {result.seconds:.0f}s")
+
+
 @app.command("ensemble")
 def ensemble_cmd(
     base: Annotated[Path, typer.Option(help="A hybrid alignment model (vsa train embed --preset default).")],

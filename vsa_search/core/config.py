@@ -66,6 +66,28 @@ REGION_PRESETS: dict[str, RegionConfig] = {
 }
 
 
+@dataclass(frozen=True)
+class MapConfig:
+    """Where the CNN is cut for fine-tuning (vision/trunk.py): the frozen lower stages' output map is
+    stored once per photo, the stages from `cut` on (and the conv head) are trained on it."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    input_size: int = 224  # the photo warped to this square, as RegionConfig.input_size
+    cut: int = 6  # timm block index where the trainable top starts (Lite0: 5 = stride-16 input, 6 = stride 32)
+
+    def map_id(self) -> str:
+        return f"{self.backbone}-maps{self.input_size}-cut{self.cut}-{fingerprint(self)}"
+
+
+MAP_PRESETS: dict[str, MapConfig] = {
+    # The last stage (1 MBConv block, 192 -> 320 channels at 7x7) and the conv head: 1.0 M parameters.
+    "default": MapConfig(),
+    # Stages 6 and 7 (5 blocks from the stride-16 map): 2.7 M parameters, ~8x the compute of "default".
+    "stage6": MapConfig(cut=5),
+    "tiny": MapConfig(input_size=160),
+}
+
+
 def preset(table: dict[str, T], name: str) -> T:
     try:
         return table[name]

