@@ -16,7 +16,7 @@ from ..models.captioner import load_caption
 from ..vision.regions import RegionEncoder
 from .common import err, out, print_json, progress
 
-DEFAULT_MODEL = "caption-ensemble"  # models/caption-ensemble.pt, shipped: caption.pt + caption-regions.pt
+DEFAULT_MODEL = "caption-ensemble"  # models/caption-ensemble.pt, shipped: caption-attend.pt + caption-regions.pt
 REGION_MODEL = "caption-regions"  # models/caption-regions.pt: trained with `vsa train caption --regions`
 RerankOpt = Annotated[str | None, typer.Option(help="Alignment model that picks among the finished beams "
                                                     "(default: align, when it uses the same features; none: "
