@@ -113,7 +113,8 @@ CAPTION_COLS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "CIDEr"]
 
 def _caption_row(name: str, r: dict) -> list[str]:
     lohi = r.get("CIDEr_ci")
-    return [name, *[f1(r.get(c)) for c in CAPTION_COLS], f"{lohi[0]:.1f}–{lohi[1]:.1f}" if lohi else "–",
+    # Two decimals: a caption score is often read against a goal to the tenth (21.47 is not 21.5).
+    return [name, *[f2(r.get(c)) for c in CAPTION_COLS], f"{lohi[0]:.1f}–{lohi[1]:.1f}" if lohi else "–",
             str(r.get("distinct captions", "–"))]
 
 
@@ -429,7 +430,7 @@ def headline(recall: dict, caption: dict) -> str:
         return [f1(a["R@1"]), f1(a["R@10"]), f1(s["R@1"]), f1(s["R@10"])]
 
     def gen(r: dict) -> list[str]:
-        return [f1(r.get("BLEU-4")), f1(r.get("CIDEr"))]
+        return [f2(r.get("BLEU-4")), f1(r.get("CIDEr"))]
 
     paper = next(n for n in rec if n.startswith("paper"))
     rows = [[f"this code: `{Path(ours['path']).name}`, `{Path(caption['model']).name}` (shipped)",

@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # vsa_search/core/paths.py -> t
 SHIPPED_PACKAGE_DIR = "shipped_models"
 # The models a command uses when none is named (find_model resolves a name).
 ALIGN_MODEL = "align"  # weights/align.pt: the alignment model (search, align, re-ranking)
-CAPTION_MODEL = "caption-ensemble"  # weights/caption-ensemble.pt, shipped: caption.pt + caption-regions.pt
+CAPTION_MODEL = "caption-ensemble"  # weights/caption-ensemble.pt, shipped: caption-attend.pt + caption-regions.pt
 REGION_CAPTION_MODEL = "caption-regions"  # weights/caption-regions.pt: trained with `vsa train caption --regions`
 _resource_files = ExitStack()
 atexit.register(_resource_files.close)
