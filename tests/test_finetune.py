@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import torch
 from test_protocol import _make_root
+from test_resume import LAYOUT
 from typer.testing import CliRunner
 
 from vsa_search.cli import app
 from vsa_search.core.config import EMBED_PRESETS, MAP_PRESETS, REGION_PRESETS
 from vsa_search.core.errors import StoreError
 from vsa_search.data.datasets import load_flickr8k
+from vsa_search.models import checkpoint
 from vsa_search.train.finetune import load_top_align, train_finetune
 from vsa_search.vision.features import FeatureStore, extract_to_store
 from vsa_search.vision.regions import load_backbone
@@ -94,6 +96,43 @@ def test_a_killed_run_resumes_to_the_same_weights(stores, tmp_path):
     train_finetune(feats, maps, tmp_path / "b.pt", resume=True, **kw)
     a, b = (load_top_align(tmp_path / f"{n}.pt")[0].state_dict() for n in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_epochs_equal_one_epoch_resumed_to_two(stores, tmp_path):
+    root, feats, maps = stores
+    cfg, kw = EMBED_PRESETS["tiny"], dict(top_lr=1e-3, dataset=load_flickr8k(root), min_count=1)
+    train_finetune(feats, maps, tmp_path / "two.pt", cfg, epochs=2, **kw)
+    train_finetune(feats, maps, tmp_path / "cut.pt", cfg, epochs=1, **kw)
+    train_finetune(feats, maps, tmp_path / "cut.pt", resume=True, epochs=2, **{**kw, "top_lr": 0.5})  # the file's
+    (_, _, _, a), (_, _, _, b) = (load_top_align(tmp_path / f"{n}.pt") for n in ("two", "cut"))
+    assert set(a.train_state) == set(b.train_state) == LAYOUT  # the layout of embed and caption files
+    assert a.train_state["epoch"] == b.train_state["epoch"] == 2 and b.metrics["top_lr"] == 1e-3
+    for x, y in ((a.state_dict, b.state_dict), (a.train_state["last_weights"], b.train_state["last_weights"])):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    assert [g["lr"] for g in b.train_state["optimizer"]["param_groups"]] == [cfg.lr, 1e-3]  # embedding, top
+    sa, sb = a.train_state["optimizer"]["state"], b.train_state["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k][n], sb[k][n]) for k in sa for n in sa[k])
+    ha, hb = ([{k: v for k, v in h.items() if k != "seconds"} for h in c.train_state["history"]] for c in (a, b))
+    assert ha == hb and len(ha) == 2
+
+
+def test_a_file_of_the_older_finetune_layout_resumes_alike(stores, tmp_path):
+    """Files written while this trainer kept its own keys (runs in progress then) resume to the same run."""
+    root, feats, maps = stores
+    cfg, kw = EMBED_PRESETS["tiny"], dict(top_lr=1e-3, dataset=load_flickr8k(root), min_count=1)
+    train_finetune(feats, maps, tmp_path / "two.pt", cfg, epochs=2, **kw)
+    train_finetune(feats, maps, tmp_path / "old.pt", cfg, epochs=1, **kw)
+    ck = load_top_align(tmp_path / "old.pt")[3]
+    ts = ck.train_state
+    last = ts.pop("last_weights") or ck.state_dict
+    for k in ("rng", "seconds", "finished"):
+        del ts[k]
+    ts.update(best_metric=ts.pop("best_score"), best_dev=ts.pop("best"), last_state_dict=last, top_lr=1e-3)
+    checkpoint.save(ck, tmp_path / "old.pt")
+    train_finetune(feats, maps, tmp_path / "old.pt", resume=True, epochs=2, **kw)
+    a, b = (load_top_align(tmp_path / f"{n}.pt")[3] for n in ("two", "old"))
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert a.train_state["best_score"] == b.train_state["best_score"]
 
 
 def test_the_commands_extract_maps_and_fine_tune(stores, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,39 +203,57 @@ def embed_epoch(run: EmbedRun, epoch: int,
     for g, lr0 in zip(opt.param_groups, run.base_lrs):
         g["lr"] = lr0 * decay
     model.train()
-    order = [p[torch.randperm(len(p))] for p in run.per_image]  # each photo's sentences, shuffled
-    gen = par.batch_generator()
-    n_img, rounds = len(order), max(len(p) for p in order)
-    bsz = min(cfg.batch_size * par.world, n_img)  # the global batch: world x batch_size photos
-    steps, total_loss, n_steps = rounds * ((n_img + bsz - 1) // bsz), 0.0, 0
-    for r in range(rounds):
-        perm = torch.randperm(n_img, generator=gen)
-        for a in range(0, n_img, bsz):
-            img = perm[a : a + bsz]
-            if len(img) < max(2, par.world):  # a ranking loss needs negatives (and every rank a photo)
-                continue
-            sent = torch.stack([order[i][r % len(order[i])] for i in img.tolist()]).to(run.device)
-            with run.mp.autocast():
-                loss = par.ranking_loss(data, img.to(run.device), sent, cfg.margin, hardest) / len(img)
-            if not torch.isfinite(loss):
-                raise ModelError(f"training diverged at epoch {epoch} (loss {loss.item()}); "
-                                 f"lower the learning rate (now {cfg.lr}) or use --normalize")
-            opt.zero_grad(set_to_none=True)
-            # DDP averages gradients over ranks; the ranks' losses are parts of one sum: x world.
-            run.mp.step(loss * par.world, opt, model.parameters(), cfg.clip)
-            total_loss, n_steps = total_loss + par.sum(loss), n_steps + 1
-            if on_step:
-                on_step(epoch, n_steps, steps, total_loss / n_steps)
+    # the global batch: world x batch_size photos (and every rank a photo)
+    steps, batches = epoch_batches(run.per_image, cfg.batch_size * par.world, par.batch_generator, max(2, par.world))
+    total_loss, n_steps = 0.0, 0
+    for img, sent in batches:
+        img, sent = img.to(run.device), sent.to(run.device)
+        with run.mp.autocast():
+            loss = par.ranking_loss(data, img, sent, cfg.margin, hardest) / len(img)
+        if not torch.isfinite(loss):
+            raise ModelError(f"training diverged at epoch {epoch} (loss {loss.item()}); "
+                             f"lower the learning rate (now {cfg.lr}) or use --normalize")
+        opt.zero_grad(set_to_none=True)
+        # DDP averages gradients over ranks; the ranks' losses are parts of one sum: x world.
+        run.mp.step(loss * par.world, opt, model.parameters(), cfg.clip)
+        total_loss, n_steps = total_loss + par.sum(loss), n_steps + 1
+        if on_step:
+            on_step(epoch, n_steps, steps, total_loss / n_steps)
     row: dict[str, Any] = {"epoch": epoch, "loss": total_loss / max(n_steps, 1)}
-    metric = _dev_recall(run, row) if run.dev is not None and par.rank == 0 else -row["loss"]
+    metric = dev_recall(run.model, run.dev, run.device, row) if run.dev is not None and par.rank == 0 else -row["loss"]
     row["seconds"] = round(time.perf_counter() - t0, 1)
     row, metric = par.share((row, metric))  # rank 0's dev verdict (and clock): early stopping stays in step
     return row, metric, row.get("dev", {})
 
 
-def _dev_recall(run: EmbedRun, row: dict[str, Any]) -> float:
-    """Dev retrieval figures into the history row; returns their mean Recall@{1,5,10}."""
-    dev_metrics = retrieval_metrics(score_all(run.model, run.dev, run.device), run.dev.sent_image, reps=0)
+def epoch_batches(per_image: list[torch.Tensor], batch_size: int,
+                  generator: Callable[[], torch.Generator | None] = lambda: None,
+                  min_photos: int = 2) -> tuple[int, Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """The batches of one epoch: every sentence once, in rounds over the photos (one sentence per
+    photo a round), a batch of `batch_size` distinct photos at a time (smaller than `min_photos`:
+    skipped; a ranking loss needs negatives). `per_image`: each photo's sentence indices. Draws each
+    photo's sentence order from the global RNG (seeded by the caller) now, then each round's photo
+    order from `generator()` (made after that; None: the global RNG). Returns (steps, batches of
+    (photo indices, their sentences' indices))."""
+    order = [p[torch.randperm(len(p))] for p in per_image]
+    gen = generator()
+    n_img, rounds = len(order), max(len(p) for p in order)
+    bsz = min(batch_size, n_img)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for r in range(rounds):
+            perm = torch.randperm(n_img, generator=gen)
+            for a in range(0, n_img, bsz):
+                img = perm[a : a + bsz]
+                if len(img) >= min_photos:
+                    yield img, torch.stack([order[i][r % len(order[i])] for i in img.tolist()])
+
+    return rounds * ((n_img + bsz - 1) // bsz), batches()
+
+
+def dev_recall(model: torch.nn.Module, dev: RetrievalData, device: torch.device | str, row: dict[str, Any]) -> float:
+    """Dev retrieval figures of `model` into the history row; returns their mean Recall@{1,5,10}."""
+    dev_metrics = retrieval_metrics(score_all(model, dev, device), dev.sent_image, reps=0)
     row["dev"] = {d: {k: round(v, 2) for k, v in m.items() if not k.endswith("_ci")} for d, m in dev_metrics.items()}
     row["dev_mean_recall"] = round(mean_recall(dev_metrics), 2)
     return mean_recall(dev_metrics)

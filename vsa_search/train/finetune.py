@@ -16,17 +16,25 @@ import torch
 from torch import nn
 
 from ..core.config import EmbedConfig, MapConfig, RegionConfig, from_dict, to_dict
-from ..core.device import pick_device
 from ..core.errors import DatasetError, ModelError, UsageError
 from ..data.datasets import load_flickr8k
 from ..data.vocab import UNK, Vocab, build_vocab, pad_ids
-from ..evaluation.metrics import mean_recall, retrieval_metrics
-from ..evaluation.recall import RetrievalData, score_all
+from ..evaluation.recall import RetrievalData
 from ..models import checkpoint
 from ..models.alignment import build_model, load_align, ranking_loss
 from ..vision.features import FeatureStore
 from ..vision.trunk import CNNTop, MapStore
-from .common import TrainState, clip_elementwise, cpu_copy, run_epochs, seed_everything
+from .common import (
+    TrainState,
+    clip_elementwise,
+    cpu_copy,
+    load_resumable,
+    require_features,
+    resume_state,
+    run_epochs,
+    seed_everything,
+)
+from .embed import dev_recall, epoch_batches
 
 KIND = "align-top"
 
@@ -102,28 +110,45 @@ def photo_data(records: list[Any], fstore: FeatureStore, mstore: MapStore, vocab
 
 
 @torch.no_grad()
-def dev_metrics(model: TopAlign, data: PhotoData, chunk: int = 50) -> dict[str, Any]:
-    """Retrieval metrics on a split: features through the (current) top, scored as `vsa eval recall` scores."""
+def dev_data(model: TopAlign, data: PhotoData, chunk: int = 50) -> RetrievalData:
+    """A split's photos as the alignment model sees them: features through the (current) top."""
     model.eval()
     parts = [model.features(data.maps[a : a + chunk], data.boxes[a : a + chunk])
              for a in range(0, len(data.maps), chunk)]
     r_max = max(f.shape[1] for f, _ in parts)
     feats = torch.cat([nn.functional.pad(f, (0, 0, 0, r_max - f.shape[1])) for f, _ in parts])
     mask = torch.cat([nn.functional.pad(m, (0, r_max - m.shape[1])) for _, m in parts])
-    rd = RetrievalData(data.image_ids, feats, mask, data.ids, data.lengths, data.sent_image, data.sentences)
-    return retrieval_metrics(score_all(model.align, rd), data.sent_image, reps=0)
+    return RetrievalData(data.image_ids, feats, mask, data.ids, data.lengths, data.sent_image, data.sentences)
 
 
 @dataclass
 class FinetuneResult:
     path: Path
-    epoch: int
+    epoch: int  # the last epoch run (1-based, counting epochs before a --resume)
     best_epoch: int
-    best_metric: float
+    best_metric: float  # dev mean Recall@{1,5,10} of the kept weights (-loss when there are no dev photos)
     dev: dict[str, Any]
     history: list[dict[str, Any]]
-    seconds: float
-    stopped: str
+    seconds: float  # training time of this call
+    stopped: str  # "epochs" | "early" (patience)
+
+
+@dataclass
+class FinetuneRun:
+    """What a fine-tuning run works with once it is set up (fresh, from --init or from --resume)."""
+
+    cfg: EmbedConfig
+    vocab: Vocab
+    region_cfg: RegionConfig
+    model: TopAlign
+    opt: torch.optim.Optimizer  # two parameter groups: the embedding (cfg.lr) and the top (top_lr, if > 0)
+    base_lrs: list[float]  # each group's learning rate before decay
+    params: list[nn.Parameter]  # what the optimizer moves
+    train: PhotoData
+    per_image: list[torch.Tensor]  # each training photo's sentences (rows of train.ids)
+    dev: PhotoData | None
+    state: TrainState
+    facts: dict[str, Any]  # what the model file says about the run besides its figures
 
 
 def train_finetune(features: str | Path, maps: str | Path, out: str | Path, cfg: EmbedConfig | None = None,
@@ -134,138 +159,137 @@ def train_finetune(features: str | Path, maps: str | Path, out: str | Path, cfg:
     """Train the embedding (`cfg`, or `init`'s weights and config: an alignment model trained on the
     frozen features of the same extractor) together with the CNN top whose input maps `maps` holds,
     on the training split; early stopping on dev mean Recall@K. top_lr 0 keeps the top frozen (the
-    control: the same trainer and features). `out` is written every epoch (best weights + what
-    --resume needs). CPU only: every step runs the top forward and backward."""
+    control: the same trainer and features). The batches of each epoch are train_embed's (same
+    seed, same photos). `out` is written atomically after every epoch: the best weights and the
+    train state (common.TrainState.to_file) that `resume` continues exactly, with its config and
+    top_lr. `epochs` overrides cfg.epochs (the total). CPU only: every step runs the top forward
+    and backward."""
     t_start = time.perf_counter()
     out = Path(out)
-    device = pick_device("cpu")
-    train_state: dict[str, Any] = {}
-    vocab: Vocab | None = None
-    start_state = best_state = None
-    init_model = None
-    if resume:
-        if not out.exists():
-            raise UsageError(f"--resume: {out} does not exist yet")
-        model, vocab, _, ck = load_top_align(out)
-        cfg, top_lr = model.cfg, float(ck.train_state.get("top_lr", top_lr))
-        train_state, best_state = ck.train_state, ck.state_dict
-        start_state = train_state.get("last_state_dict") or ck.state_dict
-    elif init is not None:
-        init_model = load_align(init)  # cfg: its config with training options changed (train.embed.embed_config)
-        cfg = cfg or init_model.config
-        if build_model(cfg, 1).state_dict().keys() != init_model.model.state_dict().keys():
-            raise UsageError(f"--init {init}: another model shape than the config's")
+    ck = load_resumable(out, KIND, init) if resume else None
+    init_model = load_align(init) if init is not None else None
+    if ck is not None:
+        cfg, top_lr = from_dict(EmbedConfig, ck.config["embed"]), float(ck.metrics.get("top_lr", top_lr))
+    cfg = cfg or (init_model.config if init_model is not None else None)
     if cfg is None:
         raise UsageError("give a config or an --init model")
+    if init_model is not None and build_model(cfg, 1).state_dict().keys() != init_model.model.state_dict().keys():
+        raise UsageError(f"--init {init}: another model shape than the config's")
     ds = dataset if dataset is not None else load_flickr8k()
+    vocab = Vocab.from_dict(ck.vocab) if ck is not None else init_model.vocab if init_model is not None else None
+    origin = ((f"--resume {out}", ck.region_config, from_dict(MapConfig, ck.config["map"])) if ck is not None else
+              (f"--init {init}", init_model.region_config, None) if init_model is not None else None)
+    vocab, region_cfg, map_cfg, train, dev = _read_data(features, maps, ds, vocab, min_count, origin)
+    model = _new_model(cfg, map_cfg, vocab, ck, init_model)
+    facts = {"maps": map_cfg.map_id(), "top_lr": top_lr, "dataset": ds.name,
+             **({"init": str(init)} if init is not None else {})}
+    run = _finetune_run(cfg, top_lr, vocab, region_cfg, model, train, dev, ck, facts)
+    stopped = run_epochs(run.state, epochs if epochs is not None else cfg.epochs, cfg.patience, model,
+                         lambda epoch: finetune_epoch(run, epoch, on_step),
+                         lambda: _save(run, out, finished=False), on_epoch)
+    _save(run, out, finished=True)
+    s = run.state
+    return FinetuneResult(out, s.epoch, s.best_epoch, s.best_score, s.best_info, s.history,
+                          time.perf_counter() - t_start, stopped)
+
+
+def finetune_epoch(run: FinetuneRun, epoch: int, on_step: Callable[[int, int, int, float], None] | None = None
+                   ) -> tuple[dict[str, Any], float, dict[str, Any]]:
+    """Train one epoch on train_embed's batches of that epoch (embed.epoch_batches), the top's
+    features computed anew each step. Returns (history row, score, dev figures); the score is dev
+    mean Recall@{1,5,10}, or -loss without dev photos."""
+    t0 = time.perf_counter()
+    cfg, model, opt, data = run.cfg, run.model, run.opt, run.train
+    seed_everything(cfg.seed * 1000 + epoch)  # train_embed's batches, and the same after --resume
+    decay = 0.1 if cfg.lr_decay_epoch and epoch >= cfg.lr_decay_epoch else 1.0
+    for g, lr0 in zip(opt.param_groups, run.base_lrs):
+        g["lr"] = lr0 * decay
+    model.train()
+    steps, batches = epoch_batches(run.per_image, cfg.batch_size)
+    total, n = 0.0, 0
+    for img, sent in batches:
+        t_max = int(data.lengths[sent].max())
+        scores = model(data.maps[img], [data.boxes[i] for i in img.tolist()], data.ids[sent, :t_max],
+                       data.lengths[sent])
+        loss = ranking_loss(scores.float(), cfg.margin) / len(img)
+        if not torch.isfinite(loss):
+            raise ModelError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower the learning rates")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_elementwise(run.params, cfg.clip)
+        opt.step()
+        total, n = total + loss.item(), n + 1
+        if on_step:
+            on_step(epoch, n, steps, total / n)
+    row: dict[str, Any] = {"epoch": epoch, "loss": total / max(n, 1)}
+    metric = dev_recall(model.align, dev_data(model, run.dev), "cpu", row) if run.dev is not None else -row["loss"]
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    return row, metric, row.get("dev", {})
+
+
+def _read_data(features: str | Path, maps: str | Path, ds: Any, vocab: Vocab | None, min_count: int,
+               origin: tuple[str, Any, MapConfig | None] | None
+               ) -> tuple[Vocab, RegionConfig, MapConfig, PhotoData, PhotoData | None]:
+    """The vocabulary (given, or built on the training split), the stores' configs, and the training
+    and dev photos both stores hold. `origin`: the option, the region config and the map config (if
+    it has one) of the model the run continues (--resume or --init), if any."""
     with FeatureStore(features, readonly=True) as fs, MapStore(maps, readonly=True) as ms:
         map_cfg, region_cfg = ms.config, fs.config
         if (map_cfg.backbone, map_cfg.input_size) != (region_cfg.backbone, region_cfg.input_size):
             raise UsageError(f"{maps}: maps of {map_cfg.backbone} at {map_cfg.input_size} px, but {features} holds "
                              f"{region_cfg.backbone} features at {region_cfg.input_size} px")
-        if init_model is not None and init_model.region_config.extractor_id() != region_cfg.extractor_id():
-            raise UsageError(f"--init {init}: trained on other features than {features} holds")
+        if origin is not None:
+            require_features(region_cfg, origin[1], features, origin[0])
+            if origin[2] is not None and origin[2] != map_cfg:
+                raise UsageError(f"{origin[0]}: trained on other maps than {maps} holds")
         train_recs = [r for r in ds.present("train") if r.image_id in fs and r.image_id in ms]
         dev_recs = [r for r in ds.present("dev") if r.image_id in fs and r.image_id in ms]
         if not train_recs:
             raise DatasetError(f"{maps}: holds none of the {ds.name} train-split photos (vsa features maps)")
         if vocab is None:
-            vocab = init_model.vocab if init_model is not None else build_vocab(ds, min_count)
+            vocab = build_vocab(ds, min_count)
         train = photo_data(train_recs, fs, ms, vocab)
         dev = photo_data(dev_recs, fs, ms, vocab) if dev_recs else None
+    return vocab, region_cfg, map_cfg, train, dev
 
+
+def _new_model(cfg: EmbedConfig, map_cfg: MapConfig, vocab: Vocab, ck: checkpoint.Checkpoint | None,
+               init_model: Any) -> TopAlign:
+    """The model with its starting weights: ImageNet's top and the --init embedding (or GloVe rows);
+    a resumed run's weights come later, with its optimizer."""
     seed_everything(cfg.seed)
-    model = TopAlign(cfg, map_cfg, len(vocab)).to(device)
-    if start_state is not None:
-        model.load_state_dict(start_state)
-    elif init_model is not None:
+    model = TopAlign(cfg, map_cfg, len(vocab))
+    if ck is None and init_model is not None:
         model.align.load_state_dict(init_model.model.state_dict())
-    elif cfg.glove:
+    elif ck is None and cfg.glove:
         model.align.init_glove(vocab)
+    return model
+
+
+def _finetune_run(cfg: EmbedConfig, top_lr: float, vocab: Vocab, region_cfg: RegionConfig, model: TopAlign,
+                  train: PhotoData, dev: PhotoData | None, ck: checkpoint.Checkpoint | None,
+                  facts: dict[str, Any]) -> FinetuneRun:
+    """The optimizer with its two parameter groups (the top's only when top_lr > 0; it stays frozen
+    otherwise), its state and the last weights put back when resuming."""
     for p in model.top.parameters():
         p.requires_grad_(top_lr > 0)
     groups = [{"params": list(model.align.parameters()), "lr": cfg.lr}]
     if top_lr > 0:
         groups.append({"params": list(model.top.parameters()), "lr": top_lr})
     opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    if train_state.get("optimizer"):
-        opt.load_state_dict(train_state["optimizer"])
-    params = [p for g in groups for p in g["params"]]
-    total_epochs = epochs if epochs is not None else cfg.epochs
+    base_lrs = [g["lr"] for g in opt.param_groups]  # before a resumed optimizer state overwrites them
+    state = resume_state(ck, model, opt) if ck is not None else TrainState()
+    per_image = [torch.nonzero(train.sent_image == i).flatten() for i in range(len(train.image_ids))]
+    facts = {"train_photos": len(train.image_ids), "dev_photos": len(dev.image_ids) if dev else 0,
+             "features": region_cfg.extractor_id(), **facts}
+    return FinetuneRun(cfg, vocab, region_cfg, model, opt, base_lrs, [p for g in groups for p in g["params"]],
+                       train, per_image, dev, state, facts)
 
-    n_img = len(train.image_ids)
-    per_image = [torch.nonzero(train.sent_image == i).flatten() for i in range(n_img)]
-    rounds = max(len(p) for p in per_image)
-    bsz = min(cfg.batch_size, n_img)
-    steps = rounds * ((n_img + bsz - 1) // bsz)
-    state = TrainState(epoch=int(train_state.get("epoch", 0)), best_epoch=int(train_state.get("best_epoch", 0)),
-                       best_score=float(train_state.get("best_metric", float("-inf"))),
-                       bad_epochs=int(train_state.get("bad_epochs", 0)), history=list(train_state.get("history", [])),
-                       best_info=dict(train_state.get("best_dev", {})), best_weights=best_state)
 
-    def one_epoch(epoch: int) -> tuple[dict[str, Any], float, dict[str, Any]]:
-        t0 = time.perf_counter()
-        seed_everything(cfg.seed * 1000 + epoch)  # the batches of train_embed's epoch, and the same after --resume
-        decay = 0.1 if cfg.lr_decay_epoch and epoch >= cfg.lr_decay_epoch else 1.0
-        for g, lr0 in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr0 * decay
-        model.train()
-        order = [p[torch.randperm(len(p))] for p in per_image]
-        total, n = 0.0, 0
-        for r in range(rounds):
-            perm = torch.randperm(n_img)
-            for a in range(0, n_img, bsz):
-                img = perm[a : a + bsz].tolist()
-                if len(img) < 2:
-                    continue
-                sent = torch.stack([order[i][r % len(order[i])] for i in img])
-                t_max = int(train.lengths[sent].max())
-                scores = model(train.maps[img], [train.boxes[i] for i in img], train.ids[sent, :t_max],
-                               train.lengths[sent])
-                loss = ranking_loss(scores.float(), cfg.margin) / len(img)
-                if not torch.isfinite(loss):
-                    raise ModelError(f"training diverged at epoch {epoch} (loss {loss.item()}); "
-                                     "lower the learning rates")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                clip_elementwise(params, cfg.clip)
-                opt.step()
-                total, n = total + loss.item(), n + 1
-                if on_step:
-                    on_step(epoch, n, steps, total / n)
-        row: dict[str, Any] = {"epoch": epoch, "loss": total / max(n, 1)}
-        info: dict[str, Any] = {}
-        metric = -row["loss"]
-        if dev is not None:
-            m = dev_metrics(model, dev)
-            metric = mean_recall(m)
-            info = {d: {k: round(v, 2) for k, v in x.items() if not k.endswith("_ci")} for d, x in m.items()}
-            row["dev"], row["dev_mean_recall"] = info, round(metric, 2)
-        row["seconds"] = round(time.perf_counter() - t0, 1)
-        return row, metric, info
-
-    def file_state(final: bool) -> dict[str, Any]:
-        s = {"epoch": state.epoch, "best_metric": state.best_score, "best_epoch": state.best_epoch,
-             "bad_epochs": state.bad_epochs, "best_dev": state.best_info, "history": state.history, "top_lr": top_lr}
-        if not final:
-            s.update(optimizer=opt.state_dict(),
-                     last_state_dict={} if state.best_epoch == state.epoch else cpu_copy(model))
-        return s
-
-    def metrics_blob() -> dict[str, Any]:
-        return {"dev": state.best_info, "dev_mean_recall": state.best_score, "best_epoch": state.best_epoch,
-                "train_photos": n_img, "dev_photos": len(dev_recs), "features": region_cfg.extractor_id(),
-                "maps": map_cfg.map_id(), "top_lr": top_lr, "dataset": ds.name,
-                "train_seconds": round(sum(h["seconds"] for h in state.history), 1),
-                **({"init": str(init)} if init is not None else {})}
-
-    def save(final: bool) -> None:
-        save_top_align(model, vocab, region_cfg, out, metrics_blob(), file_state(False),
-                       state.best_weights or cpu_copy(model))
-
-    stopped = run_epochs(state, total_epochs, cfg.patience, model, one_epoch, save, on_epoch=on_epoch)
-    save_top_align(model, vocab, region_cfg, out, metrics_blob(), {**file_state(True), "finished": True},
-                   state.best_weights or cpu_copy(model))
-    return FinetuneResult(out, state.epoch, state.best_epoch, state.best_score, state.best_info, state.history,
-                          time.perf_counter() - t_start, stopped)
+def _save(run: FinetuneRun, out: Path, finished: bool) -> None:
+    """Write `out`: the best weights so far (what users load), the run's figures, the train state."""
+    s = run.state
+    metrics = {"dev": s.best_info, "dev_mean_recall": s.best_score, "best_epoch": s.best_epoch,
+               "train_seconds": round(sum(h["seconds"] for h in s.history), 1), **run.facts}
+    save_top_align(run.model, run.vocab, run.region_cfg, out, metrics, s.to_file(run.model, run.opt, finished),
+                   s.best_weights or cpu_copy(run.model))
