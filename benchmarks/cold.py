@@ -37,8 +37,9 @@ def stage(code: Path, into: Path) -> Path:
     """A compiled copy of `code`'s package, beside links to its models and pyproject.toml (so that it
     still reads as a checkout and finds its shipped models)."""
     shutil.copytree(code / "vsa_search", into / "vsa_search", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("weights", "pyproject.toml"):
-        (into / name).symlink_to((code / name).resolve())
+    for name in ("weights", "models", "pyproject.toml"):  # models/: where code before weights/ keeps them
+        if (code / name).exists():
+            (into / name).symlink_to((code / name).resolve())
     if not compileall.compile_dir(into / "vsa_search", quiet=1, force=True):
         raise SystemExit(f"{code}: the package does not compile")
     return into
