@@ -21,6 +21,9 @@ MinCountOpt = Annotated[int, typer.Option(min=1, help="A training-split word ent
 SlimOpt = Annotated[bool, typer.Option(help="Leave the training state (optimizer, last weights) out of the final "
                                             "file, to ship it: smaller, no longer resumable.")]
 
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")]
+EpochsOpt = Annotated[int | None, typer.Option(min=1, help="Total epochs (overrides the preset).")]
+
 app = new_app("Train the alignment model (embed), combine and normalise alignment models (ensemble, querybank), "
               "train the caption generator (caption) and combine generators (caption-ensemble).")
 
@@ -38,9 +41,9 @@ def embed_cmd(
     init: Annotated[str | None, typer.Option(
         help="Start from this alignment model (file or name, e.g. align): its config replaces --preset, its "
              "vocabulary grows by the new training words.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
+    resume: ResumeOpt = False,
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Total epochs (overrides the preset).")] = None,
+    epochs: EpochsOpt = None,
     optimizer: Annotated[str | None, typer.Option(help="sgd (paper) | adam.")] = None,
     loss: Annotated[str | None, typer.Option(help="sum (paper) | max (hardest negative, VSE++).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
@@ -109,7 +112,7 @@ def embed_cmd(
 
 
 def _embed_epoch_line(row: dict) -> None:
-    dev = f" dev R@1/5/10 mean {row['dev_mean_recall']:.1f}" if "dev_mean_recall" in row else ""
+    dev = f" dev R@1/5/10 mean {row['dev_mean_recall']:.2f}" if "dev_mean_recall" in row else ""
     err.print(f"epoch {row['epoch']}: loss {row['loss']:.3f}{dev} ({row['seconds']:.0f}s)")
 
 
@@ -126,8 +129,8 @@ def finetune_cmd(
     root: RootOpt = None,
     captions: CaptionsOpt = None,
     min_count: MinCountOpt = 5,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Total epochs (overrides the preset).")] = None,
+    resume: ResumeOpt = False,
+    epochs: EpochsOpt = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate of the embedding.")] = None,
     top_lr: Annotated[float, typer.Option(min=0.0, help="Learning rate of the CNN top (0: frozen).")] = 3e-5,
     word_dim: Annotated[int | None, typer.Option(min=1, help="Word vector size (no --init).")] = None,
@@ -146,16 +149,12 @@ def finetune_cmd(
     init_path = paths.find_model(init) if init else None
     cfg = embed_config(preset, changes, init_path)
     with progress("training", None, unit="steps") as advance:
-        def on_epoch(row: dict) -> None:
-            dev = f" dev R@1/5/10 mean {row['dev_mean_recall']:.2f}" if "dev_mean_recall" in row else ""
-            err.print(f"epoch {row['epoch']}: loss {row['loss']:.3f}{dev} ({row['seconds']:.0f}s)")
-
         result = train_finetune(features, maps, out_path, None if resume else cfg, top_lr=top_lr, init=init_path,
                                 dataset=load_dataset_opts(dataset, root, captions), min_count=min_count,
                                 resume=resume, epochs=epochs or (None if resume else cfg.epochs),
                                 on_step=lambda e, s, n, loss: advance(1, description=f"epoch {e} step {s}/{n} "
                                                                                      f"loss {loss:.3f}"),
-                                on_epoch=on_epoch)
+                                on_epoch=_embed_epoch_line)
     summary = {"model": str(result.path), "epochs": result.epoch, "best_epoch": result.best_epoch,
                "dev_mean_recall": round(result.best_metric, 2), "dev": result.dev, "stopped": result.stopped,
                "seconds": round(result.seconds, 1)}
