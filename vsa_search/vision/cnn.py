@@ -22,7 +22,7 @@ from ..core import arrayfile
 from ..core.config import RegionConfig
 from ..core.errors import ModelError
 from .images import DEFAULT_MAX_MEGAPIXELS
-from .regions import RegionFeatures, prepare_photo
+from .regions import RegionFeatures, cnn_input, prepare_photo
 
 STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)  # the seven stages (timm's arch_def); kernel sizes come from the weights
 BN_EPS = 1e-3  # the TensorFlow ports' batch norm epsilon
@@ -229,8 +229,7 @@ class NumpyRegionEncoder:
         """(R, D) float32 features of `boxes` (in a photo of `size`) over the decoded `image`, warped to a
         square and scaled to [-1, 1] as RegionEncoder does."""
         s = self.cfg.input_size
-        a = np.asarray(image.resize((s, s), Image.BILINEAR), dtype=np.float32)
-        fmap = self.model.forward_features(a / np.float32(127.5) - np.float32(1.0))
+        fmap = self.model.forward_features(cnn_input(image, s))
         w, h = size
         scaled = np.asarray(boxes, np.float32) * np.array([s / w, s / h, s / w, s / h], np.float32)
         pooled = roi_align(fmap, scaled, self.cfg.roi_output, 1.0 / (s / fmap.shape[1]))

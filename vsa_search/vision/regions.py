@@ -29,6 +29,14 @@ if TYPE_CHECKING:  # torch only where the CNN runs in it: proposals (and cnn.py'
 
 EXTRACT_BATCH = 16  # photos per CNN batch when extracting a feature store
 
+
+def cnn_input(image: Image.Image, size: int) -> np.ndarray:
+    """The CNN's input, (size, size, 3) float32 in [-1, 1]: the photo warped to a square (as R-CNN
+    does) so every photo batches with every other, its boxes mapped with the same per-axis scales;
+    mean = std = 0.5. The torch encoder, the fine-tuning's lower stages and the numpy CNN all use it."""
+    a = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float32)
+    return a / np.float32(127.5) - np.float32(1.0)
+
 # --------------------------------------------------------------------------- proposals
 
 
@@ -164,12 +172,9 @@ class RegionEncoder:
         self.model = load_backbone(cfg.backbone).to(self.device).to(memory_format=torch.channels_last)
 
     def _tensor(self, image: Image.Image, size: int) -> torch.Tensor:
-        # Warp to a square (as R-CNN does) so every photo batches with every other; boxes are
-        # mapped with the same per-axis scales. Inputs scaled with mean = std = 0.5.
         import torch
 
-        a = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float32)
-        return torch.from_numpy(a).permute(2, 0, 1).div_(127.5).sub_(1.0)
+        return torch.from_numpy(cnn_input(image, size)).permute(2, 0, 1)
 
     def _cnn(self, batch: torch.Tensor) -> torch.Tensor:
         import torch

@@ -17,7 +17,7 @@ from ..core.config import MapConfig, from_dict, to_dict
 from ..core.errors import ImageError, StoreError
 from ..core.kv import KV
 from .images import DEFAULT_MAX_MEGAPIXELS, decode
-from .regions import load_backbone
+from .regions import cnn_input, load_backbone
 
 FORMAT_VERSION = 1
 _META = "meta"
@@ -73,9 +73,7 @@ class MapLower:
         self.model = (backbone if backbone is not None else load_backbone(cfg.backbone)).eval()
 
     def tensor(self, image: Image.Image) -> torch.Tensor:
-        s = self.cfg.input_size  # the same warp and scaling as RegionEncoder._tensor
-        a = np.asarray(image.convert("RGB").resize((s, s), Image.BILINEAR), dtype=np.float32)
-        return torch.from_numpy(a).permute(2, 0, 1).div_(127.5).sub_(1.0)
+        return torch.from_numpy(cnn_input(image.convert("RGB"), self.cfg.input_size)).permute(2, 0, 1)
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
