@@ -30,6 +30,26 @@ if TYPE_CHECKING:  # torch only where the CNN runs in it: proposals (and cnn.py'
 EXTRACT_BATCH = 16  # photos per CNN batch when extracting a feature store
 
 
+def pool_boxes(fmap: torch.Tensor, boxes: list, sizes: list[tuple[float, float]], input_size: int,
+               roi_output: int) -> torch.Tensor:
+    """Region features: RoIAlign of each photo's boxes (xyxy in its own `sizes` coordinates, numpy or
+    torch) on the CNN's map `fmap` (B, D, h, w) of the photos warped to input_size, averaged over the
+    o x o bins: (sum R, D), photo by photo. The build, the feature store and the fine-tuned top
+    (vision/trunk.py, with gradients) all pool here."""
+    import torch
+    from torchvision.ops import roi_align  # lazily: ~3 s of imports on its own, needed by RoI pooling only
+
+    s = input_size
+    rois = []
+    for i, (bx, (w, h)) in enumerate(zip(boxes, sizes)):
+        scale = torch.tensor([s / w, s / h, s / w, s / h], dtype=torch.float32, device=fmap.device)
+        b = torch.as_tensor(bx, device=fmap.device).float() * scale
+        rois.append(torch.cat([torch.full((len(b), 1), float(i), device=fmap.device), b], 1))
+    pooled = roi_align(fmap.float(), torch.cat(rois), roi_output, spatial_scale=1.0 / (s / fmap.shape[-1]),
+                       sampling_ratio=2, aligned=True)  # (sum R, D, o, o)
+    return pooled.mean(dim=(2, 3))
+
+
 def cnn_input(image: Image.Image, size: int) -> np.ndarray:
     """The CNN's input, (size, size, 3) float32 in [-1, 1]: the photo warped to a square (as R-CNN
     does) so every photo batches with every other, its boxes mapped with the same per-axis scales;
@@ -202,20 +222,11 @@ class RegionEncoder:
         if self.cfg.pooling != "roi":
             raise ValueError(f"unknown pooling {self.cfg.pooling!r}")
         import torch
-        from torchvision.ops import roi_align  # lazily: ~3 s of imports on its own, needed by RoI pooling only
 
         s = self.cfg.input_size
         fmap = self._cnn(torch.stack([self._tensor(im, s) for im in images]))
-        rois = []
-        for i, (bx, (w, h)) in enumerate(zip(boxes, sizes)):
-            scaled = bx.astype(np.float32) * np.array([s / w, s / h, s / w, s / h], np.float32)
-            rois.append(np.concatenate([np.full((len(bx), 1), i, np.float32), scaled], 1))
-        r = torch.from_numpy(np.concatenate(rois)).to(fmap.device)
-        stride = s / fmap.shape[-1]
         with torch.inference_mode():
-            pooled = roi_align(fmap.float(), r, self.cfg.roi_output, spatial_scale=1.0 / stride,
-                               sampling_ratio=2, aligned=True)  # (sum R, D, o, o)
-            feats = pooled.mean(dim=(2, 3)).cpu().numpy()
+            feats = pool_boxes(fmap, boxes, sizes, s, self.cfg.roi_output).cpu().numpy()
         return np.split(feats, np.cumsum([len(b) for b in boxes])[:-1])
 
     def _encode_crops(self, images: list[Image.Image], boxes: list[np.ndarray],

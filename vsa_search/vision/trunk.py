@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..core.config import MapConfig, from_dict, to_dict
+from ..core.config import MapConfig, RegionConfig, from_dict, to_dict
 from ..core.errors import ImageError, StoreError
 from ..core.kv import KV
 from .images import DEFAULT_MAX_MEGAPIXELS, decode
-from .regions import cnn_input, load_backbone
+from .regions import cnn_input, load_backbone, pool_boxes
 
 FORMAT_VERSION = 1
 _META = "meta"
@@ -51,18 +51,8 @@ class CNNTop(nn.Module):
     def regions(self, maps: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         """Region features of each photo's boxes (float xyxy in the photo's own coordinates, row 0
         the full image, which gives the photo's size): (sum R, feature_dim), photo by photo."""
-        from torchvision.ops import roi_align  # lazily, as in regions.py
-
-        fmap = self(maps)
-        s = self.cfg.input_size
-        rois = []
-        for i, b in enumerate(boxes):
-            w, h = b[0, 2], b[0, 3]
-            scale = torch.stack([s / w, s / h, s / w, s / h])
-            rois.append(torch.cat([torch.full((len(b), 1), float(i), device=b.device), b * scale], 1))
-        pooled = roi_align(fmap, torch.cat(rois), 2, spatial_scale=fmap.shape[-1] / s, sampling_ratio=2,
-                           aligned=True)  # the RegionConfig default roi_output of 2
-        return pooled.mean(dim=(2, 3))
+        sizes = [(float(b[0, 2]), float(b[0, 3])) for b in boxes]
+        return pool_boxes(self(maps), boxes, sizes, self.cfg.input_size, RegionConfig().roi_output)
 
 
 class MapLower:
