@@ -34,7 +34,7 @@ from .common import (
     run_epochs,
     seed_everything,
 )
-from .embed import dev_recall, epoch_batches
+from .embed import EmbedResult, dev_recall, epoch_batches
 
 KIND = "align-top"
 
@@ -122,18 +122,6 @@ def dev_data(model: TopAlign, data: PhotoData, chunk: int = 50) -> RetrievalData
 
 
 @dataclass
-class FinetuneResult:
-    path: Path
-    epoch: int  # the last epoch run (1-based, counting epochs before a --resume)
-    best_epoch: int
-    best_metric: float  # dev mean Recall@{1,5,10} of the kept weights (-loss when there are no dev photos)
-    dev: dict[str, Any]
-    history: list[dict[str, Any]]
-    seconds: float  # training time of this call
-    stopped: str  # "epochs" | "early" (patience)
-
-
-@dataclass
 class FinetuneRun:
     """What a fine-tuning run works with once it is set up (fresh, from --init or from --resume)."""
 
@@ -155,7 +143,7 @@ def train_finetune(features: str | Path, maps: str | Path, out: str | Path, cfg:
                    *, top_lr: float = 3e-5, init: str | Path | None = None, dataset: Any = None,
                    min_count: int = 5, resume: bool = False, epochs: int | None = None,
                    on_step: Callable[[int, int, int, float], None] | None = None,
-                   on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FinetuneResult:
+                   on_epoch: Callable[[dict[str, Any]], None] | None = None) -> EmbedResult:
     """Train the embedding (`cfg`, or `init`'s weights and config: an alignment model trained on the
     frozen features of the same extractor) together with the CNN top whose input maps `maps` holds,
     on the training split; early stopping on dev mean Recall@K. top_lr 0 keeps the top frozen (the
@@ -189,7 +177,7 @@ def train_finetune(features: str | Path, maps: str | Path, out: str | Path, cfg:
                          lambda: _save(run, out, finished=False), on_epoch)
     _save(run, out, finished=True)
     s = run.state
-    return FinetuneResult(out, s.epoch, s.best_epoch, s.best_score, s.best_info, s.history,
+    return EmbedResult(out, s.epoch, s.best_epoch, s.best_score, s.best_info, s.history,
                           time.perf_counter() - t_start, stopped)
 
 
