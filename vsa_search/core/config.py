@@ -6,8 +6,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
+
+import numpy as np
 
 from .errors import UsageError
 
@@ -25,9 +28,27 @@ def from_dict(cls: type[T], d: dict[str, Any]) -> T:
 
 
 def fingerprint(cfg: Any) -> str:
-    """Short stable hash of a config, used to tell feature extractors and models apart."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    """Short stable hash of a config, used to tell feature extractors and models apart. A field marked
+    `hash_if_set` counts only when it differs from its default, so adding one keeps every id made before."""
+    d = to_dict(cfg)
+    for f in fields(cfg):
+        if f.metadata.get("hash_if_set") and d.get(f.name) == f.default:
+            del d[f.name]
+    blob = json.dumps(d, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def top_id(weights: Mapping[str, Any]) -> str:
+    """RegionConfig.top of a fine-tuned CNN top, from its weights (timm's names, float16): the first
+    block it replaces and a hash of the weights, so features of two tops never pass for each other."""
+    if not weights:
+        return ""
+    h = hashlib.sha256()
+    for k in sorted(weights):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(np.asarray(weights[k], dtype=np.float16)).tobytes())
+    cut = min(int(k.split(".")[1]) for k in weights if k.startswith("blocks."))
+    return f"cut{cut}-{h.hexdigest()[:12]}"
 
 
 @dataclass(frozen=True)
@@ -46,9 +67,17 @@ class RegionConfig:
     crop_size: int = 160  # per-crop input size when pooling == "crop"
     roi_output: int = 2  # RoIAlign output grid, average-pooled to one vector
     feature_dim: int = 1280
+    # A CNN top fine-tuned with the ranking loss (vision/trunk.py), "cut<block>-<hash of its weights>"; its
+    # weights travel in the alignment model file. "": ImageNet's CNN throughout.
+    top: str = dataclasses.field(default="", metadata={"hash_if_set": True})
 
     def extractor_id(self) -> str:
         return f"{self.backbone}-{self.pooling}{self.input_size}-{self.proposals}{self.max_regions}-{fingerprint(self)}"
+
+    def imagenet(self) -> RegionConfig:
+        """The same extractor with ImageNet's CNN top: the features the concept classes and the caption
+        generators read."""
+        return dataclasses.replace(self, top="")
 
 
 REGION_PRESETS: dict[str, RegionConfig] = {

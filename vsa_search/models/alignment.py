@@ -8,11 +8,12 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.config import EmbedConfig, RegionConfig, from_dict
+from ..core.config import EmbedConfig, RegionConfig, from_dict, top_id
 from ..core.errors import ModelError, UsageError
 from ..data.vocab import Vocab
 from . import checkpoint
@@ -172,17 +173,43 @@ class LoadedAlign:
     metrics: dict
     fingerprint: str  # identifies the weights: an index built with one model refuses another
     querybank: QueryBank | None = None  # score normalisation (querybank.py), when the file has one
+    top: dict[str, np.ndarray] | None = None  # the fine-tuned CNN top region_config.top names (timm names, float16)
+
+
+TOP_PREFIX = "cnn."  # a fine-tuned CNN top's weights in a model file's state dict
+
+
+def top_state(top: dict[str, np.ndarray] | None) -> dict[str, torch.Tensor]:
+    """A CNN top's weights as model-file entries (float16, whatever the file's other weights are)."""
+    return {TOP_PREFIX + k: torch.from_numpy(np.asarray(v, np.float16).copy()) for k, v in (top or {}).items()}
+
+
+def split_top(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """A model file's state dict -> (everything else, the CNN top's weights by timm name)."""
+    return ({k: v for k, v in state.items() if not k.startswith(TOP_PREFIX)},
+            {k[len(TOP_PREFIX):]: v.cpu().half().numpy() for k, v in state.items() if k.startswith(TOP_PREFIX)})
+
+
+def check_top(region_cfg: RegionConfig, top: dict[str, np.ndarray] | None, path: str | Path) -> None:
+    """A model of fine-tuned-top features must carry that very top (and only such a model one)."""
+    if top_id(top or {}) != region_cfg.top:
+        have = top_id(top or {}) or "none"
+        raise ModelError(f"{path}: its features need the CNN top {region_cfg.top or 'of ImageNet'}, "
+                         f"but it carries {have}")
 
 
 def save_align(model: AlignModel | GlobalModel, vocab: Vocab, region_cfg: RegionConfig, path: str | Path,
                metrics: dict | None = None, train_state: dict | None = None,
                state_dict: dict[str, torch.Tensor] | None = None, half: bool = False,
-               querybank: QueryBank | None = None) -> Path:
+               querybank: QueryBank | None = None, top: dict[str, np.ndarray] | None = None) -> Path:
     """Write a kind="align" checkpoint (see checkpoint.save_model: `state_dict`, `half`), with its
-    querybank when given."""
+    querybank when given, and the fine-tuned CNN top its features come from (region_cfg.top)."""
+    check_top(region_cfg, top, path)
     if querybank is not None:
         state_dict = {**(state_dict if state_dict is not None else model.state_dict()), **querybank.to_state()}
         metrics = {**(metrics or {}), "querybank": querybank.header()}
+    if top:
+        state_dict = {**(state_dict if state_dict is not None else model.state_dict()), **top_state(top)}
     return checkpoint.save_model("align", model, vocab, region_cfg, path, metrics, train_state, state_dict, half)
 
 
@@ -192,6 +219,9 @@ def load_align(path: str | Path, device: str | torch.device = "cpu") -> LoadedAl
     vocab = Vocab.from_dict(ck.vocab)
     model = build_model(cfg, len(vocab))
     weights, bank_state = split_state(ck.state_dict)
+    weights, top = split_top(weights)
+    region_cfg = from_dict(RegionConfig, ck.region_config)
+    check_top(region_cfg, top, path)
     checkpoint.load_weights(model, dataclasses.replace(ck, state_dict=weights), path)
     model.to(device).eval()
     bank = None
@@ -200,8 +230,8 @@ def load_align(path: str | Path, device: str | torch.device = "cpu") -> LoadedAl
             bank = QueryBank.from_state(bank_state, ck.metrics["querybank"])
         except (KeyError, TypeError, ValueError):
             raise ModelError(f"{path}: its querybank is incomplete") from None
-    return LoadedAlign(model, vocab, cfg, from_dict(RegionConfig, ck.region_config), Path(path),
-                       ck.metrics, weights_fingerprint(ck.state_dict), bank)
+    return LoadedAlign(model, vocab, cfg, region_cfg, Path(path), ck.metrics, weights_fingerprint(ck.state_dict),
+                       bank, top or None)
 
 
 def ensemble_align(base: LoadedAlign, members: list[LoadedAlign]) -> AlignModel:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import paths
-from ..core.config import RegionConfig, from_dict, to_dict
+from ..core.config import RegionConfig, from_dict, to_dict, top_id
 from ..core.errors import StoreError
 from ..core.kv import KV
 from .concepts import Concepts
@@ -23,6 +23,7 @@ _META = "meta"
 _FEAT = "f/"
 _SKIP = "skip/"
 _CON = "c/"  # c/<id> -> region concepts (concepts.Concepts bytes); stores written before them derive them
+_TOP = "top"  # the fine-tuned CNN top's weights, in a store of its features (RegionConfig.top)
 
 
 class FeatureStore:
@@ -83,7 +84,20 @@ class FeatureStore:
         b = self.kv.get_bytes(_CON + image_id)
         if b is not None:
             return Concepts.from_bytes(b)
+        if self.config.top:
+            raise StoreError(f"{self.path}: no concepts stored for {image_id}")
         return concepts_from_features(self.get(image_id).features, backbone=self.config.backbone)
+
+    def top(self) -> dict[str, np.ndarray] | None:
+        """The fine-tuned CNN top (timm names, float16) the features come from (config.top), if any."""
+        return self.kv.get_arrays(_TOP) if self.config.top else None
+
+    def put_top(self, weights: dict[str, np.ndarray]) -> None:
+        if top_id(weights) != self.config.top:
+            raise StoreError(f"{self.path}: holds features of CNN top {self.config.top or 'of ImageNet'}, "
+                             f"not {top_id(weights)}")
+        with self.kv.batch() as b:
+            b.put_arrays(_TOP, **{k: np.asarray(v, np.float16) for k, v in weights.items()})
 
     def get_many(self, image_ids: Iterable[str]) -> list[RegionFeatures]:
         return [self.get(i) for i in image_ids]
@@ -100,7 +114,16 @@ class FeatureStore:
                     b.put_arrays(_FEAT + image_id, boxes=value.boxes.astype(np.int32),
                                  features=value.features.astype(np.float16))
                     b.put_bytes(_CON + image_id, concepts_from_features(
-                        value.features, backbone=self.config.backbone).to_bytes())
+                        imagenet_features(value, self.config), backbone=self.config.backbone).to_bytes())
+
+
+def imagenet_features(value: RegionFeatures, cfg: RegionConfig) -> np.ndarray:
+    """The ImageNet-top features of a photo's regions, whose classes are its concepts."""
+    if value.imagenet is not None:
+        return value.imagenet
+    if cfg.top:
+        raise StoreError(f"features of CNN top {cfg.top} came without ImageNet's features for the concepts")
+    return value.features
 
 
 @dataclass

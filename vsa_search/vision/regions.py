@@ -179,6 +179,9 @@ class RegionFeatures:
     # The decode the features came from (extract, encode_photo): what else is measured of the photo
     # (hashes, EXIF) comes from the same pixels, without opening the file again.
     photo: Prepared | None = None
+    # ImageNet's features of the same boxes when `features` come from a fine-tuned CNN top
+    # (RegionConfig.top): what the concept classes and caption generators read. None: `features` are.
+    imagenet: np.ndarray | None = None
 
 
 class RegionEncoder:
