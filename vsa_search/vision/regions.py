@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..core.config import RegionConfig
+from ..core.config import RegionConfig, top_id
 from ..core.device import pick_device, pipeline_threads, torch_threads
 from ..core.errors import ImageError, ModelError
 from .images import DEFAULT_MAX_MEGAPIXELS, decode
@@ -172,6 +172,36 @@ def load_backbone(name: str) -> torch.nn.Module:
     return model.eval()
 
 
+def top_cut(cfg: RegionConfig) -> int:
+    """The first backbone stage a fine-tuned top (cfg.top, "cut<stage>-<hash>") replaces."""
+    return int(cfg.top.split("-")[0].removeprefix("cut"))
+
+
+def with_top(backbone: torch.nn.Module, cfg: RegionConfig, top: dict[str, np.ndarray] | None) -> torch.nn.Module | None:
+    """A copy of `backbone` with the fine-tuned top's weights (timm names), or None for cfg.top == ""."""
+    import copy
+
+    import torch
+
+    if top_id(top or {}) != cfg.top:
+        raise ModelError(f"features of CNN top {cfg.top or 'of ImageNet'} need that top's weights "
+                         f"(given: {top_id(top or {}) or 'none'})")
+    if not top:
+        return None
+    tuned = copy.deepcopy(backbone)
+    own = tuned.state_dict()
+    if any(k not in own or own[k].shape != v.shape for k, v in top.items()):
+        raise ModelError(f"CNN top {cfg.top}: its weights do not fit {cfg.backbone}")
+    tuned.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in top.items()}, strict=False)
+    return tuned.eval()
+
+
+def _head(m: torch.nn.Module, h: torch.Tensor, cut: int) -> torch.Tensor:
+    for stage in list(m.blocks)[cut:]:
+        h = stage(h)
+    return m.bn2(m.conv_head(h))
+
+
 @dataclass
 class RegionFeatures:
     boxes: np.ndarray  # (R, 4) int32 xyxy, row 0 = full image
@@ -187,50 +217,69 @@ class RegionFeatures:
 class RegionEncoder:
     """Boxes and CNN features for photos; batched, channels-last, CUDA when given."""
 
-    def __init__(self, cfg: RegionConfig, device: str | torch.device | None = None):
+    def __init__(self, cfg: RegionConfig, device: str | torch.device | None = None,
+                 top: dict[str, np.ndarray] | None = None):
+        """`top`: the fine-tuned CNN top cfg.top names (LoadedAlign.top, FeatureStore.top()); the encoder
+        then gives its features and, beside them, ImageNet's (RegionFeatures.imagenet), from one pass
+        through the shared lower stages."""
         import torch
 
         self.cfg = cfg
         self.device = pick_device(device)
         self.model = load_backbone(cfg.backbone).to(self.device).to(memory_format=torch.channels_last)
+        self.tuned = with_top(self.model, cfg, top)
 
     def _tensor(self, image: Image.Image, size: int) -> torch.Tensor:
         import torch
 
         return torch.from_numpy(cnn_input(image, size)).permute(2, 0, 1)
 
-    def _cnn(self, batch: torch.Tensor) -> torch.Tensor:
+    def _cnn(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(ImageNet's map, the fine-tuned top's map or None), each (B, D, S/32, S/32)."""
         import torch
 
         x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        n = len(x)
+        if n == 1:
+            # Multi-threaded oneDNN convolves a batch of one along another path than batches of
+            # 2+ (features differ by ~5e-6; 2..N agree exactly), so a lone photo (the last of a
+            # run, a resumed or incremental build, a single query photo) would get features a
+            # batched run does not. Padding it to two keeps every path bit-identical.
+            x = x.expand(2, -1, -1, -1).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            if len(x) == 1:
-                # Multi-threaded oneDNN convolves a batch of one along another path than batches of
-                # 2+ (features differ by ~5e-6; 2..N agree exactly), so a lone photo (the last of a
-                # run, a resumed or incremental build, a single query photo) would get features a
-                # batched run does not. Padding it to two keeps every path bit-identical.
-                return self.model.forward_features(x.expand(2, -1, -1, -1).contiguous(
-                    memory_format=torch.channels_last))[:1]
-            return self.model.forward_features(x)  # (B, D, S/32, S/32)
+            if self.tuned is None:
+                return self.model.forward_features(x)[:n], None
+            m, cut = self.model, top_cut(self.cfg)
+            h = m.bn1(m.conv_stem(x))
+            for stage in list(m.blocks)[:cut]:
+                h = stage(h)
+            return _head(m, h, cut)[:n], _head(self.tuned, h, cut)[:n]
 
     def encode(self, images: list[Image.Image], boxes: list[np.ndarray],
                sizes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
         """(R_i, D) float32 features for each image's boxes; `sizes`: each photo's own size, which
         its boxes are in, when the images are reduced copies (default: the images' sizes)."""
+        return self.encode_both(images, boxes, sizes)[0]
+
+    def encode_both(self, images: list[Image.Image], boxes: list[np.ndarray],
+                    sizes: list[tuple[int, int]] | None = None) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """encode's features and, with a fine-tuned top, ImageNet's features of the same boxes (else None)."""
         if not images:
-            return []
+            return [], None
         sizes = sizes or [im.size for im in images]
         if self.cfg.pooling == "crop":
-            return self._encode_crops(images, boxes, sizes)
+            return self._encode_crops(images, boxes, sizes), None
         if self.cfg.pooling != "roi":
             raise ValueError(f"unknown pooling {self.cfg.pooling!r}")
         import torch
 
         s = self.cfg.input_size
-        fmap = self._cnn(torch.stack([self._tensor(im, s) for im in images]))
+        imagenet, tuned = self._cnn(torch.stack([self._tensor(im, s) for im in images]))
+        splits = np.cumsum([len(b) for b in boxes])[:-1]
         with torch.inference_mode():
-            feats = pool_boxes(fmap, boxes, sizes, s, self.cfg.roi_output).cpu().numpy()
-        return np.split(feats, np.cumsum([len(b) for b in boxes])[:-1])
+            out = [np.split(pool_boxes(f, boxes, sizes, s, self.cfg.roi_output).cpu().numpy(), splits)
+                   for f in (tuned, imagenet) if f is not None]
+        return out[0], (out[1] if len(out) > 1 else None)
 
     def _encode_crops(self, images: list[Image.Image], boxes: list[np.ndarray],
                       sizes: list[tuple[int, int]]) -> list[np.ndarray]:
@@ -243,7 +292,7 @@ class RegionEncoder:
             crops += [self._tensor(im.crop(tuple(int(round(v)) for v in b * k)), s) for b in bx]
         out = []
         for i in range(0, len(crops), 64):
-            out.append(self._cnn(torch.stack(crops[i:i + 64])).mean(dim=(2, 3)).float().cpu())
+            out.append(self._cnn(torch.stack(crops[i:i + 64]))[0].mean(dim=(2, 3)).float().cpu())
         feats = torch.cat(out).numpy()
         return np.split(feats, np.cumsum([len(b) for b in boxes])[:-1])
 
@@ -251,7 +300,8 @@ class RegionEncoder:
         """An image already in memory, as it is. A photo file goes through encode_photo, which
         decodes it as an index build does."""
         boxes = propose(image, self.cfg)
-        return RegionFeatures(boxes, self.encode([image], [boxes])[0])
+        feats, imagenet = self.encode_both([image], [boxes])
+        return RegionFeatures(boxes, feats[0], imagenet=imagenet[0] if imagenet else None)
 
     def encode_photo(self, path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
                      file: BinaryIO | None = None) -> RegionFeatures:
@@ -260,8 +310,8 @@ class RegionEncoder:
         regions, so a photo's regions never depend on which of them computed it. `file`: the photo
         already open (checked by its opener). Raises the loader's ImageError."""
         p = prepare_photo(path, self.cfg, max_megapixels, file)
-        feats = self.encode([p.image], [p.boxes], [p.size])[0]  # type: ignore[list-item]
-        return RegionFeatures(p.boxes, feats, p)  # type: ignore[arg-type]
+        feats, imagenet = self.encode_both([p.image], [p.boxes], [p.size])  # type: ignore[list-item]
+        return RegionFeatures(p.boxes, feats[0], p, imagenet[0] if imagenet else None)  # type: ignore[arg-type]
 
 
 def decode_side(cfg: RegionConfig) -> int | None:
@@ -335,7 +385,9 @@ def extract(paths: Iterable[Path], encoder: RegionEncoder, batch_size: int = EXT
 
 def _run_batch(batch: list[Prepared], encoder: RegionEncoder) -> Iterator[tuple[Path, RegionFeatures | str]]:
     ok = [p for p in batch if p.error is None]
-    feats = encoder.encode([p.image for p in ok], [p.boxes for p in ok], [p.size for p in ok])  # type: ignore[misc]
-    by_path = {id(p): RegionFeatures(p.boxes, f, p) for p, f in zip(ok, feats)}  # type: ignore[arg-type]
+    feats, imagenet = encoder.encode_both([p.image for p in ok], [p.boxes for p in ok],  # type: ignore[misc]
+                                          [p.size for p in ok])
+    by_path = {id(p): RegionFeatures(p.boxes, f, p, imagenet[i] if imagenet else None)  # type: ignore[arg-type]
+               for i, (p, f) in enumerate(zip(ok, feats))}
     for p in batch:
         yield p.path, (p.error if p.error is not None else by_path[id(p)])  # type: ignore[misc]

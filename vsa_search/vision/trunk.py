@@ -55,6 +55,20 @@ class CNNTop(nn.Module):
         return pool_boxes(self(maps), boxes, sizes, self.cfg.input_size, RegionConfig().roi_output)
 
 
+def top_weights(top: CNNTop) -> dict[str, np.ndarray]:
+    """The top's weights under the backbone's own (timm) names, float16: what a model file and a feature
+    store keep of it (RegionConfig.top names them; regions.with_top puts them back into a backbone)."""
+    out = {}
+    for k, v in top.state_dict().items():
+        if not v.is_floating_point():  # BatchNorm's step counter: not a weight
+            continue
+        if k.startswith("blocks."):
+            _, i, rest = k.split(".", 2)
+            k = f"blocks.{int(i) + top.cfg.cut}.{rest}"
+        out[k] = v.detach().cpu().half().numpy()
+    return out
+
+
 class MapLower:
     """The frozen lower stages: a photo warped to cfg.input_size -> its (C, H, W) map at the cut."""
 
