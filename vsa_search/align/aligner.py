@@ -67,8 +67,10 @@ def align_vectors(loaded: LoadedAlign, boxes: np.ndarray, vectors: np.ndarray, s
 def align_features(loaded: LoadedAlign, regions: RegionFeatures, sentence: str,
                    beta: float = DEFAULT_BETA, bridge: bool = False) -> Alignment:
     """Align one sentence to precomputed region features (CNN features, as the feature store holds);
-    bridge=True adds the concept bridge (the regions' classes come from the same features)."""
-    concepts = from_features(regions.features, backbone=loaded.region_config.backbone) if bridge else None
+    bridge=True adds the concept bridge (the regions' classes come from ImageNet's features of the
+    same boxes: `regions.imagenet` when the model reads a fine-tuned top's, else the features)."""
+    imagenet = regions.imagenet if regions.imagenet is not None else regions.features
+    concepts = from_features(imagenet, backbone=loaded.region_config.backbone) if bridge else None
     return align_vectors(loaded, regions.boxes, encode_regions(loaded, regions.features), sentence, beta, concepts)
 
 
@@ -81,7 +83,7 @@ def align_photo(loaded: LoadedAlign, photo: str | Path | Image.Image | RegionFea
     if isinstance(photo, RegionFeatures):
         regions = photo
     else:
-        encoder = encoder or RegionEncoder(loaded.region_config)
+        encoder = encoder or RegionEncoder(loaded.region_config, top=loaded.top)
         regions = encoder.encode_one(photo) if isinstance(photo, Image.Image) else encoder.encode_photo(photo)
     return align_features(loaded, regions, sentence, beta, bridge)
 

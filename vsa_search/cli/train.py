@@ -1,4 +1,4 @@
-"""`vsa train embed|ensemble|querybank|caption|caption-ensemble`."""
+"""`vsa train embed|finetune|export-top|ensemble|querybank|caption|caption-ensemble`."""
 
 from __future__ import annotations
 
@@ -163,6 +163,23 @@ def finetune_cmd(
         return
     out.print(f"{result.path}: best epoch {result.best_epoch} of {result.epoch} "
               f"(dev mean R@1/5/10 {result.best_metric:.2f}), stopped: {result.stopped}, {result.seconds:.0f}s")
+
+
+@app.command("export-top")
+def export_top_cmd(
+    model: Annotated[Path, typer.Option(help="A fine-tuning run's file (vsa train finetune).")],
+    out_path: Annotated[Path, typer.Option("--out", help="Alignment model file to write (float16, atomically).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Write a fine-tuned run as an ordinary alignment model that carries its CNN top: its extractor
+    names the top, so its features need their own store (vsa features extract --model OUT)."""
+    from ..train.finetune import export_align
+
+    summary = export_align(model, out_path)
+    if json_out:
+        print_json(summary)
+        return
+    out.print(f"{out_path}: {model} with CNN top {summary['top']} (extractor {summary['extractor']})")
 
 
 @app.command("ensemble")

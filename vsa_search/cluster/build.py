@@ -100,7 +100,7 @@ class _ShardWorker:
                 if todo and self.encoder is None:
                     from ..vision.regions import RegionEncoder
 
-                    self.encoder = RegionEncoder(self.model.region_config, job["device"])
+                    self.encoder = RegionEncoder(self.model.region_config, job["device"], top=self.model.top)
                 b.encoder = self.encoder
                 report = b.run(on_progress=self.tracker.add.remote)
             reports.append(json.dumps(report.to_dict()))

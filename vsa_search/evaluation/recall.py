@@ -187,7 +187,8 @@ def evaluate_recall(model_path: str | Path, features: str | Path | None = None, 
     others = [load_align(paths.find_model(str(p)), dev_) for p in also or []]
     if features is None:
         extract = on_extract or stage(f"extracting {split} photos", len(records), "photos")
-        features = extract_to_cache({r.image_id: r.path for r in records}, model.region_config, device, extract)
+        features = extract_to_cache({r.image_id: r.path for r in records}, model.region_config, device, extract,
+                                    top=model.top)
     features = Path(features)
     with FeatureStore(features, readonly=True) as store:
         for m in (model, *others):

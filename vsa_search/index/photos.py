@@ -23,7 +23,7 @@ from ..models.encode import encode_regions, photo_offset
 from ..models.score import shared_width
 from ..vision.concepts import from_features
 from ..vision.images import DEFAULT_MAX_MEGAPIXELS, PHOTO_KINDS
-from ..vision.regions import RegionEncoder, decode_side, extract
+from ..vision.regions import RegionEncoder, RegionFeatures, decode_side, extract
 from . import photometa
 from .faiss_types import check_index_type, choose_for_memory
 from .generation import Item, as_stored, model_info, write_generation
@@ -274,7 +274,10 @@ class PhotoBuild:
                 todo[p.hash] = p.path
         if not todo:
             return
-        encoder = self.encoder or RegionEncoder(self.model.region_config, self.device)
+        encoder = self.encoder or RegionEncoder(self.model.region_config, self.device, top=self.model.top)
+        if encoder.cfg.extractor_id() != self.model.region_config.extractor_id():
+            raise UsageError(f"the encoder extracts {encoder.cfg.extractor_id()}, but {self.model.path} reads "
+                             f"{self.model.region_config.extractor_id()}")
         by_path = {path: h for h, path in todo.items()}
         pending: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]] = []
         failed: dict[str, str] = {}
@@ -301,7 +304,7 @@ class PhotoBuild:
             boxes = result.boxes[: len(vecs)]  # a global model keeps region 0 only
             vecs = vecs.astype(np.float16)
             pending.append((digest, boxes.astype(np.int32), vecs,
-                            _concepts_of(result.features[: len(vecs)], self.model), self._offset(vecs),
+                            _concepts_of(result, len(vecs), self.model), self._offset(vecs),
                             photometa.to_array(photometa.of_prepared(result.photo))))  # type: ignore[arg-type]
             self.report.encoded += 1
             if len(pending) >= self.batch_size:
@@ -366,9 +369,11 @@ class PhotoBuild:
         r.index_type = manifest["index_type"]
 
 
-def _concepts_of(features: np.ndarray, model: LoadedAlign) -> np.ndarray:
-    """Region concepts (the backbone's own ImageNet classes, top K) as a uint8 array for the work area."""
-    return np.frombuffer(from_features(features, backbone=model.region_config.backbone).to_bytes(), np.uint8)
+def _concepts_of(result: RegionFeatures, regions: int, model: LoadedAlign) -> np.ndarray:
+    """The first `regions` regions' concepts (the backbone's own ImageNet classes, top K, from ImageNet's
+    features even when the model reads a fine-tuned top's) as a uint8 array for the work area."""
+    feats = (result.imagenet if result.imagenet is not None else result.features)[:regions]
+    return np.frombuffer(from_features(feats, backbone=model.region_config.backbone).to_bytes(), np.uint8)
 
 
 def _short(reason: str, path: str) -> str:

@@ -293,7 +293,7 @@ def photo_regions(model: LoadedAlign, photo: str | Path, encoder: Any = None,
     from ..models.encode import encode_regions
     from ..vision.regions import RegionEncoder
 
-    encoder = encoder or RegionEncoder(model.region_config, device)
+    encoder = encoder or RegionEncoder(model.region_config, device, top=model.top)
     feats = encoder.encode_photo(photo)  # decoded as a build decodes it: an indexed copy's regions
     v = encode_regions(model, feats.features)
     return feats.boxes[: len(v)], v

@@ -112,10 +112,11 @@ class Engine:
         finally:
             snap.release()
 
-    def encoder(self, cfg: Any) -> Any:
+    def encoder(self, cfg: Any, top: Any = None) -> Any:
+        """The CNN of region config `cfg`; `top`: the fine-tuned CNN top it names (an alignment model's)."""
         with self._lock:
-            if cfg not in self._encoders:
-                self._encoders[cfg] = regions.RegionEncoder(cfg, "cpu")
+            if cfg not in self._encoders:  # cfg.top names the top's weights: one encoder per top
+                self._encoders[cfg] = regions.RegionEncoder(cfg, "cpu", top=top)
             return self._encoders[cfg]
 
     # ------------------------------------------------------------------ queries (the CLI's --json)
@@ -176,7 +177,7 @@ class Engine:
                 self._check_photo(photo)
             with self._cnn:
                 res = index.search_photo(snap.photos, snap.model, photo, k, text,
-                                         encoder=self.encoder(snap.model.region_config))
+                                         encoder=self.encoder(snap.model.region_config, snap.model.top))
             result = res.to_dict()
             for hit in result["hits"]:
                 hit["size"] = snap.size(hit["id"])
@@ -195,9 +196,9 @@ class Engine:
                 raise errors.SearchIndexError(f"no sentence index {self.name!r} (create it with "
                                          f"`vsa index text FILE --index {self.name}`)")
             self._check_photo(photo)
+            m = snap.sentence_model
             with self._cnn:
-                result = index.search_photo(snap.sentences, snap.sentence_model, photo, k,
-                                            encoder=self.encoder(snap.sentence_model.region_config))
+                result = index.search_photo(snap.sentences, m, photo, k, encoder=self.encoder(m.region_config, m.top))
         d = result.to_dict()
         d["query"] = shown_as or d["query"]
         return d
@@ -261,7 +262,7 @@ class Engine:
     def _align_photo(self, model: Any, photo: Path, sentence: str, beta: float, file: BinaryIO | None = None) -> Any:
         """`file`: the checked photo already open (its regions come from the file that was checked)."""
         with self._cnn:
-            regions = self.encoder(model.region_config).encode_photo(photo, self.max_megapixels, file)
+            regions = self.encoder(model.region_config, model.top).encode_photo(photo, self.max_megapixels, file)
             return aligner.align_photo(model, regions, sentence, beta, bridge=True)
 
     def status(self) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def add_querybank(model: str | Path, features: str | Path, out: str | Path, sent
         require_extractor(store.config, loaded.region_config, Path(features), loaded.path)
         bank, available = draw_bank(loaded, ds, store, sentences, photos, beta, weight, seed, features)
     save_align(loaded.model, loaded.vocab, loaded.region_config, out, metrics=dict(loaded.metrics), half=True,
-               querybank=bank)
+               querybank=bank, top=loaded.top)
     return {"model": str(out), "from": str(loaded.path), **bank.header(), "seed": seed,
             "train_photos_available": available, "seconds": round(time.perf_counter() - t0, 1)}
 

@@ -172,10 +172,13 @@ def resume_state(ck: Checkpoint, model: torch.nn.Module, opt: torch.optim.Optimi
 
 
 def require_features(region_cfg: RegionConfig, saved: RegionConfig | dict[str, Any], features: Any,
-                     source: str) -> None:
+                     source: str, onto_top: bool = False) -> None:
     """A run that continues a model (`source`: "--resume FILE" or "--init FILE") needs features of
-    the extractor that model was trained on."""
+    the extractor that model was trained on. onto_top: a model of ImageNet's features may also go on
+    with a fine-tuned top's features of the same extractor (region_cfg.imagenet() is its extractor)."""
     saved = from_dict(RegionConfig, saved) if isinstance(saved, dict) else saved
+    if onto_top and not saved.top and same_extractor(region_cfg.imagenet(), saved):
+        return
     if not same_extractor(region_cfg, saved):
         raise UsageError(f"{source}: trained on other features than {features} holds "
                          f"(extract them with its region preset)")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +22,7 @@ from ..data.vocab import Vocab, build_vocab, pad_ids
 from ..evaluation.metrics import mean_recall, retrieval_metrics
 from ..evaluation.recall import RetrievalData, retrieval_data, score_all
 from ..models import checkpoint
-from ..models.alignment import build_model, load_align, save_align
+from ..models.alignment import build_model, load_align, save_align, split_top
 from ..models.checkpoint import Checkpoint
 from ..vision.features import FeatureStore
 from . import distributed
@@ -130,6 +131,7 @@ class EmbedRun:
     par: distributed.OneProcess  # the processes that train together (distributed.Ranks under torchrun)
     state: TrainState
     facts: dict[str, Any]  # what the model file says about the run besides its figures
+    top: dict[str, np.ndarray] | None = None  # the fine-tuned CNN top of the features (the store's), if any
 
 
 def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab: Any = None,
@@ -161,6 +163,8 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
     out = Path(out)
     _, _, dev_ = distributed.init(pick_device(device))  # the rank's own GPU under torchrun
     ck = load_resumable(out, "align", init) if resume else None
+    if ck is not None:  # the CNN top the file carries is the store's, not weights of the model trained here
+        ck = dataclasses.replace(ck, state_dict=split_top(ck.state_dict)[0])
     init_model = load_align(init) if init is not None else None
     if ck is not None:
         cfg, vocab = from_dict(type(EMBED_PRESETS["default"]), ck.config), Vocab.from_dict(ck.vocab)
@@ -170,10 +174,11 @@ def train_embed(features: str | Path, out: str | Path, cfg: Any = None, *, vocab
     ds = dataset if dataset is not None else load_flickr8k()
     origin = ((f"--resume {out}", ck.region_config) if ck is not None else
               (f"--init {init}", init_model.region_config) if init_model is not None else None)
-    vocab, region_cfg, train, dev = _read_data(features, ds, cfg, vocab, min_count, init_model, origin)
+    vocab, region_cfg, top, train, dev = _read_data(features, ds, cfg, vocab, min_count, init_model, origin)
     deadline = t_start + max_minutes * 60 / 2 if max_minutes is not None else None  # for text pretraining
     model, facts = _new_model(cfg, vocab, ds, dev_, ck, init_model, init, deadline)
     run = _embed_run(cfg, vocab, region_cfg, model, train, dev, ck, MixedPrecision(dev_, amp), facts)
+    run.top = top
 
     def time_up() -> bool:  # every rank stops after the same epoch
         return run.par.share(max_minutes is not None and time.perf_counter() - t_start > max_minutes * 60)
@@ -260,14 +265,16 @@ def dev_recall(model: torch.nn.Module, dev: RetrievalData, device: torch.device 
 
 
 def _read_data(features: str | Path, ds: Any, cfg: Any, vocab: Any, min_count: int, init_model: Any,
-               origin: tuple[str, Any] | None) -> tuple[Any, RegionConfig, RetrievalData, RetrievalData | None]:
-    """The vocabulary (given, resumed, or built on the training split), the store's extractor config,
-    and the training and dev photos the store holds, with their sentences. `origin`: the option and
-    the region config of the model the run continues (--resume or --init), if any."""
+               origin: tuple[str, Any] | None
+               ) -> tuple[Any, RegionConfig, dict[str, np.ndarray] | None, RetrievalData, RetrievalData | None]:
+    """The vocabulary (given, resumed, or built on the training split), the store's extractor config
+    and fine-tuned CNN top (if any), and the training and dev photos the store holds, with their
+    sentences. `origin`: the option and the region config of the model the run continues (--resume
+    or --init), if any; an --init model of ImageNet's features may go on with a fine-tuned top's."""
     with FeatureStore(features, readonly=True) as store:
-        region_cfg = store.config
+        region_cfg, top = store.config, store.top()
         if origin is not None and origin[1]:
-            require_features(region_cfg, origin[1], features, origin[0])
+            require_features(region_cfg, origin[1], features, origin[0], onto_top=origin[0].startswith("--init"))
         train_recs = [r for r in ds.present("train") if r.image_id in store]
         dev_recs = [r for r in ds.present("dev") if r.image_id in store]
         if not train_recs:
@@ -281,7 +288,7 @@ def _read_data(features: str | Path, ds: Any, cfg: Any, vocab: Any, min_count: i
         dev = retrieval_data(dev_recs, store, vocab) if dev_recs else None
     if train.feats.shape[-1] != cfg.feature_dim:
         raise UsageError(f"features are {train.feats.shape[-1]}-d, the config expects {cfg.feature_dim}")
-    return vocab, region_cfg, train, dev
+    return vocab, region_cfg, top, train, dev
 
 
 def _new_model(cfg: Any, vocab: Any, ds: Any, device: torch.device, ck: Checkpoint | None, init_model: Any,
@@ -335,4 +342,4 @@ def _save(run: EmbedRun, out: Path, finished: bool, keep: bool = True) -> None:
     metrics = {"dev": s.best_info, "dev_mean_recall": s.best_score, "best_epoch": s.best_epoch,
                "train_seconds": round(sum(h["seconds"] for h in s.history), 1), **run.facts}
     save_align(run.model, run.vocab, run.region_cfg, out, metrics, s.to_file(run.model, run.opt, finished, keep),
-               state_dict=s.best_weights or cpu_copy(run.model))
+               state_dict=s.best_weights or cpu_copy(run.model), top=run.top)

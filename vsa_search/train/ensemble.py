@@ -22,7 +22,7 @@ def write_align_ensemble(base: str | Path, members: list[str | Path], out: str |
     model = ensemble_align(loaded, parts)
     metrics = {"ensemble": {"base": str(base), "members": [str(m) for m in members]},
                "parts": _parts([loaded, *parts])}
-    save_align(model, loaded.vocab, loaded.region_config, out, metrics=metrics)
+    save_align(model, loaded.vocab, loaded.region_config, out, metrics=metrics, top=loaded.top)  # members share it
     return {"model": str(out), "global_members": model.cfg.global_members, "out_dim": model.out_dim}
 
 

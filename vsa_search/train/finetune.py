@@ -5,6 +5,7 @@ stopping on dev and resumable file as train_embed; the CNN top has its own (lowe
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,15 +16,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.config import EmbedConfig, MapConfig, RegionConfig, from_dict, to_dict
+from ..core.config import EmbedConfig, MapConfig, RegionConfig, from_dict, to_dict, top_id
 from ..core.errors import DatasetError, ModelError, UsageError
 from ..data.datasets import load_flickr8k
 from ..data.vocab import UNK, Vocab, build_vocab, pad_ids
 from ..evaluation.recall import RetrievalData
 from ..models import checkpoint
-from ..models.alignment import build_model, load_align, ranking_loss
+from ..models.alignment import build_model, load_align, ranking_loss, save_align
 from ..vision.features import FeatureStore
-from ..vision.trunk import CNNTop, MapStore
+from ..vision.trunk import CNNTop, MapStore, top_weights
 from .common import (
     TrainState,
     clip_elementwise,
@@ -85,6 +86,21 @@ def load_top_align(path: str | Path) -> tuple[TopAlign, Vocab, RegionConfig, che
     model = TopAlign(from_dict(EmbedConfig, ck.config["embed"]), from_dict(MapConfig, ck.config["map"]), len(vocab))
     checkpoint.load_weights(model, ck, path)
     return model.eval(), vocab, from_dict(RegionConfig, ck.region_config), ck
+
+
+def export_align(src: str | Path, out: str | Path) -> dict[str, Any]:
+    """A fine-tuning run's file (kind align-top) as an ordinary alignment model file (kind align, float16)
+    that every command loads: its region config names the fine-tuned top (RegionConfig.top = top_id of
+    the top's float16 weights), which travels inside it, so photos are encoded through that very top
+    (float16-rounded) wherever the model is used. Its features need their own feature store
+    (`vsa features extract --model OUT`); the querybank, if wanted, is added afterwards."""
+    model, vocab, region_cfg, ck = load_top_align(src)
+    weights = top_weights(model.top)
+    region = dataclasses.replace(region_cfg, top=top_id(weights))
+    metrics = {**ck.metrics, "exported_from": str(src), "top": region.top}
+    save_align(model.align, vocab, region, out, metrics=metrics, half=True, top=weights)
+    return {"model": str(out), "from": str(src), "top": region.top, "extractor": region.extractor_id(),
+            "best_epoch": ck.metrics.get("best_epoch"), "dev_mean_recall": ck.metrics.get("dev_mean_recall")}
 
 
 @dataclass

@@ -33,7 +33,7 @@ MAX_MODEL_BYTES = 25_000_000  # a shipped model file stays within 25 MB
 def _file_bytes(loaded: Any, bank: Any, tmp: Path) -> int:
     """The size of the model file that `vsa train querybank` would write with this bank."""
     path = save_align(loaded.model, loaded.vocab, loaded.region_config, tmp / "candidate.pt",
-                      metrics=dict(loaded.metrics), half=True, querybank=bank)
+                      metrics=dict(loaded.metrics), half=True, querybank=bank, top=loaded.top)
     size = path.stat().st_size
     path.unlink()
     return size

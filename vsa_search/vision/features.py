@@ -4,7 +4,7 @@ where it stopped, because each batch is one transaction and finished photos are 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,12 +81,16 @@ class FeatureStore:
 
     def concepts(self, image_id: str) -> Concepts:
         """The photo's region concepts: stored ones, or derived from its features (older stores)."""
+        return Concepts.from_bytes(self.concepts_bytes(image_id))
+
+    def concepts_bytes(self, image_id: str) -> bytes:
+        """concepts() as stored (Concepts bytes): what a store of a fine-tuned top's features copies."""
         b = self.kv.get_bytes(_CON + image_id)
         if b is not None:
-            return Concepts.from_bytes(b)
+            return b
         if self.config.top:
             raise StoreError(f"{self.path}: no concepts stored for {image_id}")
-        return concepts_from_features(self.get(image_id).features, backbone=self.config.backbone)
+        return concepts_from_features(self.get(image_id).features, backbone=self.config.backbone).to_bytes()
 
     def top(self) -> dict[str, np.ndarray] | None:
         """The fine-tuned CNN top (timm names, float16) the features come from (config.top), if any."""
@@ -95,15 +99,18 @@ class FeatureStore:
     def put_top(self, weights: dict[str, np.ndarray]) -> None:
         if top_id(weights) != self.config.top:
             raise StoreError(f"{self.path}: holds features of CNN top {self.config.top or 'of ImageNet'}, "
-                             f"not {top_id(weights)}")
+                             f"not {top_id(weights) or 'none'}")
         with self.kv.batch() as b:
             b.put_arrays(_TOP, **{k: np.asarray(v, np.float16) for k, v in weights.items()})
 
     def get_many(self, image_ids: Iterable[str]) -> list[RegionFeatures]:
         return [self.get(i) for i in image_ids]
 
-    def put(self, items: Iterable[tuple[str, RegionFeatures | str]]) -> None:
-        """Write one batch atomically; a string value records a skipped photo and its reason."""
+    def put(self, items: Iterable[tuple[str, RegionFeatures | str]],
+            concepts: Mapping[str, bytes] | None = None) -> None:
+        """Write one batch atomically; a string value records a skipped photo and its reason.
+        `concepts`: photos' concepts already known (Concepts bytes, e.g. copied from the store of
+        ImageNet's features of the same boxes); the others are computed from ImageNet's features."""
         with self.kv.batch() as b:
             for image_id, value in items:
                 if isinstance(value, str):
@@ -113,7 +120,8 @@ class FeatureStore:
                     # float16 halves the store; the ranking model is insensitive to it.
                     b.put_arrays(_FEAT + image_id, boxes=value.boxes.astype(np.int32),
                                  features=value.features.astype(np.float16))
-                    b.put_bytes(_CON + image_id, concepts_from_features(
+                    known = concepts.get(image_id) if concepts else None
+                    b.put_bytes(_CON + image_id, known if known is not None else concepts_from_features(
                         imagenet_features(value, self.config), backbone=self.config.backbone).to_bytes())
 
 
@@ -130,6 +138,7 @@ def imagenet_features(value: RegionFeatures, cfg: RegionConfig) -> np.ndarray:
 class ExtractReport:
     extracted: int = 0
     already: int = 0
+    from_maps: int = 0  # of `extracted`: through a fine-tuned top on stored maps (trunk.extract_from_maps)
     skipped: dict[str, str] = field(default_factory=dict)
 
 
@@ -150,11 +159,19 @@ def require_extractor(store_config: RegionConfig, model_config: RegionConfig, st
 def extract_to_store(photos: dict[str, Path], out: str | Path, cfg: RegionConfig,
                      device: str | None = None, batch_size: int = EXTRACT_BATCH,
                      on_progress: Callable[[int], None] | None = None,
-                     encoder: RegionEncoder | None = None) -> ExtractReport:
+                     encoder: RegionEncoder | None = None,
+                     top: dict[str, np.ndarray] | None = None) -> ExtractReport:
     """Extract every photo (id -> path) not yet in the store at `out`. Photos already stored
-    are counted, not redone; unreadable ones are recorded as skipped and reported."""
+    are counted, not redone; unreadable ones are recorded as skipped and reported. `top`: the
+    fine-tuned CNN top cfg.top names (LoadedAlign.top; or the `encoder`'s), kept in the store."""
     report = ExtractReport()
+    if encoder is not None:
+        if encoder.cfg.extractor_id() != cfg.extractor_id():
+            raise StoreError(f"{out}: the encoder extracts {encoder.cfg.extractor_id()}, not {cfg.extractor_id()}")
+        top = top or getattr(encoder, "top", None)
     with FeatureStore(out, cfg) as store:
+        if cfg.top:
+            store.put_top(top or {})  # refuses weights that are not cfg.top's
         todo = []
         for image_id, p in photos.items():
             if image_id in store:
@@ -164,7 +181,7 @@ def extract_to_store(photos: dict[str, Path], out: str | Path, cfg: RegionConfig
         if on_progress and report.already:
             on_progress(report.already)
         if todo:
-            encoder = encoder or RegionEncoder(cfg, device)
+            encoder = encoder or RegionEncoder(cfg, device, top=top)
             ids = {p: i for i, p in todo}
             pending: list[tuple[str, RegionFeatures | str]] = []
             for path, result in extract([p for _, p in todo], encoder, batch_size=batch_size):
@@ -181,12 +198,14 @@ def extract_to_store(photos: dict[str, Path], out: str | Path, cfg: RegionConfig
 
 
 def extract_to_cache(photos: dict[str, Path], cfg: RegionConfig, device: str | None = None,
-                     on_progress: Callable[[int], None] | None = None) -> Path:
+                     on_progress: Callable[[int], None] | None = None,
+                     top: dict[str, np.ndarray] | None = None) -> Path:
     """Extract photos (id -> path) into the one evaluation cache per extractor,
-    $VSA_HOME/cache/features/<extractor id>; photos already there are not extracted again, so
-    `eval recall` and `eval caption` share what either has extracted. Returns the store's path."""
+    $VSA_HOME/cache/features/<extractor id> (the id names a fine-tuned top, whose weights `top` are);
+    photos already there are not extracted again, so `eval recall` and `eval caption` share what
+    either has extracted. Returns the store's path."""
     store = paths.cache_dir() / "features" / cfg.extractor_id()
-    extract_to_store(photos, store, cfg, device=device, on_progress=on_progress)
+    extract_to_store(photos, store, cfg, device=device, on_progress=on_progress, top=top)
     return store
 
 

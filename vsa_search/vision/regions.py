@@ -228,6 +228,7 @@ class RegionEncoder:
         self.device = pick_device(device)
         self.model = load_backbone(cfg.backbone).to(self.device).to(memory_format=torch.channels_last)
         self.tuned = with_top(self.model, cfg, top)
+        self.top = top or None  # what a feature store of its features keeps (FeatureStore.put_top)
 
     def _tensor(self, image: Image.Image, size: int) -> torch.Tensor:
         import torch

@@ -14,10 +14,12 @@ from PIL import Image
 from torch import nn
 
 from ..core.config import MapConfig, RegionConfig, from_dict, to_dict
+from ..core.device import pick_device
 from ..core.errors import ImageError, StoreError
 from ..core.kv import KV
+from .features import ExtractReport, FeatureStore, extract_to_store, same_extractor
 from .images import DEFAULT_MAX_MEGAPIXELS, decode
-from .regions import cnn_input, load_backbone, pool_boxes
+from .regions import EXTRACT_BATCH, RegionFeatures, cnn_input, load_backbone, pool_boxes, top_cut, with_top
 
 FORMAT_VERSION = 1
 _META = "meta"
@@ -176,3 +178,82 @@ def extract_maps(photos: dict[str, Path], out: str | Path, cfg: MapConfig, batch
             if on_progress:
                 on_progress(len(chunk))
         return {"extracted": extracted, "already": already, "skipped": store.skipped()}
+
+
+# --------------------------------------------------------------------------- a fine-tuned top's feature store
+
+FROM_MAPS_BATCH = 64  # photos per top forward on stored maps (7x7 maps: cheap, so large batches)
+
+
+def tuned_top(cfg: RegionConfig, top: dict[str, np.ndarray], map_cfg: MapConfig) -> CNNTop:
+    """The fine-tuned top cfg.top names (weights `top`, timm names) on maps of `map_cfg`, which must
+    be cut where the top starts, from the same backbone at the same input size."""
+    if (map_cfg.backbone, map_cfg.input_size, map_cfg.cut) != (cfg.backbone, cfg.input_size, top_cut(cfg)):
+        raise StoreError(f"maps of {map_cfg.map_id()} are not the input of CNN top {cfg.top} "
+                         f"({cfg.backbone} at {cfg.input_size} px, cut {top_cut(cfg)})")
+    return CNNTop(map_cfg, with_top(load_backbone(cfg.backbone), cfg, top)).eval()
+
+
+def extract_from_maps(image_ids: list[str], out: str | Path, cfg: RegionConfig, top: dict[str, np.ndarray],
+                      maps: str | Path, frozen: str | Path, device: str | None = None,
+                      batch_size: int = FROM_MAPS_BATCH,
+                      on_progress: Callable[[int], None] | None = None) -> tuple[ExtractReport, list[str]]:
+    """A fine-tuned top's features without decoding a photo: the top (cfg.top, weights `top`) on the
+    lower-stage maps stored in `maps`, RoIAlign of the boxes stored in `frozen` (a store of ImageNet's
+    features by the same extractor, cfg.imagenet()), whose concepts are copied (they are ImageNet's).
+    Photos already in `out` are counted, not redone; one transaction per batch, so resumable. Returns
+    (the report, the ids neither done nor stored because a store lacks them)."""
+    report = ExtractReport()
+    dev = pick_device(device)
+    with FeatureStore(out, cfg) as store, MapStore(maps, readonly=True) as ms, \
+            FeatureStore(frozen, readonly=True) as fs:
+        if not cfg.top or cfg.pooling != "roi":
+            raise StoreError(f"{out}: features from maps need a fine-tuned top and RoI pooling")
+        if not same_extractor(fs.config, cfg.imagenet()):
+            raise StoreError(f"{frozen}: features by extractor {fs.extractor_id}, not {cfg.imagenet().extractor_id()} "
+                             "(the ImageNet features of the model's extractor)")
+        net = tuned_top(cfg, top, ms.config).to(dev)
+        store.put_top(top)
+        report.already = sum(i in store for i in image_ids)
+        if on_progress and report.already:
+            on_progress(report.already)
+        todo = [i for i in image_ids if i not in store and i in ms and i in fs]
+        left = [i for i in image_ids if i not in store and (i not in ms or i not in fs)]
+        for a in range(0, len(todo), batch_size):
+            chunk = todo[a : a + batch_size]
+            ref = [fs.get(i) for i in chunk]
+            x = torch.from_numpy(np.stack([ms.get(i) for i in chunk])).to(dev)
+            with torch.inference_mode():
+                flat = pool_boxes(net(x), [r.boxes for r in ref], [(int(r.boxes[0, 2]), int(r.boxes[0, 3]))
+                                  for r in ref], cfg.input_size, cfg.roi_output).cpu().numpy()
+            feats = np.split(flat, np.cumsum([len(r.boxes) for r in ref])[:-1])
+            store.put([(i, RegionFeatures(r.boxes, f, imagenet=r.features)) for i, r, f in zip(chunk, ref, feats)],
+                      concepts={i: fs.concepts_bytes(i) for i in chunk})
+            report.extracted += len(chunk)
+            report.from_maps += len(chunk)
+            if on_progress:
+                on_progress(len(chunk))
+    return report, left
+
+
+def extract_with_top(photos: dict[str, Path], out: str | Path, cfg: RegionConfig, top: dict[str, np.ndarray] | None,
+                     maps: str | Path | None = None, frozen: str | Path | None = None, device: str | None = None,
+                     batch_size: int = EXTRACT_BATCH, on_progress: Callable[[int], None] | None = None
+                     ) -> ExtractReport:
+    """The feature store of an alignment model's extractor (cfg, with its fine-tuned top's weights
+    `top`): photos (id -> path) whose maps and ImageNet features are stored (`maps`, `frozen`) through
+    extract_from_maps, every other photo from its file (extract_to_store)."""
+    report = ExtractReport()
+    rest = photos
+    if maps is not None or frozen is not None:
+        if maps is None or frozen is None or not cfg.top:
+            raise StoreError("features from stored maps need both the map store and the store of ImageNet's "
+                             "features of the same photos, and a model with a fine-tuned top")
+        report, left = extract_from_maps(list(photos), out, cfg, top or {}, maps, frozen, device,
+                                         on_progress=on_progress)
+        rest = {i: photos[i] for i in left}
+    slow = extract_to_store(rest, out, cfg, device=device, batch_size=batch_size, on_progress=on_progress, top=top)
+    report.extracted += slow.extracted
+    report.already += slow.already
+    report.skipped.update(slow.skipped)
+    return report
