@@ -317,7 +317,8 @@ def calibrate_cmd(
     loaded = load_align(paths.find_model(model))
     store = features or paths.cache_dir() / "features" / loaded.region_config.extractor_id()
     if not store.exists():
-        raise UsageError(f"{store}: no feature store (extract the {split} photos with `vsa features extract`)")
+        raise UsageError(f"{store}: no feature store (extract the {split} photos with "
+                         f"`vsa features extract --model {model} --split {split} --out {store}`)")
     with progress(f"encoding, then searching {split} photos", None) as advance:
         res = calibrate(loaded, store, split, per_photo, out_path, plot, on_progress=advance)
     if json_out:

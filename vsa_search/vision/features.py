@@ -152,8 +152,9 @@ def require_extractor(store_config: RegionConfig, model_config: RegionConfig, st
                       model: str | Path) -> None:
     """A model only understands features of the extractor it was trained on."""
     if not same_extractor(store_config, model_config):
+        how = f"`vsa features extract --model {model}`" if model_config.top else "the model's region preset"
         raise StoreError(f"{store}: features by extractor {store_config.extractor_id()}, but {model} was trained "
-                         f"on {model_config.extractor_id()}; extract with the model's region preset")
+                         f"on {model_config.extractor_id()}; extract with {how}")
 
 
 def extract_to_store(photos: dict[str, Path], out: str | Path, cfg: RegionConfig,
