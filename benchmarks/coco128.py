@@ -217,7 +217,7 @@ def main() -> None:
     classes, photos, labels = load_coco(args.coco)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         store_path = args.coco_features or Path(tmp) / "feats"
-        extract_to_store(photos, store_path, model.region_config)
+        extract_to_store(photos, store_path, model.region_config, top=model.top)
         with FeatureStore(store_path, readonly=True) as store:
             feats = {k: store.get(k) for k in photos}
             cons = {k: store.concepts(k) for k in photos}

@@ -86,7 +86,7 @@ def main() -> None:
             print(f"ray.init: {init_s:.1f}s", file=sys.stderr, flush=True)
             t = time.perf_counter()
             model = load_align(paths.find_model("align"))
-            encoder = RegionEncoder(model.region_config, "cpu")
+            encoder = RegionEncoder(model.region_config, "cpu", top=model.top)
             load_s = time.perf_counter() - t
             clock = Clock()
             single = ix.build_photos([photos], model, tmp / "single", encoder=encoder, on_progress=clock.progress)
