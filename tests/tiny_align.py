@@ -20,3 +20,31 @@ def tiny_model(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     vocab = Vocab(list(SPECIALS) + WORDS)
     return save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab, TINY, path)
+
+
+def tiny_top(seed: int = 0) -> dict:
+    """A fine-tuned CNN top for the tiny preset (the last stage and the conv head of tiny's map config),
+    moved from ImageNet's by a few percent (seeded), as trunk.top_weights names it."""
+    from vsa_search.core.config import MAP_PRESETS
+    from vsa_search.vision.trunk import CNNTop, top_weights
+
+    top = CNNTop(MAP_PRESETS["tiny"])
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # the weights only: the running BatchNorm statistics stay ImageNet's
+        for p in top.parameters():
+            p.mul_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+    return top_weights(top)
+
+
+def tiny_top_model(path: Path, seed: int = 0, top: dict | None = None) -> Path:
+    """tiny_model on the features of a moved CNN top (tiny_top(seed), or `top`): the model file carries
+    the top, its region config names it."""
+    import dataclasses
+
+    from vsa_search.core.config import top_id
+
+    w = top if top is not None else tiny_top(seed)
+    torch.manual_seed(seed)
+    vocab = Vocab(list(SPECIALS) + WORDS)
+    cfg = dataclasses.replace(TINY, top=top_id(w))
+    return save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab, cfg, path, top=w)
