@@ -116,6 +116,36 @@ def test_an_ensemble_with_an_attention_member_captions_without_torch(home: Path,
         assert row["logprob"] == pytest.approx(want.logprob, abs=1e-4)
 
 
+def test_a_reranker_of_a_fine_tuned_top_captions_without_torch(home: Path, caption_vocab) -> None:
+    """The re-ranker's top runs in the numpy CNN beside ImageNet's; the captions are the torch path's, and the
+    generator's features ImageNet's (weight 0 gives the caption without a re-ranker)."""
+    from tiny_align import tiny_captioner, tiny_top_model
+
+    from vsa_search.captioning import caption_photos
+    from vsa_search.models.alignment import load_align
+    from vsa_search.models.captioner import load_caption
+
+    cap = tiny_captioner(home / "tiny-cap.pt", caption_vocab)
+    align = tiny_top_model(home / "top.pt", vocab=caption_vocab)
+    photos = [str(EXAMPLES / n) for n in ("coffee.jpg", "horse.jpg", "grass.jpg")]
+    args = ["caption", *photos, "--model", str(cap), "--device", "cpu", "--json"]
+    first = vsa(home, *args, "--rerank", str(align), "--rerank-weight", "1000")  # exports them, with torch
+    assert "HEAVY" in first.stderr and " 0" in first.stderr, first.stderr
+    got = vsa(home, *args, "--rerank", str(align), "--rerank-weight", "1000")
+    assert "HEAVY [] 0" in got.stderr, got.stderr
+    assert got.stdout == first.stdout
+    want = caption_photos(list(map(Path, photos)), load_caption(cap), rerank_with=load_align(align),
+                          rerank_weight=1000.0)
+    rows = json.loads(got.stdout)
+    assert [r["caption"] for r in rows] == [w.caption for w in want]
+    # float32 in another library, over sentences of a random generator (log P down to -230)
+    assert [r["logprob"] for r in rows] == pytest.approx([w.logprob for w in want], rel=2e-5)
+    zero = vsa(home, *args, "--rerank", str(align), "--rerank-weight", "0")
+    plain = vsa(home, *args, "--rerank", "none")
+    assert "HEAVY [] 0" in zero.stderr and "HEAVY [] 0" in plain.stderr, zero.stderr + plain.stderr
+    assert zero.stdout == plain.stdout and zero.stdout != got.stdout
+
+
 def test_the_device_decides_which_models(monkeypatch) -> None:
     from vsa_search.captioning.load import load_captioning
     from vsa_search.core import device, paths

@@ -88,3 +88,28 @@ def test_the_export_is_made_again_for_a_changed_source(tmp_path: Path, monkeypat
     p = arrayfile.export_path("test", src)
     p.write_bytes(p.read_bytes()[:-8])  # cut short: not read, made again
     assert arrayfile.cached_export("test", src) is None
+
+
+def test_with_a_fine_tuned_top_the_features_equal_the_torch_encoders(tmp_path: Path) -> None:
+    import dataclasses
+
+    from tiny_align import tiny_top
+
+    from vsa_search.core.config import top_id
+    from vsa_search.core.errors import ModelError
+
+    top = tiny_top()
+    cfg = dataclasses.replace(REGION_PRESETS["tiny"], top=top_id(top))
+    want = RegionEncoder(cfg, "cpu", top=top).encode_photo(EXAMPLES / "horse.jpg")
+    got = cnn.NumpyRegionEncoder(cfg, top=top).encode_photo(EXAMPLES / "horse.jpg")
+    assert np.array_equal(got.boxes, want.boxes) and got.imagenet is not None
+    np.testing.assert_allclose(got.features, want.features, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got.imagenet, want.imagenet, atol=1e-4, rtol=0)
+    # ImageNet's features are the plain encoder's; the top's are other features
+    plain = cnn.NumpyRegionEncoder(REGION_PRESETS["tiny"]).encode_photo(EXAMPLES / "horse.jpg")
+    assert plain.imagenet is None and np.array_equal(got.imagenet, plain.features)
+    assert np.abs(got.features - got.imagenet).max() > 0.1
+    with pytest.raises(ModelError, match="need that top's weights"):
+        cnn.NumpyRegionEncoder(cfg)
+    with pytest.raises(ModelError, match="need that top's weights"):
+        cnn.NumpyRegionEncoder(REGION_PRESETS["tiny"], top=top)

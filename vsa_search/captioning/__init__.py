@@ -23,7 +23,7 @@ from ..vision.draw import draw_boxes, save_image
 from ..vision.images import PHOTO_KINDS, is_photo
 from ..vision.images import load as load_image
 from ..vision.regions import RegionEncoder, RegionFeatures
-from .rerank import best_candidate, check_reranker, default_weight
+from .rerank import best_candidate, check_reranker, default_weight, feature_source
 
 if TYPE_CHECKING:  # torch only for torch models: on the CPU `vsa caption` runs numpy ones (load.py)
     from ..models.alignment import LoadedAlign
@@ -89,9 +89,13 @@ def caption_photos(photos: list[Path], loaded: LoadedCaptioner | decode_np.Numpy
     if rerank_with is not None:
         check_reranker(rerank_with, loaded)
     weight = default_weight(loaded) if rerank_weight is None else rerank_weight
+    cfg, top = feature_source(loaded, rerank_with)
     if encoder is None:
-        encoder = NumpyRegionEncoder(loaded.region_config) if numpy else \
-            RegionEncoder(loaded.region_config, next(loaded.model.parameters()).device)  # type: ignore[union-attr]
+        encoder = NumpyRegionEncoder(cfg, top=top) if numpy else \
+            RegionEncoder(cfg, next(loaded.model.parameters()).device, top=top)  # type: ignore[union-attr]
+    elif rerank_with is not None and encoder.cfg.top != cfg.top:
+        raise UsageError(f"{rerank_with.path}: re-ranks features of CNN top {cfg.top or 'of ImageNet'}, but the "
+                         f"region encoder computes those of {encoder.cfg.top or 'ImageNet'}")
     # numpy's products here are small (a beam of 7 rows): a team of BLAS threads only spins, and on a busy
     # 2-core machine a cold caption took 9 s instead of 1.2 s
     with one_thread() if numpy else nullcontext():
@@ -113,7 +117,8 @@ def _caption_photos(photos: list[Path], loaded: Any, beam: int, max_len: int | N
             results.append(PhotoCaption(p, None, None, f"{p}: {type(e).__name__}: {str(e).splitlines()[0][:120]}"))
         else:
             r = PhotoCaption(p, None, None)
-            con = _concepts(encoder, regions.features, loaded.region_config.backbone) \
+            gen = _imagenet(regions)  # what the generator and the concepts read
+            con = _concepts(encoder, gen.features, loaded.region_config.backbone) \
                 if concepts or list_concepts else None
             if list_concepts:
                 r.concepts = photo_concepts(con, regions.boxes, list_concepts)
@@ -121,10 +126,10 @@ def _caption_photos(photos: list[Path], loaded: Any, beam: int, max_len: int | N
                 from ..models.captioner import photo_input
                 from .constrained import caption_with_concepts
 
-                c = caption_with_concepts(loaded, photo_input(regions, loaded.config), con, beam, max_len, length_norm)
+                c = caption_with_concepts(loaded, photo_input(gen, loaded.config), con, beam, max_len, length_norm)
                 r.caption, r.logprob, r.constraints = c["caption"], c["logprob"], c["constraints"]
             else:  # the full image, or every region for a generator that attends (decode_np.photo_input)
-                feats.append(decode_np.photo_input(regions, loaded.config))
+                feats.append(decode_np.photo_input(gen, loaded.config))
                 # the re-ranker scores every region; without it only the full image is kept
                 region_feats.append(regions.features if rerank_with is not None else None)
             results.append(r)
@@ -136,6 +141,13 @@ def _caption_photos(photos: list[Path], loaded: Any, beam: int, max_len: int | N
         r.caption = " ".join(loaded.vocab.decode(c.tokens))
         r.logprob = float(c.logprob)
     return results
+
+
+def _imagenet(regions: RegionFeatures) -> RegionFeatures:
+    """A photo's ImageNet features (the generators'), where `regions` holds a fine-tuned top's beside them."""
+    if regions.imagenet is None:
+        return regions
+    return RegionFeatures(regions.boxes, regions.imagenet, regions.photo)
 
 
 def _concepts(encoder: Any, features: np.ndarray, backbone: str) -> Concepts:

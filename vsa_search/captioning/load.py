@@ -2,7 +2,8 @@
 vision/cnn.py, the generator and beam search of models/decode_np.py, the re-ranker of
 models/rerank_np.py): a new process then imports neither torch nor timm, which took longer than
 the captioning itself. On CUDA, for --concepts (the constrained beam search is torch's) and for
-region configs the numpy CNN does not run, they are the torch models."""
+region configs the numpy CNN does not run, they are the torch models. A re-ranker of a fine-tuned CNN
+top's features brings its top into the region encoder (rerank.feature_source)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 from ..core.device import on_cpu, pick_device
 from ..models import decode_np
 from ..vision.cnn import NumpyRegionEncoder, runs_in_numpy
-from .rerank import load_reranker
+from .rerank import feature_source, load_reranker
 
 
 def load_captioning(model: Path, rerank: str | None = None, device: str | None = None,
@@ -23,11 +24,14 @@ def load_captioning(model: Path, rerank: str | None = None, device: str | None =
     if on_cpu(device) and not concepts:
         loaded = decode_np.load_caption(model)
         if runs_in_numpy(loaded.region_config):
-            return loaded, load_reranker(rerank, loaded, numpy=True), NumpyRegionEncoder(loaded.region_config)
+            align = load_reranker(rerank, loaded, numpy=True)
+            cfg, top = feature_source(loaded, align)
+            return loaded, align, NumpyRegionEncoder(cfg, top=top)
     from ..models.captioner import load_caption
     from ..vision.regions import RegionEncoder
 
     dev = pick_device(device)
     loaded = load_caption(model, device=dev)
     align = None if concepts else load_reranker(rerank, loaded, dev)
-    return loaded, align, RegionEncoder(loaded.region_config, dev)
+    cfg, top = feature_source(loaded, align)
+    return loaded, align, RegionEncoder(cfg, dev, top=top)

@@ -2,7 +2,11 @@
 the one with the best log P(sentence | photo) + w · S'(photo, sentence), where S' is the alignment
 model's score less the sentence's querybank offset (models/querybank.py). The generator alone favours
 the sentences it has seen most ("a brown dog is running through the grass"); the alignment score
-favours the one that fits this photo, and the offset lowers sentences that fit every photo."""
+favours the one that fits this photo, and the offset lowers sentences that fit every photo.
+
+The generators read ImageNet's features; a re-ranker may read those of a CNN top fine-tuned with the
+ranking loss (RegionConfig.top) over the same boxes: the caption path then computes both in one CNN pass
+(feature_source), the generator reading RegionFeatures.imagenet, the re-ranker RegionFeatures.features."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core import paths
+from ..core.config import RegionConfig
 from ..core.errors import UsageError
 from ..models.decode_np import Caption, best
 from ..models.rerank_np import NumpyAlign
@@ -32,8 +37,8 @@ def default_weight(captioner: Any) -> float:
 def load_reranker(name: str | None, captioner: Any, device: Any = "cpu",
                   numpy: bool = False) -> LoadedAlign | NumpyAlign | None:
     """The alignment model that re-ranks `captioner`'s beams: `name` (a file or model name; it must use
-    the captioner's features), "none" for none, or None for the default: the shipped `align` model
-    when it uses the captioner's features, else none. numpy=True: as a NumpyAlign (no torch)."""
+    the captioner's features, or a fine-tuned top's of them: fits), "none" for none, or None for the
+    default: the shipped `align` model when it fits, else none. numpy=True: as a NumpyAlign (no torch)."""
     if name == "none":
         return None
     path = paths.find_model(name or paths.ALIGN_MODEL)
@@ -45,15 +50,29 @@ def load_reranker(name: str | None, captioner: Any, device: Any = "cpu",
         from ..models.alignment import load_align
 
         align = load_align(path, device)
-    if name is None and not same_extractor(align.region_config, captioner.region_config):
+    if name is None and not fits(align.region_config, captioner.region_config):
         return None
     check_reranker(align, captioner)
     return align
 
 
+def fits(align: RegionConfig, captioner: RegionConfig) -> bool:
+    """Whether an alignment model of `align`'s features can re-rank a generator of `captioner`'s: the same
+    extractor, up to a fine-tuned CNN top of the re-ranker's (the same boxes through one CNN pass)."""
+    return same_extractor(align.imagenet(), captioner)
+
+
+def feature_source(captioner: Any, align: LoadedAlign | NumpyAlign | None) -> tuple[RegionConfig, Any]:
+    """(the extractor the caption path runs, the fine-tuned CNN top it needs or None): the re-ranker's, with
+    its top, when it has one (its features, and ImageNet's for the generator), else the captioner's."""
+    if align is not None and align.region_config.top:
+        return align.region_config, align.top
+    return captioner.region_config, None
+
+
 def check_reranker(align: LoadedAlign | NumpyAlign, captioner: Any) -> None:
-    """The re-ranker scores the captioner's own region features: both must use the same extractor."""
-    if not same_extractor(align.region_config, captioner.region_config):
+    """The re-ranker scores the region features the captioner's photos are computed with (fits)."""
+    if not fits(align.region_config, captioner.region_config):
         raise UsageError(f"{align.path}: made for other features ({align.region_config.extractor_id()}) than "
                          f"{captioner.path} ({captioner.region_config.extractor_id()}); re-rank with "
                          "an alignment model of the same features, or --rerank none")

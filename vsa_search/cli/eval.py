@@ -28,6 +28,9 @@ from .caption import RerankOpt, RerankWeightOpt
 from .common import CaptionsOpt, DatasetOpt, RootOpt, err, load_dataset_opts, new_app, out, print_json, progress, stages
 
 SplitOpt = Annotated[str, typer.Option(help="train | dev | test | all (a data set without splits, e.g. COCO: all)")]
+RerankFeaturesOpt = Annotated[Path | None, typer.Option(
+    help="Feature store of the re-ranker's own features, when they come from a fine-tuned CNN top (default: "
+         "the evaluation cache of its extractor, $VSA_HOME/cache/features/<extractor id>).")]
 
 app = new_app("Measure models the paper's way, beside baselines and the published figures.")
 
@@ -110,6 +113,7 @@ def eval_caption_cmd(
     show: Annotated[int, typer.Option(min=0, help="Print this many example captions.")] = 0,
     rerank: RerankOpt = None,
     rerank_weight: RerankWeightOpt = None,
+    rerank_features: RerankFeaturesOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """BLEU-1..4, METEOR and CIDEr (with its 95% interval) and the number of distinct captions on a
@@ -120,7 +124,7 @@ def eval_caption_cmd(
         res = evaluate_captions(paths.find_model(model), features, beam=beam, length_norm=length_norm,
                                 device=device, on_extract=advance, on_progress=advance, split=split,
                                 dataset=load_dataset_opts(dataset, root, captions), rerank_with=rerank,
-                                rerank_weight=rerank_weight)
+                                rerank_weight=rerank_weight, rerank_features=rerank_features)
     if json_out:
         print_json(res)
         return
@@ -141,6 +145,7 @@ def rerank_weight_cmd(
     root: RootOpt = None,
     captions: CaptionsOpt = None,
     rerank: RerankOpt = None,
+    rerank_features: RerankFeaturesOpt = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -154,7 +159,7 @@ def rerank_weight_cmd(
     with progress(f"captioning {split} photos", None) as advance:
         weight, res = tune_rerank_weight(paths.find_model(model), features, split, grid, beam=beam, device=device,
                                          dataset=load_dataset_opts(dataset, root, captions), rerank_with=rerank,
-                                         on_progress=advance)
+                                         on_progress=advance, rerank_features=rerank_features)
     if json_out:
         print_json({**res, "rows": {f"{w:g}": r for w, r in res["rows"].items()}, "weight": weight})
         return

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..captioning.rerank import alignment_scores, best_candidate, default_weight, load_reranker
+from ..core import paths
 from ..core.config import DEFAULT_BEAM
 from ..core.device import pick_device
 from ..core.errors import DatasetError, StoreError, UsageError
@@ -18,6 +19,7 @@ from ..data.datasets import Dataset, load_flickr8k
 from ..models.beam import best, generate_candidates
 from ..models.captioner import full_image, load_caption, photo_input
 from ..vision.features import FeatureStore, extract_to_cache, require_extractor
+from ..vision.regions import RegionFeatures
 from .metrics import caption_metrics, nearest_neighbour, paper_results
 
 
@@ -26,7 +28,8 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
                       meteor: bool = True, on_extract: Callable[[int], None] | None = None,
                       on_progress: Callable[[int], None] | None = None, dataset: Dataset | None = None,
                       split: str = "test", rerank_with: str | Path | None = None,
-                      rerank_weight: float | None = None) -> dict[str, Any]:
+                      rerank_weight: float | None = None,
+                      rerank_features: str | Path | None = None) -> dict[str, Any]:
     """The paper's caption table for the `split` photos present of `dataset` (default: Flickr8k's
     test split; "all": every photo), in one run: this model, the nearest-neighbour baseline (the first
     reference sentence of the closest training-split photo of the same data set, cosine on full-image
@@ -38,7 +41,8 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
 
     rerank_with: the alignment model that picks among the finished beams (captioning/rerank.py; None: the
     shipped one when it fits, "none": beam search alone); the table then shows the captions with and
-    without it."""
+    without it. A re-ranker of a fine-tuned CNN top's features reads them from `rerank_features` (see
+    reranker_features)."""
     loaded = load_caption(model, device=pick_device(device))
     align = load_reranker(None if rerank_with is None else str(rerank_with), loaded, pick_device(device))
     rerank_weight = default_weight(loaded) if rerank_weight is None else rerank_weight
@@ -61,9 +65,10 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
         got = [store.get(r.image_id) for r in test]
         test_feats = torch.stack([full_image(f) for f in got])  # (M, D) for the nearest neighbour
         model_in = torch.stack([photo_input(f, loaded.config) for f in got])  # the generator's input
-        region_feats = [f.features for f in got] if align is not None else []
         train_feats = torch.stack([full_image(store.get(r.image_id)) for r in train]) if train else None
 
+    region_feats = reranker_features(align, rerank_features, features, dict(zip((r.image_id for r in test), got))) \
+        if align is not None else []
     cands = generate_candidates(loaded, model_in, beam=beam, length_norm=length_norm, on_progress=on_progress,
                                 stop_at_best=align is None)
     beam_caps = [best(c) for c in cands]
@@ -90,7 +95,7 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
                                                                        "METEOR", "CIDEr")}
     return {
         "model": str(loaded.path), "cell": loaded.config.cell, "beam": beam, "length_norm": length_norm,
-        "rerank": {"model": str(align.path), "weight": rerank_weight} if align is not None else None,
+        "rerank": _rerank_row(align, rerank_weight, rerank_features),
         "features": str(features), "dataset": ds.name, "split": split, "test_photos": len(test),
         "train_photos_for_nn": len(train), "rows": rows,
         "note": (f"this model and the baseline: the {len(test):,} {split} photos of {ds.name} present here; "
@@ -107,10 +112,12 @@ RERANK_GRID = (0.0, 2.0, 5.0, 10.0, 20.0, 40.0)
 def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "dev",
                        weights: tuple[float, ...] = RERANK_GRID, beam: int = DEFAULT_BEAM, device: str | None = None,
                        dataset: Dataset | None = None, rerank_with: str | Path | None = None,
-                       on_progress: Callable[[int], None] | None = None) -> tuple[float, dict[str, Any]]:
+                       on_progress: Callable[[int], None] | None = None,
+                       rerank_features: str | Path | None = None) -> tuple[float, dict[str, Any]]:
     """The re-ranking weight (captioning/rerank.py) with the best BLEU-4 on the `split` photos of `dataset`
     (default: Flickr8k dev; never test) in the store `features`; ties go to the smaller weight. One beam
-    search: every weight re-ranks the same finished beams. Returns (weight, {"rows": {weight: BLEU-4, CIDEr,
+    search: every weight re-ranks the same finished beams; a re-ranker of a fine-tuned CNN top's features reads
+    them from `rerank_features` (see reranker_features). Returns (weight, {"rows": {weight: BLEU-4, CIDEr,
     distinct captions}, ...})."""
     if split == "test":
         raise UsageError("choose the re-ranking weight on dev (or train), never on test")
@@ -125,7 +132,7 @@ def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "de
         if not recs:
             raise StoreError(f"{features}: holds none of the {split} photos of {ds.name}")
         stored = [store.get(r.image_id) for r in recs]
-    got = [f.features for f in stored]
+    got = reranker_features(align, rerank_features, features, dict(zip((r.image_id for r in recs), stored)))
     cands = generate_candidates(loaded, torch.stack([photo_input(f, loaded.config) for f in stored]), beam=beam,
                                 on_progress=on_progress)
     texts = [[" ".join(loaded.vocab.decode(c.tokens)) for c in cs] for cs in cands]
@@ -138,5 +145,50 @@ def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "de
         m = caption_metrics(refs, pick, meteor=False, reps=0)
         rows[w] = {"BLEU-4": m["BLEU-4"], "CIDEr": m["CIDEr"], "distinct captions": len(set(pick.values()))}
     best_w = max(sorted(rows), key=lambda w: (round(rows[w]["BLEU-4"], 6), -w))
+    where = reranker_store(align, rerank_features)
     return best_w, {"model": str(loaded.path), "rerank": str(align.path), "dataset": ds.name, "split": split,
-                    "photos": len(recs), "beam": beam, "rows": rows, "rule": f"the best {split} BLEU-4"}
+                    "photos": len(recs), "beam": beam, "rows": rows, "rule": f"the best {split} BLEU-4",
+                    **({"rerank_features": str(where)} if where is not None else {})}
+
+
+def reranker_store(align: Any, rerank_features: str | Path | None) -> Path | None:
+    """Where a re-ranker of a fine-tuned CNN top's features finds them: `rerank_features`, by default the
+    evaluation cache of its extractor ($VSA_HOME/cache/features/<extractor id>, as `eval recall`'s); None
+    for a re-ranker of the captioner's own features."""
+    if align is None or not align.region_config.top:
+        return None
+    return Path(rerank_features) if rerank_features is not None else \
+        paths.cache_dir() / "features" / align.region_config.extractor_id()
+
+
+def reranker_features(align: Any, rerank_features: str | Path | None, features: str | Path,
+                      stored: dict[str, RegionFeatures]) -> list[np.ndarray]:
+    """The region features the re-ranker scores, photo by photo of `stored` (image id -> its features in the
+    captioner's store `features`): those themselves, or for a re-ranker of a fine-tuned CNN top those of the
+    same boxes in a store of its extractor (reranker_store), which must hold every photo."""
+    where = reranker_store(align, rerank_features)
+    if where is None:
+        return [f.features for f in stored.values()]
+    if not (where / "data.mdb").exists():
+        raise StoreError(f"{where}: no store of {align.path}'s features (CNN top {align.region_config.top}); "
+                         "extract the photos with its extractor, or give --rerank-features")
+    with FeatureStore(where, readonly=True) as store:
+        require_extractor(store.config, align.region_config, where, align.path)
+        missing = [i for i in stored if i not in store]
+        if missing:
+            raise StoreError(f"{where}: lacks {len(missing):,} of the {len(stored):,} photos to caption "
+                             f"(such as {missing[0]}); extract them with {align.path}'s extractor")
+        out = []
+        for image_id, f in stored.items():
+            g = store.get(image_id)
+            if not np.array_equal(g.boxes, f.boxes):
+                raise StoreError(f"{where}: the regions of {image_id} are not those in {features}")
+            out.append(g.features)
+    return out
+
+
+def _rerank_row(align: Any, weight: float, rerank_features: str | Path | None) -> dict[str, Any] | None:
+    if align is None:
+        return None
+    where = reranker_store(align, rerank_features)
+    return {"model": str(align.path), "weight": weight, **({"features": str(where)} if where is not None else {})}

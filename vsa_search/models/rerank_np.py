@@ -3,8 +3,9 @@ torch: the model's image side (ImageEncoder, and a hybrid's global image encoder
 (textenc.TextEncoder, the search-time encoder) and, for the querybank offset, the bank photos' region
 vectors, which depend on the model alone and are computed once, with torch, when the model is
 exported into the cache (core/arrayfile). The sentences of the bank are not needed at all: a
-sentence's offset scores it against the bank's photos only. tests/test_decode_np.py holds the scores
-equal to captioning/rerank.alignment_scores."""
+sentence's offset scores it against the bank's photos only. A model of a fine-tuned CNN top's features
+carries that top ("cnn." entries, as in the model file): the caption path runs it (vision/cnn.py).
+tests/test_decode_np.py holds the scores equal to captioning/rerank.alignment_scores."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from typing import Any
 import numpy as np
 
 from ..core import arrayfile
-from ..core.config import EmbedConfig, RegionConfig, from_dict, to_dict
+from ..core.config import EmbedConfig, RegionConfig, from_dict, to_dict, top_id
+from ..core.errors import ModelError
 from ..data.vocab import UNK, Vocab
 from . import score
 from .textenc import TextEncoder
 
 _BANK = "bank."  # the bank photos' vectors: bank.part (P, R, h - shared), bank.glob (P, shared), bank.mask (P, R)
+_TOP = "cnn."  # the fine-tuned CNN top's weights (alignment.TOP_PREFIX; that module imports torch)
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -39,6 +42,7 @@ class NumpyAlign:
     path: Path
     metrics: dict
     bank: dict[str, Any] | None  # {"beta", "weight"} of the querybank, when the model has one
+    top: dict[str, np.ndarray] | None = None  # the fine-tuned CNN top region_config.top names (timm names)
     text: TextEncoder = field(init=False)
 
     def __post_init__(self) -> None:
@@ -107,12 +111,18 @@ def load_align(path: str | Path) -> NumpyAlign:
     """An alignment model file for re-ranking, from its export in the cache; exported first (with
     torch) when there is none for the file as it is now."""
     got = arrayfile.cached_export("rerank", path)
-    if got is None:
+    # an export made before exports carried the CNN top lacks it: made again
+    if got is None or got[0].get("top", "") != got[0]["region_config"].get("top", ""):
         got = _export(path)
     header, arrays = got
-    return NumpyAlign(arrays, Vocab.from_dict(header["vocab"]), from_dict(EmbedConfig, header["config"]),
-                      from_dict(RegionConfig, header["region_config"]), Path(path), header["metrics"],
-                      header.get("bank"))
+    region_cfg = from_dict(RegionConfig, header["region_config"])
+    top = {k[len(_TOP):]: v for k, v in arrays.items() if k.startswith(_TOP)}
+    if top_id(top) != region_cfg.top:
+        raise ModelError(f"{path}: its features need the CNN top {region_cfg.top or 'of ImageNet'}, "
+                         f"but it carries {top_id(top) or 'none'}")
+    return NumpyAlign({k: v for k, v in arrays.items() if not k.startswith(_TOP)}, Vocab.from_dict(header["vocab"]),
+                      from_dict(EmbedConfig, header["config"]), region_cfg, Path(path), header["metrics"],
+                      header.get("bank"), top or None)
 
 
 def _export(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -133,7 +143,8 @@ def _export(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         arrays[_BANK + "glob"] = glob[:, 0].float().contiguous().numpy()
         arrays[_BANK + "mask"] = mask.numpy().astype(np.uint8)
         bank = {"beta": loaded.querybank.beta, "weight": loaded.querybank.weight}
-    header = {"config": to_dict(loaded.config), "vocab": loaded.vocab.to_dict(),
+    arrays.update({_TOP + k: np.asarray(v, np.float16) for k, v in (loaded.top or {}).items()})
+    header = {"top": loaded.region_config.top, "config": to_dict(loaded.config), "vocab": loaded.vocab.to_dict(),
               "region_config": to_dict(loaded.region_config),
               "metrics": json.loads(json.dumps(loaded.metrics or {}, default=lambda _: None)), "bank": bank}
     arrayfile.write_export("rerank", path, header, arrays)

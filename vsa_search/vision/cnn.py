@@ -1,5 +1,7 @@
 """The region features of regions.py computed in numpy: EfficientNet-Lite's `forward_features`, the
-RoIAlign torchvision does (aligned=True), and the ImageNet head, for one photo on the CPU.
+RoIAlign torchvision does (aligned=True), and the ImageNet head, for one photo on the CPU; with a
+fine-tuned CNN top (RegionConfig.top) its features and ImageNet's from one pass through the lower stages,
+as RegionEncoder computes them.
 
 `vsa caption` describes a photo or two in a new process, where importing torch, timm and
 torchvision would cost more than everything else it does. The weights are timm's own, exported once
@@ -19,10 +21,10 @@ import numpy as np
 from PIL import Image
 
 from ..core import arrayfile
-from ..core.config import RegionConfig
+from ..core.config import RegionConfig, top_id
 from ..core.errors import ModelError
 from .images import DEFAULT_MAX_MEGAPIXELS
-from .regions import RegionFeatures, cnn_input, prepare_photo
+from .regions import RegionFeatures, cnn_input, prepare_photo, top_cut
 
 STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)  # the seven stages (timm's arch_def); kernel sizes come from the weights
 BN_EPS = 1e-3  # the TensorFlow ports' batch norm epsilon
@@ -51,7 +53,9 @@ class LiteBackbone:
     def __init__(self, weights: dict[str, np.ndarray]):
         self.stem = _conv_bn(weights, "conv_stem", "bn1", "conv", stride=2)
         self.blocks: list[tuple[list[_Layer], bool]] = []
+        self.stage_start: list[int] = []  # each stage's first index in self.blocks
         for stage, stride in enumerate(STAGE_STRIDES):
+            self.stage_start.append(len(self.blocks))
             j = 0
             while f"blocks.{stage}.{j}.conv_dw.weight" in weights:
                 self.blocks.append(_block(weights, f"blocks.{stage}.{j}.", stride if j == 0 else 1))
@@ -64,13 +68,23 @@ class LiteBackbone:
 
     def forward_features(self, x: np.ndarray) -> np.ndarray:
         """(H, W, 3) float32 input -> (H/32, W/32, D) feature map."""
+        return self.upper(self.lower(x, len(STAGE_STRIDES)), len(STAGE_STRIDES))
+
+    def lower(self, x: np.ndarray, cut: int) -> np.ndarray:
+        """The stem and stages 0..cut-1: (H, W, 3) input -> the map a top from stage `cut` takes."""
         x = _run(self.stem, x)
-        for layers, skip in self.blocks:
-            y = x
-            for layer in layers:
-                y = _run(layer, y)
-            x = x + y if skip else y
+        for layers, skip in self.blocks[:self._start(cut)]:
+            x = _run_block(layers, skip, x)
+        return x
+
+    def upper(self, x: np.ndarray, cut: int) -> np.ndarray:
+        """Stages cut.. and the conv head: lower's map -> the (H/32, W/32, D) feature map."""
+        for layers, skip in self.blocks[self._start(cut):]:
+            x = _run_block(layers, skip, x)
         return _run(self.head, x)
+
+    def _start(self, cut: int) -> int:
+        return self.stage_start[cut] if cut < len(self.stage_start) else len(self.blocks)
 
     def class_probs(self, features: np.ndarray) -> np.ndarray:
         """(R, D) features -> (R, 1000) ImageNet probabilities (the classifier head, softmax)."""
@@ -112,6 +126,13 @@ def _block(w: dict[str, np.ndarray], p: str, stride: int) -> tuple[list[_Layer],
         cin = w[f"{p}conv_dw.weight"].shape[0]
         cout = w[f"{p}conv_pw.weight"].shape[0]
     return layers, stride == 1 and cin == cout
+
+
+def _run_block(layers: list[_Layer], skip: bool, x: np.ndarray) -> np.ndarray:
+    y = x
+    for layer in layers:
+        y = _run(layer, y)
+    return x + y if skip else y
 
 
 def _run(layer: _Layer, x: np.ndarray) -> np.ndarray:
@@ -195,18 +216,38 @@ def _package_file(backbone: str) -> Path:
 
 
 def load_backbone(backbone: str) -> LiteBackbone:
-    """The backbone's weights from the export cache, exported first (with torch and timm) when
-    there is none for the package's weight file as it is now."""
+    """The backbone (ImageNet's weights) in numpy; see backbone_weights."""
+    return LiteBackbone(backbone_weights(backbone))
+
+
+def backbone_weights(backbone: str) -> dict[str, np.ndarray]:
+    """The backbone's weights (timm's names) from the export cache, exported first (with torch and
+    timm) when there is none for the package's weight file as it is now."""
     src = _package_file(backbone)
     got = arrayfile.cached_export("backbone", src)
     if got is not None and got[0].get("backbone") == backbone:
-        return LiteBackbone(got[1])
+        return got[1]
     from .regions import load_backbone as torch_backbone
 
     sd = {k: v.detach().float().cpu().numpy() for k, v in torch_backbone(backbone).state_dict().items()
           if not k.endswith("num_batches_tracked")}
     arrayfile.write_export("backbone", src, {"backbone": backbone}, sd)
-    return LiteBackbone(sd)
+    return sd
+
+
+def with_top(weights: dict[str, np.ndarray], cfg: RegionConfig,
+             top: dict[str, np.ndarray] | None) -> LiteBackbone | None:
+    """regions.with_top in numpy: the backbone with the fine-tuned top's weights (timm names, float16)
+    in place of ImageNet's, or None for cfg.top == "" (the same checks, the same messages)."""
+    if top_id(top or {}) != cfg.top:
+        raise ModelError(f"features of CNN top {cfg.top or 'of ImageNet'} need that top's weights "
+                         f"(given: {top_id(top or {}) or 'none'})")
+    if not top:
+        return None
+    if any(k not in weights or weights[k].shape != v.shape for k, v in top.items()):
+        raise ModelError(f"CNN top {cfg.top}: its weights do not fit {cfg.backbone}")
+    # float16 -> float32 as torch's load_state_dict copies them into the float32 backbone
+    return LiteBackbone({**weights, **{k: np.asarray(v, np.float32) for k, v in top.items()}})
 
 
 def runs_in_numpy(cfg: RegionConfig) -> bool:
@@ -216,29 +257,45 @@ def runs_in_numpy(cfg: RegionConfig) -> bool:
 
 class NumpyRegionEncoder:
     """RegionEncoder's encode_photo (boxes and RoIAlign features of one photo) without torch: the
-    same decode and proposals (regions.prepare_photo), this module's CNN. CPU only, pooling "roi"."""
+    same decode and proposals (regions.prepare_photo), this module's CNN. CPU only, pooling "roi".
+    `top`: the fine-tuned CNN top cfg.top names, as RegionEncoder's (its features, and ImageNet's in
+    RegionFeatures.imagenet)."""
 
-    def __init__(self, cfg: RegionConfig):
+    def __init__(self, cfg: RegionConfig, top: dict[str, np.ndarray] | None = None):
         if not runs_in_numpy(cfg):
             raise ModelError(f"the numpy encoder runs EfficientNet-Lite with RoI pooling, not {cfg.extractor_id()}")
         self.cfg = cfg
         self.device = "cpu"
-        self.model = load_backbone(cfg.backbone)
+        weights = backbone_weights(cfg.backbone)
+        self.model = LiteBackbone(weights)
+        self.tuned = with_top(weights, cfg, top)
 
     def features(self, image: Image.Image, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """(R, D) float32 features of `boxes` (in a photo of `size`) over the decoded `image`, warped to a
         square and scaled to [-1, 1] as RegionEncoder does."""
+        return self.features_both(image, boxes, size)[0]
+
+    def features_both(self, image: Image.Image, boxes: np.ndarray,
+                      size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """features' and, with a fine-tuned top, ImageNet's features of the same boxes (else None)."""
         s = self.cfg.input_size
-        fmap = self.model.forward_features(cnn_input(image, s))
-        w, h = size
-        scaled = np.asarray(boxes, np.float32) * np.array([s / w, s / h, s / w, s / h], np.float32)
-        pooled = roi_align(fmap, scaled, self.cfg.roi_output, 1.0 / (s / fmap.shape[1]))
-        return pooled.mean(axis=(1, 2))
+        x = cnn_input(image, s)
+        if self.tuned is None:
+            maps = [self.model.forward_features(x)]
+        else:  # the lower stages once, then each top
+            cut = top_cut(self.cfg)
+            h = self.model.lower(x, cut)
+            maps = [self.tuned.upper(h, cut), self.model.upper(h, cut)]
+        w, hgt = size
+        scaled = np.asarray(boxes, np.float32) * np.array([s / w, s / hgt, s / w, s / hgt], np.float32)
+        out = [roi_align(m, scaled, self.cfg.roi_output, 1.0 / (s / m.shape[1])).mean(axis=(1, 2)) for m in maps]
+        return out[0], (out[1] if len(out) > 1 else None)
 
     def encode_photo(self, path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
                      file: BinaryIO | None = None) -> RegionFeatures:
         p = prepare_photo(path, self.cfg, max_megapixels, file)
-        return RegionFeatures(p.boxes, self.features(p.image, p.boxes, p.size), p)  # type: ignore[arg-type]
+        feats, imagenet = self.features_both(p.image, p.boxes, p.size)  # type: ignore[arg-type]
+        return RegionFeatures(p.boxes, feats, p, imagenet)  # type: ignore[arg-type]
 
     def concepts(self, features: np.ndarray) -> np.ndarray:
         return self.model.class_probs(features)
