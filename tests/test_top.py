@@ -230,3 +230,18 @@ def test_an_ensemble_carries_its_members_top(moved, tmp_path):
     write_align_ensemble(tmp_path / "base.pt", [tmp_path / "member.pt"], tmp_path / "ens.pt")
     ens = load_align(tmp_path / "ens.pt")
     assert ens.region_config == cfg and top_id(ens.top) == cfg.top
+
+
+def test_a_top_without_stages_is_one_clear_error(tiny_region_encoder):
+    """A damaged top holding the conv head alone: refused as not fitting the backbone (torch and numpy CNNs),
+    never a bare ValueError from naming it."""
+    from tiny_align import tiny_top
+
+    from vsa_search.vision.cnn import NumpyRegionEncoder
+
+    head = {k: v for k, v in tiny_top().items() if not k.startswith("blocks.")}
+    cfg = dataclasses.replace(tiny_region_encoder.cfg, top=top_id(head))
+    with pytest.raises(ModelError, match="do not fit"):
+        RegionEncoder(cfg, "cpu", top=head)
+    with pytest.raises(ModelError, match="do not fit"):
+        NumpyRegionEncoder(cfg, top=head)

@@ -47,8 +47,9 @@ def top_id(weights: Mapping[str, Any]) -> str:
     for k in sorted(weights):
         h.update(k.encode())
         h.update(np.ascontiguousarray(np.asarray(weights[k], dtype=np.float16)).tobytes())
-    cut = min(int(k.split(".")[1]) for k in weights if k.startswith("blocks."))
-    return f"cut{cut}-{h.hexdigest()[:12]}"
+    cut = min((int(k.split(".")[1]) for k in weights if k.startswith("blocks.")), default=None)
+    # No blocks (a damaged file, or the conv head alone): an id no encoder runs, which it then says.
+    return f"cut{cut}-{h.hexdigest()[:12]}" if cut is not None else f"head-{h.hexdigest()[:12]}"
 
 
 @dataclass(frozen=True)

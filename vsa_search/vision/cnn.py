@@ -21,10 +21,10 @@ import numpy as np
 from PIL import Image
 
 from ..core import arrayfile
-from ..core.config import RegionConfig, top_id
+from ..core.config import RegionConfig
 from ..core.errors import ModelError
 from .images import DEFAULT_MAX_MEGAPIXELS
-from .regions import RegionFeatures, cnn_input, prepare_photo, top_cut
+from .regions import RegionFeatures, check_top, cnn_input, prepare_photo, top_cut
 
 STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)  # the seven stages (timm's arch_def); kernel sizes come from the weights
 BN_EPS = 1e-3  # the TensorFlow ports' batch norm epsilon
@@ -239,15 +239,10 @@ def with_top(weights: dict[str, np.ndarray], cfg: RegionConfig,
              top: dict[str, np.ndarray] | None) -> LiteBackbone | None:
     """regions.with_top in numpy: the backbone with the fine-tuned top's weights (timm names, float16)
     in place of ImageNet's, or None for cfg.top == "" (the same checks, the same messages)."""
-    if top_id(top or {}) != cfg.top:
-        raise ModelError(f"features of CNN top {cfg.top or 'of ImageNet'} need that top's weights "
-                         f"(given: {top_id(top or {}) or 'none'})")
-    if not top:
+    if not check_top(cfg, top, {k: tuple(v.shape) for k, v in weights.items()}):
         return None
-    if any(k not in weights or weights[k].shape != v.shape for k, v in top.items()):
-        raise ModelError(f"CNN top {cfg.top}: its weights do not fit {cfg.backbone}")
     # float16 -> float32 as torch's load_state_dict copies them into the float32 backbone
-    return LiteBackbone({**weights, **{k: np.asarray(v, np.float32) for k, v in top.items()}})
+    return LiteBackbone({**weights, **{k: np.asarray(v, np.float32) for k, v in top.items()}})  # type: ignore[union-attr]
 
 
 def runs_in_numpy(cfg: RegionConfig) -> bool:

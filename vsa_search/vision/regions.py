@@ -177,22 +177,30 @@ def top_cut(cfg: RegionConfig) -> int:
     return int(cfg.top.split("-")[0].removeprefix("cut"))
 
 
+def check_top(cfg: RegionConfig, top: dict[str, np.ndarray] | None, shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Whether cfg asks for a fine-tuned top, after checking that `top` is the one it names and fits the
+    backbone whose weights have `shapes` (timm names). Both CNNs (torch here, numpy in cnn.py) ask it."""
+    if top_id(top or {}) != cfg.top:
+        raise ModelError(f"features of CNN top {cfg.top or 'of ImageNet'} need that top's weights "
+                         f"(given: {top_id(top or {}) or 'none'})")
+    if not top:
+        return False
+    if not cfg.top.startswith("cut") or any(shapes.get(k) != tuple(v.shape) for k, v in top.items()):
+        raise ModelError(f"CNN top {cfg.top}: its weights do not fit {cfg.backbone}")
+    return True
+
+
 def with_top(backbone: torch.nn.Module, cfg: RegionConfig, top: dict[str, np.ndarray] | None) -> torch.nn.Module | None:
     """A copy of `backbone` with the fine-tuned top's weights (timm names), or None for cfg.top == ""."""
     import copy
 
     import torch
 
-    if top_id(top or {}) != cfg.top:
-        raise ModelError(f"features of CNN top {cfg.top or 'of ImageNet'} need that top's weights "
-                         f"(given: {top_id(top or {}) or 'none'})")
-    if not top:
+    if not check_top(cfg, top, {k: tuple(v.shape) for k, v in backbone.state_dict().items()}):
         return None
     tuned = copy.deepcopy(backbone)
-    own = tuned.state_dict()
-    if any(k not in own or own[k].shape != v.shape for k, v in top.items()):
-        raise ModelError(f"CNN top {cfg.top}: its weights do not fit {cfg.backbone}")
-    tuned.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in top.items()}, strict=False)
+    tuned.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32))  # type: ignore[union-attr]
+                           for k, v in top.items()}, strict=False)
     return tuned.eval()
 
 
