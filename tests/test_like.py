@@ -158,3 +158,23 @@ def test_platt_fit_recovers_a_known_curve() -> None:
 def test_calibration_refuses_the_test_split(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="never on the test split"):
         labelled_hits(None, tmp_path, "test")  # type: ignore[arg-type]
+
+
+def test_calibration_hits_come_from_search_with_the_bridge(tmp_path: Path) -> None:
+    """labelled_hits searches an in-memory split as `vsa search` does, concept bridge included (it raised
+    AttributeError once the bridge read an index's concept arrays): each photo's own sentence finds it."""
+    from vsa_search.data.datasets import Dataset, Record
+    from vsa_search.models.alignment import load_align
+    from vsa_search.vision.features import extract_to_store
+
+    model = load_align(SHIPPED)
+    said = {"horse.jpg": "a brown horse stands in a field", "chelsea-cat.jpg": "a cat sits and looks at the camera",
+            "coffee.jpg": "a cup of coffee on a table", "rocket.jpg": "a rocket launches into the sky"}
+    photos = {n: EXAMPLES / n for n in said}
+    store = tmp_path / "feats"
+    extract_to_store(photos, store, model.region_config, device="cpu", top=model.top)
+    ds = Dataset("examples", [Record(n, p, "dev", (said[n],)) for n, p in photos.items()])
+    scores, right, n, count = labelled_hits(model, store, "dev", k=2, dataset=ds)
+    assert (n, count, len(scores)) == (4, 4, 8)
+    assert right.reshape(4, 2)[:, 0].all() and not right.reshape(4, 2)[:, 1].any()
+    assert (scores.reshape(4, 2)[:, 0] >= scores.reshape(4, 2)[:, 1]).all()

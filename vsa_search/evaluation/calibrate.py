@@ -32,6 +32,7 @@ from ..index.floor import CALIBRATION_VERSION, Calibration, calibration_path
 from ..index.openvocab import search_text
 from ..models.alignment import LoadedAlign
 from ..models.encode import encode_regions, photo_offset
+from ..vision.concepts import Concepts
 from ..vision.features import FeatureStore, require_extractor
 
 TOP_K = 10  # hits per sentence that are labelled (what a search shows)
@@ -85,6 +86,17 @@ class SplitIndex:
 
     def concepts_bytes(self, items: Any) -> list[bytes | None]:
         return [self._concepts[int(i)] for i in items]
+
+    def concept_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As an index's: every fragment's concept ids (F, K) and probabilities, and which photos have none
+        (none here: the feature store holds every photo's)."""
+        cs = [Concepts.from_bytes(b) for b in self._concepts]
+        k = max(c.ids.shape[1] for c in cs)
+        ids, probs = np.zeros((len(self._xb), k), np.uint16), np.zeros((len(self._xb), k), np.float16)
+        for c, a, n in zip(cs, self.first, self.count):
+            r = min(int(n), len(c))
+            ids[a : a + r, : c.ids.shape[1]], probs[a : a + r, : c.ids.shape[1]] = c.ids[:r], c.probs[:r]
+        return ids, probs, np.zeros(len(self), bool)
 
     def record(self, i: int) -> dict[str, Any]:
         return {"key": self.keys[i]}
