@@ -62,15 +62,17 @@ class Stores:
             s.close()
 
 
-def build_from_cache(link: Path, model, store: Stores, photo_dir: Path) -> float:
-    """index.build_photos over photo_dir, its CNN step answered from the feature store."""
+def build_from_cache(link: Path, model, store: Stores, photo_dir: Path, imagenet: Stores | None = None) -> float:
+    """index.build_photos over photo_dir, its CNN step answered from the feature store (and, for a model of a
+    fine-tuned CNN top, ImageNet's features of the same regions from `imagenet`: the concepts' input)."""
     def cached(paths_, encoder, **kw):
         for p in paths_:
             f = store.get(Path(p).name)
             with Image.open(p) as im:  # the photo's metadata comes from the build's decode (photometa)
                 im.load()
                 photo = SimpleNamespace(image=im.convert("RGB"), size=im.size, exif=im.getexif())
-            yield p, SimpleNamespace(features=f.features, boxes=f.boxes, photo=photo)
+            base = imagenet.get(Path(p).name).features if imagenet is not None else None
+            yield p, SimpleNamespace(features=f.features, boxes=f.boxes, photo=photo, imagenet=base)
 
     photo_builds.extract = cached  # the one step that would run the CNN
     t0 = time.perf_counter()
@@ -129,6 +131,9 @@ def main() -> None:
                                                     "(all: every photo of the data set)")
     ap.add_argument("--features", type=Path, action="append", help="feature store, repeatable (default: the "
                                                                    "evaluation cache)")
+    ap.add_argument("--imagenet-features", type=Path, action="append",
+                    help="for a model of a fine-tuned CNN top: stores of ImageNet's features of the same photos, "
+                         "the concepts' input (default: the evaluation cache)")
     ap.add_argument("--queries", type=int, default=500, help="dev captions to search with")
     ap.add_argument("--photos", type=int, default=0, help="only the first N photos of the splits (0: all)")
     ap.add_argument("--disk-only", action="store_true", help="build and report disk bytes only")
@@ -136,8 +141,10 @@ def main() -> None:
     a = ap.parse_args()
     model = load_align(paths.find_model("align"))
     feats = a.features or [paths.cache_dir() / "features" / model.region_config.extractor_id()]
+    base = (a.imagenet_features or [paths.cache_dir() / "features" / model.region_config.imagenet().extractor_id()]
+            if model.region_config.top else [])
     ds = load_flickr8k()
-    with Stores(feats) as store, tempfile.TemporaryDirectory() as tmp:
+    with Stores(feats) as store, Stores(base) as imagenet, tempfile.TemporaryDirectory() as tmp:
         recs = [r for s in a.split.split(",") for r in (ds.records if s == "all" else ds.present(s))
                 if r.image_id in store][: a.photos or None]
         photo_dir = Path(tmp) / "photos"
@@ -145,7 +152,7 @@ def main() -> None:
         for r in recs:
             os.symlink(r.path, photo_dir / r.image_id)
         link = Path(tmp) / "idx"
-        seconds = build_from_cache(link, model, store, photo_dir)
+        seconds = build_from_cache(link, model, store, photo_dir, imagenet if base else None)
         gen = ix.Location(link).current()
         report = {"photos": len(recs), "build_seconds": round(seconds, 1), "disk": disk(gen, len(recs))}
         if not a.disk_only:

@@ -51,10 +51,13 @@ def test_footprint_benchmark_builds_from_cached_features(tmp_path: Path) -> None
     import sys
 
     from vsa_search.core import paths
+    from vsa_search.models.alignment import load_align
 
-    store = paths.cache_dir() / "features" / "tf_efficientnet_lite0-roi224-selective20-f90264726634"
-    if not (paths.flickr8k_root().is_dir() and store.is_dir()):
-        pytest.skip(f"needs Flickr8k and its feature cache at {store}")
+    # The shipped model's own store (its extractor names its fine-tuned CNN top): what footprint.py reads.
+    cfg = load_align(paths.find_model("align")).region_config
+    stores = [paths.cache_dir() / "features" / c.extractor_id() for c in {cfg, cfg.imagenet()}]
+    if not (paths.flickr8k_root().is_dir() and all(s.is_dir() for s in stores)):
+        pytest.skip(f"needs Flickr8k and its feature caches at {stores}")
     proc = subprocess.run([sys.executable, str(BENCHMARKS / "footprint.py"), "--split", "test", "--photos", "12",
                            "--queries", "5", "--json"], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(BENCHMARKS.parent)})

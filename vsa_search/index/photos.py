@@ -275,8 +275,9 @@ class PhotoBuild:
         if not todo:
             return
         encoder = self.encoder or RegionEncoder(self.model.region_config, self.device, top=self.model.top)
-        if encoder.cfg.extractor_id() != self.model.region_config.extractor_id():
-            raise UsageError(f"the encoder extracts {encoder.cfg.extractor_id()}, but {self.model.path} reads "
+        cfg = getattr(encoder, "cfg", None)  # a stand-in encoder (benchmarks: cached features) has none
+        if cfg is not None and cfg.extractor_id() != self.model.region_config.extractor_id():
+            raise UsageError(f"the encoder extracts {cfg.extractor_id()}, but {self.model.path} reads "
                              f"{self.model.region_config.extractor_id()}")
         by_path = {path: h for h, path in todo.items()}
         pending: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]] = []
