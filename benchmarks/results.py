@@ -23,6 +23,7 @@ RESULTS = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "RESULTS.md"
 README = ROOT / "README.md"
 FEATS = "cache/features/tf_efficientnet_lite0-roi224-selective20-f90264726634"
+TOP_FEATS = "cache/features/tf_efficientnet_lite0-roi224-selective20-e90066bef421"
 
 
 def table(head: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
@@ -71,7 +72,7 @@ def retrieval(d: dict) -> str:
     names = {"global baseline": f"global baseline (`{Path(d['baseline'].split()[0]).name}`)"}
     return "\n\n".join([
         "## Retrieval: `vsa eval recall` (Flickr8k test: 1,000 photos, 5,000 sentences)",
-        f"Written by `vsa eval recall --features FEATS --json > docs/results/eval-recall.json`. {d['note']}.",
+        f"Written by `vsa eval recall --features TOP_FEATS --json > docs/results/eval-recall.json`. {d['note']}.",
         recall_rows(d, names),
         "A model with a querybank is printed twice, with and without it. `weights/align.pt` is an ensemble of the "
         "paper's region model (with a global term) and one global model, scores added (`weights/align.md`); the "
@@ -90,7 +91,7 @@ def querybank(d: dict) -> str:
                      f"**{r['mean_recall']:.2f}**" if chosen else f2(r["mean_recall"])])
     return "\n\n".join([
         "## Querybank choice: `vsa eval querybank-tune` (Flickr8k dev)",
-        "Written by `vsa eval querybank-tune --model weights/align.pt --features FEATS --json > "
+        "Written by `vsa eval querybank-tune --model weights/align.pt --features TOP_FEATS --json > "
         f"docs/results/eval-querybank-tune.json`. {d['photos']:,} {d['split']} photos, {d['sentences']:,} "
         f"sentences; rule: {d['rule']}.",
         table(["bank (sentences / photos)", "β", "weight", "model file", "dev search mean R@K",
@@ -132,8 +133,9 @@ def captions(ens: dict, single: dict) -> str:
     sample = random.Random(0).sample(ens["captions"], 10)
     return "\n\n".join([
         f"## Captions: `vsa eval caption` (beam {ens['beam']}, {ens['test_photos']:,} Flickr8k test photos)",
-        f"Written by `vsa eval caption --features FEATS --json > docs/results/eval-caption-ensemble.json` (the "
-        "shipped default) and `vsa eval caption --model caption --features FEATS --json > "
+        f"Written by `vsa eval caption --features FEATS --rerank-features TOP_FEATS --json > "
+        "docs/results/eval-caption-ensemble.json` (the shipped default) and `vsa eval caption --model caption "
+        "--features FEATS --rerank-features TOP_FEATS --json > "
         f"docs/results/eval-caption.json`. {ens['note']}.",
         table(["model", *CAPTION_COLS, "CIDEr 95%", "distinct captions"], rows),
         "Ten test captions of the shipped default, picked with seed 0 (`random.Random(0).sample` of the report's "
@@ -198,7 +200,7 @@ def coco128(d: dict) -> str:
     return "\n\n".join([
         "## Open vocabulary: `benchmarks/coco128.py` (126 COCO photos, never trained on)",
         "Written by `python benchmarks/coco128.py --model weights/align.pt --caption-model weights/caption.pt "
-        "--flickr-features FEATS --flickr-photos 200 --weight 4.0 --json docs/results/bench-coco128.json`. "
+        "--flickr-features TOP_FEATS --flickr-photos 200 --weight 6.0 --json docs/results/bench-coco128.json`. "
         "Search scores are the product's (querybank offsets included); captions without the bridge are what "
         "`vsa caption` writes (beams re-ranked).",
         table(["measure", "without bridge", f"with bridge (weight {d['weight']:g})"], rows),
@@ -463,7 +465,10 @@ INTRO = f"""# Results
 Every table below is rendered by `benchmarks/results.py` (`make results`) from a JSON file in
 `docs/results/`; each names the command that writes its file. To update a figure, run that command (its JSON
 into `docs/results/`), then `make results`. FEATS is a feature store of the Flickr8k photos
-(`vsa features extract --dataset flickr8k --out FEATS`; here `{FEATS}`).
+(`vsa features extract --dataset flickr8k --out FEATS`; here `{FEATS}`), what the caption generators read;
+TOP_FEATS holds the same photos' features through the shipped alignment model's fine-tuned CNN top
+(`vsa features extract --model align --out TOP_FEATS`, or from stored maps: `weights/align.md`; here
+`{TOP_FEATS}`), what `weights/align.pt` reads.
 
 Protocol, like for like with the paper: models trained on Flickr8k's **6,000 training photos**, every choice
 made on the **1,000 dev photos**, figures on all **1,000 test photos** (5,000 sentences). No test photo or
