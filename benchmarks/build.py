@@ -2,6 +2,7 @@
 checkout against a baseline checkout (e.g. the main branch) in one run.
 
     nice python benchmarks/build.py --baseline /work/main [--photos 40] [--heic-photos 12] [--repeat 3]
+    nice python benchmarks/build.py --baseline . --baseline-model OTHER.pt    # two models, the same code
 
 The photos are the first N of the shared coco128 set, resized to 640 px on the long side, then
 upscaled to 4032x3024 (3024x4032 for portrait) as JPEG (quality 90) and as HEIC, in a temporary
@@ -95,7 +96,8 @@ def child(photo_dir: Path, model_path: Path, batch: int) -> dict[str, Any]:
     t = time.perf_counter()
     model = load_align(model_path, "cpu")
     cfg = model.region_config
-    enc = regions.RegionEncoder(cfg, "cpu")
+    top = getattr(model, "top", None)  # a fine-tuned CNN top runs beside ImageNet's, as the build runs it
+    enc = regions.RegionEncoder(cfg, "cpu", **({"top": top} if top else {}))
     res["load_s"] = time.perf_counter() - t
     files = sorted(p for p in photo_dir.iterdir() if p.is_file())
 
@@ -166,9 +168,9 @@ def child(photo_dir: Path, model_path: Path, batch: int) -> dict[str, Any]:
     return res
 
 
-def run_child(code: Path, photo_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_child(code: Path, photo_dir: Path, args: argparse.Namespace, model: Path) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(code))
-    cmd = [sys.executable, __file__, "--child", str(photo_dir), "--model", str(args.model), "--batch", str(args.batch)]
+    cmd = [sys.executable, __file__, "--child", str(photo_dir), "--model", str(model), "--batch", str(args.batch)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=code)
     lines = [line for line in p.stdout.splitlines() if line.startswith("{")]
     if p.returncode != 0 or not lines:
@@ -219,6 +221,8 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=40)
     ap.add_argument("--heic-photos", type=int, default=12, help="HEIC encoding is slow: fewer of them")
     ap.add_argument("--model", type=Path, default=REPO / "weights" / "align.pt")
+    ap.add_argument("--baseline-model", type=Path, help="the baseline's model file (default: --model); with "
+                    "--baseline . it measures one model against another on the same code")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=1, help="interleaved runs; the fastest of each is kept")
     ap.add_argument("--workdir", type=Path, help="keep the generated photos here (default: a temporary folder)")
@@ -239,14 +243,17 @@ def main() -> None:
         for _ in range(args.repeat):
             for s in SETS:
                 for name, code in codes.items():
-                    r = run_child(code, dirs[s], args)
+                    model = args.baseline_model if name == "baseline" and args.baseline_model else args.model
+                    r = run_child(code, dirs[s], args, model)
                     print(f"{name} {s}: {json.dumps(r)}", file=sys.stderr)
                     if r.get("rate", 0) >= results.get((name, s), {}).get("rate", -1):
                         results[(name, s)] = r
     print(tables(results, list(codes)))
     if args.json:
         load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-        args.json.write_text(json.dumps({"repeat": args.repeat, "codes": list(codes), "load_end": load,
+        models = {n: str(args.baseline_model if n == "baseline" and args.baseline_model else args.model) for n in codes}
+        args.json.write_text(json.dumps({"repeat": args.repeat, "codes": list(codes), "models": models,
+                                         "load_end": load,
                                          "results": [{"code": c, "photos_set": s, "label": LABELS[s], **r}
                                                      for (c, s), r in results.items()]}, indent=1) + "\n")
     if hasattr(os, "getloadavg"):  # other work on the machine slows the wall-clock figures, not the CPU ones
