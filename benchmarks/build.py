@@ -29,6 +29,7 @@ Skips cleanly when the coco128 data is absent.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -157,10 +158,16 @@ def child(photo_dir: Path, model_path: Path, batch: int) -> dict[str, Any]:
     cnn()  # warm-up
     feats, res["cnn_ms"] = stage(cnn)
 
+    # The concepts step's signature: (features, model) before fine-tuned tops, (result, regions, model) since.
+    by_result = len(inspect.signature(photos_mod._concepts_of).parameters) == 3
+
     def align() -> None:
-        for f in feats:
+        for f, b in zip(feats, boxes):
             v = encode_regions(model, f).astype(np.float16)
-            photos_mod._concepts_of(f[: len(v)], model)
+            if by_result:
+                photos_mod._concepts_of(regions.RegionFeatures(b, f), len(v), model)
+            else:
+                photos_mod._concepts_of(f[: len(v)], model)
             photo_offset(model, v)
 
     align()  # warm-up: the querybank's vectors are computed once per process
