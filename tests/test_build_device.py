@@ -30,7 +30,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch, tiny_region_encoder) -> dict[str, 
         seen["alignment model"] = torch.device(device)
         return real_load(path, "cpu")
 
-    def region_encoder(cfg, device=None):
+    def region_encoder(cfg, device=None, top=None):
         seen["CNN"] = pick_device(device)  # what RegionEncoder itself would pick
         return tiny_region_encoder
 
