@@ -1,6 +1,8 @@
 """A photo's caption does not depend on the other photos captioned with it: the shipped generator and
 re-ranker on real photos of different sizes (a wide one among them), in one call and one at a time,
-give the same captions and log-probabilities; so do `vsa eval caption`'s batches and the region captions."""
+give the same captions and log-probabilities; so do `vsa eval caption`'s batches and the region captions.
+The generator reads ImageNet's features; the shipped re-ranker those of its fine-tuned CNN top (the caption
+path runs both from one CNN pass, rerank.feature_source)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 from PIL import Image
 
 from vsa_search.captioning import caption_photos, region_captions
-from vsa_search.captioning.rerank import best_candidate, load_reranker
+from vsa_search.captioning.rerank import best_candidate, feature_source, load_reranker
 from vsa_search.core import paths
 from vsa_search.data.datasets import load_dataset
 from vsa_search.evaluation import metrics
@@ -33,8 +35,12 @@ NAMES = ("horse.jpg", "gravel.jpg", "coffee.jpg", "coins.jpg")  # 400x328, 400x4
 
 @pytest.fixture(scope="module")
 def shipped():
+    """The generator, its default re-ranker, the generator's (ImageNet) region encoder, and the encoder
+    the caption path builds for that re-ranker (its extractor and top, ImageNet's features beside)."""
     cap = load_caption(SHIPPED / "caption-ensemble.pt")
-    return cap, load_reranker(None, cap), RegionEncoder(cap.region_config, "cpu")
+    align = load_reranker(None, cap)
+    cfg, top = feature_source(cap, align)
+    return cap, align, RegionEncoder(cap.region_config, "cpu"), RegionEncoder(cfg, "cpu", top=top)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +57,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def test_a_photo_gets_the_same_candidates_in_any_batch(shipped, photos) -> None:
-    cap, _, encoder = shipped
+    cap, _, encoder, _ = shipped
     feats = torch.stack([photo_input(encoder.encode_one(load(p)), cap.config) for p in photos])
     together = beam_candidates(cap.model, feats, beam=7, max_len=cap.config.max_len)
     for i in range(len(photos)):
@@ -66,7 +72,7 @@ def test_a_photo_gets_the_same_candidates_in_any_batch(shipped, photos) -> None:
 
 
 def test_captions_in_one_call_equal_captions_one_at_a_time(shipped, photos) -> None:
-    cap, align, encoder = shipped
+    cap, align, _, encoder = shipped
     assert align is not None  # the shipped default re-ranks
     together = caption_photos(photos, cap, beam=7, encoder=encoder, rerank_with=align)
     for p, t in zip(photos, together, strict=True):
@@ -79,7 +85,7 @@ def test_captions_in_one_call_equal_captions_one_at_a_time(shipped, photos) -> N
 
 
 def test_region_captions_do_not_depend_on_the_other_regions(shipped, photos) -> None:
-    cap, _, encoder = shipped
+    cap, _, encoder, _ = shipped
     regions = encoder.encode_one(load(photos[-1]))
     together = region_captions(cap, regions, beam=7)
     x = torch.from_numpy(np.asarray(regions.features, np.float32))
@@ -92,7 +98,7 @@ def test_region_captions_do_not_depend_on_the_other_regions(shipped, photos) -> 
 def test_eval_caption_batches_equal_one_photo_at_a_time(shipped, photos, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """`vsa eval caption` decodes 64 photos at a time: each caption is the one its photo gets alone."""
-    cap, align, encoder = shipped
+    cap, align, encoder, rerank_encoder = shipped
     captions = tmp_path / "captions.json"
     captions.write_text(json.dumps({"images": [
         {"filename": p.name, "split": "test", "sentences": [{"raw": "a photo"}]} for p in photos]}))
@@ -102,14 +108,18 @@ def test_eval_caption_batches_equal_one_photo_at_a_time(shipped, photos, tmp_pat
         (root / p.name).symlink_to(p)
     ds = load_dataset("karpathy", root, dataset_json=captions)
     store = tmp_path / "store"
-    extract_to_store({r.image_id: r.path for r in ds.present("test")}, store, cap.region_config, encoder=encoder)
+    rerank_store = tmp_path / "rerank-store"  # the re-ranker's features of the same boxes (--rerank-features)
+    test = {r.image_id: r.path for r in ds.present("test")}
+    extract_to_store(test, store, cap.region_config, encoder=encoder)
+    extract_to_store(test, rerank_store, align.region_config, encoder=rerank_encoder)
     monkeypatch.setattr(metrics, "_meteor", lambda gts, res: (None, "METEOR not run in tests"))
-    res = evaluate_captions(SHIPPED / "caption-ensemble.pt", store, dataset=ds, meteor=False)
+    res = evaluate_captions(SHIPPED / "caption-ensemble.pt", store, dataset=ds, meteor=False,
+                            rerank_features=rerank_store)
     weight = res["rerank"]["weight"]
-    with FeatureStore(store, readonly=True) as st:
+    with FeatureStore(store, readonly=True) as st, FeatureStore(rerank_store, readonly=True) as rst:
         for c in res["captions"]:
             f = st.get(c["image"])
             cands = generate_candidates(cap, photo_input(f, cap.config)[None], beam=7)[0]
-            want = best_candidate(cands, cap.vocab, align, f.features, weight)
+            want = best_candidate(cands, cap.vocab, align, rst.get(c["image"]).features, weight)
             assert c["model"] == " ".join(cap.vocab.decode(want.tokens))
             assert c["logprob"] == pytest.approx(want.logprob, abs=1e-3)  # the report rounds to 3 places

@@ -44,7 +44,7 @@ def model():
 def single(home: Path, model) -> Path:
     """The reference: the sample photos indexed in this process."""
     link = home / "indexes" / "single"
-    ix.build_photos([PHOTOS], model, link, encoder=RegionEncoder(model.region_config, "cpu"))
+    ix.build_photos([PHOTOS], model, link, encoder=RegionEncoder(model.region_config, "cpu", top=model.top))
     return link
 
 
@@ -161,7 +161,7 @@ def test_more_workers_than_the_cluster_holds_is_refused(ray_session, home: Path)
 
 def test_local_shard_set_search_and_cli(home: Path, single: Path, model, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without Ray: `vsa search --shards NAME` searches the shards in-process and merges."""
-    encoder = RegionEncoder(model.region_config, "cpu")
+    encoder = RegionEncoder(model.region_config, "cpu", top=model.top)
     for i in range(2):
         ix.build_photos([PHOTOS], model, home / "indexes" / f"local.shard-{i}-of-2", encoder=encoder, shard=(i, 2))
     monkeypatch.setenv("VSA_HOME", str(home))

@@ -150,15 +150,23 @@ def test_training_on_a_store_without_the_data_sets_photos_is_one_line(own, tmp_p
 
 
 def test_fine_tune_the_shipped_models_on_your_own_data(own, tmp_path: Path) -> None:
-    """--init align / --init caption: the shipped models (default region preset) go on training on your
-    photos; their vocabulary (Flickr8k's training words) grows by your training split's new words."""
-    feats = tmp_path / "feats"
-    _ok(runner.invoke(app, ["features", "extract", *_data(own), "--out", str(feats), "--device", "cpu"]))
+    """--init align / --init caption: the shipped models go on training on your photos, each on features of
+    its own extractor (the alignment model's fine-tuned CNN top, the captioner's default region preset);
+    their vocabulary (Flickr8k's training words) grows by your training split's new words."""
     shipped = paths.shipped_models_dir()
+    feats = {"align": tmp_path / "top-feats", "caption": tmp_path / "feats"}
+    _ok(runner.invoke(app, ["features", "extract", *_data(own), "--out", str(feats["caption"]), "--device", "cpu"]))
+    # Features of ImageNet's CNN are refused for the alignment model, with the command that makes its own.
+    refused = runner.invoke(app, ["train", "embed", "--features", str(feats["caption"]), *_data(own),
+                                  "--init", str(shipped / "align.pt"), "--epochs", "1", "--device", "cpu",
+                                  "--out", str(tmp_path / "refused.pt")])
+    assert refused.exit_code != 0 and "vsa features extract --model" in refused.output, refused.output
+    _ok(runner.invoke(app, ["features", "extract", *_data(own), "--model", str(shipped / "align.pt"),
+                            "--out", str(feats["align"]), "--device", "cpu"]))
     shipped_align, shipped_caption = load_align(shipped / "align.pt"), load_caption(shipped / "caption.pt")
     n = len(shipped_align.vocab)
     for kind, init in (("embed", "align"), ("caption", "caption")):
-        _ok(runner.invoke(app, ["train", kind, "--features", str(feats), *_data(own),
+        _ok(runner.invoke(app, ["train", kind, "--features", str(feats[init]), *_data(own),
                                 "--init", str(shipped / f"{init}.pt"), "--epochs", "1", "--min-count", "1",
                                 "--device", "cpu", "--out", str(tmp_path / f"{init}.pt")]))
     for tuned, model in ((load_align(tmp_path / "align.pt"), shipped_align),

@@ -180,8 +180,9 @@ def require_features(region_cfg: RegionConfig, saved: RegionConfig | dict[str, A
     if onto_top and not saved.top and same_extractor(region_cfg.imagenet(), saved):
         return
     if not same_extractor(region_cfg, saved):
-        raise UsageError(f"{source}: trained on other features than {features} holds "
-                         f"(extract them with its region preset)")
+        # A fine-tuned top's features come from the model itself (its top travels in its file).
+        how = f"`vsa features extract --model {source.split(' ', 1)[-1]}`" if saved.top else "its region preset"
+        raise UsageError(f"{source}: trained on other features than {features} holds (extract them with {how})")
 
 
 def run_epochs(state: TrainState, epochs: int, patience: int, model: torch.nn.Module,
