@@ -165,3 +165,26 @@ def test_eval_regions_cli(setup: dict, tmp_path: Path) -> None:
     assert table.exit_code == 0 and "region model, RoI feature" in table.stdout and "paper, CIDEr" in table.stdout
     refused = runner.invoke(app, [*args, "--split", "train"])
     assert refused.exit_code == 2 and "train" in refused.stderr
+
+
+def test_region_evaluation_aligns_with_a_fine_tuned_tops_model(setup: dict, tmp_path: Path,
+                                                                tiny_region_encoder) -> None:
+    """An aligner of a fine-tuned CNN top reads its own features (a store of its extractor, the same boxes)
+    while the generators read ImageNet's: aligning here equals the snippets exported from that store. It
+    stopped with a StoreError before (the aligner was handed the generators' store)."""
+    from tiny_align import tiny_top_model
+
+    from vsa_search.vision.regions import RegionEncoder
+
+    aligner = load_align(tiny_top_model(tmp_path / "top.pt", vocab=setup["vocab"]))
+    photos = {r.image_id: r.path for r in setup["test"]}
+    extract_to_store(photos, tmp_path / "own", aligner.region_config,
+                     encoder=RegionEncoder(aligner.region_config, "cpu", top=aligner.top))
+    with FeatureStore(tmp_path / "own", readonly=True) as own:
+        snippets.write_jsonl(snippets.snippets(aligner, own, setup["test"], beta=0.0), tmp_path / "test.jsonl")
+    torch.manual_seed(1)
+    m = save_caption(Captioner(CAP, len(setup["vocab"])), setup["vocab"], TINY, tmp_path / "m.pt")
+    want = regions.evaluate_regions(m, m, setup["store"], snippets_path=tmp_path / "test.jsonl", beam=2, device="cpu")
+    got = regions.evaluate_regions(m, m, setup["store"], align_model=aligner.path, align_features=tmp_path / "own",
+                                   beta=0.0, beam=2, device="cpu")
+    assert got["rows"] == want["rows"] and got["regions"] == want["regions"] > 0

@@ -260,6 +260,9 @@ def eval_regions_cmd(
     region_model: Annotated[str, typer.Option(help="The region generator.")] = paths.REGION_CAPTION_MODEL,
     full_model: Annotated[str, typer.Option(help="The full-frame generator.")] = "caption",
     model: ModelOpt = paths.ALIGN_MODEL,
+    align_features: Annotated[Path | None, typer.Option(
+        help="Feature store of the aligner's own features, when they come from a fine-tuned CNN top (default: "
+             "the evaluation cache of its extractor).")] = None,
     beta: BetaOpt = DEFAULT_BETA,
     split: Annotated[str, typer.Option(help="Whose snippets are held out (never train).")] = "test",
     beam: Annotated[int, typer.Option(min=1, help="Beam size.")] = DEFAULT_BEAM,
@@ -274,7 +277,7 @@ def eval_regions_cmd(
     with progress("crops, then captions", None, unit="regions") as advance:
         res = evaluate_regions(paths.find_model(region_model), paths.find_model(full_model), features,
                                      snippets, paths.find_model(model), beta=beta, beam=beam, split=split,
-                                     device=device, on_progress=advance)
+                                     device=device, on_progress=advance, align_features=align_features)
     if json_out:
         print_json(res)
         return

@@ -145,16 +145,16 @@ def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "de
         m = caption_metrics(refs, pick, meteor=False, reps=0)
         rows[w] = {"BLEU-4": m["BLEU-4"], "CIDEr": m["CIDEr"], "distinct captions": len(set(pick.values()))}
     best_w = max(sorted(rows), key=lambda w: (round(rows[w]["BLEU-4"], 6), -w))
-    where = reranker_store(align, rerank_features)
+    where = top_store(align, rerank_features)
     return best_w, {"model": str(loaded.path), "rerank": str(align.path), "dataset": ds.name, "split": split,
                     "photos": len(recs), "beam": beam, "rows": rows, "rule": f"the best {split} BLEU-4",
                     **({"rerank_features": str(where)} if where is not None else {})}
 
 
-def reranker_store(align: Any, rerank_features: str | Path | None) -> Path | None:
-    """Where a re-ranker of a fine-tuned CNN top's features finds them: `rerank_features`, by default the
-    evaluation cache of its extractor ($VSA_HOME/cache/features/<extractor id>, as `eval recall`'s); None
-    for a re-ranker of the captioner's own features."""
+def top_store(align: Any, rerank_features: str | Path | None) -> Path | None:
+    """Where an alignment model of a fine-tuned CNN top's features (a re-ranker, an aligner) finds them:
+    `rerank_features`, by default the evaluation cache of its extractor ($VSA_HOME/cache/features/<extractor
+    id>, as `eval recall`'s); None for a model of ImageNet's features (the captioner's own)."""
     if align is None or not align.region_config.top:
         return None
     return Path(rerank_features) if rerank_features is not None else \
@@ -165,8 +165,8 @@ def reranker_features(align: Any, rerank_features: str | Path | None, features: 
                       stored: dict[str, RegionFeatures]) -> list[np.ndarray]:
     """The region features the re-ranker scores, photo by photo of `stored` (image id -> its features in the
     captioner's store `features`): those themselves, or for a re-ranker of a fine-tuned CNN top those of the
-    same boxes in a store of its extractor (reranker_store), which must hold every photo."""
-    where = reranker_store(align, rerank_features)
+    same boxes in a store of its extractor (top_store), which must hold every photo."""
+    where = top_store(align, rerank_features)
     if where is None:
         return [f.features for f in stored.values()]
     if not (where / "data.mdb").exists():
@@ -190,5 +190,5 @@ def reranker_features(align: Any, rerank_features: str | Path | None, features: 
 def _rerank_row(align: Any, weight: float, rerank_features: str | Path | None) -> dict[str, Any] | None:
     if align is None:
         return None
-    where = reranker_store(align, rerank_features)
+    where = top_store(align, rerank_features)
     return {"model": str(align.path), "weight": weight, **({"features": str(where)} if where is not None else {})}

@@ -24,6 +24,7 @@ from ..models.captioner import load_caption
 from ..vision.features import FeatureStore, require_extractor
 from ..vision.images import load as load_image
 from ..vision.regions import RegionEncoder
+from .captions import top_store
 from .metrics import caption_metrics, paper_results
 
 
@@ -43,11 +44,14 @@ def evaluate_regions(region_model: str | Path, full_model: str | Path, features:
                      beta: float = DEFAULT_BETA, beam: int = DEFAULT_BEAM, split: str = "test",
                      root: Path | None = None,
                      min_words: int = MIN_SNIPPET_WORDS, device: str | None = None, meteor: bool = False,
-                     on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                     on_progress: Callable[[int], None] | None = None,
+                     align_features: str | Path | None = None) -> dict[str, Any]:
     """The paper's region-level comparison without region annotations: held-out snippets (the `split`
     photos' sentences aligned to their regions; from `snippets_path`, or aligned here with `align_model`)
     are the references of their region; each of the two generators describes every such region (not
-    the full image) from its RoI feature and from the region cut out as a photo. BLEU/CIDEr x100."""
+    the full image) from its RoI feature and from the region cut out as a photo. BLEU/CIDEr x100.
+    An aligner of a fine-tuned CNN top's features reads them from `align_features` (default: the
+    evaluation cache of its extractor), over the same boxes as `features`."""
     dev = pick_device(device)
     models = {"region": load_caption(region_model, device=dev), "full": load_caption(full_model, device=dev)}
     ds = load_flickr8k(root)
@@ -60,7 +64,13 @@ def evaluate_regions(region_model: str | Path, full_model: str | Path, features:
             source = str(snippets_path)
         else:
             aligner = load_align(paths.find_model(str(align_model or paths.ALIGN_MODEL)))
-            rows = list(snippets(aligner, store, [r for r in recs.values() if r.image_id in store], beta))
+            held = [r for r in recs.values() if r.image_id in store]
+            if aligner.region_config.top:  # its own features, of the same boxes (as the re-ranker's)
+                with FeatureStore(top_store(aligner, align_features), readonly=True) as own:
+                    require_extractor(store.config, aligner.region_config.imagenet(), features, aligner.path)
+                    rows = list(snippets(aligner, own, held, beta))
+            else:
+                rows = list(snippets(aligner, store, held, beta))
             source = f"aligned here: {aligner.path}, beta {beta:g}"
         if bad := sorted({r["image_id"] for r in rows} - set(recs)):
             raise UsageError(f"snippets of {len(bad)} photos outside the {split} split (e.g. {bad[0]})")
