@@ -287,3 +287,29 @@ def test_poisoned_test_split_changes_nothing_in_the_finetuned_cnn_top(roots, tmp
     assert clean.best_epoch == poisoned.best_epoch and clean.dev == poisoned.dev
     assert any(k.startswith("top.") for k in w_clean) and w_clean.keys() == w_poisoned.keys()
     assert all(torch.equal(w_clean[k], w_poisoned[k]) for k in w_clean)
+
+
+def test_poisoned_test_split_changes_nothing_in_a_model_on_the_tops_features(roots, tmp_path):
+    """The shipped recipe after the top: export it, its features from the stored maps, an embedding trained
+    on them (`--init` of an ImageNet-feature model): the file, its top included, is the same."""
+    from vsa_search.core.config import MAP_PRESETS
+    from vsa_search.train.finetune import export_align, train_finetune
+    from vsa_search.vision.trunk import extract_maps, extract_with_top
+
+    weights = {}
+    for name, (root, store) in roots.items():
+        ds = load_flickr8k(root)
+        photos = {r.image_id: r.path for r in ds.records}
+        maps = tmp_path / f"maps-{name}"
+        extract_maps(photos, maps, MAP_PRESETS["tiny"])
+        train_finetune(store, maps, tmp_path / f"ft-{name}.pt", EMBED_PRESETS["tiny"], top_lr=1e-3, dataset=ds,
+                       min_count=1, epochs=1)
+        export_align(tmp_path / f"ft-{name}.pt", tmp_path / f"x-{name}.pt")
+        exported = load_align(tmp_path / f"x-{name}.pt")
+        top_store = tmp_path / f"top-{name}"
+        extract_with_top(photos, top_store, exported.region_config, exported.top, maps=maps, frozen=store)
+        train_embed(top_store, tmp_path / f"e-{name}.pt", EMBED_PRESETS["tiny"], init=exported.path, dataset=ds,
+                    min_count=1, epochs=1)
+        weights[name] = _weights(tmp_path / f"e-{name}.pt")
+    assert any(k.startswith("cnn.") for k in weights["clean"]) and weights["clean"].keys() == weights["poisoned"].keys()
+    assert all(torch.equal(weights["clean"][k], weights["poisoned"][k]) for k in weights["clean"])
