@@ -99,3 +99,25 @@ def test_cli_missing_root_is_one_line(tmp_path: Path) -> None:
                                  str(tmp_path / "s")])
     assert r.exit_code != 0
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error:")
+
+
+def test_both_photo_stores_refuse_another_config_and_format(tmp_path: Path) -> None:
+    """The feature store and the map store share one opening (vision/photostore.py): another config, another
+    format and an empty folder are each one clear StoreError."""
+    import dataclasses
+
+    from vsa_search.core.config import MAP_PRESETS
+    from vsa_search.core.kv import KV
+    from vsa_search.vision.trunk import MapStore
+
+    MapStore(tmp_path / "maps", MAP_PRESETS["tiny"]).close()
+    with pytest.raises(StoreError, match="holds maps of .*cut6.*, not .*cut5.*; use another --out"):
+        MapStore(tmp_path / "maps", dataclasses.replace(MAP_PRESETS["tiny"], cut=5))
+    FeatureStore(tmp_path / "feats", REGION_PRESETS["tiny"]).close()
+    kv = KV(tmp_path / "feats")
+    kv.put_json("meta", {**kv.get_json("meta"), "format_version": 0})
+    kv.close()
+    with pytest.raises(StoreError, match="feature store format 0, this version reads 1; extract again"):
+        FeatureStore(tmp_path / "feats", readonly=True)
+    with pytest.raises(StoreError, match="no map store here"):
+        MapStore(tmp_path / "nothing", readonly=True)

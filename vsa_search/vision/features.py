@@ -11,67 +11,39 @@ from pathlib import Path
 import numpy as np
 
 from ..core import paths
-from ..core.config import RegionConfig, from_dict, to_dict, top_id
+from ..core.config import RegionConfig, top_id
 from ..core.errors import StoreError
-from ..core.kv import KV
 from .concepts import Concepts
 from .concepts import from_features as concepts_from_features
+from .photostore import SKIP, PhotoStore
 from .regions import EXTRACT_BATCH, RegionEncoder, RegionFeatures, extract
 
 FORMAT_VERSION = 1
-_META = "meta"
 _FEAT = "f/"
-_SKIP = "skip/"
 _CON = "c/"  # c/<id> -> region concepts (concepts.Concepts bytes); stores written before them derive them
 _TOP = "top"  # the fine-tuned CNN top's weights, in a store of its features (RegionConfig.top)
 
 
-class FeatureStore:
+class FeatureStore(PhotoStore):
     """`FeatureStore(path)` opens an existing store; pass `cfg` to create one (or to check
     that an existing store was made by the same extractor)."""
 
-    def __init__(self, path: str | Path, cfg: RegionConfig | None = None, readonly: bool = False):
-        self.path = Path(path)
-        if readonly or cfg is None:
-            if not (self.path / "data.mdb").exists():
-                raise StoreError(f"{self.path}: no feature store here (run `vsa features extract`)")
-        self.kv = KV(self.path, readonly=readonly)
-        meta = self.kv.get_json(_META)
-        if meta is None:
-            if cfg is None:
-                raise StoreError(f"{self.path}: not a feature store (no metadata)")
-            meta = {"format_version": FORMAT_VERSION, "extractor_id": cfg.extractor_id(),
-                    "region_config": to_dict(cfg)}
-            self.kv.put_json(_META, meta)
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise StoreError(f"{self.path}: feature store format {meta.get('format_version')}, "
-                             f"this version reads {FORMAT_VERSION}; extract again")
-        self.config: RegionConfig = from_dict(RegionConfig, meta["region_config"])
-        self.extractor_id: str = meta["extractor_id"]
-        if cfg is not None and cfg.extractor_id() != self.extractor_id:
-            raise StoreError(f"{self.path}: made by extractor {self.extractor_id}, "
-                             f"not {cfg.extractor_id()}; use another --out")
+    KIND, MAKE, PREFIX = "feature store", "vsa features extract", _FEAT
+    FORMAT_VERSION, CONFIG_KEY, CONFIG_CLASS = FORMAT_VERSION, "region_config", RegionConfig
+    config: RegionConfig
 
-    def close(self) -> None:
-        self.kv.close()
+    def __init__(self, path: str | Path, cfg: RegionConfig | None = None, readonly: bool = False):
+        super().__init__(path, cfg, readonly)
+        self.extractor_id: str = self.meta["extractor_id"]
+
+    def made_by(self, cfg: RegionConfig) -> dict[str, str]:
+        return {"extractor_id": cfg.extractor_id()}
+
+    def mismatch(self, cfg: RegionConfig) -> str:
+        return f"made by extractor {self.meta['extractor_id']}, not {cfg.extractor_id()}"
 
     def __enter__(self) -> FeatureStore:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __contains__(self, image_id: str) -> bool:
-        return (_FEAT + image_id) in self.kv
-
-    def __len__(self) -> int:
-        return self.kv.count(_FEAT)
-
-    def ids(self) -> list[str]:
-        return [k[len(_FEAT):] for k in self.kv.keys(_FEAT)]
-
-    def skipped(self) -> dict[str, str]:
-        return {k[len(_SKIP):]: v for k, v in self.kv.items_json(_SKIP)}
 
     def get(self, image_id: str) -> RegionFeatures:
         a = self.kv.get_arrays(_FEAT + image_id)
@@ -114,9 +86,9 @@ class FeatureStore:
         with self.kv.batch() as b:
             for image_id, value in items:
                 if isinstance(value, str):
-                    b.put_json(_SKIP + image_id, value)
+                    b.put_json(SKIP + image_id, value)
                 else:
-                    b.delete(_SKIP + image_id)  # a photo fixed since an earlier skip
+                    b.delete(SKIP + image_id)  # a photo fixed since an earlier skip
                     # float16 halves the store; the ranking model is insensitive to it.
                     b.put_arrays(_FEAT + image_id, boxes=value.boxes.astype(np.int32),
                                  features=value.features.astype(np.float16))

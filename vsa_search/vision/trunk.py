@@ -13,18 +13,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..core.config import MapConfig, RegionConfig, from_dict, to_dict
+from ..core.config import MapConfig, RegionConfig
 from ..core.device import pick_device
 from ..core.errors import ImageError, StoreError
-from ..core.kv import KV
 from .features import ExtractReport, FeatureStore, extract_to_store, same_extractor
 from .images import DEFAULT_MAX_MEGAPIXELS, decode
+from .photostore import SKIP, PhotoStore
 from .regions import EXTRACT_BATCH, RegionFeatures, cnn_input, load_backbone, pool_boxes, top_cut, with_top
 
 FORMAT_VERSION = 1
-_META = "meta"
 _MAP = "m/"
-_SKIP = "skip/"
 
 
 class CNNTop(nn.Module):
@@ -91,42 +89,22 @@ class MapLower:
         return x[: len(batch)]
 
 
-class MapStore:
+class MapStore(PhotoStore):
     """LMDB store of the lower stages' maps, float16, one per photo id. `MapStore(path, cfg)` creates
     one (or checks that an existing one has the same cut); `MapStore(path)` opens one."""
 
-    def __init__(self, path: str | Path, cfg: MapConfig | None = None, readonly: bool = False):
-        self.path = Path(path)
-        if (readonly or cfg is None) and not (self.path / "data.mdb").exists():
-            raise StoreError(f"{self.path}: no map store here (run `vsa features maps`)")
-        self.kv = KV(self.path, readonly=readonly)
-        meta = self.kv.get_json(_META)
-        if meta is None:
-            if cfg is None:
-                raise StoreError(f"{self.path}: not a map store (no metadata)")
-            meta = {"format_version": FORMAT_VERSION, "map_id": cfg.map_id(), "map_config": to_dict(cfg)}
-            self.kv.put_json(_META, meta)
-        if meta.get("format_version") != FORMAT_VERSION or "map_config" not in meta:
-            raise StoreError(f"{self.path}: not a map store of format {FORMAT_VERSION}; extract again")
-        self.config: MapConfig = from_dict(MapConfig, meta["map_config"])
-        if cfg is not None and cfg.map_id() != self.config.map_id():
-            raise StoreError(f"{self.path}: holds maps of {self.config.map_id()}, not {cfg.map_id()}; "
-                             "use another --out")
+    KIND, MAKE, PREFIX = "map store", "vsa features maps", _MAP
+    FORMAT_VERSION, CONFIG_KEY, CONFIG_CLASS = FORMAT_VERSION, "map_config", MapConfig
+    config: MapConfig
 
-    def close(self) -> None:
-        self.kv.close()
+    def made_by(self, cfg: MapConfig) -> dict[str, str]:
+        return {"map_id": cfg.map_id()}
+
+    def mismatch(self, cfg: MapConfig) -> str:
+        return f"holds maps of {self.meta['map_id']}, not {cfg.map_id()}"
 
     def __enter__(self) -> MapStore:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __contains__(self, image_id: str) -> bool:
-        return (_MAP + image_id) in self.kv
-
-    def __len__(self) -> int:
-        return self.kv.count(_MAP)
 
     def get(self, image_id: str) -> np.ndarray:
         a = self.kv.get_arrays(_MAP + image_id)
@@ -138,13 +116,10 @@ class MapStore:
         with self.kv.batch() as b:
             for image_id, value in items:
                 if isinstance(value, str):
-                    b.put_json(_SKIP + image_id, value)
+                    b.put_json(SKIP + image_id, value)
                 else:
-                    b.delete(_SKIP + image_id)
+                    b.delete(SKIP + image_id)
                     b.put_arrays(_MAP + image_id, map=value.astype(np.float16))
-
-    def skipped(self) -> dict[str, str]:
-        return {k[len(_SKIP):]: v for k, v in self.kv.items_json(_SKIP)}
 
 
 def extract_maps(photos: dict[str, Path], out: str | Path, cfg: MapConfig, batch_size: int = 16,
