@@ -245,3 +245,16 @@ def test_a_top_without_stages_is_one_clear_error(tiny_region_encoder):
         RegionEncoder(cfg, "cpu", top=head)
     with pytest.raises(ModelError, match="do not fit"):
         NumpyRegionEncoder(cfg, top=head)
+
+
+def test_fine_tuning_goes_on_from_a_model_that_carries_its_top(world, tmp_path) -> None:
+    """`train finetune --init` of an exported model (e.g. the shipped align-global.pt) starts from its top, not
+    ImageNet's, on the ImageNet store of its boxes; with the top frozen (lr 0) the run keeps that very top.
+    It was refused before ("trained on other features")."""
+    from vsa_search.train.finetune import train_finetune
+
+    ds = load_flickr8k(world["root"])
+    train_finetune(world["frozen"], world["maps"], tmp_path / "again.pt", init=world["top"], top_lr=0.0,
+                   dataset=ds, min_count=1, epochs=1)
+    model, _, _, _ = load_top_align(tmp_path / "again.pt")
+    assert top_id(top_weights(model.top)) == load_align(world["top"]).region_config.top

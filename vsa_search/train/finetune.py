@@ -24,7 +24,7 @@ from ..evaluation.recall import RetrievalData
 from ..models import checkpoint
 from ..models.alignment import build_model, load_align, ranking_loss, save_align
 from ..vision.features import FeatureStore
-from ..vision.trunk import CNNTop, MapStore, top_weights
+from ..vision.trunk import CNNTop, MapStore, top_weights, tuned_top
 from .common import (
     TrainState,
     clip_elementwise,
@@ -243,7 +243,9 @@ def _read_data(features: str | Path, maps: str | Path, ds: Any, vocab: Vocab | N
             raise UsageError(f"{maps}: maps of {map_cfg.backbone} at {map_cfg.input_size} px, but {features} holds "
                              f"{region_cfg.backbone} features at {region_cfg.input_size} px")
         if origin is not None:
-            require_features(region_cfg, origin[1], features, origin[0])
+            # A model that carries a fine-tuned top goes on from it: the store holds ImageNet's features of its boxes.
+            saved = from_dict(RegionConfig, origin[1]) if isinstance(origin[1], dict) else origin[1]
+            require_features(region_cfg, saved.imagenet(), features, origin[0])
             if origin[2] is not None and origin[2] != map_cfg:
                 raise UsageError(f"{origin[0]}: trained on other maps than {maps} holds")
         train_recs = [r for r in ds.present("train") if r.image_id in fs and r.image_id in ms]
@@ -259,10 +261,13 @@ def _read_data(features: str | Path, maps: str | Path, ds: Any, vocab: Vocab | N
 
 def _new_model(cfg: EmbedConfig, map_cfg: MapConfig, vocab: Vocab, ck: checkpoint.Checkpoint | None,
                init_model: Any) -> TopAlign:
-    """The model with its starting weights: ImageNet's top and the --init embedding (or GloVe rows);
-    a resumed run's weights come later, with its optimizer."""
+    """The model with its starting weights: the --init model's top (ImageNet's if it has none) and its
+    embedding (or GloVe rows); a resumed run's weights come later, with its optimizer."""
     seed_everything(cfg.seed)
-    model = TopAlign(cfg, map_cfg, len(vocab))
+    top = None
+    if ck is None and init_model is not None and init_model.top:  # continue its top, not ImageNet's
+        top = tuned_top(init_model.region_config, init_model.top, map_cfg)
+    model = TopAlign(cfg, map_cfg, len(vocab), top)
     if ck is None and init_model is not None:
         model.align.load_state_dict(init_model.model.state_dict())
     elif ck is None and cfg.glove:
