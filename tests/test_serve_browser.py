@@ -226,9 +226,12 @@ def test_more_like_this(page: Any, server: tuple[str, Engine]) -> None:
     first = int(page.get_attribute("#results .card:first-child", "data-id"))
     page.click("#results .card:first-child .more-like")
     page.wait_for_url(f"**/#/like/{first}")
-    page.wait_for_selector("#results .card")
     api, _ = engine.like(first, k=24)
-    assert card_paths(page) == [h["path"] for h in api["hits"]] and len(api["hits"]) == 11  # all but itself
+    want = [h["path"] for h in api["hits"]]
+    # The search's cards are still there until the like view draws its own: wait for those, not any card.
+    page.wait_for_function("n => document.querySelectorAll('#results .card').length === n && "
+                           "document.querySelector('#like-query') !== null", arg=len(want))
+    assert card_paths(page) == want and len(api["hits"]) == 11  # all but itself
     # Box n on a hit is the region that region n of the query photo matched best, drawn on both photos.
     for rank, hit in ((1, api["hits"][0]), (2, api["hits"][1])):
         page.hover(f"#results .card:nth-child({rank}) .name")
