@@ -40,6 +40,7 @@ from vsa_search.data.datasets import load_flickr8k  # noqa: E402
 from vsa_search.index import photos as photo_builds  # noqa: E402
 from vsa_search.models.alignment import load_align  # noqa: E402
 from vsa_search.vision.features import FeatureStore  # noqa: E402
+from vsa_search.vision.regions import RegionFeatures  # noqa: E402
 
 
 class Stores:
@@ -72,7 +73,7 @@ def build_from_cache(link: Path, model, store: Stores, photo_dir: Path, imagenet
                 im.load()
                 photo = SimpleNamespace(image=im.convert("RGB"), size=im.size, exif=im.getexif())
             base = imagenet.get(Path(p).name).features if imagenet is not None else None
-            yield p, SimpleNamespace(features=f.features, boxes=f.boxes, photo=photo, imagenet=base)
+            yield p, RegionFeatures(f.boxes, f.features, photo, base)  # type: ignore[arg-type]
 
     photo_builds.extract = cached  # the one step that would run the CNN
     t0 = time.perf_counter()

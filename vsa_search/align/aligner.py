@@ -69,8 +69,7 @@ def align_features(loaded: LoadedAlign, regions: RegionFeatures, sentence: str,
     """Align one sentence to precomputed region features (CNN features, as the feature store holds);
     bridge=True adds the concept bridge (the regions' classes come from ImageNet's features of the
     same boxes: `regions.imagenet` when the model reads a fine-tuned top's, else the features)."""
-    imagenet = regions.imagenet if regions.imagenet is not None else regions.features
-    concepts = from_features(imagenet, backbone=loaded.region_config.backbone) if bridge else None
+    concepts = from_features(regions.imagenet_or_own, backbone=loaded.region_config.backbone) if bridge else None
     return align_vectors(loaded, regions.boxes, encode_regions(loaded, regions.features), sentence, beta, concepts)
 
 

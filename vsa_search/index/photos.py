@@ -373,7 +373,7 @@ class PhotoBuild:
 def _concepts_of(result: RegionFeatures, regions: int, model: LoadedAlign) -> np.ndarray:
     """The first `regions` regions' concepts (the backbone's own ImageNet classes, top K, from ImageNet's
     features even when the model reads a fine-tuned top's) as a uint8 array for the work area."""
-    feats = (result.imagenet if result.imagenet is not None else result.features)[:regions]
+    feats = result.imagenet_or_own[:regions]
     return np.frombuffer(from_features(feats, backbone=model.region_config.backbone).to_bytes(), np.uint8)
 
 

@@ -99,11 +99,9 @@ class FeatureStore(PhotoStore):
 
 def imagenet_features(value: RegionFeatures, cfg: RegionConfig) -> np.ndarray:
     """The ImageNet-top features of a photo's regions, whose classes are its concepts."""
-    if value.imagenet is not None:
-        return value.imagenet
-    if cfg.top:
+    if cfg.top and value.imagenet is None:
         raise StoreError(f"features of CNN top {cfg.top} came without ImageNet's features for the concepts")
-    return value.features
+    return value.imagenet_or_own
 
 
 @dataclass

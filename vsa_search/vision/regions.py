@@ -221,6 +221,11 @@ class RegionFeatures:
     # (RegionConfig.top): what the concept classes and caption generators read. None: `features` are.
     imagenet: np.ndarray | None = None
 
+    @property
+    def imagenet_or_own(self) -> np.ndarray:
+        """ImageNet's features of these boxes: `imagenet` beside a fine-tuned top's, else `features`."""
+        return self.imagenet if self.imagenet is not None else self.features
+
 
 class RegionEncoder:
     """Boxes and CNN features for photos; batched, channels-last, CUDA when given."""
