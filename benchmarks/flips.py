@@ -26,7 +26,8 @@ from vsa_search.data.datasets import load_flickr8k
 from vsa_search.evaluation.recall import evaluate_recall
 from vsa_search.models.alignment import load_align
 from vsa_search.vision.features import FeatureStore
-from vsa_search.vision.regions import RegionFeatures, top_cut
+from vsa_search.vision.regions import RegionFeatures
+from vsa_search.vision.tops import top_cut
 from vsa_search.vision.trunk import MapLower, tuned_top
 
 

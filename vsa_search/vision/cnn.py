@@ -24,7 +24,8 @@ from ..core import arrayfile
 from ..core.config import RegionConfig
 from ..core.errors import ModelError
 from .images import DEFAULT_MAX_MEGAPIXELS
-from .regions import RegionFeatures, check_top, cnn_input, prepare_photo, top_cut
+from .regions import RegionFeatures, cnn_input, prepare_photo
+from .tops import check_top, top_cut
 
 STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)  # the seven stages (timm's arch_def); kernel sizes come from the weights
 BN_EPS = 1e-3  # the TensorFlow ports' batch norm epsilon
@@ -237,7 +238,7 @@ def backbone_weights(backbone: str) -> dict[str, np.ndarray]:
 
 def with_top(weights: dict[str, np.ndarray], cfg: RegionConfig,
              top: dict[str, np.ndarray] | None) -> LiteBackbone | None:
-    """regions.with_top in numpy: the backbone with the fine-tuned top's weights (timm names, float16)
+    """tops.with_top in numpy: the backbone with the fine-tuned top's weights (timm names, float16)
     in place of ImageNet's, or None for cfg.top == "" (the same checks, the same messages)."""
     if not check_top(cfg, top, {k: tuple(v.shape) for k, v in weights.items()}):
         return None

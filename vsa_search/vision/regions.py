@@ -19,10 +19,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..core.config import RegionConfig, top_id
+from ..core.config import RegionConfig
 from ..core.device import pick_device, pipeline_threads, torch_threads
 from ..core.errors import ImageError, ModelError
 from .images import DEFAULT_MAX_MEGAPIXELS, decode
+from .tops import lower_stages, top_cut, upper_stages, with_top
 
 if TYPE_CHECKING:  # torch only where the CNN runs in it: proposals (and cnn.py's encoder) need none
     import torch
@@ -172,44 +173,6 @@ def load_backbone(name: str) -> torch.nn.Module:
     return model.eval()
 
 
-def top_cut(cfg: RegionConfig) -> int:
-    """The first backbone stage a fine-tuned top (cfg.top, "cut<stage>-<hash>") replaces."""
-    return int(cfg.top.split("-")[0].removeprefix("cut"))
-
-
-def check_top(cfg: RegionConfig, top: dict[str, np.ndarray] | None, shapes: dict[str, tuple[int, ...]]) -> bool:
-    """Whether cfg asks for a fine-tuned top, after checking that `top` is the one it names and fits the
-    backbone whose weights have `shapes` (timm names). Both CNNs (torch here, numpy in cnn.py) ask it."""
-    if top_id(top or {}) != cfg.top:
-        raise ModelError(f"features of CNN top {cfg.top or 'of ImageNet'} need that top's weights "
-                         f"(given: {top_id(top or {}) or 'none'})")
-    if not top:
-        return False
-    if not cfg.top.startswith("cut") or any(shapes.get(k) != tuple(v.shape) for k, v in top.items()):
-        raise ModelError(f"CNN top {cfg.top}: its weights do not fit {cfg.backbone}")
-    return True
-
-
-def with_top(backbone: torch.nn.Module, cfg: RegionConfig, top: dict[str, np.ndarray] | None) -> torch.nn.Module | None:
-    """A copy of `backbone` with the fine-tuned top's weights (timm names), or None for cfg.top == ""."""
-    import copy
-
-    import torch
-
-    if not check_top(cfg, top, {k: tuple(v.shape) for k, v in backbone.state_dict().items()}):
-        return None
-    tuned = copy.deepcopy(backbone)
-    tuned.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32))  # type: ignore[union-attr]
-                           for k, v in top.items()}, strict=False)
-    return tuned.eval()
-
-
-def _head(m: torch.nn.Module, h: torch.Tensor, cut: int) -> torch.Tensor:
-    for stage in list(m.blocks)[cut:]:
-        h = stage(h)
-    return m.bn2(m.conv_head(h))
-
-
 @dataclass
 class RegionFeatures:
     boxes: np.ndarray  # (R, 4) int32 xyxy, row 0 = full image
@@ -263,11 +226,9 @@ class RegionEncoder:
         with torch.inference_mode():
             if self.tuned is None:
                 return self.model.forward_features(x)[:n], None
-            m, cut = self.model, top_cut(self.cfg)
-            h = m.bn1(m.conv_stem(x))
-            for stage in list(m.blocks)[:cut]:
-                h = stage(h)
-            return _head(m, h, cut)[:n], _head(self.tuned, h, cut)[:n]
+            cut = top_cut(self.cfg)
+            h = lower_stages(self.model, x, cut)
+            return upper_stages(self.model, h, cut)[:n], upper_stages(self.tuned, h, cut)[:n]
 
     def encode(self, images: list[Image.Image], boxes: list[np.ndarray],
                sizes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:

@@ -19,7 +19,8 @@ from ..core.errors import ImageError, StoreError
 from .features import ExtractReport, FeatureStore, extract_to_store, same_extractor
 from .images import DEFAULT_MAX_MEGAPIXELS, decode
 from .photostore import SKIP, PhotoStore
-from .regions import EXTRACT_BATCH, RegionFeatures, cnn_input, load_backbone, pool_boxes, top_cut, with_top
+from .regions import EXTRACT_BATCH, RegionFeatures, cnn_input, load_backbone, pool_boxes
+from .tops import lower_stages, top_cut, with_top
 
 FORMAT_VERSION = 1
 _MAP = "m/"
@@ -57,7 +58,7 @@ class CNNTop(nn.Module):
 
 def top_weights(top: CNNTop) -> dict[str, np.ndarray]:
     """The top's weights under the backbone's own (timm) names, float16: what a model file and a feature
-    store keep of it (RegionConfig.top names them; regions.with_top puts them back into a backbone)."""
+    store keep of it (RegionConfig.top names them; tops.with_top puts them back into a backbone)."""
     out = {}
     for k, v in top.state_dict().items():
         if not v.is_floating_point():  # BatchNorm's step counter: not a weight
@@ -81,12 +82,8 @@ class MapLower:
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        m = self.model
         x = batch if len(batch) > 1 else batch.expand(2, -1, -1, -1)  # see RegionEncoder._cnn
-        x = m.bn1(m.conv_stem(x.contiguous()))
-        for block in list(m.blocks)[: self.cfg.cut]:
-            x = block(x)
-        return x[: len(batch)]
+        return lower_stages(self.model, x.contiguous(), self.cfg.cut)[: len(batch)]
 
 
 class MapStore(PhotoStore):
