@@ -42,9 +42,6 @@ class FeatureStore(PhotoStore):
     def mismatch(self, cfg: RegionConfig) -> str:
         return f"made by extractor {self.meta['extractor_id']}, not {cfg.extractor_id()}"
 
-    def __enter__(self) -> FeatureStore:
-        return self
-
     def get(self, image_id: str) -> RegionFeatures:
         a = self.kv.get_arrays(_FEAT + image_id)
         if a is None:

@@ -6,7 +6,7 @@ for a path that holds no such store, another format or another config."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from ..core.config import from_dict, to_dict
 from ..core.errors import StoreError
@@ -57,7 +57,7 @@ class PhotoStore:
     def close(self) -> None:
         self.kv.close()
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

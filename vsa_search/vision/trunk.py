@@ -100,9 +100,6 @@ class MapStore(PhotoStore):
     def mismatch(self, cfg: MapConfig) -> str:
         return f"holds maps of {self.meta['map_id']}, not {cfg.map_id()}"
 
-    def __enter__(self) -> MapStore:
-        return self
-
     def get(self, image_id: str) -> np.ndarray:
         a = self.kv.get_arrays(_MAP + image_id)
         if a is None:
