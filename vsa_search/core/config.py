@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import ModelError, UsageError
 
 T = TypeVar("T")
 
@@ -50,6 +50,13 @@ def top_id(weights: Mapping[str, Any]) -> str:
     cut = min((int(k.split(".")[1]) for k in weights if k.startswith("blocks.")), default=None)
     # No blocks (a damaged file, or the conv head alone): an id no encoder runs, which it then says.
     return f"cut{cut}-{h.hexdigest()[:12]}" if cut is not None else f"head-{h.hexdigest()[:12]}"
+
+
+def check_carried_top(region_cfg: RegionConfig, top: Mapping[str, Any] | None, path: Any) -> None:
+    """A model file of a fine-tuned top's features must carry that very top (and only such a model one)."""
+    if top_id(top or {}) != region_cfg.top:
+        raise ModelError(f"{path}: its features need the CNN top {region_cfg.top or 'of ImageNet'}, "
+                         f"but it carries {top_id(top or {}) or 'none'}")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.config import EmbedConfig, RegionConfig, from_dict, top_id
+from ..core.config import EmbedConfig, RegionConfig, check_carried_top, from_dict
 from ..core.errors import ModelError, UsageError
 from ..data.vocab import Vocab
 from . import checkpoint
@@ -190,21 +190,13 @@ def split_top(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
             {k[len(TOP_PREFIX):]: v.cpu().half().numpy() for k, v in state.items() if k.startswith(TOP_PREFIX)})
 
 
-def check_top(region_cfg: RegionConfig, top: dict[str, np.ndarray] | None, path: str | Path) -> None:
-    """A model of fine-tuned-top features must carry that very top (and only such a model one)."""
-    if top_id(top or {}) != region_cfg.top:
-        have = top_id(top or {}) or "none"
-        raise ModelError(f"{path}: its features need the CNN top {region_cfg.top or 'of ImageNet'}, "
-                         f"but it carries {have}")
-
-
 def save_align(model: AlignModel | GlobalModel, vocab: Vocab, region_cfg: RegionConfig, path: str | Path,
                metrics: dict | None = None, train_state: dict | None = None,
                state_dict: dict[str, torch.Tensor] | None = None, half: bool = False,
                querybank: QueryBank | None = None, top: dict[str, np.ndarray] | None = None) -> Path:
     """Write a kind="align" checkpoint (see checkpoint.save_model: `state_dict`, `half`), with its
     querybank when given, and the fine-tuned CNN top its features come from (region_cfg.top)."""
-    check_top(region_cfg, top, path)
+    check_carried_top(region_cfg, top, path)
     if querybank is not None:
         state_dict = {**(state_dict if state_dict is not None else model.state_dict()), **querybank.to_state()}
         metrics = {**(metrics or {}), "querybank": querybank.header()}
@@ -221,7 +213,7 @@ def load_align(path: str | Path, device: str | torch.device = "cpu") -> LoadedAl
     weights, bank_state = split_state(ck.state_dict)
     weights, top = split_top(weights)
     region_cfg = from_dict(RegionConfig, ck.region_config)
-    check_top(region_cfg, top, path)
+    check_carried_top(region_cfg, top, path)
     checkpoint.load_weights(model, dataclasses.replace(ck, state_dict=weights), path)
     model.to(device).eval()
     bank = None

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..core import arrayfile
-from ..core.config import EmbedConfig, RegionConfig, from_dict, to_dict, top_id
-from ..core.errors import ModelError
+from ..core.config import EmbedConfig, RegionConfig, check_carried_top, from_dict, to_dict
 from ..data.vocab import UNK, Vocab
 from . import score
 from .textenc import TextEncoder
@@ -117,9 +116,7 @@ def load_align(path: str | Path) -> NumpyAlign:
     header, arrays = got
     region_cfg = from_dict(RegionConfig, header["region_config"])
     top = {k[len(_TOP):]: v for k, v in arrays.items() if k.startswith(_TOP)}
-    if top_id(top) != region_cfg.top:
-        raise ModelError(f"{path}: its features need the CNN top {region_cfg.top or 'of ImageNet'}, "
-                         f"but it carries {top_id(top) or 'none'}")
+    check_carried_top(region_cfg, top, path)
     return NumpyAlign({k: v for k, v in arrays.items() if not k.startswith(_TOP)}, Vocab.from_dict(header["vocab"]),
                       from_dict(EmbedConfig, header["config"]), region_cfg, Path(path), header["metrics"],
                       header.get("bank"), top or None)
