@@ -181,7 +181,8 @@ def train_finetune(features: str | Path, maps: str | Path, out: str | Path, cfg:
         raise UsageError(f"--init {init}: another model shape than the config's")
     ds = dataset if dataset is not None else load_flickr8k()
     vocab = Vocab.from_dict(ck.vocab) if ck is not None else init_model.vocab if init_model is not None else None
-    origin = ((f"--resume {out}", ck.region_config, from_dict(MapConfig, ck.config["map"])) if ck is not None else
+    origin = ((f"--resume {out}", from_dict(RegionConfig, ck.region_config), from_dict(MapConfig, ck.config["map"]))
+              if ck is not None else
               (f"--init {init}", init_model.region_config, None) if init_model is not None else None)
     vocab, region_cfg, map_cfg, train, dev = _read_data(features, maps, ds, vocab, min_count, origin)
     model = _new_model(cfg, map_cfg, vocab, ck, init_model)
@@ -232,7 +233,7 @@ def finetune_epoch(run: FinetuneRun, epoch: int, on_step: Callable[[int, int, in
 
 
 def _read_data(features: str | Path, maps: str | Path, ds: Any, vocab: Vocab | None, min_count: int,
-               origin: tuple[str, Any, MapConfig | None] | None
+               origin: tuple[str, RegionConfig, MapConfig | None] | None
                ) -> tuple[Vocab, RegionConfig, MapConfig, PhotoData, PhotoData | None]:
     """The vocabulary (given, or built on the training split), the stores' configs, and the training
     and dev photos both stores hold. `origin`: the option, the region config and the map config (if
@@ -244,8 +245,7 @@ def _read_data(features: str | Path, maps: str | Path, ds: Any, vocab: Vocab | N
                              f"{region_cfg.backbone} features at {region_cfg.input_size} px")
         if origin is not None:
             # A model that carries a fine-tuned top goes on from it: the store holds ImageNet's features of its boxes.
-            saved = from_dict(RegionConfig, origin[1]) if isinstance(origin[1], dict) else origin[1]
-            require_features(region_cfg, saved.imagenet(), features, origin[0])
+            require_features(region_cfg, origin[1].imagenet(), features, origin[0])
             if origin[2] is not None and origin[2] != map_cfg:
                 raise UsageError(f"{origin[0]}: trained on other maps than {maps} holds")
         train_recs = [r for r in ds.present("train") if r.image_id in fs and r.image_id in ms]
