@@ -122,9 +122,9 @@ def finetune_cmd(
     maps: Annotated[Path, typer.Option(help="Map store of the same photos (vsa features maps).")],
     out_path: Annotated[Path, typer.Option("--out", help="Model file to write (atomically, every epoch).")],
     preset: Annotated[str, typer.Option(help="Embedding preset (as vsa train embed) when no --init.")] = "global",
-    init: Annotated[str | None, typer.Option(help="Start the embedding from this alignment model (file or name), "
-                                                  "trained on the same features; its config replaces --preset.")
-                    ] = None,
+    init: Annotated[str | None, typer.Option(help="Start from this alignment model (file or name), trained on the "
+                                                  "same features, or carrying a fine-tuned top (its top is then "
+                                                  "the start too); its config replaces --preset.")] = None,
     dataset: DatasetOpt = "flickr8k",
     root: RootOpt = None,
     captions: CaptionsOpt = None,
