@@ -146,6 +146,12 @@ def test_ensemble_score_is_base_plus_each_global_member(tmp_path):
     ids, lengths = torch.tensor([[4, 5, 6], [4, 7, 0]]), torch.tensor([3, 2])
     want = sum(m.model(feats, mask, ids, lengths) for m in (base, *members))
     assert torch.allclose(ens(feats, mask, ids, lengths), want, atol=1e-5)
+    # Split by member (an ensemble trained on each member's own loss), each part is that member's score.
+    ens.eval()
+    parts = ens.member_scores(feats, mask, ids, lengths)
+    assert len(parts) == 3
+    for got, m in zip(parts, (base, *members)):
+        assert torch.allclose(got, m.model(feats, mask, ids, lengths), atol=1e-5)
     # Saved and loaded, it is still the same model (the config says how many members).
     again = load_align(save_align(ens, vocab, REGION_PRESETS["tiny"], tmp_path / "ens.pt"))
     assert torch.allclose(again.model(feats, mask, ids, lengths), want, atol=1e-5)

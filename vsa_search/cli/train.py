@@ -136,14 +136,16 @@ def finetune_cmd(
     word_dim: Annotated[int | None, typer.Option(min=1, help="Word vector size (no --init).")] = None,
     lr_decay_epoch: Annotated[int | None, typer.Option(min=0, help="Learning rates x0.1 from this epoch (0: never).")
                               ] = None,
+    ensemble_loss: Annotated[str | None, typer.Option(help="An ensemble's loss: whole (of its summed score) | "
+                                                           "members (each member's own, summed).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train the embedding together with the CNN's top (the stages after the stored maps) with the
     ranking loss; early stopping on dev Recall@K."""
     from ..train.finetune import train_finetune
 
-    changes = {k: v for k, v in {"epochs": epochs, "lr": lr, "word_dim": word_dim,
-                                 "lr_decay_epoch": lr_decay_epoch}.items() if v is not None}
+    changes = {k: v for k, v in {"epochs": epochs, "lr": lr, "word_dim": word_dim, "lr_decay_epoch": lr_decay_epoch,
+                                 "ensemble_loss": ensemble_loss}.items() if v is not None}
     if resume and set(changes) - {"epochs"}:
         raise UsageError("--resume continues with the saved config; only --epochs may change")
     init_path = paths.find_model(init) if init else None

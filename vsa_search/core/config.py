@@ -154,6 +154,9 @@ class EmbedConfig:
     # training
     loss: str = "sum"  # sum: paper's sum over violating negatives | max: hardest negative (VSE++)
     warmup_sum: int = 0  # loss "max": the first epochs use the sum (from scratch, max alone collapses)
+    # An ensemble (global_members > 1) trained on: "whole": the loss of its summed score | "members": the sum of
+    # each member's own loss (the hybrid and every extra global model), so that each stays a ranker by itself.
+    ensemble_loss: str = "whole"
     margin: float = 1.0
     optimizer: str = "sgd"  # sgd (paper: momentum 0.9) | adam
     lr: float = 0.01

@@ -81,6 +81,18 @@ class AlignModel(nn.Module):
         s = self.encode_words(ids, lengths)
         return score(v, region_mask[:, : v.shape[1]], s, word_mask(lengths, ids.shape[1]))
 
+    def member_scores(self, feats: torch.Tensor, region_mask: torch.Tensor, ids: torch.Tensor,
+                      lengths: torch.Tensor) -> list[torch.Tensor]:
+        """forward()'s scores split by ensemble member, which sum to it: the hybrid (its alignment
+        and global parts; the global dimensions are the same for every region, so they never change
+        which region a word's max picks) and each extra global model in its own h dimensions."""
+        v = self.encode_regions(feats)
+        s = self.encode_words(ids, lengths)
+        h, n_extra = self.cfg.hidden, len(self.glob_extra)
+        edges = [0, v.shape[-1] - n_extra * h, *(v.shape[-1] - k * h for k in range(n_extra - 1, -1, -1))]
+        rmask, wmask = region_mask[:, : v.shape[1]], word_mask(lengths, ids.shape[1])
+        return [score(v[..., a:b], rmask, s[..., a:b], wmask) for a, b in zip(edges, edges[1:])]
+
 
 class GlobalModel(nn.Module):
     """The global baseline: the full-image feature (region 0) against the mean of the sentence's
@@ -131,6 +143,8 @@ def build_model(cfg: EmbedConfig, vocab_size: int) -> AlignModel | GlobalModel:
         raise UsageError(f"unknown pool {cfg.pool!r}; choose sum or mean")
     if cfg.regions not in ("all", "full"):
         raise UsageError(f"unknown regions {cfg.regions!r}; choose all or full")
+    if cfg.ensemble_loss not in ("whole", "members"):
+        raise UsageError(f"unknown ensemble loss {cfg.ensemble_loss!r}; choose whole or members")
     if cfg.rnn not in ("relu", "gru"):
         raise UsageError(f"unknown rnn {cfg.rnn!r}; choose relu or gru")
     return (GlobalModel if cfg.arch == "global" else AlignModel)(cfg, vocab_size)

@@ -70,6 +70,16 @@ class TopAlign(nn.Module):
         feats, mask = self.features(maps, boxes)
         return self.align(feats, mask, ids, lengths)
 
+    def loss(self, maps: torch.Tensor, boxes: list[torch.Tensor], ids: torch.Tensor, lengths: torch.Tensor
+             ) -> torch.Tensor:
+        """The batch's ranking loss (not divided by its size): of the summed score, or with
+        cfg.ensemble_loss "members" the sum of each ensemble member's own."""
+        if self.cfg.ensemble_loss == "members" and self.cfg.arch == "hybrid" and self.cfg.global_members > 1:
+            feats, mask = self.features(maps, boxes)
+            parts = self.align.member_scores(feats, mask, ids, lengths)
+            return sum(ranking_loss(sc.float(), self.cfg.margin) for sc in parts)
+        return ranking_loss(self(maps, boxes, ids, lengths).float(), self.cfg.margin)
+
 
 def save_top_align(model: TopAlign, vocab: Vocab, region_cfg: RegionConfig, path: str | Path,
                    metrics: dict, train_state: dict, state_dict: dict[str, torch.Tensor]) -> Path:
@@ -214,9 +224,8 @@ def finetune_epoch(run: FinetuneRun, epoch: int, on_step: Callable[[int, int, in
     total, n = 0.0, 0
     for img, sent in batches:
         t_max = int(data.lengths[sent].max())
-        scores = model(data.maps[img], [data.boxes[i] for i in img.tolist()], data.ids[sent, :t_max],
-                       data.lengths[sent])
-        loss = ranking_loss(scores.float(), cfg.margin) / len(img)
+        loss = model.loss(data.maps[img], [data.boxes[i] for i in img.tolist()], data.ids[sent, :t_max],
+                          data.lengths[sent]) / len(img)
         if not torch.isfinite(loss):
             raise ModelError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower the learning rates")
         opt.zero_grad(set_to_none=True)
