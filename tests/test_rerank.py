@@ -95,3 +95,44 @@ def test_eval_caption_shows_the_captions_with_and_without_it(models, flickr_root
             cands = generate_candidates(cap, full_image(f)[None], beam=3)[0]
             want = best_candidate(cands, cap.vocab, align, f.features, 1000.0)
             assert c["model"] == " ".join(cap.vocab.decode(want.tokens))
+
+
+def test_the_pick_weighs_the_score_the_beam_ranked_by(models, photo) -> None:
+    """With a length normalisation the beam ranks by logprob / (words+1)^α; the re-ranker adds w·S' to that
+    score, not to the plain log-probability (a short sentence no longer wins by being short)."""
+    from vsa_search.models.decode_np import Caption
+
+    cap, align = load_caption(models[0]), load_align(models[1])
+    _, regions = photo
+    short = Caption([5], -2.0, -2.0 / 2)  # α = 1: logprob / (words + 1)
+    long = Caption([5, 6, 7, 8, 9], -3.0, -3.0 / 6)
+    assert best_candidate([short, long], cap.vocab, align, regions.features, 0.0) is long
+    cands = generate_candidates(cap, full_image(regions)[None], beam=4, length_norm=1.0)[0]
+    texts = [" ".join(cap.vocab.decode(c.tokens)) for c in cands]
+    fit = alignment_scores(align, regions.features, texts)
+    for w in (0.0, 1.0, 1000.0):
+        want = cands[int(np.argmax([c.logprob / (len(c.tokens) + 1) + w * s for c, s in zip(cands, fit)]))]
+        assert best_candidate(cands, cap.vocab, align, regions.features, w) is want
+
+
+def test_a_caption_file_names_its_own_length_normalisation(models, flickr_root: Path, tmp_path: Path,
+                                                           tiny_region_encoder, photo,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from vsa_search.captioning.rerank import default_length_norm
+    from vsa_search.train.ensemble import write_caption_ensemble
+
+    own = tmp_path / "own.pt"
+    assert write_caption_ensemble([models[0], models[0]], own, 5.0, 0.5)["length_norm"] == 0.5
+    cap, plain = load_caption(own), load_caption(models[0])
+    assert (default_length_norm(cap), default_length_norm(plain)) == (0.5, 0.0)
+    ds = load_flickr8k(flickr_root)
+    store = tmp_path / "store"
+    extract_to_store({r.image_id: r.path for r in ds.present("test")[:2]}, store, TINY, encoder=tiny_region_encoder)
+    monkeypatch.setattr(metrics, "_meteor", lambda gts, res: (None, "METEOR not run in tests"))
+    assert evaluate_captions(own, store, beam=3, rerank_with=models[1])["length_norm"] == 0.5
+    assert evaluate_captions(own, store, beam=3, rerank_with=models[1], length_norm=0.0)["length_norm"] == 0.0
+    path, _ = photo
+    by_default = caption_photos([path], cap, beam=4, encoder=tiny_region_encoder, rerank_with=load_align(models[1]))
+    said = caption_photos([path], cap, beam=4, encoder=tiny_region_encoder, rerank_with=load_align(models[1]),
+                          length_norm=0.5)
+    assert by_default[0].caption == said[0].caption

@@ -23,7 +23,7 @@ from ..vision.draw import draw_boxes, save_image
 from ..vision.images import PHOTO_KINDS, is_photo
 from ..vision.images import load as load_image
 from ..vision.regions import RegionEncoder, RegionFeatures
-from .rerank import best_candidate, check_reranker, default_weight, feature_source
+from .rerank import best_candidate, check_reranker, default_length_norm, default_weight, feature_source
 
 if TYPE_CHECKING:  # torch only for torch models: on the CPU `vsa caption` runs numpy ones (load.py)
     from ..models.alignment import LoadedAlign
@@ -70,7 +70,7 @@ def photo_files(photos: list[Path]) -> list[Path]:
 
 
 def caption_photos(photos: list[Path], loaded: LoadedCaptioner | decode_np.NumpyCaptioner, beam: int = DEFAULT_BEAM,
-                   max_len: int | None = None, length_norm: float = 0.0, encoder=None, on_progress=None,
+                   max_len: int | None = None, length_norm: float | None = None, encoder=None, on_progress=None,
                    concepts: bool = False, list_concepts: int = 0,
                    rerank_with: LoadedAlign | NumpyAlign | None = None,
                    rerank_weight: float | None = None) -> list[PhotoCaption]:
@@ -78,7 +78,8 @@ def caption_photos(photos: list[Path], loaded: LoadedCaptioner | decode_np.Numpy
     photo's confident ImageNet concepts into its caption (constrained beam search, `--concepts`, torch
     models only); list_concepts=N lists each photo's top N concepts beside its caption (`--json`).
     rerank_with: an alignment model that picks among the finished beams (captioning/rerank.py), with
-    `rerank_weight` (None: the caption model's own, see rerank.default_weight). `loaded` and the
+    `rerank_weight` (None: the caption model's own, see rerank.default_weight); `length_norm` ranks
+    sentences by logprob / (words + 1)^length_norm (None: the caption model's own). `loaded` and the
     re-ranker are torch models or their numpy counterparts (load.py), `encoder` a RegionEncoder or a
     NumpyRegionEncoder (default: the one that fits `loaded`)."""
     if beam < 1:
@@ -89,6 +90,7 @@ def caption_photos(photos: list[Path], loaded: LoadedCaptioner | decode_np.Numpy
     if rerank_with is not None:
         check_reranker(rerank_with, loaded)
     weight = default_weight(loaded) if rerank_weight is None else rerank_weight
+    length_norm = default_length_norm(loaded) if length_norm is None else length_norm
     cfg, top = feature_source(loaded, rerank_with)
     if encoder is None:
         encoder = NumpyRegionEncoder(cfg, top=top) if numpy else \

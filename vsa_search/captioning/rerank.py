@@ -1,8 +1,10 @@
 """Captions re-ranked by the alignment model: of the sentences beam search finished for a photo, keep
-the one with the best log P(sentence | photo) + w · S'(photo, sentence), where S' is the alignment
-model's score less the sentence's querybank offset (models/querybank.py). The generator alone favours
-the sentences it has seen most ("a brown dog is running through the grass"); the alignment score
-favours the one that fits this photo, and the offset lowers sentences that fit every photo.
+the one with the best log P(sentence | photo) / (words + 1)^α + w · S'(photo, sentence), where S' is the
+alignment model's score less the sentence's querybank offset (models/querybank.py) and α the length
+normalisation the beam ranked by (0: the plain log-probability). The generator alone favours the
+sentences it has seen most ("a brown dog is running through the grass"), and the shortest; the alignment
+score favours the one that fits this photo, and the offset lowers sentences that fit every photo.
+A caption model file names its own w and α (metrics "rerank_weight", "length_norm"), chosen together on dev.
 
 The generators read ImageNet's features; a re-ranker may read those of a CNN top fine-tuned with the
 ranking loss (RegionConfig.top) over the same boxes: the caption path then computes both in one CNN pass
@@ -32,6 +34,12 @@ def default_weight(captioner: Any) -> float:
     """The re-ranking weight a caption model file asks for (metrics "rerank_weight", chosen on dev for
     it), else DEFAULT_WEIGHT."""
     return float((captioner.metrics or {}).get("rerank_weight", DEFAULT_WEIGHT))
+
+
+def default_length_norm(captioner: Any) -> float:
+    """The length normalisation α a caption model file asks for (metrics "length_norm", chosen on dev with
+    its re-ranking weight), else 0: sentences ranked by their plain log-probability."""
+    return float((captioner.metrics or {}).get("length_norm", 0.0))
 
 
 def load_reranker(name: str | None, captioner: Any, device: Any = "cpu",
@@ -111,12 +119,12 @@ def _torch_scores(align: LoadedAlign, features: np.ndarray, texts: list[str]) ->
 def best_candidate(candidates: list[Caption], vocab: Any, align: LoadedAlign | NumpyAlign | None,
                    features: np.ndarray | None,
                    weight: float = DEFAULT_WEIGHT) -> Caption:
-    """The candidate with the best logprob + weight · S'(photo, sentence); without `align`, the one
-    beam search ranks first."""
+    """The candidate with the best score + weight · S'(photo, sentence), its score being what beam search
+    ranked it by (logprob / (words + 1)^length_norm); without `align`, the one beam search ranks first."""
     if not candidates:
         raise ValueError("rerank: no candidates")
     if align is None:
         return best(candidates)
     texts = [" ".join(vocab.decode(c.tokens)) for c in candidates]
     s = alignment_scores(align, features, texts)
-    return candidates[int(np.argmax([c.logprob + weight * float(x) for c, x in zip(candidates, s)]))]
+    return candidates[int(np.argmax([c.score + weight * float(x) for c, x in zip(candidates, s)]))]

@@ -21,6 +21,9 @@ RerankOpt = Annotated[str | None, typer.Option(help="Alignment model that picks 
 RerankWeightOpt = Annotated[float | None, typer.Option(min=0.0, help="Weight of the alignment score against "
                                                                       "the log-probability when re-ranking "
                                                                       "(default: the caption model's).")]
+LengthNormOpt = Annotated[float | None, typer.Option(min=0.0, help="Rank sentences by logprob / (words+1)^this "
+                                                                   "(default: the caption model's; 0: the plain "
+                                                                   "log-probability).")]
 
 
 def caption_cmd(
@@ -29,7 +32,7 @@ def caption_cmd(
     model: Annotated[str | None, typer.Option(help="Caption model file or name (default: caption-ensemble; "
                                                    "caption-regions with --regions).")] = None,
     max_len: Annotated[int | None, typer.Option(min=1, help="Most words per caption (default: the model's).")] = None,
-    length_norm: Annotated[float, typer.Option(min=0.0, help="Rank by logprob / (words+1)^this.")] = 0.0,
+    length_norm: LengthNormOpt = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     regions: Annotated[bool, typer.Option("--regions", help="Dense captions: one per region, with its box.")] = False,

@@ -24,7 +24,7 @@ from ..train.querybank_tune import SIZES as QB_SIZES
 from ..train.querybank_tune import WEIGHTS as QB_WEIGHTS
 from ..train.querybank_tune import tune_querybank
 from .align import BetaOpt, ModelOpt
-from .caption import RerankOpt, RerankWeightOpt
+from .caption import LengthNormOpt, RerankOpt, RerankWeightOpt
 from .common import CaptionsOpt, DatasetOpt, RootOpt, err, load_dataset_opts, new_app, out, print_json, progress, stages
 
 SplitOpt = Annotated[str, typer.Option(help="train | dev | test | all (a data set without splits, e.g. COCO: all)")]
@@ -104,7 +104,7 @@ def eval_caption_cmd(
     model: Annotated[str, typer.Option(help="Caption model file or name.")] = paths.CAPTION_MODEL,
     features: Annotated[Path | None, typer.Option(help="Feature store with the test (and training) photos; "
                                                        "default: extract them once into the cache.")] = None,
-    length_norm: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    length_norm: LengthNormOpt = None,
     split: SplitOpt = "test",
     dataset: DatasetOpt = "flickr8k",
     root: RootOpt = None,
@@ -139,6 +139,8 @@ def rerank_weight_cmd(
     model: Annotated[str, typer.Option(help="Caption model file or name.")] = paths.CAPTION_MODEL,
     weights: Annotated[str, typer.Option(help="Comma-separated weights to try.")] =
         ",".join(f"{w:g}" for w in RERANK_GRID),
+    length_norms: Annotated[str, typer.Option(help="Comma-separated length normalisations to try with each "
+                                                   "weight (sentences ranked by logprob / (words+1)^this).")] = "0",
     split: Annotated[str, typer.Option(help="dev (never test).")] = "dev",
     beam: Annotated[int, typer.Option(min=1, help="Beam size.")] = DEFAULT_BEAM,
     dataset: DatasetOpt = "flickr8k",
@@ -149,26 +151,24 @@ def rerank_weight_cmd(
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Choose the re-ranking weight on dev: BLEU-4, CIDEr and distinct captions of each weight on the same
-    finished beams, and the weight with the best BLEU-4 (what `vsa train caption-ensemble --rerank-weight`
-    takes)."""
-    try:
-        grid = tuple(float(x) for x in weights.split(",") if x.strip())
-    except ValueError:
-        raise UsageError(f"--weights {weights!r}: expected comma-separated numbers, e.g. 0,10,20") from None
+    """Choose the re-ranking weight (and length normalisation) on dev: BLEU-4, CIDEr and distinct captions
+    of each pair on the same finished beams, and the pair with the best BLEU-4 (what `vsa train
+    caption-ensemble --rerank-weight --length-norm` takes)."""
+    grid, norms = _numbers(weights, "--weights"), _numbers(length_norms, "--length-norms")
     with progress(f"captioning {split} photos", None) as advance:
         weight, res = tune_rerank_weight(paths.find_model(model), features, split, grid, beam=beam, device=device,
                                          dataset=load_dataset_opts(dataset, root, captions), rerank_with=rerank,
-                                         on_progress=advance, rerank_features=rerank_features)
+                                         on_progress=advance, rerank_features=rerank_features, length_norms=norms)
     if json_out:
-        print_json({**res, "rows": {f"{w:g}": r for w, r in res["rows"].items()}, "weight": weight})
+        print_json({**res, "weight": weight})
         return
     out.print(f"{res['model']} re-ranked by {res['rerank']}: {res['photos']} {res['split']} photos of "
               f"{res['dataset']}, beam {res['beam']}", markup=False)
-    out.print(f"{'weight':>8s}{'BLEU-4':>8s}{'CIDEr':>8s}{'distinct':>10s}")
-    for w, r in res["rows"].items():
-        out.print(f"{w:8g}{r['BLEU-4']:8.1f}{r['CIDEr']:8.1f}{r['distinct captions']:10d}")
-    out.print(f"weight {weight:g} ({res['rule']})")
+    out.print(f"{'length norm':>12s}{'weight':>8s}{'BLEU-4':>8s}{'CIDEr':>8s}{'distinct':>10s}")
+    for r in res["rows"]:
+        out.print(f"{r['length_norm']:12g}{r['weight']:8g}{r['BLEU-4']:8.1f}{r['CIDEr']:8.1f}"
+                  f"{r['distinct captions']:10d}")
+    out.print(f"weight {weight:g}, length normalisation {res['length_norm']:g} ({res['rule']})")
 
 
 def _numbers(text: str, opt: str) -> tuple[float, ...]:

@@ -234,12 +234,14 @@ def caption_ensemble_cmd(
     out_path: Annotated[Path, typer.Option("--out", help="Model file to write (atomically).")],
     rerank_weight: Annotated[float | None, typer.Option(min=0.0, help="The re-ranking weight this model asks for "
                                                                       "(choose it on dev).")] = None,
+    length_norm: Annotated[float | None, typer.Option(min=0.0, help="The length normalisation it ranks sentences "
+                                                                    "by (chosen on dev with the weight).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """One caption model whose word distribution at each step is the mean of its members' (float16 file)."""
     from ..train.ensemble import write_caption_ensemble
 
-    summary = write_caption_ensemble(member, out_path, rerank_weight)
+    summary = write_caption_ensemble(member, out_path, rerank_weight, length_norm)
     if json_out:
         print_json(summary)
         return

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..captioning.rerank import alignment_scores, best_candidate, default_weight, load_reranker
+from ..captioning.rerank import alignment_scores, best_candidate, default_length_norm, default_weight, load_reranker
 from ..core import paths
 from ..core.config import DEFAULT_BEAM
 from ..core.device import pick_device
@@ -24,7 +24,7 @@ from .metrics import caption_metrics, nearest_neighbour, paper_results
 
 
 def evaluate_captions(model: str | Path, features: str | Path | None = None, beam: int = DEFAULT_BEAM,
-                      length_norm: float = 0.0, device: str | None = None, root: Path | None = None,
+                      length_norm: float | None = None, device: str | None = None, root: Path | None = None,
                       meteor: bool = True, on_extract: Callable[[int], None] | None = None,
                       on_progress: Callable[[int], None] | None = None, dataset: Dataset | None = None,
                       split: str = "test", rerank_with: str | Path | None = None,
@@ -46,6 +46,7 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
     loaded = load_caption(model, device=pick_device(device))
     align = load_reranker(None if rerank_with is None else str(rerank_with), loaded, pick_device(device))
     rerank_weight = default_weight(loaded) if rerank_weight is None else rerank_weight
+    length_norm = default_length_norm(loaded) if length_norm is None else length_norm
     ds = dataset if dataset is not None else load_flickr8k(root)
     test = ds.present(split)
     test_ids = {r.image_id for r in test}
@@ -113,12 +114,14 @@ def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "de
                        weights: tuple[float, ...] = RERANK_GRID, beam: int = DEFAULT_BEAM, device: str | None = None,
                        dataset: Dataset | None = None, rerank_with: str | Path | None = None,
                        on_progress: Callable[[int], None] | None = None,
-                       rerank_features: str | Path | None = None) -> tuple[float, dict[str, Any]]:
-    """The re-ranking weight (captioning/rerank.py) with the best BLEU-4 on the `split` photos of `dataset`
-    (default: Flickr8k dev; never test) in the store `features`; ties go to the smaller weight. One beam
-    search: every weight re-ranks the same finished beams; a re-ranker of a fine-tuned CNN top's features reads
-    them from `rerank_features` (see reranker_features). Returns (weight, {"rows": {weight: BLEU-4, CIDEr,
-    distinct captions}, ...})."""
+                       rerank_features: str | Path | None = None,
+                       length_norms: tuple[float, ...] = (0.0,)) -> tuple[float, dict[str, Any]]:
+    """The re-ranking weight and length normalisation (captioning/rerank.py) with the best BLEU-4 on the
+    `split` photos of `dataset` (default: Flickr8k dev; never test) in the store `features`; ties go to the
+    smaller weight, then the smaller normalisation. One beam search: every pair re-ranks the same finished
+    beams; a re-ranker of a fine-tuned CNN top's features reads them from `rerank_features` (see
+    reranker_features). Returns (weight, {"rows": [{length_norm, weight, BLEU-4, CIDEr, distinct
+    captions}], "length_norm": the chosen one, ...})."""
     if split == "test":
         raise UsageError("choose the re-ranking weight on dev (or train), never on test")
     loaded = load_caption(model, device=pick_device(device))
@@ -138,17 +141,21 @@ def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "de
     texts = [[" ".join(loaded.vocab.decode(c.tokens)) for c in cs] for cs in cands]
     fit = [alignment_scores(align, f, t) for f, t in zip(got, texts)]  # S' once per photo and candidate
     refs = {r.image_id: list(r.sentences) for r in recs}
-    rows = {}
-    for w in weights:
-        pick = {r.image_id: t[int(np.argmax([c.logprob + w * float(s) for c, s in zip(cs, f)]))]
-                for r, cs, t, f in zip(recs, cands, texts, fit)}
-        m = caption_metrics(refs, pick, meteor=False, reps=0)
-        rows[w] = {"BLEU-4": m["BLEU-4"], "CIDEr": m["CIDEr"], "distinct captions": len(set(pick.values()))}
-    best_w = max(sorted(rows), key=lambda w: (round(rows[w]["BLEU-4"], 6), -w))
+    rows = []
+    for a in length_norms:
+        for w in weights:  # what best_candidate picks, the beams ranked with length_norm a
+            pick = {r.image_id: t[int(np.argmax([c.logprob / (len(c.tokens) + 1) ** a + w * float(s)
+                                                 for c, s in zip(cs, f)]))]
+                    for r, cs, t, f in zip(recs, cands, texts, fit)}
+            m = caption_metrics(refs, pick, meteor=False, reps=0)
+            rows.append({"length_norm": a, "weight": w, "BLEU-4": m["BLEU-4"], "CIDEr": m["CIDEr"],
+                         "distinct captions": len(set(pick.values()))})
+    best = max(rows, key=lambda r: (round(r["BLEU-4"], 6), -r["weight"], -r["length_norm"]))
     where = top_store(align, rerank_features)
-    return best_w, {"model": str(loaded.path), "rerank": str(align.path), "dataset": ds.name, "split": split,
-                    "photos": len(recs), "beam": beam, "rows": rows, "rule": f"the best {split} BLEU-4",
-                    **({"rerank_features": str(where)} if where is not None else {})}
+    return best["weight"], {"model": str(loaded.path), "rerank": str(align.path), "dataset": ds.name,
+                            "split": split, "photos": len(recs), "beam": beam, "rows": rows,
+                            "length_norm": best["length_norm"], "rule": f"the best {split} BLEU-4",
+                            **({"rerank_features": str(where)} if where is not None else {})}
 
 
 def top_store(align: Any, rerank_features: str | Path | None) -> Path | None:

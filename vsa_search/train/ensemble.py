@@ -26,13 +26,15 @@ def write_align_ensemble(base: str | Path, members: list[str | Path], out: str |
     return {"model": str(out), "global_members": model.cfg.global_members, "out_dim": model.out_dim}
 
 
-def write_caption_ensemble(members: list[str | Path], out: str | Path,
-                           rerank_weight: float | None = None) -> dict[str, Any]:
+def write_caption_ensemble(members: list[str | Path], out: str | Path, rerank_weight: float | None = None,
+                           length_norm: float | None = None) -> dict[str, Any]:
     """Caption generators decoding together (mean of their word distributions), written to `out` as
-    float16; `rerank_weight` is the re-ranking weight the file asks for (captioning/rerank.py)."""
+    float16; `rerank_weight` and `length_norm` are the re-ranking weight and length normalisation the file
+    asks for (captioning/rerank.py)."""
     parts = [load_caption(paths.find_model(str(m))) for m in members]
     model = ensemble_captioners(parts)
-    metrics = {"ensemble": [str(m.path) for m in parts], "parts": _parts(parts),
-               **({"rerank_weight": rerank_weight} if rerank_weight is not None else {})}
+    asks = {k: v for k, v in {"rerank_weight": rerank_weight, "length_norm": length_norm}.items() if v is not None}
+    metrics = {"ensemble": [str(m.path) for m in parts], "parts": _parts(parts), **asks}
     save_caption(model, parts[0].vocab, parts[0].region_config, out, metrics=metrics, half=True)
-    return {"model": str(out), "members": len(parts), "rerank_weight": rerank_weight}
+    return {"model": str(out), "members": len(parts), "rerank_weight": rerank_weight,
+            **({"length_norm": length_norm} if length_norm is not None else {})}
