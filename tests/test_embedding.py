@@ -125,7 +125,7 @@ def test_old_config_without_new_fields_loads_with_paper_defaults():
 
 def test_ensemble_score_is_base_plus_each_global_member(tmp_path):
     from vsa_search.core.config import REGION_PRESETS
-    from vsa_search.core.errors import ModelError
+    from vsa_search.core.errors import ModelError, UsageError
     from vsa_search.data.vocab import Vocab
     from vsa_search.models.alignment import ensemble_align, load_align, save_align
 
@@ -155,5 +155,18 @@ def test_ensemble_score_is_base_plus_each_global_member(tmp_path):
     # Saved and loaded, it is still the same model (the config says how many members).
     again = load_align(save_align(ens, vocab, REGION_PRESETS["tiny"], tmp_path / "ens.pt"))
     assert torch.allclose(again.model(feats, mask, ids, lengths), want, atol=1e-5)
+    # Taken apart again (vsa train ensemble-part), each part scores as the model it was made of.
+    from vsa_search.models.alignment import ensemble_parts
+    from vsa_search.train.ensemble import write_align_part
+
+    for k, (got, m) in enumerate(zip(ensemble_parts(again), (base, *members), strict=True)):
+        assert torch.allclose(got(feats, mask, ids, lengths), m.model(feats, mask, ids, lengths), atol=1e-5)
+        part = load_align(write_align_part(tmp_path / "ens.pt", k, tmp_path / f"part{k}.pt")["model"])
+        assert part.config.arch == m.config.arch  # float16 in the file
+        assert torch.allclose(part.model(feats, mask, ids, lengths), m.model(feats, mask, ids, lengths), atol=2e-2)
+    with pytest.raises(UsageError, match="parts 0"):
+        write_align_part(tmp_path / "ens.pt", 3, tmp_path / "x.pt")
+    with pytest.raises(ModelError, match="not an ensemble"):
+        ensemble_parts(base)
     with pytest.raises(ModelError):
         ensemble_align(members[0], [base])

@@ -166,6 +166,12 @@ def test_cli_ensemble_adds_global_members(tiny_features: Path, tmp_path: Path, v
     r = runner.invoke(app, ["train", "ensemble", "--base", str(glob), "--member", str(hyb),
                             "--out", str(tmp_path / "bad.pt")])
     assert r.exit_code != 0 and "hybrid" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["train", "ensemble-part", "--model", str(tmp_path / "e.pt"), "--part", "2",
+                            "--out", str(tmp_path / "p2.pt"), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["arch"] == "global", r.output
+    r = runner.invoke(app, ["train", "ensemble-part", "--model", str(glob), "--part", "0",
+                            "--out", str(tmp_path / "x")], prog_name="vsa")
+    assert r.exit_code == 1 and "not an ensemble" in r.stderr and r.stderr.count("\n") == 1, r.output
 
 
 def test_cli_text_pretraining_options_reach_the_config(tiny_features: Path, tmp_path: Path) -> None:

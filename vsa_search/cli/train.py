@@ -201,6 +201,23 @@ def ensemble_cmd(
     out.print(f"{out_path}: {base} + {len(member)} global members ({summary['out_dim']}-d vectors)")
 
 
+@app.command("ensemble-part")
+def ensemble_part_cmd(
+    model: Annotated[str, typer.Option(help="An alignment ensemble (vsa train ensemble), file or name.")],
+    part: Annotated[int, typer.Option(min=0, help="0: its hybrid model; k: its k-th global member.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Model file to write (atomically).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """One part of an ensemble as a model of its own (float16, with its CNN top, without the querybank)."""
+    from ..train.ensemble import write_align_part
+
+    summary = write_align_part(model, part, out_path)
+    if json_out:
+        print_json(summary)
+        return
+    out.print(f"{out_path}: part {part} ({summary['arch']}) of {summary['from']}")
+
+
 @app.command("querybank")
 def querybank_cmd(
     model: Annotated[str, typer.Option(help="Alignment model file or name.")],

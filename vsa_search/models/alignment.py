@@ -264,6 +264,22 @@ def ensemble_align(base: LoadedAlign, members: list[LoadedAlign]) -> AlignModel:
     return model.eval()
 
 
+def ensemble_parts(ens: LoadedAlign) -> list[AlignModel | GlobalModel]:
+    """ensemble_align undone: an ensemble's hybrid model (its own global term kept) and each extra global
+    model, as models of their own (the hybrid's and members' scores sum to the ensemble's, member_scores)."""
+    if ens.config.arch != "hybrid" or ens.config.global_members < 2:
+        raise ModelError(f"{ens.path}: not an ensemble (a hybrid model with global members; vsa train ensemble)")
+    hybrid = AlignModel(dataclasses.replace(ens.config, global_members=1), len(ens.vocab))
+    got = hybrid.load_state_dict(ens.model.state_dict(), strict=False)
+    assert not got.missing_keys and all(k.startswith("glob_extra.") for k in got.unexpected_keys)
+    parts: list[AlignModel | GlobalModel] = [hybrid.eval()]
+    for g in ens.model.glob_extra:
+        m = GlobalModel(dataclasses.replace(ens.config, arch="global", global_members=1), len(ens.vocab))
+        m.load_state_dict(g.state_dict())
+        parts.append(m.eval())
+    return parts
+
+
 def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for k in sorted(state_dict):

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core import paths
-from ..models.alignment import ensemble_align, load_align, save_align
+from ..core.errors import UsageError
+from ..models.alignment import ensemble_align, ensemble_parts, load_align, save_align
 from ..models.captioner import ensemble_captioners, load_caption, save_caption
 
 
@@ -24,6 +25,19 @@ def write_align_ensemble(base: str | Path, members: list[str | Path], out: str |
                "parts": _parts([loaded, *parts])}
     save_align(model, loaded.vocab, loaded.region_config, out, metrics=metrics, top=loaded.top)  # members share it
     return {"model": str(out), "global_members": model.cfg.global_members, "out_dim": model.out_dim}
+
+
+def write_align_part(model: str | Path, part: int, out: str | Path) -> dict[str, Any]:
+    """One part of an alignment ensemble as a model of its own, written to `out` (float16, its CNN top, no
+    querybank): part 0 is the hybrid model, part k the k-th extra global model (e.g. the global baseline
+    that `vsa eval recall` compares with, on the same features)."""
+    loaded = load_align(paths.find_model(str(model)))
+    parts = ensemble_parts(loaded)
+    if not 0 <= part < len(parts):
+        raise UsageError(f"{loaded.path}: has parts 0 (the hybrid model) to {len(parts) - 1}, not {part}")
+    metrics = {"part_of": str(loaded.path), "part": part, "parts": _parts([loaded])}
+    save_align(parts[part], loaded.vocab, loaded.region_config, out, metrics=metrics, half=True, top=loaded.top)
+    return {"model": str(out), "from": str(loaded.path), "part": part, "arch": parts[part].cfg.arch}
 
 
 def write_caption_ensemble(members: list[str | Path], out: str | Path, rerank_weight: float | None = None,
