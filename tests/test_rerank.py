@@ -136,3 +136,14 @@ def test_a_caption_file_names_its_own_length_normalisation(models, flickr_root: 
     said = caption_photos([path], cap, beam=4, encoder=tiny_region_encoder, rerank_with=load_align(models[1]),
                           length_norm=0.5)
     assert by_default[0].caption == said[0].caption
+
+
+def test_the_choice_on_dev_is_the_best_cider_among_level_bleu() -> None:
+    from vsa_search.evaluation.captions import pick_rerank
+
+    rows = [{"length_norm": 0.0, "weight": 5.0, "BLEU-4": 20.56, "CIDEr": 47.9},
+            {"length_norm": 0.5, "weight": 1.5, "BLEU-4": 20.52, "CIDEr": 49.1},
+            {"length_norm": 0.5, "weight": 2.5, "BLEU-4": 20.11, "CIDEr": 49.2},  # more CIDEr, but BLEU-4 fell
+            {"length_norm": 0.0, "weight": 10.0, "BLEU-4": 20.50, "CIDEr": 49.1}]  # level with the second
+    assert pick_rerank(rows) is rows[1]
+    assert pick_rerank(rows[:1]) is rows[0]

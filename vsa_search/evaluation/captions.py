@@ -108,6 +108,7 @@ def evaluate_captions(model: str | Path, features: str | Path | None = None, bea
 
 
 RERANK_GRID = (0.0, 2.0, 5.0, 10.0, 20.0, 40.0)
+BLEU_TIE = 0.1  # BLEU-4 points within which two re-rankings of 1,000 photos count as level (then CIDEr decides)
 
 
 def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "dev",
@@ -116,9 +117,10 @@ def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "de
                        on_progress: Callable[[int], None] | None = None,
                        rerank_features: str | Path | None = None,
                        length_norms: tuple[float, ...] = (0.0,)) -> tuple[float, dict[str, Any]]:
-    """The re-ranking weight and length normalisation (captioning/rerank.py) with the best BLEU-4 on the
-    `split` photos of `dataset` (default: Flickr8k dev; never test) in the store `features`; ties go to the
-    smaller weight, then the smaller normalisation. One beam search: every pair re-ranks the same finished
+    """The re-ranking weight and length normalisation (captioning/rerank.py) chosen on the `split` photos of
+    `dataset` (default: Flickr8k dev; never test) in the store `features`: of the pairs whose BLEU-4 is within
+    BLEU_TIE of the best, the one with the best CIDEr (ties: the smaller weight, then the smaller
+    normalisation). One beam search: every pair re-ranks the same finished
     beams; a re-ranker of a fine-tuned CNN top's features reads them from `rerank_features` (see
     reranker_features). Returns (weight, {"rows": [{length_norm, weight, BLEU-4, CIDEr, distinct
     captions}], "length_norm": the chosen one, ...})."""
@@ -150,12 +152,20 @@ def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "de
             m = caption_metrics(refs, pick, meteor=False, reps=0)
             rows.append({"length_norm": a, "weight": w, "BLEU-4": m["BLEU-4"], "CIDEr": m["CIDEr"],
                          "distinct captions": len(set(pick.values()))})
-    best = max(rows, key=lambda r: (round(r["BLEU-4"], 6), -r["weight"], -r["length_norm"]))
+    best = pick_rerank(rows)
     where = top_store(align, rerank_features)
     return best["weight"], {"model": str(loaded.path), "rerank": str(align.path), "dataset": ds.name,
                             "split": split, "photos": len(recs), "beam": beam, "rows": rows,
-                            "length_norm": best["length_norm"], "rule": f"the best {split} BLEU-4",
+                            "length_norm": best["length_norm"],
+                            "rule": f"the best {split} CIDEr within {BLEU_TIE} of the best {split} BLEU-4",
                             **({"rerank_features": str(where)} if where is not None else {})}
+
+
+def pick_rerank(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of re-ranking rows (length_norm, weight, BLEU-4, CIDEr), those within BLEU_TIE of the best BLEU-4
+    are level; of them the best CIDEr wins (ties: the smaller weight, then the smaller normalisation)."""
+    level = [r for r in rows if r["BLEU-4"] >= max(r["BLEU-4"] for r in rows) - BLEU_TIE]
+    return max(level, key=lambda r: (round(r["CIDEr"], 6), -r["weight"], -r["length_norm"]))
 
 
 def top_store(align: Any, rerank_features: str | Path | None) -> Path | None:
