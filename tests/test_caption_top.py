@@ -164,6 +164,8 @@ def test_eval_rerank_weight_too(models, stores, tmp_path: Path) -> None:
                                 rerank_with=models["align"], rerank_features=stores["tuned"],
                                 dataset=stores["dataset"])
     assert res["photos"] == 3 and res["rerank_features"] == str(stores["tuned"]) and w in (0.0, WEIGHT)
+    assert [(r["length_norm"], r["weight"]) for r in res["rows"]] == [(0.0, 0.0), (0.0, WEIGHT)]
+    assert all(r["words"] > 0 and "METEOR" not in r for r in res["rows"])
     r = CliRunner().invoke(app, ["eval", "rerank-weight", "--features", str(stores["imagenet"]), "--model",
                                  str(models["cap"]), "--rerank", str(models["align"]), "--rerank-features",
                                  str(tmp_path / "nothing"), "--root", str(stores["root"])],

@@ -141,6 +141,7 @@ def rerank_weight_cmd(
         ",".join(f"{w:g}" for w in RERANK_GRID),
     length_norms: Annotated[str, typer.Option(help="Comma-separated length normalisations to try with each "
                                                    "weight (sentences ranked by logprob / (words+1)^this).")] = "0",
+    meteor: Annotated[bool, typer.Option("--meteor", help="METEOR of every pair too (slower).")] = False,
     split: Annotated[str, typer.Option(help="dev (never test).")] = "dev",
     beam: Annotated[int, typer.Option(min=1, help="Beam size.")] = DEFAULT_BEAM,
     dataset: DatasetOpt = "flickr8k",
@@ -158,16 +159,19 @@ def rerank_weight_cmd(
     with progress(f"captioning {split} photos", None) as advance:
         weight, res = tune_rerank_weight(paths.find_model(model), features, split, grid, beam=beam, device=device,
                                          dataset=load_dataset_opts(dataset, root, captions), rerank_with=rerank,
-                                         on_progress=advance, rerank_features=rerank_features, length_norms=norms)
+                                         on_progress=advance, rerank_features=rerank_features, length_norms=norms,
+                                         meteor=meteor)
     if json_out:
         print_json({**res, "weight": weight})
         return
     out.print(f"{res['model']} re-ranked by {res['rerank']}: {res['photos']} {res['split']} photos of "
               f"{res['dataset']}, beam {res['beam']}", markup=False)
-    out.print(f"{'length norm':>12s}{'weight':>8s}{'BLEU-4':>8s}{'CIDEr':>8s}{'distinct':>10s}")
+    out.print(f"{'length norm':>12s}{'weight':>8s}{'BLEU-4':>8s}{'METEOR':>8s}{'CIDEr':>8s}{'distinct':>10s}"
+              f"{'words':>7s}")
     for r in res["rows"]:
-        out.print(f"{r['length_norm']:12g}{r['weight']:8g}{r['BLEU-4']:8.1f}{r['CIDEr']:8.1f}"
-                  f"{r['distinct captions']:10d}")
+        m = f"{r['METEOR']:8.1f}" if r.get("METEOR") is not None else f"{'-':>8s}"
+        out.print(f"{r['length_norm']:12g}{r['weight']:8g}{r['BLEU-4']:8.1f}{m}{r['CIDEr']:8.1f}"
+                  f"{r['distinct captions']:10d}{r['words']:7.2f}")
     out.print(f"weight {weight:g}, length normalisation {res['length_norm']:g} ({res['rule']})")
 
 

@@ -116,14 +116,14 @@ def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "de
                        dataset: Dataset | None = None, rerank_with: str | Path | None = None,
                        on_progress: Callable[[int], None] | None = None,
                        rerank_features: str | Path | None = None,
-                       length_norms: tuple[float, ...] = (0.0,)) -> tuple[float, dict[str, Any]]:
+                       length_norms: tuple[float, ...] = (0.0,), meteor: bool = False) -> tuple[float, dict[str, Any]]:
     """The re-ranking weight and length normalisation (captioning/rerank.py) chosen on the `split` photos of
     `dataset` (default: Flickr8k dev; never test) in the store `features`: of the pairs whose BLEU-4 is within
     BLEU_TIE of the best, the one with the best CIDEr (ties: the smaller weight, then the smaller
     normalisation). One beam search: every pair re-ranks the same finished
     beams; a re-ranker of a fine-tuned CNN top's features reads them from `rerank_features` (see
-    reranker_features). Returns (weight, {"rows": [{length_norm, weight, BLEU-4, CIDEr, distinct
-    captions}], "length_norm": the chosen one, ...})."""
+    reranker_features). Returns (weight, {"rows": [{length_norm, weight, BLEU-4, CIDEr, distinct captions,
+    words a caption, and METEOR if `meteor`}], "length_norm": the chosen one, ...})."""
     if split == "test":
         raise UsageError("choose the re-ranking weight on dev (or train), never on test")
     loaded = load_caption(model, device=pick_device(device))
@@ -149,9 +149,10 @@ def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "de
             pick = {r.image_id: t[int(np.argmax([c.logprob / (len(c.tokens) + 1) ** a + w * float(s)
                                                  for c, s in zip(cs, f)]))]
                     for r, cs, t, f in zip(recs, cands, texts, fit)}
-            m = caption_metrics(refs, pick, meteor=False, reps=0)
+            m = caption_metrics(refs, pick, meteor=meteor, reps=0)
             rows.append({"length_norm": a, "weight": w, "BLEU-4": m["BLEU-4"], "CIDEr": m["CIDEr"],
-                         "distinct captions": len(set(pick.values()))})
+                         **({"METEOR": m["METEOR"]} if meteor else {}), "distinct captions": len(set(pick.values())),
+                         "words": float(np.mean([len(t.split()) for t in pick.values()]))})
     best = pick_rerank(rows)
     where = top_store(align, rerank_features)
     return best["weight"], {"model": str(loaded.path), "rerank": str(align.path), "dataset": ds.name,
