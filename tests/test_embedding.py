@@ -152,6 +152,17 @@ def test_ensemble_score_is_base_plus_each_global_member(tmp_path):
     assert len(parts) == 3
     for got, m in zip(parts, (base, *members)):
         assert torch.allclose(got, m.model(feats, mask, ids, lengths), atol=1e-5)
+    # The loss an ensemble trains on: of its summed score, or each member's own, summed.
+    from vsa_search.models.alignment import model_loss, ranking_loss
+
+    f3, m3, i3, l3 = feats[:2], mask[:2], ids, lengths  # 2 photos, 2 sentences: a batch of true pairs
+    whole = model_loss(ens, f3, m3, i3, l3, 0.2)
+    assert torch.allclose(whole, ranking_loss(ens(f3, m3, i3, l3), 0.2))
+    ens.cfg = dataclasses.replace(ens.cfg, ensemble_loss="members")
+    each = model_loss(ens, f3, m3, i3, l3, 0.2)
+    assert torch.allclose(each, sum(ranking_loss(m.model(f3, m3, i3, l3), 0.2) for m in (base, *members)))
+    assert not torch.allclose(each, whole)
+    ens.cfg = dataclasses.replace(ens.cfg, ensemble_loss="whole")
     # Saved and loaded, it is still the same model (the config says how many members).
     again = load_align(save_align(ens, vocab, REGION_PRESETS["tiny"], tmp_path / "ens.pt"))
     assert torch.allclose(again.model(feats, mask, ids, lengths), want, atol=1e-5)

@@ -150,6 +150,17 @@ def build_model(cfg: EmbedConfig, vocab_size: int) -> AlignModel | GlobalModel:
     return (GlobalModel if cfg.arch == "global" else AlignModel)(cfg, vocab_size)
 
 
+def model_loss(model: nn.Module, feats: torch.Tensor, region_mask: torch.Tensor, ids: torch.Tensor,
+               lengths: torch.Tensor, margin: float, hardest: bool = False) -> torch.Tensor:
+    """A batch's ranking loss under the model's config: of its score, or, for an ensemble trained with
+    ensemble_loss "members", the sum of each member's own (member_scores)."""
+    cfg = model.cfg
+    if cfg.ensemble_loss == "members" and cfg.arch == "hybrid" and cfg.global_members > 1:
+        parts = model.member_scores(feats, region_mask, ids, lengths)
+        return sum(ranking_loss(p.float(), margin, hardest) for p in parts)  # type: ignore[return-value]
+    return ranking_loss(model(feats, region_mask, ids, lengths).float(), margin, hardest)
+
+
 def ranking_loss(scores: torch.Tensor, margin: float = 1.0, hardest: bool = False) -> torch.Tensor:
     """Bidirectional max-margin ranking loss over a batch whose diagonal holds the true pairs
     (paper Eq. 3):  Σ_k [ Σ_l max(0, S_kl - S_kk + m) + Σ_l max(0, S_lk - S_kk + m) ].

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..core.errors import UsageError
-from ..models.alignment import hinge_loss, ranking_loss
+from ..models.alignment import hinge_loss, model_loss
 from ..models.score import score, word_mask
 
 _owned = False  # True when init() created the process group (so cleanup() must destroy it)
@@ -198,8 +198,8 @@ class OneProcess:
         """The batch's ranking loss (not divided by its size): photos `img`, their sentences `sent`
         (indices into `data`: feats, region_mask, ids, lengths on the model's device)."""
         t_max = int(data.lengths[sent].max())
-        scores = self.model(data.feats[img], data.region_mask[img], data.ids[sent, :t_max], data.lengths[sent])
-        return ranking_loss(scores.float(), margin, hardest=hardest)  # (B, B) scores
+        return model_loss(self.model, data.feats[img], data.region_mask[img], data.ids[sent, :t_max],
+                          data.lengths[sent], margin, hardest)
 
     def batch_generator(self) -> torch.Generator | None:
         return None  # the global generator, which the epoch seeded
@@ -217,6 +217,8 @@ class Ranks(OneProcess):
 
     def __init__(self, model: nn.Module, device: torch.device):
         super().__init__(model)
+        if getattr(model, "cfg", None) is not None and model.cfg.ensemble_loss == "members":
+            raise UsageError("an ensemble trained on each member's own loss trains in one process (not torchrun)")
         self.world, self.rank = world_size(), rank()
         self.encoders = wrap(model, device)
 

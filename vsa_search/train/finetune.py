@@ -22,7 +22,7 @@ from ..data.datasets import load_flickr8k
 from ..data.vocab import UNK, Vocab, build_vocab, pad_ids
 from ..evaluation.recall import RetrievalData
 from ..models import checkpoint
-from ..models.alignment import build_model, load_align, ranking_loss, save_align
+from ..models.alignment import build_model, load_align, model_loss, save_align
 from ..vision.features import FeatureStore
 from ..vision.trunk import CNNTop, MapStore, top_weights, tuned_top
 from .common import (
@@ -72,13 +72,9 @@ class TopAlign(nn.Module):
 
     def loss(self, maps: torch.Tensor, boxes: list[torch.Tensor], ids: torch.Tensor, lengths: torch.Tensor
              ) -> torch.Tensor:
-        """The batch's ranking loss (not divided by its size): of the summed score, or with
-        cfg.ensemble_loss "members" the sum of each ensemble member's own."""
-        if self.cfg.ensemble_loss == "members" and self.cfg.arch == "hybrid" and self.cfg.global_members > 1:
-            feats, mask = self.features(maps, boxes)
-            parts = self.align.member_scores(feats, mask, ids, lengths)
-            return sum(ranking_loss(sc.float(), self.cfg.margin) for sc in parts)
-        return ranking_loss(self(maps, boxes, ids, lengths).float(), self.cfg.margin)
+        """The batch's ranking loss (not divided by its size), as alignment.model_loss has it."""
+        feats, mask = self.features(maps, boxes)
+        return model_loss(self.align, feats, mask, ids, lengths, self.cfg.margin)
 
 
 def save_top_align(model: TopAlign, vocab: Vocab, region_cfg: RegionConfig, path: str | Path,
