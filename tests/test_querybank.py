@@ -169,3 +169,19 @@ def test_eval_recall_shows_the_model_with_and_without_it(banked: Path, tmp_path:
     assert rows[0]["name"] == "this model: banked.pt" and rows[0]["querybank"]["photos"] == 3
     assert rows[1]["name"] == "this model: banked.pt, without querybank normalisation"
     assert "querybank" not in rows[1]
+
+
+@torch.no_grad()
+def test_the_bank_sentences_are_encoded_a_chunk_at_a_time(banked_hybrid: Path, monkeypatch) -> None:
+    """A bank of thousands of sentences is encoded a few at a time: all at once, padded to the longest,
+    2,000 sentences took 0.4 GB at the first photo of an index build. The words come out the same."""
+    m = load_align(banked_hybrid)
+    whole = m.querybank.flat_words(m.model, "cpu", chunk=len(BANK_SENTENCES))
+    sizes: list[int] = []
+    real = m.model.encode_words
+    monkeypatch.setattr(m.model, "encode_words", lambda ids, lengths: sizes.append(len(ids)) or real(ids, lengths))
+    m.querybank._cache.clear()
+    parts = m.querybank.flat_words(m.model, "cpu", chunk=3)
+    assert sizes == [3, 1]
+    assert torch.equal(parts[1], whole[1]) and parts[2] == whole[2] == len(BANK_SENTENCES)
+    assert torch.allclose(parts[0], whole[0], atol=1e-6)

@@ -37,15 +37,22 @@ class QueryBank:
     # against them. Keyed by the device as given, so that "cuda" does not miss a tensor on "cuda:0".
     _cache: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
 
-    def flat_words(self, model: torch.nn.Module, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def flat_words(self, model: torch.nn.Module, device: torch.device | str,
+                   chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(W, h) vectors of the bank's real words (no padding), (W,) the sentence of each, and the
-        number of sentences."""
+        number of sentences; encoded `chunk` sentences at a time (all at once, padded, 2,000 bank
+        sentences took 0.4 GB)."""
         key = ("words", str(device))
         if key not in self._cache:
-            lengths = self.sent_lengths.to(device)
-            s = model.encode_words(self.sent_ids.to(device), lengths)
-            words, sent = flat_words(s, word_mask(lengths, s.shape[1]))
-            self._cache[key] = (words.contiguous(), sent, len(s))
+            words, sent = [], []
+            for a in range(0, len(self.sent_ids), chunk):  # padded (chunk, T, h) at a time: memory
+                lengths = self.sent_lengths[a : a + chunk].to(device)
+                ids = self.sent_ids[a : a + chunk, : int(lengths.max())].to(device)
+                s = model.encode_words(ids, lengths)
+                w, t = flat_words(s, word_mask(lengths, s.shape[1]))
+                words.append(w)
+                sent.append(t + a)
+            self._cache[key] = (torch.cat(words).contiguous(), torch.cat(sent), len(self.sent_ids))
         return self._cache[key]
 
     def split_words(self, model: torch.nn.Module, device: torch.device | str,
