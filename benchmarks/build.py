@@ -99,6 +99,12 @@ def child(photo_dir: Path, model_path: Path, batch: int) -> dict[str, Any]:
     cfg = model.region_config
     top = getattr(model, "top", None)  # a fine-tuned CNN top runs beside ImageNet's, as the build runs it
     enc = regions.RegionEncoder(cfg, "cpu", **({"top": top} if top else {}))
+    bank = getattr(model, "querybank", None)
+    if bank is not None and hasattr(bank, "split_words"):
+        # The bank's sentences are encoded once, at the first photo: loading, in a long build (~1 s).
+        from vsa_search.models.score import shared_width
+
+        bank.split_words(model.model, "cpu", shared_width(model.model))
     res["load_s"] = time.perf_counter() - t
     files = sorted(p for p in photo_dir.iterdir() if p.is_file())
 

@@ -123,8 +123,10 @@ def _caption_row(name: str, r: dict) -> list[str]:
 
 def captions(ens: dict, single: dict) -> str:
     def label(d: dict) -> str:
-        rr = d["rerank"]
-        return f"beams re-ranked by `{Path(rr['model']).name}` (weight {rr['weight']:g})" if rr else "beam search"
+        rr, norm = d["rerank"], d.get("length_norm") or 0
+        by = f"logprob / (words+1)^{norm:g} + {rr['weight']:g} · S'" if rr and norm else \
+            f"weight {rr['weight']:g}" if rr else ""
+        return f"beams re-ranked by `{Path(rr['model']).name}` ({by})" if rr else "beam search"
 
     rows = [_caption_row(f"`{Path(ens['model']).name}`, {label(ens)} (shipped default)", ens["rows"]["this model"]),
             _caption_row("the same, beam search alone", ens["rows"]["this model, beam only"]),
@@ -501,8 +503,9 @@ SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
     (("bench-regions.json",), regions_speed),
     (("bench-build.json",), lambda d: build_speed(
         d, "## Index builds on phone photos: `benchmarks/build.py`" + (
-            "\n\nBaseline: the same code with the alignment model of ImageNet's CNN top that git 139bc04 shipped; "
-            "this: the shipped model, whose fine-tuned top runs beside ImageNet's." if _baseline_model(d) else ""),
+            "\n\nBaseline: the same code with the shipped alignment model as it was with a querybank of 1,000 "
+            "sentences (`align-bank1000.pt`); this: the shipped model, whose 2,000 sentences give each photo its "
+            "offset at build time." if _baseline_model(d) else ""),
         f"OMP_NUM_THREADS=2 python benchmarks/build.py{_baseline_model(d)} --repeat {d['repeat']} --json "
         "docs/results/bench-build.json")),
     (("bench-build-baseline.json",), lambda d: build_speed(
