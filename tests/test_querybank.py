@@ -175,13 +175,17 @@ def test_eval_recall_shows_the_model_with_and_without_it(banked: Path, tmp_path:
 def test_the_bank_sentences_are_encoded_a_chunk_at_a_time(banked_hybrid: Path, monkeypatch) -> None:
     """A bank of thousands of sentences is encoded a few at a time: all at once, padded to the longest,
     2,000 sentences took 0.4 GB at the first photo of an index build. The words come out the same."""
+    from vsa_search.models.score import shared_width
+
     m = load_align(banked_hybrid)
-    whole = m.querybank.flat_words(m.model, "cpu", chunk=len(BANK_SENTENCES))
+    shared = shared_width(m.model)
+    whole = m.querybank.split_words(m.model, "cpu", shared, chunk=len(BANK_SENTENCES))
     sizes: list[int] = []
     real = m.model.encode_words
     monkeypatch.setattr(m.model, "encode_words", lambda ids, lengths: sizes.append(len(ids)) or real(ids, lengths))
     m.querybank._cache.clear()
-    parts = m.querybank.flat_words(m.model, "cpu", chunk=3)
+    parts = m.querybank.split_words(m.model, "cpu", shared, chunk=3)
     assert sizes == [3, 1]
     assert torch.equal(parts[1], whole[1]) and parts[2] == whole[2] == len(BANK_SENTENCES)
-    assert torch.allclose(parts[0], whole[0], atol=1e-6)
+    assert torch.allclose(parts[0], whole[0], atol=1e-6) and torch.allclose(parts[3], whole[3], atol=1e-6)
+    assert not parts[0].requires_grad and parts[0].is_contiguous()

@@ -37,35 +37,29 @@ class QueryBank:
     # against them. Keyed by the device as given, so that "cuda" does not miss a tensor on "cuda:0".
     _cache: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
 
-    def flat_words(self, model: torch.nn.Module, device: torch.device | str,
-                   chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(W, h) vectors of the bank's real words (no padding), (W,) the sentence of each, and the
-        number of sentences; encoded `chunk` sentences at a time (all at once, padded, 2,000 bank
-        sentences took 0.4 GB)."""
-        key = ("words", str(device))
-        if key not in self._cache:
-            words, sent = [], []
-            for a in range(0, len(self.sent_ids), chunk):  # padded (chunk, T, h) at a time: memory
-                lengths = self.sent_lengths[a : a + chunk].to(device)
-                ids = self.sent_ids[a : a + chunk, : int(lengths.max())].to(device)
-                s = model.encode_words(ids, lengths)
-                w, t = flat_words(s, word_mask(lengths, s.shape[1]))
-                words.append(w)
-                sent.append(t + a)
-            self._cache[key] = (torch.cat(words).contiguous(), torch.cat(sent), len(self.sent_ids))
-        return self._cache[key]
-
-    def split_words(self, model: torch.nn.Module, device: torch.device | str,
-                    shared: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
-        """flat_words with each word's own part made contiguous and each sentence's global part
-        summed (score.split_words), once: an index build scores every photo against them."""
+    @torch.no_grad()
+    def split_words(self, model: torch.nn.Module, device: torch.device | str, shared: int,
+                    chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+        """The bank's real words (no padding) as score.split_words has them: each word's own part (W, h -
+        shared), contiguous, the sentence of each (W,), the number of sentences, and each sentence's
+        global part summed (K, shared). Encoded `chunk` sentences at a time (all at once, padded, 2,000
+        sentences took 0.4 GB) and kept, with no autograd graph: an index build scores every photo
+        against them."""
         key = ("split", str(device))
         if key not in self._cache:
-            flat, sent, n = self.flat_words(model, device)
-            part, globs = split_words(flat, sent, n, shared)
-            self._cache[key] = (part, sent, n, globs)
+            parts, sents, globs = [], [], []
+            for a in range(0, len(self.sent_ids), chunk):
+                lengths = self.sent_lengths[a : a + chunk].to(device)
+                s = model.encode_words(self.sent_ids[a : a + chunk, : int(lengths.max())].to(device), lengths)
+                words, sent = flat_words(s, word_mask(lengths, s.shape[1]))
+                part, glob = split_words(words, sent, len(s), shared)
+                parts.append(part)
+                sents.append(sent + a)
+                globs.append(glob)
+            self._cache[key] = (torch.cat(parts), torch.cat(sents), len(self.sent_ids), torch.cat(globs))
         return self._cache[key]
 
+    @torch.no_grad()
     def regions(self, model: torch.nn.Module, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """The bank photos' region vectors and mask under `model`."""
         key = ("regions", str(device))
