@@ -504,8 +504,9 @@ SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
     (("bench-build.json",), lambda d: build_speed(
         d, "## Index builds on phone photos: `benchmarks/build.py`" + (
             "\n\nBaseline: the same code with the shipped alignment model as it was with a querybank of 1,000 "
-            "sentences (`align-bank1000.pt`); this: the shipped model, whose 2,000 sentences give each photo its "
-            "offset at build time." if _baseline_model(d) else ""),
+            "sentences (`align-bank1000.pt`, `weights/align.pt` of git 2f6ec96); this: the shipped model, whose "
+            "2,000 sentences give each photo its offset at build time. The bank's sentences are encoded while the "
+            "model loads, as in a long build (`load s`)." if _baseline_model(d) else ""),
         f"OMP_NUM_THREADS=2 python benchmarks/build.py{_baseline_model(d)} --repeat {d['repeat']} --json "
         "docs/results/bench-build.json")),
     (("bench-build-baseline.json",), lambda d: build_speed(
