@@ -115,11 +115,12 @@ def test_eval_caption_batches_equal_one_photo_at_a_time(shipped, photos, tmp_pat
     monkeypatch.setattr(metrics, "_meteor", lambda gts, res: (None, "METEOR not run in tests"))
     res = evaluate_captions(SHIPPED / "caption-ensemble.pt", store, dataset=ds, meteor=False,
                             rerank_features=rerank_store)
-    weight = res["rerank"]["weight"]
+    weight, norm = res["rerank"]["weight"], res["length_norm"]  # the file's own
+    assert norm == cap.metrics["length_norm"] > 0
     with FeatureStore(store, readonly=True) as st, FeatureStore(rerank_store, readonly=True) as rst:
         for c in res["captions"]:
             f = st.get(c["image"])
-            cands = generate_candidates(cap, photo_input(f, cap.config)[None], beam=7)[0]
+            cands = generate_candidates(cap, photo_input(f, cap.config)[None], beam=7, length_norm=norm)[0]
             want = best_candidate(cands, cap.vocab, align, rst.get(c["image"]).features, weight)
             assert c["model"] == " ".join(cap.vocab.decode(want.tokens))
             assert c["logprob"] == pytest.approx(want.logprob, abs=1e-3)  # the report rounds to 3 places
