@@ -147,3 +147,24 @@ def test_the_choice_on_dev_is_the_best_cider_among_level_bleu() -> None:
             {"length_norm": 0.0, "weight": 10.0, "BLEU-4": 20.50, "CIDEr": 49.1}]  # level with the second
     assert pick_rerank(rows) is rows[1]
     assert pick_rerank(rows[:1]) is rows[0]
+
+
+def test_the_rerank_weight_command_prints_every_pair(models, flickr_root: Path, tmp_path: Path,
+                                                     tiny_region_encoder) -> None:
+    from typer.testing import CliRunner
+
+    from vsa_search.cli import app
+
+    ds = load_flickr8k(flickr_root)
+    store = tmp_path / "store"
+    extract_to_store({r.image_id: r.path for r in ds.present("dev")[:2]}, store, TINY, encoder=tiny_region_encoder)
+    args = ["eval", "rerank-weight", "--features", str(store), "--model", str(models[0]), "--rerank",
+            str(models[1]), "--root", str(flickr_root), "--beam", "3", "--weights", "0,2", "--length-norms", "0,0.5"]
+    r = CliRunner().invoke(app, args, prog_name="vsa")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert "length norm" in lines[1] and "METEOR" in lines[1] and len(lines) == 2 + 4 + 1
+    assert [tuple(float(x) for x in line.split()[:2]) for line in lines[2:6]] == [(0, 0), (0, 2), (0.5, 0), (0.5, 2)]
+    assert lines[-1].startswith("weight ") and "length normalisation" in lines[-1]
+    bad = CliRunner().invoke(app, [*args[:-1], "0,x"], prog_name="vsa")
+    assert bad.exit_code != 0 and "--length-norms" in bad.stderr and "Traceback" not in bad.output
