@@ -97,12 +97,19 @@ def test_with_a_fine_tuned_top_the_features_equal_the_torch_encoders(tmp_path: P
 
     from vsa_search.core.config import top_id
     from vsa_search.core.errors import ModelError
+    from vsa_search.vision.tops import top_cut
 
     top = tiny_top()
     cfg = dataclasses.replace(REGION_PRESETS["tiny"], top=top_id(top))
     want = RegionEncoder(cfg, "cpu", top=top).encode_photo(EXAMPLES / "horse.jpg")
-    got = cnn.NumpyRegionEncoder(cfg, top=top).encode_photo(EXAMPLES / "horse.jpg")
+    enc = cnn.NumpyRegionEncoder(cfg, top=top)
+    got = enc.encode_photo(EXAMPLES / "horse.jpg")
     assert np.array_equal(got.boxes, want.boxes) and got.imagenet is not None
+    # the tuned backbone shares ImageNet's stem and lower stages (a cold caption builds them once)
+    cut = enc.model.stage_start[top_cut(cfg)]
+    assert enc.tuned.stem is enc.model.stem and enc.tuned.blocks[:cut] == enc.model.blocks[:cut]
+    assert all(a is b for a, b in zip(enc.tuned.blocks[:cut], enc.model.blocks[:cut]))
+    assert enc.tuned.head is not enc.model.head and len(enc.tuned.blocks) == len(enc.model.blocks)
     np.testing.assert_allclose(got.features, want.features, atol=1e-4, rtol=0)
     np.testing.assert_allclose(got.imagenet, want.imagenet, atol=1e-4, rtol=0)
     # ImageNet's features are the plain encoder's; the top's are other features

@@ -12,6 +12,7 @@ convolution is one matrix product, a depthwise one a sum of k² shifted slices."
 
 from __future__ import annotations
 
+import copy
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,17 +56,22 @@ class LiteBackbone:
         self.stem = _conv_bn(weights, "conv_stem", "bn1", "conv", stride=2)
         self.blocks: list[tuple[list[_Layer], bool]] = []
         self.stage_start: list[int] = []  # each stage's first index in self.blocks
-        for stage, stride in enumerate(STAGE_STRIDES):
+        for stage in range(len(STAGE_STRIDES)):
             self.stage_start.append(len(self.blocks))
-            j = 0
-            while f"blocks.{stage}.{j}.conv_dw.weight" in weights:
-                self.blocks.append(_block(weights, f"blocks.{stage}.{j}.", stride if j == 0 else 1))
-                j += 1
-            if j == 0:
-                raise ModelError(f"backbone weights: stage {stage} has no blocks")
+            self.blocks += _stage(weights, stage)
         self.head = _conv_bn(weights, "conv_head", "bn2", "pw")
         self.classifier = (np.asarray(weights["classifier.weight"], np.float32),
                            np.asarray(weights["classifier.bias"], np.float32))
+
+    def with_upper(self, weights: dict[str, np.ndarray], cut: int) -> LiteBackbone:
+        """This backbone with stages cut.. and the conv head made from `weights` (a fine-tuned top); the
+        stem and lower stages are this one's, shared, not built again."""
+        other = copy.copy(self)
+        other.blocks = self.blocks[: self._start(cut)]
+        for stage in range(cut, len(STAGE_STRIDES)):
+            other.blocks += _stage(weights, stage)
+        other.head = _conv_bn(weights, "conv_head", "bn2", "pw")
+        return other
 
     def forward_features(self, x: np.ndarray) -> np.ndarray:
         """(H, W, 3) float32 input -> (H/32, W/32, D) feature map."""
@@ -93,6 +99,16 @@ class LiteBackbone:
         z = np.asarray(features, np.float32) @ w.T + b
         z = np.exp(z - z.max(-1, keepdims=True))
         return z / z.sum(-1, keepdims=True)
+
+
+def _stage(weights: dict[str, np.ndarray], stage: int) -> list[tuple[list[_Layer], bool]]:
+    blocks, j = [], 0
+    while f"blocks.{stage}.{j}.conv_dw.weight" in weights:
+        blocks.append(_block(weights, f"blocks.{stage}.{j}.", STAGE_STRIDES[stage] if j == 0 else 1))
+        j += 1
+    if j == 0:
+        raise ModelError(f"backbone weights: stage {stage} has no blocks")
+    return blocks
 
 
 def _conv_bn(w: dict[str, np.ndarray], conv: str, bn: str, kind: str, stride: int = 1,
@@ -236,14 +252,16 @@ def backbone_weights(backbone: str) -> dict[str, np.ndarray]:
     return sd
 
 
-def with_top(weights: dict[str, np.ndarray], cfg: RegionConfig,
+def with_top(base: LiteBackbone, weights: dict[str, np.ndarray], cfg: RegionConfig,
              top: dict[str, np.ndarray] | None) -> LiteBackbone | None:
-    """tops.with_top in numpy: the backbone with the fine-tuned top's weights (timm names, float16)
-    in place of ImageNet's, or None for cfg.top == "" (the same checks, the same messages)."""
+    """tops.with_top in numpy: `base` (ImageNet's `weights`) with the fine-tuned top's weights (timm names,
+    float16) in its upper stages, its lower ones shared, or None for cfg.top == "" (the same checks, the
+    same messages)."""
     if not check_top(cfg, top, {k: tuple(v.shape) for k, v in weights.items()}):
         return None
     # float16 -> float32 as torch's load_state_dict copies them into the float32 backbone
-    return LiteBackbone({**weights, **{k: np.asarray(v, np.float32) for k, v in top.items()}})  # type: ignore[union-attr]
+    return base.with_upper({**weights, **{k: np.asarray(v, np.float32) for k, v in top.items()}},  # type: ignore[union-attr]
+                           top_cut(cfg))
 
 
 def runs_in_numpy(cfg: RegionConfig) -> bool:
@@ -264,7 +282,7 @@ class NumpyRegionEncoder:
         self.device = "cpu"
         weights = backbone_weights(cfg.backbone)
         self.model = LiteBackbone(weights)
-        self.tuned = with_top(weights, cfg, top)
+        self.tuned = with_top(self.model, weights, cfg, top)
 
     def features(self, image: Image.Image, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """(R, D) float32 features of `boxes` (in a photo of `size`) over the decoded `image`, warped to a
