@@ -80,7 +80,7 @@ def constrained_beam(model: Captioner, feat: torch.Tensor, constraints: list[int
                     continue
                 if w == END:
                     finished.setdefault(masks[n], []).append(
-                        Caption(list(words[n]), s, s / (len(words[n]) + 1) ** length_norm))
+                        Caption.ranked(list(words[n]), s, length_norm))
                     continue
                 pool.setdefault(masks[n] | bit.get(w, 0), []).append((s, n, w))
         keep = [(m, s, n, w) for m, c in pool.items() for s, n, w in sorted(c, key=lambda x: -x[0])[:beam]]

@@ -16,7 +16,7 @@ from ..core.config import DEFAULT_BEAM
 from ..core.device import pick_device
 from ..core.errors import DatasetError, StoreError, UsageError
 from ..data.datasets import Dataset, load_flickr8k
-from ..models.beam import best, generate_candidates
+from ..models.beam import Caption, best, generate_candidates
 from ..models.captioner import full_image, load_caption, photo_input
 from ..vision.features import FeatureStore, extract_to_cache, require_extractor
 from ..vision.regions import RegionFeatures
@@ -146,7 +146,7 @@ def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "de
     rows = []
     for a in length_norms:
         for w in weights:  # what best_candidate picks, the beams ranked with length_norm a
-            pick = {r.image_id: t[int(np.argmax([c.logprob / (len(c.tokens) + 1) ** a + w * float(s)
+            pick = {r.image_id: t[int(np.argmax([Caption.ranked(c.tokens, c.logprob, a).score + w * float(s)
                                                  for c, s in zip(cs, f)]))]
                     for r, cs, t, f in zip(recs, cands, texts, fit)}
             m = caption_metrics(refs, pick, meteor=meteor, reps=0)

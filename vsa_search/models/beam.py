@@ -105,7 +105,7 @@ def beam_candidates(model: Captioner, feats: torch.Tensor, beam: int = DEFAULT_B
         for b, k in ended.nonzero().tolist():
             words = history[b, parent[b, k]].tolist()
             lp = float(top[b, k])
-            finished[b].append(Caption(words, lp, lp / (len(words) + 1) ** length_norm))
+            finished[b].append(Caption.ranked(words, lp, length_norm))
         # Open hypotheses: the non-END extensions; finished or impossible slots drop to -inf.
         scores = top.masked_fill(ended | ~torch.isfinite(top), float("-inf"))
         history = torch.cat([history.gather(1, parent[:, :, None].expand(-1, -1, history.shape[2])),

@@ -33,6 +33,11 @@ class Caption:
     logprob: float  # log P(words, END | image)
     score: float  # what the beam ranked by: logprob / (len+1)^length_norm
 
+    @classmethod
+    def ranked(cls, tokens: list[int], logprob: float, length_norm: float) -> Caption:
+        """A finished sentence with the score a beam of this length normalisation ranks it by."""
+        return cls(tokens, logprob, logprob / (len(tokens) + 1) ** length_norm)
+
 
 def best(finished: list[Caption]) -> Caption:
     """The finished sentence beam search ranks first (by its score)."""
@@ -194,7 +199,7 @@ def beam_candidates(model: NumpyCaptioner, feats: np.ndarray, beam: int = DEFAUL
         for b, k in zip(*np.nonzero(ended)):
             words = history[b, parent[b, k]].tolist()
             lp = float(top[b, k])
-            finished[b].append(Caption(words, lp, lp / (len(words) + 1) ** length_norm))
+            finished[b].append(Caption.ranked(words, lp, length_norm))
         scores = np.where(ended | ~np.isfinite(top), np.float32(-np.inf), top).astype(np.float32)
         history = np.concatenate([history[np.arange(B)[:, None], parent], word[:, :, None]], axis=2)
         flat = (parent + np.arange(B)[:, None] * K).reshape(-1)
