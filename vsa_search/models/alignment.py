@@ -88,8 +88,8 @@ class AlignModel(nn.Module):
         which region a word's max picks) and each extra global model in its own h dimensions."""
         v = self.encode_regions(feats)
         s = self.encode_words(ids, lengths)
-        h, n_extra = self.cfg.hidden, len(self.glob_extra)
-        edges = [0, v.shape[-1] - n_extra * h, *(v.shape[-1] - k * h for k in range(n_extra - 1, -1, -1))]
+        h, width = self.cfg.hidden, v.shape[-1]
+        edges = [0, *range(width - len(self.glob_extra) * h, width + 1, h)]  # the hybrid's, then one h each
         rmask, wmask = region_mask[:, : v.shape[1]], word_mask(lengths, ids.shape[1])
         return [score(v[..., a:b], rmask, s[..., a:b], wmask) for a, b in zip(edges, edges[1:])]
 
@@ -150,12 +150,16 @@ def build_model(cfg: EmbedConfig, vocab_size: int) -> AlignModel | GlobalModel:
     return (GlobalModel if cfg.arch == "global" else AlignModel)(cfg, vocab_size)
 
 
+def trains_members(cfg: EmbedConfig) -> bool:
+    """Whether the config asks for each ensemble member's own loss, and has members to split."""
+    return cfg.ensemble_loss == "members" and cfg.arch == "hybrid" and cfg.global_members > 1
+
+
 def model_loss(model: nn.Module, feats: torch.Tensor, region_mask: torch.Tensor, ids: torch.Tensor,
                lengths: torch.Tensor, margin: float, hardest: bool = False) -> torch.Tensor:
     """A batch's ranking loss under the model's config: of its score, or, for an ensemble trained with
     ensemble_loss "members", the sum of each member's own (member_scores)."""
-    cfg = model.cfg
-    if cfg.ensemble_loss == "members" and cfg.arch == "hybrid" and cfg.global_members > 1:
+    if trains_members(model.cfg):
         parts = model.member_scores(feats, region_mask, ids, lengths)
         return sum(ranking_loss(p.float(), margin, hardest) for p in parts)  # type: ignore[return-value]
     return ranking_loss(model(feats, region_mask, ids, lengths).float(), margin, hardest)

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..core.errors import UsageError
-from ..models.alignment import hinge_loss, model_loss
+from ..models.alignment import hinge_loss, model_loss, trains_members
 from ..models.score import score, word_mask
 
 _owned = False  # True when init() created the process group (so cleanup() must destroy it)
@@ -217,7 +217,7 @@ class Ranks(OneProcess):
 
     def __init__(self, model: nn.Module, device: torch.device):
         super().__init__(model)
-        if getattr(model, "cfg", None) is not None and model.cfg.ensemble_loss == "members":
+        if getattr(model, "cfg", None) is not None and trains_members(model.cfg):
             raise UsageError("an ensemble trained on each member's own loss trains in one process (not torchrun)")
         self.world, self.rank = world_size(), rank()
         self.encoders = wrap(model, device)
