@@ -189,12 +189,14 @@ def ensemble_cmd(
     base: Annotated[Path, typer.Option(help="A hybrid alignment model (vsa train embed --preset default).")],
     member: Annotated[list[Path], typer.Option(help="A global baseline to add (repeat the option).")],
     out_path: Annotated[Path, typer.Option("--out", help="Model file to write (atomically).")],
+    flip: Annotated[bool, typer.Option("--flip", help="Read every photo with test-time flips: each region's "
+                                       "features averaged with its mirror image's (one more CNN pass).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """One model scoring base + every member (S = S_base + Σ S_member), usable wherever a model is."""
     from ..train.ensemble import write_align_ensemble
 
-    summary = write_align_ensemble(base, member, out_path)
+    summary = write_align_ensemble(base, member, out_path, flip=flip)
     if json_out:
         print_json(summary)
         return

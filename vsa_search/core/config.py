@@ -78,14 +78,18 @@ class RegionConfig:
     # A CNN top fine-tuned with the ranking loss (vision/trunk.py), "cut<block>-<hash of its weights>"; its
     # weights travel in the alignment model file. "": ImageNet's CNN throughout.
     top: str = dataclasses.field(default="", metadata={"hash_if_set": True})
+    # Test-time horizontal flip: each region's features averaged with those of the same region of the
+    # mirror image (one more pass through the CNN). Only the model's features: ImageNet's beside them,
+    # which the concept classes and caption generators read, stay the photo's own.
+    flip: bool = dataclasses.field(default=False, metadata={"hash_if_set": True})
 
     def extractor_id(self) -> str:
         return f"{self.backbone}-{self.pooling}{self.input_size}-{self.proposals}{self.max_regions}-{fingerprint(self)}"
 
     def imagenet(self) -> RegionConfig:
-        """The same extractor with ImageNet's CNN top: the features the concept classes and the caption
-        generators read."""
-        return dataclasses.replace(self, top="")
+        """The same extractor with ImageNet's CNN top and no flips: the features the concept classes and the
+        caption generators read."""
+        return dataclasses.replace(self, top="", flip=False)
 
 
 REGION_PRESETS: dict[str, RegionConfig] = {

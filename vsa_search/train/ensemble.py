@@ -3,6 +3,7 @@ own dev figures do not describe the whole, so they are kept apart in its metrics
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,19 @@ def _parts(models: list[Any]) -> dict[str, Any]:
     return {str(m.path): m.metrics for m in models}
 
 
-def write_align_ensemble(base: str | Path, members: list[str | Path], out: str | Path) -> dict[str, Any]:
-    """A hybrid alignment model plus global baselines scoring S = S_base + Σ S_member, written to `out`."""
+def write_align_ensemble(base: str | Path, members: list[str | Path], out: str | Path,
+                         flip: bool = False) -> dict[str, Any]:
+    """A hybrid alignment model plus global baselines scoring S = S_base + Σ S_member, written to `out`;
+    flip: it reads photos with test-time flips (RegionConfig.flip)."""
     loaded = load_align(paths.find_model(str(base)))
     parts = [load_align(paths.find_model(str(m))) for m in members]
     model = ensemble_align(loaded, parts)
     metrics = {"ensemble": {"base": str(base), "members": [str(m) for m in members]},
                "parts": _parts([loaded, *parts])}
-    save_align(model, loaded.vocab, loaded.region_config, out, metrics=metrics, top=loaded.top)  # members share it
-    return {"model": str(out), "global_members": model.cfg.global_members, "out_dim": model.out_dim}
+    region_cfg = dataclasses.replace(loaded.region_config, flip=True) if flip else loaded.region_config
+    save_align(model, loaded.vocab, region_cfg, out, metrics=metrics, top=loaded.top)  # members share the top
+    return {"model": str(out), "global_members": model.cfg.global_members, "out_dim": model.out_dim,
+            "flip": region_cfg.flip}
 
 
 def write_align_part(model: str | Path, part: int, out: str | Path) -> dict[str, Any]:

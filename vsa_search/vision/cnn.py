@@ -25,7 +25,7 @@ from ..core import arrayfile
 from ..core.config import RegionConfig
 from ..core.errors import ModelError
 from .images import DEFAULT_MAX_MEGAPIXELS
-from .regions import RegionFeatures, cnn_input, prepare_photo
+from .regions import RegionFeatures, cnn_input, mirror_boxes, prepare_photo
 from .tops import check_top, top_cut
 
 STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)  # the seven stages (timm's arch_def); kernel sizes come from the weights
@@ -291,19 +291,30 @@ class NumpyRegionEncoder:
 
     def features_both(self, image: Image.Image, boxes: np.ndarray,
                       size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-        """features' and, with a fine-tuned top, ImageNet's features of the same boxes (else None)."""
+        """features' and, with a fine-tuned top or flips, ImageNet's unflipped features of the same boxes
+        (else None)."""
         s = self.cfg.input_size
         x = cnn_input(image, s)
+        own, imagenet = self._maps(x)
+        feats = self._pool(own, boxes, size)
+        base = self._pool(imagenet, boxes, size) if imagenet is not None else feats if self.cfg.flip else None
+        if self.cfg.flip:  # as RegionEncoder: the mirror image's own map, the boxes mirrored
+            mirror = self._maps(np.ascontiguousarray(x[:, ::-1]), own_only=True)[0]
+            feats = (feats + self._pool(mirror, mirror_boxes(boxes, size[0]), size)) / 2
+        return feats, base
+
+    def _maps(self, x: np.ndarray, own_only: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the model's own map, ImageNet's beside a fine-tuned top's or None); the lower stages run once."""
         if self.tuned is None:
-            maps = [self.model.forward_features(x)]
-        else:  # the lower stages once, then each top
-            cut = top_cut(self.cfg)
-            h = self.model.lower(x, cut)
-            maps = [self.tuned.upper(h, cut), self.model.upper(h, cut)]
-        w, hgt = size
+            return self.model.forward_features(x), None
+        cut = top_cut(self.cfg)
+        h = self.model.lower(x, cut)
+        return self.tuned.upper(h, cut), (None if own_only else self.model.upper(h, cut))
+
+    def _pool(self, fmap: np.ndarray, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        s, (w, hgt) = self.cfg.input_size, size
         scaled = np.asarray(boxes, np.float32) * np.array([s / w, s / hgt, s / w, s / hgt], np.float32)
-        out = [roi_align(m, scaled, self.cfg.roi_output, 1.0 / (s / m.shape[1])).mean(axis=(1, 2)) for m in maps]
-        return out[0], (out[1] if len(out) > 1 else None)
+        return roi_align(fmap, scaled, self.cfg.roi_output, 1.0 / (s / fmap.shape[1])).mean(axis=(1, 2))
 
     def encode_photo(self, path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
                      file: BinaryIO | None = None) -> RegionFeatures:

@@ -51,6 +51,14 @@ def pool_boxes(fmap: torch.Tensor, boxes: list, sizes: list[tuple[float, float]]
     return pooled.mean(dim=(2, 3))
 
 
+def mirror_boxes(boxes: np.ndarray, width: float) -> np.ndarray:
+    """xyxy boxes in a photo `width` wide, as they lie in its mirror image (left and right swapped)."""
+    b = np.asarray(boxes, np.float32)
+    out = b.copy()
+    out[:, 0], out[:, 2] = width - b[:, 2], width - b[:, 0]
+    return out
+
+
 def cnn_input(image: Image.Image, size: int) -> np.ndarray:
     """The CNN's input, (size, size, 3) float32 in [-1, 1]: the photo warped to a square (as R-CNN
     does) so every photo batches with every other, its boxes mapped with the same per-axis scales;
@@ -200,6 +208,8 @@ class RegionEncoder:
         through the shared lower stages."""
         import torch
 
+        if cfg.flip and cfg.pooling != "roi":
+            raise ModelError(f"{cfg.extractor_id()}: test-time flips need RoI pooling")
         self.cfg = cfg
         self.device = pick_device(device)
         self.model = load_backbone(cfg.backbone).to(self.device).to(memory_format=torch.channels_last)
@@ -211,8 +221,9 @@ class RegionEncoder:
 
         return torch.from_numpy(cnn_input(image, size)).permute(2, 0, 1)
 
-    def _cnn(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(ImageNet's map, the fine-tuned top's map or None), each (B, D, S/32, S/32)."""
+    def _cnn(self, batch: torch.Tensor, own_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(ImageNet's map, the fine-tuned top's map or None), each (B, D, S/32, S/32); own_only: the
+        model's own map alone (the top's, else ImageNet's), first, and None."""
         import torch
 
         x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
@@ -228,6 +239,8 @@ class RegionEncoder:
                 return self.model.forward_features(x)[:n], None
             cut = top_cut(self.cfg)
             h = lower_stages(self.model, x, cut)
+            if own_only:
+                return upper_stages(self.tuned, h, cut)[:n], None
             return upper_stages(self.model, h, cut)[:n], upper_stages(self.tuned, h, cut)[:n]
 
     def encode(self, images: list[Image.Image], boxes: list[np.ndarray],
@@ -248,13 +261,18 @@ class RegionEncoder:
             raise ValueError(f"unknown pooling {self.cfg.pooling!r}")
         import torch
 
-        s = self.cfg.input_size
-        imagenet, tuned = self._cnn(torch.stack([self._tensor(im, s) for im in images]))
+        s, o = self.cfg.input_size, self.cfg.roi_output
+        x = torch.stack([self._tensor(im, s) for im in images])
+        imagenet, tuned = self._cnn(x)
         splits = np.cumsum([len(b) for b in boxes])[:-1]
         with torch.inference_mode():
-            out = [np.split(pool_boxes(f, boxes, sizes, s, self.cfg.roi_output).cpu().numpy(), splits)
-                   for f in (tuned, imagenet) if f is not None]
-        return out[0], (out[1] if len(out) > 1 else None)
+            own = pool_boxes(tuned if tuned is not None else imagenet, boxes, sizes, s, o)
+            base = pool_boxes(imagenet, boxes, sizes, s, o) if tuned is not None else own if self.cfg.flip else None
+            if self.cfg.flip:  # the mirror of the warped input is the warped mirror image
+                mirrored = [mirror_boxes(b, w) for b, (w, _) in zip(boxes, sizes)]
+                own = (own + pool_boxes(self._cnn(x.flip(-1), own_only=True)[0], mirrored, sizes, s, o)) / 2
+        return (np.split(own.cpu().numpy(), splits),
+                np.split(base.cpu().numpy(), splits) if base is not None else None)
 
     def _encode_crops(self, images: list[Image.Image], boxes: list[np.ndarray],
                       sizes: list[tuple[int, int]]) -> list[np.ndarray]:
