@@ -67,14 +67,3 @@ def test_footprint_benchmark_builds_from_cached_features(tmp_path: Path) -> None
     assert 0.0 <= report["recall@10 vs exact (float32)"] <= 1.0
     page = _load("results").footprint(report)
     assert "(12 Flickr8k test photos)" in page and "| **all files** |" in page
-
-
-def test_flips_mirror_boxes_about_the_photo_width() -> None:
-    """benchmarks/flips.py mirrors each box left to right within the full-image box (row 0)."""
-    import numpy as np
-
-    flips = _load("flips")
-    boxes = np.array([[0, 0, 400, 300], [10, 20, 110, 220], [300, 0, 400, 50]], np.int32)
-    got = flips.mirrored(boxes)
-    assert got.tolist() == [[0, 0, 400, 300], [290, 20, 390, 220], [0, 0, 100, 50]]
-    assert flips.mirrored(got.astype(np.int32)).tolist() == boxes.tolist()

@@ -1,8 +1,9 @@
-"""Test-time horizontal flips (RegionConfig.flip): a region's features are the mean of its own and those
-of the same region of the mirror image, so a photo and its mirror image read alike; the torch and numpy
-CNNs agree; ImageNet's features beside them (concepts, caption generators) stay the photo's own; a model
-file asks for flips (`vsa train ensemble --flip`), and features from stored maps, which have no mirror
-image, are refused in one line. Tiny presets and the repo's sample photos."""
+"""Test-time views of a photo: horizontal flips (RegionConfig.flip), a region's features the mean of its own
+and those of the same region of the mirror image, so a photo and its mirror image read alike; extra input
+sizes (RegionConfig.extra_sizes), one more view each. The torch and numpy CNNs agree; ImageNet's features
+beside them (concepts, caption generators) stay the photo's own; a model file asks for them (`vsa train
+ensemble --flip --extra-size N`), and features from stored maps, which hold one view, are refused in one
+line. Tiny presets and the repo's sample photos."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from vsa_search.core.errors import ModelError
 from vsa_search.data.vocab import SPECIALS, Vocab
 from vsa_search.models.alignment import build_model, load_align, save_align
 from vsa_search.vision import cnn
-from vsa_search.vision.regions import RegionEncoder, mirror_boxes, propose
+from vsa_search.vision.regions import RegionEncoder, decode_side, mirror_boxes, propose
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "photos"
 runner = CliRunner()
@@ -36,6 +37,13 @@ def top() -> dict:
 
 def _cfg(top: dict | None, flip: bool = True):
     return dataclasses.replace(TINY, top=top_id(top) if top else "", flip=flip)
+
+
+def test_boxes_mirror_about_the_photo_width() -> None:
+    boxes = np.array([[0, 0, 400, 300], [10, 20, 110, 220], [300, 0, 400, 50]], np.int32)
+    got = mirror_boxes(boxes, 400)
+    assert got.tolist() == [[0, 0, 400, 300], [290, 20, 390, 220], [0, 0, 100, 50]]
+    assert mirror_boxes(got, 400).tolist() == boxes.tolist()
 
 
 @pytest.mark.parametrize("with_top", [True, False])
@@ -70,16 +78,36 @@ def test_the_numpy_cnn_flips_as_the_torch_one(top, with_top: bool) -> None:
     assert np.abs(got.features - got.imagenet).max() > 0.01
 
 
+def test_an_extra_size_is_one_more_view_of_equal_weight(top) -> None:
+    cfg = dataclasses.replace(_cfg(top), extra_sizes=(224,))  # tiny reads 160 px
+    image = Image.open(EXAMPLES / "grass.jpg").convert("RGB")
+    boxes = propose(image, TINY)
+    (both,), (base,) = RegionEncoder(cfg, "cpu", top=top).encode_both([image], [boxes])
+    (flipped,), _ = RegionEncoder(_cfg(top), "cpu", top=top).encode_both([image], [boxes])
+    at224 = dataclasses.replace(_cfg(top, False), input_size=224)
+    (large,), _ = RegionEncoder(at224, "cpu", top=top).encode_both([image], [boxes])
+    np.testing.assert_allclose(both, (flipped + large) / 2, atol=1e-5, rtol=0)
+    assert np.abs(flipped - large).max() > 0.05  # the larger input is another view
+    imagenet = RegionEncoder(TINY, "cpu").encode_both([image], [boxes])[0][0]
+    np.testing.assert_allclose(base, imagenet, atol=1e-5, rtol=0)
+    # the numpy CNN reads the same views; the photo is decoded large enough for the largest
+    got = cnn.NumpyRegionEncoder(cfg, top=top).encode_photo(EXAMPLES / "grass.jpg")
+    want = RegionEncoder(cfg, "cpu", top=top).encode_photo(EXAMPLES / "grass.jpg")
+    np.testing.assert_allclose(got.features, want.features, atol=1e-4, rtol=0)
+    assert decode_side(cfg) == 224 and decode_side(TINY) == max(TINY.input_size, TINY.ss_max_side)
+    assert cfg.imagenet() == TINY and cfg.extractor_id() != _cfg(top).extractor_id()
+
+
 def test_flips_are_an_extractor_of_their_own_with_imagenets_features_beside(top) -> None:
     cfg = _cfg(top)
     assert cfg.extractor_id() != _cfg(top, False).extractor_id()  # flipped features never pass for plain ones
     assert dataclasses.replace(TINY, flip=False).extractor_id() == TINY.extractor_id()  # ids made before stand
     assert cfg.imagenet() == TINY and fits(cfg, TINY)  # the generators of ImageNet's features re-rank with it
-    with pytest.raises(ModelError, match="flips need RoI pooling"):
+    with pytest.raises(ModelError, match="flips and sizes need RoI pooling"):
         RegionEncoder(dataclasses.replace(REGION_PRESETS["crop"], flip=True), "cpu")
 
 
-def test_an_ensemble_made_with_flip_reads_its_photos_flipped(top, tmp_path: Path) -> None:
+def test_an_ensemble_made_with_flip_or_extra_sizes_reads_its_photos_so(top, tmp_path: Path) -> None:
     vocab = Vocab(list(SPECIALS) + WORDS)
     cfg = _cfg(top, False)
     shape = dataclasses.replace(EMBED_PRESETS["tiny"], normalize=True)
@@ -91,9 +119,14 @@ def test_an_ensemble_made_with_flip_reads_its_photos_flipped(top, tmp_path: Path
     assert res.exit_code == 0, res.stderr
     ens = load_align(tmp_path / "ens.pt")
     assert ens.region_config == _cfg(top) and top_id(ens.top) == cfg.top
+    res = runner.invoke(app, ["train", "ensemble", "--base", str(tmp_path / "base.pt"), "--member",
+                              str(tmp_path / "member.pt"), "--out", str(tmp_path / "ms.pt"), "--extra-size", "224"])
+    assert res.exit_code == 0, res.stderr
+    ms = load_align(tmp_path / "ms.pt").region_config
+    assert ms == dataclasses.replace(cfg, extra_sizes=(224,)) and not ms.flip
     # its features come from the photos: stored maps have no mirror image
     res = runner.invoke(app, ["features", "extract", "--model", str(tmp_path / "ens.pt"), "--out",
                               str(tmp_path / "store"), "--maps", str(tmp_path / "maps"), "--boxes",
                               str(tmp_path / "frozen")])
-    assert "flipped features need each photo's mirror image" in one_error_line(res)
+    assert "test-time flips or sizes need the photos themselves" in one_error_line(res)
     assert not (tmp_path / "store").exists()

@@ -191,12 +191,15 @@ def ensemble_cmd(
     out_path: Annotated[Path, typer.Option("--out", help="Model file to write (atomically).")],
     flip: Annotated[bool, typer.Option("--flip", help="Read every photo with test-time flips: each region's "
                                        "features averaged with its mirror image's (one more CNN pass).")] = False,
+    extra_size: Annotated[list[int] | None, typer.Option(min=32, help="Read every photo at this input size too "
+                                                         "(repeat the option): each region's features averaged "
+                                                         "over the sizes (one more CNN pass each).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """One model scoring base + every member (S = S_base + Σ S_member), usable wherever a model is."""
     from ..train.ensemble import write_align_ensemble
 
-    summary = write_align_ensemble(base, member, out_path, flip=flip)
+    summary = write_align_ensemble(base, member, out_path, flip=flip, extra_sizes=tuple(extra_size or ()))
     if json_out:
         print_json(summary)
         return

@@ -82,14 +82,22 @@ class RegionConfig:
     # mirror image (one more pass through the CNN). Only the model's features: ImageNet's beside them,
     # which the concept classes and caption generators read, stay the photo's own.
     flip: bool = dataclasses.field(default=False, metadata={"hash_if_set": True})
+    # Test-time scales: the same boxes read again from the photo warped to each of these input sizes (one more
+    # pass each, not flipped); the model's features are the mean of these views and the input_size one.
+    extra_sizes: tuple[int, ...] = dataclasses.field(default=(), metadata={"hash_if_set": True})
 
     def extractor_id(self) -> str:
         return f"{self.backbone}-{self.pooling}{self.input_size}-{self.proposals}{self.max_regions}-{fingerprint(self)}"
 
     def imagenet(self) -> RegionConfig:
-        """The same extractor with ImageNet's CNN top and no flips: the features the concept classes and the
-        caption generators read."""
-        return dataclasses.replace(self, top="", flip=False)
+        """The same extractor with ImageNet's CNN top, no flips and no extra sizes: the features the concept
+        classes and the caption generators read."""
+        return dataclasses.replace(self, top="", flip=False, extra_sizes=())
+
+    def test_time_views(self) -> bool:
+        """Whether the model's features average several views of a photo (flips, extra sizes): views stored
+        maps cannot give, which ImageNet's features beside them leave out."""
+        return self.flip or bool(self.extra_sizes)
 
 
 REGION_PRESETS: dict[str, RegionConfig] = {

@@ -17,19 +17,22 @@ def _parts(models: list[Any]) -> dict[str, Any]:
     return {str(m.path): m.metrics for m in models}
 
 
-def write_align_ensemble(base: str | Path, members: list[str | Path], out: str | Path,
-                         flip: bool = False) -> dict[str, Any]:
+def write_align_ensemble(base: str | Path, members: list[str | Path], out: str | Path, flip: bool = False,
+                         extra_sizes: tuple[int, ...] = ()) -> dict[str, Any]:
     """A hybrid alignment model plus global baselines scoring S = S_base + Σ S_member, written to `out`;
-    flip: it reads photos with test-time flips (RegionConfig.flip)."""
+    flip, extra_sizes: it reads photos with test-time flips and at these input sizes too (RegionConfig)."""
     loaded = load_align(paths.find_model(str(base)))
     parts = [load_align(paths.find_model(str(m))) for m in members]
     model = ensemble_align(loaded, parts)
     metrics = {"ensemble": {"base": str(base), "members": [str(m) for m in members]},
                "parts": _parts([loaded, *parts])}
-    region_cfg = dataclasses.replace(loaded.region_config, flip=True) if flip else loaded.region_config
+    region_cfg = loaded.region_config
+    if flip or extra_sizes:
+        region_cfg = dataclasses.replace(region_cfg, flip=flip or region_cfg.flip,
+                                         extra_sizes=tuple(sorted(set(extra_sizes))) or region_cfg.extra_sizes)
     save_align(model, loaded.vocab, region_cfg, out, metrics=metrics, top=loaded.top)  # members share the top
     return {"model": str(out), "global_members": model.cfg.global_members, "out_dim": model.out_dim,
-            "flip": region_cfg.flip}
+            "flip": region_cfg.flip, "extra_sizes": list(region_cfg.extra_sizes)}
 
 
 def write_align_part(model: str | Path, part: int, out: str | Path) -> dict[str, Any]:

@@ -293,15 +293,17 @@ class NumpyRegionEncoder:
                       size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
         """features' and, with a fine-tuned top or flips, ImageNet's unflipped features of the same boxes
         (else None)."""
-        s = self.cfg.input_size
-        x = cnn_input(image, s)
+        x = cnn_input(image, self.cfg.input_size)
         own, imagenet = self._maps(x)
         feats = self._pool(own, boxes, size)
-        base = self._pool(imagenet, boxes, size) if imagenet is not None else feats if self.cfg.flip else None
+        base = (self._pool(imagenet, boxes, size) if imagenet is not None
+                else feats if self.cfg.test_time_views() else None)
         if self.cfg.flip:  # as RegionEncoder: the mirror image's own map, the boxes mirrored
             mirror = self._maps(np.ascontiguousarray(x[:, ::-1]), own_only=True)[0]
             feats = (feats + self._pool(mirror, mirror_boxes(boxes, size[0]), size)) / 2
-        return feats, base
+        for s in self.cfg.extra_sizes:  # as RegionEncoder: one more view each
+            feats = feats + self._pool(self._maps(cnn_input(image, s), own_only=True)[0], boxes, size, s)
+        return feats / (1 + len(self.cfg.extra_sizes)), base
 
     def _maps(self, x: np.ndarray, own_only: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """(the model's own map, ImageNet's beside a fine-tuned top's or None); the lower stages run once."""
@@ -311,8 +313,9 @@ class NumpyRegionEncoder:
         h = self.model.lower(x, cut)
         return self.tuned.upper(h, cut), (None if own_only else self.model.upper(h, cut))
 
-    def _pool(self, fmap: np.ndarray, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        s, (w, hgt) = self.cfg.input_size, size
+    def _pool(self, fmap: np.ndarray, boxes: np.ndarray, size: tuple[int, int], s: int | None = None) -> np.ndarray:
+        """RoIAlign of `boxes` (in a photo of `size`) on the map of the photo warped to `s` (default input_size)."""
+        s, (w, hgt) = s or self.cfg.input_size, size
         scaled = np.asarray(boxes, np.float32) * np.array([s / w, s / hgt, s / w, s / hgt], np.float32)
         return roi_align(fmap, scaled, self.cfg.roi_output, 1.0 / (s / fmap.shape[1])).mean(axis=(1, 2))
 

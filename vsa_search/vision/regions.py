@@ -208,8 +208,8 @@ class RegionEncoder:
         through the shared lower stages."""
         import torch
 
-        if cfg.flip and cfg.pooling != "roi":
-            raise ModelError(f"{cfg.extractor_id()}: test-time flips need RoI pooling")
+        if cfg.test_time_views() and cfg.pooling != "roi":
+            raise ModelError(f"{cfg.extractor_id()}: test-time flips and sizes need RoI pooling")
         self.cfg = cfg
         self.device = pick_device(device)
         self.model = load_backbone(cfg.backbone).to(self.device).to(memory_format=torch.channels_last)
@@ -267,10 +267,15 @@ class RegionEncoder:
         splits = np.cumsum([len(b) for b in boxes])[:-1]
         with torch.inference_mode():
             own = pool_boxes(tuned if tuned is not None else imagenet, boxes, sizes, s, o)
-            base = pool_boxes(imagenet, boxes, sizes, s, o) if tuned is not None else own if self.cfg.flip else None
+            base = (pool_boxes(imagenet, boxes, sizes, s, o) if tuned is not None
+                    else own if self.cfg.test_time_views() else None)
             if self.cfg.flip:  # the mirror of the warped input is the warped mirror image
                 mirrored = [mirror_boxes(b, w) for b, (w, _) in zip(boxes, sizes)]
                 own = (own + pool_boxes(self._cnn(x.flip(-1), own_only=True)[0], mirrored, sizes, s, o)) / 2
+            for size in self.cfg.extra_sizes:  # one more view each, weighted as the input_size one
+                fmap = self._cnn(torch.stack([self._tensor(im, size) for im in images]), own_only=True)[0]
+                own = own + pool_boxes(fmap, boxes, sizes, size, o)
+            own = own / (1 + len(self.cfg.extra_sizes))
         return (np.split(own.cpu().numpy(), splits),
                 np.split(base.cpu().numpy(), splits) if base is not None else None)
 
@@ -311,7 +316,7 @@ def decode_side(cfg: RegionConfig) -> int | None:
     """The smallest width and height a photo needs to be decoded at for this extractor: RoI pooling
     warps the whole photo to input_size and selective search runs at ss_max_side, so a 12 MP phone
     photo is decoded at 1/8 scale. Per-crop pooling upsamples small boxes: those photos are decoded whole."""
-    return max(cfg.input_size, cfg.ss_max_side) if cfg.pooling == "roi" else None
+    return max(cfg.input_size, *cfg.extra_sizes, cfg.ss_max_side) if cfg.pooling == "roi" else None
 
 
 @dataclass

@@ -172,9 +172,9 @@ def extract_from_maps(image_ids: list[str], out: str | Path, cfg: RegionConfig, 
     features by the same extractor, cfg.imagenet()), whose concepts are copied (they are ImageNet's).
     Photos already in `out` are counted, not redone; one transaction per batch, so resumable. Returns
     (the report, the ids neither done nor stored because a store lacks them)."""
-    if cfg.flip:  # the maps are the photos', not their mirror images'
-        raise StoreError(f"{out}: flipped features need each photo's mirror image: extract them from the photos "
-                         "(without stored maps)")
+    if cfg.test_time_views():  # the maps are of the photos at input_size, not mirrored nor at other sizes
+        raise StoreError(f"{out}: features with test-time flips or sizes need the photos themselves: extract them "
+                         "from the photos (without stored maps)")
     report = ExtractReport()
     dev = pick_device(device)
     with FeatureStore(out, cfg) as store, MapStore(maps, readonly=True) as ms, \
