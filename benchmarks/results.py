@@ -23,7 +23,7 @@ RESULTS = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "RESULTS.md"
 README = ROOT / "README.md"
 FEATS = "cache/features/tf_efficientnet_lite0-roi224-selective20-f90264726634"
-TOP_FEATS = "cache/features/tf_efficientnet_lite0-roi224-selective20-e90066bef421"
+TOP_FEATS = "cache/features/tf_efficientnet_lite0-roi224-selective20-79b3de3cd15b"
 
 
 def table(head: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
@@ -106,7 +106,7 @@ def ablation(d: dict) -> str:
         "The first three rows share one recipe "
         "at a fixed budget (6 epochs, lr 1e-3, decay at epoch 5, 300-d words, sum of hinges); the rest of ImageNet's "
         "top use the global member's recipe (20 epochs, lr 2e-3, decay at 15). The rows of the fine-tuned top come "
-        "from `vsa eval recall --features TOP_FEATS --also H.pt --also B.pt --json` (`weights/align.md`): the "
+        "from `vsa eval recall --features TOP_NOFLIP --also H.pt --also B.pt --json` (`weights/align.md`): the "
         "region model no longer trails the full image, but is not above its interval either.",
         recall_rows(d)])
 
@@ -204,7 +204,8 @@ def coco128(d: dict) -> str:
     return "\n\n".join([
         "## Open vocabulary: `benchmarks/coco128.py` (126 COCO photos, never trained on)",
         "Written by `python benchmarks/coco128.py --model weights/align.pt --caption-model weights/caption.pt "
-        "--flickr-features TOP_FEATS --flickr-photos 200 --weight 6.0 --json docs/results/bench-coco128.json`. "
+        f"--flickr-features TOP_FEATS --flickr-photos 200 --weight {d['weight']:g} --json "
+        "docs/results/bench-coco128.json`. "
         "Search scores are the product's (querybank offsets included); captions without the bridge are what "
         "`vsa caption` writes (beams re-ranked).",
         table(["measure", "without bridge", f"with bridge (weight {d['weight']:g})"], rows),
@@ -478,9 +479,9 @@ Every table below is rendered by `benchmarks/results.py` (`make results`) from a
 `docs/results/`; each names the command that writes its file. To update a figure, run that command (its JSON
 into `docs/results/`), then `make results`. FEATS is a feature store of the Flickr8k photos
 (`vsa features extract --dataset flickr8k --out FEATS`; here `{FEATS}`), what the caption generators read;
-TOP_FEATS holds the same photos' features through the shipped alignment model's fine-tuned CNN top
-(`vsa features extract --model align --out TOP_FEATS`, or from stored maps: `weights/align.md`; here
-`{TOP_FEATS}`), what `weights/align.pt` reads.
+TOP_FEATS holds the same photos' features through the shipped alignment model's fine-tuned CNN top, with
+test-time flips (`vsa features extract --model align --out TOP_FEATS`; here `{TOP_FEATS}`), what
+`weights/align.pt` reads.
 
 Protocol, like for like with the paper: models trained on Flickr8k's **6,000 training photos**, every choice
 made on the **1,000 dev photos**, figures on all **1,000 test photos** (5,000 sentences). No test photo or
@@ -503,10 +504,10 @@ SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
     (("bench-regions.json",), regions_speed),
     (("bench-build.json",), lambda d: build_speed(
         d, "## Index builds on phone photos: `benchmarks/build.py`" + (
-            "\n\nBaseline: the same code with the shipped alignment model as it was with a querybank of 1,000 "
-            "sentences (`align-bank1000.pt`, `weights/align.pt` of git 2f6ec96); this: the shipped model, whose "
-            "2,000 sentences give each photo its offset at build time. The bank's sentences are encoded while the "
-            "model loads, as in a long build (`load s`)." if _baseline_model(d) else ""),
+            "\n\nBaseline: the same code with the shipped alignment model as it was before test-time flips "
+            "(`align-noflip.pt`, `weights/align.pt` of git f126225); this: the shipped model, which reads each "
+            "photo and its mirror image (a second pass through the CNN). The querybank's sentences are encoded "
+            "while the model loads, as in a long build (`load s`)." if _baseline_model(d) else ""),
         f"OMP_NUM_THREADS=2 python benchmarks/build.py{_baseline_model(d)} --repeat {d['repeat']} --json "
         "docs/results/bench-build.json")),
     (("bench-build-baseline.json",), lambda d: build_speed(
