@@ -113,10 +113,12 @@ def test_eval_caption_batches_equal_one_photo_at_a_time(shipped, photos, tmp_pat
     extract_to_store(test, store, cap.region_config, encoder=encoder)
     extract_to_store(test, rerank_store, align.region_config, encoder=rerank_encoder)
     monkeypatch.setattr(metrics, "_meteor", lambda gts, res: (None, "METEOR not run in tests"))
+    # a length normalisation other than none, so that the batched beams rank by it (the file's own is the
+    # default: tests/test_rerank.py)
     res = evaluate_captions(SHIPPED / "caption-ensemble.pt", store, dataset=ds, meteor=False,
-                            rerank_features=rerank_store)
-    weight, norm = res["rerank"]["weight"], res["length_norm"]  # the file's own
-    assert norm == cap.metrics["length_norm"] > 0
+                            rerank_features=rerank_store, length_norm=0.5)
+    weight, norm = res["rerank"]["weight"], res["length_norm"]
+    assert norm == 0.5 and weight == cap.metrics["rerank_weight"]
     with FeatureStore(store, readonly=True) as st, FeatureStore(rerank_store, readonly=True) as rst:
         for c in res["captions"]:
             f = st.get(c["image"])
