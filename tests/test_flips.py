@@ -13,18 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
-from test_top import one_error_line
 from tiny_align import TINY, WORDS, tiny_top
 from typer.testing import CliRunner
 
 from vsa_search.captioning.rerank import fits
 from vsa_search.cli import app
 from vsa_search.core.config import EMBED_PRESETS, REGION_PRESETS, top_id
-from vsa_search.core.errors import ModelError
+from vsa_search.core.errors import ModelError, StoreError
 from vsa_search.data.vocab import SPECIALS, Vocab
 from vsa_search.models.alignment import build_model, load_align, save_align
 from vsa_search.vision import cnn
 from vsa_search.vision.regions import RegionEncoder, decode_side, mirror_boxes, propose
+from vsa_search.vision.trunk import extract_with_top
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "photos"
 runner = CliRunner()
@@ -125,8 +125,7 @@ def test_an_ensemble_made_with_flip_or_extra_sizes_reads_its_photos_so(top, tmp_
     ms = load_align(tmp_path / "ms.pt").region_config
     assert ms == dataclasses.replace(cfg, extra_sizes=(224,)) and not ms.flip
     # its features come from the photos: stored maps have no mirror image
-    res = runner.invoke(app, ["features", "extract", "--model", str(tmp_path / "ens.pt"), "--out",
-                              str(tmp_path / "store"), "--maps", str(tmp_path / "maps"), "--boxes",
-                              str(tmp_path / "frozen")])
-    assert "test-time flips or sizes need the photos themselves" in one_error_line(res)
+    with pytest.raises(StoreError, match="test-time flips or sizes need the photos themselves"):
+        extract_with_top({"horse": EXAMPLES / "horse.jpg"}, tmp_path / "store", ens.region_config, ens.top,
+                         maps=tmp_path / "maps", frozen=tmp_path / "frozen")
     assert not (tmp_path / "store").exists()
