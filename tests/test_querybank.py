@@ -18,11 +18,13 @@ from typer.testing import CliRunner
 from vsa_search import index as ix
 from vsa_search.cli import app
 from vsa_search.core.config import EMBED_PRESETS
+from vsa_search.core.errors import ModelError
 from vsa_search.data.vocab import pad_ids
 from vsa_search.index import query, sentences
+from vsa_search.models import checkpoint
 from vsa_search.models.alignment import AlignModel, load_align, save_align
 from vsa_search.models.encode import photo_offset, query_vectors
-from vsa_search.models.querybank import QueryBank, photo_offsets, sentence_offsets
+from vsa_search.models.querybank import QueryBank, dequantize, photo_offsets, quantize, sentence_offsets, stored
 from vsa_search.models.score import item_scores, score
 from vsa_search.vision.images import load
 
@@ -189,3 +191,35 @@ def test_the_bank_sentences_are_encoded_a_chunk_at_a_time(banked_hybrid: Path, m
     assert torch.equal(parts[1], whole[1]) and parts[2] == whole[2] == len(BANK_SENTENCES)
     assert torch.allclose(parts[0], whole[0], atol=1e-6) and torch.allclose(parts[3], whole[3], atol=1e-6)
     assert not parts[0].requires_grad and parts[0].is_contiguous()
+
+
+def test_the_bank_photos_are_stored_in_8_bits_within_half_a_step(banked: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    feats = torch.relu(torch.randn(3, 5, 64, generator=g)) * 4
+    feats[1, 3:] = 0  # padded regions stay exactly zero
+    codes, low, step = quantize(feats)
+    assert codes.dtype == torch.uint8 and low.shape == step.shape == (3, 5, 1)
+    back = dequantize(codes, low, step)
+    assert torch.all((back - feats).abs() <= step.float() / 2 + 1e-6)
+    assert torch.equal(back[1, 3:], torch.zeros(2, 64))
+    assert torch.equal(stored(back), back)  # storing again changes nothing: a bank is chosen as it ships
+    blob = torch.load(banked, weights_only=True)
+    assert blob["format_version"] == checkpoint.FORMAT_VERSION == 2
+    assert blob["state_dict"]["querybank.photo_codes"].dtype == torch.uint8
+
+
+def test_a_format_1_file_with_a_float16_bank_still_loads(banked: Path, tmp_path: Path) -> None:
+    m = load_align(banked)
+    blob = torch.load(banked, weights_only=True)
+    sd = blob["state_dict"]
+    for k in ("photo_codes", "photo_low", "photo_step"):
+        sd.pop("querybank." + k)
+    sd["querybank.photo_feats"] = m.querybank.photo_feats.half()
+    blob["format_version"] = 1
+    torch.save(blob, tmp_path / "v1.pt")
+    old = load_align(tmp_path / "v1.pt")
+    assert torch.equal(old.querybank.photo_feats, m.querybank.photo_feats.half().float())
+    blob["format_version"] = 3
+    torch.save(blob, tmp_path / "v3.pt")
+    with pytest.raises(ModelError, match="model format 3, this version reads 1 and 2$"):
+        load_align(tmp_path / "v3.pt")

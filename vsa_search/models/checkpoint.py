@@ -15,7 +15,8 @@ from ..core.atomic import atomic_path
 from ..core.config import to_dict
 from ..core.errors import ModelError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a querybank's photo features may be stored in 8 bits (models/querybank.py)
+READS = (1, 2)  # the formats this version loads
 
 
 @dataclass
@@ -79,9 +80,9 @@ def load(path: str | Path, kind: str | None = None, map_location: str | torch.de
     if not isinstance(blob, dict) or "kind" not in blob or "header_json" not in blob:
         raise ModelError(f"{path}: not a vsa model file: a PyTorch file, but without the kind and header "
                          "that `vsa train` writes")
-    if blob.get("format_version") != FORMAT_VERSION:
+    if blob.get("format_version") not in READS:
         raise ModelError(f"{path}: model format {blob.get('format_version')}, this version reads "
-                         f"{FORMAT_VERSION}")
+                         f"{' and '.join(map(str, READS))}")
     if kind is not None and blob["kind"] != kind:
         def a(word: str) -> str:
             return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"

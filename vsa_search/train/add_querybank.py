@@ -14,7 +14,7 @@ from ..core.errors import UsageError
 from ..data.datasets import load_flickr8k
 from ..evaluation.recall import retrieval_data
 from ..models.alignment import LoadedAlign, load_align, save_align
-from ..models.querybank import QueryBank
+from ..models.querybank import QueryBank, stored
 from ..vision.features import FeatureStore, require_extractor
 
 DEFAULT_SENTENCES = 1000
@@ -56,5 +56,5 @@ def draw_bank(loaded: LoadedAlign, ds: Any, store: FeatureStore, sentences: int,
     bank_photos = retrieval_data(train[:photos], store, loaded.vocab)
     bank_sents = retrieval_data(train[photos:need], store, loaded.vocab)
     k = min(sentences, len(bank_sents.ids))
-    return (QueryBank(beta, weight, bank_sents.ids[:k], bank_sents.lengths[:k], bank_photos.feats,
+    return (QueryBank(beta, weight, bank_sents.ids[:k], bank_sents.lengths[:k], stored(bank_photos.feats),
                       bank_photos.region_mask), len(train))
