@@ -149,6 +149,23 @@ def test_the_choice_on_dev_is_the_best_cider_among_level_bleu() -> None:
     assert pick_rerank(rows[:1]) is rows[0]
 
 
+def test_with_meteor_the_choice_weighs_bleu_and_meteor_alike() -> None:
+    from vsa_search.evaluation.captions import pick_rerank
+
+    # the dev rows of the re-ranker read with flips (weights/caption-ensemble.md): the best BLEU-4 alone
+    # (α 0, w 5) has the least METEOR
+    rows = [{"length_norm": 0.0, "weight": 5.0, "BLEU-4": 20.74, "METEOR": 19.28, "CIDEr": 47.92},
+            {"length_norm": 0.25, "weight": 10.0, "BLEU-4": 20.17, "METEOR": 20.17, "CIDEr": 50.26},
+            {"length_norm": 0.5, "weight": 2.5, "BLEU-4": 20.22, "METEOR": 19.99, "CIDEr": 49.82},
+            {"length_norm": 0.75, "weight": 20.0, "BLEU-4": 17.71, "METEOR": 20.66, "CIDEr": 44.23}]
+    assert pick_rerank(rows) is rows[1]
+    rows[2]["METEOR"] = 20.05  # level with the best sum (within 0.1): CIDEr decides
+    assert pick_rerank(rows) is rows[1]
+    rows[2]["CIDEr"] = 50.3
+    assert pick_rerank(rows) is rows[2]
+    assert pick_rerank([{**r, "METEOR": None} for r in rows])["weight"] == 5.0  # not measured: BLEU-4 first
+
+
 def test_the_rerank_weight_command_prints_every_pair(models, flickr_root: Path, tmp_path: Path,
                                                      tiny_region_encoder) -> None:
     from typer.testing import CliRunner

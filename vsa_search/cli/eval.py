@@ -153,8 +153,9 @@ def rerank_weight_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Choose the re-ranking weight (and length normalisation) on dev: BLEU-4, CIDEr and distinct captions
-    of each pair on the same finished beams, and of the pairs within 0.1 of the best BLEU-4 the one with the
-    best CIDEr (what `vsa train caption-ensemble --rerank-weight --length-norm` takes)."""
+    of each pair on the same finished beams, and of the pairs within 0.1 of the best BLEU-4 (with --meteor:
+    the best sum of BLEU-4 and METEOR) the one with the best CIDEr (what `vsa train caption-ensemble
+    --rerank-weight --length-norm` takes)."""
     grid, norms = _numbers(weights, "--weights"), _numbers(length_norms, "--length-norms")
     with progress(f"captioning {split} photos", None) as advance:
         weight, res = tune_rerank_weight(paths.find_model(model), features, split, grid, beam=beam, device=device,

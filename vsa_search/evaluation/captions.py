@@ -118,12 +118,11 @@ def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "de
                        rerank_features: str | Path | None = None,
                        length_norms: tuple[float, ...] = (0.0,), meteor: bool = False) -> tuple[float, dict[str, Any]]:
     """The re-ranking weight and length normalisation (captioning/rerank.py) chosen on the `split` photos of
-    `dataset` (default: Flickr8k dev; never test) in the store `features`: of the pairs whose BLEU-4 is within
-    BLEU_TIE of the best, the one with the best CIDEr (ties: the smaller weight, then the smaller
-    normalisation). One beam search: every pair re-ranks the same finished
-    beams; a re-ranker of a fine-tuned CNN top's features reads them from `rerank_features` (see
-    reranker_features). Returns (weight, {"rows": [{length_norm, weight, BLEU-4, CIDEr, distinct captions,
-    words a caption, and METEOR if `meteor`}], "length_norm": the chosen one, ...})."""
+    `dataset` (default: Flickr8k dev; never test) in the store `features`, by pick_rerank's rule. One beam
+    search: every pair re-ranks the same finished beams; a re-ranker of a fine-tuned CNN top's features reads
+    them from `rerank_features` (see reranker_features). Returns (weight, {"rows": [{length_norm, weight,
+    BLEU-4, CIDEr, distinct captions, words a caption, and METEOR if `meteor`}], "length_norm": the chosen
+    one, ...})."""
     if split == "test":
         raise UsageError("choose the re-ranking weight on dev (or train), never on test")
     loaded = load_caption(model, device=pick_device(device))
@@ -158,15 +157,27 @@ def tune_rerank_weight(model: str | Path, features: str | Path, split: str = "de
     return best["weight"], {"model": str(loaded.path), "rerank": str(align.path), "dataset": ds.name,
                             "split": split, "photos": len(recs), "beam": beam, "rows": rows,
                             "length_norm": best["length_norm"],
-                            "rule": f"the best {split} CIDEr within {BLEU_TIE} of the best {split} BLEU-4",
+                            "rule": rerank_rule(meteor, split),
                             **({"rerank_features": str(where)} if where is not None else {})}
 
 
 def pick_rerank(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Of re-ranking rows (length_norm, weight, BLEU-4, CIDEr), those within BLEU_TIE of the best BLEU-4
-    are level; of them the best CIDEr wins (ties: the smaller weight, then the smaller normalisation)."""
-    level = [r for r in rows if r["BLEU-4"] >= max(r["BLEU-4"] for r in rows) - BLEU_TIE]
+    """The pair of re-ranking rows (length_norm, weight, BLEU-4, CIDEr, METEOR if measured) that the rule
+    picks. With METEOR: the best sum of BLEU-4 and METEOR, in points (BLEU-4 alone favours short captions,
+    METEOR long ones; a caption needs both); within BLEU_TIE of that sum the best CIDEr. Without: those within
+    BLEU_TIE of the best BLEU-4 are level, and of them the best CIDEr. Ties: the smaller weight, then the
+    smaller normalisation."""
+    def key(r: dict[str, Any]) -> float:
+        return r["BLEU-4"] + r["METEOR"] if all(x.get("METEOR") is not None for x in rows) else r["BLEU-4"]
+
+    level = [r for r in rows if key(r) >= max(key(x) for x in rows) - BLEU_TIE]
     return max(level, key=lambda r: (round(r["CIDEr"], 6), -r["weight"], -r["length_norm"]))
+
+
+def rerank_rule(meteor: bool, split: str) -> str:
+    """pick_rerank's rule in words."""
+    what = "BLEU-4 + METEOR" if meteor else "BLEU-4"
+    return f"the best {split} CIDEr within {BLEU_TIE} of the best {split} {what}"
 
 
 def top_store(align: Any, rerank_features: str | Path | None) -> Path | None:
