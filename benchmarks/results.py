@@ -106,7 +106,9 @@ def ablation(d: dict) -> str:
         "The first three rows share one recipe "
         "at a fixed budget (6 epochs, lr 1e-3, decay at epoch 5, 300-d words, sum of hinges); the rest of ImageNet's "
         "top use the global member's recipe (20 epochs, lr 2e-3, decay at 15). The rows of the fine-tuned top come "
-        "from `vsa eval recall --features TOP_NOFLIP --also H.pt --also B.pt --json` (`weights/align.md`): the "
+        "from `vsa eval recall --features TOP_NOFLIP --also H.pt --also B.pt --json`, those of the deeper top from "
+        "`vsa eval recall --features TOP_FEATS --json` and, for its region model, `vsa train ensemble-part --part 0` "
+        "then `vsa eval recall --features TOP_FEATS --model PART0 --json` (`weights/align.md`): on either top the "
         "region model no longer trails the full image, but is not above its interval either.",
         recall_rows(d)])
 
@@ -504,10 +506,11 @@ SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
     (("bench-regions.json",), regions_speed),
     (("bench-build.json",), lambda d: build_speed(
         d, "## Index builds on phone photos: `benchmarks/build.py`" + (
-            "\n\nBaseline: the same code with the shipped alignment model as it was before test-time flips "
-            "(`align-noflip.pt`, `weights/align.pt` of git f126225); this: the shipped model, which reads each "
-            "photo and its mirror image (a second pass through the CNN). The querybank's sentences are encoded "
-            "while the model loads, as in a long build (`load s`)." if _baseline_model(d) else ""),
+            "\n\nBaseline: the same code with the shipped alignment model as it was before the deeper CNN top "
+            "(`align-cut6.pt`, `weights/align.pt` of git 594d9c7: the last stage's top, read with flips); this: the "
+            "shipped model, whose top is the last two stages and the head (from the stride-16 map), also read "
+            "with flips. The querybank's sentences are encoded while the model loads, as in a long build "
+            "(`load s`)." if _baseline_model(d) else ""),
         f"OMP_NUM_THREADS=2 python benchmarks/build.py{_baseline_model(d)} --repeat {d['repeat']} --json "
         "docs/results/bench-build.json")),
     (("bench-build-baseline.json",), lambda d: build_speed(
