@@ -168,7 +168,9 @@ def test_calibration_hits_come_from_search_with_the_bridge(tmp_path: Path) -> No
     from vsa_search.vision.features import extract_to_store
 
     model = load_align(SHIPPED)
-    said = {"horse.jpg": "a brown horse stands in a field", "chelsea-cat.jpg": "a cat sits and looks at the camera",
+    # each sentence says what its photo shows (horse.jpg: a black horse's silhouette on white)
+    said = {"horse.jpg": "a black horse stands on a white background",
+            "chelsea-cat.jpg": "a cat sits and looks at the camera",
             "coffee.jpg": "a cup of coffee on a table", "rocket.jpg": "a rocket launches into the sky"}
     photos = {n: EXAMPLES / n for n in said}
     store = tmp_path / "feats"
