@@ -167,10 +167,13 @@ def pick_rerank(rows: list[dict[str, Any]]) -> dict[str, Any]:
     METEOR long ones; a caption needs both); within BLEU_TIE of that sum the best CIDEr. Without: those within
     BLEU_TIE of the best BLEU-4 are level, and of them the best CIDEr. Ties: the smaller weight, then the
     smaller normalisation."""
-    def key(r: dict[str, Any]) -> float:
-        return r["BLEU-4"] + r["METEOR"] if all(x.get("METEOR") is not None for x in rows) else r["BLEU-4"]
+    with_meteor = all(r.get("METEOR") is not None for r in rows)
 
-    level = [r for r in rows if key(r) >= max(key(x) for x in rows) - BLEU_TIE]
+    def key(r: dict[str, Any]) -> float:
+        return r["BLEU-4"] + (r["METEOR"] if with_meteor else 0.0)
+
+    best = max(map(key, rows))
+    level = [r for r in rows if key(r) >= best - BLEU_TIE]
     return max(level, key=lambda r: (round(r["CIDEr"], 6), -r["weight"], -r["length_norm"]))
 
 
