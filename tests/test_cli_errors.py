@@ -78,3 +78,17 @@ def test_train_embed_without_a_feature_store(tmp_path: Path, flickr_root: Path) 
 def test_unknown_command_and_option() -> None:
     one_line(run("frobnicate"), 2, "No such command 'frobnicate'")
     one_line(run("search", "cat", "--bogus"), 2, "No such option: --bogus")
+
+
+def test_eval_recall_generator_weights_need_two() -> None:
+    one_line(run("eval", "recall", "--generator", "caption", "--generator-weights", "0.1"), 2,
+             "--generator-weights '0.1': expected ANNOTATION,SEARCH")
+
+
+def test_index_text_with_a_generator_without_prior_photos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VSA_HOME", str(tmp_path))
+    (tmp_path / "s.txt").write_text("a dog runs on the grass\n")
+    r = run("index", "text", str(tmp_path / "s.txt"), "--index", "t", "--generator", str(SHIPPED / "caption.pt"))
+    one_line(r, 2, "caption.pt: a generator without prior photos cannot re-rank; add them with `vsa train "
+                   "generator-prior`")
+    assert not (tmp_path / "indexes" / "t").exists()

@@ -18,6 +18,7 @@ from ..evaluation.captions import RERANK_GRID, evaluate_captions, tune_rerank_we
 from ..evaluation.recall import evaluate_recall
 from ..evaluation.regions import evaluate_regions
 from ..train.baseline import train_global_baseline
+from ..train.generator_tune import ANNOTATION_WEIGHTS, SEARCH_WEIGHTS, tune_generator
 from ..train.querybank_tune import BETAS as QB_BETAS
 from ..train.querybank_tune import MAX_MODEL_BYTES as QB_MAX_BYTES
 from ..train.querybank_tune import SIZES as QB_SIZES
@@ -76,6 +77,12 @@ def recall_cmd(
         help="Global baseline model: auto (shipped align-global, else trained on --features) | PATH | none.")
     ] = "auto",
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
+    generator: Annotated[str | None, typer.Option(
+        help="A caption model that re-ranks this model's top candidates (one more row).")] = None,
+    generator_features: Annotated[Path | None, typer.Option(
+        help="The generator's feature store (the split's and training photos; default: extract them).")] = None,
+    generator_weights: Annotated[str | None, typer.Option(
+        help="ANNOTATION,SEARCH weights of the generator's term (default: the ones chosen on dev).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Recall@K and median rank, both directions, beside the global baseline, chance and the paper."""
@@ -83,11 +90,15 @@ def recall_cmd(
         ks = tuple(int(x) for x in k.split(",") if x.strip())
     except ValueError:
         raise UsageError(f"--k {k!r}: expected comma-separated integers, e.g. 1,5,10") from None
+    gw = _numbers(generator_weights, "--generator-weights") if generator_weights is not None else None
+    if gw is not None and len(gw) != 2:
+        raise UsageError(f"--generator-weights {generator_weights!r}: expected ANNOTATION,SEARCH, e.g. 0.04,0.1")
     with stages() as on_stage:
         trainer = partial(train_global_baseline, device=device, on_baseline=lambda msg: err.print(msg))
         report = evaluate_recall(model, features, split, ks, baseline=baseline, device=device,
                                  dataset=load_dataset_opts(dataset, root, captions),
-                                 train_baseline=trainer, also=also, on_stage=on_stage)
+                                 train_baseline=trainer, also=also, on_stage=on_stage, generator=generator,
+                                 generator_features=generator_features, generator_weights=gw)
     if json_out:
         print_json(report)
         return
@@ -343,3 +354,41 @@ def calibrate_cmd(
     out.print(f"Brier {m['brier']:.4f}, ECE {m['ece']:.4f}; default floor P >= {res['floor']:.3f} "
               f"(score {res['floor_score']:.3f}: {res['floor_rule']})", markup=False)
     out.print(f"wrote {res['written']}" + (f" and {res['plot']}" if "plot" in res else ""), markup=False)
+
+
+@app.command("generator-tune")
+def generator_tune_cmd(
+    features: Annotated[Path, typer.Option(help="The alignment model's feature store (the dev photos).")],
+    generator_features: Annotated[Path | None, typer.Option(
+        help="The generator's feature store (dev and training photos; default: extract them).")] = None,
+    model: Annotated[str, typer.Option(help="Alignment model file or name.")] = paths.ALIGN_MODEL,
+    generator: Annotated[str, typer.Option(help="Caption model file or name.")] = paths.CAPTION_MODEL,
+    annotation_weights: Annotated[str, typer.Option(help="Annotation weights to try.")] =
+        ",".join(f"{w:g}" for w in ANNOTATION_WEIGHTS),
+    search_weights: Annotated[str, typer.Option(help="Search weights to try.")] =
+        ",".join(f"{w:g}" for w in SEARCH_WEIGHTS),
+    split: Annotated[str, typer.Option(help="dev (never test).")] = "dev",
+    dataset: DatasetOpt = "flickr8k",
+    root: RootOpt = None,
+    captions: CaptionsOpt = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when present).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Choose on dev the weights with which the caption generator re-ranks retrieval (`vsa eval recall
+    --generator`): each weight's mean Recall@{1,5,10} per direction, and each direction's best."""
+    grid = _numbers(annotation_weights, "--annotation-weights"), _numbers(search_weights, "--search-weights")
+    with stages() as on_stage:
+        res = tune_generator(model, features, generator, generator_features, split, *grid,
+                             dataset=load_dataset_opts(dataset, root, captions), device=device, on_stage=on_stage)
+    if json_out:
+        print_json(res)
+        return
+    out.print(f"{res['model']} re-ranked by {res['generator']}: {res['photos']} {res['split']} photos, top "
+              f"{res['depth']}, prior over {res['prior_photos']} training photos", markup=False)
+    for name, rows in res["rows"].items():
+        for r in rows:
+            m = r["metrics"]
+            out.print(f"{name:>10s} w {r['weight']:<6g} R@1 {m['R@1']:5.1f}  R@5 {m['R@5']:5.1f}  R@10 "
+                      f"{m['R@10']:5.1f}  mean {r['mean_recall']:6.2f}", markup=False)
+    out.print(f"pick: annotation {res['pick']['annotation']:g}, search {res['pick']['search']:g} ({res['rule']})",
+              markup=False)

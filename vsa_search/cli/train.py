@@ -1,4 +1,4 @@
-"""`vsa train embed|finetune|export-top|ensemble|querybank|caption|caption-ensemble`."""
+"""`vsa train embed|finetune|export-top|ensemble|querybank|caption|caption-ensemble|generator-prior`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 
 from ..core import config, paths
 from ..core.errors import UsageError
+from ..train import add_prior as prior
 from ..train import add_querybank as bank
 from ..train import distributed, train_caption, train_embed
 from ..train.embed import embed_config
@@ -248,6 +249,30 @@ def querybank_cmd(
         return
     out.print(f"{out_path}: {summary['from']} with a querybank of {summary['sentences']} training sentences and "
               f"{summary['photos']} training photos (β {beta}, weight {weight})")
+
+
+@app.command("generator-prior")
+def generator_prior_cmd(
+    model: Annotated[str, typer.Option(help="Caption model file or name.")],
+    features: Annotated[Path, typer.Option(help="The generator's feature store holding the training photos.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Model file to write (atomically).")],
+    dataset: DatasetOpt = "flickr8k",
+    root: RootOpt = None,
+    captions: CaptionsOpt = None,
+    photos: Annotated[int, typer.Option(min=1, help="Training photos of the prior.")] = prior.PRIOR_PHOTOS,
+    regions: Annotated[int, typer.Option(min=1, help="Regions kept of each (the full frame "
+                                                     "first).")] = prior.PRIOR_REGIONS,
+    seed: Annotated[int, typer.Option(help="Seed of the draw from the training split.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Store training photos in a caption model, over which a sentence's mean probability is taken when the
+    generator re-ranks retrieval (`vsa eval recall --generator`, `vsa search --image`)."""
+    summary = prior.add_prior(model, features, out_path, photos, regions, seed,
+                              dataset=load_dataset_opts(dataset, root, captions))
+    if json_out:
+        print_json(summary)
+        return
+    out.print(f"{out_path}: {summary['from']} with {summary['photos']} training photos as its prior", markup=False)
 
 
 @app.command("caption-ensemble")

@@ -12,13 +12,23 @@ import torch
 
 from ..core import paths
 from ..core.device import pick_device
-from ..core.errors import DatasetError, UsageError
+from ..core.errors import DatasetError, StoreError, UsageError
 from ..data.datasets import load_flickr8k
 from ..data.vocab import UNK, pad_ids
 from ..models.alignment import LoadedAlign, load_align
+from ..models.captioner import LoadedCaptioner, load_caption
 from ..models.querybank import photo_offsets, sentence_offsets
 from ..models.score import flat_words, score_words, shared_width, split_words, word_mask
 from ..vision.features import FeatureStore, extract_to_cache, require_extractor, same_extractor
+from .generative import (
+    ANNOTATION_WEIGHT,
+    DEPTH,
+    SEARCH_WEIGHT,
+    generator_inputs,
+    generator_terms,
+    pair_count,
+    reranked_metrics,
+)
 from .metrics import chance_metrics, paper_recall, retrieval_metrics
 
 # Trains a global baseline when none fits: (model, features, dataset) -> (LoadedAlign or None, where it came from).
@@ -119,20 +129,69 @@ def querybank_offsets(loaded: LoadedAlign, data: RetrievalData, device: torch.de
         model.train(was_training)
 
 
-def _rows(name: str, loaded: LoadedAlign, data: RetrievalData, device: torch.device | str, ks: tuple[int, ...],
-          reps: int, seed: int, on_stage: StageFn = _no_stage) -> list[dict[str, Any]]:
-    """One table row for a model; two for a model with a querybank (the second without it)."""
+def normalised_scores(loaded: LoadedAlign, data: RetrievalData, device: torch.device | str, name: str = "",
+                      on_stage: StageFn = _no_stage) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(raw scores, querybank-normalised scores or None without a bank), both (N_img, N_sent)."""
     raw = score_all(loaded.model, data, device,
                     on_progress=on_stage(f"scoring {name}", len(data.image_ids), "photos"))
-    row = {"name": name, "path": str(loaded.path)}
     if loaded.querybank is None:
-        return [{**row, "metrics": retrieval_metrics(raw, data.sent_image, ks, reps, seed)}]
+        return raw, None
     p_off, s_off = querybank_offsets(loaded, data, device,
                                      on_progress=on_stage(f"querybank offsets, {name}", len(data.image_ids), "photos"))
+    return raw, raw - p_off[:, None] - s_off[None, :]
+
+
+def _rows(name: str, loaded: LoadedAlign, data: RetrievalData, device: torch.device | str, ks: tuple[int, ...],
+          reps: int, seed: int, on_stage: StageFn = _no_stage) -> tuple[list[dict[str, Any]], torch.Tensor]:
+    """(one table row for a model, two for a model with a querybank (the second without it); the scores
+    of the first row)."""
+    raw, normalised = normalised_scores(loaded, data, device, name, on_stage)
+    row = {"name": name, "path": str(loaded.path)}
+    if normalised is None:
+        return [{**row, "metrics": retrieval_metrics(raw, data.sent_image, ks, reps, seed)}], raw
     return [{**row, "querybank": loaded.querybank.header(),
-             "metrics": retrieval_metrics(raw - p_off[:, None] - s_off[None, :], data.sent_image, ks, reps, seed)},
+             "metrics": retrieval_metrics(normalised, data.sent_image, ks, reps, seed)},
             {**row, "name": f"{name}, without querybank normalisation",
-             "metrics": retrieval_metrics(raw, data.sent_image, ks, reps, seed)}]
+             "metrics": retrieval_metrics(raw, data.sent_image, ks, reps, seed)}], normalised
+
+
+def generator_row(generator: str | Path, features: Path | None, scores: torch.Tensor, data: RetrievalData,
+                  ds: Any, split: str, weights: tuple[float, float] | None, ks: tuple[int, ...], reps: int,
+                  seed: int, device: torch.device | str, on_stage: StageFn = _no_stage) -> dict[str, Any]:
+    """The row of this model's scores re-ranked by the caption generator (evaluation/generative.py); the
+    generator reads its own features from the store `features` (default: extracted into the cache)."""
+    cap, inputs, prior = generator_data(generator, features, data.image_ids, ds, split, device, on_stage)
+    w_ann, w_search = weights or (ANNOTATION_WEIGHT, SEARCH_WEIGHT)
+    both = w_search != 0  # the search direction's terms cost the most: only when they count
+    terms = generator_terms(cap, inputs, prior, data.sentences, scores, search=both,
+                            on_progress=on_stage(f"generator, {Path(cap.path).name}",
+                                                 pair_count(scores, len(prior), search=both), "pairs"))
+    return {"name": f"this model, re-ranked by the generator {Path(cap.path).name}", "path": str(cap.path),
+            "generator": {"depth": DEPTH, "prior_photos": len(prior), "annotation_weight": w_ann,
+                          "search_weight": w_search},
+            "metrics": reranked_metrics(scores, terms, data.sent_image, ks, w_ann, w_search, reps, seed)}
+
+
+def generator_data(generator: str | Path, features: Path | None, image_ids: list[str], ds: Any, split: str,
+                   device: torch.device | str, on_stage: StageFn = _no_stage
+                   ) -> tuple[LoadedCaptioner, torch.Tensor, torch.Tensor]:
+    """(the generator, its inputs for `image_ids`, its prior photos' inputs (the model file's))."""
+    cap = load_caption(paths.find_model(str(generator)), device)
+    if cap.prior is None:
+        raise UsageError(f"{cap.path}: a generator without prior photos cannot re-rank; add them with "
+                         f"`vsa train generator-prior`")
+    if features is None:
+        want = {r.image_id: r.path for r in ds.present(split) if r.image_id in set(image_ids)}
+        features = extract_to_cache(want, cap.region_config, device,
+                                    on_stage(f"extracting photos for {Path(cap.path).name}", len(want), "photos"))
+    features = Path(features)
+    with FeatureStore(features, readonly=True) as store:
+        require_extractor(store.config, cap.region_config, features, cap.path)
+        missing = [i for i in image_ids if i not in store]
+        if missing:
+            raise StoreError(f"{features}: holds no features of {missing[0]} (and {len(missing) - 1} more) for "
+                             f"the generator")
+        return cap, generator_inputs(cap, store, image_ids), cap.prior
 
 
 def _baseline(model: LoadedAlign, features: Path, baseline: str | None, dataset: Any,
@@ -165,14 +224,18 @@ def evaluate_recall(model_path: str | Path, features: str | Path | None = None, 
                     device: str | None = None, reps: int = 1000, seed: int = 0,
                     on_extract: Callable[[int], None] | None = None,
                     train_baseline: BaselineTrainer | None = None,
-                    also: list[str | Path] | None = None, on_stage: StageFn | None = None) -> dict[str, Any]:
+                    also: list[str | Path] | None = None, on_stage: StageFn | None = None,
+                    generator: str | Path | None = None, generator_features: str | Path | None = None,
+                    generator_weights: tuple[float, float] | None = None) -> dict[str, Any]:
     """The paper's retrieval evaluation on the `split` photos present ("all": every photo of
     `dataset`, default Flickr8k): this model, the models in `also` (an ablation in one table), the
     global baseline, chance and the paper's figures, side by side; 95% bootstrap intervals over
     photos (the same resamples for every row). Without `features`, the split's photos are extracted
     into the cache with the model's region config (on_extract(n) reports progress, or on_stage).
     train_baseline: see `_baseline`. on_stage(description, total, unit) -> advance(n): progress by
-    stage, with real totals (extracting, reading features, scoring each model)."""
+    stage, with real totals (extracting, reading features, scoring each model). generator: a caption model
+    that re-ranks this model's top candidates (one more row; generator_row), reading its own features from
+    `generator_features`; generator_weights: (annotation, search), default the ones chosen on dev."""
     stage = on_stage or _no_stage
     if not ks or any(k < 1 for k in ks):
         raise UsageError("--k needs positive integers, e.g. 1,5,10")
@@ -199,14 +262,17 @@ def evaluate_recall(model_path: str | Path, features: str | Path | None = None, 
         data = retrieval_data(records, store, model.vocab, stage("reading features", len(records), "photos"))
     base, base_from = _baseline(model, features, baseline, ds, train_baseline)
 
-    rows = _rows(f"this model: {Path(model.path).name}", model, data, dev_, ks, reps, seed, stage)
+    rows, scores = _rows(f"this model: {Path(model.path).name}", model, data, dev_, ks, reps, seed, stage)
+    if generator is not None:
+        rows.insert(1, generator_row(generator, None if generator_features is None else Path(generator_features),
+                                     scores, data, ds, split, generator_weights, ks, reps, seed, dev_, stage))
     for m in others:
         mdata = data if m.vocab.itos == model.vocab.itos else _data_for(features, records, m)
-        rows += _rows(Path(m.path).name, m, mdata, dev_, ks, reps, seed, stage)
+        rows += _rows(Path(m.path).name, m, mdata, dev_, ks, reps, seed, stage)[0]
     if base is not None:
         base.model.to(dev_)
         bdata = data if base.vocab.itos == model.vocab.itos else _data_for(features, records, base)
-        rows.append({**_rows("global baseline", base, bdata, dev_, ks, reps, seed, stage)[0], "path": base_from})
+        rows.append({**_rows("global baseline", base, bdata, dev_, ks, reps, seed, stage)[0][0], "path": base_from})
     per_image = max(1, round(len(data.sent_image) / len(records)))
     rows.append({"name": "chance", "metrics": chance_metrics(len(records), per_image, ks)})
     paper = paper_recall("flickr8k")

@@ -45,7 +45,7 @@ from .generation import Item, write_generation
 from .layout import DEFAULT_NAME, KINDS, Location, disk_size, resolve, work_meta
 from .lookup import find_photo
 from .minus import MINUS_WEIGHT, MinusResult, search_minus
-from .query import Result, model_for, search_image, search_text, text_model_for
+from .query import Result, generator_for, model_for, search_image, search_text, text_model_for
 from .shards import MergeReport, check_shard, merge, shard_of
 from .store import FragmentIndex, open_index
 
@@ -179,15 +179,19 @@ def search_words(ix: FragmentIndex, loaded: Any, text: str, k: int = 10, per_wor
 
 
 def search_photo(ix: FragmentIndex, loaded: LoadedAlign, photo: str | Path | int, k: int = 10,
-                 text: str | None = None, encoder: Any = None, device: str | None = None) -> Any:
+                 text: str | None = None, encoder: Any = None, device: str | None = None, generator: Any = None,
+                 generator_encoder: Any = None) -> Any:
     """Search by photo, one entry for both kinds of index: a photo index gives the photos like it
     (like.search_like: its regions against theirs, optionally steered by `text`), a sentence index
     the sentences that describe it (query.search_image). Both score with the photo's region vectors
-    under the same max-over-regions rule."""
+    under the same max-over-regions rule; a sentence index built with a caption generator is re-ranked by it
+    (`generator`: query.generator_for's, loaded once by a caller that searches often; None: loaded here)."""
     if ix.kind == "sentences":
         if text is not None or isinstance(photo, int):
             raise UsageError("a sentence index is searched with a photo file alone")
-        return search_image(ix, loaded, photo, k, encoder=encoder, device=device)
+        gen = generator if generator is not None else generator_for(ix)
+        return search_image(ix, loaded, photo, k, encoder=encoder, device=device, generator=gen,
+                            generator_encoder=generator_encoder)
     from .likeness import search_like
 
     return search_like(ix, loaded, photo, text, k, encoder=encoder, device=device)

@@ -300,10 +300,12 @@ def photo_regions(model: LoadedAlign, photo: str | Path, encoder: Any = None,
 
 
 def search_image(ix: FragmentIndex, model: LoadedAlign, photo: str | Path, k: int = 10,
-                 per_region: int = 256, encoder: Any = None, device: str | None = None) -> Result:
+                 per_region: int = 256, encoder: Any = None, device: str | None = None, generator: Any = None,
+                 generator_encoder: Any = None) -> Result:
     """Sentences for a photo by the same S_kl (sum over the sentence's words of the max over
     the photo's regions): each region retrieves its nearest word fragments, whose sentences
-    are re-ranked exactly."""
+    are re-ranked exactly. With the caption `generator` the index was built with (generator_for), the top
+    DEPTH are then re-ranked by S + w · [log P(s | photo) - log P̄(s)] (models/likelihood.py)."""
     if k <= 0:
         raise UsageError(f"-k must be at least 1 (got {k})")
     boxes, v = photo_regions(model, photo, encoder, device)
@@ -314,7 +316,10 @@ def search_image(ix: FragmentIndex, model: LoadedAlign, photo: str | Path, k: in
     if vecs:
         dots = np.concatenate(vecs).astype(np.float32) @ v.T  # (ΣT, R)
         scores = sentence_scores(dots, starts_of([len(s) for s in vecs])) - ix.offsets[cands]
-    order = _top(scores, cands, k)
+    if generator is None:
+        order = _top(scores, cands, k)
+    else:
+        order, scores = _by_generator(ix, generator, photo, scores, cands, k, generator_encoder, device)
     hits = []
     for j in order:
         rec = ix.record(int(cands[j]))
@@ -325,3 +330,39 @@ def search_image(ix: FragmentIndex, model: LoadedAlign, photo: str | Path, k: in
         hits.append(Hit(rec["key"], float(scores[j]), words, text=rec["text"]))
     return Result(str(photo), [], [], hits, len(cands), per_region, False, boxes.tolist())
 
+
+def _by_generator(ix: FragmentIndex, generator: Any, photo: str | Path, scores: np.ndarray, cands: np.ndarray,
+                  k: int, encoder: Any, device: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(the top k candidates' positions, the first DEPTH of them re-ranked by the generator; the scores with
+    theirs replaced by S + w · PMI)."""
+    from ..models.captioner import photo_input
+    from ..models.likelihood import ANNOTATION_WEIGHT, DEPTH, sentence_logprobs
+    from ..vision.regions import RegionEncoder
+
+    order = _top(scores, cands, max(k, DEPTH))
+    order, rest = order[:DEPTH], order[DEPTH:k]
+    if not len(order):
+        return order, scores
+    encoder = encoder or RegionEncoder(generator.region_config, device or "cpu")
+    x = photo_input(encoder.encode_photo(photo), generator.config)[None]
+    recs = [ix.record(int(cands[j])) for j in order]
+    lp = sentence_logprobs(generator.model, x, [0] * len(recs),
+                           [generator.vocab.encode_text(r["text"]) for r in recs]).numpy()
+    new = scores[order] + ANNOTATION_WEIGHT * (lp - np.array([r["prior"] for r in recs], np.float32))
+    scores = scores.copy()
+    scores[order] = new
+    return np.concatenate([order[np.lexsort((cands[order], -new))], rest])[:k], scores
+
+
+def generator_for(ix: FragmentIndex) -> Any:
+    """The caption generator (LoadedCaptioner) a sentence index was built with, or None: its sentences' priors
+    are that generator's, so no other may re-rank them."""
+    path = ix.manifest.get("generator")
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise UsageError(f"{ix.location.link}: its sentences were indexed with the generator {path}, which is gone; "
+                         f"index them again (`vsa index text`)")
+    from ..models.captioner import load_caption
+
+    return load_caption(path)

@@ -15,6 +15,7 @@ import numpy as np
 from ..core.errors import UsageError
 from ..models.alignment import LoadedAlign
 from ..models.encode import encode_sentences
+from ..models.likelihood import mean_logprobs
 from .generation import Item, model_info, write_generation
 from .layout import MANIFEST, Location, resolve
 
@@ -59,8 +60,14 @@ class TextReport:
 
 def build_sentences(files: list[Path], model: LoadedAlign, name: str | Path | None = None,
                     index_type: str = "auto", on_total: Callable[[int], None] | None = None,
-                    on_progress: Callable[[int], None] | None = None) -> TextReport:
-    """Replace the sentence index NAME with the sentences of `files`."""
+                    on_progress: Callable[[int], None] | None = None, generator: Any = None,
+                    on_prior: Callable[[int], None] | None = None) -> TextReport:
+    """Replace the sentence index NAME with the sentences of `files`. With a caption `generator` (a
+    LoadedCaptioner with prior photos), each sentence also keeps its log P̄(s) (models/likelihood.py), and a
+    photo's sentences are then re-ranked by the generator (query.search_image); on_prior(n) as they are done."""
+    if generator is not None and generator.prior is None:
+        raise UsageError(f"{generator.path}: a generator without prior photos cannot re-rank; add them with "
+                         f"`vsa train generator-prior`")
     t0 = time.perf_counter()
     location = Location(resolve(name, "sentences"))
     report = TextReport(index=str(location.link))
@@ -83,9 +90,16 @@ def build_sentences(files: list[Path], model: LoadedAlign, name: str | Path | No
             report.skipped += 1
             continue
         items.append(Item(key, {"text": by_source[key], "words": words}, vecs.astype(np.float16), offset=offset))
+    extra: dict[str, Any] = {"files": [os.path.abspath(f) for f in files]}
+    if generator is not None:
+        priors = mean_logprobs(generator.model, generator.prior,
+                               [generator.vocab.encode_text(it.info["text"]) for it in items], on_progress=on_prior)
+        for it, p in zip(items, priors.tolist()):
+            it.info["prior"] = round(p, 4)
+        extra["generator"] = str(Path(generator.path).resolve())
     with location.lock():
         gen = write_generation(location, "sentences", items, model.model.out_dim, model_info(model), index_type,
-                               extra={"files": [os.path.abspath(f) for f in files]})
+                               extra=extra)
     manifest = json.loads((gen / MANIFEST).read_text())
     report.sentences, report.words = manifest["counts"]["sentences"], manifest["counts"]["words"]
     report.index_type = manifest["index_type"]

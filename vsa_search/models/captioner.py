@@ -29,6 +29,7 @@ from ..core.errors import ModelError, UsageError
 from ..data.vocab import PAD, Vocab
 from . import checkpoint
 from .attention import AttendCaptioner
+from .querybank import dequantize, quantize
 
 CELLS = ("rnn", "lstm", "attend")
 STATE_TENSORS = {"rnn": 2, "lstm": 3, "attend": 4}  # the length of each cell's decoding state
@@ -201,6 +202,10 @@ def photo_input(features, cfg: CaptionConfig) -> torch.Tensor:
 # --------------------------------------------------------------------------- load / save
 
 
+# The prior photos' inputs sit in the state dict under this prefix, in 8 bits (querybank.quantize).
+PRIOR = "prior."
+
+
 @dataclass
 class LoadedCaptioner:
     model: nn.Module  # Captioner, AttendCaptioner or CaptionEnsemble (make_captioner)
@@ -209,12 +214,21 @@ class LoadedCaptioner:
     region_config: RegionConfig
     path: Path
     metrics: dict
+    # Training photos' inputs (B, R, D) over which a sentence's mean probability is taken, when the file has
+    # them (`vsa train generator-prior`; evaluation/generative.py)
+    prior: torch.Tensor | None = None
 
 
 def save_caption(model: Captioner, vocab: Vocab, region_cfg: RegionConfig, path: str | Path,
                  metrics: dict | None = None, train_state: dict | None = None,
-                 state_dict: dict[str, torch.Tensor] | None = None, half: bool = False) -> Path:
-    """Write a kind="caption" checkpoint (see checkpoint.save_model: `state_dict`, `half`)."""
+                 state_dict: dict[str, torch.Tensor] | None = None, half: bool = False,
+                 prior: torch.Tensor | None = None) -> Path:
+    """Write a kind="caption" checkpoint (see checkpoint.save_model: `state_dict`, `half`), with the prior
+    photos' inputs when given."""
+    if prior is not None:
+        codes, low, step = quantize(prior)
+        state_dict = {**(state_dict if state_dict is not None else model.state_dict()),
+                      PRIOR + "codes": codes, PRIOR + "low": low, PRIOR + "step": step}
     return checkpoint.save_model("caption", model, vocab, region_cfg, path, metrics, train_state, state_dict, half)
 
 
@@ -225,6 +239,13 @@ def load_caption(path: str | Path, device: str | torch.device = "cpu") -> Loaded
     if cfg.cell not in CELLS or any(c not in CELLS for c in cfg.member_cells):
         raise ModelError(f"{path}: a caption model of a kind this version does not know ({cfg.cell!r})")
     model = make_captioner(cfg, len(vocab))
+    prior_state = {k[len(PRIOR):]: ck.state_dict.pop(k) for k in [k for k in ck.state_dict if k.startswith(PRIOR)]}
     checkpoint.load_weights(model, ck, path)
     model.to(device).eval()
-    return LoadedCaptioner(model, vocab, cfg, from_dict(RegionConfig, ck.region_config), Path(path), ck.metrics)
+    try:
+        prior = dequantize(prior_state["codes"], prior_state["low"], prior_state["step"]).to(device) \
+            if prior_state else None
+    except KeyError:
+        raise ModelError(f"{path}: its prior photos are incomplete") from None
+    return LoadedCaptioner(model, vocab, cfg, from_dict(RegionConfig, ck.region_config), Path(path), ck.metrics,
+                           prior)

@@ -84,6 +84,7 @@ class Engine:
             if key[1] is not None:
                 sentences = index.open_index(self.name, "sentences")
                 snap.sentences, snap.sentence_model = sentences, self._model_for(sentences)
+                snap.sentence_generator = search.generator_for(sentences)
         except BaseException:
             photos.close()
             if sentences is not None:
@@ -196,9 +197,10 @@ class Engine:
                 raise errors.SearchIndexError(f"no sentence index {self.name!r} (create it with "
                                          f"`vsa index text FILE --index {self.name}`)")
             self._check_photo(photo)
-            m = snap.sentence_model
+            m, gen = snap.sentence_model, snap.sentence_generator
             with self._cnn:
-                result = index.search_photo(snap.sentences, m, photo, k, encoder=self.encoder(m.region_config, m.top))
+                result = index.search_photo(snap.sentences, m, photo, k, encoder=self.encoder(m.region_config, m.top),
+                                            generator=gen, generator_encoder=gen and self.encoder(gen.region_config))
         d = result.to_dict()
         d["query"] = shown_as or d["query"]
         return d

@@ -21,6 +21,7 @@ class Snapshot:
     model: Any  # the LoadedAlign the photos were indexed with
     sentences: Any = None
     sentence_model: Any = None
+    sentence_generator: Any = None  # the caption generator the sentence index re-ranks with, if any
     users: int = 0
     retired: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
