@@ -70,13 +70,38 @@ def recall_rows(report: dict, names: dict[str, str] | None = None) -> str:
 
 def retrieval(d: dict) -> str:
     names = {"global baseline": f"global baseline (`{Path(d['baseline'].split()[0]).name}`)"}
+    gen = next((r for r in d["rows"] if "generator" in r), None)
+    command = "vsa eval recall --features TOP_FEATS" + (
+        f" --generator {Path(gen['path']).stem} --generator-features FEATS" if gen else "")
     return "\n\n".join([
         "## Retrieval: `vsa eval recall` (Flickr8k test: 1,000 photos, 5,000 sentences)",
-        f"Written by `vsa eval recall --features TOP_FEATS --json > docs/results/eval-recall.json`. {d['note']}.",
+        f"Written by `{command} --json > docs/results/eval-recall.json`. {d['note']}.",
         recall_rows(d, names),
         "A model with a querybank is printed twice, with and without it. `weights/align.pt` is an ensemble of the "
         "paper's region model (with a global term) and one global model, scores added (`weights/align.md`); the "
-        "global baseline is that global model alone."])
+        "global baseline is that global model alone."
+        + (f" The row re-ranked by the generator re-scores each photo's top {gen['generator']['depth']} sentences "
+           f"by `S' + {gen['generator']['annotation_weight']:g} · [log P(s | p) - log P̄(s)]` (P̄ over the "
+           f"{gen['generator']['prior_photos']} prior photos in the caption model file), as `vsa search --image` "
+           "does on a sentence index built with `--generator`; search is not re-ranked (search weight "
+           f"{gen['generator']['search_weight']:g})." if gen else "")])
+
+
+def generator_tune(d: dict) -> str:
+    rows = []
+    for name, tried in d["rows"].items():
+        for r in tried:
+            m, pick = r["metrics"], r["weight"] == d["pick"][name]
+            w = f"**{r['weight']:g} (the pick)**" if pick else f"{r['weight']:g}"
+            rows.append([name, w, f1(m["R@1"]), f1(m["R@5"]), f1(m["R@10"]), f2(r["mean_recall"])])
+    return "\n\n".join([
+        "## The generator's weight in retrieval: `vsa eval generator-tune` (Flickr8k dev)",
+        "Written by `vsa eval generator-tune --features TOP_FEATS --generator-features FEATS --json > "
+        f"docs/results/eval-generator-tune.json`. {d['photos']:,} {d['split']} photos, {d['sentences']:,} sentences; "
+        f"each query's top {d['depth']} re-scored, P̄ over the caption model's {d['prior_photos']} prior photos; "
+        f"rule: {d['rule']}. Weight 0 is the alignment model alone. Search is measured but not re-ranked in "
+        "`vsa search` (a photo index keeps no generator inputs).",
+        table(["direction", "weight", "R@1", "R@5", "R@10", "mean R@K"], rows)])
 
 
 def querybank(d: dict) -> str:
@@ -451,10 +476,14 @@ def headline(recall: dict, caption: dict) -> str:
 
     paper = next(n for n in rec if n.startswith("paper"))
     rows = [[f"this code: `{Path(ours['path']).name}`, `{Path(caption['model']).name}` (shipped)",
-             *retr(ours["metrics"]), *gen(cap["this model"])],
-            ["baselines: global model (`align-global.pt`), nearest-neighbour caption",
-             *retr(rec.get("global baseline")), *gen(cap["nearest neighbour"])],
-            ["paper (Karpathy & Fei-Fei, Flickr8k)", *retr(rec[paper]), *gen(cap["paper (Flickr8k, 1,000 test)"])]]
+             *retr(ours["metrics"]), *gen(cap["this model"])]]
+    reranked = next((r for r in recall["rows"] if "generator" in r), None)
+    if reranked is not None:
+        rows.append([f"this code, photo to text re-ranked by `{Path(reranked['path']).name}`",
+                     *retr(reranked["metrics"]), "", ""])
+    rows += [["baselines: global model (`align-global.pt`), nearest-neighbour caption",
+              *retr(rec.get("global baseline")), *gen(cap["nearest neighbour"])],
+             ["paper (Karpathy & Fei-Fei, Flickr8k)", *retr(rec[paper]), *gen(cap["paper (Flickr8k, 1,000 test)"])]]
     return table(["Flickr8k test (1,000 photos, 5,000 sentences)", "annotation R@1", "R@10", "search R@1", "R@10",
                   "BLEU-4", "CIDEr"], rows)
 
@@ -497,6 +526,7 @@ compare ratios against the baseline of the same run rather than figures of diffe
 SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
     (("eval-recall.json",), retrieval),
     (("eval-querybank-tune.json",), querybank),
+    (("eval-generator-tune.json",), generator_tune),
     (("eval-recall-ablation.json",), ablation),
     (("eval-caption-ensemble.json", "eval-caption.json"), captions),
     (("eval-regions.json",), region_captions),

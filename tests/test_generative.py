@@ -4,14 +4,18 @@ generator's pointwise mutual information for annotation, and the re-ranking of e
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from typer.testing import CliRunner
 
 from tests.tiny_align import TINY, tiny_captioner, tiny_model
 from vsa_search import index as ix
+from vsa_search.cli import app
 from vsa_search.core.config import CAPTION_PRESETS
 from vsa_search.core.errors import ModelError, UsageError
 from vsa_search.data.vocab import END, PAD, START, pad_ids
@@ -20,8 +24,8 @@ from vsa_search.index import query
 from vsa_search.models.alignment import load_align
 from vsa_search.models.captioner import CaptionEnsemble, Captioner, load_caption, photo_input, save_caption
 from vsa_search.models.likelihood import ANNOTATION_WEIGHT, mean_logprobs, sentence_logprobs
-from vsa_search.vision.regions import RegionEncoder
 from vsa_search.train.generator_tune import tune_generator
+from vsa_search.vision.regions import RegionEncoder
 
 SENTENCES = ["a cup of coffee on a saucer", "a striped cat sitting down", "a brown horse outside",
              "a rocket launching into the sky", "many coins on a table", "a cat"]
@@ -174,3 +178,37 @@ def test_a_photos_sentences_are_reranked_by_the_generator(tmp_path, with_prior, 
     assert [h.text for h in after.hits] == sorted(want, key=want.get, reverse=True)
     assert [h.score for h in after.hits] == pytest.approx(sorted(want.values(), reverse=True), abs=1e-3)
     assert [h.text for h in after.hits] != texts  # the generator's term changed the order here
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "weights"
+
+
+@pytest.mark.skipif(not (SHIPPED / "caption-ensemble.pt").is_file(), reason="needs the shipped weights")
+def test_search_image_reranks_with_the_shipped_generator(tmp_path, monkeypatch, sample_captions) -> None:
+    """`vsa index text --generator caption-ensemble`, then `vsa search --image`: the shipped models, a real
+    photo, the hand-written captions of the example photos; the hits are S' + w · PMI, best first."""
+    monkeypatch.setenv("VSA_HOME", str(tmp_path))
+    caps = tmp_path / "s.txt"
+    caps.write_text("\n".join(c for cs in sample_captions.values() for c in cs) + "\n")
+    run = CliRunner().invoke
+    for name, extra in (("plain", []), ("gen", ["--generator", "caption-ensemble"])):
+        r = run(app, ["index", "text", str(caps), "--index", name, *extra, "--json"])
+        assert r.exit_code == 0, r.output
+    photo = Path(__file__).resolve().parent.parent / "examples" / "photos" / "gravel.jpg"
+    hits = {}
+    for name in ("plain", "gen"):
+        r = run(app, ["search", "--image", str(photo), "--index", name, "-k", "30", "--json"])
+        assert r.exit_code == 0, r.output
+        hits[name] = {h["text"]: h["score"] for h in json.loads(r.stdout)["hits"]}
+    assert set(hits["gen"]) == set(hits["plain"])
+    gen = load_caption(SHIPPED / "caption-ensemble.pt")
+    texts = list(hits["plain"])
+    tokens = [gen.vocab.encode_text(t) for t in texts]
+    x = photo_input(RegionEncoder(gen.region_config, "cpu").encode_photo(photo), gen.config)[None]
+    pmi = sentence_logprobs(gen.model, x, [0] * len(texts), tokens) - mean_logprobs(gen.model, gen.prior, tokens)
+    want = {t: hits["plain"][t] + ANNOTATION_WEIGHT * p for t, p in zip(texts, pmi.tolist())}
+    assert list(hits["gen"]) == sorted(want, key=want.get, reverse=True)
+    assert [hits["gen"][t] for t in hits["gen"]] == pytest.approx(sorted(want.values(), reverse=True), abs=2e-3)
+    # gravel: the alignment score alone puts a cat first; with the generator, a red brick wall
+    assert next(iter(hits["plain"])) == "a cat with green eyes looks at the camera"
+    assert next(iter(hits["gen"])) == "a red brick wall"

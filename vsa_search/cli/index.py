@@ -235,8 +235,8 @@ def text_cmd(
     model: ModelOpt = paths.ALIGN_MODEL,
     index_type: TypeOpt = "auto",
     generator: Annotated[str | None, typer.Option(
-        help="A caption model (with prior photos, e.g. caption-ensemble) that re-ranks a photo's sentences; "
-             "each sentence's prior takes ~0.1 s.")] = None,
+        help="A caption model (with prior photos, e.g. caption-ensemble) that re-ranks a photo's sentences "
+             "(each sentence's prior: one generator pass per prior photo).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Index sentences as word-fragment vectors, for `vsa search --image PHOTO`."""
