@@ -39,7 +39,9 @@ def demo_index(factory: pytest.TempPathFactory) -> Path:
         index.build([photos], name=link)
         text = root / "sentences.txt"
         text.write_text("\n".join(SENTENCES) + "\n")
-        res = CliRunner().invoke(app, ["index", "text", str(text), "--index", str(link), "--json"])
+        # with the shipped generator, so that the server's photo-to-text path re-ranks as the CLI's does
+        res = CliRunner().invoke(app, ["index", "text", str(text), "--index", str(link), "--generator",
+                                       "caption-ensemble", "--json"])
         assert res.exit_code == 0, res.stderr
         _BUILT["index"] = link
     return _BUILT["index"]

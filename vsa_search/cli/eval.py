@@ -80,9 +80,10 @@ def recall_cmd(
     generator: Annotated[str | None, typer.Option(
         help="A caption model that re-ranks this model's top candidates (one more row).")] = None,
     generator_features: Annotated[Path | None, typer.Option(
-        help="The generator's feature store (the split's and training photos; default: extract them).")] = None,
+        help="The generator's feature store holding the split's photos (default: extract them).")] = None,
     generator_weights: Annotated[str | None, typer.Option(
-        help="ANNOTATION,SEARCH weights of the generator's term (default: the ones chosen on dev).")] = None,
+        help="ANNOTATION,SEARCH weights of the generator's term (default: annotation's chosen on dev, search 0 "
+             "as `vsa search` has it).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Recall@K and median rank, both directions, beside the global baseline, chance and the paper."""
@@ -360,7 +361,7 @@ def calibrate_cmd(
 def generator_tune_cmd(
     features: Annotated[Path, typer.Option(help="The alignment model's feature store (the dev photos).")],
     generator_features: Annotated[Path | None, typer.Option(
-        help="The generator's feature store (dev and training photos; default: extract them).")] = None,
+        help="The generator's feature store holding the dev photos (default: extract them).")] = None,
     model: Annotated[str, typer.Option(help="Alignment model file or name.")] = paths.ALIGN_MODEL,
     generator: Annotated[str, typer.Option(help="Caption model file or name.")] = paths.CAPTION_MODEL,
     annotation_weights: Annotated[str, typer.Option(help="Annotation weights to try.")] =

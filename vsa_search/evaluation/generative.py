@@ -8,7 +8,8 @@ For a photo, sentences differ in how likely they are anyway (short, common ones 
 photo), so annotation weighs the generator's pointwise mutual information: P̄(s) is the mean of P(s | b)
 over a few training photos that travel in the caption model file (`vsa train generator-prior`). For a
 sentence, log P̄(s) is the same for every photo and drops out.
-Below the top `depth` the alignment order stands. The weights are chosen on dev (`vsa eval generator-tune`)."""
+Below the top `depth` the alignment order stands. w_a is chosen on dev (`vsa eval generator-tune`); w_s is 0 by
+default, as `vsa search` cannot re-rank (models/likelihood.py), and the tune measures what it would give."""
 
 from __future__ import annotations
 

@@ -181,7 +181,8 @@ def generator_data(generator: str | Path, features: Path | None, image_ids: list
         raise UsageError(f"{cap.path}: a generator without prior photos cannot re-rank; add them with "
                          f"`vsa train generator-prior`")
     if features is None:
-        want = {r.image_id: r.path for r in ds.present(split) if r.image_id in set(image_ids)}
+        ids = set(image_ids)
+        want = {r.image_id: r.path for r in ds.present(split) if r.image_id in ids}
         features = extract_to_cache(want, cap.region_config, device,
                                     on_stage(f"extracting photos for {Path(cap.path).name}", len(want), "photos"))
     features = Path(features)
@@ -235,7 +236,7 @@ def evaluate_recall(model_path: str | Path, features: str | Path | None = None, 
     train_baseline: see `_baseline`. on_stage(description, total, unit) -> advance(n): progress by
     stage, with real totals (extracting, reading features, scoring each model). generator: a caption model
     that re-ranks this model's top candidates (one more row; generator_row), reading its own features from
-    `generator_features`; generator_weights: (annotation, search), default the ones chosen on dev."""
+    `generator_features`; generator_weights: (annotation, search), default models/likelihood.py's."""
     stage = on_stage or _no_stage
     if not ks or any(k < 1 for k in ks):
         raise UsageError("--k needs positive integers, e.g. 1,5,10")

@@ -84,7 +84,6 @@ class Engine:
             if key[1] is not None:
                 sentences = index.open_index(self.name, "sentences")
                 snap.sentences, snap.sentence_model = sentences, self._model_for(sentences)
-                snap.sentence_generator = search.generator_for(sentences)
         except BaseException:
             photos.close()
             if sentences is not None:
@@ -197,6 +196,8 @@ class Engine:
                 raise errors.SearchIndexError(f"no sentence index {self.name!r} (create it with "
                                          f"`vsa index text FILE --index {self.name}`)")
             self._check_photo(photo)
+            if snap.sentence_generator is None:  # loaded by the first photo, so that a missing one fails this alone
+                snap.sentence_generator = search.generator_for(snap.sentences)
             m, gen = snap.sentence_model, snap.sentence_generator
             with self._cnn:
                 result = index.search_photo(snap.sentences, m, photo, k, encoder=self.encoder(m.region_config, m.top),
