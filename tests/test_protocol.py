@@ -313,3 +313,29 @@ def test_poisoned_test_split_changes_nothing_in_a_model_on_the_tops_features(roo
         weights[name] = _weights(tmp_path / f"e-{name}.pt")
     assert any(k.startswith("cnn.") for k in weights["clean"]) and weights["clean"].keys() == weights["poisoned"].keys()
     assert all(torch.equal(weights["clean"][k], weights["poisoned"][k]) for k in weights["clean"])
+
+
+def test_poisoned_test_split_changes_nothing_in_the_generators_prior_and_weight(roots, tmp_path):
+    from tests.tiny_align import tiny_captioner
+    from vsa_search.models.alignment import AlignModel, save_align
+    from vsa_search.train.add_prior import add_prior
+    from vsa_search.train.generator_tune import tune_generator
+
+    vocab = build_flickr8k_vocab(roots["clean"][0], min_count=1)
+    torch.manual_seed(0)
+    model = save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab, REGION_PRESETS["tiny"],
+                       tmp_path / "m.pt")
+    generator = tiny_captioner(tmp_path / "g.pt", vocab)
+    got = {}
+    for name, (root, store) in roots.items():
+        ds = load_flickr8k(root)
+        rep = add_prior(generator, store, tmp_path / f"{name}-g.pt", photos=4, dataset=ds)
+        assert rep["train_photos_available"] == 6
+        prior = {k: v for k, v in _weights(tmp_path / f"{name}-g.pt").items() if k.startswith("prior.")}
+        res = tune_generator(model, store, tmp_path / f"{name}-g.pt", store, "dev", (0.0, 0.5), (0.0, 0.5),
+                             dataset=ds, device="cpu")
+        assert (res["photos"], res["sentences"], res["prior_photos"]) == (3, 15, 4)
+        got[name] = (prior, res["rows"], res["pick"])
+    assert len(got["clean"][0]) == 3  # the 8-bit codes, their low ends and steps
+    assert all(torch.equal(got["clean"][0][k], got["poisoned"][0][k]) for k in got["clean"][0])
+    assert got["clean"][1:] == got["poisoned"][1:]

@@ -80,6 +80,18 @@ def retrieval_data(records: list[Any], store: Any, vocab: Any, on_progress: Adva
                          torch.tensor([i for i, _ in sents]), [s for _, s in sents])
 
 
+def split_data(loaded: LoadedAlign, features: Path, ds: Any, split: str,
+               on_progress: Advance | None = None) -> RetrievalData:
+    """The `split` photos of `ds` that the store `features` (of `loaded`'s extractor) holds, and their sentences:
+    what a choice made on dev scores."""
+    with FeatureStore(features, readonly=True) as store:
+        require_extractor(store.config, loaded.region_config, features, loaded.path)
+        recs = [r for r in ds.present(split) if r.image_id in store]
+        if not recs:
+            raise StoreError(f"{features}: holds none of the {split} photos of {ds.name}")
+        return retrieval_data(recs, store, loaded.vocab, on_progress)
+
+
 @torch.no_grad()
 def score_all(model: torch.nn.Module, data: RetrievalData, device: torch.device | str = "cpu",
               chunk: int = 25, on_progress: Advance | None = None) -> torch.Tensor:

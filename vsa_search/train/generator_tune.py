@@ -10,13 +10,12 @@ from typing import Any
 
 from ..core import paths
 from ..core.device import pick_device
-from ..core.errors import StoreError, UsageError
+from ..core.errors import UsageError
 from ..data.datasets import load_flickr8k
 from ..evaluation.generative import DEPTH, generator_terms, pair_count, reranked
 from ..evaluation.metrics import retrieval_metrics
-from ..evaluation.recall import StageFn, generator_data, normalised_scores, retrieval_data
+from ..evaluation.recall import StageFn, generator_data, normalised_scores, split_data
 from ..models.alignment import load_align
-from ..vision.features import FeatureStore, require_extractor
 
 ANNOTATION_WEIGHTS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1)
 SEARCH_WEIGHTS: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2)
@@ -43,13 +42,7 @@ def tune_generator(model: str | Path, features: str | Path, generator: str | Pat
     dev_ = pick_device(device)
     loaded = load_align(paths.find_model(str(model)), dev_)
     ds = dataset if dataset is not None else load_flickr8k()
-    features = Path(features)
-    with FeatureStore(features, readonly=True) as store:
-        require_extractor(store.config, loaded.region_config, features, loaded.path)
-        recs = [r for r in ds.present(split) if r.image_id in store]
-        if not recs:
-            raise StoreError(f"{features}: holds none of the {split} photos of {ds.name}")
-        data = retrieval_data(recs, store, loaded.vocab, on_stage("reading features", len(recs), "photos"))
+    data = split_data(loaded, Path(features), ds, split, on_stage("reading features", len(ds.present(split)), "photos"))
     raw, normalised = normalised_scores(loaded, data, dev_, Path(loaded.path).name, on_stage)
     scores = raw if normalised is None else normalised
     cap, inputs, prior = generator_data(generator, None if generator_features is None else Path(generator_features),
@@ -67,6 +60,6 @@ def tune_generator(model: str | Path, features: str | Path, generator: str | Pat
     pick = {name: min(rows, key=lambda r: (-round(r["mean_recall"], 6), r["weight"]))["weight"]
             for name, rows in table.items()}
     return {"model": str(loaded.path), "generator": str(cap.path), "dataset": ds.name, "split": split,
-            "photos": len(recs), "sentences": len(data.sentences), "depth": DEPTH, "prior_photos": len(prior),
+            "photos": len(data.image_ids), "sentences": len(data.sentences), "depth": DEPTH, "prior_photos": len(prior),
             "rows": table, "pick": pick,
             "rule": f"each direction's best {split} mean R@{{1,5,10}} (ties: the smaller weight)"}

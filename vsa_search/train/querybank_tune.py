@@ -14,12 +14,12 @@ from typing import Any
 
 from ..core import paths
 from ..core.device import pick_device
-from ..core.errors import StoreError, UsageError
+from ..core.errors import UsageError
 from ..data.datasets import load_flickr8k
 from ..evaluation.metrics import mean_recall, retrieval_metrics
-from ..evaluation.recall import querybank_offsets, retrieval_data, score_all
+from ..evaluation.recall import querybank_offsets, score_all, split_data
 from ..models.alignment import load_align, save_align
-from ..vision.features import FeatureStore, require_extractor
+from ..vision.features import FeatureStore
 from .add_querybank import draw_bank
 
 # What was compared when the shipped bank was chosen (weights/align.md): five bank sizes (sentences, photos;
@@ -68,12 +68,8 @@ def tune_querybank(model: str | Path, features: str | Path, split: str = "dev",
     loaded = dataclasses.replace(load_align(paths.find_model(str(model)), dev_), querybank=None)
     ds = dataset if dataset is not None else load_flickr8k()
     features = Path(features)
+    data = split_data(loaded, features, ds, split)
     with FeatureStore(features, readonly=True) as store:
-        require_extractor(store.config, loaded.region_config, features, loaded.path)
-        recs = [r for r in ds.present(split) if r.image_id in store]
-        if not recs:
-            raise StoreError(f"{features}: holds none of the {split} photos of {ds.name}")
-        data = retrieval_data(recs, store, loaded.vocab)
         drawn = [draw_bank(loaded, ds, store, s, p, betas[0], weights[0], seed, features) for s, p in sizes]
     available = drawn[0][1]
     raw = score_all(loaded.model, data, dev_)
@@ -95,7 +91,7 @@ def tune_querybank(model: str | Path, features: str | Path, split: str = "dev",
                     if on_progress:
                         on_progress(1)
     pick = _pick(rows, max_bytes)
-    return pick, {"model": str(loaded.path), "dataset": ds.name, "split": split, "photos": len(recs),
+    return pick, {"model": str(loaded.path), "dataset": ds.name, "split": split, "photos": len(data.image_ids),
                   "sentences": len(data.sent_image), "train_photos_available": available, "seed": seed,
                   "max_bytes": max_bytes, "without_querybank": {"mean_recall": mean_recall(base), "metrics": base},
                   "rows": rows, "rule": f"the best {split} mean R@{{1,5,10}} among banks whose model file is "
