@@ -196,10 +196,14 @@ def test_search_image_reranks_with_the_shipped_generator(tmp_path, monkeypatch, 
         assert r.exit_code == 0, r.output
     photo = Path(__file__).resolve().parent.parent / "examples" / "photos" / "gravel.jpg"
     hits = {}
-    for name in ("plain", "gen"):
+    for name, by in (("plain", None), ("gen", "caption-ensemble.pt")):
         r = run(app, ["search", "--image", str(photo), "--index", name, "-k", "30", "--json"])
         assert r.exit_code == 0, r.output
-        hits[name] = {h["text"]: h["score"] for h in json.loads(r.stdout)["hits"]}
+        got = json.loads(r.stdout)
+        assert got.get("reranked_by") == by
+        hits[name] = {h["text"]: h["score"] for h in got["hits"]}
+    shown = run(app, ["search", "--image", str(photo), "--index", "gen", "-k", "3"]).stdout
+    assert "(the top sentences re-ranked by the caption generator caption-ensemble.pt)" in shown
     assert set(hits["gen"]) == set(hits["plain"])
     gen = load_caption(SHIPPED / "caption-ensemble.pt")
     texts = list(hits["plain"])

@@ -191,6 +191,8 @@ def _print(result: srch.Result, floored: Floored | None = None) -> None:
     if getattr(result, "stand_ins", None):
         out.print("(inflected forms scored as their base word: "
                   f"{', '.join(f'{w} as {b}' for w, b in result.stand_ins.items())})", markup=False)
+    if getattr(result, "reranked_by", None):
+        out.print(f"(the top sentences re-ranked by the caption generator {result.reranked_by})", markup=False)
     if isinstance(result, ix.LikeResult):
         out.print(f"like {result.photo}" + (f" (photo {result.photo_id})" if result.photo_id is not None else "")
                   + (f", steered by {result.text!r}" if result.text else ""), markup=False)

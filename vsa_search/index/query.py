@@ -81,10 +81,12 @@ class Result:
     boxes: list[list[int]] = field(default_factory=list)  # image query: the photo's regions
     dropped: list[str] = field(default_factory=list)  # characters of the query that make no word (emoji...)
     stand_ins: dict[str, str] = field(default_factory=dict)  # "elephants" -> "elephant": scored as that word
+    reranked_by: str | None = None  # image query: the file name of the caption generator that re-ranked it
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "words": self.words, "ignored": self.ignored, "dropped": self.dropped,
-                "stand_ins": self.stand_ins, "hits": [h.to_dict(i + 1) for i, h in enumerate(self.hits)]}
+        d = {"query": self.query, "words": self.words, "ignored": self.ignored, "dropped": self.dropped,
+             "stand_ins": self.stand_ins, "hits": [h.to_dict(i + 1) for i, h in enumerate(self.hits)]}
+        return d if self.reranked_by is None else {**d, "reranked_by": self.reranked_by}
 
 
 # --------------------------------------------------------------------------- model and index
@@ -328,7 +330,8 @@ def search_image(ix: FragmentIndex, model: LoadedAlign, photo: str | Path, k: in
         words = [WordMatch(w, float(dots[t].max()), int(dots[t].argmax()), boxes[int(dots[t].argmax())].tolist())
                  for t, w in enumerate(rec["words"])]
         hits.append(Hit(rec["key"], float(scores[j]), words, text=rec["text"]))
-    return Result(str(photo), [], [], hits, len(cands), per_region, False, boxes.tolist())
+    return Result(str(photo), [], [], hits, len(cands), per_region, False, boxes.tolist(),
+                  reranked_by=None if generator is None else Path(generator.path).name)
 
 
 def _by_generator(ix: FragmentIndex, generator: Any, photo: str | Path, scores: np.ndarray, cands: np.ndarray,
