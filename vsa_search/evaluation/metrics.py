@@ -105,6 +105,12 @@ def mean_recall(metrics: dict[str, Any], ks: tuple[int, ...] = (1, 5, 10)) -> fl
     return sum(vals) / len(vals)
 
 
+def direction_mean(metrics: dict[str, Any], direction: str) -> float:
+    """The mean of every R@K one direction of `metrics` (retrieval_metrics) holds."""
+    vals = [v for k, v in metrics[direction].items() if k.startswith("R@") and not k.endswith("_ci")]
+    return sum(vals) / len(vals)
+
+
 def chance_metrics(n_images: int, sents_per_image: int, ks: tuple[int, ...]) -> dict[str, Any]:
     """What a random ranking scores: search K/N; annotation, P(one of the photo's sentences in the
     top K of N·s) = 1 - C(N·s - s, K) / C(N·s, K); medians of the same distributions."""

@@ -13,18 +13,13 @@ from ..core.device import pick_device
 from ..core.errors import UsageError
 from ..data.datasets import load_flickr8k
 from ..evaluation.generative import DEPTH, generator_terms, pair_count, reranked
-from ..evaluation.metrics import retrieval_metrics
+from ..evaluation.metrics import direction_mean, retrieval_metrics
 from ..evaluation.recall import StageFn, generator_data, normalised_scores, split_data
 from ..models.alignment import load_align
 
 ANNOTATION_WEIGHTS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1)
 SEARCH_WEIGHTS: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2)
 DIRECTIONS = {"annotation": "image_annotation", "search": "image_search"}
-
-
-def _mean(m: dict[str, Any]) -> float:
-    vals = [v for k, v in m.items() if k.startswith("R@")]
-    return sum(vals) / len(vals)
 
 
 def tune_generator(model: str | Path, features: str | Path, generator: str | Path = paths.CAPTION_MODEL,
@@ -56,7 +51,8 @@ def tune_generator(model: str | Path, features: str | Path, generator: str | Pat
         for w in weights:
             ann, search = reranked(scores, terms, w, w)
             m = retrieval_metrics(ann if name == "annotation" else search, data.sent_image, reps=0)
-            table[name].append({"weight": w, "metrics": m[DIRECTIONS[name]], "mean_recall": _mean(m[DIRECTIONS[name]])})
+            table[name].append({"weight": w, "metrics": m[DIRECTIONS[name]],
+                                "mean_recall": direction_mean(m, DIRECTIONS[name])})
     pick = {name: min(rows, key=lambda r: (-round(r["mean_recall"], 6), r["weight"]))["weight"]
             for name, rows in table.items()}
     return {"model": str(loaded.path), "generator": str(cap.path), "dataset": ds.name, "split": split,

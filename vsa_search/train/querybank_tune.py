@@ -16,7 +16,7 @@ from ..core import paths
 from ..core.device import pick_device
 from ..core.errors import UsageError
 from ..data.datasets import load_flickr8k
-from ..evaluation.metrics import mean_recall, retrieval_metrics
+from ..evaluation.metrics import direction_mean, mean_recall, retrieval_metrics
 from ..evaluation.recall import querybank_offsets, score_all, split_data
 from ..models.alignment import load_align, save_align
 from ..vision.features import FeatureStore
@@ -86,8 +86,8 @@ def tune_querybank(model: str | Path, features: str | Path, split: str = "dev",
                     m = retrieval_metrics(raw - p_off[:, None] - s_off[None, :], data.sent_image, reps=0)
                     rows.append({"sentences": int(len(bank.sent_ids)), "photos": int(len(bank.photo_feats)),
                                  "beta": beta, "weight": w, "file_bytes": size, "mean_recall": mean_recall(m),
-                                 "search_mean": _direction_mean(m, "image_search"),
-                                 "annotation_mean": _direction_mean(m, "image_annotation"), "metrics": m})
+                                 "search_mean": direction_mean(m, "image_search"),
+                                 "annotation_mean": direction_mean(m, "image_annotation"), "metrics": m})
                     if on_progress:
                         on_progress(1)
     pick = _pick(rows, max_bytes)
@@ -96,8 +96,3 @@ def tune_querybank(model: str | Path, features: str | Path, split: str = "dev",
                   "max_bytes": max_bytes, "without_querybank": {"mean_recall": mean_recall(base), "metrics": base},
                   "rows": rows, "rule": f"the best {split} mean R@{{1,5,10}} among banks whose model file is "
                                         f"at most {max_bytes:,} bytes (ties: the smaller file, then weight)"}
-
-
-def _direction_mean(m: dict[str, Any], direction: str) -> float:
-    vals = [v for k, v in m[direction].items() if k.startswith("R@")]
-    return sum(vals) / len(vals)
