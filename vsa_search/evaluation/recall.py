@@ -17,18 +17,11 @@ from ..data.datasets import load_flickr8k
 from ..data.vocab import UNK, pad_ids
 from ..models.alignment import LoadedAlign, load_align
 from ..models.captioner import LoadedCaptioner, load_caption
+from ..models.likelihood import ANNOTATION_WEIGHT, DEPTH, SEARCH_WEIGHT
 from ..models.querybank import photo_offsets, sentence_offsets
 from ..models.score import flat_words, score_words, shared_width, split_words, word_mask
 from ..vision.features import FeatureStore, extract_to_cache, require_extractor, same_extractor
-from .generative import (
-    ANNOTATION_WEIGHT,
-    DEPTH,
-    SEARCH_WEIGHT,
-    generator_inputs,
-    generator_terms,
-    pair_count,
-    reranked_metrics,
-)
+from .generative import generator_inputs, generator_terms, pair_count, reranked_metrics
 from .metrics import chance_metrics, paper_recall, retrieval_metrics
 
 # Trains a global baseline when none fits: (model, features, dataset) -> (LoadedAlign or None, where it came from).

@@ -12,8 +12,9 @@ from typing import Any
 from ..core import paths
 from ..core.errors import StoreError, UsageError
 from ..data.datasets import load_flickr8k
-from ..evaluation.generative import PRIOR_PHOTOS, generator_inputs, prior_photos
+from ..evaluation.generative import generator_inputs, prior_photos
 from ..models.captioner import load_caption, save_caption
+from ..models.likelihood import PRIOR_PHOTOS
 from ..vision.features import FeatureStore, require_extractor
 
 PRIOR_REGIONS = 10  # regions kept of each prior photo (the full frame first): 12.8 KB a photo in 8 bits, so that
