@@ -123,7 +123,8 @@ def test_poisoned_test_split_changes_nothing_in_the_querybank(roots, tmp_path):
         rep = add_querybank(model, store, tmp_path / f"{name}.pt", sentences=10, photos=3, dataset=load_flickr8k(root))
         assert rep["train_photos_available"] == 6
         banks[name] = {k: v for k, v in _weights(tmp_path / f"{name}.pt").items() if k.startswith("querybank.")}
-    assert len(banks["clean"]) == 6  # sentences, lengths, 8-bit photo codes, their low ends and steps, mask
+    assert "querybank.photo_parts_codes" in banks["clean"]  # the photos as their region vectors
+    assert len(banks["clean"]) == 6  # sentences, lengths, mask; the 8-bit vectors, their low ends and steps
     assert all(torch.equal(banks["clean"][k], banks["poisoned"][k]) for k in banks["clean"])
 
 

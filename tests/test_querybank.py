@@ -204,7 +204,7 @@ def test_the_bank_photos_are_stored_in_8_bits_within_half_a_step(banked: Path) -
     assert torch.equal(back[1, 3:], torch.zeros(2, 64))
     assert torch.equal(stored(back), back)  # storing again changes nothing: a bank is chosen as it ships
     blob = torch.load(banked, weights_only=True)
-    assert blob["format_version"] == checkpoint.FORMAT_VERSION == 2
+    assert blob["format_version"] == checkpoint.FORMAT_VERSION == 3
     assert blob["state_dict"]["querybank.photo_codes"].dtype == torch.uint8
 
 
@@ -219,7 +219,31 @@ def test_a_format_1_file_with_a_float16_bank_still_loads(banked: Path, tmp_path:
     torch.save(blob, tmp_path / "v1.pt")
     old = load_align(tmp_path / "v1.pt")
     assert torch.equal(old.querybank.photo_feats, m.querybank.photo_feats.half().float())
-    blob["format_version"] = 3
-    torch.save(blob, tmp_path / "v3.pt")
-    with pytest.raises(ModelError, match="model format 3, this version reads 1 and 2$"):
-        load_align(tmp_path / "v3.pt")
+    blob["format_version"] = 4
+    torch.save(blob, tmp_path / "v4.pt")
+    with pytest.raises(ModelError, match="model format 4, this version reads 1, 2 and 3$"):
+        load_align(tmp_path / "v4.pt")
+
+
+@pytest.mark.parametrize("which", ["banked", "banked_hybrid"])
+def test_a_bank_of_region_vectors_scores_as_its_features_do(which: str, request: pytest.FixtureRequest,
+                                                            tmp_path: Path) -> None:
+    m = load_align(request.getfixturevalue(which))
+    feats_bank = m.querybank
+    vec_bank = feats_bank.encoded(m.model)
+    assert vec_bank.photo_feats is None and vec_bank.photo_parts is not None
+    assert (vec_bank.photo_shared is not None) == (which == "banked_hybrid")  # the hybrid's global terms, once
+    want, mask = feats_bank.regions(m.model, "cpu")
+    got, mask2 = vec_bank.regions(m.model, "cpu")
+    assert torch.equal(mask, mask2)
+    half_step = (want.amax(-1, keepdim=True) - want.amin(-1, keepdim=True)) / 255 / 2  # 8 bits a vector
+    assert torch.all(((got - want).abs() <= half_step * 1.01 + 1e-4)[mask])
+    ids, lengths = pad_ids([m.vocab.encode_text("a red dog running")])
+    s = m.model.encode_words(ids, lengths)
+    wm = torch.ones(1, ids.shape[1], dtype=torch.bool)
+    assert float(sentence_offsets(m.model, vec_bank, s, wm)[0]) == pytest.approx(
+        float(sentence_offsets(m.model, feats_bank, s, wm)[0]), rel=0.02)  # the tiny models' vectors are not unit
+    # the file holds the vectors as the bank had them: loading gives back the very same
+    again = load_align(save_align(m.model, m.vocab, TINY, tmp_path / "vec.pt", querybank=vec_bank)).querybank
+    assert again.photo_feats is None and torch.equal(again.regions(m.model, "cpu")[0], got)
+    assert again.header() == feats_bank.header()

@@ -15,8 +15,8 @@ from ..core.atomic import atomic_path
 from ..core.config import to_dict
 from ..core.errors import ModelError
 
-FORMAT_VERSION = 2  # 2: a querybank's photo features may be stored in 8 bits (models/querybank.py)
-READS = (1, 2)  # the formats this version loads
+FORMAT_VERSION = 3  # 2: a querybank's photo features may be stored in 8 bits; 3: or its photos' region vectors
+READS = (1, 2, 3)  # the formats this version loads
 
 
 @dataclass
@@ -82,7 +82,7 @@ def load(path: str | Path, kind: str | None = None, map_location: str | torch.de
                          "that `vsa train` writes")
     if blob.get("format_version") not in READS:
         raise ModelError(f"{path}: model format {blob.get('format_version')}, this version reads "
-                         f"{' and '.join(map(str, READS))}")
+                         f"{', '.join(map(str, READS[:-1]))} and {READS[-1]}")
     if kind is not None and blob["kind"] != kind:
         def a(word: str) -> str:
             return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"

@@ -12,6 +12,7 @@ photo's offset once, when it stores the photo."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,15 +25,19 @@ PREFIX = "querybank."  # its tensors sit in the model file's state dict under th
 
 @dataclass
 class QueryBank:
-    """Training sentences (word ids) and training photos (CNN features) to normalise scores with.
-    sent_ids (K, T) long, sent_lengths (K,) long, photo_feats (P, R, D), photo_mask (P, R) bool."""
+    """Training sentences (word ids) and training photos to normalise scores with. sent_ids (K, T) long,
+    sent_lengths (K,) long, photo_mask (P, R) bool, and the photos either as CNN features, photo_feats
+    (P, R, D), or as their region vectors under the model (see encoded): photo_parts (P, R, H), each region's
+    own part, and photo_shared (P, S), the part the same for every region of a photo (None when S is 0)."""
 
     beta: float
     weight: float
     sent_ids: torch.Tensor
     sent_lengths: torch.Tensor
-    photo_feats: torch.Tensor
+    photo_feats: torch.Tensor | None
     photo_mask: torch.Tensor
+    photo_parts: torch.Tensor | None = None
+    photo_shared: torch.Tensor | None = None
     # Bank vectors under the model, per (what, device): computed once, as an index build scores every photo
     # against them. Keyed by the device as given, so that "cuda" does not miss a tensor on "cuda:0".
     _cache: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
@@ -61,33 +66,64 @@ class QueryBank:
 
     @torch.no_grad()
     def regions(self, model: torch.nn.Module, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The bank photos' region vectors and mask under `model`."""
+        """The bank photos' region vectors and mask under `model` (a bank of vectors holds them already)."""
         key = ("regions", str(device))
         if key not in self._cache:
-            vb = model.encode_regions(self.photo_feats.to(device))
+            if self.photo_parts is None:
+                vb = model.encode_regions(self.photo_feats.to(device))
+            else:
+                vb = self.photo_parts.to(device)
+                if self.photo_shared is not None:
+                    shared = self.photo_shared.to(device)[:, None, :].expand(-1, vb.shape[1], -1)
+                    vb = torch.cat([vb, shared], dim=2)
             self._cache[key] = (vb, self.photo_mask.to(device)[:, : vb.shape[1]])
         return self._cache[key]
 
+    @torch.no_grad()
+    def encoded(self, model: torch.nn.Module) -> QueryBank:
+        """The same bank holding its photos' region vectors under `model` instead of their CNN features, as a
+        model file stores them (8 bits): each region's own part, and once a photo the part its regions share
+        (a hybrid model's global terms). The ensemble's 1,536-d vectors then take 11 KB a photo against 25.6
+        KB of 1,280-d features, so more photos fit a model file; the bank is then that model's alone."""
+        if self.photo_feats is None:
+            return self
+        device = next(model.parameters()).device
+        vb = model.encode_regions(self.photo_feats.to(device)).cpu()
+        own = vb.shape[2] - shared_width(model)
+        shared = stored(vb[:, 0, own:]) if own < vb.shape[2] else None
+        return dataclasses.replace(self, photo_feats=None, photo_parts=stored(vb[:, :, :own]), photo_shared=shared,
+                                   _cache={})
+
     def header(self) -> dict[str, Any]:
         return {"beta": self.beta, "weight": self.weight, "sentences": int(len(self.sent_ids)),
-                "photos": int(len(self.photo_feats))}
+                "photos": int(len(self.photo_mask))}
 
     def to_state(self) -> dict[str, torch.Tensor]:
-        # 8-bit features: the bank is most of the file's size otherwise (200 photos: 10.2 MB in float16)
-        codes, low, step = quantize(self.photo_feats)
-        return {PREFIX + "sent_ids": self.sent_ids.to(torch.int32), PREFIX + "sent_lengths": self.sent_lengths,
-                PREFIX + "photo_codes": codes, PREFIX + "photo_low": low, PREFIX + "photo_step": step,
-                PREFIX + "photo_mask": self.photo_mask}
+        # 8 bits: the bank is most of the file's size otherwise (200 photos' features: 10.2 MB in float16)
+        state = {PREFIX + "sent_ids": self.sent_ids.to(torch.int32), PREFIX + "sent_lengths": self.sent_lengths,
+                 PREFIX + "photo_mask": self.photo_mask}
+        arrays = {"photo": self.photo_feats} if self.photo_parts is None else \
+            {"photo_parts": self.photo_parts, "photo_shared": self.photo_shared}
+        for name, values in arrays.items():
+            if values is not None:
+                codes, low, step = quantize(values)
+                state.update({PREFIX + name + "_codes": codes, PREFIX + name + "_low": low,
+                              PREFIX + name + "_step": step})
+        return state
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor], header: dict[str, Any]) -> QueryBank:
-        if PREFIX + "photo_codes" in state:
-            feats = dequantize(state[PREFIX + "photo_codes"], state[PREFIX + "photo_low"],
-                               state[PREFIX + "photo_step"])
-        else:  # model format 1: float16 features
+        def read(name: str) -> torch.Tensor | None:
+            if PREFIX + name + "_codes" not in state:
+                return None
+            return dequantize(*(state[PREFIX + name + k] for k in ("_codes", "_low", "_step")))
+
+        parts, feats = read("photo_parts"), read("photo")
+        if parts is None and feats is None:  # model format 1: float16 features
             feats = state[PREFIX + "photo_feats"].float()
         return cls(float(header["beta"]), float(header["weight"]), state[PREFIX + "sent_ids"].long(),
-                   state[PREFIX + "sent_lengths"].long(), feats, state[PREFIX + "photo_mask"].bool())
+                   state[PREFIX + "sent_lengths"].long(), feats, state[PREFIX + "photo_mask"].bool(),
+                   photo_parts=parts, photo_shared=read("photo_shared"))
 
 
 def quantize(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

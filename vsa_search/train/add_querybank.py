@@ -14,7 +14,7 @@ from ..core.errors import UsageError
 from ..data.datasets import load_flickr8k
 from ..evaluation.recall import retrieval_data
 from ..models.alignment import LoadedAlign, load_align, save_align
-from ..models.querybank import QueryBank, stored
+from ..models.querybank import QueryBank
 from ..vision.features import FeatureStore, require_extractor
 
 DEFAULT_SENTENCES = 1000
@@ -26,8 +26,9 @@ DEFAULT_WEIGHT = 0.5
 def add_querybank(model: str | Path, features: str | Path, out: str | Path, sentences: int = DEFAULT_SENTENCES,
                   photos: int = DEFAULT_PHOTOS, beta: float = DEFAULT_BETA, weight: float = DEFAULT_WEIGHT,
                   seed: int = 0, dataset: Any = None) -> dict[str, Any]:
-    """Write `model` with a querybank to `out`: `photos` training photos (their CNN features from the
-    store `features`) and `sentences` training sentences of other training photos, drawn with `seed`."""
+    """Write `model` with a querybank to `out`: `photos` training photos (their region vectors under the model,
+    from their CNN features in the store `features`) and `sentences` training sentences of other training
+    photos, drawn with `seed`."""
     if sentences < 1 or photos < 1:
         raise UsageError("--sentences and --photos need at least 1")
     if beta <= 0 or weight < 0:
@@ -47,7 +48,8 @@ def add_querybank(model: str | Path, features: str | Path, out: str | Path, sent
 def draw_bank(loaded: LoadedAlign, ds: Any, store: FeatureStore, sentences: int, photos: int, beta: float,
               weight: float, seed: int = 0, name: str | Path = "features") -> tuple[QueryBank, int]:
     """(the bank, how many training photos it was drawn from): `photos` training photos of `ds` in `store` and
-    `sentences` sentences of other training photos, shuffled with `seed`. No other split is read."""
+    `sentences` sentences of other training photos, shuffled with `seed`. No other split is read. The bank holds
+    the photos as their region vectors under the model, as the file will (QueryBank.encoded)."""
     train = [r for r in ds.present("train") if r.image_id in store]
     need = photos + -(-sentences // 5)
     if len(train) < photos + 1:
@@ -56,5 +58,6 @@ def draw_bank(loaded: LoadedAlign, ds: Any, store: FeatureStore, sentences: int,
     bank_photos = retrieval_data(train[:photos], store, loaded.vocab)
     bank_sents = retrieval_data(train[photos:need], store, loaded.vocab)
     k = min(sentences, len(bank_sents.ids))
-    return (QueryBank(beta, weight, bank_sents.ids[:k], bank_sents.lengths[:k], stored(bank_photos.feats),
-                      bank_photos.region_mask), len(train))
+    bank = QueryBank(beta, weight, bank_sents.ids[:k], bank_sents.lengths[:k], bank_photos.feats,
+                     bank_photos.region_mask)
+    return bank.encoded(loaded.model), len(train)

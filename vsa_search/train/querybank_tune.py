@@ -84,7 +84,7 @@ def tune_querybank(model: str | Path, features: str | Path, split: str = "dev",
                     cand = dataclasses.replace(loaded, querybank=dataclasses.replace(bank, beta=beta, weight=w))
                     p_off, s_off = querybank_offsets(cand, data, dev_)
                     m = retrieval_metrics(raw - p_off[:, None] - s_off[None, :], data.sent_image, reps=0)
-                    rows.append({"sentences": int(len(bank.sent_ids)), "photos": int(len(bank.photo_feats)),
+                    rows.append({"sentences": int(len(bank.sent_ids)), "photos": int(len(bank.photo_mask)),
                                  "beta": beta, "weight": w, "file_bytes": size, "mean_recall": mean_recall(m),
                                  "search_mean": direction_mean(m, "image_search"),
                                  "annotation_mean": direction_mean(m, "image_annotation"), "metrics": m})
