@@ -17,8 +17,8 @@ from ..evaluation.metrics import direction_mean, retrieval_metrics
 from ..evaluation.recall import StageFn, generator_data, normalised_scores, split_data
 from ..models.alignment import load_align
 
-ANNOTATION_WEIGHTS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1)
-SEARCH_WEIGHTS: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2)
+ANNOTATION_WEIGHTS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1)
+SEARCH_WEIGHTS: tuple[float, ...] = (0.0, 0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2)
 DIRECTIONS = {"annotation": "image_annotation", "search": "image_search"}
 
 
