@@ -536,10 +536,11 @@ SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
     (("bench-regions.json",), regions_speed),
     (("bench-build.json",), lambda d: build_speed(
         d, "## Index builds on phone photos: `benchmarks/build.py`" + (
-            "\n\nBaseline: the same code with the shipped alignment model as it was before the deeper CNN top "
-            "(`align-cut6.pt`, `weights/align.pt` of git 594d9c7: the last stage's top, read with flips); this: the "
-            "shipped model, whose top is the last two stages and the head (from the stride-16 map), also read "
-            "with flips. The querybank's sentences are encoded while the model loads, as in a long build "
+            "\n\nBaseline: the same code with the shipped alignment model as it was before its querybank held "
+            "region vectors (`align-prev.pt`, `weights/align.pt` of git 64b1f9d: the same members and CNN top, a "
+            "bank of 5,000 sentences and 200 photos' features); this: the shipped model, whose bank holds 400 "
+            "photos' region vectors. A build scores each photo against the bank's sentences only, so the two "
+            "should build alike. The querybank's sentences are encoded while the model loads, as in a long build "
             "(`load s`)." if _baseline_model(d) else ""),
         f"OMP_NUM_THREADS=2 python benchmarks/build.py{_baseline_model(d)} --repeat {d['repeat']} --json "
         "docs/results/bench-build.json")),

@@ -22,9 +22,9 @@ from ..models.alignment import load_align, save_align
 from ..vision.features import FeatureStore
 from .add_querybank import draw_bank
 
-# What was compared when the shipped bank was chosen (weights/align.md): five bank sizes (sentences, photos;
-# the photos' features weigh the most in the file), β 3 and 5, weights 0.5, 0.7 and 1.
-SIZES: tuple[tuple[int, int], ...] = ((1000, 200), (2000, 200), (3000, 200), (5000, 200), (5000, 1000))
+# What was compared when the shipped bank was chosen (weights/align.md): six bank sizes (sentences, photos;
+# the photos' region vectors weigh the most in the file), β 3 and 5, weights 0.5, 0.7 and 1.
+SIZES: tuple[tuple[int, int], ...] = ((2000, 200), (5000, 200), (5000, 400), (5000, 600), (5000, 800), (5000, 1000))
 BETAS: tuple[float, ...] = (3.0, 5.0)
 WEIGHTS: tuple[float, ...] = (0.5, 0.7, 1.0)
 MAX_MODEL_BYTES = 25_000_000  # a shipped model file stays within 25 MB
