@@ -92,3 +92,12 @@ def test_index_text_with_a_generator_without_prior_photos(tmp_path: Path, monkey
     one_line(r, 2, "caption.pt: a generator without prior photos cannot re-rank; add them with `vsa train "
                    "generator-prior`")
     assert not (tmp_path / "indexes" / "t").exists()
+
+
+def test_querybank_bits_are_8_or_4(tmp_path: Path) -> None:
+    r = run("train", "querybank", "--model", "align", "--features", str(tmp_path), "--out", str(tmp_path / "q.pt"),
+            "--bits", "6")
+    one_line(r, 2, "--bits 6: a bank's vectors are stored in 8 or 4 bits")
+    assert not (tmp_path / "q.pt").exists()
+    one_line(run("eval", "querybank-tune", "--features", str(tmp_path), "--sizes", "5000/400/8/1"), 2,
+             "--sizes '5000/400/8/1': expected SENTENCES/PHOTOS[/BITS]")

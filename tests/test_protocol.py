@@ -227,13 +227,14 @@ def test_poisoned_test_split_changes_nothing_in_the_querybank_choice(roots, tmp_
     torch.manual_seed(0)
     model = save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab, REGION_PRESETS["tiny"],
                        tmp_path / "m.pt")
-    sizes = ((10, 3), (5, 2))
+    sizes = ((10, 3, 8), (5, 2, 4))  # the smaller bank's photos in 4 bits
     tuned = {}
     for name, (root, store) in roots.items():
         pick, table = tune_querybank(model, store, "dev", sizes, (1.0, 5.0), (0.5, 1.0), device="cpu",
                                      dataset=load_flickr8k(root))
         assert table["photos"] == 3 and table["sentences"] == 15 and table["train_photos_available"] == 6
         assert len(table["rows"]) == 8 and pick in table["rows"]
+        assert [r["bits"] for r in table["rows"]] == [8] * 4 + [4] * 4
         tuned[name] = (pick, table["rows"], table["without_querybank"])
     assert tuned["clean"] == tuned["poisoned"]
     # the cap decides: below the larger bank's file, the pick is among the smaller banks only
@@ -252,13 +253,41 @@ def test_poisoned_test_split_changes_nothing_in_the_querybank_choice(roots, tmp_
     from vsa_search.cli import app
 
     args = ["eval", "querybank-tune", "--model", str(model), "--features", str(roots["clean"][1]), "--root",
-            str(roots["clean"][0]), "--sizes", "10/3,5/2", "--betas", "1,5", "--weights", "0.5,1", "--device", "cpu"]
+            str(roots["clean"][0]), "--sizes", "10/3,5/2/4", "--betas", "1,5", "--weights", "0.5,1", "--device", "cpu"]
     res = CliRunner().invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.stderr
     got = json.loads(res.stdout)
     assert got["pick"] == json.loads(json.dumps(tuned["clean"][0]))
     text = CliRunner().invoke(app, args).stdout
-    assert f"pick: {got['pick']['sentences']} sentences, {got['pick']['photos']} photos" in text
+    pick = got["pick"]
+    assert f"pick: {pick['sentences']} sentences, {pick['photos']} photos ({pick['bits']} bits)" in text
+
+
+def test_a_querybank_tune_row_is_what_its_bank_gives_in_the_model_file(roots, tmp_path):
+    """The tune scores the split against each bank once and applies every β and weight to those scores; the
+    model file `vsa train querybank` writes with the row's bank gives the row's figures (4-bit vectors too)."""
+    from vsa_search.evaluation.metrics import retrieval_metrics
+    from vsa_search.evaluation.recall import normalised_scores, split_data
+    from vsa_search.models.alignment import AlignModel, save_align
+    from vsa_search.train.add_querybank import add_querybank
+    from vsa_search.train.querybank_tune import tune_querybank
+
+    root, store = roots["clean"]
+    ds = load_flickr8k(root)
+    vocab = build_flickr8k_vocab(root, min_count=1)
+    torch.manual_seed(0)
+    model = save_align(AlignModel(EMBED_PRESETS["tiny"], len(vocab)).eval(), vocab, REGION_PRESETS["tiny"],
+                       tmp_path / "m.pt", half=True)  # as the file with the bank will hold it
+    _, table = tune_querybank(model, store, "dev", ((10, 3, 4),), (1.0, 5.0), (0.7,), device="cpu", dataset=ds)
+    add_querybank(model, store, tmp_path / "b.pt", 10, 3, 5.0, 0.7, dataset=ds, bits=4)
+    loaded = load_align(tmp_path / "b.pt")
+    data = split_data(loaded, store, ds, "dev")
+    _, normalised = normalised_scores(loaded, data, "cpu")
+    row = table["rows"][1]
+    assert (row["beta"], row["bits"]) == (5.0, 4)
+    # the same file but for its name, which torch's zip writes into each entry's path
+    assert abs(row["file_bytes"] - (tmp_path / "b.pt").stat().st_size) < 1000
+    assert row["metrics"] == retrieval_metrics(normalised, data.sent_image, reps=0)
 
 
 def test_the_querybank_tune_command_refuses_the_test_split(tmp_path):

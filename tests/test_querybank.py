@@ -24,7 +24,16 @@ from vsa_search.index import query, sentences
 from vsa_search.models import checkpoint
 from vsa_search.models.alignment import AlignModel, load_align, save_align
 from vsa_search.models.encode import photo_offset, query_vectors
-from vsa_search.models.querybank import QueryBank, dequantize, photo_offsets, quantize, sentence_offsets, stored
+from vsa_search.models.querybank import (
+    QueryBank,
+    dequantize,
+    pack4,
+    photo_offsets,
+    quantize,
+    sentence_offsets,
+    stored,
+    unpack4,
+)
 from vsa_search.models.score import item_scores, score
 from vsa_search.vision.images import load
 
@@ -95,7 +104,7 @@ def test_a_model_file_carries_its_querybank(banked: Path, tmp_path: Path) -> Non
     m = load_align(banked)
     plain = load_align(banked.with_name("plain.pt"))
     assert plain.querybank is None and m.querybank is not None
-    assert m.metrics["querybank"] == {"beta": 5.0, "weight": 0.5, "sentences": 4, "photos": 3}
+    assert m.metrics["querybank"] == {"beta": 5.0, "weight": 0.5, "sentences": 4, "photos": 3, "bits": 8}
     assert torch.equal(m.querybank.sent_ids[:, :5], pad_ids([m.vocab.encode_text(s) for s in BANK_SENTENCES])[0][:, :5])
     assert m.fingerprint != plain.fingerprint  # an index built with one refuses the other
     sd_m, sd_p = m.model.state_dict(), plain.model.state_dict()
@@ -247,3 +256,40 @@ def test_a_bank_of_region_vectors_scores_as_its_features_do(which: str, request:
     again = load_align(save_align(m.model, m.vocab, TINY, tmp_path / "vec.pt", querybank=vec_bank)).querybank
     assert again.photo_feats is None and torch.equal(again.regions(m.model, "cpu")[0], got)
     assert again.header() == feats_bank.header()
+
+
+def test_pack4_holds_two_codes_a_byte() -> None:
+    codes = torch.tensor([[a, b] for a in range(16) for b in range(16)], dtype=torch.uint8).reshape(8, 64)
+    packed = pack4(codes)
+    assert packed.shape == (8, 32) and packed.dtype == torch.uint8
+    assert torch.equal(unpack4(packed), codes)
+
+
+@pytest.mark.parametrize("which", ["banked", "banked_hybrid"])
+def test_a_4_bit_bank_fits_twice_the_photos_and_scores_as_the_8_bit_one(which: str, request: pytest.FixtureRequest,
+                                                                        tmp_path: Path) -> None:
+    m = load_align(request.getfixturevalue(which))
+    want, mask = m.querybank.regions(m.model, "cpu")  # from the features, in float32
+    b8, b4 = m.querybank.encoded(m.model), m.querybank.encoded(m.model, 4)
+    assert (b4.bits, b4.header()["bits"], b8.header()["bits"]) == (4, 4, 8)
+    own = b4.photo_parts.shape[2]
+    half_step = (want[..., :own].amax(-1, keepdim=True) - want[..., :own].amin(-1, keepdim=True)) / 15 / 2
+    got = b4.regions(m.model, "cpu")[0]
+    assert torch.all(((got[..., :own] - want[..., :own]).abs() <= half_step * 1.01 + 1e-4)[mask])
+    assert torch.equal(got[..., own:], b8.regions(m.model, "cpu")[0][..., own:])  # the shared part stays 8 bits
+    sd = {}
+    for bits, bank in ((8, b8), (4, b4)):
+        path = save_align(m.model, m.vocab, TINY, tmp_path / f"b{bits}.pt", querybank=bank)
+        sd[bits] = torch.load(path, weights_only=True)["state_dict"]
+        again = load_align(path).querybank
+        assert again.bits == bits and torch.equal(again.photo_parts, bank.photo_parts)  # as chosen, so loaded
+    assert "querybank.photo_parts_codes" not in sd[4] and "querybank.photo_parts_codes4" not in sd[8]
+    assert sd[4]["querybank.photo_parts_codes4"].numel() * 2 == sd[8]["querybank.photo_parts_codes"].numel()
+    ids, lengths = pad_ids([m.vocab.encode_text("a red dog running")])
+    s = m.model.encode_words(ids, lengths)
+    wm = torch.ones(1, ids.shape[1], dtype=torch.bool)
+    # 16 levels over the tiny models' few dimensions: within a tenth (the shipped bank's dev figures: as in 8 bits)
+    assert float(sentence_offsets(m.model, b4, s, wm)[0]) == pytest.approx(
+        float(sentence_offsets(m.model, b8, s, wm)[0]), rel=0.1)
+    with pytest.raises(ValueError, match="8 or 4 bits, not 6"):
+        m.querybank.encoded(m.model, 6)

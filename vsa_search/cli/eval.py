@@ -195,11 +195,14 @@ def _numbers(text: str, opt: str) -> tuple[float, ...]:
         raise UsageError(f"{opt} {text!r}: expected comma-separated numbers, e.g. 0.5,1") from None
 
 
-def _sizes(text: str) -> tuple[tuple[int, int], ...]:
+def _sizes(text: str) -> tuple[tuple[int, int, int], ...]:
     try:
-        return tuple((int(a), int(b)) for a, b in (x.split("/") for x in text.split(",") if x.strip()))
+        parts = [[int(v) for v in x.split("/")] for x in text.split(",") if x.strip()]
+        if any(len(p) not in (2, 3) for p in parts):
+            raise ValueError
+        return tuple((p[0], p[1], p[2] if len(p) == 3 else 8) for p in parts)
     except ValueError:
-        raise UsageError(f"--sizes {text!r}: expected SENTENCES/PHOTOS pairs, e.g. 1000/200,5000/1000") from None
+        raise UsageError(f"--sizes {text!r}: expected SENTENCES/PHOTOS[/BITS], e.g. 1000/200,5000/1000/4") from None
 
 
 @app.command("querybank-tune")
@@ -207,8 +210,9 @@ def querybank_tune_cmd(
     features: Annotated[Path, typer.Option(help="Feature store holding the training and dev photos.")],
     model: Annotated[str, typer.Option(help="Alignment model file or name (its own bank is left "
                                             "aside).")] = paths.ALIGN_MODEL,
-    sizes: Annotated[str, typer.Option(help="Bank sizes to try, SENTENCES/PHOTOS, comma-separated.")] =
-        ",".join(f"{s}/{p}" for s, p in QB_SIZES),
+    sizes: Annotated[str, typer.Option(help="Bank sizes to try, SENTENCES/PHOTOS[/BITS of the photos' vectors, "
+                                            "8 or 4], comma-separated.")] =
+        ",".join(f"{s}/{p}/{b}" for s, p, b in QB_SIZES),
     betas: Annotated[str, typer.Option(help="β values to try.")] = ",".join(f"{b:g}" for b in QB_BETAS),
     weights: Annotated[str, typer.Option(help="Weights to try.")] = ",".join(f"{w:g}" for w in QB_WEIGHTS),
     max_mb: Annotated[float, typer.Option(help="Size cap of the model file, MB (10^6 bytes).")] =
@@ -238,17 +242,19 @@ def querybank_tune_cmd(
     out.print(f"{res['model']}: {res['photos']} {res['split']} photos, {res['sentences']} sentences of "
               f"{res['dataset']}; banks from {res['train_photos_available']} training photos, seed {res['seed']}",
               markup=False)
-    out.print(f"{'sentences':>10s}{'photos':>8s}{'beta':>6s}{'weight':>8s}{'file MB':>9s}{'search':>8s}"
+    out.print(f"{'sentences':>10s}{'photos':>8s}{'bits':>6s}{'beta':>6s}{'weight':>8s}{'file MB':>9s}{'search':>8s}"
               f"{'annot.':>8s}{'mean R@K':>10s}", markup=False)
-    out.print(f"{'(none)':>10s}{'':8s}{'':6s}{0:8g}{'':9s}{'':8s}{'':8s}"
+    out.print(f"{'(none)':>10s}{'':8s}{'':6s}{'':6s}{0:8g}{'':9s}{'':8s}{'':8s}"
               f"{res['without_querybank']['mean_recall']:10.2f}", markup=False)
     for r in res["rows"]:
         over = " (over the cap)" if r["file_bytes"] > res["max_bytes"] else ""
-        out.print(f"{r['sentences']:10d}{r['photos']:8d}{r['beta']:6g}{r['weight']:8g}{r['file_bytes'] / 1e6:9.1f}"
-                  f"{r['search_mean']:8.2f}{r['annotation_mean']:8.2f}{r['mean_recall']:10.2f}{over}", markup=False)
+        out.print(f"{r['sentences']:10d}{r['photos']:8d}{r.get('bits', 8):6d}{r['beta']:6g}{r['weight']:8g}"
+                  f"{r['file_bytes'] / 1e6:9.1f}{r['search_mean']:8.2f}{r['annotation_mean']:8.2f}"
+                  f"{r['mean_recall']:10.2f}{over}", markup=False)
     if pick is None:
         raise UsageError(f"no bank keeps the model file within {res['max_bytes']:,} bytes")
-    out.print(f"pick: {pick['sentences']} sentences, {pick['photos']} photos, β {pick['beta']:g}, weight "
+    out.print(f"pick: {pick['sentences']} sentences, {pick['photos']} photos ({pick.get('bits', 8)} bits), "
+              f"β {pick['beta']:g}, weight "
               f"{pick['weight']:g} ({res['rule']})", markup=False)
 
 

@@ -238,17 +238,19 @@ def querybank_cmd(
     weight: Annotated[float, typer.Option(help="How much of each offset is subtracted "
                                                "(0: none).")] = bank.DEFAULT_WEIGHT,
     seed: Annotated[int, typer.Option(help="Seed of the draw from the training split.")] = 0,
+    bits: Annotated[int, typer.Option(help="Bits of the bank photos' region vectors in the file: 8, or 4 for "
+                                           "twice the photos.")] = bank.DEFAULT_BITS,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Add querybank normalisation to a model: scores are lowered for photos (and sentences) that match
     a bank of training sentences (photos) well, so that a few photos stop coming up for every query."""
     summary = bank.add_querybank(model, features, out_path, sentences, photos, beta, weight, seed,
-                            dataset=load_dataset_opts(dataset, root, captions))
+                                 dataset=load_dataset_opts(dataset, root, captions), bits=bits)
     if json_out:
         print_json(summary)
         return
     out.print(f"{out_path}: {summary['from']} with a querybank of {summary['sentences']} training sentences and "
-              f"{summary['photos']} training photos (β {beta}, weight {weight})")
+              f"{summary['photos']} training photos ({bits}-bit vectors; β {beta}, weight {weight})")
 
 
 @app.command("generator-prior")

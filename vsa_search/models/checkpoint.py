@@ -15,7 +15,7 @@ from ..core.atomic import atomic_path
 from ..core.config import to_dict
 from ..core.errors import ModelError
 
-FORMAT_VERSION = 3  # 2: a querybank's photo features may be stored in 8 bits; 3: or its photos' region vectors
+FORMAT_VERSION = 3  # 2: a querybank's photo features may be in 8 bits; 3: or its photos' region vectors, 8 or 4 bits
 READS = (1, 2, 3)  # the formats this version loads
 
 

@@ -28,7 +28,8 @@ class QueryBank:
     """Training sentences (word ids) and training photos to normalise scores with. sent_ids (K, T) long,
     sent_lengths (K,) long, photo_mask (P, R) bool, and the photos either as CNN features, photo_feats
     (P, R, D), or as their region vectors under the model (see encoded): photo_parts (P, R, H), each region's
-    own part, and photo_shared (P, S), the part the same for every region of a photo (None when S is 0)."""
+    own part, and photo_shared (P, S), the part the same for every region of a photo (None when S is 0).
+    bits: how a model file stores photo_parts, 8 or 4 (4 fits twice the photos; the rest is always 8)."""
 
     beta: float
     weight: float
@@ -38,6 +39,7 @@ class QueryBank:
     photo_mask: torch.Tensor
     photo_parts: torch.Tensor | None = None
     photo_shared: torch.Tensor | None = None
+    bits: int = 8
     # Bank vectors under the model, per (what, device): computed once, as an index build scores every photo
     # against them. Keyed by the device as given, so that "cuda" does not miss a tensor on "cuda:0".
     _cache: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
@@ -80,23 +82,26 @@ class QueryBank:
         return self._cache[key]
 
     @torch.no_grad()
-    def encoded(self, model: torch.nn.Module) -> QueryBank:
+    def encoded(self, model: torch.nn.Module, bits: int = 8) -> QueryBank:
         """The same bank holding its photos' region vectors under `model` instead of their CNN features, as a
-        model file stores them (8 bits): each region's own part, and once a photo the part its regions share
-        (a hybrid model's global terms). The ensemble's 1,536-d vectors then take 11 KB a photo against 25.6
-        KB of 1,280-d features, so more photos fit a model file; the bank is then that model's alone."""
+        model file stores them: each region's own part in `bits` (8 or 4), and once a photo, in 8 bits, the
+        part its regions share (a hybrid model's global terms). The ensemble's 1,536-d vectors then take 11 KB
+        a photo (6.2 KB with 4 bits) against 25.6 KB of 1,280-d features, so more photos fit a model file; the
+        bank is then that model's alone."""
         if self.photo_feats is None:
             return self
+        if bits not in (4, 8):
+            raise ValueError(f"a bank's vectors are stored in 8 or 4 bits, not {bits}")
         device = next(model.parameters()).device
         vb = model.encode_regions(self.photo_feats.to(device)).cpu()
         own = vb.shape[2] - shared_width(model)
         shared = stored(vb[:, 0, own:]) if own < vb.shape[2] else None
-        return dataclasses.replace(self, photo_feats=None, photo_parts=stored(vb[:, :, :own]), photo_shared=shared,
-                                   _cache={})
+        return dataclasses.replace(self, photo_feats=None, photo_parts=stored(vb[:, :, :own], bits),
+                                   photo_shared=shared, bits=bits, _cache={})
 
     def header(self) -> dict[str, Any]:
         return {"beta": self.beta, "weight": self.weight, "sentences": int(len(self.sent_ids)),
-                "photos": int(len(self.photo_mask))}
+                "photos": int(len(self.photo_mask)), "bits": self.bits}
 
     def to_state(self) -> dict[str, torch.Tensor]:
         # 8 bits: the bank is most of the file's size otherwise (400 photos' vectors: 9 MB in float16)
@@ -106,35 +111,53 @@ class QueryBank:
             {"photo_parts": self.photo_parts, "photo_shared": self.photo_shared}
         for name, values in arrays.items():
             if values is not None:
-                codes, low, step = quantize(values)
-                state.update({PREFIX + name + "_codes": codes, PREFIX + name + "_low": low,
-                              PREFIX + name + "_step": step})
+                bits = self.bits if name == "photo_parts" else 8
+                codes, low, step = quantize(values, bits)
+                # 4 bits: two codes a byte, under a name of their own so that no reader takes them for 8
+                state.update({PREFIX + name + ("_codes" if bits == 8 else "_codes4"): codes if bits == 8 else
+                              pack4(codes), PREFIX + name + "_low": low, PREFIX + name + "_step": step})
         return state
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor], header: dict[str, Any]) -> QueryBank:
         def read(name: str) -> torch.Tensor | None:
-            if PREFIX + name + "_codes" not in state:
+            if PREFIX + name + "_codes4" in state:
+                codes = unpack4(state[PREFIX + name + "_codes4"])
+            elif PREFIX + name + "_codes" in state:
+                codes = state[PREFIX + name + "_codes"]
+            else:
                 return None
-            return dequantize(*(state[PREFIX + name + k] for k in ("_codes", "_low", "_step")))
+            return dequantize(codes, state[PREFIX + name + "_low"], state[PREFIX + name + "_step"])
 
         parts, feats = read("photo_parts"), read("photo")
         if parts is None and feats is None:  # model format 1: float16 features
             feats = state[PREFIX + "photo_feats"].float()
         return cls(float(header["beta"]), float(header["weight"]), state[PREFIX + "sent_ids"].long(),
                    state[PREFIX + "sent_lengths"].long(), feats, state[PREFIX + "photo_mask"].bool(),
-                   photo_parts=parts, photo_shared=read("photo_shared"))
+                   photo_parts=parts, photo_shared=read("photo_shared"),
+                   bits=4 if PREFIX + "photo_parts_codes4" in state else 8)
 
 
-def quantize(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(..., D) features -> 8-bit codes (..., D) and each vector's float16 low end and step (..., 1):
-    256 even levels between the vector's own minimum and maximum."""
+def quantize(feats: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(..., D) features -> codes (..., D) uint8 and each vector's float16 low end and step (..., 1):
+    2**bits even levels between the vector's own minimum and maximum."""
+    top = 2**bits - 1
     feats = feats.float()
     low = feats.amin(-1, keepdim=True).half()
     # float16's smallest normal step keeps a constant vector (a padded region) exact and the division finite
-    step = ((feats.amax(-1, keepdim=True) - low.float()) / 255).clamp_min(2.0**-14).half()
-    codes = ((feats - low.float()) / step.float()).round().clamp(0, 255).to(torch.uint8)
+    step = ((feats.amax(-1, keepdim=True) - low.float()) / top).clamp_min(2.0**-14).half()
+    codes = ((feats - low.float()) / step.float()).round().clamp(0, top).to(torch.uint8)
     return codes, low, step
+
+
+def pack4(codes: torch.Tensor) -> torch.Tensor:
+    """4-bit codes (..., D), D even -> (..., D/2) bytes, two codes each."""
+    return codes[..., 0::2] << 4 | codes[..., 1::2]
+
+
+def unpack4(packed: torch.Tensor) -> torch.Tensor:
+    """pack4's inverse."""
+    return torch.stack([packed >> 4, packed & 15], dim=-1).flatten(-2)
 
 
 def dequantize(codes: torch.Tensor, low: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
@@ -142,9 +165,9 @@ def dequantize(codes: torch.Tensor, low: torch.Tensor, step: torch.Tensor) -> to
     return low.float() + codes.float() * step.float()
 
 
-def stored(feats: torch.Tensor) -> torch.Tensor:
+def stored(feats: torch.Tensor, bits: int = 8) -> torch.Tensor:
     """Features as a model file gives them back: a bank is chosen with the values it will ship with."""
-    return dequantize(*quantize(feats))
+    return dequantize(*quantize(feats, bits))
 
 
 def split_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -153,30 +176,45 @@ def split_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
             {k: v for k, v in state.items() if k.startswith(PREFIX)})
 
 
-def _lse(scores: torch.Tensor, dim: int, bank: QueryBank) -> torch.Tensor:
-    return bank.weight * torch.logsumexp(bank.beta * scores, dim=dim) / bank.beta
+def lse_offsets(scores: torch.Tensor, dim: int, beta: float, weight: float) -> torch.Tensor:
+    """The offsets of S' from scores against the bank (bank along `dim`): w/β · log Σ_b exp(β·S)."""
+    return weight * torch.logsumexp(beta * scores, dim=dim) / beta
 
 
 @torch.no_grad()
-def photo_offsets(model: torch.nn.Module, bank: QueryBank, v: torch.Tensor, region_mask: torch.Tensor,
-                  chunk: int = 64) -> torch.Tensor:
-    """(N,) offsets of photos given as region vectors v (N, R, h) with region_mask (N, R): what
-    S'(p, s) subtracts from every score of photo p. S(p, b) is computed over the bank's real words
-    only (no padding)."""
+def photo_bank_scores(model: torch.nn.Module, bank: QueryBank, v: torch.Tensor, region_mask: torch.Tensor,
+                      chunk: int = 64) -> torch.Tensor:
+    """(N, K) S(p, b) of photos given as region vectors v (N, R, h) with region_mask (N, R) against the
+    bank's K sentences, over their real words only (no padding)."""
     part, sent, n_sent, globs = bank.split_words(model, v.device, shared_width(model))
-    out = [_lse(score_words(v[a:a + chunk], region_mask[a:a + chunk], part, sent, n_sent, shared_width(model), globs),
-                1, bank) for a in range(0, len(v), chunk)]
-    return torch.cat(out) if out else torch.zeros(0, device=v.device)
+    out = [score_words(v[a:a + chunk], region_mask[a:a + chunk], part, sent, n_sent, shared_width(model), globs)
+           for a in range(0, len(v), chunk)]
+    return torch.cat(out) if out else torch.zeros(0, n_sent, device=v.device)
 
 
 @torch.no_grad()
-def sentence_offsets(model: torch.nn.Module, bank: QueryBank, s: torch.Tensor, word_mask: torch.Tensor,
-                     chunk: int = 512) -> torch.Tensor:
-    """(M,) offsets of sentences given as word vectors s (M, T, h) with word_mask (M, T)."""
+def sentence_bank_scores(model: torch.nn.Module, bank: QueryBank, s: torch.Tensor, word_mask: torch.Tensor,
+                         chunk: int = 512) -> torch.Tensor:
+    """(P, M) S(b, s) of the bank's P photos against sentences given as word vectors s (M, T, h) with
+    word_mask (M, T)."""
     vb, mask = bank.regions(model, s.device)
     out = []
     for a in range(0, len(s), chunk):
         words, sent = flat_words(s[a:a + chunk], word_mask[a:a + chunk])
-        got = score_words(vb, mask, words, sent, len(s[a:a + chunk]), shared_width(model))  # (P, m)
-        out.append(_lse(got, 0, bank))
+        out.append(score_words(vb, mask, words, sent, len(s[a:a + chunk]), shared_width(model)))
+    return torch.cat(out, dim=1) if out else torch.zeros(len(vb), 0, device=s.device)
+
+
+def photo_offsets(model: torch.nn.Module, bank: QueryBank, v: torch.Tensor, region_mask: torch.Tensor,
+                  chunk: int = 64) -> torch.Tensor:
+    """(N,) offsets of photos given as region vectors v (N, R, h) with region_mask (N, R): what
+    S'(p, s) subtracts from every score of photo p."""
+    return lse_offsets(photo_bank_scores(model, bank, v, region_mask, chunk), 1, bank.beta, bank.weight)
+
+
+def sentence_offsets(model: torch.nn.Module, bank: QueryBank, s: torch.Tensor, word_mask: torch.Tensor,
+                     chunk: int = 512) -> torch.Tensor:
+    """(M,) offsets of sentences given as word vectors s (M, T, h) with word_mask (M, T)."""
+    out = [lse_offsets(sentence_bank_scores(model, bank, s[a:a + chunk], word_mask[a:a + chunk], chunk), 0, bank.beta,
+                       bank.weight) for a in range(0, len(s), chunk)]  # chunk by chunk: (P, M) may not fit
     return torch.cat(out) if out else torch.zeros(0, device=s.device)

@@ -21,24 +21,27 @@ DEFAULT_SENTENCES = 1000
 DEFAULT_PHOTOS = 200
 DEFAULT_BETA = 5.0
 DEFAULT_WEIGHT = 0.5
+DEFAULT_BITS = 8
 
 
 def add_querybank(model: str | Path, features: str | Path, out: str | Path, sentences: int = DEFAULT_SENTENCES,
                   photos: int = DEFAULT_PHOTOS, beta: float = DEFAULT_BETA, weight: float = DEFAULT_WEIGHT,
-                  seed: int = 0, dataset: Any = None) -> dict[str, Any]:
+                  seed: int = 0, dataset: Any = None, bits: int = DEFAULT_BITS) -> dict[str, Any]:
     """Write `model` with a querybank to `out`: `photos` training photos (their region vectors under the model,
     from their CNN features in the store `features`) and `sentences` training sentences of other training
-    photos, drawn with `seed`."""
+    photos, drawn with `seed`; the photos' region vectors stored in `bits` (8 or 4)."""
     if sentences < 1 or photos < 1:
         raise UsageError("--sentences and --photos need at least 1")
     if beta <= 0 or weight < 0:
         raise UsageError("--beta must be positive and --weight at least 0")
+    if bits not in (4, 8):
+        raise UsageError(f"--bits {bits}: a bank's vectors are stored in 8 or 4 bits")
     t0 = time.perf_counter()
     loaded = load_align(paths.find_model(str(model)))
     ds = dataset if dataset is not None else load_flickr8k()
     with FeatureStore(features, readonly=True) as store:
         require_extractor(store.config, loaded.region_config, Path(features), loaded.path)
-        bank, available = draw_bank(loaded, ds, store, sentences, photos, beta, weight, seed, features)
+        bank, available = draw_bank(loaded, ds, store, sentences, photos, beta, weight, seed, features, bits)
     save_align(loaded.model, loaded.vocab, loaded.region_config, out, metrics=dict(loaded.metrics), half=True,
                querybank=bank, top=loaded.top)
     return {"model": str(out), "from": str(loaded.path), **bank.header(), "seed": seed,
@@ -46,7 +49,8 @@ def add_querybank(model: str | Path, features: str | Path, out: str | Path, sent
 
 
 def draw_bank(loaded: LoadedAlign, ds: Any, store: FeatureStore, sentences: int, photos: int, beta: float,
-              weight: float, seed: int = 0, name: str | Path = "features") -> tuple[QueryBank, int]:
+              weight: float, seed: int = 0, name: str | Path = "features", bits: int = DEFAULT_BITS,
+              ) -> tuple[QueryBank, int]:
     """(the bank, how many training photos it was drawn from): `photos` training photos of `ds` in `store` and
     `sentences` sentences of other training photos, shuffled with `seed`. No other split is read. The bank holds
     the photos as their region vectors under the model, as the file will (QueryBank.encoded)."""
@@ -60,4 +64,4 @@ def draw_bank(loaded: LoadedAlign, ds: Any, store: FeatureStore, sentences: int,
     k = min(sentences, len(bank_sents.ids))
     bank = QueryBank(beta, weight, bank_sents.ids[:k], bank_sents.lengths[:k], bank_photos.feats,
                      bank_photos.region_mask)
-    return bank.encoded(loaded.model), len(train)
+    return bank.encoded(loaded.model, bits), len(train)

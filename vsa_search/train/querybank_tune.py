@@ -17,14 +17,17 @@ from ..core.device import pick_device
 from ..core.errors import UsageError
 from ..data.datasets import load_flickr8k
 from ..evaluation.metrics import direction_mean, mean_recall, retrieval_metrics
-from ..evaluation.recall import querybank_offsets, score_all, split_data
+from ..evaluation.recall import querybank_scores, score_all, split_data
 from ..models.alignment import load_align, save_align
+from ..models.querybank import lse_offsets
 from ..vision.features import FeatureStore
 from .add_querybank import draw_bank
 
-# What was compared when the shipped bank was chosen (weights/align.md): six bank sizes (sentences, photos;
-# the photos' region vectors weigh the most in the file), β 3 and 5, weights 0.5, 0.7 and 1.
-SIZES: tuple[tuple[int, int], ...] = ((2000, 200), (5000, 200), (5000, 400), (5000, 600), (5000, 800), (5000, 1000))
+# What was compared when the shipped bank was chosen (weights/align.md): bank sizes (sentences, photos, and the
+# bits of the photos' region vectors, which weigh the most in the file), β 3 and 5, weights 0.5, 0.7 and 1.
+SIZES: tuple[tuple[int, int, int], ...] = ((2000, 200, 8), (5000, 200, 8), (5000, 400, 8), (5000, 600, 8),
+                                           (5000, 800, 8), (5000, 1000, 8), (5000, 600, 4), (5000, 800, 4),
+                                           (5000, 1000, 4))
 BETAS: tuple[float, ...] = (3.0, 5.0)
 WEIGHTS: tuple[float, ...] = (0.5, 0.7, 1.0)
 MAX_MODEL_BYTES = 25_000_000  # a shipped model file stays within 25 MB
@@ -48,7 +51,7 @@ def _pick(rows: list[dict[str, Any]], max_bytes: int) -> dict[str, Any] | None:
 
 
 def tune_querybank(model: str | Path, features: str | Path, split: str = "dev",
-                   sizes: tuple[tuple[int, int], ...] = SIZES, betas: tuple[float, ...] = BETAS,
+                   sizes: tuple[tuple[int, int, int], ...] = SIZES, betas: tuple[float, ...] = BETAS,
                    weights: tuple[float, ...] = WEIGHTS, seed: int = 0, max_bytes: int = MAX_MODEL_BYTES,
                    dataset: Any = None, device: str | None = None,
                    on_progress: Callable[[int], None] | None = None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
@@ -62,15 +65,18 @@ def tune_querybank(model: str | Path, features: str | Path, split: str = "dev",
         raise UsageError("choose the querybank on dev: the bank itself comes from the training split")
     if not sizes or not betas or not weights:
         raise UsageError("the grid needs at least one bank size, β and weight")
-    if any(s < 1 or p < 1 for s, p in sizes) or any(b <= 0 for b in betas) or any(w < 0 for w in weights):
+    if any(s < 1 or p < 1 for s, p, _ in sizes) or any(b <= 0 for b in betas) or any(w < 0 for w in weights):
         raise UsageError("bank sizes need at least 1, β must be positive and weights at least 0")
+    if any(bits not in (4, 8) for _, _, bits in sizes):
+        raise UsageError("a bank's vectors are stored in 8 or 4 bits")
     dev_ = pick_device(device)
     loaded = dataclasses.replace(load_align(paths.find_model(str(model)), dev_), querybank=None)
     ds = dataset if dataset is not None else load_flickr8k()
     features = Path(features)
     data = split_data(loaded, features, ds, split)
     with FeatureStore(features, readonly=True) as store:
-        drawn = [draw_bank(loaded, ds, store, s, p, betas[0], weights[0], seed, features) for s, p in sizes]
+        drawn = [draw_bank(loaded, ds, store, s, p, betas[0], weights[0], seed, features, bits)
+                 for s, p, bits in sizes]
     available = drawn[0][1]
     raw = score_all(loaded.model, data, dev_)
     base = retrieval_metrics(raw, data.sent_image, reps=0)
@@ -78,14 +84,15 @@ def tune_querybank(model: str | Path, features: str | Path, split: str = "dev",
     with tempfile.TemporaryDirectory() as tmp:
         for bank, _ in drawn:
             size = _file_bytes(loaded, bank, Path(tmp))
+            # scored against the bank once; each β and weight is then only its offsets (what S' subtracts)
+            photo_bank, bank_sent = querybank_scores(dataclasses.replace(loaded, querybank=bank), data, dev_)
             for beta in betas:
                 for w in weights:
-                    # replace() keeps the bank's cache: its words and photos are encoded once per size
-                    cand = dataclasses.replace(loaded, querybank=dataclasses.replace(bank, beta=beta, weight=w))
-                    p_off, s_off = querybank_offsets(cand, data, dev_)
+                    p_off, s_off = lse_offsets(photo_bank, 1, beta, w), lse_offsets(bank_sent, 0, beta, w)
                     m = retrieval_metrics(raw - p_off[:, None] - s_off[None, :], data.sent_image, reps=0)
                     rows.append({"sentences": int(len(bank.sent_ids)), "photos": int(len(bank.photo_mask)),
-                                 "beta": beta, "weight": w, "file_bytes": size, "mean_recall": mean_recall(m),
+                                 "bits": bank.bits, "beta": beta, "weight": w, "file_bytes": size,
+                                 "mean_recall": mean_recall(m),
                                  "search_mean": direction_mean(m, "image_search"),
                                  "annotation_mean": direction_mean(m, "image_annotation"), "metrics": m})
                     if on_progress:
