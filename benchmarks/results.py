@@ -539,8 +539,8 @@ SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
         d, "## Index builds on phone photos: `benchmarks/build.py`" + (
             "\n\nBaseline: the same code with the shipped alignment model as it was before its querybank held "
             "region vectors (`align-prev.pt`, `weights/align.pt` of git 64b1f9d: the same members and CNN top, a "
-            "bank of 5,000 sentences and 200 photos' features); this: the shipped model, whose bank holds 400 "
-            "photos' region vectors. A build scores each photo against the bank's sentences only, so the two "
+            "bank of 5,000 sentences and 200 photos' features); this: the shipped model, whose bank holds 1,000 "
+            "photos' region vectors (4 bits). A build scores each photo against the bank's sentences only, so the two "
             "should build alike. The querybank's sentences are encoded while the model loads, as in a long build "
             "(`load s`)." if _baseline_model(d) else ""),
         f"OMP_NUM_THREADS=2 python benchmarks/build.py{_baseline_model(d)} --repeat {d['repeat']} --json "

@@ -104,7 +104,7 @@ class QueryBank:
                 "photos": int(len(self.photo_mask)), "bits": self.bits}
 
     def to_state(self) -> dict[str, torch.Tensor]:
-        # 8 bits: the bank is most of the file's size otherwise (400 photos' vectors: 9 MB in float16)
+        # 8 or 4 bits: the bank is most of the file's size otherwise (1,000 photos' vectors: 22.5 MB in float16)
         state = {PREFIX + "sent_ids": self.sent_ids.to(torch.int32), PREFIX + "sent_lengths": self.sent_lengths,
                  PREFIX + "photo_mask": self.photo_mask}
         arrays = {"photo": self.photo_feats} if self.photo_parts is None else \
