@@ -18,7 +18,7 @@ from ..data.vocab import UNK, pad_ids
 from ..models.alignment import LoadedAlign, load_align
 from ..models.captioner import LoadedCaptioner, load_caption
 from ..models.likelihood import ANNOTATION_WEIGHT, DEPTH, SEARCH_WEIGHT
-from ..models.querybank import photo_bank_scores, photo_offsets, sentence_bank_scores, sentence_offsets
+from ..models.querybank import lse_offsets, photo_bank_scores, sentence_bank_scores
 from ..models.score import flat_words, score_words, shared_width, split_words, word_mask
 from ..vision.features import FeatureStore, extract_to_cache, require_extractor, same_extractor
 from .generative import generator_inputs, generator_terms, pair_count, reranked_metrics
@@ -110,34 +110,20 @@ def score_all(model: torch.nn.Module, data: RetrievalData, device: torch.device 
         model.train(was_training)
 
 
-@torch.no_grad()
 def querybank_offsets(loaded: LoadedAlign, data: RetrievalData, device: torch.device | str = "cpu",
                       chunk: int = 25, on_progress: Advance | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """((N_img,), (N_sent,)) querybank offsets of the split's photos and sentences (zeros without a bank)."""
     bank = loaded.querybank
     if bank is None:
         return torch.zeros(len(data.image_ids)), torch.zeros(len(data.sent_image))
-    model = loaded.model
-    was_training = model.training
-    model.eval()
-    try:
-        ids, lengths = data.ids.to(device), data.lengths.to(device)
-        s_off = sentence_offsets(model, bank, model.encode_words(ids, lengths), word_mask(lengths, ids.shape[1])).cpu()
-        p_off = []
-        for a in range(0, len(data.image_ids), chunk):
-            v = model.encode_regions(data.feats[a : a + chunk].to(device))
-            p_off.append(photo_offsets(model, bank, v, data.region_mask[a : a + chunk, : v.shape[1]].to(device)).cpu())
-            if on_progress:
-                on_progress(len(v))
-        return torch.cat(p_off), s_off
-    finally:
-        model.train(was_training)
+    photo, sent = querybank_scores(loaded, data, device, chunk, on_progress)
+    return lse_offsets(photo, 1, bank.beta, bank.weight), lse_offsets(sent, 0, bank.beta, bank.weight)
 
 
 @torch.no_grad()
 def querybank_scores(loaded: LoadedAlign, data: RetrievalData, device: torch.device | str = "cpu",
-                     chunk: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split's scores against its model's bank, from which querybank_offsets come for any β and weight
+                     chunk: int = 25, on_progress: Advance | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's scores against its model's bank, from which its offsets come for any β and weight
     (querybank.lse_offsets): the photos' (N_img, bank sentences) and the bank photos' (bank photos, N_sent)."""
     model, bank = loaded.model, loaded.querybank
     was_training = model.training
@@ -150,6 +136,8 @@ def querybank_scores(loaded: LoadedAlign, data: RetrievalData, device: torch.dev
             v = model.encode_regions(data.feats[a : a + chunk].to(device))
             mask = data.region_mask[a : a + chunk, : v.shape[1]].to(device)
             photo.append(photo_bank_scores(model, bank, v, mask).cpu())
+            if on_progress:
+                on_progress(len(v))
         return torch.cat(photo), sent.cpu()
     finally:
         model.train(was_training)

@@ -95,6 +95,8 @@ class QueryBank:
         device = next(model.parameters()).device
         vb = model.encode_regions(self.photo_feats.to(device)).cpu()
         own = vb.shape[2] - shared_width(model)
+        if bits == 4 and own % 2:
+            raise ValueError(f"4-bit vectors pack two codes a byte: {own} dimensions do not")
         shared = stored(vb[:, 0, own:]) if own < vb.shape[2] else None
         return dataclasses.replace(self, photo_feats=None, photo_parts=stored(vb[:, :, :own], bits),
                                    photo_shared=shared, bits=bits, _cache={})
@@ -114,8 +116,8 @@ class QueryBank:
                 bits = self.bits if name == "photo_parts" else 8
                 codes, low, step = quantize(values, bits)
                 # 4 bits: two codes a byte, under a name of their own so that no reader takes them for 8
-                state.update({PREFIX + name + ("_codes" if bits == 8 else "_codes4"): codes if bits == 8 else
-                              pack4(codes), PREFIX + name + "_low": low, PREFIX + name + "_step": step})
+                key, kept = (name + "_codes", codes) if bits == 8 else (name + "_codes4", pack4(codes))
+                state.update({PREFIX + key: kept, PREFIX + name + "_low": low, PREFIX + name + "_step": step})
         return state
 
     @classmethod
