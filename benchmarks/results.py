@@ -109,8 +109,8 @@ def querybank(d: dict) -> str:
     pick = d.get("pick") or {}
     for r in d["rows"]:
         over = " (over the cap)" if r["file_bytes"] > d["max_bytes"] else ""
-        chosen = all(r.get(k, 8) == pick.get(k, 8) for k in ("sentences", "photos", "bits", "beta", "weight"))
-        bits = "" if r.get("bits", 8) == 8 else f", {r['bits']} bits"
+        chosen = all(r[k] == pick.get(k) for k in ("sentences", "photos", "bits", "beta", "weight"))
+        bits = "" if r["bits"] == 8 else f", {r['bits']} bits"
         bank = f"{r['sentences']:,} / {r['photos']:,}{bits}" + (" (the pick)" if chosen else "")
         rows.append([f"**{bank}**" if chosen else bank, f"{r['beta']:g}", f"{r['weight']:g}",
                      f"{r['file_bytes'] / 1e6:.1f} MB{over}", f2(r["search_mean"]), f2(r["annotation_mean"]),

@@ -248,12 +248,12 @@ def querybank_tune_cmd(
               f"{res['without_querybank']['mean_recall']:10.2f}", markup=False)
     for r in res["rows"]:
         over = " (over the cap)" if r["file_bytes"] > res["max_bytes"] else ""
-        out.print(f"{r['sentences']:10d}{r['photos']:8d}{r.get('bits', 8):6d}{r['beta']:6g}{r['weight']:8g}"
+        out.print(f"{r['sentences']:10d}{r['photos']:8d}{r['bits']:6d}{r['beta']:6g}{r['weight']:8g}"
                   f"{r['file_bytes'] / 1e6:9.1f}{r['search_mean']:8.2f}{r['annotation_mean']:8.2f}"
                   f"{r['mean_recall']:10.2f}{over}", markup=False)
     if pick is None:
         raise UsageError(f"no bank keeps the model file within {res['max_bytes']:,} bytes")
-    out.print(f"pick: {pick['sentences']} sentences, {pick['photos']} photos ({pick.get('bits', 8)} bits), "
+    out.print(f"pick: {pick['sentences']} sentences, {pick['photos']} photos ({pick['bits']} bits), "
               f"β {pick['beta']:g}, weight "
               f"{pick['weight']:g} ({res['rule']})", markup=False)
 

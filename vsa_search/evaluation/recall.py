@@ -191,9 +191,7 @@ def generator_data(generator: str | Path, features: Path | None, image_ids: list
                    ) -> tuple[LoadedCaptioner, torch.Tensor, torch.Tensor]:
     """(the generator, its inputs for `image_ids`, its prior photos' inputs (the model file's))."""
     cap = load_caption(paths.find_model(str(generator)), device)
-    if cap.prior is None:
-        raise UsageError(f"{cap.path}: a generator without prior photos cannot re-rank; add them with "
-                         f"`vsa train generator-prior`")
+    prior = cap.require_prior()
     if features is None:
         ids = set(image_ids)
         want = {r.image_id: r.path for r in ds.present(split) if r.image_id in ids}
@@ -206,7 +204,7 @@ def generator_data(generator: str | Path, features: Path | None, image_ids: list
         if missing:
             raise StoreError(f"{features}: holds no features of {missing[0]} (and {len(missing) - 1} more) for "
                              f"the generator")
-        return cap, generator_inputs(cap, store, image_ids), cap.prior
+        return cap, generator_inputs(cap, store, image_ids), prior
 
 
 def _baseline(model: LoadedAlign, features: Path, baseline: str | None, dataset: Any,

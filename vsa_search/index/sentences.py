@@ -65,9 +65,7 @@ def build_sentences(files: list[Path], model: LoadedAlign, name: str | Path | No
     """Replace the sentence index NAME with the sentences of `files`. With a caption `generator` (a
     LoadedCaptioner with prior photos), each sentence also keeps its log P̄(s) (models/likelihood.py), and a
     photo's sentences are then re-ranked by the generator (query.search_image); on_prior(n) as they are done."""
-    if generator is not None and generator.prior is None:
-        raise UsageError(f"{generator.path}: a generator without prior photos cannot re-rank; add them with "
-                         f"`vsa train generator-prior`")
+    prior = None if generator is None else generator.require_prior()
     t0 = time.perf_counter()
     location = Location(resolve(name, "sentences"))
     report = TextReport(index=str(location.link))
@@ -92,7 +90,7 @@ def build_sentences(files: list[Path], model: LoadedAlign, name: str | Path | No
         items.append(Item(key, {"text": by_source[key], "words": words}, vecs.astype(np.float16), offset=offset))
     extra: dict[str, Any] = {"files": [os.path.abspath(f) for f in files]}
     if generator is not None:
-        priors = mean_logprobs(generator.model, generator.prior,
+        priors = mean_logprobs(generator.model, prior,
                                [generator.vocab.encode_text(it.info["text"]) for it in items], on_progress=on_prior)
         for it, p in zip(items, priors.tolist()):
             it.info["prior"] = round(p, 4)

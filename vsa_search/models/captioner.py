@@ -218,6 +218,13 @@ class LoadedCaptioner:
     # them (`vsa train generator-prior`; evaluation/generative.py)
     prior: torch.Tensor | None = None
 
+    def require_prior(self) -> torch.Tensor:
+        """The prior photos' inputs, which re-ranking retrieval needs; a file without them is a usage error."""
+        if self.prior is None:
+            raise UsageError(f"{self.path}: a generator without prior photos cannot re-rank; add them with "
+                             "`vsa train generator-prior`")
+        return self.prior
+
 
 def save_caption(model: Captioner, vocab: Vocab, region_cfg: RegionConfig, path: str | Path,
                  metrics: dict | None = None, train_state: dict | None = None,
