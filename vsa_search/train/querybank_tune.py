@@ -25,9 +25,9 @@ from .add_querybank import draw_bank
 
 # What was compared when the shipped bank was chosen (weights/align.md): bank sizes (sentences, photos, and the
 # bits of the photos' region vectors, which weigh the most in the file), β 3 and 5, weights 0.5, 0.7 and 1.
-SIZES: tuple[tuple[int, int, int], ...] = ((2000, 200, 8), (5000, 200, 8), (5000, 400, 8), (5000, 600, 8),
-                                           (5000, 800, 8), (5000, 1000, 8), (5000, 600, 4), (5000, 800, 4),
-                                           (5000, 1000, 4))
+SIZES: tuple[tuple[int, int, int], ...] = ((2000, 200, 8), (5000, 200, 8), (5000, 300, 8), (5000, 400, 8),
+                                           (5000, 600, 8), (5000, 800, 8), (5000, 1000, 8), (5000, 400, 4),
+                                           (5000, 500, 4), (5000, 600, 4), (5000, 800, 4), (5000, 1000, 4))
 BETAS: tuple[float, ...] = (3.0, 5.0)
 WEIGHTS: tuple[float, ...] = (0.5, 0.7, 1.0)
 MAX_MODEL_BYTES = 25_000_000  # a shipped model file stays within 25 MB
