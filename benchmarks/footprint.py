@@ -155,7 +155,8 @@ def main() -> None:
         link = Path(tmp) / "idx"
         seconds = build_from_cache(link, model, store, photo_dir, imagenet if base else None)
         gen = ix.Location(link).current()
-        report = {"photos": len(recs), "build_seconds": round(seconds, 1), "disk": disk(gen, len(recs))}
+        report = {"photos": len(recs), "dim": model.model.out_dim, "build_seconds": round(seconds, 1),
+                  "disk": disk(gen, len(recs))}
         if not a.disk_only:
             report.update(search_report(link, gen, model, store, ds, a.queries))
     if a.json:
