@@ -78,8 +78,8 @@ def retrieval(d: dict) -> str:
         f"Written by `{command} --json > docs/results/eval-recall.json`. {d['note']}.",
         recall_rows(d, names),
         "A model with a querybank is printed twice, with and without it. `weights/align.pt` is an ensemble of the "
-        "paper's region model (with a global term) and one global model, scores added (`weights/align.md`); the "
-        "global baseline is that global model alone."
+        "paper's region model (with a global term) and two global models, scores added (`weights/align.md`); the "
+        "global baseline is the first global model alone."
         + (f" The row re-ranked by the generator re-scores each photo's top {gen['generator']['depth']} sentences "
            f"by `S' + {gen['generator']['annotation_weight']:g} · [log P(s | p) - log P̄(s)]` (P̄ over the "
            f"{gen['generator']['prior_photos']} prior photos in the caption model file), as `vsa search --image` "
@@ -538,12 +538,12 @@ SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
     (("bench-regions.json",), regions_speed),
     (("bench-build.json",), lambda d: build_speed(
         d, "## Index builds on phone photos: `benchmarks/build.py`" + (
-            "\n\nBaseline: the same code with the shipped alignment model as it was before its querybank held "
-            "region vectors (`align-prev.pt`, `weights/align.pt` of git 64b1f9d: the same members and CNN top, a "
-            "bank of 5,000 sentences and 200 photos' features); this: the shipped model, whose bank holds 1,000 "
-            "photos' region vectors (4 bits). A build scores each photo against the bank's sentences only, so the two "
-            "should build alike. The querybank's sentences are encoded while the model loads, as in a long build "
-            "(`load s`)." if _baseline_model(d) else ""),
+            "\n\nBaseline: the same code with the shipped alignment model as it was before its second global member "
+            "(`align-prev.pt`, `weights/align.pt` of git d97ed14: the hybrid model and one global member, the same "
+            "CNN top, a bank of 1,000 photos' 4-bit vectors); this: the shipped model, with the second global member "
+            "(one more 512-d projection of each photo's full-image features, 2,048-d vectors) and a bank of 500 "
+            "photos. A build scores each photo against the bank's sentences only. The querybank's sentences are "
+            "encoded while the model loads, as in a long build (`load s`)." if _baseline_model(d) else ""),
         f"OMP_NUM_THREADS=2 python benchmarks/build.py{_baseline_model(d)} --repeat {d['repeat']} --json "
         "docs/results/bench-build.json")),
     (("bench-build-baseline.json",), lambda d: build_speed(

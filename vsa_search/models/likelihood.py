@@ -19,7 +19,7 @@ from ..data.vocab import END, PAD, START
 DEPTH = 30  # candidates re-scored per query: a pair costs the shipped generator ~1.3 ms, batched, on 2 CPU cores
 PRIOR_PHOTOS = 40  # training photos P̄(s) averages over, stored in the caption model (`vsa train generator-prior`)
 # The generator term's weight beside the alignment score, chosen on the 1,000 dev photos (`vsa eval generator-tune`)
-ANNOTATION_WEIGHT = 0.04
+ANNOTATION_WEIGHT = 0.06
 # Search is not re-ranked: it would need every candidate photo's generator inputs, which a photo index does not
 # keep (25.6 KB a photo); `vsa eval generator-tune` still measures what it would give.
 SEARCH_WEIGHT = 0.0
