@@ -22,8 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "RESULTS.md"
 README = ROOT / "README.md"
-FEATS = "cache/features/tf_efficientnet_lite0-roi224-selective20-f90264726634"
-TOP_FEATS = "cache/features/tf_efficientnet_lite0-roi224-selective20-79b3de3cd15b"
 
 
 def table(head: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
@@ -506,14 +504,14 @@ def readme_with_headline(readme: str, results: Path = RESULTS) -> str:
 
 # --------------------------------------------------------------------------- the page
 
-INTRO = f"""# Results
+INTRO = """# Results
 
 Every table below is rendered by `benchmarks/results.py` (`make results`) from a JSON file in
 `docs/results/`; each names the command that writes its file. To update a figure, run that command (its JSON
 into `docs/results/`), then `make results`. FEATS is a feature store of the Flickr8k photos
-(`vsa features extract --dataset flickr8k --out FEATS`; here `{FEATS}`), what the caption generators read;
+(`vsa features extract --dataset flickr8k --out FEATS`{feats}), what the caption generators read;
 TOP_FEATS holds the same photos' features through the shipped alignment model's fine-tuned CNN top, with
-test-time flips (`vsa features extract --model align --out TOP_FEATS`; here `{TOP_FEATS}`), what
+test-time flips (`vsa features extract --model align --out TOP_FEATS`{top_feats}), what
 `weights/align.pt` reads.
 
 Protocol, like for like with the paper: models trained on Flickr8k's **6,000 training photos**, every choice
@@ -568,8 +566,17 @@ SECTIONS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
 ]
 
 
+def _stores(results: Path) -> dict[str, str]:
+    """Where the stores the figures came from lay, as the evaluations' own JSON records them."""
+    def at(name: str, key: str) -> str:
+        path = results / name
+        store = json.loads(path.read_text()).get(key) if path.exists() else None
+        return f"; here `{store}`" if store else ""
+    return {"feats": at("eval-caption-ensemble.json", "features"), "top_feats": at("eval-recall.json", "features")}
+
+
 def render(results: Path = RESULTS) -> str:
-    parts = [INTRO.rstrip()]
+    parts = [INTRO.format(**_stores(results)).rstrip()]
     for files, fn in SECTIONS:
         if all((results / f).exists() for f in files):
             parts.append(fn(*[json.loads((results / f).read_text()) for f in files]))

@@ -48,3 +48,15 @@ def test_a_new_figure_in_the_json_reaches_the_page(tmp_path: Path) -> None:
     assert len(changed) == 1 and changed[0].split(" | ")[1].startswith("31.4 [")
     path.unlink()
     assert "## Retrieval" not in results.render(tmp_path / "r")  # its section goes with its file
+
+
+def test_the_page_names_the_stores_its_figures_came_from(tmp_path: Path) -> None:
+    results = _results()
+    shutil.copytree(ROOT / "docs" / "results", tmp_path / "r")
+    recall = json.loads((tmp_path / "r" / "eval-recall.json").read_text())
+    captions = json.loads((tmp_path / "r" / "eval-caption-ensemble.json").read_text())
+    intro = results.render(tmp_path / "r").split("## ")[0]
+    assert f"`{recall['features']}`" in intro and f"`{captions['features']}`" in intro
+    recall["features"] = "cache/features/elsewhere"
+    (tmp_path / "r" / "eval-recall.json").write_text(json.dumps(recall))
+    assert "`cache/features/elsewhere`" in results.render(tmp_path / "r").split("## ")[0]
