@@ -187,8 +187,8 @@ def region_captions(d: dict) -> str:
         "Written by `vsa eval regions --features FEATS --json > docs/results/eval-regions.json` (its `examples` "
         f"cut to the first 20 here). References: {d['references']:,} held-out fragments of {d['min_words']}+ words, "
         f"the {d['split']} sentences aligned to their photos' regions ({d['snippets']}); beam {d['beam']}. They come "
-        "from the same alignment model as the training snippets, not from human region descriptions, which favours "
-        "the region model.",
+        "from an alignment model, as the region model's training snippets do (those from an earlier `align.pt`, "
+        "`weights/caption-regions.md`), not from human region descriptions, which favours the region model.",
         table(["model, region given as", *cols, "CIDEr 95%", "distinct"], rows)])
 
 
