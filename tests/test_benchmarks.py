@@ -67,3 +67,29 @@ def test_footprint_benchmark_builds_from_cached_features(tmp_path: Path) -> None
     assert 0.0 <= report["recall@10 vs exact (float32)"] <= 1.0
     page = _load("results").footprint(report)
     assert "(12 Flickr8k test photos)" in page and "| **all files** |" in page
+
+
+def test_the_dense_top_computes_the_strided_one_at_every_second_position() -> None:
+    """benchmarks/region_ablation.py's stride-16 top: on a real photo's map, its 14 x 14 output at the odd
+    positions is the 7 x 7 output (TF's "same" padding of a stride-2 convolution samples those), up to the
+    borders' padding; the weights are the same."""
+    import copy
+
+    import torch
+    from PIL import Image
+
+    from vsa_search.core.config import MapConfig
+    from vsa_search.vision.trunk import CNNTop, MapLower
+
+    cfg = MapConfig(cut=5)
+    low, top = MapLower(cfg), CNNTop(cfg).eval()
+    dense = _load("region_ablation").dense(copy.deepcopy(top))
+    x = low(low.tensor(Image.open(BENCHMARKS.parent / "examples" / "photos" / "horse.jpg")).unsqueeze(0))
+    with torch.no_grad():
+        coarse, fine = top(x), dense(x)
+    assert coarse.shape[-2:] == (7, 7) and fine.shape[-2:] == (14, 14)
+    cos = torch.nn.functional.cosine_similarity(coarse, fine[..., 1::2, 1::2], dim=1)
+    assert cos.mean() > 0.95 and cos[0, 1:6, 1:6].min() > 0.999  # the interior, away from the padding
+    shifted = torch.nn.functional.cosine_similarity(coarse, fine[..., 0::2, 0::2], dim=1)
+    assert shifted.mean() < 0.9  # the other positions are not the same samples
+    assert all(torch.equal(a, b) for a, b in zip(top.state_dict().values(), dense.state_dict().values()))
