@@ -7,8 +7,8 @@ of the hybrid member to continue on them. Dev only: the test photos are never re
     vsa train embed --features R10 --init R10/init.pt --lr 2e-4 --lr-decay-epoch 0 --epochs 5 --out H.pt
 
 MAPS6: `vsa features maps --preset stage6` of the train and dev photos; FEATS: ImageNet's features of the same
-photos, 20 regions (their boxes and concepts are reused). With more than 20 regions ImageNet's features with
-that many are extracted first, into OUT-imagenet (the proposals are ranked, so the first 20 are FEATS's).
+photos (their boxes and concepts are reused). With more regions than FEATS holds, ImageNet's features with that
+many are extracted first, into OUT-imagenet (the proposals are ranked, so FEATS's come first).
 Stride 16 runs the top densely, as DeepLab does a classifier: the first depthwise convolution of its first
 stage at stride 1 instead of 2, every later one dilated by 2, so it computes the same function at every second
 position of a 14 x 14 map."""
@@ -52,7 +52,9 @@ def build(model: str, maps: Path, boxes: Path, regions: int, stride: int, out: P
     cfg = dataclasses.replace(m.region_config, flip=False, max_regions=regions)
     ds = load_dataset("flickr8k")
     recs = list({r.image_id: r for s in ("train", "dev") for r in ds.present(s)}.values())
-    if regions > 20:  # more boxes than FEATS holds: ImageNet's features of that many first
+    with FeatureStore(boxes, readonly=True) as fs:
+        held = fs.config.max_regions
+    if regions > held:  # more boxes than FEATS holds: ImageNet's features of that many first
         boxes = Path(f"{out}-imagenet")
         extract_to_store({r.image_id: r.path for r in recs}, boxes,
                          dataclasses.replace(REGION_PRESETS["default"], max_regions=regions))

@@ -370,7 +370,7 @@ def footprint(d: dict) -> str:
     parts = [f"## A real index: `benchmarks/footprint.py` ({d['photos']:,} Flickr8k test photos)",
              "Written by `python benchmarks/footprint.py --split test --queries 500 --json > "
              "docs/results/bench-footprint.json`: the test photos built with the shipped model by the real build "
-             f"code from the evaluation cache's features (20 regions a photo, {d.get('dim', 1536):,}-d vectors), "
+             f"code from the evaluation cache's features (20 regions a photo, {d['dim']:,}-d vectors), "
              "searched as `vsa search --no-bridge` does; exact is `S_kl` of every photo from the model's float32 "
              "vectors.",
              table(["file", "bytes a photo on disk", "bytes a photo kept in memory by a warm search"], files)]
