@@ -100,9 +100,16 @@ def shot(pg: Any, name: str, full: bool = False) -> None:
         Image.open(out).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
 
 
+def settled(pg: Any) -> None:
+    """Wait until the page has drawn the view its address names (the previous view's cards stay until then)."""
+    pg.wait_for_function("() => document.getElementById('main').dataset.shown === (location.hash || '#/')")
+
+
 def search(pg: Any, query: str) -> None:
     pg.fill("#q", query)
     pg.press("#q", "Enter")
+    pg.wait_for_url("**/#/search?*")
+    settled(pg)
     pg.wait_for_selector("#results .card")
 
 
@@ -124,9 +131,9 @@ def test_search_shows_each_words_box(page: Any, server: tuple[str, Engine]) -> N
     want: dict[tuple[int, ...], list[int]] = {}
     for i, m in enumerate(first["words"]):
         want.setdefault(tuple(m["box"]), []).append(i)
-    drawn = boxes(page, "#results .card:first-child")
-    assert sorted(b["keys"] for b in drawn) == sorted(" ".join(map(str, v)) for v in want.values())
-    for b in drawn:
+    shown = boxes(page, "#results .card:first-child")
+    assert sorted(b["keys"] for b in shown) == sorted(" ".join(map(str, v)) for v in want.values())
+    for b in shown:
         x0, _, x1, _ = next(box for box, keys in want.items() if " ".join(map(str, keys)) == b["keys"])
         assert b["left"] == pytest.approx(100 * x0 / first["size"][0], abs=0.01)
         assert b["width"] == pytest.approx(100 * (x1 - x0) / first["size"][0], abs=0.01)
@@ -228,9 +235,8 @@ def test_more_like_this(page: Any, server: tuple[str, Engine]) -> None:
     page.wait_for_url(f"**/#/like/{first}")
     api, _ = engine.like(first, k=24)
     want = [h["path"] for h in api["hits"]]
-    # The search's cards are still there until the like view draws its own: wait for those, not any card.
-    page.wait_for_function("n => document.querySelectorAll('#results .card').length === n && "
-                           "document.querySelector('#like-query') !== null", arg=len(want))
+    settled(page)  # the search's cards stay until the like view draws its own
+    assert page.locator("#like-query").count() == 1
     assert card_paths(page) == want and len(api["hits"]) == 11  # all but itself
     # Box n on a hit is the region that region n of the query photo matched best, drawn on both photos.
     for rank, hit in ((1, api["hits"][0]), (2, api["hits"][1])):
@@ -277,6 +283,32 @@ def test_minus_field(page: Any, server: tuple[str, Engine]) -> None:
     neg = {tuple(w["box"]) for w in shown[0]["words"] if w["negative"]}
     assert page.eval_on_selector_all("#results .card:first-child .box.neg", "bs => bs.length") == len(neg)
     shot(page, "serve-minus.png")
+
+
+def test_a_late_answer_is_not_drawn_over_a_newer_search(page: Any, server: tuple[str, Engine]) -> None:
+    # Note each response the page has read (the page draws in the same turn, once its JSON is parsed).
+    page.add_init_script("""const json = Response.prototype.json;
+      Response.prototype.json = async function () {
+        const body = await json.call(this);
+        (window.readUrls = window.readUrls || []).push(this.url);
+        return body;
+      };""")
+    page.reload()
+    held: list[Any] = []
+    page.route(lambda url: "/api/search?" in url and "rocket" in url, lambda r: held.append(r))
+    page.fill("#q", "a red rocket")
+    page.press("#q", "Enter")
+    deadline = time.monotonic() + 60
+    while not held:  # the rocket search waits, held at the network
+        assert time.monotonic() < deadline, "the search was not sent"
+        page.wait_for_timeout(20)
+    search(page, "a cup of coffee")  # a newer search, answered first
+    held[0].continue_()
+    page.wait_for_function("() => (window.readUrls || []).some(u => u.includes('rocket'))")
+    settled(page)
+    assert page.url.endswith("#/search?q=a%20cup%20of%20coffee") and "“a cup of coffee”" in page.inner_text("#summary")
+    api, _ = server[1].search_text("a cup of coffee", 24)
+    assert card_paths(page) == [h["path"] for h in api["hits"]]
 
 
 def test_relevance_floor(page: Any, server: tuple[str, Engine]) -> None:

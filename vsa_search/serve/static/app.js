@@ -11,6 +11,10 @@ const minusInput = document.getElementById("minus");
 const NEGATIVE = "#111"; // boxes and chips of a "without" word: one colour, dashed
 let generation = "";
 let dropped = null; // {blob, url, name} of the last photo dropped on the page
+// Each route() opens a new view; a response that comes back after the user has moved on is not drawn over the
+// newer page (a slow search answered after a faster one). main's data-shown names the view once it is drawn.
+let view = 0;
+function current() { const mine = view; return () => mine === view; }
 
 // ------------------------------------------------------------------ helpers
 
@@ -166,6 +170,7 @@ async function showSearch(q, params) {
   if (!q.trim()) return showHome();
   document.title = `${q} · vsa`;
   main.replaceChildren(el("p", {class: "spinner", text: "searching…"}));
+  const live = current();
   const t0 = performance.now();
   let res;
   try {
@@ -174,9 +179,11 @@ async function showSearch(q, params) {
     p.set("k", "24");
     res = await api(`/api/search?${p}`);
   } catch (e) {
+    if (!live()) return;
     main.replaceChildren(el("p", {class: "error", id: "search-error", text: e.message}));
     return;
   }
+  if (!live()) return;
   const ms = Math.round(performance.now() - t0);
   const without = (res.minus || []).map(m => m.text).join(", ");
   const summary = el("p", {class: "summary", id: "summary"},
@@ -227,13 +234,15 @@ function pairBoxes(hit, side) {
 async function showLike(id) {
   document.title = `like photo ${id} · vsa`;
   main.replaceChildren(el("p", {class: "spinner", text: "finding photos like it…"}));
+  const live = current();
   let res;
   try {
     res = await api(`/api/photos/${id}/like?k=24`);
   } catch (e) {
-    main.replaceChildren(el("p", {class: "error", id: "search-error", text: e.message}));
+    if (live()) main.replaceChildren(el("p", {class: "error", id: "search-error", text: e.message}));
     return;
   }
+  if (!live()) return;
   const q = res.like;
   const holder = el("div", {id: "like-query"});
   const showPairs = hit => holder.replaceChildren(photoWithBoxes(imageUrl(q.id, 640), q.size,
@@ -268,13 +277,15 @@ async function showHome() {
 
 async function showPhoto(id) {
   main.replaceChildren(el("p", {class: "spinner", text: "loading…"}));
+  const live = current();
   let info;
   try {
     info = await api(`/api/photos/${id}`);
   } catch (e) {
-    main.replaceChildren(el("p", {class: "error", text: e.message}));
+    if (live()) main.replaceChildren(el("p", {class: "error", text: e.message}));
     return;
   }
+  if (!live()) return;
   generation = info.generation;
   document.title = `${baseName(info.path)} · vsa`;
   const view = photoView(imageUrl(id, 1024), info.size, baseName(info.path), info.path, {
@@ -357,7 +368,7 @@ async function uploadPhoto(file) {
   if (!file.type.startsWith("image/")) { toast(`${file.name}: not an image`); return; }
   if (dropped) URL.revokeObjectURL(dropped.url);
   dropped = {blob: file, url: URL.createObjectURL(file), name: file.name || "photo"};
-  if (location.hash === "#/dropped") showDropped(); else location.hash = "#/dropped";
+  if (location.hash === "#/dropped") route(); else location.hash = "#/dropped";
 }
 
 function post(url, blob) {
@@ -367,14 +378,16 @@ function post(url, blob) {
 async function showDropped() {
   if (!dropped) { location.hash = "#/"; return; }
   const d = dropped;
+  const live = current();
   const img = new Image();
   img.src = d.url;
   try {
     await img.decode();
   } catch {
-    main.replaceChildren(el("p", {class: "error", text: `${d.name}: the browser cannot show this photo`}));
+    if (live()) main.replaceChildren(el("p", {class: "error", text: `${d.name}: the browser cannot show this photo`}));
     return;
   }
+  if (!live()) return;
   const size = [img.naturalWidth, img.naturalHeight];
   const n = encodeURIComponent(d.name);
   const list = el("ul", {class: "sentences", id: "sentences"}, el("li", {class: "spinner", text: "finding the nearest sentences…"}));
@@ -420,13 +433,15 @@ function fmtBytes(n) {
 async function showIndex() {
   document.title = "index · vsa";
   main.replaceChildren(el("p", {class: "spinner", text: "reading the index…"}));
+  const live = current();
   let status, skipped, photos;
   try {
     [status, skipped, photos] = await Promise.all([api("/api/status"), api("/api/skipped"), api("/api/photos?limit=120")]);
   } catch (e) {
-    main.replaceChildren(el("p", {class: "error", text: e.message}));
+    if (live()) main.replaceChildren(el("p", {class: "error", text: e.message}));
     return;
   }
+  if (!live()) return;
   generation = photos.generation;
   const rows = [];
   const p = status.photos || {};
@@ -473,14 +488,16 @@ async function showDupes(params) {
     location.hash = withFilters("#/dupes", input.value ? {threshold: input.value} : {});
   }}, el("label", {}, "similarity threshold ", input), el("button", {type: "submit", text: "Find"}));
   main.replaceChildren(form, el("p", {class: "spinner", text: "comparing the photos…"}));
+  const live = current();
   let res;
   try {
     const p = new URLSearchParams(params);
     res = await api(`/api/dupes?${p}`);
   } catch (e) {
-    main.replaceChildren(form, el("p", {class: "error", id: "dupes-error", text: e.message}));
+    if (live()) main.replaceChildren(form, el("p", {class: "error", id: "dupes-error", text: e.message}));
     return;
   }
+  if (!live()) return;
   if (!threshold) input.placeholder = String(res.threshold);
   const summary = el("p", {class: "summary", id: "summary", text: res.groups.length
     ? `${res.groups.length} group${res.groups.length === 1 ? "" : "s"} of near-duplicates among ${res.photos} photos (threshold ${res.threshold}); nothing is deleted`
@@ -498,6 +515,13 @@ async function showDupes(params) {
 
 function route() {
   const h = location.hash || "#/";
+  const n = ++view;
+  delete main.dataset.shown;
+  Promise.resolve(show(h)).finally(() => { if (n === view) main.dataset.shown = h; });
+}
+
+// The page a route shows (a promise that settles once it is drawn).
+function show(h) {
   let m;
   setActiveNav(h.startsWith("#/index") ? "index" : h.startsWith("#/dupes") ? "dupes" : "");
   if ((m = h.match(/^#\/search\?(.*)$/))) {
