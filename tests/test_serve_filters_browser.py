@@ -131,7 +131,7 @@ def test_duplicates_page(page: Any, server: tuple[str, Engine]) -> None:
     page.fill("#f-after", "2000-01-01")
     page.click("#f-apply")
     page.wait_for_function("() => location.hash.includes('after=')")
-    page.wait_for_selector("#filter-note")
+    settled(page)
     assert page.locator("#groups .group").count() == 0
     assert "6 of 8 photos have no date taken" in page.inner_text("#filter-note")
     page.fill("#threshold", "0")
