@@ -13,8 +13,8 @@ let generation = "";
 let dropped = null; // {blob, url, name} of the last photo dropped on the page
 // Each route() opens a new view; a response that comes back after the user has moved on is not drawn over the
 // newer page (a slow search answered after a faster one). main's data-shown names the view once it is drawn.
-let view = 0;
-function current() { const mine = view; return () => mine === view; }
+let routed = 0; // how many views have been opened
+function current() { const mine = routed; return () => mine === routed; }
 
 // ------------------------------------------------------------------ helpers
 
@@ -515,9 +515,9 @@ async function showDupes(params) {
 
 function route() {
   const h = location.hash || "#/";
-  const n = ++view;
+  const n = ++routed;
   delete main.dataset.shown;
-  Promise.resolve(show(h)).finally(() => { if (n === view) main.dataset.shown = h; });
+  Promise.resolve(show(h)).finally(() => { if (n === routed) main.dataset.shown = h; });
 }
 
 // The page a route shows (a promise that settles once it is drawn).
