@@ -179,8 +179,7 @@ async function showSearch(q, params) {
     p.set("k", "24");
     res = await api(`/api/search?${p}`);
   } catch (e) {
-    if (!live()) return;
-    main.replaceChildren(el("p", {class: "error", id: "search-error", text: e.message}));
+    if (live()) main.replaceChildren(el("p", {class: "error", id: "search-error", text: e.message}));
     return;
   }
   if (!live()) return;
